@@ -1,0 +1,41 @@
+"""What :mod:`opus_runtime.wsgi` does before importing the app, testable without importing it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import MutableMapping
+from typing import Any
+
+
+def load_env_file(path: str) -> dict[str, str]:
+    """The config vars in a JSON file holding one object of strings to strings."""
+    with open(path, encoding="utf-8") as file:
+        data: Any = json.load(file)
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
+        for k, v in data.items()
+    ):
+        raise RuntimeError(
+            f"OPUS_ENV_FILE {path} must hold a JSON object of strings to strings; rewrite it."
+        )
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def prepare(environ: MutableMapping[str, str], path: list[str]) -> str:
+    """Apply ``OPUS_ENV_FILE``, put ``OPUS_APP_ROOT`` first on ``path``, route a Django app's
+    settings through the overlay; return the name of the module whose ``application`` to serve.
+    """
+    env_file = environ.get("OPUS_ENV_FILE")
+    if env_file:
+        environ.update(load_env_file(env_file))
+    app_root = environ.get("OPUS_APP_ROOT")
+    if app_root:
+        while app_root in path:
+            path.remove(app_root)
+        path.insert(0, app_root)
+    if environ.get("OPUS_USER_SETTINGS_MODULE"):
+        environ["DJANGO_SETTINGS_MODULE"] = "opus_runtime.settings"
+    module = environ.get("OPUS_WSGI_MODULE")
+    if not module:
+        raise RuntimeError("OPUS_WSGI_MODULE is not set: set it to the app's WSGI module.")
+    return module

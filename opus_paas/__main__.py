@@ -1,0 +1,5 @@
+import sys
+
+from opus_paas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""Set up a checkout and run it: the README's two commands.
+
+    python3 -m opus_paas.bootstrap up      install what is missing, then `opus up`
+    python3 -m opus_paas.bootstrap test    install what is missing, then run every test
+
+Stdlib only: it runs before anything is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+VENV = CHECKOUT / ".venv"
+
+# Debian packages: Apache and its headers (mod_wsgi builds against them), git and the
+# ssh client, and a system Python with headers and venv for the apps' virtualenvs.
+APT_PACKAGES = [
+    "apache2", "apache2-dev", "apache2-utils", "git", "openssh-client",
+    "python3", "python3-dev", "python3-venv", "build-essential", "curl",
+]
+APT_TEST_PACKAGES: list[str] = []
+
+
+def _missing_apt(packages: list[str]) -> list[str]:
+    missing = []
+    for package in packages:
+        result = subprocess.run(["dpkg-query", "-W", "-f", "${Status}", package],
+                                capture_output=True, text=True, check=False)
+        if "install ok installed" not in result.stdout:
+            missing.append(package)
+    return missing
+
+
+def install_system_packages(packages: list[str]) -> None:
+    if not shutil.which("dpkg-query"):
+        print("bootstrap: not a Debian system; install Apache 2.4 with its dev headers, git, "
+              "openssh-client and python3-dev yourself", file=sys.stderr)
+        return
+    missing = _missing_apt(packages)
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"bootstrap: missing Debian packages: {' '.join(missing)}\n"
+                 f"  install them with: sudo apt-get install -y {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    print(f"-----> Installing {' '.join(missing)}", flush=True)
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+                   check=True, env=env)
+
+
+def install_python_packages(extras: str) -> Path:
+    """A virtualenv in the checkout with Opus installed (editable); its python."""
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        print(f"-----> Creating {VENV}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    spec = f"{CHECKOUT}[{extras}]" if extras else str(CHECKOUT)
+    print("-----> Installing Opus and its Python dependencies", flush=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    "-e", spec], check=True)
+    return python
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("up", "test"):
+        print(__doc__)
+        return 2
+    if argv[0] == "up":
+        install_system_packages(APT_PACKAGES)
+        python = install_python_packages("")
+        return subprocess.run([str(python), "-m", "opus_paas", "up"], check=False).returncode
+    install_system_packages(APT_PACKAGES + APT_TEST_PACKAGES)
+    python = install_python_packages("test")
+    return subprocess.run([str(python), "-m", "pytest", *argv[1:]], cwd=CHECKOUT,
+                          check=False).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,246 @@
+"""Runs the buildpack for a push: export the pushed tree, detect, compile, release.
+
+Every line of output is yielded as it arrives, so the SSH side can stream it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+
+from dulwich.objects import Blob, Commit, Tree
+from dulwich.repo import Repo
+
+from opus_paas import privileged
+from opus_paas.errors import BuildFailed
+from opus_paas.paths import shipped
+from opus_paas.settings import Settings
+
+# Config variables the build never takes from the app (the buildpack filters too).
+UNSAFE_BUILD_VARS = re.compile(r"PATH|PYTHONHOME|PYTHONPATH|PYTHONSTARTUP|LD_.*|OPUS_.*")
+
+S_IFGITLINK = 0o160000
+
+Emit = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildResult:
+    """What a successful build leaves behind in its slug directory."""
+
+    slug: Path
+    info: dict[str, object]          # .opus/build.json, written by bin/compile
+    process_types: dict[str, str]    # from bin/release's default_process_types
+
+
+# ---- staging the tools the run user needs ---------------------------------
+def install_tools(settings: Settings) -> None:
+    """Copy the buildpacks and uv into OPUS_HOME/tools, readable by the run user.
+
+    Opus's own installation may sit where the run user cannot read it (pyenv
+    under /root is 0700), so builds use these copies.
+    """
+    tools = settings.tools_dir
+    (tools / "bin").mkdir(parents=True, exist_ok=True)
+    tools.chmod(0o755)
+    (tools / "bin").chmod(0o755)
+    staged = tools / "buildpacks"
+    fresh = tools / ".buildpacks.new"
+    shutil.rmtree(fresh, ignore_errors=True)
+    shutil.copytree(shipped("buildpacks"), fresh,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _make_world_readable(fresh)
+    old = tools / ".buildpacks.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if staged.exists():
+        os.replace(staged, old)
+    os.replace(fresh, staged)
+    shutil.rmtree(old, ignore_errors=True)
+    uv = _find_uv()
+    target = tools / "bin" / "uv"
+    if not target.exists() or target.stat().st_size != uv.stat().st_size:
+        tmp = tools / "bin" / ".uv.tmp"
+        shutil.copyfile(uv, tmp)
+        tmp.chmod(0o755)
+        os.replace(tmp, target)
+
+
+def _find_uv() -> Path:
+    import sysconfig
+
+    candidates = [Path(sysconfig.get_path("scripts")) / "uv", shutil.which("uv")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).resolve()
+    raise BuildFailed("uv is not installed next to Opus; reinstall opus (it depends on uv)")
+
+
+def _make_world_readable(top: Path) -> None:
+    for root, dirs, files in os.walk(top):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)
+        for name in files:
+            path = os.path.join(root, name)
+            mode = os.stat(path).st_mode
+            os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)
+    os.chmod(top, 0o755)
+
+
+# ---- exporting a pushed tree -----------------------------------------------
+def _check_entry_name(name: bytes, where: str) -> str:
+    text = name.decode("utf-8", "surrogateescape")
+    if text in ("", ".", "..") or "/" in text or "\0" in text or text.lower() == ".git":
+        raise BuildFailed(f"the pushed tree has an entry named {text!r} in {where or '/'}; "
+                          "rename it and push again")
+    return text
+
+
+def _check_symlink(target: str, link_rel: PurePosixPath) -> None:
+    """A symlink in the tree may only point inside the tree."""
+    if target.startswith("/") or "\0" in target:
+        raise BuildFailed(f"symlink {link_rel} points outside the repository ({target}); "
+                          "replace it with a relative link or a copy")
+    depth = len(link_rel.parent.parts)
+    for part in PurePosixPath(target).parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            raise BuildFailed(f"symlink {link_rel} points outside the repository ({target}); "
+                              "replace it with a relative link or a copy")
+
+
+def export_tree(repo: Repo, commit_sha: bytes, dest: Path) -> list[str]:
+    """Write the commit's tree into the empty directory `dest`; return warnings."""
+    commit = repo[commit_sha]
+    if not isinstance(commit, Commit):
+        raise BuildFailed("the pushed ref does not point at a commit; push a branch")
+    warnings: list[str] = []
+    dest.mkdir(parents=True)
+    dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        _export(repo, commit.tree, dest_fd, PurePosixPath(), warnings)
+    finally:
+        os.close(dest_fd)
+    return warnings
+
+
+def _export(repo: Repo, tree_id: bytes, dir_fd: int, rel: PurePosixPath,
+            warnings: list[str]) -> None:
+    tree = repo[tree_id]
+    assert isinstance(tree, Tree)
+    for entry in tree.items():
+        name = _check_entry_name(entry.path, str(rel))
+        mode, sha = entry.mode, entry.sha
+        path = rel / name
+        if stat.S_ISDIR(mode):
+            os.mkdir(name, 0o755, dir_fd=dir_fd)
+            sub_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            try:
+                _export(repo, sha, sub_fd, path, warnings)
+            finally:
+                os.close(sub_fd)
+        elif mode == S_IFGITLINK:
+            warnings.append(f"submodule {path} is not included in the build")
+        elif stat.S_ISLNK(mode):
+            blob = repo[sha]
+            assert isinstance(blob, Blob)
+            target = blob.as_raw_string().decode("utf-8", "surrogateescape")
+            _check_symlink(target, path)
+            os.symlink(target, name, dir_fd=dir_fd)
+        else:
+            blob = repo[sha]
+            assert isinstance(blob, Blob)
+            file_mode = 0o755 if mode & 0o111 else 0o644
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         file_mode, dir_fd=dir_fd)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in blob.chunked:
+                    out.write(chunk)
+
+
+# ---- running the buildpack ---------------------------------------------------
+def write_env_dir(env_dir: Path, config: Mapping[str, str]) -> None:
+    """The buildpack's ENV dir: one file per config variable (unsafe names left out)."""
+    shutil.rmtree(env_dir, ignore_errors=True)
+    env_dir.mkdir(mode=0o700, parents=True)
+    for key, value in config.items():
+        if not UNSAFE_BUILD_VARS.fullmatch(key):
+            (env_dir / key).write_text(value)
+
+
+def build_environment(settings: Settings, app_dir: Path) -> dict[str, str]:
+    """A clean environment for the buildpack: nothing inherited from Opus."""
+    env = {
+        "PATH": f"{settings.tools_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(app_dir),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        # Trust the host's CA store, as the rest of the host does.
+        "UV_NATIVE_TLS": "1",
+        **dict(settings.network_env),
+    }
+    if settings.python:
+        env["OPUS_PYTHON"] = settings.python
+    return env
+
+
+def parse_release_output(text: str) -> dict[str, str]:
+    """The default_process_types of bin/release's YAML (the small subset buildpacks print)."""
+    types: dict[str, str] = {}
+    inside = False
+    for line in text.splitlines():
+        if not line.strip() or line.strip() == "---":
+            continue
+        if not line.startswith(" "):
+            key, _, rest = line.partition(":")
+            inside = key.strip() == "default_process_types" and rest.strip() == ""
+            continue
+        if inside:
+            name, sep, command = line.strip().partition(":")
+            if sep and command.strip():
+                types[name.strip()] = command.strip()
+    return types
+
+
+def run_buildpack(settings: Settings, slug: Path, app_dir: Path,
+                  config: Mapping[str, str], emit: Emit) -> BuildResult:
+    """Detect, compile and release `slug` as the run user, emitting output as it comes."""
+    buildpack = settings.tools_dir / "buildpacks" / "python"
+    env_dir = app_dir / "build-env"
+    write_env_dir(env_dir, config)
+    privileged.hand_over(settings, env_dir)
+    env = build_environment(settings, app_dir)
+    bin_dir = buildpack / "bin"
+    detected = _run_step(settings, [str(bin_dir / "detect"), str(slug)], slug, env)
+    if detected.returncode != 0:
+        for line in detected.stdout.splitlines():
+            emit(line)
+        raise BuildFailed("no buildpack recognised this app; see the messages above")
+    compile_argv = [str(bin_dir / "compile"), str(slug), str(settings.package_cache), str(env_dir)]
+    try:
+        for line in privileged.stream(settings, compile_argv, cwd=slug, env=env):
+            emit(line)
+    except subprocess.CalledProcessError:
+        raise BuildFailed("the build failed; see the messages above") from None
+    released = _run_step(settings, [str(bin_dir / "release"), str(slug)], slug, env)
+    if released.returncode != 0:
+        for line in (released.stdout + released.stderr).splitlines():
+            emit(line)
+        raise BuildFailed("the buildpack's release step failed; see the messages above")
+    info = json.loads((slug / ".opus" / "build.json").read_text())
+    return BuildResult(slug, info, parse_release_output(released.stdout))
+
+
+def _run_step(settings: Settings, argv: list[str], cwd: Path,
+              env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=cwd, env=dict(env), capture_output=True, text=True, check=False,
+        **privileged.subprocess_identity(settings),  # type: ignore[arg-type]
+    )

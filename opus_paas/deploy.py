@@ -1,0 +1,151 @@
+"""Start a release's web instance, check its health, switch the front to it, stop the old one.
+
+Each app owns two loopback ports; a deploy starts the new release on the one
+that is not live, so old and new run side by side until the switch.
+Reconcile makes supervisor and the front match the database (after `opus up`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import time
+from pathlib import Path
+
+from opus_paas import front, release
+from opus_paas.build import Emit
+from opus_paas.errors import BuildFailed
+from opus_paas.settings import Settings
+from opus_paas.store import App, Store
+from opus_paas.supervisor import Program, Supervisor
+
+DRAIN_SECONDS = 1.0
+
+
+def ports(settings: Settings, app: App) -> tuple[int, int]:
+    base = settings.app_port_base + 2 * app.id
+    return base, base + 1
+
+
+def next_port(settings: Settings, app: App) -> int:
+    blue, green = ports(settings, app)
+    return green if app.live_port == blue else blue
+
+
+def program_file(app: str) -> str:
+    return f"app-{app}"
+
+
+def web_program_name(app: str, version: int) -> str:
+    return f"{app}-web-v{version}"
+
+
+def web_program(settings: Settings, app: str, version: int, port: int) -> Program:
+    """The supervisor program serving release `version` of `app` under mod_wsgi-express."""
+    slug = release.slug_dir(settings, app, version)
+    server_root = release.app_dir(settings, app) / "run" / f"web-{port}"
+    command = [
+        str(slug / ".opus" / "venv" / "bin" / "mod_wsgi-express"), "start-server",
+        "--application-type", "module", "opus_runtime.wsgi",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--server-root", str(server_root),
+        "--working-directory", str(slug),
+        "--locale", "C.UTF-8",
+        "--log-to-terminal", "--access-log",
+        "--processes", "1", "--threads", "5",
+    ]
+    return Program(
+        name=web_program_name(app, version),
+        command=command,
+        directory=slug,
+        log_file=settings.logs_dir / app / "web.log",
+        environment={
+            "HOME": str(release.app_dir(settings, app)),
+            "LANG": "C.UTF-8",
+            "OPUS_ENV_FILE": str(release.env_file(slug)),
+        },
+        user=settings.app_run_user(),
+        startsecs=1,
+        stopwaitsecs=15,
+    )
+
+
+def check_health(settings: Settings, host: str, port: int, program: str,
+                 supervisor: Supervisor) -> None:
+    """Wait until GET / with the app's Host answers below 500, or raise BuildFailed."""
+    deadline = time.monotonic() + settings.health_timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        state = supervisor.process_state(program)
+        if state in ("FATAL", "EXITED", "ABSENT"):
+            raise BuildFailed(f"the new web process did not stay up ({state}); "
+                              "see `opus logs` for its output")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/", headers={"Host": host})
+            status = conn.getresponse().status
+            conn.close()
+            if status < 500:
+                return
+            last = f"HTTP {status}"
+        except OSError as exc:
+            last = exc.__class__.__name__
+        time.sleep(0.2)
+    raise BuildFailed(f"the new release did not pass its health check within "
+                      f"{settings.health_timeout:.0f} s (last: {last}); the old release "
+                      "keeps serving")
+
+
+def site_for(settings: Settings, app: App) -> front.Site | None:
+    if app.live_port is None:
+        return None
+    return front.Site(
+        app=app.name,
+        domains=(settings.app_domain(app.name),),
+        port=app.live_port,
+        static_dir=release.app_dir(settings, app.name) / "current" / ".opus" / "static",
+    )
+
+
+def refresh_front(settings: Settings, store: Store, supervisor: Supervisor) -> None:
+    """Render the front from the database; reload it gracefully if the config changed."""
+    sites = [s for s in (site_for(settings, a) for a in store.list_apps()) if s is not None]
+    if front.write(settings, sites) and supervisor.process_state("opus-front") == "RUNNING":
+        supervisor.signal("opus-front", "USR1")
+
+
+def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
+           version: int, emit: Emit) -> None:
+    """Bring release `version` live; on any failure the old release keeps serving."""
+    port = next_port(settings, app)
+    new = web_program(settings, app.name, version, port)
+    old = (web_program(settings, app.name, app.live_version, app.live_port)
+           if app.live_version is not None and app.live_port is not None else None)
+    Path(new.log_file).parent.mkdir(parents=True, exist_ok=True)
+    emit(f"-----> Starting v{version} on its own port")
+    supervisor.write_programs(program_file(app.name), [p for p in (old, new) if p])
+    supervisor.apply()
+    try:
+        check_health(settings, settings.app_domain(app.name), port, new.name, supervisor)
+    except BuildFailed:
+        supervisor.write_programs(program_file(app.name), [old] if old else [])
+        supervisor.apply()
+        raise
+    emit("       Health check passed; switching traffic")
+    release.point_current(settings, app.name, version)
+    store.set_live(app, version, port)
+    refresh_front(settings, store, supervisor)
+    # A graceful reload lets each front child finish its request on the old
+    # config; give them a moment before the old instance goes away.
+    time.sleep(DRAIN_SECONDS)
+    supervisor.write_programs(program_file(app.name), [new])
+    supervisor.apply()
+
+
+def reconcile(settings: Settings, store: Store, supervisor: Supervisor) -> None:
+    """Make supervisor's app programs and the front match the database."""
+    for app in store.list_apps():
+        if app.live_version is not None and app.live_port is not None:
+            program = web_program(settings, app.name, app.live_version, app.live_port)
+            supervisor.write_programs(program_file(app.name), [program])
+    supervisor.apply()
+    refresh_front(settings, store, supervisor)

@@ -1,0 +1,142 @@
+"""The front Apache: renders its whole config from the apps' state, tests, swaps, reloads.
+
+Render → `apache2 -t` on the new file → rename into place → graceful (SIGUSR1).
+A config that fails its test is never made live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import grp
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+from opus_paas.errors import ServiceError
+from opus_paas.settings import Settings
+
+MODULES = [
+    "mpm_event", "authz_core", "authz_host", "mime", "alias", "dir", "headers",
+    "proxy", "proxy_http", "setenvif",
+]
+
+LOG_FORMAT = '"%v %h %t \\"%r\\" %>s %b %D \\"%{X-Opus-Served-By}o\\""'
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One app as the front sees it: its host names, its live port, its static files."""
+
+    app: str
+    domains: tuple[str, ...]
+    port: int
+    static_dir: Path
+
+
+def _directive_path(path: Path) -> str:
+    text = str(path)
+    if any(c in text for c in '"\n\r\\') or not path.is_absolute():
+        raise ServiceError(f"path {text!r} cannot go into the Apache config; choose a plain path")
+    return f'"{text}"'
+
+
+def render(settings: Settings, sites: list[Site]) -> str:
+    """The front's httpd.conf for these sites (pure: no I/O)."""
+    front = settings.front_dir
+    logs = settings.logs_dir / "front"
+    lines = [
+        "# Rendered by Opus from its database; edits are overwritten.",
+        f"ServerRoot {_directive_path(front)}",
+        f"PidFile {_directive_path(front / 'httpd.pid')}",
+        f"DefaultRuntimeDir {_directive_path(front / 'run')}",
+        f"Listen {settings.http_host}:{settings.http_port}",
+        "ServerName localhost",
+        "ServerTokens Prod",
+        "ServerSignature Off",
+        "TraceEnable Off",
+        "Timeout 60",
+        "KeepAlive On",
+    ]
+    lines += [f"LoadModule {m}_module {settings.apache_modules}/mod_{m}.so" for m in MODULES]
+    if os.geteuid() == 0:
+        # The master binds as root; its children serve as the unprivileged run user.
+        user = settings.app_run_user() or "nobody"
+        group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+        lines += [f"User {user}", f"Group {group}"]
+    lines += [
+        "TypesConfig /etc/mime.types",
+        f"ErrorLog {_directive_path(logs / 'error.log')}",
+        f"LogFormat {LOG_FORMAT} opus",
+        f"CustomLog {_directive_path(logs / 'access.log')} opus",
+        "ProxyRequests Off",
+        "ProxyTimeout 60",
+        "<Directory />",
+        "    AllowOverride None",
+        "    Require all denied",
+        "</Directory>",
+        "",
+        "# First vhost: any host name no app has.",
+        f"<VirtualHost {settings.http_host}:{settings.http_port}>",
+        "    ServerName _default_",
+        '    Header always set X-Opus-Served-By "front"',
+        "    RedirectMatch 404 ^",
+        '    ErrorDocument 404 "No app is deployed at this host name. '
+        'Push one with git push opus main."',
+        "</VirtualHost>",
+    ]
+    for site in sorted(sites, key=lambda s: s.app):
+        static = _directive_path(site.static_dir)
+        lines += [
+            "",
+            f"<VirtualHost {settings.http_host}:{settings.http_port}>",
+            f"    ServerName {site.domains[0]}",
+        ]
+        if len(site.domains) > 1:
+            lines.append(f"    ServerAlias {' '.join(site.domains[1:])}")
+        lines += [
+            "    ProxyPreserveHost On",
+            '    RequestHeader set X-Forwarded-Proto "http"',
+            # Static files come straight from the release's STATIC_ROOT (through
+            # the app's `current` symlink), never from the app.
+            "    ProxyPass /static/ !",
+            f"    Alias /static/ {static[:-1]}/\"",
+            f"    <Directory {static}>",
+            "        Options None",
+            "        Require all granted",
+            '        Header set X-Opus-Served-By "front-static"',
+            "    </Directory>",
+            f"    ProxyPass / http://127.0.0.1:{site.port}/ retry=0",
+            f"    ProxyPassReverse / http://127.0.0.1:{site.port}/",
+            "</VirtualHost>",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def program_command(settings: Settings) -> list[str]:
+    """The supervisor command that runs the front in the foreground."""
+    return [settings.apache_bin, "-f", str(settings.front_dir / "httpd.conf"), "-DFOREGROUND"]
+
+
+def write(settings: Settings, sites: list[Site]) -> bool:
+    """Render, test and install the config; True if it changed."""
+    front = settings.front_dir
+    (front / "run").mkdir(parents=True, exist_ok=True)
+    (settings.logs_dir / "front").mkdir(parents=True, exist_ok=True)
+    live = front / "httpd.conf"
+    text = render(settings, sites)
+    if live.exists() and live.read_text() == text:
+        return False
+    candidate = front / "httpd.conf.new"
+    candidate.write_text(text)
+    check = subprocess.run(
+        [settings.apache_bin, "-t", "-f", str(candidate)],
+        capture_output=True, text=True, check=False,
+    )
+    if check.returncode != 0:
+        raise ServiceError(
+            "the new front config failed Apache's test and was not installed: "
+            + check.stderr.strip().replace(str(settings.home), "$OPUS_HOME")
+        )
+    os.replace(candidate, live)
+    return True

@@ -1,0 +1,140 @@
+"""`opus up`, `opus down`, `opus status`: Opus's own supervisord and its programs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+
+from opus_paas import build, deploy, front, privileged, sshd
+from opus_paas.errors import ServiceError, UsageError
+from opus_paas.settings import Settings, user_ids
+from opus_paas.store import Store
+from opus_paas.supervisor import Program, Supervisor
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """OPUS_* variables that rebuild exactly these settings in a child process."""
+    env = {"OPUS_HOME": str(settings.home)}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if field.name not in ("home", "network_env") and value not in (None, ""):
+            env["OPUS_" + field.name.upper()] = str(value)
+    return env
+
+
+def own_programs(settings: Settings) -> list[Program]:
+    env = settings_environment(settings)
+    env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
+    env["HOME"] = str(Path.home())
+    return [
+        Program(
+            name="opus-sshd",
+            command=[sys.executable, "-m", "opus_paas.sshd"],
+            directory=settings.home,
+            log_file=settings.logs_dir / "opus-sshd.log",
+            environment=env,
+        ),
+        Program(
+            name="opus-front",
+            command=front.program_command(settings),
+            directory=settings.front_dir,
+            log_file=settings.logs_dir / "front" / "opus-front.log",
+            startsecs=1,
+            stopsignal="TERM",
+        ),
+    ]
+
+
+def _check_reachable(settings: Settings) -> None:
+    """The run user (and the front's children) must traverse OPUS_HOME."""
+    if user_ids(settings.app_run_user()) is None or os.geteuid() != 0:
+        return
+    for parent in [settings.home, *settings.home.parents]:
+        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+            raise UsageError(
+                f"OPUS_HOME {settings.home} is inside {parent}, which user "
+                f"{settings.app_run_user()} cannot enter; set OPUS_HOME to a directory "
+                "others can traverse, such as /var/lib/opus"
+            )
+
+
+def prepare_home(settings: Settings) -> Store:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.home.chmod(0o755)
+    _check_reachable(settings)
+    for path in (settings.repos_dir, settings.apps_dir, settings.front_dir, settings.logs_dir,
+                 settings.supervisor_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    settings.repos_dir.chmod(0o700)
+    settings.supervisor_dir.chmod(0o700)
+    store = Store(settings.db_path)
+    store.init()
+    sshd.load_or_create_host_key(settings.host_key_path)
+    build.install_tools(settings)
+    privileged.make_private_dir(settings, settings.package_cache, 0o755)
+    return store
+
+
+def up(settings: Settings) -> list[str]:
+    """Start (or bring back to the database's state) everything; return the next steps."""
+    store = prepare_home(settings)
+    supervisor = Supervisor(settings)
+    front.write(settings, [s for s in (deploy.site_for(settings, a) for a in store.list_apps())
+                           if s is not None])
+    supervisor.conf_d.mkdir(parents=True, exist_ok=True)
+    supervisor.write_programs("opus", own_programs(settings))
+    if supervisor.is_running():
+        supervisor.apply()
+    else:
+        supervisor.start()
+    deploy.reconcile(settings, store, supervisor)
+    _wait_for_port(settings.ssh_host, settings.ssh_port, "opus-sshd", settings)
+    _wait_for_port(settings.http_host, settings.http_port, "opus-front", settings)
+    host = "localhost" if settings.ssh_host in ("127.0.0.1", "::1") else settings.ssh_host
+    return [
+        f"Opus is up (OPUS_HOME={settings.home}).",
+        "",
+        "Next steps:",
+        "  1. Register your SSH key:",
+        "       opus keys:add $USER ~/.ssh/id_ed25519.pub",
+        "  2. In your Django project:",
+        f"       git remote add opus ssh://git@{host}:{settings.ssh_port}/myapp.git",
+        "       git push opus main",
+        f"  3. Open http://myapp.{settings.domain}:{settings.http_port}/",
+    ]
+
+
+def _wait_for_port(host: str, port: int, program: str, settings: Settings) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise ServiceError(f"{program} did not start listening on {host}:{port}; see "
+                       f"{settings.logs_dir} (is the port in use? set OPUS_"
+                       f"{'SSH' if 'ssh' in program else 'HTTP'}_PORT)")
+
+
+def down(settings: Settings) -> str:
+    supervisor = Supervisor(settings)
+    if not supervisor.is_running():
+        return "Opus is not running."
+    supervisor.shutdown()
+    return "Opus stopped: every app and Opus process is down."
+
+
+def status(settings: Settings) -> list[str]:
+    supervisor = Supervisor(settings)
+    if not supervisor.is_running():
+        return ["Opus is not running; start it with `opus up`."]
+    lines = [f"Opus is running (OPUS_HOME={settings.home})."]
+    for info in supervisor.processes():
+        lines.append(f"  {info['name']:<32} {info['statename']:<10} {info['description']}")
+    return lines

@@ -1,0 +1,87 @@
+"""Every name pattern in one place.
+
+A name that does not match is rejected with a message, never "cleaned".
+"""
+
+from __future__ import annotations
+
+import re
+
+from opus_paas.errors import InvalidName
+
+APP_NAME = re.compile(r"[a-z](?:[a-z0-9-]{0,28}[a-z0-9])?")
+USER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+CONFIG_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+PROCESS_TYPE = re.compile(r"[A-Za-z0-9._-]{1,63}")
+# One DNS label, or several joined by dots; lower case only.
+DOMAIN = re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
+                    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# The path a git client sends: an optional leading slash, the app, ".git" optional.
+REPO_PATH = re.compile(r"/?([a-z](?:[a-z0-9-]{0,28}[a-z0-9])?)(?:\.git)?/?")
+
+# Names that would collide with Opus's own programs or hostnames.
+RESERVED_APP_NAMES = frozenset({"opus", "www", "git", "ssh", "front", "supervisor"})
+
+
+def _reject(kind: str, value: str, rule: str) -> InvalidName:
+    shown = value if len(value) <= 64 and value.isprintable() else repr(value[:64])
+    return InvalidName(f"invalid {kind} {shown}: {rule}")
+
+
+def check_app_name(name: str) -> str:
+    """Return `name` if it is a valid app name, else raise InvalidName."""
+    if not APP_NAME.fullmatch(name):
+        raise _reject(
+            "app name", name,
+            "use 1-30 characters: lower-case letters, digits and '-', "
+            "starting with a letter and not ending with '-'",
+        )
+    if name in RESERVED_APP_NAMES:
+        raise _reject("app name", name, "this name is reserved for Opus; choose another")
+    return name
+
+
+def check_user_name(name: str) -> str:
+    """Return `name` if it is a valid user name, else raise InvalidName."""
+    if not USER_NAME.fullmatch(name):
+        raise _reject(
+            "user name", name,
+            "use 1-32 characters: lower-case letters, digits, '_' and '-', "
+            "starting with a letter",
+        )
+    return name
+
+
+def check_config_key(key: str) -> str:
+    """Return `key` if it is a valid config variable name, else raise InvalidName."""
+    if not CONFIG_KEY.fullmatch(key):
+        raise _reject(
+            "config key", key,
+            "use letters, digits and '_', not starting with a digit (e.g. DATABASE_URL)",
+        )
+    return key
+
+
+def check_process_type(name: str) -> str:
+    """Return `name` if it is a valid Procfile process type, else raise InvalidName."""
+    if not PROCESS_TYPE.fullmatch(name):
+        raise _reject("process type", name, "use letters, digits, '.', '_' and '-' only")
+    return name
+
+
+def check_domain(name: str) -> str:
+    """Return `name` if it is a valid lower-case host name, else raise InvalidName."""
+    if not DOMAIN.fullmatch(name):
+        raise _reject("domain", name, "use a lower-case host name such as www.example.com")
+    return name
+
+
+def app_from_repo_path(path: str) -> str:
+    """The app named by a git client's repository path ('/myapp.git' → 'myapp')."""
+    match = REPO_PATH.fullmatch(path)
+    if not match:
+        raise _reject(
+            "repository path", path,
+            "push to ssh://git@HOST:PORT/APP.git where APP is the app's name",
+        )
+    return check_app_name(match.group(1))

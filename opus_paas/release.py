@@ -1,0 +1,113 @@
+"""Releases: the runtime environment of a slug, the release step, the `current` symlink."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from opus_paas import privileged
+from opus_paas.build import Emit
+from opus_paas.errors import BuildFailed
+from opus_paas.settings import Settings
+from opus_paas.store import App
+
+
+def app_dir(settings: Settings, app: str) -> Path:
+    return settings.apps_dir / app
+
+
+def slug_dir(settings: Settings, app: str, version: int) -> Path:
+    return app_dir(settings, app) / "releases" / f"v{version}"
+
+
+def data_dir(settings: Settings, app: str) -> Path:
+    return app_dir(settings, app) / "data"
+
+
+def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, str],
+                info: Mapping[str, object], domains: list[str]) -> dict[str, str]:
+    """The environment every process of this release runs with.
+
+    Config vars come first; Opus's own variables (which point the settings
+    overlay at the app's data, static files and host names) win.
+    """
+    manage_py = info.get("manage_py")
+    app_root = slug / Path(str(manage_py)).parent if manage_py else slug
+    env = dict(config)
+    env.update({
+        "PATH": f"{slug / '.opus' / 'venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(app_dir(settings, app.name)),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "OPUS_APP": app.name,
+        "OPUS_APP_ROOT": str(app_root),
+        "OPUS_ALLOWED_HOSTS": ",".join(domains),
+        "OPUS_DATA_DIR": str(data_dir(settings, app.name)),
+    })
+    if info.get("static_root"):
+        env["OPUS_STATIC_ROOT"] = str(info["static_root"])
+    if info.get("framework") == "django":
+        env["DJANGO_SETTINGS_MODULE"] = "opus_runtime.settings"
+        env["OPUS_USER_SETTINGS_MODULE"] = str(info["settings_module"])
+    if info.get("wsgi_module"):
+        env["OPUS_WSGI_MODULE"] = str(info["wsgi_module"])
+    return env
+
+
+def env_file(slug: Path) -> Path:
+    return slug / ".opus" / "env.json"
+
+
+def write_env_file(settings: Settings, slug: Path, env: Mapping[str, str]) -> None:
+    """The release's config snapshot, read by the WSGI entry (no quoting through supervisor)."""
+    path = env_file(slug)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(dict(env), out, indent=1, sort_keys=True)
+    privileged.hand_over(settings, path)
+
+
+def run_release_command(settings: Settings, slug: Path, command: str,
+                        env: Mapping[str, str], emit: Emit) -> None:
+    """Run the release phase (e.g. migrate) as the run user; failure rejects the push."""
+    argv = shlex.split(command)
+    if argv and "/" not in argv[0]:
+        found = shutil.which(argv[0], path=env["PATH"])
+        argv[0] = found or argv[0]
+    emit(f"-----> Running release command: {command}")
+    try:
+        for line in privileged.stream(settings, argv, cwd=slug, env=env):
+            emit("       " + line)
+    except (subprocess.CalledProcessError, FileNotFoundError, PermissionError) as exc:
+        raise BuildFailed(f"the release command failed ({exc.__class__.__name__}); "
+                          "fix it, or change `release:` in your Procfile") from None
+
+
+def point_current(settings: Settings, app: str, version: int) -> None:
+    """Swap apps/<app>/current to releases/v<version> atomically (rename(2))."""
+    base = app_dir(settings, app)
+    tmp = base / ".current.new"
+    tmp.unlink(missing_ok=True)
+    os.symlink(Path("releases") / f"v{version}", tmp)
+    os.replace(tmp, base / "current")
+
+
+def prune(settings: Settings, app: str, keep_versions: set[int], keep: int) -> list[int]:
+    """Delete old slugs beyond the newest `keep`, never one in `keep_versions`."""
+    releases = app_dir(settings, app) / "releases"
+    versions = sorted(
+        (int(p.name[1:]) for p in releases.iterdir() if p.name[:1] == "v" and p.name[1:].isdigit()),
+        reverse=True,
+    ) if releases.is_dir() else []
+    removed = []
+    for version in versions[keep:]:
+        if version not in keep_versions:
+            shutil.rmtree(releases / f"v{version}", ignore_errors=True)
+            removed.append(version)
+    return removed

@@ -1,0 +1,158 @@
+"""Opus's own settings: defaults < config file (OPUS_HOME/opus.toml) < OPUS_* environment.
+
+Built once by the edges (cli, sshd) and passed down; nothing reads the
+environment after that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pwd
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from opus_paas.errors import UsageError
+
+
+def _default_home(euid: int) -> Path:
+    # root's home (/root) is private to root, but the front Apache and the apps'
+    # run user must read static files and slugs: root's default lives in /var/lib.
+    if euid == 0:
+        return Path("/var/lib/opus")
+    return Path.home() / ".opus"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything configurable about one Opus installation."""
+
+    home: Path
+    ssh_host: str = "127.0.0.1"
+    ssh_port: int = 2222
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    domain: str = "localhost"
+    # Each app owns two loopback ports (blue/green): base + 2*id and base + 2*id + 1.
+    app_port_base: int = 20000
+    cache_dir: Path | None = None
+    # Interpreter for app virtualenvs; empty: the newest /usr/bin/python3.X.
+    python: str = ""
+    # The Unix user that app code runs as; empty: the invoking user, or
+    # "nobody" when Opus runs as root (Apache will not serve as root).
+    run_user: str = ""
+    health_timeout: float = 30.0
+    keep_releases: int = 5
+    # The host's network set-up (proxies, package index, CA file) that builds need
+    # to reach the package index; taken from Opus's environment, never from an app.
+    network_env: tuple[tuple[str, str], ...] = ()
+    apache_bin: str = "/usr/sbin/apache2"
+    apache_modules: str = "/usr/lib/apache2/modules"
+
+    # ---- derived paths -------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.home / "opus.db"
+
+    @property
+    def repos_dir(self) -> Path:
+        return self.home / "repos"
+
+    @property
+    def apps_dir(self) -> Path:
+        return self.home / "apps"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def front_dir(self) -> Path:
+        return self.home / "front"
+
+    @property
+    def supervisor_dir(self) -> Path:
+        return self.home / "supervisor"
+
+    @property
+    def package_cache(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.home / "cache"
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.home / "ssh_host_key"
+
+    @property
+    def tools_dir(self) -> Path:
+        """World-readable copies of the buildpacks and uv, usable by the run user."""
+        return self.home / "tools"
+
+    def app_run_user(self) -> str | None:
+        """The user app code runs as, or None for the invoking user."""
+        if self.run_user:
+            return self.run_user
+        return "nobody" if os.geteuid() == 0 else None
+
+    def app_domain(self, app: str) -> str:
+        return f"{app}.{self.domain}"
+
+
+_INT_FIELDS = {"ssh_port", "http_port", "app_port_base", "keep_releases"}
+_FLOAT_FIELDS = {"health_timeout"}
+_PATH_FIELDS = {"cache_dir"}
+_FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"home", "network_env"}
+NETWORK_VARS = (
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL",
+)
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    try:
+        if name in _INT_FIELDS:
+            return int(value)
+        if name in _FLOAT_FIELDS:
+            return float(value)
+        if name in _PATH_FIELDS:
+            return Path(str(value)).absolute()
+        return str(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{source}: {name} = {value!r} is not valid; give a number") from None
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from defaults, OPUS_HOME/opus.toml, then OPUS_* variables."""
+    env = os.environ if environ is None else environ
+    home = Path(env.get("OPUS_HOME") or _default_home(os.geteuid())).absolute()
+    values: dict[str, Any] = {}
+    config_file = home / "opus.toml"
+    if config_file.is_file():
+        try:
+            data = tomllib.loads(config_file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{config_file}: {exc}; fix the file or remove it") from None
+        for key, value in data.items():
+            if key not in _FIELDS:
+                raise UsageError(
+                    f"{config_file}: unknown setting {key!r}; known: {', '.join(sorted(_FIELDS))}"
+                )
+            values[key] = _coerce(key, value, str(config_file))
+    for name in _FIELDS:
+        raw = env.get("OPUS_" + name.upper())
+        if raw:
+            values[name] = _coerce(name, raw, "OPUS_" + name.upper())
+    network = tuple((name, env[name]) for name in NETWORK_VARS if env.get(name))
+    return Settings(home=home, network_env=network, **values)
+
+
+def user_ids(name: str | None) -> tuple[int, int] | None:
+    """(uid, gid) of a Unix user, or None for the invoking user."""
+    if name is None:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise UsageError(f"run user {name!r} does not exist; create it or set OPUS_RUN_USER") from None
+    return entry.pw_uid, entry.pw_gid

@@ -1,0 +1,281 @@
+"""SQLite access: the only module that writes opus.db.
+
+Every public method opens its own short connection, so the store is safe to
+share between the SSH server's threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from opus_paas.errors import Conflict, NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL CHECK (role IN ('admin', 'developer')),
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL UNIQUE,
+    public_key TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS apps (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    owner_id INTEGER NOT NULL REFERENCES users(id),
+    created REAL NOT NULL,
+    live_version INTEGER,
+    live_port INTEGER
+);
+CREATE TABLE IF NOT EXISTS config (
+    app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (app_id, key)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    id INTEGER PRIMARY KEY,
+    app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    sha TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE (app_id, version)
+);
+CREATE TABLE IF NOT EXISTS builds (
+    id INTEGER PRIMARY KEY,
+    app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    sha TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
+    started REAL NOT NULL,
+    finished REAL,
+    log_path TEXT NOT NULL
+);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    id: int
+    user: str
+    fingerprint: str
+    public_key: str
+    comment: str
+
+
+@dataclasses.dataclass(frozen=True)
+class App:
+    id: int
+    name: str
+    owner: str
+    live_version: int | None   # the release serving traffic
+    live_port: int | None      # the loopback port its web instance listens on
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    app: str
+    version: int
+    sha: str
+    description: str
+    created: float
+
+
+class Store:
+    """Typed access to opus.db."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def init(self) -> None:
+        """Create the database and its tables if they are missing."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(SCHEMA)
+        finally:
+            conn.close()
+        self.path.chmod(0o600)
+
+    # ---- users and keys --------------------------------------------------
+    def add_key(self, user: str, fingerprint: str, public_key: str, comment: str) -> User:
+        """Register a key for `user`, creating the user; the first user is admin."""
+        with self._db() as db:
+            if db.execute("SELECT 1 FROM keys WHERE fingerprint = ?", (fingerprint,)).fetchone():
+                raise Conflict(
+                    f"key {fingerprint} is already registered; remove it first "
+                    f"with `opus keys:remove {fingerprint}`"
+                )
+            row = db.execute("SELECT * FROM users WHERE name = ?", (user,)).fetchone()
+            if row is None:
+                first = db.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
+                role = "admin" if first else "developer"
+                cur = db.execute(
+                    "INSERT INTO users (name, role, created) VALUES (?, ?, ?)",
+                    (user, role, time.time()),
+                )
+                row = db.execute("SELECT * FROM users WHERE id = ?", (cur.lastrowid,)).fetchone()
+            db.execute(
+                "INSERT INTO keys (user_id, fingerprint, public_key, comment, created)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (row["id"], fingerprint, public_key, comment, time.time()),
+            )
+            return User(row["id"], row["name"], row["role"])
+
+    def list_keys(self) -> list[Key]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT keys.*, users.name AS user FROM keys JOIN users ON users.id = keys.user_id"
+                " ORDER BY users.name, keys.id"
+            ).fetchall()
+        return [Key(r["id"], r["user"], r["fingerprint"], r["public_key"], r["comment"])
+                for r in rows]
+
+    def remove_key(self, fingerprint: str) -> Key:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT keys.*, users.name AS user FROM keys JOIN users ON users.id = keys.user_id"
+                " WHERE fingerprint = ?", (fingerprint,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no key {fingerprint}; `opus keys:list` shows the registered ones")
+            db.execute("DELETE FROM keys WHERE id = ?", (row["id"],))
+        return Key(row["id"], row["user"], row["fingerprint"], row["public_key"], row["comment"])
+
+    def user_for_key(self, fingerprint: str) -> User | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT users.* FROM users JOIN keys ON keys.user_id = users.id"
+                " WHERE keys.fingerprint = ?", (fingerprint,)
+            ).fetchone()
+        return None if row is None else User(row["id"], row["name"], row["role"])
+
+    # ---- apps --------------------------------------------------------------
+    def create_app(self, name: str, owner: User, initial_config: dict[str, str]) -> App:
+        with self._db() as db:
+            if db.execute("SELECT 1 FROM apps WHERE name = ?", (name,)).fetchone():
+                raise Conflict(f"app {name} already exists")
+            cur = db.execute(
+                "INSERT INTO apps (name, owner_id, created) VALUES (?, ?, ?)",
+                (name, owner.id, time.time()),
+            )
+            db.executemany(
+                "INSERT INTO config (app_id, key, value) VALUES (?, ?, ?)",
+                [(cur.lastrowid, k, v) for k, v in initial_config.items()],
+            )
+            assert cur.lastrowid is not None
+            return App(cur.lastrowid, name, owner.name, None, None)
+
+    def get_app(self, name: str) -> App | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT apps.*, users.name AS owner FROM apps JOIN users ON users.id = apps.owner_id"
+                " WHERE apps.name = ?", (name,)
+            ).fetchone()
+        return None if row is None else _app(row)
+
+    def list_apps(self) -> list[App]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT apps.*, users.name AS owner FROM apps JOIN users ON users.id = apps.owner_id"
+                " ORDER BY apps.name"
+            ).fetchall()
+        return [_app(r) for r in rows]
+
+    def set_live(self, app: App, version: int, port: int) -> None:
+        """Record which release serves the app, and on which port."""
+        with self._db() as db:
+            db.execute("UPDATE apps SET live_version = ?, live_port = ? WHERE id = ?",
+                       (version, port, app.id))
+
+    def config(self, app: App) -> dict[str, str]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT key, value FROM config WHERE app_id = ? ORDER BY key", (app.id,)
+            ).fetchall()
+        return {r["key"]: r["value"] for r in rows}
+
+    # ---- builds and releases ---------------------------------------------
+    def start_build(self, app: App, sha: str, log_path: Path) -> int:
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT INTO builds (app_id, sha, status, started, log_path)"
+                " VALUES (?, ?, 'running', ?, ?)", (app.id, sha, time.time(), str(log_path))
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def finish_build(self, build_id: int, succeeded: bool) -> None:
+        with self._db() as db:
+            db.execute(
+                "UPDATE builds SET status = ?, finished = ? WHERE id = ?",
+                ("succeeded" if succeeded else "failed", time.time(), build_id),
+            )
+
+    def next_release_version(self, app: App) -> int:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM releases WHERE app_id = ?", (app.id,)
+            ).fetchone()
+        return int(row[0]) + 1
+
+    def add_release(self, app: App, version: int, sha: str, description: str) -> Release:
+        now = time.time()
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO releases (app_id, version, sha, description, created)"
+                " VALUES (?, ?, ?, ?, ?)", (app.id, version, sha, description, now)
+            )
+        return Release(app.name, version, sha, description, now)
+
+    def releases(self, app: App) -> list[Release]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC", (app.id,)
+            ).fetchall()
+        return [Release(app.name, r["version"], r["sha"], r["description"], r["created"])
+                for r in rows]
+
+
+def _app(row: sqlite3.Row) -> App:
+    return App(row["id"], row["name"], row["owner"], row["live_version"], row["live_port"])

@@ -1,0 +1,227 @@
+"""Opus's own supervisord: its config, program sections, and an XML-RPC client."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from opus_paas.errors import ServiceError
+from opus_paas.settings import Settings
+
+
+def _ini(value: str) -> str:
+    """Escape a value for supervisor's config, which expands %(name)s."""
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"newline in a supervisor config value: {value!r}")
+    return value.replace("%", "%%")
+
+
+def _env(environment: dict[str, str]) -> str:
+    parts = []
+    for key, value in sorted(environment.items()):
+        if '"' in value or "\\" in value:
+            raise ValueError(f"quote or backslash in supervisor environment value {key}")
+        parts.append(f'{key}="{_ini(value)}"')
+    return ",".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """One supervisor program, rendered to one [program:name] section."""
+
+    name: str
+    command: list[str]
+    directory: Path
+    log_file: Path
+    environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    user: str | None = None
+    numprocs: int = 1
+    startsecs: int = 1
+    stopsignal: str = "TERM"
+    stopwaitsecs: int = 10
+
+    def render(self) -> str:
+        command = " ".join(_quote_arg(a) for a in self.command)
+        lines = [
+            f"[program:{self.name}]",
+            f"command={_ini(command)}",
+            f"directory={_ini(str(self.directory))}",
+            "autostart=true",
+            "autorestart=true",
+            f"startsecs={self.startsecs}",
+            "startretries=5",
+            f"stopsignal={self.stopsignal}",
+            f"stopwaitsecs={self.stopwaitsecs}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={_ini(str(self.log_file))}",
+            "stdout_logfile_maxbytes=10MB",
+            "stdout_logfile_backups=3",
+        ]
+        if self.numprocs > 1:
+            lines += [f"numprocs={self.numprocs}", "process_name=%(program_name)s-%(process_num)d"]
+        if self.user:
+            lines.append(f"user={_ini(self.user)}")
+        if self.environment:
+            lines.append(f"environment={_env(self.environment)}")
+        return "\n".join(lines) + "\n"
+
+
+def _quote_arg(arg: str) -> str:
+    # supervisor splits `command` with shlex; quote anything that needs it.
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def render_main_config(settings: Settings) -> str:
+    """supervisord.conf: a private unix socket (never inet_http_server), conf.d include."""
+    sup = settings.supervisor_dir
+    return "\n".join([
+        "[unix_http_server]",
+        f"file={_ini(str(sup / 'supervisor.sock'))}",
+        "chmod=0700",
+        "",
+        "[supervisord]",
+        f"logfile={_ini(str(settings.logs_dir / 'supervisord.log'))}",
+        f"pidfile={_ini(str(sup / 'supervisord.pid'))}",
+        f"childlogdir={_ini(str(settings.logs_dir))}",
+        "logfile_maxbytes=10MB",
+        "logfile_backups=3",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{_ini(str(sup / 'supervisor.sock'))}",
+        "",
+        "[include]",
+        f"files = {_ini(str(sup / 'conf.d'))}/*.conf",
+        "",
+    ])
+
+
+class Supervisor:
+    """A client of Opus's supervisord over its unix socket."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.socket = settings.supervisor_dir / "supervisor.sock"
+        self.conf = settings.supervisor_dir / "supervisord.conf"
+        self.conf_d = settings.supervisor_dir / "conf.d"
+
+    def _proxy(self) -> Any:
+        transport = SupervisorTransport(None, None, f"unix://{self.socket}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+    def is_running(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            return bool(self._proxy().getState()["statename"] == "RUNNING")
+        except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+            return False
+
+    def start(self) -> None:
+        """Start supervisord (it daemonizes) and wait until it answers."""
+        self.settings.supervisor_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_d.mkdir(exist_ok=True)
+        self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.conf, render_main_config(self.settings))
+        result = subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)],
+            capture_output=True, text=True, check=False, env=dict(os.environ),
+        )
+        if result.returncode != 0:
+            raise ServiceError(
+                "supervisord did not start: " + (result.stderr or result.stdout).strip()
+                + f"; see {self.settings.logs_dir / 'supervisord.log'}"
+            )
+        self._wait(self.is_running, 15, "supervisord did not answer on its socket")
+
+    def shutdown(self) -> None:
+        """Stop every program, then supervisord itself, and wait until it is gone."""
+        pid_file = self.settings.supervisor_dir / "supervisord.pid"
+        pid = int(pid_file.read_text()) if pid_file.exists() else None
+        try:
+            self._proxy().shutdown()
+        except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+            return
+        if pid is not None:
+            self._wait(lambda: not _pid_alive(pid), 60, "supervisord did not exit")
+
+    def write_programs(self, group_file: str, programs: list[Program]) -> None:
+        """Write conf.d/<group_file>.conf with exactly these programs (none: remove it)."""
+        path = self.conf_d / f"{group_file}.conf"
+        if programs:
+            _write_atomic(path, "\n".join(p.render() for p in programs))
+        else:
+            path.unlink(missing_ok=True)
+
+    def apply(self) -> None:
+        """Make the running programs match conf.d: add new ones, stop removed ones."""
+        proxy = self._proxy()
+        added, changed, removed = proxy.reloadConfig()[0]
+        for name in removed + changed:
+            self._stop_group(proxy, name)
+            proxy.removeProcessGroup(name)
+        for name in changed + added:
+            proxy.addProcessGroup(name)
+
+    def _stop_group(self, proxy: Any, name: str) -> None:
+        try:
+            proxy.stopProcessGroup(name)
+        except xmlrpc.client.Fault as fault:
+            if "BAD_NAME" not in fault.faultString:
+                raise
+
+    def process_state(self, name: str) -> str:
+        try:
+            return str(self._proxy().getProcessInfo(name)["statename"])
+        except xmlrpc.client.Fault:
+            return "ABSENT"
+
+    def processes(self) -> list[dict[str, Any]]:
+        return list(self._proxy().getAllProcessInfo())
+
+    def signal(self, name: str, sig: str) -> None:
+        self._proxy().signalProcess(name, sig)
+
+    def restart(self, name: str) -> None:
+        proxy = self._proxy()
+        proxy.stopProcess(name)
+        proxy.startProcess(name)
+
+    @staticmethod
+    def _wait(predicate: Any, seconds: float, message: str) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.1)
+        raise ServiceError(message)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

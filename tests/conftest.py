@@ -1,0 +1,280 @@
+"""Shared fixtures: one running Opus per test session, real git over real SSH.
+
+End-to-end tests share the session's Opus and one persistent package cache;
+every server a test starts is stopped by its fixture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; a missing tool fails the test under CI and skips it elsewhere."""
+    path = shutil.which(name) or (name if os.path.isabs(name) and os.access(name, os.X_OK)
+                                  else None)
+    if path is None:
+        message = f"{name} is not installed; `python3 -m opus_paas.bootstrap test` installs it"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_port_block(size: int) -> int:
+    """The start of `size` consecutive free loopback ports."""
+    for _ in range(50):
+        start = free_port()
+        if start + size > 65000:
+            continue
+        if all(_port_free(p) for p in range(start, start + size)):
+            return start
+    raise RuntimeError("no block of free ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def shared_cache_dir() -> Path:
+    """One package cache for every test session (uv's wheels; mod_wsgi builds once)."""
+    base = Path(os.environ.get("OPUS_TEST_CACHE") or
+                ("/var/cache/opus-test" if os.geteuid() == 0 else
+                 Path.home() / ".cache" / "opus-test"))
+    base.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        base.chmod(0o755)
+    return base
+
+
+@dataclasses.dataclass
+class Opus:
+    """A running Opus: its home, ports and environment."""
+
+    home: Path
+    ssh_port: int
+    http_port: int
+    env: dict[str, str]
+
+    def cli(self, *args: str, input: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "opus_paas", *args], env=self.env, input=input,
+            capture_output=True, text=True, timeout=300, check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"opus {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+        return result
+
+    def get(self, host: str, path: str = "/") -> tuple[int, dict[str, str], str]:
+        """GET through the front with a Host header (the resolver here lacks *.localhost)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
+                                         headers={"Host": host})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return (response.status, dict(response.headers),
+                        response.read().decode("utf-8", "replace"))
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read().decode("utf-8", "replace")
+
+    def app_host(self, app: str) -> str:
+        return f"{app}.localhost"
+
+
+def opus_processes(home: Path) -> list[str]:
+    """Command lines of live processes that belong to the Opus rooted at `home`."""
+    found = []
+    marker = str(home).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes() if marker not in cmdline else b""
+        except OSError:
+            continue
+        if marker in cmdline or marker in environ:
+            if (entry / "stat").read_text().split()[2] != "Z":
+                found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def start_opus(**extra_env: str) -> Opus:
+    for tool in ("git", "ssh", "ssh-keygen", "/usr/sbin/apache2", "apxs"):
+        require_tool(tool)
+    home = Path(tempfile.mkdtemp(prefix="opus-test-", dir="/tmp"))
+    home.chmod(0o755)   # the run user and the front's children traverse it
+    ssh_port, http_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPUS_")}
+    env.update({
+        "OPUS_HOME": str(home),
+        "OPUS_SSH_PORT": str(ssh_port),
+        "OPUS_HTTP_PORT": str(http_port),
+        "OPUS_APP_PORT_BASE": str(free_port_block(40)),
+        "OPUS_CACHE_DIR": str(shared_cache_dir()),
+        "PYTHONPATH": str(CHECKOUT),
+    })
+    env.update(extra_env)
+    opus = Opus(home, ssh_port, http_port, env)
+    opus.cli("up")
+    return opus
+
+
+def stop_opus(opus: Opus) -> None:
+    opus.cli("down")
+    deadline = time.monotonic() + 20
+    while opus_processes(opus.home) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = opus_processes(opus.home)
+    shutil.rmtree(opus.home, ignore_errors=True)
+    assert not left, f"processes left after `opus down`: {left}"
+
+
+@pytest.fixture(scope="session")
+def opus() -> Iterator[Opus]:
+    """The session's one running Opus; `opus down` at the end must leave nothing."""
+    running = start_opus()
+    try:
+        yield running
+    finally:
+        stop_opus(running)
+
+
+@dataclasses.dataclass
+class SshKey:
+    private: Path
+    public: Path
+
+    def git_env(self, opus: Opus) -> dict[str, str]:
+        env = dict(os.environ)
+        env["GIT_SSH_COMMAND"] = (
+            f"ssh -i {self.private} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no "
+            f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes"
+        )
+        env.update({"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
+                    "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com"})
+        return env
+
+
+def make_key(directory: Path, name: str) -> SshKey:
+    private = directory / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name,
+                    "-f", str(private)], check=True)
+    return SshKey(private, private.with_suffix(".pub"))
+
+
+@pytest.fixture(scope="session")
+def admin_key(opus: Opus, tmp_path_factory: pytest.TempPathFactory) -> SshKey:
+    key = make_key(tmp_path_factory.mktemp("keys"), "admin")
+    opus.cli("keys:add", "admin", str(key.public))
+    return key
+
+
+def git(repo: Path, *args: str, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["git", "-C", str(repo), *args], env=env, capture_output=True,
+                            text=True, timeout=600, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result
+
+
+VIEWS = '''\
+from django.http import HttpResponse
+
+from .models import Visit
+
+
+def index(request):
+    Visit.objects.create(path=request.path)
+    return HttpResponse("{greeting} (visits: %d)" % Visit.objects.count())
+'''
+
+
+def make_django_project(directory: Path, greeting: str = "Hello from Opus") -> Path:
+    """A project made by django-admin startproject + startapp, with a view, a model and a
+    static file, committed on main."""
+    directory.mkdir(parents=True)
+    django = [sys.executable, "-m", "django"]
+    subprocess.run([*django, "startproject", "mysite", "."], cwd=directory, check=True)
+    subprocess.run([sys.executable, "manage.py", "startapp", "pages"], cwd=directory,
+                   check=True, env={**os.environ, "DJANGO_SETTINGS_MODULE": "mysite.settings"})
+    (directory / "pages" / "models.py").write_text(textwrap.dedent('''\
+        from django.db import models
+
+
+        class Visit(models.Model):
+            path = models.CharField(max_length=200)
+            at = models.DateTimeField(auto_now_add=True)
+        '''))
+    (directory / "pages" / "migrations" / "0001_initial.py").write_text(textwrap.dedent('''\
+        from django.db import migrations, models
+
+
+        class Migration(migrations.Migration):
+            initial = True
+            dependencies = []
+            operations = [
+                migrations.CreateModel(
+                    name="Visit",
+                    fields=[
+                        ("id", models.BigAutoField(auto_created=True, primary_key=True,
+                                                   serialize=False, verbose_name="ID")),
+                        ("path", models.CharField(max_length=200)),
+                        ("at", models.DateTimeField(auto_now_add=True)),
+                    ],
+                ),
+            ]
+        '''))
+    (directory / "pages" / "views.py").write_text(VIEWS.replace("{greeting}", greeting))
+    static = directory / "pages" / "static" / "pages"
+    static.mkdir(parents=True)
+    (static / "site.css").write_text("body { color: rebeccapurple; }\n")
+    settings = directory / "mysite" / "settings.py"
+    settings.write_text(settings.read_text().replace(
+        "INSTALLED_APPS = [", "INSTALLED_APPS = [\n    'pages',"))
+    urls = directory / "mysite" / "urls.py"
+    urls.write_text(urls.read_text().replace(
+        "from django.urls import path",
+        "from django.urls import path\n\nfrom pages.views import index",
+    ).replace("urlpatterns = [", "urlpatterns = [\n    path('', index),"))
+    (directory / "requirements.txt").write_text("django>=5.2,<5.3\n")
+    git(directory, "init", "-q", "-b", "main")
+    git(directory, "add", "-A")
+    git(directory, "-c", "user.name=Test", "-c", "user.email=test@example.com",
+        "commit", "-q", "-m", "startproject")
+    return directory
+
+
+def set_greeting(project: Path, greeting: str) -> None:
+    (project / "pages" / "views.py").write_text(VIEWS.replace("{greeting}", greeting))
+    git(project, "add", "-A")
+    git(project, "-c", "user.name=Test", "-c", "user.email=test@example.com",
+        "commit", "-q", "-m", f"say {greeting}")

@@ -1,0 +1,112 @@
+"""Exporting a pushed tree: hostile trees are refused before anything runs."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from dulwich.objects import Blob, Commit, Tree
+from dulwich.repo import Repo
+
+from opus_paas import build, procfile
+from opus_paas.errors import BuildFailed
+
+
+def _commit(repo: Repo, entries: list[tuple[bytes, int, bytes]]) -> bytes:
+    """A commit whose root tree has `entries` (name, mode, blob content or subtree id)."""
+    tree = Tree()
+    for name, mode, content in entries:
+        if mode == stat.S_IFDIR:
+            tree.add(name, mode, content)
+            continue
+        blob = Blob.from_string(content)
+        repo.object_store.add_object(blob)
+        tree.add(name, mode, blob.id)
+    repo.object_store.add_object(tree)
+    commit = Commit()
+    commit.tree = tree.id
+    commit.author = commit.committer = b"T <t@example.com>"
+    commit.commit_time = commit.author_time = 0
+    commit.commit_timezone = commit.author_timezone = 0
+    commit.message = b"m"
+    repo.object_store.add_object(commit)
+    return commit.id
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    return Repo.init_bare(str(tmp_path / "r.git"), mkdir=True, default_branch=b"main")
+
+
+def test_export_writes_files_modes_and_inner_symlinks(repo: Repo, tmp_path: Path) -> None:
+    sha = _commit(repo, [(b"a.txt", 0o100644, b"hello"), (b"run.sh", 0o100755, b"#!/bin/sh"),
+                         (b"link", 0o120000, b"a.txt")])
+    out = tmp_path / "out"
+    assert build.export_tree(repo, sha, out) == []
+    assert (out / "a.txt").read_text() == "hello"
+    assert (out / "run.sh").stat().st_mode & 0o111
+    assert (out / "link").readlink() == Path("a.txt")
+
+
+@pytest.mark.parametrize("name", [b"..", b".", b".git", b".GIT", b"a/b"])
+def test_hostile_entry_names_are_refused(repo: Repo, tmp_path: Path, name: bytes) -> None:
+    tree = Tree()
+    blob = Blob.from_string(b"x")
+    repo.object_store.add_object(blob)
+    tree.add(name, 0o100644, blob.id)
+    repo.object_store.add_object(tree)
+    sha = _commit(repo, [(b"sub", stat.S_IFDIR, tree.id)])
+    with pytest.raises(BuildFailed, match="rename it"):
+        build.export_tree(repo, sha, tmp_path / "out")
+
+
+@pytest.mark.parametrize("target", [b"/etc/passwd", b"../outside", b"a/../../x"])
+def test_symlinks_leaving_the_tree_are_refused(repo: Repo, tmp_path: Path, target: bytes) -> None:
+    sha = _commit(repo, [(b"evil", 0o120000, target)])
+    with pytest.raises(BuildFailed, match="points outside"):
+        build.export_tree(repo, sha, tmp_path / "out")
+    assert not (tmp_path / "out" / "evil").exists()
+
+
+def test_submodules_are_skipped_with_a_warning(repo: Repo, tmp_path: Path) -> None:
+    tree = Tree()
+    tree.add(b"vendor", 0o160000, b"1" * 40)
+    blob = Blob.from_string(b"x")
+    repo.object_store.add_object(blob)
+    tree.add(b"f", 0o100644, blob.id)
+    repo.object_store.add_object(tree)
+    commit = Commit()
+    commit.tree = tree.id
+    commit.author = commit.committer = b"T <t@example.com>"
+    commit.commit_time = commit.author_time = commit.commit_timezone = 0
+    commit.author_timezone = 0
+    commit.message = b"m"
+    repo.object_store.add_object(commit)
+    warnings = build.export_tree(repo, commit.id, tmp_path / "out")
+    assert warnings == ["submodule vendor is not included in the build"]
+
+
+def test_env_dir_never_takes_unsafe_variables(tmp_path: Path) -> None:
+    build.write_env_dir(tmp_path / "env", {"SECRET_KEY": "s", "PATH": "/evil", "LD_PRELOAD": "x",
+                                           "OPUS_PYTHON": "/evil", "PYTHONPATH": "/evil"})
+    assert sorted(p.name for p in (tmp_path / "env").iterdir()) == ["SECRET_KEY"]
+
+
+def test_release_output_parsing() -> None:
+    text = "---\ndefault_process_types:\n  release: python manage.py migrate --noinput\n"
+    assert build.parse_release_output(text) == {
+        "release": "python manage.py migrate --noinput"}
+    assert build.parse_release_output("---\ndefault_process_types: {}\n") == {}
+    assert build.parse_release_output("addons: []\n") == {}
+
+
+def test_procfile_parsing() -> None:
+    assert procfile.parse("# c\nweb: gunicorn x\n\nrelease: python manage.py migrate\n") == {
+        "web": "gunicorn x", "release": "python manage.py migrate"}
+
+
+@pytest.mark.parametrize("text", ["web", "web:", "we b: x", "web: a\nweb: b", "web;id: x"])
+def test_bad_procfiles_are_refused(text: str) -> None:
+    with pytest.raises(BuildFailed, match="Procfile line"):
+        procfile.parse(text)

@@ -1,0 +1,702 @@
+"""The Python buildpack (buildpacks/python): pure functions, then real builds with uv.
+
+The end-to-end builds use a persistent uv cache (``OPUS_TEST_CACHE`` or ~/.cache/opus-test),
+so only the first run compiles mod_wsgi.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BUILDPACK = Path(__file__).resolve().parent.parent / "buildpacks" / "python"
+sys.path.insert(0, str(BUILDPACK / "lib"))
+sys.path.insert(0, str(BUILDPACK / "lib" / "runtime"))
+
+from opus_buildpack import django, main, packages  # noqa: E402
+from opus_buildpack.buildinfo import (  # noqa: E402
+    BuildInfo,
+    read_build_info,
+    render_release,
+    write_build_info,
+)
+from opus_buildpack.detect import is_python_app, not_detected_message  # noqa: E402
+from opus_buildpack.envdir import filter_config, flag_set, read_env_dir  # noqa: E402
+from opus_buildpack.errors import BuildError  # noqa: E402
+from opus_buildpack.output import Output, format_alert, format_detail  # noqa: E402
+from opus_buildpack.python_version import choose_python, newest_versioned  # noqa: E402
+from opus_runtime.bootstrap import load_env_file, prepare  # noqa: E402
+from opus_runtime.overlay import (  # noqa: E402
+    OverlayError,
+    build_overrides,
+    csrf_origins,
+    parse_bool,
+    parse_database_url,
+    split_list,
+)
+
+SYSTEM_PYTHON = "/usr/bin/python3.11"
+PG = "django.db.backends.postgresql"
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def test_output_styles() -> None:
+    stream = io.StringIO()
+    out = Output(stream)
+    out.step("Installing")
+    out.detail("one\ntwo")
+    out.alert("It broke.", ["Do this."])
+    assert stream.getvalue().splitlines() == [
+        "-----> Installing",
+        "       one",
+        "       two",
+        "",
+        " !     It broke.",
+        " !",
+        " !     Do this.",
+        "",
+    ]
+
+
+def test_detail_of_empty_text_is_a_blank_line() -> None:
+    assert format_detail("") == [""]
+    assert format_alert("x")[0] == "" and format_alert("x")[-1] == ""
+
+
+# --- manage.py and settings discovery -----------------------------------------------------
+
+STARTPROJECT_MANAGE_PY = '''#!/usr/bin/env python
+"""Django's command-line utility for administrative tasks."""
+import os
+import sys
+
+
+def main():
+    """Run administrative tasks."""
+    os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')
+    try:
+        from django.core.management import execute_from_command_line
+    except ImportError as exc:
+        raise ImportError("Couldn't import Django.") from exc
+    execute_from_command_line(sys.argv)
+'''
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (STARTPROJECT_MANAGE_PY, "mysite.settings"),
+        ('os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.prod")',
+         "config.settings.prod"),
+        ('os.environ.setdefault(\n    "DJANGO_SETTINGS_MODULE",\n    "mysite.settings",\n)',
+         "mysite.settings"),
+        ("from os import environ\nenviron.setdefault('DJANGO_SETTINGS_MODULE', 'a.b')", "a.b"),
+        ('os.environ["DJANGO_SETTINGS_MODULE"] = "proj.settings"', "proj.settings"),
+        ('# os.environ.setdefault("DJANGO_SETTINGS_MODULE", "old.settings")\n'
+         'os.environ.setdefault("DJANGO_SETTINGS_MODULE", "new.settings")', "new.settings"),
+        ('os.environ.setdefault("DJANGO_SETTINGS_MODULE", \'mixed.settings")', None),
+        ('os.environ.setdefault("DJANGO_SETTINGS_MODULE", f"{name}.settings")', None),
+        ('os.environ.setdefault("DJANGO_SETTINGS_MODULE", "x; import os")', None),
+        ('os.environ.setdefault("DJANGO_SETTINGS_MODULE", "../etc/passwd")', None),
+        ('os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysité.settings")', None),
+        ('os.environ.setdefault("OTHER", "mysite.settings")', None),
+        ("", None),
+    ],
+)
+def test_parse_settings_module(text: str, expected: str | None) -> None:
+    assert django.parse_settings_module(text) == expected
+
+
+def touch(path: Path, text: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_find_manage_py_prefers_shallowest_and_skips_vendored_dirs(tmp_path: Path) -> None:
+    for skipped in (".git", ".opus", "node_modules", "venv", "my env"):
+        touch(tmp_path / skipped / "manage.py")
+    touch(tmp_path / "custom-venv" / "pyvenv.cfg")
+    touch(tmp_path / "custom-venv" / "manage.py")
+    assert django.find_manage_py(tmp_path) is None
+    touch(tmp_path / "b" / "c" / "manage.py")
+    touch(tmp_path / "z" / "manage.py")
+    touch(tmp_path / "a" / "manage.py")
+    assert django.find_manage_py(tmp_path) == tmp_path / "a" / "manage.py"
+    touch(tmp_path / "manage.py")
+    assert django.find_manage_py(tmp_path) == tmp_path / "manage.py"
+
+
+def test_find_manage_py_depth_limit_and_symlinks(tmp_path: Path) -> None:
+    touch(tmp_path / "a" / "b" / "c" / "d" / "manage.py")
+    assert django.find_manage_py(tmp_path) is None
+    touch(tmp_path / "a" / "b" / "c" / "manage.py")
+    assert django.find_manage_py(tmp_path) == tmp_path / "a" / "b" / "c" / "manage.py"
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    touch(outside / "manage.py")
+    link_root = tmp_path / "root"
+    link_root.mkdir()
+    (link_root / "link").symlink_to(outside)
+    assert django.find_manage_py(link_root) is None
+
+
+@pytest.mark.parametrize(
+    ("settings_module", "files", "expected"),
+    [
+        ("mysite.settings", {"mysite/wsgi.py"}, "mysite.wsgi"),
+        ("mysite.settings", set(), None),
+        ("config.settings.prod", {"config/wsgi.py"}, "config.wsgi"),
+        ("config.settings.prod", {"config/settings/wsgi.py", "config/wsgi.py"},
+         "config.settings.wsgi"),
+        ("settings", {"wsgi.py"}, None),
+        ("mysite.settings", {"mysite/wsgi/__init__.py"}, "mysite.wsgi"),
+    ],
+)
+def test_find_wsgi_module(settings_module: str, files: set[str], expected: str | None) -> None:
+    root = Path("/app")
+
+    def is_file(path: Path) -> bool:
+        return path.relative_to(root).as_posix() in files
+
+    assert django.find_wsgi_module(root, settings_module, is_file) == expected
+
+
+def test_collectstatic_command_and_environment() -> None:
+    python = Path("/b/.opus/venv/bin/python")
+    assert django.collectstatic_command(python, debug=False) == [
+        str(python), "manage.py", "collectstatic", "--noinput"]
+    assert django.collectstatic_command(python, debug=True)[-1] == "--traceback"
+    env = django.collectstatic_environment(
+        {"SECRET_KEY": "k", "DJANGO_SETTINGS_MODULE": "evil", "HOME": "/evil"},
+        {"PATH": "/usr/bin:/bin", "HOME": "/home/app", "LANG": "C.UTF-8"},
+        settings_module="mysite.settings", static_root=Path("/b/.opus/static"),
+        data_dir=Path("/tmp/d"),
+    )
+    assert env == {
+        "SECRET_KEY": "k",
+        "DJANGO_SETTINGS_MODULE": "opus_runtime.settings",
+        "OPUS_USER_SETTINGS_MODULE": "mysite.settings",
+        "OPUS_STATIC_ROOT": "/b/.opus/static",
+        "OPUS_DATA_DIR": "/tmp/d",
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/home/app",
+        "LANG": "C.UTF-8",
+    }
+
+
+# --- config vars from the env dir ---------------------------------------------------------
+
+
+def test_filter_config_refuses_loader_and_platform_names() -> None:
+    config = filter_config({
+        "PATH": "/evil", "LD_PRELOAD": "/evil.so", "LD_LIBRARY_PATH": "/x", "LD_AUDIT": "/x",
+        "PYTHONHOME": "/x", "PYTHONPATH": "/x", "PYTHONSTARTUP": "/x", "OPUS_PYTHON": "/x",
+        "OPUS_STATIC_ROOT": "/x", "bad-name": "1", "1ABC": "1", "NUL": "a\0b",
+        "SECRET_KEY": "s3cret\n", "DEBUG": "1", "PYTHONUNBUFFERED": "1", "path": "ok",
+    })
+    assert config.env == {"SECRET_KEY": "s3cret\n", "DEBUG": "1", "PYTHONUNBUFFERED": "1",
+                          "path": "ok"}
+    assert set(config.ignored) == {
+        "PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONHOME", "PYTHONPATH",
+        "PYTHONSTARTUP", "OPUS_PYTHON", "OPUS_STATIC_ROOT", "bad-name", "1ABC", "NUL"}
+
+
+def test_read_env_dir(tmp_path: Path) -> None:
+    assert read_env_dir(tmp_path / "missing").env == {}
+    assert read_env_dir(None).env == {}
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    assert read_env_dir(env_dir).env == {}
+    touch(env_dir / "SECRET_KEY", "abc")
+    touch(env_dir / "LD_PRELOAD", "/evil.so")
+    touch(tmp_path / "target", "linked")
+    (env_dir / "LINKED").symlink_to(tmp_path / "target")
+    (env_dir / "SUBDIR").mkdir()
+    config = read_env_dir(env_dir)
+    assert config.env == {"SECRET_KEY": "abc"}
+    assert config.ignored == ("LD_PRELOAD",)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1", True), ("yes", True), ("0", False), ("", False), (" ", False), (" 0 ", False)],
+)
+def test_flag_set(value: str, expected: bool) -> None:
+    assert flag_set({"DISABLE_COLLECTSTATIC": value}, "DISABLE_COLLECTSTATIC") is expected
+    assert flag_set({}, "DISABLE_COLLECTSTATIC") is False
+
+
+def test_uv_environment_keeps_build_settings_fixed() -> None:
+    env = packages.uv_environment(
+        {"PATH": "/opt/uv:/usr/bin:/bin", "HOME": "/h", "LANG": "C.UTF-8"},
+        {"UV_CACHE_DIR": "/evil", "UV_INDEX_URL": "https://idx.example/simple", "PATH": "/x"},
+        Path("/cache"),
+    )
+    assert env["UV_CACHE_DIR"] == "/cache/uv"
+    assert env["PATH"] == "/opt/uv:/usr/bin:/bin"
+    assert env["UV_INDEX_URL"] == "https://idx.example/simple"
+    assert env["UV_LINK_MODE"] == "copy"
+    assert env["UV_PYTHON_DOWNLOADS"] == "never"
+    assert env["UV_NO_PROGRESS"] == "1"
+
+
+# --- interpreter choice -------------------------------------------------------------------
+
+
+def test_newest_versioned() -> None:
+    names = ["python3.9", "python3.11", "python3.12-config", "python3.10", "python3", "python3.x"]
+    assert newest_versioned(names) == "python3.11"
+    assert newest_versioned(["python3"]) is None
+
+
+def test_choose_python(tmp_path: Path) -> None:
+    for name in ("python3.9", "python3.13", "python3.13-config"):
+        touch(tmp_path / name)
+    assert choose_python({}, tmp_path) == tmp_path / "python3.13"
+    assert choose_python({"OPUS_PYTHON": str(tmp_path / "python3.9")}, tmp_path).name == \
+        "python3.9"
+    with pytest.raises(BuildError, match="OPUS_PYTHON"):
+        choose_python({"OPUS_PYTHON": "python3"}, tmp_path)
+    with pytest.raises(BuildError, match="No Python interpreter"):
+        choose_python({}, tmp_path / "nothing")
+
+
+# --- detect and release -------------------------------------------------------------------
+
+
+def test_detect_message_lists_root_files() -> None:
+    assert is_python_app(["requirements.txt"]) and is_python_app(["manage.py", "x"])
+    assert not is_python_app(["src/", "README.md"])
+    message, hints = not_detected_message(["README.md", "src/"])
+    assert "requirements.txt or manage.py" in message
+    assert "README.md, src/" in message
+    assert any("requirements.txt" in h for h in hints)
+    many, _ = not_detected_message([f"f{i}" for i in range(25)])
+    assert "and 5 more" in many
+
+
+def test_release_yaml() -> None:
+    plain = BuildInfo(python="/b/.opus/venv/bin/python", python_version="3.11.2")
+    assert render_release(plain) == "---\ndefault_process_types: {}\n"
+    nested = BuildInfo(python="p", python_version="3.11.2", framework="django",
+                       manage_py="src/manage.py", settings_module="mysite.settings")
+    assert render_release(nested) == (
+        "---\ndefault_process_types:\n  release: python src/manage.py migrate --noinput\n")
+    for hostile in ("../manage.py", "a b/manage.py", "manage.py\n  web: evil", "/manage.py"):
+        with pytest.raises(BuildError):
+            render_release(BuildInfo(python="p", python_version="3", framework="django",
+                                     manage_py=hostile))
+
+
+def test_build_info_round_trip_and_bad_files(tmp_path: Path) -> None:
+    (tmp_path / ".opus").mkdir()
+    info = BuildInfo(python="/p", python_version="3.11.2")
+    write_build_info(tmp_path, info)
+    assert read_build_info(tmp_path) == info
+    for bad in ("[]", "{", '{"python": 1, "python_version": "3"}', '{"python": "/p"}'):
+        (tmp_path / ".opus" / "build.json").write_text(bad)
+        with pytest.raises(BuildError):
+            read_build_info(tmp_path)
+    with pytest.raises(BuildError, match="missing") as missing:
+        read_build_info(tmp_path / "nothing")
+    assert "bin/compile" in missing.value.hints[0]
+
+
+def test_main_usage_errors() -> None:
+    out = Output(io.StringIO())
+    assert main.detect_main([], out) == 2
+    assert main.compile_main(["one"], out) == 2
+    assert main.compile_main(["/nonexistent-opus-build", "/tmp"], out) == 2
+    assert main.release_main([], out) == 2
+
+
+def test_compile_without_requirements_says_what_to_add(tmp_path: Path) -> None:
+    touch(tmp_path / "manage.py", STARTPROJECT_MANAGE_PY)
+    stream = io.StringIO()
+    code = main.compile_main([str(tmp_path), str(tmp_path / "cache")], Output(stream), {})
+    assert code == 1
+    assert " !     No requirements.txt at the root of the repository." in stream.getvalue()
+
+
+def test_compile_django_no_settings_line_fails_before_installing(tmp_path: Path) -> None:
+    touch(tmp_path / "requirements.txt", "django\n")
+    touch(tmp_path / "src" / "manage.py", "import sys\nprint(sys.argv)\n")
+    stream = io.StringIO()
+    code = main.compile_main([str(tmp_path), str(tmp_path / "cache")], Output(stream), {})
+    assert code == 1
+    output = stream.getvalue()
+    assert " !     Could not find DJANGO_SETTINGS_MODULE in src/manage.py." in output
+    assert 'os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")' in output
+    assert "-----> Creating virtualenv" not in output
+
+
+# --- runtime overlay ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("1", True), ("true", True), ("TRUE", True), (" Yes ", True), ("on", True),
+     ("0", False), ("false", False), ("", False), ("no", False), ("2", False), ("y", False)],
+)
+def test_parse_bool(value: str, expected: bool) -> None:
+    assert parse_bool(value) is expected
+
+
+def test_hosts_and_csrf_origins() -> None:
+    hosts = split_list(" example.com, ,*.example.org,.example.net,127.0.0.1,* ")
+    assert hosts == ["example.com", "*.example.org", ".example.net", "127.0.0.1", "*"]
+    assert csrf_origins(hosts) == [
+        "http://example.com", "https://example.com", "http://127.0.0.1", "https://127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:////var/lib/app/db.sqlite3",
+         {"ENGINE": "django.db.backends.sqlite3", "NAME": "/var/lib/app/db.sqlite3"}),
+        ("sqlite://", {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}),
+        ("sqlite:////data/my%20db.sqlite3",
+         {"ENGINE": "django.db.backends.sqlite3", "NAME": "/data/my db.sqlite3"}),
+        ("postgres://app:secret@db.internal:5433/appdb",
+         {"ENGINE": PG, "NAME": "appdb", "USER": "app", "PASSWORD": "secret",
+          "HOST": "db.internal", "PORT": "5433"}),
+        ("postgresql://u%40x:p%3Aa%2Fs%40s%23@DB.Example.com/n",
+         {"ENGINE": PG, "NAME": "n", "USER": "u@x", "PASSWORD": "p:a/s@s#",
+          "HOST": "DB.Example.com", "PORT": ""}),
+        ("postgres://u:pa:ss@h/n",
+         {"ENGINE": PG, "NAME": "n", "USER": "u", "PASSWORD": "pa:ss", "HOST": "h", "PORT": ""}),
+        ("postgres://u:p@ss@h/n",
+         {"ENGINE": PG, "NAME": "n", "USER": "u", "PASSWORD": "p@ss", "HOST": "h", "PORT": ""}),
+        ("postgres://%2Fvar%2Frun%2Fpostgresql/appdb",
+         {"ENGINE": PG, "NAME": "appdb", "USER": "", "PASSWORD": "",
+          "HOST": "/var/run/postgresql", "PORT": ""}),
+        ("postgres://u@[::1]:5432/n",
+         {"ENGINE": PG, "NAME": "n", "USER": "u", "PASSWORD": "", "HOST": "::1",
+          "PORT": "5432"}),
+        ("POSTGRES://u@h/n?sslmode=require&application_name=opus",
+         {"ENGINE": PG, "NAME": "n", "USER": "u", "PASSWORD": "", "HOST": "h", "PORT": "",
+          "OPTIONS": {"sslmode": "require", "application_name": "opus"}}),
+        ("mysql://root:pw@localhost:3306/shop",
+         {"ENGINE": "django.db.backends.mysql", "NAME": "shop", "USER": "root",
+          "PASSWORD": "pw", "HOST": "localhost", "PORT": "3306"}),
+    ],
+)
+def test_parse_database_url(url: str, expected: dict[str, Any]) -> None:
+    assert parse_database_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:///relative.db", "four slashes"),
+        ("redis://h/0", "not supported"),
+        ("postgres://h:notaport/n", "invalid port"),
+        ("postgres://h:0/n", "invalid port"),
+        ("postgres://h:99999/n", "invalid port"),
+        ("postgres://h", "no database name"),
+        ("postgres://h/", "no database name"),
+        ("postgres://h/n\r\nX-Injected: 1", "control characters"),
+        ("not a url", "scheme://"),
+        ("", "scheme://"),
+    ],
+)
+def test_parse_database_url_rejects(url: str, message: str) -> None:
+    with pytest.raises(OverlayError, match=message):
+        parse_database_url(url)
+
+
+def test_overrides_from_a_full_environment() -> None:
+    user: dict[str, Any] = {
+        "DATABASES": {"default": {"ENGINE": "x"}, "replica": {"ENGINE": "y"}},
+        "CSRF_TRUSTED_ORIGINS": ["https://admin.example.com"],
+        "DEBUG": True,
+    }
+    o = build_overrides({
+        "OPUS_ALLOWED_HOSTS": "app.example.com,*.example.com",
+        "SECRET_KEY": "k", "DEBUG": "yes", "DATABASE_URL": "postgres://u:p@h/n",
+        "OPUS_STATIC_ROOT": "/b/.opus/static", "OPUS_DATA_DIR": "/srv/data/",
+    }, user)
+    assert o["ALLOWED_HOSTS"] == ["app.example.com", "*.example.com"]
+    assert o["CSRF_TRUSTED_ORIGINS"] == [
+        "https://admin.example.com", "http://app.example.com", "https://app.example.com"]
+    assert o["SECRET_KEY"] == "k" and o["DEBUG"] is True
+    assert o["DATABASES"]["default"]["NAME"] == "n"
+    assert o["DATABASES"]["replica"] == {"ENGINE": "y"}
+    assert user["DATABASES"]["default"] == {"ENGINE": "x"}  # the app's dict is not mutated
+    assert o["STATIC_URL"] == "/static/" and o["STATIC_ROOT"] == "/b/.opus/static"
+    assert o["MEDIA_ROOT"] == "/srv/data/media" and o["MEDIA_URL"] == "/media/"
+    assert o["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
+    assert o["LOGGING"]["handlers"]["stdout"]["stream"] == "ext://sys.stdout"
+    assert o["LOGGING"]["loggers"]["django"]["level"] == "INFO"
+
+
+def test_overrides_defaults_and_disabling() -> None:
+    o = build_overrides({}, {"DEBUG": True})
+    assert o["DEBUG"] is False
+    assert not {"ALLOWED_HOSTS", "SECRET_KEY", "DATABASES", "STATIC_ROOT", "MEDIA_ROOT"} & set(o)
+    o = build_overrides({"OPUS_DATA_DIR": "/d"}, {})
+    assert o["DATABASES"] == {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "/d/db.sqlite3"}}
+    o = build_overrides({"OPUS_DATA_DIR": "/d", "OPUS_ALLOWED_HOSTS": "h",
+                         "OPUS_DISABLE_OVERRIDES": "databases, ALLOWED_HOSTS,DEBUG"}, {})
+    assert not {"DATABASES", "ALLOWED_HOSTS", "DEBUG"} & set(o)
+    assert o["CSRF_TRUSTED_ORIGINS"] == ["http://h", "https://h"]
+
+
+def test_wsgi_bootstrap(tmp_path: Path) -> None:
+    env_file = touch(tmp_path / "env.json", json.dumps({"SECRET_KEY": "a'b\"c $x", "X": ""}))
+    environ = {"OPUS_ENV_FILE": str(env_file), "OPUS_APP_ROOT": "/app/src",
+               "OPUS_USER_SETTINGS_MODULE": "mysite.settings", "OPUS_WSGI_MODULE": "mysite.wsgi"}
+    path = ["/lib", "/app/src"]
+    assert prepare(environ, path) == "mysite.wsgi"
+    assert path == ["/app/src", "/lib"]
+    assert environ["SECRET_KEY"] == "a'b\"c $x" and environ["X"] == ""
+    assert environ["DJANGO_SETTINGS_MODULE"] == "opus_runtime.settings"
+    plain = {"OPUS_WSGI_MODULE": "app"}
+    assert prepare(plain, []) == "app" and "DJANGO_SETTINGS_MODULE" not in plain
+    with pytest.raises(RuntimeError, match="OPUS_WSGI_MODULE"):
+        prepare({}, [])
+    for bad in ("[]", '{"A": 1}', '{"A=B": "x"}', '{"": "x"}'):
+        env_file.write_text(bad)
+        with pytest.raises(RuntimeError, match="JSON object"):
+            load_env_file(str(env_file))
+
+
+# --- real builds ----------------------------------------------------------------------------
+
+
+def find_uv() -> str:
+    # Prefer the real binary beside this interpreter over a version-manager shim.
+    beside = Path(sysconfig.get_path("scripts")) / "uv"
+    found = str(beside) if beside.is_file() else shutil.which("uv")
+    if found is None:
+        message = "uv is not installed: pip install uv"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(scope="module")
+def build_env() -> dict[str, str]:
+    """The clean environment the platform gives a build."""
+    uv_dir = str(Path(find_uv()).parent)
+    return {
+        "PATH": f"{uv_dir}:/usr/bin:/bin",
+        "HOME": str(Path.home()),
+        "LANG": "C.UTF-8",
+        "OPUS_PYTHON": SYSTEM_PYTHON,
+    }
+
+
+@pytest.fixture(scope="module")
+def cache_dir() -> Path:
+    return Path(os.environ.get("OPUS_TEST_CACHE") or Path.home() / ".cache" / "opus-test")
+
+
+def run_bin(name: str, *args: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BUILDPACK / "bin" / name), *map(str, args)],
+        env=env, capture_output=True, text=True, check=False, timeout=600,
+    )
+
+
+def run_compile(
+    build: Path, cache: Path, env: dict[str, str], config: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env_dir = build.parent / f"{build.name}-env"
+    env_dir.mkdir()
+    for name, value in (config or {}).items():
+        (env_dir / name).write_text(value)
+    return run_bin("compile", build, cache, env_dir, env=env)
+
+
+def startproject(root: Path, requirements: str = "django>=5.2,<5.3\n") -> Path:
+    """``django-admin startproject mysite .`` in ``root``, plus a ``blog`` app with static."""
+    root.mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", "."],
+                   cwd=root, check=True)
+    settings = root / "mysite" / "settings.py"
+    text = settings.read_text()
+    patched = re.sub(r"(['\"])django.contrib.staticfiles\1,",
+                     r"\g<0>\n    'blog',", text, count=1)
+    assert patched != text
+    settings.write_text(patched)
+    touch(root / "blog" / "__init__.py")
+    touch(root / "blog" / "static" / "blog" / "site.css", "body { color: #123; }\n")
+    touch(root / "requirements.txt", requirements)
+    return root
+
+
+@pytest.fixture(scope="module")
+def django_startproject(
+    tmp_path_factory: pytest.TempPathFactory, build_env: dict[str, str], cache_dir: Path
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    build = startproject(tmp_path_factory.mktemp("django_startproject") / "app")
+    config = {"SECRET_KEY": "build-secret", "PATH": "/evil", "LD_PRELOAD": "/evil.so"}
+    return build, run_compile(build, cache_dir, build_env, config)
+
+
+def test_compile_django_startproject(
+    django_startproject: tuple[Path, subprocess.CompletedProcess[str]], build_env: dict[str, str]
+) -> None:
+    build, result = django_startproject
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout
+    for step in ("-----> Python app detected", "-----> Creating virtualenv",
+                 "-----> Installing requirements with uv", "-----> Installing mod_wsgi==6.1.1",
+                 "       Django app: manage.py, settings mysite.settings",
+                 "-----> Running python manage.py collectstatic --noinput"):
+        assert step in output
+    assert " !     Ignoring config vars during the build: LD_PRELOAD, PATH" in output
+    assert re.search(r"^       Installed dependencies in \d+\.\d s$", output, re.M)
+    assert re.search(r"^        \+ django==5\.2\.", output, re.M)  # uv's output, relayed
+    venv_python = build / ".opus" / "venv" / "bin" / "python"
+    info = json.loads((build / ".opus" / "build.json").read_text())
+    assert info == {
+        "python": str(venv_python),
+        "python_version": info["python_version"],
+        "framework": "django",
+        "manage_py": "manage.py",
+        "settings_module": "mysite.settings",
+        "wsgi_module": "mysite.wsgi",
+        "static_root": str(build / ".opus" / "static"),
+    }
+    assert re.fullmatch(r"3\.11\.\d+", info["python_version"])
+    assert (build / ".opus" / "static" / "blog" / "site.css").read_text().startswith("body")
+    assert (build / ".opus" / "static" / "admin").is_dir()
+    express = build / ".opus" / "venv" / "bin" / "mod_wsgi-express"
+    module_config = subprocess.run([str(express), "module-config"], env=build_env,
+                                   capture_output=True, text=True, check=True)
+    assert f'WSGIPythonHome "{build / ".opus" / "venv"}"' in module_config.stdout
+    release = run_bin("release", build, env=build_env)
+    assert release.returncode == 0, release.stdout
+    assert release.stdout == (
+        "---\ndefault_process_types:\n  release: python manage.py migrate --noinput\n")
+
+
+def test_built_app_serves_through_the_runtime(
+    django_startproject: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    build, result = django_startproject
+    assert result.returncode == 0, result.stdout
+    env_file = touch(tmp_path / "env.json", json.dumps(
+        {"SECRET_KEY": "runtime-secret", "OPUS_ALLOWED_HOSTS": "127.0.0.1,.example.com"}))
+    probe = """
+import json
+from wsgiref.util import setup_testing_defaults
+import opus_runtime.wsgi
+from django.conf import settings
+environ = {}
+setup_testing_defaults(environ)
+statuses = []
+b"".join(opus_runtime.wsgi.application(environ, lambda s, h, e=None: statuses.append(s)))
+print(json.dumps({"status": statuses[0], "hosts": settings.ALLOWED_HOSTS,
+    "origins": settings.CSRF_TRUSTED_ORIGINS, "secret": settings.SECRET_KEY,
+    "debug": settings.DEBUG, "db": settings.DATABASES["default"]["NAME"],
+    "static": str(settings.STATIC_ROOT)}))
+"""
+    env = {"PATH": "/usr/bin:/bin", "OPUS_ENV_FILE": str(env_file), "OPUS_APP_ROOT": str(build),
+           "OPUS_USER_SETTINGS_MODULE": "mysite.settings", "OPUS_WSGI_MODULE": "mysite.wsgi",
+           "OPUS_DATA_DIR": str(tmp_path), "OPUS_STATIC_ROOT": str(build / ".opus" / "static")}
+    run = subprocess.run([str(build / ".opus" / "venv" / "bin" / "python"), "-c", probe],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.splitlines()[-1])
+    assert seen == {
+        "status": "404 Not Found",  # the host was allowed: a disallowed one would be 400
+        "hosts": ["127.0.0.1", ".example.com"],
+        "origins": ["http://127.0.0.1", "https://127.0.0.1"],
+        "secret": "runtime-secret",
+        "debug": False,
+        "db": f"{tmp_path}/db.sqlite3",
+        "static": str(build / ".opus" / "static"),
+    }
+    assert "WARNING django.request: Not Found: /" in run.stdout  # LOGGING goes to stdout
+
+
+def test_compile_pip_invalid_requirement(
+    tmp_path: Path, build_env: dict[str, str], cache_dir: Path
+) -> None:
+    build = tmp_path / "pip_invalid_requirement"
+    touch(build / "requirements.txt", "this-package-does-not-exist-opus==1.0\n")
+    result = run_compile(build, cache_dir, build_env)
+    assert result.returncode == 1
+    assert "       " in result.stdout  # uv's own explanation, relayed
+    assert "\n\n !     Could not install the packages in requirements.txt" in result.stdout
+    assert not (build / ".opus" / "build.json").exists()
+
+
+def test_compile_django_nested_without_collectstatic(
+    tmp_path: Path, build_env: dict[str, str], cache_dir: Path
+) -> None:
+    build = tmp_path / "django_nested"
+    startproject(build / "src")
+    (build / "src" / "requirements.txt").rename(build / "requirements.txt")
+    result = run_compile(build, cache_dir, build_env, {"DISABLE_COLLECTSTATIC": "1"})
+    assert result.returncode == 0, result.stdout
+    assert "-----> Skipping collectstatic: DISABLE_COLLECTSTATIC is set" in result.stdout
+    info = json.loads((build / ".opus" / "build.json").read_text())
+    assert info["manage_py"] == "src/manage.py" and info["static_root"] is None
+    release = run_bin("release", build, env=build_env)
+    assert "  release: python src/manage.py migrate --noinput\n" in release.stdout
+
+
+def test_compile_django_collectstatic_failure_names_the_fix(
+    tmp_path: Path, build_env: dict[str, str], cache_dir: Path
+) -> None:
+    build = startproject(tmp_path / "django_collectstatic_broken")
+    manifest = "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"
+    with (build / "mysite" / "settings.py").open("a") as settings:
+        settings.write(f"\nSTORAGES = {{'staticfiles': {{'BACKEND': '{manifest}'}}}}\n")
+    touch(build / "blog" / "static" / "blog" / "broken.css", 'a { background: url("gone.png") }')
+    result = run_compile(build, cache_dir, build_env)
+    assert result.returncode == 1
+    assert "gone.png" in result.stdout  # Django's own error, relayed
+    assert " !     python manage.py collectstatic --noinput failed." in result.stdout
+    assert "DISABLE_COLLECTSTATIC=1" in result.stdout
+    assert "DEBUG_COLLECTSTATIC=1" in result.stdout
+
+
+def test_compile_python_without_django(
+    tmp_path: Path, build_env: dict[str, str], cache_dir: Path
+) -> None:
+    build = tmp_path / "python_no_django"
+    touch(build / "requirements.txt", "")
+    touch(build / ".opus" / "static" / "pushed.txt", "a pushed .opus is not trusted")
+    result = run_compile(build, cache_dir, build_env)
+    assert result.returncode == 0, result.stdout
+    assert "-----> No manage.py found: skipping the Django steps" in result.stdout
+    info = json.loads((build / ".opus" / "build.json").read_text())
+    assert info["framework"] is None and info["manage_py"] is None
+    assert not (build / ".opus" / "static").exists()
+    assert run_bin("release", build, env=build_env).stdout == (
+        "---\ndefault_process_types: {}\n")
+
+
+def test_detect(tmp_path: Path, build_env: dict[str, str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_bin("detect", empty, env=build_env)
+    assert result.returncode == 100
+    assert " !     No Python app detected." in result.stdout
+    assert "requirements.txt or manage.py" in result.stdout
+    assert "The repository root is empty." in result.stdout
+    touch(empty / "README.md")
+    assert "Files at the repository root: README.md" in run_bin(
+        "detect", empty, env=build_env).stdout
+    touch(empty / "manage.py")
+    result = run_bin("detect", empty, env=build_env)
+    assert (result.returncode, result.stdout) == (0, "Python\n")

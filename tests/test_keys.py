@@ -1,0 +1,91 @@
+"""Public key parsing and registration."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from opus_paas import keys
+from opus_paas.errors import Conflict, InvalidName, NotFound
+from opus_paas.store import Store
+from tests.conftest import require_tool
+
+
+@pytest.fixture
+def real_key(tmp_path: Path) -> str:
+    require_tool("ssh-keygen")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "me@laptop",
+                    "-f", str(tmp_path / "k")], check=True)
+    return (tmp_path / "k.pub").read_text()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    db = Store(tmp_path / "opus.db")
+    db.init()
+    return db
+
+
+def test_fingerprint_matches_ssh_keygen(real_key: str, tmp_path: Path) -> None:
+    parsed = keys.parse_public_key(real_key)
+    shown = subprocess.run(["ssh-keygen", "-l", "-f", str(tmp_path / "k.pub")],
+                           capture_output=True, text=True, check=True).stdout.split()[1]
+    assert parsed.fingerprint == shown
+    assert parsed.comment == "me@laptop"
+
+
+def test_first_user_is_admin_and_later_ones_developers(store: Store, real_key: str,
+                                                       tmp_path: Path) -> None:
+    first, _ = keys.add_key(store, "alice", real_key)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k2")],
+                   check=True)
+    second, _ = keys.add_key(store, "bob", (tmp_path / "k2.pub").read_text())
+    assert (first.role, second.role) == ("admin", "developer")
+
+
+def test_duplicate_key_is_refused(store: Store, real_key: str) -> None:
+    keys.add_key(store, "alice", real_key)
+    with pytest.raises(Conflict, match="already registered"):
+        keys.add_key(store, "bob", real_key)
+
+
+def test_removed_key_no_longer_authenticates(store: Store, real_key: str) -> None:
+    _, key = keys.add_key(store, "alice", real_key)
+    assert store.user_for_key(key.fingerprint) is not None
+    keys.remove_key(store, key.fingerprint)
+    assert store.user_for_key(key.fingerprint) is None
+    with pytest.raises(NotFound):
+        keys.remove_key(store, key.fingerprint)
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    "garbage",
+    "ssh-ed25519",
+    "ssh-ed25519 !!!notbase64!!!",
+    'command="/bin/sh" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOg4 x',
+    "ssh-dss AAAAB3NzaC1kc3MAAACBAP x",
+    "ssh-ed25519 " + base64.b64encode(b"\0\0\0\x07ssh-rsa" + b"x" * 32).decode(),
+])
+def test_malformed_keys_are_refused(text: str) -> None:
+    with pytest.raises(InvalidName):
+        keys.parse_public_key(text)
+
+
+def test_two_keys_in_one_file_are_refused(real_key: str) -> None:
+    with pytest.raises(InvalidName, match="exactly one"):
+        keys.parse_public_key(real_key + real_key)
+
+
+def test_comment_with_control_characters_is_refused(real_key: str) -> None:
+    with pytest.raises(InvalidName, match="control"):
+        keys.parse_public_key(real_key.strip() + "\x1b[31m")
+
+
+def test_hostile_user_name_is_refused(store: Store, real_key: str) -> None:
+    with pytest.raises(InvalidName):
+        keys.add_key(store, "root;id", real_key)
+    assert store.list_keys() == []

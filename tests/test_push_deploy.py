@@ -1,0 +1,120 @@
+"""Push to deploy, end to end: real git over real SSH, real Apache/mod_wsgi, supervisord."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Opus, SshKey, git, make_django_project, make_key, set_greeting
+
+APP = "hello"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, opus: Opus) -> Path:
+    directory = make_django_project(tmp_path_factory.mktemp("src") / "hello")
+    git(directory, "remote", "add", "opus", f"ssh://git@127.0.0.1:{opus.ssh_port}/{APP}.git")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def first_push(opus: Opus, admin_key: SshKey, project: Path) -> str:
+    result = git(project, "push", "opus", "main", env=admin_key.git_env(opus), check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    return output
+
+
+def test_first_push_builds_live_and_serves_the_view(opus: Opus, first_push: str) -> None:
+    # The build streams as the buildpack's lines, before git reports the ref.
+    assert "remote: -----> Building hello" in first_push
+    assert "remote: -----> Running release command: python manage.py migrate" in first_push
+    assert re.search(r"remote: -----> Released v1 in [\d.]+ s", first_push)
+    assert first_push.index("Released v1") < first_push.index("main -> main")
+    status, headers, body = opus.get(opus.app_host(APP))
+    assert status == 200, body
+    assert body.startswith("Hello from Opus (visits: ")
+    # The model works: migrate ran in the release step, the database lives in data/.
+    assert (opus.home / "apps" / APP / "data" / "db.sqlite3").is_file()
+    _status, _headers, again = opus.get(opus.app_host(APP))
+    assert _visits(again) == _visits(body) + 1
+
+
+def test_production_settings_are_applied_without_editing_the_project(
+        opus: Opus, first_push: str, project: Path) -> None:
+    # DEBUG is off: an unknown path gets Django's plain 404, not the debug page.
+    status, _headers, body = opus.get(opus.app_host(APP), "/no-such-page/")
+    assert status == 404
+    assert "URLconf" not in body and "DEBUG = True" not in body
+    # ALLOWED_HOSTS is the app's domain: another Host header reaching the app is refused.
+    env = (opus.home / "apps" / APP / "current" / ".opus" / "env.json").read_text()
+    assert '"OPUS_ALLOWED_HOSTS": "hello.localhost"' in env
+    # The user's settings.py is untouched in the slug.
+    slug_settings = opus.home / "apps" / APP / "current" / "mysite" / "settings.py"
+    assert slug_settings.read_text() == (project / "mysite" / "settings.py").read_text()
+
+
+def test_secret_key_is_generated_once_and_kept(opus: Opus, first_push: str) -> None:
+    env = (opus.home / "apps" / APP / "current" / ".opus" / "env.json").read_text()
+    key = re.search(r'"SECRET_KEY": "([^"]+)"', env)
+    assert key and len(key.group(1)) >= 50 and "django-insecure" not in key.group(1)
+
+
+def test_static_files_are_served_by_the_front_apache(opus: Opus, first_push: str) -> None:
+    status, headers, body = opus.get(opus.app_host(APP), "/static/pages/site.css")
+    assert status == 200
+    assert body == "body { color: rebeccapurple; }\n"
+    assert headers.get("X-Opus-Served-By") == "front-static"
+    # The app's own Apache (its access log is in web.log) never saw the request.
+    web_log = (opus.home / "logs" / APP / "web.log").read_text()
+    assert '"GET / HTTP/1.1" 200' in web_log
+    assert "/static/pages/site.css" not in web_log
+
+
+def test_second_push_switches_to_the_new_release(opus: Opus, admin_key: SshKey,
+                                                 first_push: str, project: Path) -> None:
+    set_greeting(project, "Second release")
+    result = git(project, "push", "opus", "main", env=admin_key.git_env(opus), check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Released v2" in result.stderr
+    status, _headers, body = opus.get(opus.app_host(APP))
+    assert status == 200 and body.startswith("Second release"), body
+    assert (opus.home / "apps" / APP / "current").readlink() == Path("releases/v2")
+    # Data persists across releases.
+    assert _visits(body) > 2
+
+
+def test_broken_requirement_is_rejected_and_the_old_release_keeps_serving(
+        opus: Opus, admin_key: SshKey, first_push: str, project: Path) -> None:
+    before = opus.get(opus.app_host(APP))[2].split(" (")[0]
+    (project / "requirements.txt").write_text("django>=5.2,<5.3\nno-such-package-opus-test==9.9\n")
+    set_greeting(project, "Broken release")
+    result = git(project, "push", "opus", "main", env=admin_key.git_env(opus), check=False)
+    assert result.returncode != 0
+    assert "[remote rejected] main -> main" in result.stderr
+    assert "remote:  !     " in result.stderr
+    status, _headers, body = opus.get(opus.app_host(APP))
+    assert status == 200 and body.startswith(before), body
+    # The ref did not move, and the failed build's log was kept.
+    remote_head = git(project, "ls-remote", "opus", "refs/heads/main",
+                      env=admin_key.git_env(opus)).stdout.split()[0]
+    assert remote_head == git(project, "rev-parse", "HEAD~1").stdout.strip()
+    logs = sorted((opus.home / "logs" / APP).glob("build-v*.log"))
+    assert "no-such-package-opus-test" in logs[-1].read_text()
+    git(project, "reset", "-q", "--hard", "HEAD~1")
+
+
+def test_unregistered_key_is_refused(opus: Opus, first_push: str, project: Path,
+                                     tmp_path: Path) -> None:
+    stranger = make_key(tmp_path, "stranger")
+    result = git(project, "push", "opus", "main", env=stranger.git_env(opus), check=False)
+    assert result.returncode != 0
+    assert "Permission denied (publickey)" in result.stderr
+
+
+def _visits(body: str) -> int:
+    match = re.search(r"visits: (\d+)", body)
+    assert match, body
+    return int(match.group(1))
