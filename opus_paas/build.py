@@ -83,14 +83,15 @@ def _find_uv() -> Path:
 
 
 def _make_world_readable(top: Path) -> None:
+    """Directories 0755; files 0644, except the buildpacks' bin/ entry points, 0755
+    (a wheel install may have dropped their executable bits)."""
     for root, dirs, files in os.walk(top):
         for name in dirs:
-            os.chmod(os.path.join(root, name), 0o755)
+            os.chmod(os.path.join(root, name), 0o755)  # noqa: S103
+        executable = os.path.basename(root) == "bin"
         for name in files:
-            path = os.path.join(root, name)
-            mode = os.stat(path).st_mode
-            os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)
-    os.chmod(top, 0o755)
+            os.chmod(os.path.join(root, name), 0o755 if executable else 0o644)
+    os.chmod(top, 0o755)  # noqa: S103 - the run user must read the buildpacks
 
 
 # ---- exporting a pushed tree -----------------------------------------------
@@ -242,5 +243,5 @@ def _run_step(settings: Settings, argv: list[str], cwd: Path,
               env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, cwd=cwd, env=dict(env), capture_output=True, text=True, check=False,
-        **privileged.subprocess_identity(settings),  # type: ignore[arg-type]
+        **privileged.subprocess_identity(settings),
     )

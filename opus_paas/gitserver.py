@@ -37,7 +37,7 @@ class OpusBackend(Backend):
         repo_dir = self.repos_dir / f"{app}.git"
         if not repo_dir.is_dir() or repo_dir.is_symlink():
             raise NotGitRepository(f"no repository for app {app}")
-        return Repo(str(repo_dir))  # type: ignore[return-value]
+        return Repo(str(repo_dir))
 
 
 def init_repo(settings: Settings, app: str) -> Repo:
@@ -64,7 +64,7 @@ class DeployingReceivePackHandler(ReceivePackHandler):
             self.proto.write_sideband(SIDE_BAND_CHANNEL_PROGRESS,
                                       (line + "\n").encode("utf-8", "replace"))
 
-    def _on_update(self, ref_name: bytes, old_sha: bytes,  # type: ignore[override]
+    def _on_update(self, ref_name: bytes, old_sha: bytes,
                    new_sha: bytes) -> bytes | None:
         if ref_name != DEPLOY_BRANCH:
             self._emit(f"-----> {ref_name.decode(errors='replace')} stored; only main deploys")

@@ -13,13 +13,22 @@ import stat
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypedDict
 
 from opus_paas.settings import Settings, user_ids
 
 
-def subprocess_identity(settings: Settings) -> dict[str, object]:
-    """Keyword arguments for subprocess that run a child as the app's run user."""
+class Identity(TypedDict, total=False):
+    """subprocess keyword arguments that switch the child's user."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def subprocess_identity(settings: Settings) -> Identity:
+    """Keyword arguments for subprocess that run a child as the app's run user
+    (supplementary groups dropped)."""
     ids = user_ids(settings.app_run_user())
     if ids is None or os.geteuid() != 0:
         return {}
@@ -64,7 +73,7 @@ def stream(
     proc = subprocess.Popen(
         list(argv), cwd=cwd, env=dict(env), stdin=stdin,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, **subprocess_identity(settings),  # type: ignore[arg-type]
+        start_new_session=True, **subprocess_identity(settings),
     )
     assert proc.stdout is not None
     try:

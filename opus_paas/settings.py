@@ -154,5 +154,7 @@ def user_ids(name: str | None) -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        raise UsageError(f"run user {name!r} does not exist; create it or set OPUS_RUN_USER") from None
+        raise UsageError(
+            f"run user {name!r} does not exist; create it or set OPUS_RUN_USER"
+        ) from None
     return entry.pw_uid, entry.pw_gid

@@ -16,6 +16,12 @@ from pathlib import Path
 import paramiko
 from dulwich.protocol import Protocol
 from dulwich.server import UploadPackHandler
+from paramiko.common import (
+    AUTH_FAILED,
+    AUTH_SUCCESSFUL,
+    OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_SUCCEEDED,
+)
 
 from opus_paas import gitserver, keys, names, push
 from opus_paas import settings as settings_module
@@ -57,14 +63,14 @@ class Session(paramiko.ServerInterface):
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         user = self.store.user_for_key(keys.fingerprint(key.asbytes()))
         if user is None:
-            return paramiko.AUTH_FAILED
+            return AUTH_FAILED
         self.user = user
-        return paramiko.AUTH_SUCCESSFUL
+        return AUTH_SUCCESSFUL
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         if kind == "session":
-            return paramiko.OPEN_SUCCEEDED
-        return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+            return OPEN_SUCCEEDED
+        return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         if self.command is not None:

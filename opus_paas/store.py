@@ -65,6 +65,9 @@ CREATE TABLE IF NOT EXISTS builds (
 """
 
 
+APP_QUERY = "SELECT apps.*, users.name AS owner FROM apps JOIN users ON users.id = apps.owner_id"
+
+
 @dataclasses.dataclass(frozen=True)
 class User:
     id: int
@@ -209,16 +212,14 @@ class Store:
     def get_app(self, name: str) -> App | None:
         with self._db() as db:
             row = db.execute(
-                "SELECT apps.*, users.name AS owner FROM apps JOIN users ON users.id = apps.owner_id"
-                " WHERE apps.name = ?", (name,)
+                f"{APP_QUERY} WHERE apps.name = ?", (name,)
             ).fetchone()
         return None if row is None else _app(row)
 
     def list_apps(self) -> list[App]:
         with self._db() as db:
             rows = db.execute(
-                "SELECT apps.*, users.name AS owner FROM apps JOIN users ON users.id = apps.owner_id"
-                " ORDER BY apps.name"
+                f"{APP_QUERY} ORDER BY apps.name"
             ).fetchall()
         return [_app(r) for r in rows]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -49,7 +50,8 @@ class Program:
     stopwaitsecs: int = 10
 
     def render(self) -> str:
-        command = " ".join(_quote_arg(a) for a in self.command)
+        # supervisor splits `command` with shlex; quote each argument for it.
+        command = " ".join(shlex.quote(a) for a in self.command)
         lines = [
             f"[program:{self.name}]",
             f"command={_ini(command)}",
@@ -74,13 +76,6 @@ class Program:
         if self.environment:
             lines.append(f"environment={_env(self.environment)}")
         return "\n".join(lines) + "\n"
-
-
-def _quote_arg(arg: str) -> str:
-    # supervisor splits `command` with shlex; quote anything that needs it.
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def render_main_config(settings: Settings) -> str:

@@ -120,9 +120,9 @@ def opus_processes(home: Path) -> list[str]:
             environ = (entry / "environ").read_bytes() if marker not in cmdline else b""
         except OSError:
             continue
-        if marker in cmdline or marker in environ:
-            if (entry / "stat").read_text().split()[2] != "Z":
-                found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+        zombie = (entry / "stat").read_text().split()[2] == "Z"
+        if (marker in cmdline or marker in environ) and not zombie:
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
     return found
 
 

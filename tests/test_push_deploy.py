@@ -33,7 +33,7 @@ def test_first_push_builds_live_and_serves_the_view(opus: Opus, first_push: str)
     assert "remote: -----> Running release command: python manage.py migrate" in first_push
     assert re.search(r"remote: -----> Released v1 in [\d.]+ s", first_push)
     assert first_push.index("Released v1") < first_push.index("main -> main")
-    status, headers, body = opus.get(opus.app_host(APP))
+    status, _headers, body = opus.get(opus.app_host(APP))
     assert status == 200, body
     assert body.startswith("Hello from Opus (visits: ")
     # The model works: migrate ran in the release step, the database lives in data/.

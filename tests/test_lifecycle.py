@@ -1,0 +1,54 @@
+"""`opus up`, `opus status`, `opus down` on an Opus of the test's own."""
+
+from __future__ import annotations
+
+import socket
+import stat
+
+import pytest
+
+from opus_paas import commands
+from opus_paas.errors import UsageError
+from tests.conftest import opus_processes, start_opus, stop_opus
+
+
+def test_up_twice_is_harmless_and_down_leaves_nothing() -> None:
+    opus = start_opus()
+    try:
+        host_key = (opus.home / "ssh_host_key").read_bytes()
+        again = opus.cli("up")
+        assert "Opus is up" in again.stdout
+        assert "git remote add opus ssh://git@localhost:" in again.stdout
+        # The host key is generated once and kept (clients pin it).
+        assert (opus.home / "ssh_host_key").read_bytes() == host_key
+        assert stat.S_IMODE((opus.home / "ssh_host_key").stat().st_mode) == 0o600
+        status = opus.cli("status").stdout
+        assert "opus-sshd" in status and "opus-front" in status
+        assert status.count("RUNNING") == 2
+        with socket.create_connection(("127.0.0.1", opus.ssh_port), timeout=5) as sock:
+            assert sock.recv(64).startswith(b"SSH-2.0-")
+        code, headers, body = opus.get("nothing-here.localhost")
+        assert code == 404 and "No app is deployed" in body
+        assert headers["X-Opus-Served-By"] == "front"
+        assert opus_processes(opus.home)
+    finally:
+        home = opus.home
+        stop_opus(opus)
+    assert opus_processes(home) == []
+    assert "not running" in opus.cli("status").stdout
+
+
+def test_supervisor_listens_on_a_private_socket_only() -> None:
+    opus = start_opus()
+    try:
+        conf = (opus.home / "supervisor" / "supervisord.conf").read_text()
+        assert "[inet_http_server]" not in conf
+        sock = opus.home / "supervisor" / "supervisor.sock"
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o700
+    finally:
+        stop_opus(opus)
+
+
+def test_unknown_command_suggests_close_matches() -> None:
+    with pytest.raises(UsageError, match="did you mean keys:add"):
+        commands.lookup("keys:ad")
