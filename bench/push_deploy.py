@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import (  # noqa: E402
+from tests.conftest import (
     git,
     make_django_project,
     make_key,

@@ -15,7 +15,7 @@ from dulwich.protocol import SIDE_BAND_CHANNEL_PROGRESS, Protocol
 from dulwich.repo import Repo
 from dulwich.server import Backend, BackendRepo, ReceivePackHandler
 
-from opus_paas import names, push
+from opus_paas import hooks, names, push
 from opus_paas.errors import OpusError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
@@ -44,9 +44,10 @@ def init_repo(settings: Settings, app: str) -> Repo:
     """Create the app's bare repository (HEAD → main) if it does not exist."""
     path = settings.repos_dir / f"{app}.git"
     settings.repos_dir.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():
-        return Repo(str(path))
-    return Repo.init_bare(str(path), mkdir=True, default_branch=b"main")
+    repo = (Repo(str(path)) if path.is_dir()
+            else Repo.init_bare(str(path), mkdir=True, default_branch=b"main"))
+    hooks.install(path)
+    return repo
 
 
 class DeployingReceivePackHandler(ReceivePackHandler):

@@ -85,9 +85,6 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             store.finish_build(build_id, ok)
             if not ok:
                 shutil.rmtree(slug, ignore_errors=True)
-    live = store.get_app(app.name)
-    keep = {v for v in (live.live_version if live else None, version) if v is not None}
-    release.prune(settings, app.name, keep, settings.keep_releases)
     return version
 
 

@@ -110,3 +110,11 @@ def test_procfile_parsing() -> None:
 def test_bad_procfiles_are_refused(text: str) -> None:
     with pytest.raises(BuildFailed, match="Procfile line"):
         procfile.parse(text)
+
+
+def test_ref_update_lines_are_parsed_and_garbage_skipped() -> None:
+    from opus_paas.hooks import parse_ref_updates
+
+    line = f"{'0' * 40} {'a' * 40} refs/heads/main"
+    assert parse_ref_updates(f"{line}\ngarbage\n{'1' * 39} {'a' * 40} x\n") == [
+        ("0" * 40, "a" * 40, "refs/heads/main")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,26 @@ def _visits(body: str) -> int:
     match = re.search(r"visits: (\d+)", body)
     assert match, body
     return int(match.group(1))
+
+
+def test_post_receive_hook_records_only_pushes_whose_ref_moved(opus: Opus, admin_key: SshKey,
+                                                             first_push: str,
+                                                             project: Path) -> None:
+    pushes = (opus.home / "logs" / APP / "pushes.log").read_text().splitlines()
+    live_sha = git(project, "ls-remote", "opus", "refs/heads/main",
+                   env=admin_key.git_env(opus)).stdout.split()[0]
+    assert pushes[-1].split()[1:] == ["refs/heads/main", pushes[0].split()[3], live_sha]
+    assert len(pushes) == 2          # the first and second push; not the rejected one
+
+
+def test_post_receive_hook_prunes_old_releases_but_never_the_live_one(opus: Opus,
+                                                                      first_push: str) -> None:
+    repo = opus.home / "repos" / f"{APP}.git"
+    releases = opus.home / "apps" / APP / "releases"
+    assert sorted(p.name for p in releases.iterdir()) == ["v1", "v2"]
+    result = subprocess.run([str(repo / "hooks" / "post-receive")], input="", cwd=repo,
+                            env={**opus.env, "GIT_DIR": str(repo), "OPUS_KEEP_RELEASES": "1"},
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert sorted(p.name for p in releases.iterdir()) == ["v2"]
+    assert opus.get(opus.app_host(APP))[0] == 200

@@ -1,0 +1,63 @@
+"""Work done after a push's refs moved (the `post-receive` hook): record the push,
+prune old releases. Quiet on success: dulwich treats any stderr as failure."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from opus_paas import names, release
+from opus_paas import settings as settings_module
+from opus_paas.paths import shipped
+from opus_paas.settings import Settings
+from opus_paas.store import Store
+
+
+def parse_ref_updates(text: str) -> list[tuple[str, str, str]]:
+    """`old new ref` lines → tuples; malformed lines are skipped."""
+    updates = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and all(len(f) == 40 for f in fields[:2]):
+            updates.append((fields[0], fields[1], fields[2]))
+    return updates
+
+
+def post_receive(stdin_text: str, git_dir: str | None = None) -> int:
+    settings = settings_module.load()
+    repo = Path(git_dir or os.environ.get("GIT_DIR") or ".").absolute()
+    app = names.app_from_repo_path(repo.name)
+    log = settings.logs_dir / app / "pushes.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as out:
+        for old, new, ref in parse_ref_updates(stdin_text):
+            out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {ref} {old} {new}\n")
+    prune_releases(settings, Store(settings.db_path), app)
+    return 0
+
+
+def prune_releases(settings: Settings, store: Store, app_name: str) -> list[int]:
+    """Delete slugs beyond settings.keep_releases, never the live one."""
+    app = store.get_app(app_name)
+    if app is None:
+        return []
+    keep = {app.live_version} if app.live_version is not None else set()
+    return release.prune(settings, app_name, keep, settings.keep_releases)
+
+
+def install(repo_dir: Path) -> None:
+    """Install (or refresh) the post-receive hook of a bare repository, run by
+    Opus's own interpreter."""
+    source = (shipped("hooks") / "post-receive").read_text()
+    text = f"#!{sys.executable}\n" + source.split("\n", 1)[1]
+    hooks_dir = repo_dir / "hooks"
+    target = hooks_dir / "post-receive"
+    if target.is_file() and not target.is_symlink() and target.read_text() == text:
+        return
+    hooks_dir.mkdir(exist_ok=True)
+    tmp = hooks_dir / ".post-receive.tmp"
+    tmp.write_text(text)
+    tmp.chmod(0o755)
+    os.replace(tmp, target)
