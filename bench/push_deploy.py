@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from opus_paas.store import Store
 from tests.conftest import (
     git,
     make_django_project,
@@ -70,9 +71,9 @@ def main() -> None:
             baseline.append(timed(lambda b=bare: git(project, "push", "-q", f"file://{b}",
                                                      "main", env=env)))
         host = "bench.localhost"
-        app = opus.cli("apps").stdout
-        assert "bench" in app, app
-        live_port = int(next((opus.home / "apps" / "bench" / "run").iterdir()).name[4:])
+        app = Store(opus.home / "opus.db").get_app("bench")
+        assert app is not None and app.live_port is not None
+        live_port = app.live_port
         front_rps = wrk(f"http://127.0.0.1:{opus.http_port}/", host)
         direct_rps = wrk(f"http://127.0.0.1:{live_port}/", host)
     finally:

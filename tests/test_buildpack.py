@@ -238,16 +238,27 @@ def test_flag_set(value: str, expected: bool) -> None:
     assert flag_set({}, "DISABLE_COLLECTSTATIC") is False
 
 
+def test_base_environment_keeps_the_hosts_network_settings_only() -> None:
+    from opus_buildpack.envdir import base_environment
+
+    env = base_environment({"PATH": "/p", "HOME": "/h", "LANG": "C.UTF-8",
+                            "HTTPS_PROXY": "http://proxy:3128", "SSL_CERT_FILE": "/ca.pem",
+                            "LD_PRELOAD": "/evil.so", "SECRET": "x"})
+    assert env == {"PATH": "/p", "HOME": "/h", "LANG": "C.UTF-8",
+                   "HTTPS_PROXY": "http://proxy:3128", "SSL_CERT_FILE": "/ca.pem"}
+
+
 def test_uv_environment_keeps_build_settings_fixed() -> None:
     env = packages.uv_environment(
         {"PATH": "/opt/uv:/usr/bin:/bin", "HOME": "/h", "LANG": "C.UTF-8"},
-        {"UV_CACHE_DIR": "/evil", "UV_INDEX_URL": "https://idx.example/simple", "PATH": "/x"},
+        {"UV_CACHE_DIR": "/evil", "UV_INDEX_URL": "https://idx.example/simple", "PATH": "/x",
+         "UV_LINK_MODE": "symlink"},
         Path("/cache"),
     )
     assert env["UV_CACHE_DIR"] == "/cache/uv"
     assert env["PATH"] == "/opt/uv:/usr/bin:/bin"
     assert env["UV_INDEX_URL"] == "https://idx.example/simple"
-    assert env["UV_LINK_MODE"] == "copy"
+    assert env["UV_LINK_MODE"] == "hardlink"
     assert env["UV_PYTHON_DOWNLOADS"] == "never"
     assert env["UV_NO_PROGRESS"] == "1"
 

@@ -78,7 +78,14 @@ def flag_set(env: Mapping[str, str], name: str) -> bool:
     return value not in ("", "0")
 
 
+# What Opus passes from the host for reaching the package index (proxies, CA file).
+NETWORK_VARS = (
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL",
+)
+
+
 def base_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The few variables of the caller's clean environment that child processes need."""
-    keep = ("PATH", "HOME", "LANG")
+    """The variables of the caller's clean environment that child processes need."""
+    keep = ("PATH", "HOME", "LANG", *NETWORK_VARS)
     return {name: environ[name] for name in keep if name in environ}

@@ -1,7 +1,10 @@
 """The app's venv and its packages, installed with uv into ``BUILD/.opus/venv``.
 
-uv's cache lives in ``CACHE/uv``, shared across builds so rebuilds are fast; copying out of
-it (``UV_LINK_MODE=copy``) keeps the venv independent of the cache's filesystem.
+uv's cache lives in ``CACHE/uv``, shared across builds so rebuilds are fast. Packages are
+hardlinked out of it (``UV_LINK_MODE=hardlink``; uv copies instead where the cache is on
+another filesystem): installing Django's ~8,000 files drops from 2.3 s to a fraction.
+The venv's files then share inodes with the cache, so whoever may write the cache may
+change every app's packages: the cache must be writable only by the build user.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def uv_environment(
     env.update(base)
     env.update(
         UV_CACHE_DIR=str(cache_dir / "uv"),
-        UV_LINK_MODE="copy",
+        UV_LINK_MODE="hardlink",
         UV_NO_PROGRESS="1",
         UV_PYTHON_DOWNLOADS="never",
         # Trust the host's CA store (admins add proxy CAs there), not uv's bundled roots.
