@@ -7,13 +7,14 @@ Reconcile makes supervisor and the front match the database (after `opus up`).
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import time
 from pathlib import Path
 
 from opus_paas import front, release
 from opus_paas.build import Emit
-from opus_paas.errors import BuildFailed
+from opus_paas.errors import BuildFailed, OpusError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Program, Supervisor
@@ -106,9 +107,13 @@ def site_for(settings: Settings, app: App) -> front.Site | None:
     )
 
 
-def refresh_front(settings: Settings, store: Store, supervisor: Supervisor) -> None:
-    """Render the front from the database; reload it gracefully if the config changed."""
-    sites = [s for s in (site_for(settings, a) for a in store.list_apps()) if s is not None]
+def refresh_front(settings: Settings, store: Store, supervisor: Supervisor,
+                  pending: App | None = None) -> None:
+    """Render the front from the database (with `pending` in place of its stored row),
+    test it, and reload gracefully if it changed. Raises before anything goes live if
+    Apache rejects the config."""
+    apps = [pending if pending and a.id == pending.id else a for a in store.list_apps()]
+    sites = [s for s in (site_for(settings, a) for a in apps) if s is not None]
     if front.write(settings, sites) and supervisor.process_state("opus-front") == "RUNNING":
         supervisor.signal("opus-front", "USR1")
 
@@ -126,14 +131,17 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     supervisor.apply()
     try:
         check_health(settings, settings.app_domain(app.name), port, new.name, supervisor)
-    except BuildFailed:
+        emit("       Health check passed; switching traffic")
+        # The front is switched first: if Apache rejects its new config, nothing
+        # else has changed and the old release keeps serving.
+        refresh_front(settings, store, supervisor,
+                      pending=dataclasses.replace(app, live_version=version, live_port=port))
+    except OpusError:
         supervisor.write_programs(program_file(app.name), [old] if old else [])
         supervisor.apply()
         raise
-    emit("       Health check passed; switching traffic")
     release.point_current(settings, app.name, version)
     store.set_live(app, version, port)
-    refresh_front(settings, store, supervisor)
     # A graceful reload lets each front child finish its request on the old
     # config; give them a moment before the old instance goes away.
     time.sleep(DRAIN_SECONDS)

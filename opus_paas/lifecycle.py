@@ -29,7 +29,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 def own_programs(settings: Settings) -> list[Program]:
     env = settings_environment(settings)
-    env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
+    env.update(settings.network_env)
     env["HOME"] = str(Path.home())
     return [
         Program(

@@ -51,7 +51,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
     shutil.rmtree(slug, ignore_errors=True)   # left by a build that was cut off
     log_path = settings.logs_dir / app.name / f"build-v{version}.log"
     build_id = store.start_build(app, sha.decode(), log_path)
-    ok = False
+    ok = live = False
     with log_path.open("w", encoding="utf-8") as log:
         emit_and_log = _tee(emit, log.write)
         try:
@@ -72,6 +72,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             if types.get("release"):
                 release.run_release_command(settings, slug, types["release"], env, emit_and_log)
             deploy.deploy(settings, store, Supervisor(settings), app, version, emit_and_log)
+            live = True
             store.add_release(app, version, sha.decode(), f"Deploy {sha.decode()[:7]}")
             emit_and_log(f"-----> Released v{version} in {time.monotonic() - started:.1f} s")
             emit_and_log(f"       http://{settings.app_domain(app.name)}:{settings.http_port}/")
@@ -83,7 +84,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             raise
         finally:
             store.finish_build(build_id, ok)
-            if not ok:
+            if not live:     # a live slug is never removed, whatever failed after
                 shutil.rmtree(slug, ignore_errors=True)
     return version
 

@@ -17,6 +17,8 @@ from supervisor.xmlrpc import SupervisorTransport
 from opus_paas.errors import ServiceError
 from opus_paas.settings import Settings
 
+CLEAN_ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+
 
 def _ini(value: str) -> str:
     """Escape a value for supervisor's config, which expands %(name)s."""
@@ -132,9 +134,11 @@ class Supervisor:
         self.conf_d.mkdir(exist_ok=True)
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.conf, render_main_config(self.settings))
+        # A clean environment: nothing of the operator's shell reaches the apps;
+        # each program's section says what it needs.
         result = subprocess.run(
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)],
-            capture_output=True, text=True, check=False, env=dict(os.environ),
+            capture_output=True, text=True, check=False, env=CLEAN_ENVIRONMENT,
         )
         if result.returncode != 0:
             raise ServiceError(

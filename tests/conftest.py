@@ -140,6 +140,8 @@ def start_opus(**extra_env: str) -> Opus:
         "OPUS_APP_PORT_BASE": str(free_port_block(40)),
         "OPUS_CACHE_DIR": str(shared_cache_dir()),
         "PYTHONPATH": str(CHECKOUT),
+        # Set in the operator's shell; no app process may see it.
+        "OPERATOR_ONLY_SECRET": "operator-secret-marker",
     })
     env.update(extra_env)
     opus = Opus(home, ssh_port, http_port, env)

@@ -57,6 +57,22 @@ def test_production_settings_are_applied_without_editing_the_project(
     assert slug_settings.read_text() == (project / "mysite" / "settings.py").read_text()
 
 
+def test_app_processes_see_none_of_the_operators_environment(opus: Opus,
+                                                            first_push: str) -> None:
+    environments = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if b"mod_wsgi" in (proc / "cmdline").read_bytes():
+                    environments.append((proc / "environ").read_bytes())
+            except OSError:
+                continue
+    assert environments, "no mod_wsgi process found"
+    for environ in environments:
+        assert b"operator-secret-marker" not in environ
+        assert b"OPUS_ENV_FILE=" in environ
+
+
 def test_secret_key_is_generated_once_and_kept(opus: Opus, first_push: str) -> None:
     env = (opus.home / "apps" / APP / "current" / ".opus" / "env.json").read_text()
     key = re.search(r'"SECRET_KEY": "([^"]+)"', env)
