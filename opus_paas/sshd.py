@@ -10,6 +10,7 @@ import re
 import socket
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -33,6 +34,7 @@ log = logging.getLogger("opus.sshd")
 
 GIT_COMMAND = re.compile(r"(git-receive-pack|git-upload-pack) '([^'\\\n]{1,200})'")
 EXEC_WAIT_SECONDS = 15
+CLIENT_CLOSE_WAIT_SECONDS = 5
 
 
 def load_or_create_host_key(path: Path) -> paramiko.PKey:
@@ -163,6 +165,12 @@ def handle_connection(settings: Settings, store: Store, host_key: paramiko.PKey,
         channel.send_exit_status(status)
         channel.shutdown_write()
         channel.close()
+        # Let the client hang up first: closing the socket while its last packets are
+        # unread makes the kernel reset the connection, and the client can lose the
+        # message it was sent.
+        deadline = time.monotonic() + CLIENT_CLOSE_WAIT_SECONDS
+        while transport.is_active() and time.monotonic() < deadline:
+            time.sleep(0.02)
     except (paramiko.SSHException, EOFError, OSError) as exc:
         log.info("[%s] connection ended: %s", request_id, exc.__class__.__name__)
     finally:

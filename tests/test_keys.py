@@ -89,3 +89,26 @@ def test_hostile_user_name_is_refused(store: Store, real_key: str) -> None:
     with pytest.raises(InvalidName):
         keys.add_key(store, "root;id", real_key)
     assert store.list_keys() == []
+
+
+def test_cli_keys_add_from_stdin_list_and_remove(real_key: str, tmp_path: Path) -> None:
+    import os
+    import sys
+
+    env = {**os.environ, "OPUS_HOME": str(tmp_path / "home")}
+
+    def opus(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "opus_paas", *args], input=stdin,
+                              env=env, capture_output=True, text=True, check=False)
+
+    added = opus("keys:add", "carol", "-", stdin=real_key)
+    assert added.returncode == 0, added.stderr
+    fingerprint = keys.parse_public_key(real_key).fingerprint
+    assert f"Added key {fingerprint} for carol (admin)." in added.stdout
+    assert f"carol            {fingerprint}  me@laptop" in opus("keys:list").stdout
+    again = opus("keys:add", "carol", "-", stdin=real_key)
+    assert again.returncode == 5 and again.stderr.startswith("opus: key ")
+    missing = opus("keys:add", "carol", str(tmp_path / "nope.pub"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    assert opus("keys:remove", fingerprint).returncode == 0
+    assert "No keys yet" in opus("keys:list").stdout

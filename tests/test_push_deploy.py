@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -93,9 +94,18 @@ def test_static_files_are_served_by_the_front_apache(opus: Opus, first_push: str
 def test_second_push_switches_to_the_new_release(opus: Opus, admin_key: SshKey,
                                                  first_push: str, project: Path) -> None:
     set_greeting(project, "Second release")
-    result = git(project, "push", "opus", "main", env=admin_key.git_env(opus), check=False)
-    assert result.returncode == 0, result.stderr
-    assert "Released v2" in result.stderr
+    # Read git's output as it comes: the build's lines must arrive while it runs.
+    with subprocess.Popen(["git", "-C", str(project), "push", "--progress", "opus", "main"],
+                          env=admin_key.git_env(opus), stderr=subprocess.PIPE,
+                          text=True) as push:
+        assert push.stderr is not None
+        arrivals = [(time.monotonic(), line) for line in push.stderr]
+        assert push.wait(timeout=300) == 0, "".join(line for _, line in arrivals)
+    stderr = "".join(line for _, line in arrivals)
+    assert "Released v2" in stderr
+    building = next(t for t, line in arrivals if "-----> Building hello" in line)
+    released = next(t for t, line in arrivals if "Released v2" in line)
+    assert released - building > 1.0, "build output arrived all at once, not live"
     status, _headers, body = opus.get(opus.app_host(APP))
     assert status == 200 and body.startswith("Second release"), body
     assert (opus.home / "apps" / APP / "current").readlink() == Path("releases/v2")
@@ -131,6 +141,27 @@ def test_unregistered_key_is_refused(opus: Opus, first_push: str, project: Path,
     assert "Permission denied (publickey)" in result.stderr
 
 
+def test_push_to_another_branch_is_stored_without_deploying(
+        opus: Opus, admin_key: SshKey, first_push: str, project: Path) -> None:
+    live = (opus.home / "apps" / APP / "current").readlink()
+    git(project, "checkout", "-q", "-b", "feature")
+    set_greeting(project, "Feature branch")
+    result = git(project, "push", "opus", "feature", env=admin_key.git_env(opus))
+    git(project, "checkout", "-q", "main")
+    assert "refs/heads/feature stored; only main deploys" in result.stderr
+    assert "[new branch]      feature -> feature" in result.stderr
+    assert (opus.home / "apps" / APP / "current").readlink() == live
+    assert not opus.get(opus.app_host(APP))[2].startswith("Feature branch")
+
+
+def test_deleting_the_deploy_branch_is_refused(opus: Opus, admin_key: SshKey,
+                                              first_push: str, project: Path) -> None:
+    result = git(project, "push", "opus", ":main", env=admin_key.git_env(opus), check=False)
+    assert result.returncode != 0
+    assert "deleting the deploy branch is refused" in result.stderr
+    assert opus.get(opus.app_host(APP))[0] == 200
+
+
 def _visits(body: str) -> int:
     match = re.search(r"visits: (\d+)", body)
     assert match, body
@@ -141,10 +172,13 @@ def test_post_receive_hook_records_only_pushes_whose_ref_moved(opus: Opus, admin
                                                              first_push: str,
                                                              project: Path) -> None:
     pushes = (opus.home / "logs" / APP / "pushes.log").read_text().splitlines()
+    main = [line.split()[1:] for line in pushes if " refs/heads/main " in line]
     live_sha = git(project, "ls-remote", "opus", "refs/heads/main",
                    env=admin_key.git_env(opus)).stdout.split()[0]
-    assert pushes[-1].split()[1:] == ["refs/heads/main", pushes[0].split()[3], live_sha]
-    assert len(pushes) == 2          # the first and second push; not the rejected one
+    # The first and second push; not the rejected build, not the refused deletion.
+    assert len(main) == 2
+    assert main[1] == ["refs/heads/main", main[0][2], live_sha]
+    assert any(" refs/heads/feature " in line for line in pushes)
 
 
 def test_post_receive_hook_prunes_old_releases_but_never_the_live_one(opus: Opus,
