@@ -23,6 +23,10 @@ def _commit(repo: Repo, entries: list[tuple[bytes, int, bytes]]) -> bytes:
         blob = Blob.from_string(content)
         repo.object_store.add_object(blob)
         tree.add(name, mode, blob.id)
+    return _commit_tree(repo, tree)
+
+
+def _commit_tree(repo: Repo, tree: Tree) -> bytes:
     repo.object_store.add_object(tree)
     commit = Commit()
     commit.tree = tree.id
@@ -75,15 +79,7 @@ def test_submodules_are_skipped_with_a_warning(repo: Repo, tmp_path: Path) -> No
     blob = Blob.from_string(b"x")
     repo.object_store.add_object(blob)
     tree.add(b"f", 0o100644, blob.id)
-    repo.object_store.add_object(tree)
-    commit = Commit()
-    commit.tree = tree.id
-    commit.author = commit.committer = b"T <t@example.com>"
-    commit.commit_time = commit.author_time = commit.commit_timezone = 0
-    commit.author_timezone = 0
-    commit.message = b"m"
-    repo.object_store.add_object(commit)
-    warnings = build.export_tree(repo, commit.id, tmp_path / "out")
+    warnings = build.export_tree(repo, _commit_tree(repo, tree), tmp_path / "out")
     assert warnings == ["submodule vendor is not included in the build"]
 
 
