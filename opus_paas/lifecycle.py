@@ -95,6 +95,8 @@ def up(settings: Settings) -> list[str]:
     deploy.reconcile(settings, store, supervisor)
     _wait_for_port(settings.ssh_host, settings.ssh_port, "opus-sshd", settings)
     _wait_for_port(settings.http_host, settings.http_port, "opus-front", settings)
+    for program in own_programs(settings):
+        supervisor.wait_until_running(program.name)
     host = "localhost" if settings.ssh_host in ("127.0.0.1", "::1") else settings.ssh_host
     return [
         f"Opus is up (OPUS_HOME={settings.home}).",

@@ -189,6 +189,11 @@ class Supervisor:
         except xmlrpc.client.Fault:
             return "ABSENT"
 
+    def wait_until_running(self, name: str, seconds: float = 20) -> None:
+        """Wait until supervisor counts `name` as RUNNING (it stayed up for startsecs)."""
+        self._wait(lambda: self.process_state(name) == "RUNNING", seconds,
+                   f"{name} did not reach RUNNING; see {self.settings.logs_dir}")
+
     def processes(self) -> list[dict[str, Any]]:
         return list(self._proxy().getAllProcessInfo())
 
