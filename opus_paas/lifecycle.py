@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import socket
 import stat
 import sys
@@ -103,12 +104,20 @@ def up(settings: Settings) -> list[str]:
         "",
         "Next steps:",
         "  1. Register your SSH key:",
-        "       opus keys:add $USER ~/.ssh/id_ed25519.pub",
+        f"       {_opus_command()} keys:add $USER ~/.ssh/id_ed25519.pub",
         "  2. In your Django project:",
         f"       git remote add opus ssh://git@{host}:{settings.ssh_port}/myapp.git",
         "       git push opus main",
         f"  3. Open http://myapp.{settings.domain}:{settings.http_port}/",
     ]
+
+
+def _opus_command() -> str:
+    """How to call `opus` from here: the script beside this interpreter, if not on PATH."""
+    script = Path(sys.executable).parent / "opus"
+    if script.exists() and shutil.which("opus") != str(script):
+        return str(script)
+    return "opus"
 
 
 def _wait_for_port(host: str, port: int, program: str, settings: Settings) -> None:
