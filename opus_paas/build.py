@@ -18,8 +18,8 @@ from pathlib import Path, PurePosixPath
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 
-from opus_paas import privileged
-from opus_paas.errors import BuildFailed
+from opus_paas import names, privileged
+from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.paths import shipped
 from opus_paas.settings import Settings
 
@@ -171,15 +171,15 @@ def write_env_dir(env_dir: Path, config: Mapping[str, str]) -> None:
     shutil.rmtree(env_dir, ignore_errors=True)
     env_dir.mkdir(mode=0o700, parents=True)
     for key, value in config.items():
-        if not UNSAFE_BUILD_VARS.fullmatch(key):
+        if names.CONFIG_KEY.fullmatch(key) and not UNSAFE_BUILD_VARS.fullmatch(key):
             (env_dir / key).write_text(value)
 
 
-def build_environment(settings: Settings, app_dir: Path) -> dict[str, str]:
+def build_environment(settings: Settings, home: Path) -> dict[str, str]:
     """A clean environment for the buildpack: nothing inherited from Opus."""
     env = {
         "PATH": f"{settings.tools_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(app_dir),
+        "HOME": str(home),
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
@@ -217,7 +217,7 @@ def run_buildpack(settings: Settings, slug: Path, app_dir: Path,
     env_dir = app_dir / "build-env"
     write_env_dir(env_dir, config)
     privileged.hand_over(settings, env_dir)
-    env = build_environment(settings, app_dir)
+    env = build_environment(settings, app_dir / "home")
     bin_dir = buildpack / "bin"
     detected = _run_step(settings, [str(bin_dir / "detect"), str(slug)], slug, env)
     if detected.returncode != 0:
@@ -226,16 +226,26 @@ def run_buildpack(settings: Settings, slug: Path, app_dir: Path,
         raise BuildFailed("no buildpack recognised this app; see the messages above")
     compile_argv = [str(bin_dir / "compile"), str(slug), str(settings.package_cache), str(env_dir)]
     try:
-        for line in privileged.stream(settings, compile_argv, cwd=slug, env=env):
+        for line in privileged.stream(settings, compile_argv, cwd=slug, env=env,
+                                      timeout=settings.build_timeout):
             emit(line)
     except subprocess.CalledProcessError:
         raise BuildFailed("the build failed; see the messages above") from None
+    except ServiceError as exc:
+        raise BuildFailed(f"the build was stopped: {exc.message}") from None
     released = _run_step(settings, [str(bin_dir / "release"), str(slug)], slug, env)
     if released.returncode != 0:
         for line in (released.stdout + released.stderr).splitlines():
             emit(line)
         raise BuildFailed("the buildpack's release step failed; see the messages above")
-    info = json.loads((slug / ".opus" / "build.json").read_text())
+    # The slug belongs to the run user: read what the build left without following links.
+    raw = privileged.read_run_user_file(slug, ".opus/build.json", 64 * 1024)
+    try:
+        info = json.loads(raw or b"")
+        if not isinstance(info, dict):
+            raise ValueError
+    except ValueError:
+        raise BuildFailed("the buildpack left no valid .opus/build.json") from None
     return BuildResult(slug, info, parse_release_output(released.stdout))
 
 

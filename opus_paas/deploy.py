@@ -14,7 +14,7 @@ from pathlib import Path
 
 from opus_paas import front, release
 from opus_paas.build import Emit
-from opus_paas.errors import BuildFailed, OpusError
+from opus_paas.errors import BuildFailed
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Program, Supervisor
@@ -60,9 +60,9 @@ def web_program(settings: Settings, app: str, version: int, port: int) -> Progra
         directory=slug,
         log_file=settings.logs_dir / app / "web.log",
         environment={
-            "HOME": str(release.app_dir(settings, app)),
+            "HOME": str(release.home_dir(settings, app)),
             "LANG": "C.UTF-8",
-            "OPUS_ENV_FILE": str(release.env_file(slug)),
+            "OPUS_ENV_FILE": str(release.env_file(settings, app, version)),
         },
         user=settings.app_run_user(),
         startsecs=1,
@@ -88,7 +88,7 @@ def check_health(settings: Settings, host: str, port: int, program: str,
             if status < 500:
                 return
             last = f"HTTP {status}"
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             last = exc.__class__.__name__
         time.sleep(0.2)
     raise BuildFailed(f"the new release did not pass its health check within "
@@ -136,7 +136,9 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
         # else has changed and the old release keeps serving.
         refresh_front(settings, store, supervisor,
                       pending=dataclasses.replace(app, live_version=version, live_port=port))
-    except OpusError:
+    except BaseException:
+        # Whatever stopped the deploy (a failed check, the client gone, a bug), the new
+        # instance goes and the old one keeps serving.
         supervisor.write_programs(program_file(app.name), [old] if old else [])
         supervisor.apply()
         raise
@@ -152,8 +154,8 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
 def reconcile(settings: Settings, store: Store, supervisor: Supervisor) -> None:
     """Make supervisor's app programs and the front match the database."""
     for app in store.list_apps():
-        if app.live_version is not None and app.live_port is not None:
-            program = web_program(settings, app.name, app.live_version, app.live_port)
-            supervisor.write_programs(program_file(app.name), [program])
+        programs = ([web_program(settings, app.name, app.live_version, app.live_port)]
+                    if app.live_version is not None and app.live_port is not None else [])
+        supervisor.write_programs(program_file(app.name), programs)
     supervisor.apply()
     refresh_front(settings, store, supervisor)

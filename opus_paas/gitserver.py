@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dulwich.errors import NotGitRepository
-from dulwich.protocol import SIDE_BAND_CHANNEL_PROGRESS, Protocol
+from dulwich.protocol import CAPABILITY_ATOMIC, SIDE_BAND_CHANNEL_PROGRESS, Protocol
 from dulwich.repo import Repo
 from dulwich.server import Backend, BackendRepo, ReceivePackHandler
 
@@ -40,14 +40,14 @@ class OpusBackend(Backend):
         return Repo(str(repo_dir))
 
 
-def init_repo(settings: Settings, app: str) -> Repo:
-    """Create the app's bare repository (HEAD → main) if it does not exist."""
+def init_repo(settings: Settings, app: str) -> None:
+    """Create the app's bare repository (HEAD → main) if it does not exist, and make
+    sure its post-receive hook is current."""
     path = settings.repos_dir / f"{app}.git"
     settings.repos_dir.mkdir(parents=True, exist_ok=True)
-    repo = (Repo(str(path)) if path.is_dir()
-            else Repo.init_bare(str(path), mkdir=True, default_branch=b"main"))
+    if not path.is_dir():
+        Repo.init_bare(str(path), mkdir=True, default_branch=b"main").close()
     hooks.install(path)
-    return repo
 
 
 class DeployingReceivePackHandler(ReceivePackHandler):
@@ -59,11 +59,23 @@ class DeployingReceivePackHandler(ReceivePackHandler):
         self.settings = settings
         self.store = store
         self.app = app
+        self.client_gone = False
+
+    def capabilities(self) -> list[bytes]:
+        # No `atomic`: dulwich runs every ref's update hook (our deploy) before it
+        # checks the others, so an atomic push could deploy and then not move the ref.
+        return [c for c in super().capabilities() if c != CAPABILITY_ATOMIC]
 
     def _emit(self, line: str) -> None:
-        if self.has_capability(b"side-band-64k"):
+        """Send one line to the client; a client that hung up does not stop the deploy
+        midway (the build log keeps every line)."""
+        if self.client_gone or not self.has_capability(b"side-band-64k"):
+            return
+        try:
             self.proto.write_sideband(SIDE_BAND_CHANNEL_PROGRESS,
                                       (line + "\n").encode("utf-8", "replace"))
+        except OSError:
+            self.client_gone = True
 
     def _on_update(self, ref_name: bytes, old_sha: bytes,
                    new_sha: bytes) -> bytes | None:

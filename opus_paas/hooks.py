@@ -3,6 +3,7 @@ prune old releases. Quiet on success: dulwich treats any stderr as failure."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -26,8 +27,20 @@ def parse_ref_updates(text: str) -> list[tuple[str, str, str]]:
 
 
 def post_receive(stdin_text: str, git_dir: str | None = None) -> int:
-    settings = settings_module.load()
+    """Never fails the push (its refs already moved) and never writes to stderr,
+    which dulwich would relay to the client: problems go to Opus's log."""
     repo = Path(git_dir or os.environ.get("GIT_DIR") or ".").absolute()
+    try:
+        _post_receive(settings_module.load(), repo, stdin_text)
+    except Exception:
+        # Settings may be what failed: OPUS_HOME/repos/<app>.git → OPUS_HOME/logs.
+        logging.basicConfig(filename=str(repo.parent.parent / "logs" / "hooks.log"),
+                            level=logging.INFO)
+        logging.getLogger("opus.hooks").exception("post-receive failed")
+    return 0
+
+
+def _post_receive(settings: Settings, repo: Path, stdin_text: str) -> None:
     app = names.app_from_repo_path(repo.name)
     log = settings.logs_dir / app / "pushes.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +48,6 @@ def post_receive(stdin_text: str, git_dir: str | None = None) -> int:
         for old, new, ref in parse_ref_updates(stdin_text):
             out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {ref} {old} {new}\n")
     prune_releases(settings, Store(settings.db_path), app)
-    return 0
 
 
 def prune_releases(settings: Settings, store: Store, app_name: str) -> list[int]:

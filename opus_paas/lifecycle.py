@@ -77,7 +77,7 @@ def prepare_home(settings: Settings) -> Store:
     store.init()
     sshd.load_or_create_host_key(settings.host_key_path)
     build.install_tools(settings)
-    privileged.make_private_dir(settings, settings.package_cache, 0o755)
+    privileged.make_dir(settings, settings.package_cache, 0o755, for_run_user=True)
     return store
 
 

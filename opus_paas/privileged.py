@@ -8,13 +8,17 @@ root). System mode routes these same calls through secureops.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TypedDict
+from typing import TypedDict
 
+from opus_paas.errors import ServiceError
 from opus_paas.settings import Settings, user_ids
 
 
@@ -47,6 +51,13 @@ def hand_over(settings: Settings, path: Path) -> None:
         _chown_tree(path, uid, gid)
 
 
+def hand_over_fd(settings: Settings, fd: int) -> None:
+    """Give an open file to the run user."""
+    ids = user_ids(settings.app_run_user())
+    if ids is not None and os.geteuid() == 0:
+        os.fchown(fd, *ids)
+
+
 def _chown_tree(top: Path, uid: int, gid: int) -> None:
     top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
@@ -63,37 +74,94 @@ def stream(
     *,
     cwd: Path,
     env: Mapping[str, str],
-    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    timeout: float,
 ) -> Iterator[str]:
     """Run `argv` as the app's run user and yield its output line by line as it comes.
 
-    Raises subprocess.CalledProcessError once the output is exhausted if it failed.
-    The child gets its own process group, so a cancelled build can be killed whole.
+    The child gets its own process group. When it exits, or after `timeout` seconds,
+    whatever is left of that group is killed, so a background process it started can
+    neither outlive the step nor hold its output open. Raises CalledProcessError (or
+    ServiceError on time-out) once the output is exhausted if it failed.
     """
     proc = subprocess.Popen(
-        list(argv), cwd=cwd, env=dict(env), stdin=stdin,
+        list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True, **subprocess_identity(settings),
     )
+    timed_out = threading.Event()
+
+    def reap() -> None:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            timed_out.set()
+        _kill_group(proc.pid)
+
+    reaper = threading.Thread(target=reap, daemon=True)
+    reaper.start()
     assert proc.stdout is not None
     try:
         for raw in proc.stdout:
             yield raw.decode("utf-8", "replace").rstrip("\n")
     finally:
         proc.stdout.close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
+        _kill_group(proc.pid)
         code = proc.wait()
+        reaper.join()
+    if timed_out.is_set():
+        raise ServiceError(f"the step took longer than {timeout:.0f} s and was stopped")
     if code != 0:
         raise subprocess.CalledProcessError(code, list(argv))
 
 
-def make_private_dir(settings: Settings, path: Path, mode: int = 0o755) -> None:
-    """Create `path` if missing and give the directory itself (not its contents)
-    to the run user, with `mode`."""
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def make_dir(settings: Settings, path: Path, mode: int, *, for_run_user: bool) -> None:
+    """Create `path` if missing and set its mode and owner (the run user, or Opus
+    itself) through a descriptor: a symlink planted in its place is refused, never
+    followed."""
     path.mkdir(parents=True, exist_ok=True)
-    if stat.S_IMODE(path.stat().st_mode) != mode:
-        path.chmod(mode)
-    ids = user_ids(settings.app_run_user())
-    if ids is not None and os.geteuid() == 0:
-        os.lchown(path, *ids)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        raise ServiceError(f"{path.name} in an app's directory is not a plain directory; "
+                           "remove it and push again") from None
+    try:
+        os.fchmod(fd, mode)
+        if os.geteuid() == 0:
+            ids = user_ids(settings.app_run_user()) if for_run_user else None
+            os.fchown(fd, *(ids or (os.geteuid(), os.getegid())))
+    finally:
+        os.close(fd)
+
+
+def read_run_user_file(top: Path, relative: str, limit: int = 1 << 20) -> bytes | None:
+    """Read a file the run user could have planted (e.g. in a slug): every component
+    opened without following symlinks, regular files only, at most `limit` bytes.
+    None if it is missing; ServiceError if it is anything but a small regular file."""
+    parts = Path(relative).parts
+    fds = [os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)]
+    try:
+        for part in parts[:-1]:
+            fds.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                               dir_fd=fds[-1]))
+        fds.append(os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                           dir_fd=fds[-1]))
+        info = os.fstat(fds[-1])
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            raise ServiceError(f"{relative} is not a regular file of at most {limit} bytes")
+        data = os.read(fds[-1], limit + 1)
+        if len(data) > limit:
+            raise ServiceError(f"{relative} is larger than {limit} bytes")
+        return data
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ServiceError(f"{relative} could not be read safely ({exc.strerror}); "
+                           "it must be a plain file, not a link") from None
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)

@@ -28,10 +28,15 @@ def new_app_config() -> dict[str, str]:
 
 
 def ensure_app_dirs(settings: Settings, app: str) -> None:
+    """apps/<app>, its releases/ and env/ belong to Opus, so app code can never swap an
+    entry that Opus later works on; the run user gets only its own corners."""
     base = release.app_dir(settings, app)
-    for path in (base, base / "releases", base / "run"):
-        privileged.make_private_dir(settings, path, 0o755)
-    privileged.make_private_dir(settings, release.data_dir(settings, app), 0o700)
+    privileged.make_dir(settings, base, 0o755, for_run_user=False)
+    privileged.make_dir(settings, base / "releases", 0o755, for_run_user=False)
+    privileged.make_dir(settings, base / "env", 0o711, for_run_user=False)
+    privileged.make_dir(settings, base / "run", 0o755, for_run_user=True)
+    privileged.make_dir(settings, release.home_dir(settings, app), 0o700, for_run_user=True)
+    privileged.make_dir(settings, release.data_dir(settings, app), 0o700, for_run_user=True)
     (settings.logs_dir / app).mkdir(parents=True, exist_ok=True)
 
 
@@ -51,9 +56,9 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
     shutil.rmtree(slug, ignore_errors=True)   # left by a build that was cut off
     log_path = settings.logs_dir / app.name / f"build-v{version}.log"
     build_id = store.start_build(app, sha.decode(), log_path)
-    ok = live = False
+    ok = False
     with log_path.open("w", encoding="utf-8") as log:
-        emit_and_log = _tee(emit, log.write)
+        emit_and_log = _tee(_redacting(emit, settings, slug), log.write)
         try:
             emit_and_log(f"-----> Building {app.name} from {sha.decode()[:7]}")
             for warning in build.export_tree(repo, sha, slug):
@@ -62,17 +67,20 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             config = store.config(app)
             result = build.run_buildpack(settings, slug, release.app_dir(settings, app.name),
                                          config, emit_and_log)
-            procfile_path = slug / "Procfile"
             types = dict(result.process_types)
-            if procfile_path.is_file() and not procfile_path.is_symlink():
-                types.update(procfile.parse(procfile_path.read_text()))
+            declared = privileged.read_run_user_file(slug, "Procfile", 64 * 1024)
+            if declared is not None:
+                types.update(procfile.parse(declared.decode("utf-8", "replace")))
+            ignored = sorted(set(types) - {"web", "release"})
+            if ignored:
+                emit_and_log(f" !     Procfile types not run yet: {', '.join(ignored)} "
+                             "(Opus runs web and release for now)")
             env = release.runtime_env(settings, app, slug, config, result.info,
                                       [settings.app_domain(app.name)])
-            release.write_env_file(settings, slug, env)
+            release.write_env_file(settings, app.name, version, env)
             if types.get("release"):
                 release.run_release_command(settings, slug, types["release"], env, emit_and_log)
             deploy.deploy(settings, store, Supervisor(settings), app, version, emit_and_log)
-            live = True
             store.add_release(app, version, sha.decode(), f"Deploy {sha.decode()[:7]}")
             emit_and_log(f"-----> Released v{version} in {time.monotonic() - started:.1f} s")
             emit_and_log(f"       http://{settings.app_domain(app.name)}:{settings.http_port}/")
@@ -84,9 +92,24 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             raise
         finally:
             store.finish_build(build_id, ok)
-            if not live:     # a live slug is never removed, whatever failed after
+            now = store.get_app(app.name)
+            if not ok and (now is None or now.live_version != version):
+                # A live slug is never removed, whatever failed after the switch.
                 shutil.rmtree(slug, ignore_errors=True)
+                release.env_file(settings, app.name, version).unlink(missing_ok=True)
     return version
+
+
+def _redacting(emit: Emit, settings: Settings, slug: Path) -> Emit:
+    """The client sees no absolute server path: the slug reads as /app."""
+    replacements = [(str(slug), "/app"), (str(settings.package_cache), "$OPUS_CACHE"),
+                    (str(settings.home), "$OPUS_HOME")]
+
+    def redacted(line: str) -> None:
+        for path, shown in replacements:
+            line = line.replace(path, shown)
+        emit(line)
+    return redacted
 
 
 def _tee(emit: Emit, write: Callable[[str], object]) -> Emit:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -12,9 +13,11 @@ from pathlib import Path
 
 from opus_paas import privileged
 from opus_paas.build import Emit
-from opus_paas.errors import BuildFailed
+from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.settings import Settings
 from opus_paas.store import App
+
+VERSION_DIR = re.compile(r"v([0-9]{1,9})")
 
 
 def app_dir(settings: Settings, app: str) -> Path:
@@ -29,6 +32,11 @@ def data_dir(settings: Settings, app: str) -> Path:
     return app_dir(settings, app) / "data"
 
 
+def home_dir(settings: Settings, app: str) -> Path:
+    """HOME of the app's processes: the run user's own, unlike apps/<app> itself."""
+    return app_dir(settings, app) / "home"
+
+
 def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, str],
                 info: Mapping[str, object], domains: list[str]) -> dict[str, str]:
     """The environment every process of this release runs with.
@@ -41,7 +49,7 @@ def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, s
     env = dict(config)
     env.update({
         "PATH": f"{slug / '.opus' / 'venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(app_dir(settings, app.name)),
+        "HOME": str(home_dir(settings, app.name)),
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
@@ -60,17 +68,22 @@ def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, s
     return env
 
 
-def env_file(slug: Path) -> Path:
-    return slug / ".opus" / "env.json"
+def env_file(settings: Settings, app: str, version: int) -> Path:
+    """The release's config snapshot: in Opus's own apps/<app>/env/, not in the slug,
+    which the run user owns."""
+    return app_dir(settings, app) / "env" / f"v{version}.json"
 
 
-def write_env_file(settings: Settings, slug: Path, env: Mapping[str, str]) -> None:
-    """The release's config snapshot, read by the WSGI entry (no quoting through supervisor)."""
-    path = env_file(slug)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+def write_env_file(settings: Settings, app: str, version: int, env: Mapping[str, str]) -> None:
+    """Write the snapshot the WSGI entry loads (no quoting through supervisor)."""
+    path = env_file(settings, app, version)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(dict(env), out, indent=1, sort_keys=True)
-    privileged.hand_over(settings, path)
+        privileged.hand_over_fd(settings, out.fileno())
+    os.replace(tmp, path)
 
 
 def run_release_command(settings: Settings, slug: Path, command: str,
@@ -82,9 +95,10 @@ def run_release_command(settings: Settings, slug: Path, command: str,
         argv[0] = found or argv[0]
     emit(f"-----> Running release command: {command}")
     try:
-        for line in privileged.stream(settings, argv, cwd=slug, env=env):
+        for line in privileged.stream(settings, argv, cwd=slug, env=env,
+                                      timeout=settings.build_timeout):
             emit("       " + line)
-    except (subprocess.CalledProcessError, FileNotFoundError, PermissionError) as exc:
+    except (subprocess.CalledProcessError, OSError, ServiceError) as exc:
         raise BuildFailed(f"the release command failed ({exc.__class__.__name__}); "
                           "fix it, or change `release:` in your Procfile") from None
 
@@ -100,14 +114,15 @@ def point_current(settings: Settings, app: str, version: int) -> None:
 
 def prune(settings: Settings, app: str, keep_versions: set[int], keep: int) -> list[int]:
     """Delete old slugs beyond the newest `keep`, never one in `keep_versions`."""
-    releases = app_dir(settings, app) / "releases"
-    versions = sorted(
-        (int(p.name[1:]) for p in releases.iterdir() if p.name[:1] == "v" and p.name[1:].isdigit()),
-        reverse=True,
-    ) if releases.is_dir() else []
+    base = app_dir(settings, app)
+    releases = base / "releases"
+    names = [p.name for p in releases.iterdir()] if releases.is_dir() else []
+    versions = sorted((int(m.group(1)) for m in map(VERSION_DIR.fullmatch, names) if m),
+                      reverse=True)
     removed = []
     for version in versions[keep:]:
         if version not in keep_versions:
             shutil.rmtree(releases / f"v{version}", ignore_errors=True)
+            env_file(settings, app, version).unlink(missing_ok=True)
             removed.append(version)
     return removed

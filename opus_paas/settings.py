@@ -44,6 +44,8 @@ class Settings:
     # "nobody" when Opus runs as root (Apache will not serve as root).
     run_user: str = ""
     health_timeout: float = 30.0
+    # A build or release command running longer than this is stopped.
+    build_timeout: float = 900.0
     keep_releases: int = 5
     # The host's network set-up (proxies, package index, CA file) that builds need
     # to reach the package index; taken from Opus's environment, never from an app.
@@ -100,7 +102,7 @@ class Settings:
 
 
 _INT_FIELDS = {"ssh_port", "http_port", "app_port_base", "keep_releases"}
-_FLOAT_FIELDS = {"health_timeout"}
+_FLOAT_FIELDS = {"health_timeout", "build_timeout"}
 _PATH_FIELDS = {"cache_dir"}
 _FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"home", "network_env"}
 NETWORK_VARS = (

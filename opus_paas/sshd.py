@@ -16,7 +16,8 @@ from pathlib import Path
 
 import paramiko
 from dulwich.protocol import Protocol
-from dulwich.server import UploadPackHandler
+from dulwich.repo import Repo
+from dulwich.server import ReceivePackHandler, UploadPackHandler
 from paramiko.common import (
     AUTH_FAILED,
     AUTH_SUCCESSFUL,
@@ -131,11 +132,17 @@ def serve_command(settings: Settings, store: Store, user: User, command: bytes,
     proto = Protocol(rfile.read, channel.sendall)
     backend = gitserver.OpusBackend(settings.repos_dir)
     repo_arg = f"/{app.name}.git"
+    handler: ReceivePackHandler | UploadPackHandler
     if verb == "git-receive-pack":
-        gitserver.DeployingReceivePackHandler(
-            backend, [repo_arg], proto, settings=settings, store=store, app=app).handle()
+        handler = gitserver.DeployingReceivePackHandler(
+            backend, [repo_arg], proto, settings=settings, store=store, app=app)
     else:
-        UploadPackHandler(backend, [repo_arg], proto).handle()
+        handler = UploadPackHandler(backend, [repo_arg], proto)
+    try:
+        handler.handle()
+    finally:
+        if isinstance(handler.repo, Repo):
+            handler.repo.close()
     return 0
 
 

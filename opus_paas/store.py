@@ -254,9 +254,11 @@ class Store:
             )
 
     def next_release_version(self, app: App) -> int:
+        """One past every recorded release and the live one (never a live slug's number)."""
         with self._db() as db:
             row = db.execute(
-                "SELECT COALESCE(MAX(version), 0) FROM releases WHERE app_id = ?", (app.id,)
+                "SELECT MAX(COALESCE((SELECT MAX(version) FROM releases WHERE app_id = ?), 0),"
+                " COALESCE(live_version, 0)) FROM apps WHERE id = ?", (app.id, app.id)
             ).fetchone()
         return int(row[0]) + 1
 

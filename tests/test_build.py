@@ -114,3 +114,67 @@ def test_ref_update_lines_are_parsed_and_garbage_skipped() -> None:
     line = f"{'0' * 40} {'a' * 40} refs/heads/main"
     assert parse_ref_updates(f"{line}\ngarbage\n{'1' * 39} {'a' * 40} x\n") == [
         ("0" * 40, "a" * 40, "refs/heads/main")]
+
+
+def test_files_the_run_user_could_plant_are_read_without_following_links(tmp_path: Path) -> None:
+    import os
+
+    from opus_paas.errors import ServiceError
+    from opus_paas.privileged import read_run_user_file
+
+    slug = tmp_path / "slug"
+    (slug / ".opus").mkdir(parents=True)
+    (slug / ".opus" / "build.json").write_text("{}")
+    assert read_run_user_file(slug, ".opus/build.json") == b"{}"
+    assert read_run_user_file(slug, "Procfile") is None
+    (tmp_path / "secret").write_text("root only")
+    (slug / "Procfile").symlink_to(tmp_path / "secret")
+    os.mkfifo(slug / "fifo")
+    (slug / "big").write_bytes(b"x" * 2048)
+    (tmp_path / "elsewhere").mkdir()
+    (slug / "dirlink").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "build.json").write_text("{}")
+    for hostile in ("Procfile", "fifo", "big", "dirlink/build.json"):
+        with pytest.raises(ServiceError):
+            read_run_user_file(slug, hostile, limit=1024)
+
+
+def test_make_dir_refuses_a_planted_symlink(tmp_path: Path) -> None:
+    from opus_paas.errors import ServiceError
+    from opus_paas.privileged import make_dir
+    from opus_paas.settings import Settings
+
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "run").symlink_to(victim)
+    with pytest.raises(ServiceError, match="not a plain directory"):
+        make_dir(Settings(home=tmp_path), tmp_path / "app" / "run", 0o755, for_run_user=True)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o700
+
+
+def test_a_step_cannot_leave_processes_behind_nor_hang_the_push(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    from opus_paas.errors import ServiceError
+    from opus_paas.privileged import stream
+    from opus_paas.settings import Settings
+
+    settings = Settings(home=tmp_path, run_user="")
+    marker = tmp_path / "survivor"
+    # The step starts a background child that keeps its output open, then exits.
+    script = f"(sleep 3; touch {marker}) & echo started"
+    start = time.monotonic()
+    lines = list(stream(settings, ["sh", "-c", script], cwd=tmp_path,
+                        env={"PATH": "/usr/bin:/bin"}, timeout=60))
+    assert lines == ["started"]
+    assert time.monotonic() - start < 2.5
+    time.sleep(3.5)
+    assert not marker.exists()
+    with pytest.raises(ServiceError, match="longer than 1 s"):
+        list(stream(settings, ["sleep", "30"], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"},
+                    timeout=1))
+    with pytest.raises(subprocess.CalledProcessError):
+        list(stream(settings, ["false"], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"},
+                    timeout=10))

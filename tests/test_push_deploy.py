@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -30,6 +32,9 @@ def first_push(opus: Opus, admin_key: SshKey, project: Path) -> str:
 
 
 def test_first_push_builds_live_and_serves_the_view(opus: Opus, first_push: str) -> None:
+    # The client is told no absolute server path.
+    assert str(opus.home) not in first_push and "/var/cache" not in first_push
+    assert "static files copied to '/app/.opus/static'" in first_push
     # The build streams as the buildpack's lines, before git reports the ref.
     assert "remote: -----> Building hello" in first_push
     assert "remote: -----> Running release command: python manage.py migrate" in first_push
@@ -51,11 +56,27 @@ def test_production_settings_are_applied_without_editing_the_project(
     assert status == 404
     assert "URLconf" not in body and "DEBUG = True" not in body
     # ALLOWED_HOSTS is the app's domain: another Host header reaching the app is refused.
-    env = (opus.home / "apps" / APP / "current" / ".opus" / "env.json").read_text()
+    env = (opus.home / "apps" / APP / "env" / "v1.json").read_text()
     assert '"OPUS_ALLOWED_HOSTS": "hello.localhost"' in env
     # The user's settings.py is untouched in the slug.
     slug_settings = opus.home / "apps" / APP / "current" / "mysite" / "settings.py"
     assert slug_settings.read_text() == (project / "mysite" / "settings.py").read_text()
+
+
+def test_app_code_owns_only_its_own_corners(opus: Opus, first_push: str) -> None:
+    """Opus keeps apps/<app>, releases/ and env/ to itself, so app code (which runs
+    during the build) can never swap in a symlink that Opus would later follow."""
+    base = opus.home / "apps" / APP
+    run_uid = os.stat(base / "data").st_uid
+    for own in (base, base / "releases", base / "env"):
+        assert own.stat().st_uid == os.geteuid(), own
+    # The config snapshot is the app's to read, in a directory it cannot change.
+    for given in (base / "data", base / "run", base / "home", base / "releases" / "v1",
+                  base / "env" / "v1.json"):
+        assert given.stat().st_uid == run_uid, given
+    if os.geteuid() == 0:
+        assert run_uid != 0      # app code never runs as root
+        assert stat.S_IMODE((base / "env" / "v1.json").stat().st_mode) == 0o600
 
 
 def test_app_processes_see_none_of_the_operators_environment(opus: Opus,
@@ -75,7 +96,7 @@ def test_app_processes_see_none_of_the_operators_environment(opus: Opus,
 
 
 def test_secret_key_is_generated_once_and_kept(opus: Opus, first_push: str) -> None:
-    env = (opus.home / "apps" / APP / "current" / ".opus" / "env.json").read_text()
+    env = (opus.home / "apps" / APP / "env" / "v1.json").read_text()
     key = re.search(r'"SECRET_KEY": "([^"]+)"', env)
     assert key and len(key.group(1)) >= 50 and "django-insecure" not in key.group(1)
 
@@ -191,4 +212,17 @@ def test_post_receive_hook_prunes_old_releases_but_never_the_live_one(opus: Opus
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert sorted(p.name for p in releases.iterdir()) == ["v2"]
+    assert not (opus.home / "apps" / APP / "env" / "v1.json").exists()
     assert opus.get(opus.app_host(APP))[0] == 200
+
+
+def test_post_receive_hook_never_fails_the_push_nor_talks_to_the_client(
+        opus: Opus, first_push: str) -> None:
+    repo = opus.home / "repos" / f"{APP}.git"
+    (opus.home / "apps" / APP / "releases" / "v\u00b2").mkdir()   # "²".isdigit() is True
+    hostile_env = {**opus.env, "GIT_DIR": str(repo), "OPUS_KEEP_RELEASES": "not-a-number"}
+    result = subprocess.run([str(repo / "hooks" / "post-receive")], input="garbage\n",
+                            cwd=repo, env=hostile_env, capture_output=True, text=True,
+                            check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert "post-receive failed" in (opus.home / "logs" / "hooks.log").read_text()
