@@ -139,6 +139,9 @@ def start_opus(**extra_env: str) -> Opus:
         "OPUS_HTTP_PORT": str(http_port),
         "OPUS_APP_PORT_BASE": str(free_port_block(40)),
         "OPUS_CACHE_DIR": str(shared_cache_dir()),
+        # Short, so the failing-health-check scenario stays quick; instances here are
+        # ready in about 0.5 s.
+        "OPUS_HEALTH_TIMEOUT": "8",
         "PYTHONPATH": str(CHECKOUT),
         # Set in the operator's shell; no app process may see it.
         "OPERATOR_ONLY_SECRET": "operator-secret-marker",

@@ -154,6 +154,31 @@ def test_broken_requirement_is_rejected_and_the_old_release_keeps_serving(
     git(project, "reset", "-q", "--hard", "HEAD~1")
 
 
+def test_release_failing_its_health_check_never_gets_traffic(
+        opus: Opus, admin_key: SshKey, first_push: str, project: Path) -> None:
+    before = opus.get(opus.app_host(APP))[2].split(" (")[0]
+    views = project / "pages" / "views.py"
+    good = views.read_text()
+    views.write_text(good.replace("def index(request):",
+                                  "def index(request):\n    raise RuntimeError('broken view')"))
+    git(project, "commit", "-qam", "broken view")
+    result = git(project, "push", "opus", "main", env=admin_key.git_env(opus), check=False)
+    assert result.returncode != 0
+    assert "did not pass its health check" in result.stderr
+    assert "[remote rejected] main -> main" in result.stderr
+    status, _headers, body = opus.get(opus.app_host(APP))
+    assert status == 200 and body.startswith(before), body
+    # The failed instance is gone: only the live release's program is configured.
+    conf = (opus.home / "supervisor" / "conf.d" / f"app-{APP}.conf").read_text()
+    assert conf.count("[program:") == 1
+    assert opus.cli("status").stdout.count(f"{APP}-web-") == 1
+    # Its slug and config snapshot are gone too; the live ones stay.
+    base = opus.home / "apps" / APP
+    assert sorted(p.name for p in (base / "releases").iterdir()) == ["v1", "v2"]
+    assert sorted(p.name for p in (base / "env").iterdir()) == ["v1.json", "v2.json"]
+    git(project, "reset", "-q", "--hard", "HEAD~1")
+
+
 def test_unregistered_key_is_refused(opus: Opus, first_push: str, project: Path,
                                      tmp_path: Path) -> None:
     stranger = make_key(tmp_path, "stranger")
