@@ -136,15 +136,10 @@ def test_second_push_switches_to_the_new_release(opus: Opus, admin_key: SshKey,
 
 def test_broken_requirement_is_rejected_and_the_old_release_keeps_serving(
         opus: Opus, admin_key: SshKey, first_push: str, project: Path) -> None:
-    before = opus.get(opus.app_host(APP))[2].split(" (")[0]
     (project / "requirements.txt").write_text("django>=5.2,<5.3\nno-such-package-opus-test==9.9\n")
     set_greeting(project, "Broken release")
-    result = git(project, "push", "opus", "main", env=admin_key.git_env(opus), check=False)
-    assert result.returncode != 0
-    assert "[remote rejected] main -> main" in result.stderr
-    assert "remote:  !     " in result.stderr
-    status, _headers, body = opus.get(opus.app_host(APP))
-    assert status == 200 and body.startswith(before), body
+    stderr = _push_is_rejected_and_old_release_serves(opus, admin_key, project)
+    assert "remote:  !     " in stderr
     # The ref did not move, and the failed build's log was kept.
     remote_head = git(project, "ls-remote", "opus", "refs/heads/main",
                       env=admin_key.git_env(opus)).stdout.split()[0]
@@ -156,18 +151,13 @@ def test_broken_requirement_is_rejected_and_the_old_release_keeps_serving(
 
 def test_release_failing_its_health_check_never_gets_traffic(
         opus: Opus, admin_key: SshKey, first_push: str, project: Path) -> None:
-    before = opus.get(opus.app_host(APP))[2].split(" (")[0]
     views = project / "pages" / "views.py"
     good = views.read_text()
     views.write_text(good.replace("def index(request):",
                                   "def index(request):\n    raise RuntimeError('broken view')"))
     git(project, "commit", "-qam", "broken view")
-    result = git(project, "push", "opus", "main", env=admin_key.git_env(opus), check=False)
-    assert result.returncode != 0
-    assert "did not pass its health check" in result.stderr
-    assert "[remote rejected] main -> main" in result.stderr
-    status, _headers, body = opus.get(opus.app_host(APP))
-    assert status == 200 and body.startswith(before), body
+    stderr = _push_is_rejected_and_old_release_serves(opus, admin_key, project)
+    assert "did not pass its health check" in stderr
     # The failed instance is gone: only the live release's program is configured.
     conf = (opus.home / "supervisor" / "conf.d" / f"app-{APP}.conf").read_text()
     assert conf.count("[program:") == 1
@@ -206,6 +196,18 @@ def test_deleting_the_deploy_branch_is_refused(opus: Opus, admin_key: SshKey,
     assert result.returncode != 0
     assert "deleting the deploy branch is refused" in result.stderr
     assert opus.get(opus.app_host(APP))[0] == 200
+
+
+def _push_is_rejected_and_old_release_serves(opus: Opus, key: SshKey, project: Path) -> str:
+    """Push HEAD, expect git to report the ref rejected, and the page of the release that
+    was live before to still be served; return git's stderr."""
+    before = opus.get(opus.app_host(APP))[2].split(" (")[0]
+    result = git(project, "push", "opus", "main", env=key.git_env(opus), check=False)
+    assert result.returncode != 0
+    assert "[remote rejected] main -> main" in result.stderr
+    status, _headers, body = opus.get(opus.app_host(APP))
+    assert status == 200 and body.startswith(before), body
+    return result.stderr
 
 
 def _visits(body: str) -> int:
