@@ -107,14 +107,19 @@ def site_for(settings: Settings, app: App) -> front.Site | None:
     )
 
 
+def live_sites(settings: Settings, apps: list[App]) -> list[front.Site]:
+    """The front's sites: every app that has a live release."""
+    return [s for s in (site_for(settings, a) for a in apps) if s is not None]
+
+
 def refresh_front(settings: Settings, store: Store, supervisor: Supervisor,
                   pending: App | None = None) -> None:
     """Render the front from the database (with `pending` in place of its stored row),
     test it, and reload gracefully if it changed. Raises before anything goes live if
     Apache rejects the config."""
     apps = [pending if pending and a.id == pending.id else a for a in store.list_apps()]
-    sites = [s for s in (site_for(settings, a) for a in apps) if s is not None]
-    if front.write(settings, sites) and supervisor.process_state("opus-front") == "RUNNING":
+    changed = front.write(settings, live_sites(settings, apps))
+    if changed and supervisor.process_state("opus-front") == "RUNNING":
         supervisor.signal("opus-front", "USR1")
 
 

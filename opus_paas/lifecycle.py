@@ -45,8 +45,6 @@ def own_programs(settings: Settings) -> list[Program]:
             command=front.program_command(settings),
             directory=settings.front_dir,
             log_file=settings.logs_dir / "front" / "opus-front.log",
-            startsecs=1,
-            stopsignal="TERM",
         ),
     ]
 
@@ -85,8 +83,7 @@ def up(settings: Settings) -> list[str]:
     """Start (or bring back to the database's state) everything; return the next steps."""
     store = prepare_home(settings)
     supervisor = Supervisor(settings)
-    front.write(settings, [s for s in (deploy.site_for(settings, a) for a in store.list_apps())
-                           if s is not None])
+    front.write(settings, deploy.live_sites(settings, store.list_apps()))
     supervisor.conf_d.mkdir(parents=True, exist_ok=True)
     supervisor.write_programs("opus", own_programs(settings))
     if supervisor.is_running():

@@ -30,11 +30,18 @@ class Identity(TypedDict, total=False):
     extra_groups: list[int]
 
 
+def _switch_to(settings: Settings) -> tuple[int, int] | None:
+    """(uid, gid) to hand things to, or None when there is no one to switch to
+    (the run user is the invoking user, or Opus is not root and cannot switch)."""
+    ids = user_ids(settings.app_run_user())
+    return ids if ids is not None and os.geteuid() == 0 else None
+
+
 def subprocess_identity(settings: Settings) -> Identity:
     """Keyword arguments for subprocess that run a child as the app's run user
     (supplementary groups dropped)."""
-    ids = user_ids(settings.app_run_user())
-    if ids is None or os.geteuid() != 0:
+    ids = _switch_to(settings)
+    if ids is None:
         return {}
     uid, gid = ids
     return {"user": uid, "group": gid, "extra_groups": []}
@@ -42,8 +49,8 @@ def subprocess_identity(settings: Settings) -> Identity:
 
 def hand_over(settings: Settings, path: Path) -> None:
     """Give `path` (and everything below it) to the run user, never following a symlink."""
-    ids = user_ids(settings.app_run_user())
-    if ids is None or os.geteuid() != 0:
+    ids = _switch_to(settings)
+    if ids is None:
         return
     uid, gid = ids
     os.lchown(path, uid, gid)
@@ -53,8 +60,8 @@ def hand_over(settings: Settings, path: Path) -> None:
 
 def hand_over_fd(settings: Settings, fd: int) -> None:
     """Give an open file to the run user."""
-    ids = user_ids(settings.app_run_user())
-    if ids is not None and os.geteuid() == 0:
+    ids = _switch_to(settings)
+    if ids is not None:
         os.fchown(fd, *ids)
 
 
@@ -132,7 +139,7 @@ def make_dir(settings: Settings, path: Path, mode: int, *, for_run_user: bool) -
     try:
         os.fchmod(fd, mode)
         if os.geteuid() == 0:
-            ids = user_ids(settings.app_run_user()) if for_run_user else None
+            ids = _switch_to(settings) if for_run_user else None
             os.fchown(fd, *(ids or (os.geteuid(), os.getegid())))
     finally:
         os.close(fd)

@@ -271,14 +271,6 @@ class Store:
             )
         return Release(app.name, version, sha, description, now)
 
-    def releases(self, app: App) -> list[Release]:
-        with self._db() as db:
-            rows = db.execute(
-                "SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC", (app.id,)
-            ).fetchall()
-        return [Release(app.name, r["version"], r["sha"], r["description"], r["created"])
-                for r in rows]
-
 
 def _app(row: sqlite3.Row) -> App:
     return App(row["id"], row["name"], row["owner"], row["live_version"], row["live_port"])

@@ -46,7 +46,6 @@ class Program:
     log_file: Path
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
     user: str | None = None
-    numprocs: int = 1
     startsecs: int = 1
     stopsignal: str = "TERM"
     stopwaitsecs: int = 10
@@ -71,8 +70,6 @@ class Program:
             "stdout_logfile_maxbytes=10MB",
             "stdout_logfile_backups=3",
         ]
-        if self.numprocs > 1:
-            lines += [f"numprocs={self.numprocs}", "process_name=%(program_name)s-%(process_num)d"]
         if self.user:
             lines.append(f"user={_ini(self.user)}")
         if self.environment:
@@ -199,11 +196,6 @@ class Supervisor:
 
     def signal(self, name: str, sig: str) -> None:
         self._proxy().signalProcess(name, sig)
-
-    def restart(self, name: str) -> None:
-        proxy = self._proxy()
-        proxy.stopProcess(name)
-        proxy.startProcess(name)
 
     @staticmethod
     def _wait(predicate: Any, seconds: float, message: str) -> None:
