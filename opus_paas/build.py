@@ -12,6 +12,7 @@ import re
 import shutil
 import stat
 import subprocess
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 
@@ -211,7 +212,8 @@ def parse_release_output(text: str) -> dict[str, str]:
 
 
 def run_buildpack(settings: Settings, slug: Path, app_dir: Path,
-                  config: Mapping[str, str], emit: Emit) -> BuildResult:
+                  config: Mapping[str, str], emit: Emit,
+                  cancelled: threading.Event | None = None) -> BuildResult:
     """Detect, compile and release `slug` as the run user, emitting output as it comes."""
     buildpack = settings.tools_dir / "buildpacks" / "python"
     env_dir = app_dir / "build-env"
@@ -227,7 +229,7 @@ def run_buildpack(settings: Settings, slug: Path, app_dir: Path,
     compile_argv = [str(bin_dir / "compile"), str(slug), str(settings.package_cache), str(env_dir)]
     try:
         for line in privileged.stream(settings, compile_argv, cwd=slug, env=env,
-                                      timeout=settings.build_timeout):
+                                      timeout=settings.build_timeout, cancelled=cancelled):
             emit(line)
     except subprocess.CalledProcessError:
         raise BuildFailed("the build failed; see the messages above") from None

@@ -57,6 +57,12 @@ class BuildFailed(OpusError):
     exit_code = 6
 
 
+class ProtocolError(OpusError):
+    """A client broke the wire protocol, stalled, or sent more than the limits allow."""
+
+    exit_code = 8
+
+
 class ServiceError(OpusError):
     """A part Opus drives (supervisord, Apache) did not do what was asked."""
 

@@ -1,29 +1,56 @@
-"""dulwich, rooted at repos/: bare repositories and the streaming update hook.
+"""dulwich, rooted at repos/: bare repositories, the deploying receive-pack and a
+pack-objects upload-pack.
 
-The build runs from `_on_update`, after the pack is stored and before the ref
-moves; each output line goes to the client at once on sideband channel 2.
+dulwich speaks the protocol; C git does the pack work (see packs.py). The build runs
+for the app's deploy branch after the pack is stored and before the ref moves; each
+output line goes to the client at once on sideband channel 2. Refs move only by
+compare-and-swap, and the status each client gets is the one the refs show.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from dulwich.errors import NotGitRepository
-from dulwich.protocol import CAPABILITY_ATOMIC, SIDE_BAND_CHANNEL_PROGRESS, Protocol
+from dulwich.protocol import (
+    CAPABILITY_ATOMIC,
+    CAPABILITY_FILTER,
+    CAPABILITY_INCLUDE_TAG,
+    CAPABILITY_NO_DONE,
+    CAPABILITY_OFS_DELTA,
+    CAPABILITY_SHALLOW,
+    CAPABILITY_SIDE_BAND_64K,
+    CAPABILITY_THIN_PACK,
+    SIDE_BAND_CHANNEL_PROGRESS,
+    Protocol,
+)
+from dulwich.refs import Ref
 from dulwich.repo import Repo
-from dulwich.server import Backend, BackendRepo, ReceivePackHandler
+from dulwich.server import (
+    Backend,
+    BackendRepo,
+    ReceivePackHandler,
+    UploadPackHandler,
+    _ProtocolGraphWalker,
+)
 
-from opus_paas import hooks, names, push
-from opus_paas.errors import OpusError
+from opus_paas import hooks, names, packs, push
+from opus_paas.errors import InvalidName, OpusError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
+from opus_paas.wire import ChannelReader
 
 log = logging.getLogger("opus.git")
 
-DEPLOY_BRANCH = b"refs/heads/main"
 ZERO_SHA = b"0" * 40
+
+
+def branch_ref(branch: str) -> Ref:
+    return Ref(b"refs/heads/" + branch.encode("ascii"))
 
 
 class OpusBackend(Backend):
@@ -42,34 +69,61 @@ class OpusBackend(Backend):
 
 def init_repo(settings: Settings, app: str) -> None:
     """Create the app's bare repository (HEAD → main) if it does not exist, and make
-    sure its post-receive hook is current."""
+    sure its post-receive hook is current. Callers hold the app's deploy lock."""
     path = settings.repos_dir / f"{app}.git"
     settings.repos_dir.mkdir(parents=True, exist_ok=True)
     if not path.is_dir():
-        Repo.init_bare(str(path), mkdir=True, default_branch=b"main").close()
+        # Made beside its final name and renamed in: nobody sees a half-made repo.
+        partial = settings.repos_dir / f".{app}.git.new"
+        shutil.rmtree(partial, ignore_errors=True)
+        Repo.init_bare(str(partial), mkdir=True, default_branch=b"main").close()
+        partial.rename(path)
     hooks.install(path)
 
 
+def point_head(settings: Settings, app: str, branch: str) -> None:
+    """HEAD names the deploy branch, so a clone checks out what is deployed."""
+    repo = Repo(str(settings.repos_dir / f"{app}.git"))
+    try:
+        repo.refs.set_symbolic_ref(Ref(b"HEAD"), branch_ref(branch))
+    finally:
+        repo.close()
+
+
+def handle_and_close(handler: ReceivePackHandler | UploadPackHandler) -> None:
+    """Serve one request, then close the repository's pack files whatever happened."""
+    try:
+        handler.handle()
+    finally:
+        if isinstance(handler.repo, Repo):
+            handler.repo.close()
+
+
 class DeployingReceivePackHandler(ReceivePackHandler):
-    """ReceivePackHandler whose update hook builds and deploys the deploy branch."""
+    """ReceivePackHandler whose packs go through `git index-pack` and whose deploy branch
+    builds and deploys before it moves."""
 
     def __init__(self, backend: Backend, args: Sequence[str], proto: Protocol, *,
-                 settings: Settings, store: Store, app: App) -> None:
+                 settings: Settings, store: Store, app: App, reader: ChannelReader,
+                 cancelled: threading.Event, request_id: str) -> None:
         super().__init__(backend, args, proto)
         self.settings = settings
         self.store = store
         self.app = app
+        self.reader = reader
+        self.cancelled = cancelled
+        self.request_id = request_id
         self.client_gone = False
 
     def capabilities(self) -> list[bytes]:
-        # No `atomic`: dulwich runs every ref's update hook (our deploy) before it
-        # checks the others, so an atomic push could deploy and then not move the ref.
+        # No `atomic`: each ref's deploy runs before the next ref is looked at, so an
+        # all-or-nothing promise could not be kept.
         return [c for c in super().capabilities() if c != CAPABILITY_ATOMIC]
 
     def _emit(self, line: str) -> None:
         """Send one line to the client; a client that hung up does not stop the deploy
         midway (the build log keeps every line)."""
-        if self.client_gone or not self.has_capability(b"side-band-64k"):
+        if self.client_gone or not self.has_capability(CAPABILITY_SIDE_BAND_64K):
             return
         try:
             self.proto.write_sideband(SIDE_BAND_CHANNEL_PROGRESS,
@@ -77,25 +131,117 @@ class DeployingReceivePackHandler(ReceivePackHandler):
         except OSError:
             self.client_gone = True
 
-    def _on_update(self, ref_name: bytes, old_sha: bytes,
-                   new_sha: bytes) -> bytes | None:
-        if ref_name != DEPLOY_BRANCH:
-            self._emit(f"-----> {ref_name.decode(errors='replace')} stored; only main deploys")
-            return None
-        if new_sha == ZERO_SHA:
-            return b"deleting the deploy branch is refused; push a commit to it instead"
+    @property
+    def repo_dir(self) -> Path:
+        assert isinstance(self.repo, Repo)
+        return Path(self.repo.controldir())
+
+    def _apply_pack(self, refs: list[tuple[bytes, bytes, bytes]]  # type: ignore[override]
+                    ) -> Iterator[tuple[bytes, bytes]]:
+        new_tips = [new for _old, new, _ref in refs if new != ZERO_SHA]
+        if new_tips:
+            # A ProtocolError here ends the connection with one line; nothing moved.
+            packs.receive(self.settings.git_bin, self.repo_dir, self.reader,
+                          max_bytes=self.settings.max_pack_bytes,
+                          read_timeout=self.settings.ssh_read_timeout, new_tips=new_tips)
+        yield (b"unpack", b"ok")
+        for old, new, ref in refs:
+            yield (ref, self._update(ref, old, new))
+
+    def _update(self, ref: bytes, old: bytes, new: bytes) -> bytes:
+        """Validate, maybe deploy, then move `ref` from `old` to `new`; b"ok" or why not."""
+        try:
+            shown = names.check_ref_name(ref)
+        except InvalidName as exc:
+            return _status(exc.message)
+        assert isinstance(self.repo, Repo)
+        try:
+            current: bytes = self.repo.refs[Ref(ref)]
+        except KeyError:
+            current = ZERO_SHA
+        if current != old:
+            return b"stale info: the branch moved since you fetched; fetch and push again"
+        if new != ZERO_SHA and ref.startswith(b"refs/heads/") and \
+                self.repo.object_store[new].type_name != b"commit":  # type: ignore[index]
+            return b"a branch must point at a commit"
+        if ref == branch_ref(self.app.deploy_branch):
+            if new == ZERO_SHA:
+                return _status(f"deleting {self.app.deploy_branch}, the deploy branch, is "
+                               "refused; push a commit to it instead")
+            refusal = self._deploy(new)
+            if refusal is not None:
+                return refusal
+        elif new != ZERO_SHA:
+            self._emit(f"-----> {shown} stored; only {self.app.deploy_branch} deploys "
+                       f"(opus git:set {self.app.name} deploy-branch BRANCH changes that)")
+        return self._move(ref, old, new)
+
+    def _deploy(self, new: bytes) -> bytes | None:
         try:
             assert isinstance(self.repo, Repo)
-            push.deploy_commit(self.settings, self.store, self.app, self.repo, new_sha,
-                               self._emit)
+            push.deploy_commit(self.settings, self.store, self.app, self.repo, new,
+                               self._emit, cancelled=self.cancelled)
         except OpusError as exc:
-            return _one_line(exc.message).encode("utf-8", "replace")
+            return _status(exc.message)
         except Exception:
-            log.exception("deploy of %s failed", self.app.name)
-            self._emit(" !     Opus hit an internal error; the operator's log has the details")
-            return b"internal error; nothing was changed"
+            log.exception("[%s] deploy of %s failed", self.request_id, self.app.name)
+            self._emit(" !     Opus hit an internal error; the operator's log has the "
+                       f"details (request {self.request_id})")
+            return _status(f"internal error (request {self.request_id}); nothing was changed")
         return None
 
+    def _move(self, ref: bytes, old: bytes, new: bytes) -> bytes:
+        assert isinstance(self.repo, Repo)
+        refs = self.repo.refs
+        if new == ZERO_SHA:
+            moved = refs.remove_if_equals(ref, old)  # type: ignore[arg-type]
+        elif old == ZERO_SHA:
+            moved = refs.add_if_new(ref, new)  # type: ignore[arg-type]
+        else:
+            moved = refs.set_if_equals(ref, old, new)  # type: ignore[arg-type]
+        if not moved:
+            return b"stale info: the branch moved during the push; fetch and push again"
+        return b"ok"
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:200]
+
+def _status(message: str) -> bytes:
+    """A ref status fits on one pkt-line and one terminal line."""
+    return " ".join(message.split())[:200].encode("utf-8", "replace")
+
+
+class PackObjectsUploadPackHandler(UploadPackHandler):
+    """UploadPackHandler that negotiates with dulwich and packs with `git pack-objects`.
+
+    Shallow and partial clones are not offered: git then asks for a full clone.
+    """
+
+    def __init__(self, backend: Backend, args: Sequence[str], proto: Protocol, *,
+                 settings: Settings) -> None:
+        super().__init__(backend, args, proto)
+        self.settings = settings
+
+    def capabilities(self) -> list[bytes]:
+        return [c for c in super().capabilities()
+                if c not in (CAPABILITY_SHALLOW, CAPABILITY_FILTER)]
+
+    def handle(self) -> None:
+        assert isinstance(self.repo, Repo)
+        self._processing_have_lines = True
+        store = self.repo.object_store
+        walker = _ProtocolGraphWalker(self, store, self.repo.get_peeled,
+                                      self.repo.refs.get_symrefs)
+        refs = {ref: sha for ref, sha in self.repo.get_refs().items() if sha in store}
+        wants = walker.determine_wants(refs)
+        if not wants:
+            return
+        haves = store.find_common_revisions(walker)
+        if not walker.handle_done(not self.has_capability(CAPABILITY_NO_DONE),
+                                  self._done_received):
+            return
+        self._start_pack_send_phase()
+        packs.send(self.settings.git_bin, Path(self.repo.controldir()), wants, haves,
+                   thin=self.has_capability(CAPABILITY_THIN_PACK),
+                   ofs_delta=self.has_capability(CAPABILITY_OFS_DELTA),
+                   include_tag=self.has_capability(CAPABILITY_INCLUDE_TAG),
+                   write=self.write_pack_data)
+        self.proto.write_pkt_line(None)

@@ -67,9 +67,10 @@ def prepare_home(settings: Settings) -> Store:
     settings.home.chmod(0o755)
     _check_reachable(settings)
     for path in (settings.repos_dir, settings.apps_dir, settings.front_dir, settings.logs_dir,
-                 settings.supervisor_dir):
+                 settings.supervisor_dir, settings.locks_dir):
         path.mkdir(parents=True, exist_ok=True)
     settings.repos_dir.chmod(0o700)
+    settings.locks_dir.chmod(0o700)
     settings.supervisor_dir.chmod(0o700)
     store = Store(settings.db_path)
     store.init()

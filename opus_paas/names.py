@@ -19,6 +19,13 @@ DOMAIN = re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
 # The path a git client sends: an optional leading slash, the app, ".git" optional.
 REPO_PATH = re.compile(r"/?([a-z](?:[a-z0-9-]{0,28}[a-z0-9])?)(?:\.git)?/?")
 
+# A branch name as `git check-ref-format --branch` accepts it, minus what a shell, an
+# option parser or a terminal could misread: printable ASCII without space, no leading
+# '-' or '.', no '..', '@{', '//', trailing '/', '.lock' or '.' component ends.
+BRANCH_NAME = re.compile(r"(?!.*\.\.)(?!.*@\{)(?!.*//)(?!.*\.lock(?:/|$))(?!.*/\.)(?!.*\./)"
+                         r"(?!.*\.$)[A-Za-z0-9_][A-Za-z0-9_./+@=-]{0,199}(?<!/)")
+MAX_REF_LENGTH = 255
+
 # Names that would collide with Opus's own programs or hostnames.
 RESERVED_APP_NAMES = frozenset({"opus", "www", "git", "ssh", "front", "supervisor"})
 
@@ -74,6 +81,34 @@ def check_domain(name: str) -> str:
     if not DOMAIN.fullmatch(name):
         raise _reject("domain", name, "use a lower-case host name such as www.example.com")
     return name
+
+
+def check_branch_name(name: str) -> str:
+    """Return `name` if it is a valid branch name (without refs/heads/), else raise."""
+    if not BRANCH_NAME.fullmatch(name) or name == "HEAD":
+        raise _reject(
+            "branch name", name,
+            "use letters, digits and '_ . / + @ = -', not starting with '-' or '.', "
+            "without '..', '//', '@{' or a '.lock' ending (e.g. main, release/v2)",
+        )
+    return name
+
+
+def check_ref_name(ref: bytes) -> str:
+    """Return a pushed ref name as text if Opus stores it: refs/heads/<branch> or
+    refs/tags/<tag>, both with branch-name rules; anything else raises InvalidName."""
+    try:
+        text = ref.decode("ascii")
+    except UnicodeDecodeError:
+        raise _reject("ref name", ref.decode("utf-8", "replace"),
+                      "use ASCII letters, digits and '_ . / + @ = -'") from None
+    if len(text) > MAX_REF_LENGTH:
+        raise _reject("ref name", text, f"keep it under {MAX_REF_LENGTH} characters")
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if text.startswith(prefix):
+            check_branch_name(text[len(prefix):])
+            return text
+    raise _reject("ref name", text, "push branches (refs/heads/...) or tags (refs/tags/...)")
 
 
 def app_from_repo_path(path: str) -> str:

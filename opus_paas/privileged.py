@@ -14,12 +14,15 @@ import signal
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypedDict
 
 from opus_paas.errors import ServiceError
 from opus_paas.settings import Settings, user_ids
+
+REAP_POLL_SECONDS = 0.2
 
 
 class Identity(TypedDict, total=False):
@@ -82,13 +85,15 @@ def stream(
     cwd: Path,
     env: Mapping[str, str],
     timeout: float,
+    cancelled: threading.Event | None = None,
 ) -> Iterator[str]:
     """Run `argv` as the app's run user and yield its output line by line as it comes.
 
-    The child gets its own process group. When it exits, or after `timeout` seconds,
-    whatever is left of that group is killed, so a background process it started can
-    neither outlive the step nor hold its output open. Raises CalledProcessError (or
-    ServiceError on time-out) once the output is exhausted if it failed.
+    The child gets its own process group. When it exits, after `timeout` seconds, or
+    once `cancelled` is set, whatever is left of that group is killed, so a background
+    process it started can neither outlive the step nor hold its output open. Raises
+    CalledProcessError, or ServiceError when timed out or cancelled, once the output
+    is exhausted if it failed.
     """
     proc = subprocess.Popen(
         list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
@@ -96,12 +101,16 @@ def stream(
         start_new_session=True, **subprocess_identity(settings),
     )
     timed_out = threading.Event()
+    stop = cancelled if cancelled is not None else threading.Event()
 
     def reap() -> None:
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            timed_out.set()
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            if stop.is_set() or time.monotonic() >= deadline:
+                timed_out.set()
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(min(REAP_POLL_SECONDS, max(deadline - time.monotonic(), 0.01)))
         _kill_group(proc.pid)
 
     reaper = threading.Thread(target=reap, daemon=True)
@@ -115,6 +124,8 @@ def stream(
         _kill_group(proc.pid)
         code = proc.wait()
         reaper.join()
+    if timed_out.is_set() and stop.is_set():
+        raise ServiceError("the step was cancelled because the client disconnected")
     if timed_out.is_set():
         raise ServiceError(f"the step took longer than {timeout:.0f} s and was stopped")
     if code != 0:

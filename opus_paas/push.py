@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from dulwich.repo import Repo
 
-from opus_paas import build, deploy, privileged, procfile, release
+from opus_paas import build, deploy, privileged, procfile, redact, release
 from opus_paas.build import Emit
-from opus_paas.errors import OpusError
+from opus_paas.errors import BuildFailed, OpusError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, User
 from opus_paas.supervisor import Supervisor
@@ -47,8 +48,13 @@ def create_app(settings: Settings, store: Store, name: str, owner: User) -> App:
 
 
 def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: bytes,
-                  emit: Emit) -> int:
-    """Build `sha` and bring it live; return the new release version."""
+                  emit: Emit, *, cancelled: threading.Event | None = None) -> int:
+    """Build `sha` and bring it live; return the new release version.
+
+    Setting `cancelled` (the client hung up) stops the build and anything before the
+    switch; the caller holds the app's deploy lock.
+    """
+    cancelled = cancelled or threading.Event()
     started = time.monotonic()
     ensure_app_dirs(settings, app.name)
     version = store.next_release_version(app)
@@ -66,7 +72,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             privileged.hand_over(settings, slug)
             config = store.config(app)
             result = build.run_buildpack(settings, slug, release.app_dir(settings, app.name),
-                                         config, emit_and_log)
+                                         config, emit_and_log, cancelled)
             types = dict(result.process_types)
             declared = privileged.read_run_user_file(slug, "Procfile", 64 * 1024)
             if declared is not None:
@@ -79,7 +85,10 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
                                       [settings.app_domain(app.name)])
             release.write_env_file(settings, app.name, version, env)
             if types.get("release"):
-                release.run_release_command(settings, slug, types["release"], env, emit_and_log)
+                release.run_release_command(settings, slug, types["release"], env, emit_and_log,
+                                            cancelled)
+            if cancelled.is_set():
+                raise BuildFailed("cancelled: the client disconnected before the switch")
             deploy.deploy(settings, store, Supervisor(settings), app, version, emit_and_log)
             store.add_release(app, version, sha.decode(), f"Deploy {sha.decode()[:7]}")
             emit_and_log(f"-----> Released v{version} in {time.monotonic() - started:.1f} s")
@@ -102,13 +111,10 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
 
 def _redacting(emit: Emit, settings: Settings, slug: Path) -> Emit:
     """The client sees no absolute server path: the slug reads as /app."""
-    replacements = [(str(slug), "/app"), (str(settings.package_cache), "$OPUS_CACHE"),
-                    (str(settings.home), "$OPUS_HOME")]
+    pairs = redact.replacements(settings, slug)
 
     def redacted(line: str) -> None:
-        for path, shown in replacements:
-            line = line.replace(path, shown)
-        emit(line)
+        emit(redact.redact(line, pairs))
     return redacted
 
 

@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -87,7 +88,8 @@ def write_env_file(settings: Settings, app: str, version: int, env: Mapping[str,
 
 
 def run_release_command(settings: Settings, slug: Path, command: str,
-                        env: Mapping[str, str], emit: Emit) -> None:
+                        env: Mapping[str, str], emit: Emit,
+                        cancelled: threading.Event | None = None) -> None:
     """Run the release phase (e.g. migrate) as the run user; failure rejects the push."""
     argv = shlex.split(command)
     if argv and "/" not in argv[0]:
@@ -96,7 +98,7 @@ def run_release_command(settings: Settings, slug: Path, command: str,
     emit(f"-----> Running release command: {command}")
     try:
         for line in privileged.stream(settings, argv, cwd=slug, env=env,
-                                      timeout=settings.build_timeout):
+                                      timeout=settings.build_timeout, cancelled=cancelled):
             emit("       " + line)
     except (subprocess.CalledProcessError, OSError, ServiceError) as exc:
         raise BuildFailed(f"the release command failed ({exc.__class__.__name__}); "

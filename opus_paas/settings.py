@@ -47,6 +47,17 @@ class Settings:
     # A build or release command running longer than this is stopped.
     build_timeout: float = 900.0
     keep_releases: int = 5
+    # A push to an app whose deploy is running waits this long for it, then is refused.
+    deploy_wait_timeout: float = 600.0
+    # The largest pack a push may send, in bytes (default 1 GiB).
+    max_pack_bytes: int = 1 << 30
+    # An SSH client that sends nothing for this long while Opus waits for it is cut off.
+    ssh_read_timeout: float = 120.0
+    # An authenticated connection must ask for a command within this many seconds.
+    ssh_idle_timeout: float = 30.0
+    # Connections one key may hold open at once.
+    ssh_connections_per_key: int = 8
+    git_bin: str = "/usr/bin/git"
     # The host's network set-up (proxies, package index, CA file) that builds need
     # to reach the package index; taken from Opus's environment, never from an app.
     network_env: tuple[tuple[str, str], ...] = ()
@@ -83,6 +94,10 @@ class Settings:
         return self.cache_dir if self.cache_dir is not None else self.home / "cache"
 
     @property
+    def locks_dir(self) -> Path:
+        return self.home / "locks"
+
+    @property
     def host_key_path(self) -> Path:
         return self.home / "ssh_host_key"
 
@@ -101,8 +116,10 @@ class Settings:
         return f"{app}.{self.domain}"
 
 
-_INT_FIELDS = {"ssh_port", "http_port", "app_port_base", "keep_releases"}
-_FLOAT_FIELDS = {"health_timeout", "build_timeout"}
+_INT_FIELDS = {"ssh_port", "http_port", "app_port_base", "keep_releases", "max_pack_bytes",
+               "ssh_connections_per_key"}
+_FLOAT_FIELDS = {"health_timeout", "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
+                 "ssh_idle_timeout"}
 _PATH_FIELDS = {"cache_dir"}
 _FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"home", "network_env"}
 NETWORK_VARS = (

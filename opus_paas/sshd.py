@@ -1,10 +1,15 @@
-"""The SSH server: public-key auth, one strict pattern per command, git over dulwich.
+"""The SSH server: public-key auth, one exec of one allowed command per connection,
+git over dulwich.
 
-Identity comes from the key, never from the client. Run as `python -m opus_paas.sshd`.
+Identity comes from the key, never from the client. Every connection is logged once
+with its request id, key, user, command and outcome; every failure reaches the client
+as one `opus: …` line without server paths. Run as `python -m opus_paas.sshd`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import re
 import socket
@@ -12,12 +17,12 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
+from dulwich.errors import GitProtocolError, HangupException
 from dulwich.protocol import Protocol
-from dulwich.repo import Repo
-from dulwich.server import ReceivePackHandler, UploadPackHandler
 from paramiko.common import (
     AUTH_FAILED,
     AUTH_SUCCESSFUL,
@@ -25,17 +30,21 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
-from opus_paas import gitserver, keys, names, push
+from opus_paas import gitserver, keys, locks, names, push, redact
 from opus_paas import settings as settings_module
-from opus_paas.errors import NotFound, OpusError
+from opus_paas.errors import Conflict, NotFound, OpusError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, User
+from opus_paas.wire import ChannelReader
 
 log = logging.getLogger("opus.sshd")
 
 GIT_COMMAND = re.compile(r"(git-receive-pack|git-upload-pack) '([^'\\\n]{1,200})'")
-EXEC_WAIT_SECONDS = 15
 CLIENT_CLOSE_WAIT_SECONDS = 5
+DISCONNECT_POLL_SECONDS = 0.25
+# Environment variables a git client sends on its own; refused quietly (git then speaks
+# protocol v0), every other env request gets a notice.
+QUIET_ENV = frozenset({b"GIT_PROTOCOL", b"LANG", b"LC_ALL"})
 
 
 def load_or_create_host_key(path: Path) -> paramiko.PKey:
@@ -51,28 +60,70 @@ def load_or_create_host_key(path: Path) -> paramiko.PKey:
     return key
 
 
-class Session(paramiko.ServerInterface):
-    """One connection's auth and channel requests."""
+class KeyLimiter:
+    """At most `limit` open connections per key fingerprint."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self, fingerprint: str) -> Iterator[None]:
+        with self._lock:
+            if self._open.get(fingerprint, 0) >= self.limit:
+                raise Conflict(f"too many connections with this key at once (limit "
+                               f"{self.limit}); wait for one to finish and try again")
+            self._open[fingerprint] = self._open.get(fingerprint, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open[fingerprint] -= 1
+                if not self._open[fingerprint]:
+                    del self._open[fingerprint]
+
+
+@dataclasses.dataclass
+class Server:
+    """What every connection shares."""
+
+    settings: Settings
+    store: Store
+    host_key: paramiko.PKey
+    limiter: KeyLimiter
+
+
+class Session(paramiko.ServerInterface):
+    """One connection's auth and channel requests: a session channel and one exec."""
+
+    def __init__(self, store: Store, request_id: str) -> None:
         self.store = store
+        self.request_id = request_id
         self.user: User | None = None
+        self.fingerprint = ""
         self.command: bytes | None = None
+        self.notices: list[str] = []
+        self.channel_opened = False
         self.ready = threading.Event()
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
-        user = self.store.user_for_key(keys.fingerprint(key.asbytes()))
+        fingerprint = keys.fingerprint(key.asbytes())
+        user = self.store.user_for_key(fingerprint)
         if user is None:
+            log.info("[%s] auth refused: unregistered key %s", self.request_id, fingerprint)
             return AUTH_FAILED
-        self.user = user
+        self.user, self.fingerprint = user, fingerprint
         return AUTH_SUCCESSFUL
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
-        if kind == "session":
+        if kind == "session" and not self.channel_opened:
+            self.channel_opened = True
             return OPEN_SUCCEEDED
+        log.info("[%s] refused a %s channel", self.request_id, kind)
         return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
@@ -87,34 +138,97 @@ class Session(paramiko.ServerInterface):
         self.ready.set()
         return True
 
+    def _refuse(self, what: str) -> bool:
+        log.info("[%s] refused %s", self.request_id, what)
+        self.notices.append(f"opus: {what} refused: Opus serves git and opus commands only")
+        return False
+
     def check_channel_pty_request(self, *args: object) -> bool:
-        return True
+        return self._refuse("terminal (pty) request")
+
+    def check_channel_env_request(self, channel: paramiko.Channel, name: bytes,
+                                  value: bytes) -> bool:
+        if name in QUIET_ENV:
+            return False
+        return self._refuse("environment variable")
+
+    def check_channel_forward_agent_request(self, channel: paramiko.Channel) -> bool:
+        return self._refuse("agent forwarding")
+
+    def check_channel_x11_request(self, *args: object) -> bool:
+        return self._refuse("X11 forwarding")
+
+    def check_channel_subsystem_request(self, channel: paramiko.Channel, name: str) -> bool:
+        log.info("[%s] refused subsystem %r", self.request_id, name[:40])
+        return False
+
+    def check_port_forward_request(self, address: str, port: int) -> bool:
+        log.info("[%s] refused port forwarding", self.request_id)
+        return False
+
+    def check_global_request(self, kind: str, msg: paramiko.Message) -> bool:
+        return False
 
 
-def authorize(store: Store, settings: Settings, user: User, app_name: str,
-              for_push: bool) -> App:
-    """The app, if `user` may use it; a push to a new name creates it.
-
-    A stranger's app and a missing one get the same answer (no existence leak).
-    """
+def check_may_use(store: Store, user: User, app_name: str, *, for_push: bool) -> App | None:
+    """The app if `user` may use it, None if it does not exist yet and `user` may create
+    it by pushing. A stranger's app and a missing one get the same answer."""
     app = store.get_app(app_name)
     if app is None and for_push:
-        app = push.create_app(settings, store, app_name, user)
-        gitserver.init_repo(settings, app_name)
-        return app
+        return None
     if app is None or not (user.is_admin or app.owner == user.name):
         raise NotFound(f"app {app_name} not found, or you may not use it")
+    return app
+
+
+def open_for_push(settings: Settings, store: Store, user: User, app_name: str) -> App:
+    """Under the app's deploy lock: the app, created with its repository on first push."""
+    app = check_may_use(store, user, app_name, for_push=True)
+    if app is None:
+        app = push.create_app(settings, store, app_name, user)
     gitserver.init_repo(settings, app.name)
     return app
 
 
-def serve_command(settings: Settings, store: Store, user: User, command: bytes,
-                  channel: paramiko.Channel) -> int:
+def serve_git(server: Server, user: User, verb: str, app_name: str,
+              channel: paramiko.Channel, cancelled: threading.Event, request_id: str) -> int:
+    settings, store = server.settings, server.store
+    reader = ChannelReader(channel, settings.ssh_read_timeout)
+    proto = Protocol(reader.read, channel.sendall)
+    backend = gitserver.OpusBackend(settings.repos_dir)
+    repo_arg = f"/{app_name}.git"
+    handler: gitserver.DeployingReceivePackHandler | gitserver.PackObjectsUploadPackHandler
+    if verb == "git-upload-pack":
+        check_may_use(store, user, app_name, for_push=False)
+        if not (settings.repos_dir / f"{app_name}.git").is_dir():
+            raise NotFound(f"app {app_name} has no code yet; push to it first")
+        handler = gitserver.PackObjectsUploadPackHandler(backend, [repo_arg], proto,
+                                                         settings=settings)
+        gitserver.handle_and_close(handler)
+        return 0
+
+    check_may_use(store, user, app_name, for_push=True)
+
+    def say_waiting() -> None:
+        channel.sendall_stderr(
+            f"remote: waiting for the deploy of {app_name} to finish…\n".encode())
+
+    with locks.app_lock(settings, app_name, on_wait=say_waiting, cancelled=cancelled):
+        app = open_for_push(settings, store, user, app_name)
+        handler = gitserver.DeployingReceivePackHandler(
+            backend, [repo_arg], proto, settings=settings, store=store, app=app,
+            reader=reader, cancelled=cancelled, request_id=request_id)
+        gitserver.handle_and_close(handler)
+    return 0
+
+
+def serve_command(server: Server, user: User, command: bytes, channel: paramiko.Channel,
+                  cancelled: threading.Event, request_id: str) -> int:
     """Run one exec request on `channel`; return the exit status."""
     try:
         text = command.decode("utf-8")
     except UnicodeDecodeError:
-        text = ""
+        text = "\0"
     if not text:
         channel.sendall_stderr(
             f"Hi {user.name}! You are authenticated, but Opus gives no shell. "
@@ -126,52 +240,86 @@ def serve_command(settings: Settings, store: Store, user: User, command: bytes,
                                b"are served over SSH\n")
         return 1
     verb, path = match.groups()
-    app_name = names.app_from_repo_path(path)
-    app = authorize(store, settings, user, app_name, for_push=verb == "git-receive-pack")
-    rfile = channel.makefile("rb", -1)
-    proto = Protocol(rfile.read, channel.sendall)
-    backend = gitserver.OpusBackend(settings.repos_dir)
-    repo_arg = f"/{app.name}.git"
-    handler: ReceivePackHandler | UploadPackHandler
-    if verb == "git-receive-pack":
-        handler = gitserver.DeployingReceivePackHandler(
-            backend, [repo_arg], proto, settings=settings, store=store, app=app)
-    else:
-        handler = UploadPackHandler(backend, [repo_arg], proto)
-    try:
-        handler.handle()
-    finally:
-        if isinstance(handler.repo, Repo):
-            handler.repo.close()
-    return 0
+    return serve_git(server, user, verb, names.app_from_repo_path(path), channel, cancelled,
+                     request_id)
 
 
-def handle_connection(settings: Settings, store: Store, host_key: paramiko.PKey,
-                      sock: socket.socket) -> None:
-    request_id = uuid.uuid4().hex[:8]
-    transport = paramiko.Transport(sock)
-    try:
-        transport.add_server_key(host_key)
-        session = Session(store)
-        transport.start_server(server=session)
-        channel = transport.accept(EXEC_WAIT_SECONDS)
-        if channel is None or not session.ready.wait(EXEC_WAIT_SECONDS):
+def _watch_disconnect(transport: paramiko.Transport, channel: paramiko.Channel,
+                      cancelled: threading.Event, done: threading.Event) -> None:
+    """Set `cancelled` when the client goes away, so a running build stops."""
+    while not done.wait(DISCONNECT_POLL_SECONDS):
+        if not transport.is_active() or channel.closed:
+            cancelled.set()
             return
-        assert session.user is not None and session.command is not None
-        log.info("[%s] %s: %r", request_id, session.user.name, session.command[:200])
-        try:
-            status = serve_command(settings, store, session.user, session.command, channel)
-        except OpusError as exc:
-            channel.sendall_stderr(f"opus: {exc.message}\n".encode("utf-8", "replace"))
-            status = exc.exit_code
-        except Exception:
-            log.exception("[%s] command failed", request_id)
-            channel.sendall_stderr(
-                f"opus: internal error (request {request_id}); nothing was changed\n".encode())
-            status = 1
-        channel.send_exit_status(status)
-        channel.shutdown_write()
-        channel.close()
+
+
+def run_exec(server: Server, session: Session, transport: paramiko.Transport,
+             channel: paramiko.Channel, request_id: str) -> tuple[int, str]:
+    """Serve the session's one command; return (exit status, outcome for the log)."""
+    assert session.user is not None and session.command is not None
+    pairs = redact.replacements(server.settings)
+    for notice in session.notices:
+        channel.sendall_stderr((notice + "\n").encode())
+    cancelled, done = threading.Event(), threading.Event()
+    watcher = threading.Thread(target=_watch_disconnect,
+                               args=(transport, channel, cancelled, done), daemon=True)
+    watcher.start()
+    try:
+        with server.limiter.slot(session.fingerprint):
+            status = serve_command(server, session.user, session.command, channel,
+                                   cancelled, request_id)
+        return status, "ok" if status == 0 else "refused"
+    except OpusError as exc:
+        message = " ".join(redact.redact(exc.message, pairs).split())
+        _say(channel, f"opus: {message}")
+        return exc.exit_code, f"{exc.__class__.__name__}: {message}"
+    except HangupException:
+        return 1, "client hung up"
+    except GitProtocolError as exc:
+        log.info("[%s] protocol error: %s", request_id, exc)
+        _say(channel, "opus: the client broke the git protocol; nothing was changed; "
+                      "use a current git")
+        return 1, "protocol error"
+    except Exception:
+        log.exception("[%s] command failed", request_id)
+        _say(channel, f"opus: internal error (request {request_id}); nothing was changed; "
+                      "the operator's log has the details")
+        return 1, "internal error"
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _say(channel: paramiko.Channel, line: str) -> None:
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        channel.sendall_stderr((line + "\n").encode("utf-8", "replace"))
+
+
+def handle_connection(server: Server, sock: socket.socket) -> None:
+    settings = server.settings
+    request_id = uuid.uuid4().hex[:8]
+    started = time.monotonic()
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = transport.handshake_timeout = settings.ssh_idle_timeout
+    transport.auth_timeout = settings.ssh_idle_timeout
+    session = Session(server.store, request_id)
+    status, outcome = 255, "no command"
+    try:
+        transport.add_server_key(server.host_key)
+        transport.start_server(server=session)
+        channel = transport.accept(settings.ssh_idle_timeout)
+        if channel is None:
+            return
+        if not session.ready.wait(settings.ssh_idle_timeout):
+            _say(channel, f"opus: no command within {settings.ssh_idle_timeout:.0f} s; "
+                          "closing the connection")
+            channel.close()
+            return
+        status, outcome = run_exec(server, session, transport, channel, request_id)
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            channel.send_exit_status(status)
+            channel.shutdown_write()
+            channel.close()
         # Let the client hang up first: closing the socket while its last packets are
         # unread makes the kernel reset the connection, and the client can lose the
         # message it was sent.
@@ -179,16 +327,22 @@ def handle_connection(settings: Settings, store: Store, host_key: paramiko.PKey,
         while transport.is_active() and time.monotonic() < deadline:
             time.sleep(0.02)
     except (paramiko.SSHException, EOFError, OSError) as exc:
-        log.info("[%s] connection ended: %s", request_id, exc.__class__.__name__)
+        outcome = f"connection ended: {exc.__class__.__name__}"
     finally:
         transport.close()
+        if session.user is not None:
+            log.info("[%s] user=%s key=%s command=%r status=%d outcome=%s seconds=%.1f",
+                     request_id, session.user.name, session.fingerprint,
+                     (session.command or b"")[:200], status, outcome,
+                     time.monotonic() - started)
 
 
 def serve(settings: Settings) -> None:
     """Listen and serve forever, one thread per connection."""
     store = Store(settings.db_path)
     store.init()
-    host_key = load_or_create_host_key(settings.host_key_path)
+    server = Server(settings, store, load_or_create_host_key(settings.host_key_path),
+                    KeyLimiter(settings.ssh_connections_per_key))
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((settings.ssh_host, settings.ssh_port))
@@ -196,8 +350,7 @@ def serve(settings: Settings) -> None:
     log.info("listening on %s:%d", settings.ssh_host, settings.ssh_port)
     while True:
         sock, _addr = listener.accept()
-        threading.Thread(target=handle_connection, args=(settings, store, host_key, sock),
-                         daemon=True).start()
+        threading.Thread(target=handle_connection, args=(server, sock), daemon=True).start()
 
 
 def main() -> None:

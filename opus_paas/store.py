@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS apps (
     owner_id INTEGER NOT NULL REFERENCES users(id),
     created REAL NOT NULL,
     live_version INTEGER,
-    live_port INTEGER
+    live_port INTEGER,
+    deploy_branch TEXT NOT NULL DEFAULT 'main'
 );
 CREATE TABLE IF NOT EXISTS config (
     app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
@@ -95,6 +96,7 @@ class App:
     owner: str
     live_version: int | None   # the release serving traffic
     live_port: int | None      # the loopback port its web instance listens on
+    deploy_branch: str = "main"   # the branch whose pushes build and deploy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +138,7 @@ class Store:
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.executescript(SCHEMA)
+            _migrate(conn)
         finally:
             conn.close()
         self.path.chmod(0o600)
@@ -209,6 +212,10 @@ class Store:
             assert cur.lastrowid is not None
             return App(cur.lastrowid, name, owner.name, None, None)
 
+    def set_deploy_branch(self, app: App, branch: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE apps SET deploy_branch = ? WHERE id = ?", (branch, app.id))
+
     def get_app(self, name: str) -> App | None:
         with self._db() as db:
             row = db.execute(
@@ -272,5 +279,13 @@ class Store:
         return Release(app.name, version, sha, description, now)
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an older Opus up to SCHEMA (columns added since)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(apps)")}
+    if "deploy_branch" not in columns:
+        conn.execute("ALTER TABLE apps ADD COLUMN deploy_branch TEXT NOT NULL DEFAULT 'main'")
+
+
 def _app(row: sqlite3.Row) -> App:
-    return App(row["id"], row["name"], row["owner"], row["live_version"], row["live_port"])
+    return App(row["id"], row["name"], row["owner"], row["live_version"], row["live_port"],
+               row["deploy_branch"])

@@ -194,7 +194,7 @@ def test_deleting_the_deploy_branch_is_refused(opus: Opus, admin_key: SshKey,
                                               first_push: str, project: Path) -> None:
     result = git(project, "push", "opus", ":main", env=admin_key.git_env(opus), check=False)
     assert result.returncode != 0
-    assert "deleting the deploy branch is refused" in result.stderr
+    assert "deleting main, the deploy branch, is refused" in result.stderr
     assert opus.get(opus.app_host(APP))[0] == 200
 
 

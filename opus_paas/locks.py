@@ -1,0 +1,64 @@
+"""One deploy per app at a time: an advisory lock per app name, held across a push's
+receive, build and release (and by anything else that changes what an app runs).
+
+flock(2) on locks/<app>.lock: the kernel drops the lock when its holder exits or
+crashes, so a lock can never be left behind, and two threads of one process each
+opening the file exclude each other as two processes do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from opus_paas import names
+from opus_paas.errors import Conflict, ProtocolError
+from opus_paas.settings import Settings
+
+POLL_SECONDS = 0.1
+
+
+@contextlib.contextmanager
+def app_lock(settings: Settings, app: str, *, on_wait: Callable[[], None] | None = None,
+             cancelled: threading.Event | None = None,
+             timeout: float | None = None) -> Iterator[None]:
+    """Hold the deploy lock of `app` for the duration of the `with` block.
+
+    If another holder has it, call `on_wait` once and wait up to `timeout` seconds
+    (default: the deploy_wait_timeout setting); give up early when `cancelled` is set.
+    """
+    names.check_app_name(app)
+    settings.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(settings.locks_dir / f"{app}.lock",
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        _acquire(fd, app, on_wait, cancelled,
+                 settings.deploy_wait_timeout if timeout is None else timeout)
+        yield
+    finally:
+        os.close(fd)   # closing the descriptor releases the lock
+
+
+def _acquire(fd: int, app: str, on_wait: Callable[[], None] | None,
+             cancelled: threading.Event | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    waited = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if not waited and on_wait is not None:
+            on_wait()
+        waited = True
+        if cancelled is not None and cancelled.is_set():
+            raise ProtocolError("the client disconnected while waiting; nothing was changed")
+        if time.monotonic() >= deadline:
+            raise Conflict(f"the deploy of {app} is still running after {timeout:.0f} s; "
+                           "push again once it has finished")
+        time.sleep(POLL_SECONDS)
