@@ -7,7 +7,7 @@ import difflib
 import sys
 from collections.abc import Callable, Sequence
 
-from opus_paas import keys, lifecycle
+from opus_paas import gitserver, keys, lifecycle
 from opus_paas.errors import UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import Store
@@ -98,6 +98,16 @@ def cmd_apps(settings: Settings, args: list[str], out: Output) -> None:
             f"{settings.http_port}/")
 
 
+GIT_SETTINGS = ("deploy-branch",)
+
+
+def cmd_git_set(settings: Settings, args: list[str], out: Output) -> None:
+    if len(args) != 3 or args[1] not in GIT_SETTINGS:
+        raise UsageError("usage: opus git:set APP deploy-branch BRANCH")
+    app = gitserver.set_deploy_branch(settings, _store(settings), args[0], args[2])
+    out(f"Pushes to {app.deploy_branch} now deploy {app.name}; other branches are stored.")
+
+
 TABLE: dict[str, Command] = {c.name: c for c in [
     Command("up", "opus up", "start Opus and every app", cmd_up),
     Command("down", "opus down", "stop every process Opus started", cmd_down),
@@ -107,6 +117,8 @@ TABLE: dict[str, Command] = {c.name: c for c in [
     Command("keys:list", "opus keys:list", "list registered keys", cmd_keys_list),
     Command("keys:remove", "opus keys:remove FINGERPRINT", "remove a key", cmd_keys_remove),
     Command("apps", "opus apps", "list apps", cmd_apps),
+    Command("git:set", "opus git:set APP deploy-branch BRANCH",
+            "choose the branch whose pushes deploy", cmd_git_set),
 ]}
 
 

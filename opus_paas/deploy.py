@@ -12,7 +12,7 @@ import http.client
 import time
 from pathlib import Path
 
-from opus_paas import front, release
+from opus_paas import front, locks, release
 from opus_paas.build import Emit
 from opus_paas.errors import BuildFailed
 from opus_paas.settings import Settings
@@ -117,10 +117,25 @@ def refresh_front(settings: Settings, store: Store, supervisor: Supervisor,
     """Render the front from the database (with `pending` in place of its stored row),
     test it, and reload gracefully if it changed. Raises before anything goes live if
     Apache rejects the config."""
+    with locks.host_lock(settings):
+        _refresh_front(settings, store, supervisor, pending)
+
+
+def _refresh_front(settings: Settings, store: Store, supervisor: Supervisor,
+                   pending: App | None = None) -> None:
     apps = [pending if pending and a.id == pending.id else a for a in store.list_apps()]
     changed = front.write(settings, live_sites(settings, apps))
     if changed and supervisor.process_state("opus-front") == "RUNNING":
         supervisor.signal("opus-front", "USR1")
+
+
+def set_programs(settings: Settings, supervisor: Supervisor, app: str,
+                 programs: list[Program]) -> None:
+    """Make `programs` the app's whole set in supervisor (others' deploys may be
+    applying theirs at the same moment: one at a time)."""
+    with locks.host_lock(settings):
+        supervisor.write_programs(program_file(app), programs)
+        supervisor.apply()
 
 
 def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
@@ -132,35 +147,41 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
            if app.live_version is not None and app.live_port is not None else None)
     Path(new.log_file).parent.mkdir(parents=True, exist_ok=True)
     emit(f"-----> Starting v{version} on its own port")
-    supervisor.write_programs(program_file(app.name), [p for p in (old, new) if p])
-    supervisor.apply()
+    set_programs(settings, supervisor, app.name, [p for p in (old, new) if p])
+    switched = False
     try:
         check_health(settings, settings.app_domain(app.name), port, new.name, supervisor)
         emit("       Health check passed; switching traffic")
-        # The front is switched first: if Apache rejects its new config, nothing
-        # else has changed and the old release keeps serving.
-        refresh_front(settings, store, supervisor,
-                      pending=dataclasses.replace(app, live_version=version, live_port=port))
+        # One lock from the front's render to the database row: another app's deploy
+        # rendering in between would otherwise put this app's old port back.
+        with locks.host_lock(settings):
+            # The front is switched first: if Apache rejects its new config, nothing
+            # else has changed and the old release keeps serving.
+            _refresh_front(settings, store, supervisor,
+                           pending=dataclasses.replace(app, live_version=version,
+                                                       live_port=port))
+            switched = True
+            release.point_current(settings, app.name, version)
+            store.set_live(app, version, port)
     except BaseException:
         # Whatever stopped the deploy (a failed check, the client gone, a bug), the new
         # instance goes and the old one keeps serving.
-        supervisor.write_programs(program_file(app.name), [old] if old else [])
-        supervisor.apply()
+        if switched:
+            refresh_front(settings, store, supervisor)   # back to what the database says
+        set_programs(settings, supervisor, app.name, [old] if old else [])
         raise
-    release.point_current(settings, app.name, version)
-    store.set_live(app, version, port)
     # A graceful reload lets each front child finish its request on the old
     # config; give them a moment before the old instance goes away.
     time.sleep(DRAIN_SECONDS)
-    supervisor.write_programs(program_file(app.name), [new])
-    supervisor.apply()
+    set_programs(settings, supervisor, app.name, [new])
 
 
 def reconcile(settings: Settings, store: Store, supervisor: Supervisor) -> None:
     """Make supervisor's app programs and the front match the database."""
-    for app in store.list_apps():
-        programs = ([web_program(settings, app.name, app.live_version, app.live_port)]
-                    if app.live_version is not None and app.live_port is not None else [])
-        supervisor.write_programs(program_file(app.name), programs)
-    supervisor.apply()
-    refresh_front(settings, store, supervisor)
+    with locks.host_lock(settings):
+        for app in store.list_apps():
+            programs = ([web_program(settings, app.name, app.live_version, app.live_port)]
+                        if app.live_version is not None and app.live_port is not None else [])
+            supervisor.write_programs(program_file(app.name), programs)
+        supervisor.apply()
+        _refresh_front(settings, store, supervisor)

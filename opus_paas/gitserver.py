@@ -9,13 +9,15 @@ compare-and-swap, and the status each client gets is the one the refs show.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from dulwich.errors import NotGitRepository
+from dulwich.errors import GitProtocolError
 from dulwich.protocol import (
     CAPABILITY_ATOMIC,
     CAPABILITY_FILTER,
@@ -38,8 +40,8 @@ from dulwich.server import (
     _ProtocolGraphWalker,
 )
 
-from opus_paas import hooks, names, packs, push
-from opus_paas.errors import InvalidName, OpusError
+from opus_paas import hooks, locks, names, packs, push
+from opus_paas.errors import InvalidName, NotFound, OpusError, ServiceError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.wire import ChannelReader
@@ -53,6 +55,19 @@ def branch_ref(branch: str) -> Ref:
     return Ref(b"refs/heads/" + branch.encode("ascii"))
 
 
+def existing_repo(repos_dir: Path, app: str) -> Path:
+    """repos/<app>.git if it is a real directory (a symlink planted there is refused,
+    never followed); NotFound if the app has no repository yet."""
+    path = repos_dir / f"{app}.git"
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        log.error("repos/%s.git is not a plain directory; refusing to use it", app)
+        raise ServiceError(f"the repository of {app} is damaged; the operator must repair "
+                           f"repos/{app}.git")
+    if not path.is_dir():
+        raise NotFound(f"app {app} has no code yet; push to it first")
+    return path
+
+
 class OpusBackend(Backend):
     """Resolves a client's path ('/myapp.git') to repos/<app>.git and nothing else."""
 
@@ -60,23 +75,21 @@ class OpusBackend(Backend):
         self.repos_dir = repos_dir
 
     def open_repository(self, path: str) -> BackendRepo:
-        app = names.app_from_repo_path(path)
-        repo_dir = self.repos_dir / f"{app}.git"
-        if not repo_dir.is_dir() or repo_dir.is_symlink():
-            raise NotGitRepository(f"no repository for app {app}")
-        return Repo(str(repo_dir))
+        return Repo(str(existing_repo(self.repos_dir, names.app_from_repo_path(path))))
 
 
-def init_repo(settings: Settings, app: str) -> None:
-    """Create the app's bare repository (HEAD → main) if it does not exist, and make
+def init_repo(settings: Settings, app: str, branch: str = "main") -> None:
+    """Create the app's bare repository (HEAD → `branch`) if it does not exist, and make
     sure its post-receive hook is current. Callers hold the app's deploy lock."""
-    path = settings.repos_dir / f"{app}.git"
     settings.repos_dir.mkdir(parents=True, exist_ok=True)
-    if not path.is_dir():
+    try:
+        path = existing_repo(settings.repos_dir, app)
+    except NotFound:
         # Made beside its final name and renamed in: nobody sees a half-made repo.
+        path = settings.repos_dir / f"{app}.git"
         partial = settings.repos_dir / f".{app}.git.new"
         shutil.rmtree(partial, ignore_errors=True)
-        Repo.init_bare(str(partial), mkdir=True, default_branch=b"main").close()
+        Repo.init_bare(str(partial), mkdir=True, default_branch=branch.encode()).close()
         partial.rename(path)
     hooks.install(path)
 
@@ -97,6 +110,21 @@ def handle_and_close(handler: ReceivePackHandler | UploadPackHandler) -> None:
     finally:
         if isinstance(handler.repo, Repo):
             handler.repo.close()
+
+
+def set_deploy_branch(settings: Settings, store: Store, app_name: str, branch: str) -> App:
+    """Make `branch` the one whose pushes deploy `app_name` (and what a clone checks out).
+    Waits for a running deploy of the app first."""
+    names.check_branch_name(branch)
+    with locks.app_lock(settings, names.check_app_name(app_name)):
+        app = store.get_app(app_name)
+        if app is None:
+            raise NotFound(f"app {app_name} not found; see `opus apps`")
+        store.set_deploy_branch(app, branch)
+        with contextlib.suppress(NotFound):   # no repository yet: init_repo sets HEAD
+            existing_repo(settings.repos_dir, app_name)
+            point_head(settings, app_name, branch)
+        return dataclasses.replace(app, deploy_branch=branch)
 
 
 class DeployingReceivePackHandler(ReceivePackHandler):
@@ -128,7 +156,7 @@ class DeployingReceivePackHandler(ReceivePackHandler):
         try:
             self.proto.write_sideband(SIDE_BAND_CHANNEL_PROGRESS,
                                       (line + "\n").encode("utf-8", "replace"))
-        except OSError:
+        except (OSError, GitProtocolError):   # dulwich wraps a closed socket's error
             self.client_gone = True
 
     @property

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from opus_paas import names
-from opus_paas.errors import Conflict, ProtocolError
+from opus_paas.errors import Conflict, ProtocolError, ServiceError
 from opus_paas.settings import Settings
 
 POLL_SECONDS = 0.1
@@ -41,6 +41,25 @@ def app_lock(settings: Settings, app: str, *, on_wait: Callable[[], None] | None
         yield
     finally:
         os.close(fd)   # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def host_lock(settings: Settings, timeout: float = 120.0) -> Iterator[None]:
+    """Hold the lock on state every app shares (supervisor's conf.d, the front's config)
+    for a short critical section. Not re-entrant: take it once per section."""
+    settings.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # App names cannot start with '_', so this never collides with an app's lock.
+    fd = os.open(settings.locks_dir / "_host.lock",
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            _acquire(fd, "shared front and supervisor state", None, None, timeout)
+        except Conflict:
+            raise ServiceError(f"another change to the front or supervisor held its lock for "
+                               f"{timeout:.0f} s; try again, and see `opus status`") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _acquire(fd: int, app: str, on_wait: Callable[[], None] | None,

@@ -23,6 +23,9 @@ from opus_paas.errors import ServiceError
 from opus_paas.settings import Settings, user_ids
 
 REAP_POLL_SECONDS = 0.2
+# Process groups of the steps `stream` is running now (see kill_running_steps).
+_LIVE_GROUPS: set[int] = set()
+_LIVE_LOCK = threading.Lock()
 
 
 class Identity(TypedDict, total=False):
@@ -100,6 +103,8 @@ def stream(
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True, **subprocess_identity(settings),
     )
+    with _LIVE_LOCK:
+        _LIVE_GROUPS.add(proc.pid)
     timed_out = threading.Event()
     stop = cancelled if cancelled is not None else threading.Event()
 
@@ -124,12 +129,23 @@ def stream(
         _kill_group(proc.pid)
         code = proc.wait()
         reaper.join()
+        with _LIVE_LOCK:
+            _LIVE_GROUPS.discard(proc.pid)
     if timed_out.is_set() and stop.is_set():
         raise ServiceError("the step was cancelled because the client disconnected")
     if timed_out.is_set():
         raise ServiceError(f"the step took longer than {timeout:.0f} s and was stopped")
     if code != 0:
         raise subprocess.CalledProcessError(code, list(argv))
+
+
+def kill_running_steps() -> None:
+    """Kill every step `stream` is running, with its process group: called when the
+    process driving them is told to stop, so no build outlives it."""
+    with _LIVE_LOCK:
+        groups = list(_LIVE_GROUPS)
+    for pgid in groups:
+        _kill_group(pgid)
 
 
 def _kill_group(pgid: int) -> None:

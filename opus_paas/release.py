@@ -100,7 +100,9 @@ def run_release_command(settings: Settings, slug: Path, command: str,
         for line in privileged.stream(settings, argv, cwd=slug, env=env,
                                       timeout=settings.build_timeout, cancelled=cancelled):
             emit("       " + line)
-    except (subprocess.CalledProcessError, OSError, ServiceError) as exc:
+    except ServiceError as exc:
+        raise BuildFailed(f"the release command was stopped: {exc.message}") from None
+    except (subprocess.CalledProcessError, OSError) as exc:
         raise BuildFailed(f"the release command failed ({exc.__class__.__name__}); "
                           "fix it, or change `release:` in your Procfile") from None
 

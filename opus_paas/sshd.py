@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import re
+import signal
 import socket
 import sys
 import threading
@@ -30,7 +31,7 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
-from opus_paas import gitserver, keys, locks, names, push, redact
+from opus_paas import gitserver, keys, locks, names, privileged, push, redact
 from opus_paas import settings as settings_module
 from opus_paas.errors import Conflict, NotFound, OpusError
 from opus_paas.settings import Settings
@@ -186,7 +187,7 @@ def open_for_push(settings: Settings, store: Store, user: User, app_name: str) -
     app = check_may_use(store, user, app_name, for_push=True)
     if app is None:
         app = push.create_app(settings, store, app_name, user)
-    gitserver.init_repo(settings, app.name)
+    gitserver.init_repo(settings, app.name, app.deploy_branch)
     return app
 
 
@@ -200,8 +201,6 @@ def serve_git(server: Server, user: User, verb: str, app_name: str,
     handler: gitserver.DeployingReceivePackHandler | gitserver.PackObjectsUploadPackHandler
     if verb == "git-upload-pack":
         check_may_use(store, user, app_name, for_push=False)
-        if not (settings.repos_dir / f"{app_name}.git").is_dir():
-            raise NotFound(f"app {app_name} has no code yet; push to it first")
         handler = gitserver.PackObjectsUploadPackHandler(backend, [repo_arg], proto,
                                                          settings=settings)
         gitserver.handle_and_close(handler)
@@ -353,10 +352,19 @@ def serve(settings: Settings) -> None:
         threading.Thread(target=handle_connection, args=(server, sock), daemon=True).start()
 
 
+def _stop(signum: int, frame: object) -> None:
+    """supervisord stops us with SIGTERM: no build may outlive the server."""
+    privileged.kill_running_steps()
+    raise SystemExit(0)
+
+
 def main() -> None:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # paramiko logs every port probe and dropped handshake as an error with a traceback;
+    # each connection's outcome is logged here instead.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    signal.signal(signal.SIGTERM, _stop)
     serve(settings_module.load())
 
 

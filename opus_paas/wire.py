@@ -29,7 +29,7 @@ class ChannelReader:
     def read(self, size: int) -> bytes:
         """Exactly `size` bytes, or fewer if the client closed its side."""
         while len(self._buffer) < size:
-            chunk = self.recv_some()
+            chunk = self._recv()
             if not chunk:
                 break
             self._buffer += chunk
@@ -43,8 +43,12 @@ class ChannelReader:
         return data
 
     def recv_some(self) -> bytes:
+        """What is buffered, else what the next read off the wire brings."""
         if self._buffer:
             return self.take_buffered()
+        return self._recv()
+
+    def _recv(self) -> bytes:
         try:
             return self.channel.recv(CHUNK)
         except TimeoutError:

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 CHECKOUT = Path(__file__).resolve().parent.parent
+MAX_PACK_BYTES = 4 << 20
+CONNECTIONS_PER_KEY = 6
 
 
 def require_tool(name: str) -> str:
@@ -137,11 +139,17 @@ def start_opus(**extra_env: str) -> Opus:
         "OPUS_HOME": str(home),
         "OPUS_SSH_PORT": str(ssh_port),
         "OPUS_HTTP_PORT": str(http_port),
-        "OPUS_APP_PORT_BASE": str(free_port_block(40)),
+        "OPUS_APP_PORT_BASE": str(free_port_block(80)),
         "OPUS_CACHE_DIR": str(shared_cache_dir()),
         # Short, so the failing-health-check scenario stays quick; instances here are
         # ready in about 0.5 s.
         "OPUS_HEALTH_TIMEOUT": "8",
+        # Short limits, so the stalled-client, over-limit and busy-app scenarios are quick.
+        "OPUS_SSH_READ_TIMEOUT": "6",
+        "OPUS_SSH_IDLE_TIMEOUT": "6",
+        "OPUS_DEPLOY_WAIT_TIMEOUT": "8",
+        "OPUS_MAX_PACK_BYTES": str(MAX_PACK_BYTES),
+        "OPUS_SSH_CONNECTIONS_PER_KEY": str(CONNECTIONS_PER_KEY),
         "PYTHONPATH": str(CHECKOUT),
         # Set in the operator's shell; no app process may see it.
         "OPERATOR_ONLY_SECRET": "operator-secret-marker",

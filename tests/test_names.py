@@ -84,3 +84,32 @@ def test_good_domains(value: str) -> None:
 def test_hostile_domains_are_rejected(value: str) -> None:
     with pytest.raises(InvalidName):
         names.check_domain(value)
+
+
+@pytest.mark.parametrize("ref", [
+    b"refs/heads/main", b"refs/heads/release/v2", b"refs/tags/v1.0", b"refs/heads/a+b@c=d",
+])
+def test_ordinary_refs_are_accepted(ref: bytes) -> None:
+    assert names.check_ref_name(ref) == ref.decode()
+
+
+@pytest.mark.parametrize("ref", [
+    b"HEAD", b"refs/heads/HEAD", b"main", b"refs/remotes/origin/main", b"refs/notes/x",
+    b"refs/heads/", b"refs/heads/-rf", b"refs/heads/--upload-pack=touch",
+    b"refs/heads/../../config", b"refs/heads/a..b", b"refs/heads/.hidden",
+    b"refs/heads/a/.b", b"refs/heads/x.lock", b"refs/heads/x.lock/y", b"refs/heads/a//b",
+    b"refs/heads/a/", b"refs/heads/a.", b"refs/heads/a@{1}", b"refs/heads/a b",
+    b"refs/heads/a\nb", b"refs/heads/a\x1b[31m", b"refs/heads/caf\xc3\xa9",
+    b"refs/heads/\xff", b"refs/heads/a;rm -rf", b"refs/heads/$(id)", b"refs/heads/`id`",
+    b"refs/heads/a~1", b"refs/heads/a^", b"refs/heads/a:b", b"refs/heads/a?", b"refs/heads/a*",
+    b"refs/heads/a[", b"refs/heads/a\\b", b"refs/heads/" + b"x" * 300,
+])
+def test_hostile_refs_are_refused(ref: bytes) -> None:
+    with pytest.raises(InvalidName) as raised:
+        names.check_ref_name(ref)
+    assert "\n" not in raised.value.message and "\x1b" not in raised.value.message
+
+
+@pytest.mark.parametrize("branch", ["main", "production", "release/2026-11"])
+def test_branch_names(branch: str) -> None:
+    assert names.check_branch_name(branch) == branch
