@@ -3,12 +3,20 @@ nothing."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import socket
 import subprocess
+import time
+from pathlib import Path
 
+import paramiko
 import pytest
 
 from opus_paas.store import Store
-from tests.conftest import Opus, SshKey
+from tests.conftest import CONNECTIONS_PER_KEY, Opus, SshKey, git, make_key
+from tests.gitwire import connect, raw_exec
 
 
 def ssh(opus: Opus, key: SshKey, command: str) -> subprocess.CompletedProcess[str]:
@@ -67,3 +75,159 @@ def test_shell_request_is_answered_and_closed(opus: Opus, admin_key: SshKey) -> 
         capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
     assert result.returncode == 1
     assert "Opus gives no shell" in result.stderr
+
+
+def ssh_with(opus: Opus, key: SshKey, *options: str, command: str | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    argv = ["ssh", "-i", str(key.private), "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-p", str(opus.ssh_port),
+            *options, "git@127.0.0.1"] + ([command] if command else [])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_a_subsystem_request_is_refused(opus: Opus, admin_key: SshKey) -> None:
+    result = ssh_with(opus, admin_key, "-s", command="sftp")
+    assert result.returncode != 0
+    assert "subsystem request failed" in result.stderr
+
+
+def test_a_terminal_request_is_refused_with_a_notice(opus: Opus, admin_key: SshKey) -> None:
+    """`ssh -t` on a real terminal: the pty is refused (OpenSSH then gives up on the
+    session and says so itself), nothing runs, and the refusal is logged."""
+    ssh_argv = ["ssh", "-t", "-i", str(admin_key.private), "-o", "IdentitiesOnly=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-p", str(opus.ssh_port),
+                "git@127.0.0.1", "git-upload-pack 'no-such-app.git'"]
+    controller, terminal = os.openpty()
+    proc = subprocess.Popen(ssh_argv, stdin=terminal, stdout=terminal, stderr=terminal,
+                            start_new_session=True)
+    os.close(terminal)
+    output = b""
+    with contextlib.suppress(OSError):   # EIO once ssh has exited and closed the terminal
+        while chunk := os.read(controller, 4096):
+            output += chunk
+    os.close(controller)
+    assert proc.wait(30) != 0
+    lines = [line.strip() for line in output.decode().splitlines() if line.strip()]
+    assert lines == ["PTY allocation request failed on channel 0"]
+    log = (opus.home / "logs" / "opus-sshd.log").read_text()
+    assert "refused terminal (pty) request" in log
+
+
+def test_an_environment_variable_is_refused_with_a_notice(opus: Opus,
+                                                          admin_key: SshKey) -> None:
+    result = ssh_with(opus, admin_key, "-o", "SetEnv=LD_PRELOAD=/tmp/evil.so",
+                      command="git-upload-pack 'no-such-app.git'")
+    assert "opus: environment variable refused" in result.stderr
+    assert "app no-such-app not found" in result.stderr
+
+
+def test_remote_port_forwarding_is_refused(opus: Opus, admin_key: SshKey) -> None:
+    result = ssh_with(opus, admin_key, "-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:9",
+                      command="git-upload-pack 'no-such-app.git'")
+    assert result.returncode == 255
+    assert "remote port forwarding failed" in result.stderr
+
+
+def test_local_port_forwarding_and_second_channels_are_refused(opus: Opus,
+                                                               admin_key: SshKey) -> None:
+    client = connect(opus, admin_key)
+    try:
+        transport = client.get_transport()
+        assert transport is not None
+        with pytest.raises(paramiko.ChannelException, match=r"prohibited|Administratively"):
+            transport.open_channel("direct-tcpip", ("127.0.0.1", opus.http_port),
+                                   ("127.0.0.1", 40000))
+        transport.open_session().close()
+        with pytest.raises(paramiko.ChannelException):
+            transport.open_session()   # one command per connection
+    finally:
+        client.close()
+
+
+def test_a_connection_that_never_asks_for_a_command_is_closed(opus: Opus,
+                                                              admin_key: SshKey) -> None:
+    client = connect(opus, admin_key)
+    try:
+        transport = client.get_transport()
+        assert transport is not None
+        channel = transport.open_session()
+        started = time.monotonic()
+        channel.settimeout(30)
+        message = channel.recv_stderr(1000).decode()
+        assert "opus: no command within 6 s; closing the connection" in message
+        assert 5 < time.monotonic() - started < 15
+    finally:
+        client.close()
+
+
+def test_a_client_that_never_speaks_ssh_is_dropped(opus: Opus) -> None:
+    with socket.create_connection(("127.0.0.1", opus.ssh_port), timeout=30) as sock:
+        assert sock.recv(100).startswith(b"SSH-2.0-")
+        started = time.monotonic()
+        while sock.recv(4096):
+            pass
+        assert time.monotonic() - started < 20
+
+
+def test_each_key_has_a_connection_cap(opus: Opus, admin_key: SshKey, tmp_path: Path) -> None:
+    key = make_key(tmp_path, "capped")
+    opus.cli("keys:add", "capped", str(key.public))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "-c", "user.name=T", "-c", "user.email=t@example.com", "commit", "-q",
+        "--allow-empty", "-m", "1")
+    git(repo, "push", f"ssh://git@127.0.0.1:{opus.ssh_port}/capped.git", "HEAD:refs/heads/x",
+        env=key.git_env(opus))
+    holders = []
+    try:
+        for _ in range(CONNECTIONS_PER_KEY):
+            client = connect(opus, key)
+            channel = client.get_transport().open_session()   # type: ignore[union-attr]
+            channel.exec_command("git-upload-pack 'capped.git'")
+            channel.settimeout(20)
+            assert channel.recv(4)   # the advertisement: this connection holds a slot
+            holders.append(client)
+        over = raw_exec(opus, key, "git-upload-pack 'capped.git'")
+        assert over.stderr.strip() == ("opus: too many connections with this key at once "
+                                       f"(limit {CONNECTIONS_PER_KEY}); wait for one to "
+                                       "finish and try again")
+        # Another key is not affected.
+        other = raw_exec(opus, admin_key, "git-upload-pack 'nothing.git'")
+        assert "app nothing not found" in other.stderr
+    finally:
+        for client in holders:
+            client.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if "too many" not in raw_exec(opus, key, "git-upload-pack 'capped.git'",
+                                      b"0000").stderr:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("the slots were not given back")
+
+
+def test_each_connection_is_logged_with_key_user_command_and_outcome(
+        opus: Opus, admin_key: SshKey, tmp_path: Path) -> None:
+    stranger = make_key(tmp_path, "stranger")
+    ssh(opus, admin_key, "git-upload-pack 'logged-app.git'")
+    ssh(opus, stranger, "git-upload-pack 'logged-app.git'")
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(admin_key.public)],
+                                 capture_output=True, text=True, check=True).stdout.split()[1]
+    stranger_fp = subprocess.run(["ssh-keygen", "-lf", str(stranger.public)],
+                                 capture_output=True, text=True, check=True).stdout.split()[1]
+    deadline = time.monotonic() + 5
+    log = ""
+    while time.monotonic() < deadline:
+        log = (opus.home / "logs" / "opus-sshd.log").read_text()
+        if "logged-app" in log and stranger_fp in log:
+            break
+        time.sleep(0.2)
+    assert re.search(rf"user=admin key={re.escape(fingerprint)} "
+                     r"command=b\"git-upload-pack 'logged-app.git'\" status=3 "
+                     r"outcome=NotFound: app logged-app not found", log), log[-2000:]
+    assert f"auth refused: unregistered key {stranger_fp}" in log
