@@ -49,6 +49,13 @@ def own_programs(settings: Settings) -> list[Program]:
     ]
 
 
+def _check_git(settings: Settings) -> None:
+    """C git does the git server's pack work."""
+    if not os.access(settings.git_bin, os.X_OK):
+        raise UsageError(f"git is not installed at {settings.git_bin}; install it "
+                         "(apt-get install git) or set OPUS_GIT_BIN to its path")
+
+
 def _check_reachable(settings: Settings) -> None:
     """The run user (and the front's children) must traverse OPUS_HOME."""
     if user_ids(settings.app_run_user()) is None or os.geteuid() != 0:
@@ -65,6 +72,7 @@ def _check_reachable(settings: Settings) -> None:
 def prepare_home(settings: Settings) -> Store:
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.home.chmod(0o755)
+    _check_git(settings)
     _check_reachable(settings)
     for path in (settings.repos_dir, settings.apps_dir, settings.front_dir, settings.logs_dir,
                  settings.supervisor_dir, settings.locks_dir):

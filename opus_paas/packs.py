@@ -145,7 +145,7 @@ def _git_reason(detail: str) -> str:
 def _size(n: int) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
-            return f"{n / scale:g} {unit}"
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
     return f"{n} bytes"
 
 

@@ -6,7 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from dulwich.objects import Blob, Commit, Tree
+from dulwich.objects import Blob, Commit, ObjectID, Tree
 from dulwich.repo import Repo
 
 from opus_paas import build, procfile
@@ -18,7 +18,7 @@ def _commit(repo: Repo, entries: list[tuple[bytes, int, bytes]]) -> bytes:
     tree = Tree()
     for name, mode, content in entries:
         if mode == stat.S_IFDIR:
-            tree.add(name, mode, content)
+            tree.add(name, mode, ObjectID(content))
             continue
         blob = Blob.from_string(content)
         repo.object_store.add_object(blob)
@@ -75,7 +75,7 @@ def test_symlinks_leaving_the_tree_are_refused(repo: Repo, tmp_path: Path, targe
 
 def test_submodules_are_skipped_with_a_warning(repo: Repo, tmp_path: Path) -> None:
     tree = Tree()
-    tree.add(b"vendor", 0o160000, b"1" * 40)
+    tree.add(b"vendor", 0o160000, ObjectID(b"1" * 40))
     blob = Blob.from_string(b"x")
     repo.object_store.add_object(blob)
     tree.add(b"f", 0o100644, blob.id)

@@ -115,6 +115,22 @@ def test_two_pushes_to_one_branch_each_told_the_truth_ten_rounds(
     assert residue(opus) == []
 
 
+def test_two_first_pushes_to_a_new_app_both_land(opus: Opus, admin_key: SshKey,
+                                                 race_repo: Path) -> None:
+    """Creating the app and its repository happens under the app's lock: neither push
+    sees a half-made repository, neither is lost."""
+    env = admin_key.git_env(opus)
+    tips = [commit_tree(race_repo, None, f"first push {i}") for i in (0, 1)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(
+            lambda i: git(race_repo, "push", url(opus, "twins"), f"{tips[i]}:refs/heads/b{i}",
+                          env=env, check=False), (0, 1)))
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    assert remote_refs(opus, "twins") == {"refs/heads/b0": tips[0], "refs/heads/b1": tips[1]}
+    assert opus.cli("apps").stdout.count("twins ") == 1
+    assert residue(opus) == []
+
+
 def test_a_push_to_a_busy_app_waits_says_so_and_then_goes_through(
         opus: Opus, admin_key: SshKey, race_repo: Path) -> None:
     base = remote_refs(opus, RACE)["refs/heads/side"]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +56,14 @@ def test_supervisor_listens_on_a_private_socket_only() -> None:
 def test_unknown_command_suggests_close_matches() -> None:
     with pytest.raises(UsageError, match="did you mean keys:add"):
         commands.lookup("keys:ad")
+
+
+def test_up_without_git_says_what_to_do(tmp_path: Path) -> None:
+    env = {**os.environ, "OPUS_HOME": str(tmp_path / "home"),
+           "OPUS_GIT_BIN": str(tmp_path / "no-git")}
+    result = subprocess.run([sys.executable, "-m", "opus_paas", "up"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert f"git is not installed at {tmp_path / 'no-git'}; install it (apt-get install " \
+        "git) or set OPUS_GIT_BIN to its path" in result.stderr
+    assert not (tmp_path / "home" / "supervisor" / "supervisor.sock").exists()

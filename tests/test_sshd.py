@@ -87,6 +87,14 @@ def ssh_with(opus: Opus, key: SshKey, *options: str, command: str | None = None,
                           stdin=subprocess.DEVNULL)
 
 
+def test_only_public_key_authentication_is_offered(opus: Opus, admin_key: SshKey) -> None:
+    result = ssh_with(opus, admin_key, "-o", "PreferredAuthentications=password,"
+                      "keyboard-interactive", "-o", "PubkeyAuthentication=no",
+                      command="git-upload-pack 'x.git'")
+    assert result.returncode == 255
+    assert "Permission denied (publickey)" in result.stderr
+
+
 def test_a_subsystem_request_is_refused(opus: Opus, admin_key: SshKey) -> None:
     result = ssh_with(opus, admin_key, "-s", command="sftp")
     assert result.returncode != 0
