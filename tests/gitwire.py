@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import paramiko
 
@@ -47,6 +47,18 @@ def connect(opus: Opus, key: SshKey) -> paramiko.SSHClient:
                    key_filename=str(key.private), look_for_keys=False, allow_agent=False,
                    timeout=30)
     return client
+
+
+@contextlib.contextmanager
+def authenticated(opus: Opus, key: SshKey) -> Iterator[paramiko.Transport]:
+    """An authenticated SSH transport to Opus, closed afterwards."""
+    client = connect(opus, key)
+    try:
+        transport = client.get_transport()
+        assert transport is not None
+        yield transport
+    finally:
+        client.close()
 
 
 def raw_exec(opus: Opus, key: SshKey, command: str, payload: bytes = b"", *,

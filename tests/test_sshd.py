@@ -16,7 +16,7 @@ import pytest
 
 from opus_paas.store import Store
 from tests.conftest import CONNECTIONS_PER_KEY, Opus, SshKey, git, make_key
-from tests.gitwire import connect, raw_exec
+from tests.gitwire import authenticated, connect, raw_exec
 
 
 def ssh(opus: Opus, key: SshKey, command: str) -> subprocess.CompletedProcess[str]:
@@ -141,34 +141,24 @@ def test_remote_port_forwarding_is_refused(opus: Opus, admin_key: SshKey) -> Non
 
 def test_local_port_forwarding_and_second_channels_are_refused(opus: Opus,
                                                                admin_key: SshKey) -> None:
-    client = connect(opus, admin_key)
-    try:
-        transport = client.get_transport()
-        assert transport is not None
+    with authenticated(opus, admin_key) as transport:
         with pytest.raises(paramiko.ChannelException, match=r"prohibited|Administratively"):
             transport.open_channel("direct-tcpip", ("127.0.0.1", opus.http_port),
                                    ("127.0.0.1", 40000))
         transport.open_session().close()
         with pytest.raises(paramiko.ChannelException):
             transport.open_session()   # one command per connection
-    finally:
-        client.close()
 
 
 def test_a_connection_that_never_asks_for_a_command_is_closed(opus: Opus,
                                                               admin_key: SshKey) -> None:
-    client = connect(opus, admin_key)
-    try:
-        transport = client.get_transport()
-        assert transport is not None
+    with authenticated(opus, admin_key) as transport:
         channel = transport.open_session()
         started = time.monotonic()
         channel.settimeout(30)
         message = channel.recv_stderr(1000).decode()
         assert "opus: no command within 6 s; closing the connection" in message
         assert 5 < time.monotonic() - started < 15
-    finally:
-        client.close()
 
 
 def test_a_client_that_never_speaks_ssh_is_dropped(opus: Opus) -> None:
