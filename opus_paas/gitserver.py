@@ -40,8 +40,8 @@ from dulwich.server import (
     _ProtocolGraphWalker,
 )
 
-from opus_paas import hooks, locks, names, packs, push
-from opus_paas.errors import InvalidName, NotFound, OpusError, ServiceError
+from opus_paas import hooks, locks, names, packs, push, redact
+from opus_paas.errors import InvalidName, NotFound, OpusError, ProtocolError, ServiceError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.wire import ChannelReader
@@ -49,6 +49,8 @@ from opus_paas.wire import ChannelReader
 log = logging.getLogger("opus.git")
 
 ZERO_SHA = b"0" * 40
+# More ref updates than any real push sends; a client sending more is refused.
+MAX_REF_UPDATES = 1000
 
 
 def branch_ref(branch: str) -> Ref:
@@ -149,8 +151,9 @@ class DeployingReceivePackHandler(ReceivePackHandler):
         return [c for c in super().capabilities() if c != CAPABILITY_ATOMIC]
 
     def _emit(self, line: str) -> None:
-        """Send one line to the client; a client that hung up does not stop the deploy
-        midway (the build log keeps every line)."""
+        """Send one line to the client. A send that fails (hung up, or stalled past the
+        read timeout) may have left half a packet: the client is treated as gone, the
+        build is cancelled, and nothing more is written to it."""
         if self.client_gone or not self.has_capability(CAPABILITY_SIDE_BAND_64K):
             return
         try:
@@ -158,6 +161,7 @@ class DeployingReceivePackHandler(ReceivePackHandler):
                                       (line + "\n").encode("utf-8", "replace"))
         except (OSError, GitProtocolError):   # dulwich wraps a closed socket's error
             self.client_gone = True
+            self.cancelled.set()
 
     @property
     def repo_dir(self) -> Path:
@@ -166,22 +170,38 @@ class DeployingReceivePackHandler(ReceivePackHandler):
 
     def _apply_pack(self, refs: list[tuple[bytes, bytes, bytes]]  # type: ignore[override]
                     ) -> Iterator[tuple[bytes, bytes]]:
+        if len(refs) > MAX_REF_UPDATES:
+            raise ProtocolError(f"a push may update at most {MAX_REF_UPDATES} refs at once; "
+                                "nothing was stored; push in smaller batches")
         new_tips = [new for _old, new, _ref in refs if new != ZERO_SHA]
         if new_tips:
             # A ProtocolError here ends the connection with one line; nothing moved.
             packs.receive(self.settings.git_bin, self.repo_dir, self.reader,
                           max_bytes=self.settings.max_pack_bytes,
-                          read_timeout=self.settings.ssh_read_timeout, new_tips=new_tips)
+                          max_object_bytes=self.settings.max_object_bytes,
+                          read_timeout=self.settings.ssh_read_timeout,
+                          index_timeout=self.settings.build_timeout, new_tips=new_tips)
         yield (b"unpack", b"ok")
         for old, new, ref in refs:
-            yield (ref, self._update(ref, old, new))
+            try:
+                status = self._update(ref, old, new)
+            except Exception:
+                # One ref's failure must not lose the others' statuses: refs before it
+                # may have moved, a release may be live.
+                log.exception("[%s] updating %r failed", self.request_id, ref)
+                status = self._status(f"failed to write (request {self.request_id})")
+            yield (ref, status)
+
+    def _on_post_receive(self, client_refs: list[tuple[bytes, bytes, bytes]]  # type: ignore[override]
+                         ) -> None:
+        hooks.after_push(self.settings, self.repo_dir, client_refs, self.request_id)
 
     def _update(self, ref: bytes, old: bytes, new: bytes) -> bytes:
         """Validate, maybe deploy, then move `ref` from `old` to `new`; b"ok" or why not."""
         try:
             shown = names.check_ref_name(ref)
         except InvalidName as exc:
-            return _status(exc.message)
+            return self._status(exc.message)
         assert isinstance(self.repo, Repo)
         try:
             current: bytes = self.repo.refs[Ref(ref)]
@@ -190,11 +210,11 @@ class DeployingReceivePackHandler(ReceivePackHandler):
         if current != old:
             return b"stale info: the branch moved since you fetched; fetch and push again"
         if new != ZERO_SHA and ref.startswith(b"refs/heads/") and \
-                self.repo.object_store[new].type_name != b"commit":  # type: ignore[index]
+                packs.object_type(self.settings.git_bin, self.repo_dir, new) != "commit":
             return b"a branch must point at a commit"
         if ref == branch_ref(self.app.deploy_branch):
             if new == ZERO_SHA:
-                return _status(f"deleting {self.app.deploy_branch}, the deploy branch, is "
+                return self._status(f"deleting {self.app.deploy_branch}, the deploy branch, is "
                                "refused; push a commit to it instead")
             refusal = self._deploy(new)
             if refusal is not None:
@@ -210,13 +230,20 @@ class DeployingReceivePackHandler(ReceivePackHandler):
             push.deploy_commit(self.settings, self.store, self.app, self.repo, new,
                                self._emit, cancelled=self.cancelled)
         except OpusError as exc:
-            return _status(exc.message)
+            return self._status(exc.message)
         except Exception:
             log.exception("[%s] deploy of %s failed", self.request_id, self.app.name)
             self._emit(" !     Opus hit an internal error; the operator's log has the "
                        f"details (request {self.request_id})")
-            return _status(f"internal error (request {self.request_id}); nothing was changed")
+            return self._status(f"internal error (request {self.request_id}); the "
+                                "operator's log has the details")
         return None
+
+    def _status(self, message: str) -> bytes:
+        """A ref status fits on one pkt-line and one terminal line, and names no server
+        path."""
+        text = redact.redact(message, redact.replacements(self.settings))
+        return " ".join(text.split())[:200].encode("utf-8", "replace")
 
     def _move(self, ref: bytes, old: bytes, new: bytes) -> bytes:
         assert isinstance(self.repo, Repo)
@@ -230,11 +257,6 @@ class DeployingReceivePackHandler(ReceivePackHandler):
         if not moved:
             return b"stale info: the branch moved during the push; fetch and push again"
         return b"ok"
-
-
-def _status(message: str) -> bytes:
-    """A ref status fits on one pkt-line and one terminal line."""
-    return " ".join(message.split())[:200].encode("utf-8", "replace")
 
 
 class PackObjectsUploadPackHandler(UploadPackHandler):

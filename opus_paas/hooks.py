@@ -26,6 +26,18 @@ def parse_ref_updates(text: str) -> list[tuple[str, str, str]]:
     return updates
 
 
+def after_push(settings: Settings, repo: Path, updates: list[tuple[bytes, bytes, bytes]],
+               request_id: str) -> None:
+    """The post-receive work, run by the SSH server itself once refs moved: never
+    raises and never talks to the client; a failure goes to the log."""
+    text = "".join(f"{old.decode()} {new.decode()} {ref.decode('ascii', 'replace')}\n"
+                   for old, new, ref in updates)
+    try:
+        _post_receive(settings, repo, text)
+    except Exception:
+        logging.getLogger("opus.hooks").exception("[%s] post-receive work failed", request_id)
+
+
 def post_receive(stdin_text: str, git_dir: str | None = None) -> int:
     """Never fails the push (its refs already moved) and never writes to stderr,
     which dulwich would relay to the client: problems go to Opus's log."""

@@ -50,12 +50,13 @@ def git_env(repo_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def receive(git: str, repo_dir: Path, source: PackSource, *, max_bytes: int,
-            read_timeout: float, new_tips: Sequence[bytes]) -> None:
+            max_object_bytes: int, read_timeout: float, index_timeout: float,
+            new_tips: Sequence[bytes]) -> None:
     """Read one pack from `source` into `repo_dir`'s object store.
 
     Raises ProtocolError (a message for the client) when the pack is over `max_bytes`,
-    malformed, truncated, stalls for `read_timeout` seconds or leaves `new_tips`
-    pointing at missing objects.
+    holds an object over `max_object_bytes` once inflated, is malformed or truncated,
+    stalls for `read_timeout` seconds or leaves `new_tips` pointing at missing objects.
     """
     objects = repo_dir / "objects"
     quarantine = Path(tempfile.mkdtemp(prefix=QUARANTINE_PREFIX, dir=objects))
@@ -63,15 +64,33 @@ def receive(git: str, repo_dir: Path, source: PackSource, *, max_bytes: int,
         (quarantine / "pack").mkdir()
         env = git_env(repo_dir, GIT_OBJECT_DIRECTORY=str(quarantine),
                       GIT_ALTERNATE_OBJECT_DIRECTORIES=str(objects))
-        _index_pack(git, env, source, max_bytes, read_timeout)
+        _index_pack(git, env, source, max_bytes, read_timeout, index_timeout)
+        _check_sizes(git, env, quarantine / "pack", max_object_bytes)
         _check_connected(git, env, new_tips)
         _move_packs(quarantine / "pack", objects / "pack")
     finally:
         shutil.rmtree(quarantine, ignore_errors=True)
 
 
+def remove_leftovers(repo_dir: Path) -> list[Path]:
+    """Quarantines a server that was stopped mid-push left behind (call with no push
+    running)."""
+    found = list((repo_dir / "objects").glob(QUARANTINE_PREFIX + "*"))
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return found
+
+
+def object_type(git: str, repo_dir: Path, sha: bytes) -> str:
+    """'commit', 'tree', 'blob' or 'tag', asked of C git (which never loads the object)."""
+    result = subprocess.run([git, "cat-file", "-t", sha.decode("ascii")],
+                            env=git_env(repo_dir), cwd=repo_dir, capture_output=True,
+                            text=True, check=False)
+    return result.stdout.strip()
+
+
 def _index_pack(git: str, env: dict[str, str], source: PackSource, max_bytes: int,
-                read_timeout: float) -> None:
+                read_timeout: float, index_timeout: float) -> None:
     proc = subprocess.Popen(
         [git, "index-pack", "--stdin", "--fix-thin", f"--max-input-size={max_bytes}"],
         env=env, cwd=env["GIT_DIR"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -83,9 +102,16 @@ def _index_pack(git: str, env: dict[str, str], source: PackSource, max_bytes: in
     drain = threading.Thread(target=lambda: stderr.append(errors.read()), daemon=True)
     drain.start()
     try:
-        _pump(source, proc, max_bytes, read_timeout)
+        silent = _pump(source, proc, max_bytes, read_timeout)
+        if not proc.stdin.closed:
+            proc.stdin.close()
+        try:
+            # A whole pack may still be resolving its deltas long after its last byte.
+            code = proc.wait(index_timeout)
+        except subprocess.TimeoutExpired:
+            raise ProtocolError("indexing the pushed pack took too long; nothing was "
+                                "stored") from None
         proc.stdout.read()
-        code = proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -93,6 +119,9 @@ def _index_pack(git: str, env: dict[str, str], source: PackSource, max_bytes: in
         drain.join()
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             stream.close()
+    if code != 0 and silent:
+        raise ProtocolError(f"the client sent nothing for {read_timeout:.0f} s in the "
+                            "middle of its pack; nothing was stored; push again")
     if code != 0:
         detail = b"".join(stderr).decode("utf-8", "replace").strip()
         log.info("index-pack refused a pack: %s", detail)
@@ -101,10 +130,16 @@ def _index_pack(git: str, env: dict[str, str], source: PackSource, max_bytes: in
 
 
 def _pump(source: PackSource, proc: subprocess.Popen[bytes], max_bytes: int,
-          read_timeout: float) -> None:
-    """Copy bytes from `source` to index-pack until it has read a whole pack (it exits
-    then: the client sends nothing after its pack and waits for our answer)."""
+          read_timeout: float) -> bool:
+    """Copy bytes from `source` to index-pack until it has read a whole pack (it stops
+    reading then: the client sends nothing after its pack and waits for our answer).
+    Returns True if the client fell silent first: index-pack then decides whether what
+    it got was a whole pack still being indexed, or a truncated one."""
     assert proc.stdin is not None and proc.stdout is not None
+    poller = select.poll()   # select() cannot watch descriptors past 1023
+    poller.register(source.fileno(), select.POLLIN)
+    poller.register(proc.stdout.fileno(), select.POLLIN)
+    output = proc.stdout.fileno()
     total = 0
     chunk = source.take_buffered()
     while True:
@@ -118,18 +153,34 @@ def _pump(source: PackSource, proc: subprocess.Popen[bytes], max_bytes: int,
                 proc.stdin.write(chunk)
                 proc.stdin.flush()
             except BrokenPipeError:
-                return   # index-pack stopped reading: finished or failed; its code says
-        output = proc.stdout.fileno()
-        ready, _, _ = select.select([source.fileno(), output], [], [], read_timeout)
+                return False   # index-pack stopped reading: finished or failed
+        ready = {fd for fd, _event in poller.poll(read_timeout * 1000)}
         if not ready:
-            raise ProtocolError(f"the client sent nothing for {read_timeout:.0f} s in the "
-                                "middle of its pack; nothing was stored; push again")
+            return True
         if output in ready:
-            return
+            return False
         chunk = source.recv_some()
         if not chunk:
-            proc.stdin.close()   # end of stream: index-pack reports the truncation
-            return
+            proc.stdin.close()   # end of stream: index-pack reports a truncation
+            return False
+
+
+def _check_sizes(git: str, env: dict[str, str], pack_dir: Path, max_object_bytes: int) -> None:
+    """Refuse a pack holding an object larger than `max_object_bytes` once inflated: a
+    few compressed kilobytes can inflate to gigabytes."""
+    for index in pack_dir.glob("*.idx"):
+        with index.open("rb") as idx:
+            listed = subprocess.run([git, "show-index"], stdin=idx, env=env,
+                                    cwd=env["GIT_DIR"], capture_output=True, check=True)
+        shas = b"".join(line.split()[1] + b"\n" for line in listed.stdout.splitlines())
+        sizes = subprocess.run([git, "cat-file", "--batch-check=%(objectsize)"], input=shas,
+                               env=env, cwd=env["GIT_DIR"], capture_output=True, check=True)
+        largest = max((int(n) for n in sizes.stdout.split()), default=0)
+        if largest > max_object_bytes:
+            raise ProtocolError(
+                f"the push holds a file of {_size(largest)}, over the limit of "
+                f"{_size(max_object_bytes)}; nothing was stored (the operator sets "
+                "max_object_bytes)")
 
 
 def _git_reason(detail: str) -> str:

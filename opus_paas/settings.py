@@ -51,6 +51,12 @@ class Settings:
     deploy_wait_timeout: float = 600.0
     # The largest pack a push may send, in bytes (default 1 GiB).
     max_pack_bytes: int = 1 << 30
+    # The largest single object (file) a push may hold, uncompressed (GitHub's limit).
+    max_object_bytes: int = 100 << 20
+    # A whole SSH session (waiting, receiving, building, deploying) is cut off after this.
+    ssh_session_timeout: float = 3600.0
+    # Connections served at once, all keys together; more are dropped at once.
+    ssh_max_connections: int = 256
     # An SSH client that sends nothing for this long while Opus waits for it is cut off.
     ssh_read_timeout: float = 120.0
     # An authenticated connection must ask for a command within this many seconds.
@@ -117,9 +123,9 @@ class Settings:
 
 
 _INT_FIELDS = {"ssh_port", "http_port", "app_port_base", "keep_releases", "max_pack_bytes",
-               "ssh_connections_per_key"}
+               "max_object_bytes", "ssh_connections_per_key", "ssh_max_connections"}
 _FLOAT_FIELDS = {"health_timeout", "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
-                 "ssh_idle_timeout"}
+                 "ssh_idle_timeout", "ssh_session_timeout"}
 _PATH_FIELDS = {"cache_dir"}
 _FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"home", "network_env"}
 NETWORK_VARS = (

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -31,7 +32,7 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
-from opus_paas import gitserver, keys, locks, names, privileged, push, redact
+from opus_paas import gitserver, keys, locks, names, packs, privileged, push, redact
 from opus_paas import settings as settings_module
 from opus_paas.errors import Conflict, NotFound, OpusError
 from opus_paas.settings import Settings
@@ -113,7 +114,12 @@ class Session(paramiko.ServerInterface):
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         fingerprint = keys.fingerprint(key.asbytes())
-        user = self.store.user_for_key(fingerprint)
+        try:
+            user = self.store.user_for_key(fingerprint)
+        except Exception:
+            # paramiko would swallow it silently: log it, and refuse.
+            log.exception("[%s] looking up key %s failed", self.request_id, fingerprint)
+            return AUTH_FAILED
         if user is None:
             log.info("[%s] auth refused: unregistered key %s", self.request_id, fingerprint)
             return AUTH_FAILED
@@ -135,13 +141,17 @@ class Session(paramiko.ServerInterface):
         return True
 
     def check_channel_shell_request(self, channel: paramiko.Channel) -> bool:
+        if self.command is not None:
+            return False
         self.command = b""
         self.ready.set()
         return True
 
     def _refuse(self, what: str) -> bool:
-        log.info("[%s] refused %s", self.request_id, what)
-        self.notices.append(f"opus: {what} refused: Opus serves git and opus commands only")
+        notice = f"opus: {what} refused: Opus serves git and opus commands only"
+        if notice not in self.notices:   # once per kind, however often it is asked
+            log.info("[%s] refused %s", self.request_id, what)
+            self.notices.append(notice)
         return False
 
     def check_channel_pty_request(self, *args: object) -> bool:
@@ -182,13 +192,30 @@ def check_may_use(store: Store, user: User, app_name: str, *, for_push: bool) ->
     return app
 
 
-def open_for_push(settings: Settings, store: Store, user: User, app_name: str) -> App:
-    """Under the app's deploy lock: the app, created with its repository on first push."""
+def open_for_push(settings: Settings, store: Store, user: User,
+                  app_name: str) -> tuple[App, bool]:
+    """Under the app's deploy lock: the app, created with its repository on first push,
+    and whether it was created now."""
     app = check_may_use(store, user, app_name, for_push=True)
+    created = app is None
     if app is None:
         app = push.create_app(settings, store, app_name, user)
     gitserver.init_repo(settings, app.name, app.deploy_branch)
-    return app
+    return app, created
+
+
+def forget_if_unused(settings: Settings, store: Store, app: App) -> None:
+    """A push that created an app but stored nothing and built nothing (a dry run, a
+    refused or broken push) leaves no app behind: names cannot be squatted that way."""
+    repo = gitserver.existing_repo(settings.repos_dir, app.name)
+    stored = any(p.is_file() for p in (repo / "refs").rglob("*")) or \
+        (repo / "packed-refs").exists()
+    if stored or store.has_builds(app):
+        return
+    store.delete_app(app)
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.rmtree(settings.apps_dir / app.name, ignore_errors=True)
+    shutil.rmtree(settings.logs_dir / app.name, ignore_errors=True)
 
 
 def serve_git(server: Server, user: User, verb: str, app_name: str,
@@ -213,11 +240,15 @@ def serve_git(server: Server, user: User, verb: str, app_name: str,
             f"remote: waiting for the deploy of {app_name} to finish…\n".encode())
 
     with locks.app_lock(settings, app_name, on_wait=say_waiting, cancelled=cancelled):
-        app = open_for_push(settings, store, user, app_name)
-        handler = gitserver.DeployingReceivePackHandler(
-            backend, [repo_arg], proto, settings=settings, store=store, app=app,
-            reader=reader, cancelled=cancelled, request_id=request_id)
-        gitserver.handle_and_close(handler)
+        app, created = open_for_push(settings, store, user, app_name)
+        try:
+            handler = gitserver.DeployingReceivePackHandler(
+                backend, [repo_arg], proto, settings=settings, store=store, app=app,
+                reader=reader, cancelled=cancelled, request_id=request_id)
+            gitserver.handle_and_close(handler)
+        finally:
+            if created:
+                forget_if_unused(settings, store, app)
     return 0
 
 
@@ -243,12 +274,19 @@ def serve_command(server: Server, user: User, command: bytes, channel: paramiko.
                      request_id)
 
 
-def _watch_disconnect(transport: paramiko.Transport, channel: paramiko.Channel,
-                      cancelled: threading.Event, done: threading.Event) -> None:
-    """Set `cancelled` when the client goes away, so a running build stops."""
+def _watch(transport: paramiko.Transport, channel: paramiko.Channel,
+           cancelled: threading.Event, done: threading.Event, deadline: float) -> None:
+    """Set `cancelled` when the client goes away, so a running build stops; past the
+    session's deadline, close the connection (a client trickling bytes, or one that
+    stopped reading its socket, would otherwise hold a thread and a lock for ever)."""
     while not done.wait(DISCONNECT_POLL_SECONDS):
         if not transport.is_active() or channel.closed:
             cancelled.set()
+            return
+        if time.monotonic() > deadline:
+            log.info("session deadline passed; closing the connection")
+            cancelled.set()
+            transport.close()
             return
 
 
@@ -256,15 +294,18 @@ def run_exec(server: Server, session: Session, transport: paramiko.Transport,
              channel: paramiko.Channel, request_id: str) -> tuple[int, str]:
     """Serve the session's one command; return (exit status, outcome for the log)."""
     assert session.user is not None and session.command is not None
-    pairs = redact.replacements(server.settings)
-    for notice in session.notices:
-        channel.sendall_stderr((notice + "\n").encode())
+    settings = server.settings
+    pairs = redact.replacements(settings)
+    channel.settimeout(settings.ssh_read_timeout)   # no write may wait for ever either
     cancelled, done = threading.Event(), threading.Event()
-    watcher = threading.Thread(target=_watch_disconnect,
-                               args=(transport, channel, cancelled, done), daemon=True)
+    watcher = threading.Thread(
+        target=_watch, args=(transport, channel, cancelled, done,
+                             time.monotonic() + settings.ssh_session_timeout), daemon=True)
     watcher.start()
     try:
         with server.limiter.slot(session.fingerprint):
+            for notice in session.notices:
+                channel.sendall_stderr((notice + "\n").encode())
             status = serve_command(server, session.user, session.command, channel,
                                    cancelled, request_id)
         return status, "ok" if status == 0 else "refused"
@@ -281,8 +322,8 @@ def run_exec(server: Server, session: Session, transport: paramiko.Transport,
         return 1, "protocol error"
     except Exception:
         log.exception("[%s] command failed", request_id)
-        _say(channel, f"opus: internal error (request {request_id}); nothing was changed; "
-                      "the operator's log has the details")
+        _say(channel, f"opus: internal error (request {request_id}); the operator's log "
+                      "has the details")
         return 1, "internal error"
     finally:
         done.set()
@@ -336,20 +377,63 @@ def handle_connection(server: Server, sock: socket.socket) -> None:
                      time.monotonic() - started)
 
 
+def remove_leftovers(settings: Settings) -> None:
+    """What a server stopped mid-push leaves behind: quarantined packs, half-made
+    repositories, ref lock files. Only one SSH server runs, so at its start nothing
+    else is using them."""
+    if not settings.repos_dir.is_dir():
+        return
+    for entry in settings.repos_dir.iterdir():
+        if entry.name.startswith(".") and entry.name.endswith(".git.new"):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.is_dir() and not entry.is_symlink():
+            removed = packs.remove_leftovers(entry)
+            for lock in [*entry.glob("refs/**/*.lock"), *entry.glob("*.lock")]:
+                lock.unlink(missing_ok=True)
+                removed.append(lock)
+            if removed:
+                log.info("removed leftovers of an interrupted push in %s: %s",
+                         entry.name, ", ".join(p.name for p in removed))
+
+
 def serve(settings: Settings) -> None:
-    """Listen and serve forever, one thread per connection."""
+    """Listen and serve forever, one thread per connection, at most
+    ssh_max_connections at once."""
     store = Store(settings.db_path)
     store.init()
+    remove_leftovers(settings)
     server = Server(settings, store, load_or_create_host_key(settings.host_key_path),
                     KeyLimiter(settings.ssh_connections_per_key))
+    slots = threading.BoundedSemaphore(settings.ssh_max_connections)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((settings.ssh_host, settings.ssh_port))
     listener.listen(64)
     log.info("listening on %s:%d", settings.ssh_host, settings.ssh_port)
+
+    def serve_one(sock: socket.socket) -> None:
+        try:
+            handle_connection(server, sock)
+        finally:
+            slots.release()
+
     while True:
-        sock, _addr = listener.accept()
-        threading.Thread(target=handle_connection, args=(server, sock), daemon=True).start()
+        try:
+            sock, _addr = listener.accept()
+        except OSError as exc:   # out of descriptors, say: wait, never die
+            log.warning("accept failed (%s); retrying in 1 s", exc)
+            time.sleep(1)
+            continue
+        if not slots.acquire(blocking=False):
+            log.warning("%d connections open; dropped a new one",
+                        settings.ssh_max_connections)
+            sock.close()
+            continue
+        try:
+            threading.Thread(target=serve_one, args=(sock,), daemon=True).start()
+        except RuntimeError:   # no thread to be had
+            sock.close()
+            slots.release()
 
 
 def _stop(signum: int, frame: object) -> None:

@@ -212,6 +212,16 @@ class Store:
             assert cur.lastrowid is not None
             return App(cur.lastrowid, name, owner.name, None, None)
 
+    def delete_app(self, app: App) -> None:
+        """Forget the app and everything recorded about it (config, releases, builds)."""
+        with self._db() as db:
+            db.execute("DELETE FROM apps WHERE id = ?", (app.id,))
+
+    def has_builds(self, app: App) -> bool:
+        with self._db() as db:
+            return db.execute("SELECT 1 FROM builds WHERE app_id = ?",
+                              (app.id,)).fetchone() is not None
+
     def set_deploy_branch(self, app: App, branch: str) -> None:
         with self._db() as db:
             db.execute("UPDATE apps SET deploy_branch = ? WHERE id = ?", (branch, app.id))

@@ -24,6 +24,7 @@ import pytest
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 MAX_PACK_BYTES = 4 << 20
+MAX_OBJECT_BYTES = 2 << 20
 CONNECTIONS_PER_KEY = 6
 
 
@@ -149,6 +150,7 @@ def start_opus(**extra_env: str) -> Opus:
         "OPUS_SSH_IDLE_TIMEOUT": "6",
         "OPUS_DEPLOY_WAIT_TIMEOUT": "8",
         "OPUS_MAX_PACK_BYTES": str(MAX_PACK_BYTES),
+        "OPUS_MAX_OBJECT_BYTES": str(MAX_OBJECT_BYTES),
         "OPUS_SSH_CONNECTIONS_PER_KEY": str(CONNECTIONS_PER_KEY),
         "PYTHONPATH": str(CHECKOUT),
         # Set in the operator's shell; no app process may see it.

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
+    MAX_OBJECT_BYTES,
     MAX_PACK_BYTES,
     Opus,
     SshKey,
@@ -449,6 +450,50 @@ def test_a_pack_over_the_limit_is_refused_by_real_git(opus: Opus, admin_key: Ssh
     assert remote_refs(opus, RACE) == before
     assert residue(opus) == []
     git(race_repo, "reset", "-q", "--hard", "HEAD~1")
+
+
+def test_a_file_inflating_past_the_limit_is_refused_by_real_git(
+        opus: Opus, admin_key: SshKey, race_repo: Path) -> None:
+    """A decompression bomb: 3 MiB of zeros is a few kilobytes on the wire."""
+    before = remote_refs(opus, RACE)
+    (race_repo / "zeros.bin").write_bytes(bytes(MAX_OBJECT_BYTES + (1 << 20)))
+    git(race_repo, "add", "zeros.bin")
+    git(race_repo, "-c", "user.name=T", "-c", "user.email=t@example.com", "commit", "-q",
+        "-m", "bomb")
+    try:
+        result = git(race_repo, "push", url(opus, RACE), "HEAD:refs/heads/bomb",
+                     env=admin_key.git_env(opus), check=False)
+    finally:
+        git(race_repo, "reset", "-q", "--hard", "HEAD~1")
+    assert result.returncode != 0
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith("opus: ")] == [
+        "opus: the push holds a file of 3 MiB, over the limit of 2 MiB; nothing was stored "
+        "(the operator sets max_object_bytes)"], result.stderr
+    assert remote_refs(opus, RACE) == before
+    assert residue(opus) == []
+
+
+def test_one_refs_failure_keeps_the_others_statuses(opus: Opus, admin_key: SshKey,
+                                                    side_tip: str,
+                                                    new_commit: tuple[str, bytes]) -> None:
+    """`side` exists, so `side/x` cannot be written; `multi-ok` moves and is told so."""
+    sha, pack = new_commit
+    result = _push_raw(opus, admin_key, update_commands(
+        (ZERO, sha, b"refs/heads/multi-ok"), (ZERO, sha, b"refs/heads/side/x")) + pack)
+    assert result.status == 0, result.stderr
+    assert b"ok refs/heads/multi-ok" in result.stdout
+    assert b"ng refs/heads/side/x failed to write (request " in result.stdout
+    refs = remote_refs(opus, RACE)
+    assert refs["refs/heads/multi-ok"] == sha and "refs/heads/side/x" not in refs
+
+
+@pytest.mark.parametrize("payload", [b"0000", b""], ids=["nothing to push", "hung up"])
+def test_a_push_that_stores_nothing_creates_no_app(opus: Opus, admin_key: SshKey,
+                                                   payload: bytes) -> None:
+    raw_exec(opus, admin_key, "git-receive-pack 'squatter.git'", payload)
+    assert "squatter" not in opus.cli("apps").stdout
+    assert not (opus.home / "repos" / "squatter.git").exists()
+    assert not (opus.home / "apps" / "squatter").exists()
 
 
 def test_a_stalled_client_is_cut_off_while_others_are_served(

@@ -79,8 +79,9 @@ def send(client: socket.socket, data: bytes, *, close: bool) -> threading.Thread
 
 
 def receive(server: Path, reader: ChannelReader, tips: list[bytes],
-            max_bytes: int = 1 << 30) -> None:
-    packs.receive("/usr/bin/git", server, reader, max_bytes=max_bytes, read_timeout=2,
+            max_bytes: int = 1 << 30, max_object_bytes: int = 1 << 30) -> None:
+    packs.receive("/usr/bin/git", server, reader, max_bytes=max_bytes,
+                  max_object_bytes=max_object_bytes, read_timeout=2, index_timeout=30,
                   new_tips=tips)
 
 
@@ -154,6 +155,46 @@ def test_a_pack_over_the_limit_is_refused_and_leaves_nothing(
     with pytest.raises(ProtocolError, match="larger than the limit of 1 KiB"):
         receive(server, reader, [b"0" * 40], max_bytes=1024)
     assert residue(server) == []
+
+
+def test_a_small_pack_inflating_past_the_object_limit_is_refused(
+        source: Path, server: Path, wire: tuple[socket.socket, ChannelReader]) -> None:
+    """A decompression bomb: 8 MiB of zeros packs into a few kilobytes."""
+    client, reader = wire
+    tip = commit(source, {"zeros.bin": "\0" * (8 << 20)}, "bomb")
+    data = pack_of(source, "HEAD\n")
+    assert len(data) < 100_000
+    send(client, data, close=False)
+    with pytest.raises(ProtocolError, match="holds a file of 8 MiB, over the limit of 1 MiB"):
+        receive(server, reader, [tip], max_object_bytes=1 << 20)
+    assert residue(server) == []
+
+
+def test_a_whole_pack_still_indexing_when_the_client_falls_silent_is_stored(
+        source: Path, server: Path, wire: tuple[socket.socket, ChannelReader]) -> None:
+    """The client waits silently after its last byte; a slow index is not a stall."""
+    client, reader = wire
+    tip = run_git(source, "rev-parse", "HEAD").strip()
+    data = pack_of(source, "HEAD\n")
+    assert len(data) < 60_000   # fits the socket's buffer: all of it is there at once
+    client.sendall(data)
+    packs.receive("/usr/bin/git", server, reader, max_bytes=1 << 30, max_object_bytes=1 << 30,
+                  read_timeout=0.001, index_timeout=30, new_tips=[tip])
+    assert run_git(server, "cat-file", "-t", tip.decode()) == b"commit\n"
+
+
+def test_leftover_quarantines_are_removed(server: Path) -> None:
+    (server / "objects" / "incoming-abc123" / "pack").mkdir(parents=True)
+    assert [p.name for p in packs.remove_leftovers(server)] == ["incoming-abc123"]
+    assert residue(server) == []
+
+
+def test_the_object_type_comes_from_git(source: Path) -> None:
+    tip = run_git(source, "rev-parse", "HEAD").strip()
+    tree = run_git(source, "rev-parse", "HEAD^{tree}").strip()
+    assert packs.object_type("/usr/bin/git", source / ".git", tip) == "commit"
+    assert packs.object_type("/usr/bin/git", source / ".git", tree) == "tree"
+    assert packs.object_type("/usr/bin/git", source / ".git", b"1" * 40) == ""
 
 
 def test_a_stalled_client_is_cut_off_and_leaves_nothing(

@@ -14,6 +14,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from opus_paas import sshd
+from opus_paas.settings import Settings
 from opus_paas.store import Store
 from tests.conftest import CONNECTIONS_PER_KEY, Opus, SshKey, git, make_key
 from tests.gitwire import authenticated, connect, raw_exec
@@ -229,3 +231,17 @@ def test_each_connection_is_logged_with_key_user_command_and_outcome(
                      r"command=b\"git-upload-pack 'logged-app.git'\" status=3 "
                      r"outcome=NotFound: app logged-app not found", log), log[-2000:]
     assert f"auth refused: unregistered key {stranger_fp}" in log
+
+
+def test_leftovers_of_an_interrupted_push_are_removed_at_start(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    repo = settings.repos_dir / "app.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    (repo / "objects" / "incoming-x1" / "pack").mkdir(parents=True)
+    (repo / "refs" / "heads" / "main.lock").write_text("")
+    (repo / "packed-refs.lock").write_text("")
+    (settings.repos_dir / ".half.git.new").mkdir()
+    sshd.remove_leftovers(settings)
+    assert sorted(p.name for p in settings.repos_dir.iterdir()) == ["app.git"]
+    assert not list(repo.rglob("*.lock")) and not list(repo.glob("objects/incoming-*"))
+    assert (repo / "HEAD").is_file()
