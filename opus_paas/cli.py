@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         settings = settings_module.load()
-        commands.run(settings, args, print)
+        commands.run(commands.local_context(settings), args)
     except OpusError as exc:
         print(f"opus: {exc.message}", file=sys.stderr)
         return exc.exit_code

@@ -1,18 +1,50 @@
-"""The command table: one entry per `opus` command, shared by the CLI (and later SSH)."""
+"""The command table: one entry per `opus` command, shared by the local CLI and SSH.
+
+A command gets a Context (settings, who runs it, where output goes) and its
+arguments; authorization happens in the core functions it calls (access.py).
+Global options, anywhere after the command name: `--json`, `--app APP` / `-a APP`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from opus_paas import gitserver, keys, lifecycle
+from opus_paas import __version__, access, apps, gitserver, keys, lifecycle
+from opus_paas.access import Actor
 from opus_paas.errors import UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 
 Output = Callable[[str], None]
+STDIN_LIMIT = 64 * 1024
+
+
+@dataclasses.dataclass
+class Context:
+    """One command's run: settings, who runs it, where its output goes."""
+
+    settings: Settings
+    actor: Actor
+    out: Output
+    read_stdin: Callable[[int], str]
+    remote: bool = False          # over SSH
+    json: bool = False
+    app: str | None = None        # from --app
+
+    @functools.cached_property
+    def store(self) -> Store:
+        store = Store(self.settings.db_path)
+        store.init()
+        return store
+
+    def emit_json(self, value: Any) -> None:
+        self.out(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,126 +52,321 @@ class Command:
     name: str
     usage: str
     summary: str
-    run: Callable[[Settings, list[str], Output], None]
-    local_only: bool = True
+    run: Callable[[Context, list[str]], None]
+    local_only: bool = False     # on the Opus host only (starting and stopping Opus)
+    takes_app: bool = False      # its first argument is APP (filled in from --app)
 
 
-def _no_args(name: str, args: list[str]) -> None:
-    if args:
-        raise UsageError(f"`opus {name}` takes no arguments")
+def _arity(usage: str, args: list[str], count: int | tuple[int, int]) -> None:
+    low, high = (count, count) if isinstance(count, int) else count
+    if not low <= len(args) <= high:
+        raise UsageError(f"usage: {usage}")
 
 
-def cmd_up(settings: Settings, args: list[str], out: Output) -> None:
-    _no_args("up", args)
-    for line in lifecycle.up(settings):
-        out(line)
+# ---- Opus itself (host only) -----------------------------------------------------------
+
+def cmd_up(ctx: Context, args: list[str]) -> None:
+    _arity("opus up", args, 0)
+    for line in lifecycle.up(ctx.settings):
+        ctx.out(line)
 
 
-def cmd_down(settings: Settings, args: list[str], out: Output) -> None:
-    _no_args("down", args)
-    out(lifecycle.down(settings))
+def cmd_down(ctx: Context, args: list[str]) -> None:
+    _arity("opus down", args, 0)
+    ctx.out(lifecycle.down(ctx.settings))
 
 
-def cmd_status(settings: Settings, args: list[str], out: Output) -> None:
-    _no_args("status", args)
-    for line in lifecycle.status(settings):
-        out(line)
+def cmd_status(ctx: Context, args: list[str]) -> None:
+    _arity("opus status", args, 0)
+    for line in lifecycle.status(ctx.settings):
+        ctx.out(line)
 
 
-def _store(settings: Settings) -> Store:
-    store = Store(settings.db_path)
-    store.init()
-    return store
+def cmd_version(ctx: Context, args: list[str]) -> None:
+    _arity("opus version", args, 0)
+    if ctx.json:
+        ctx.emit_json({"version": __version__})
+    else:
+        ctx.out(f"opus {__version__}")
 
 
-def cmd_keys_add(settings: Settings, args: list[str], out: Output) -> None:
-    if len(args) != 2:
-        raise UsageError("usage: opus keys:add USER FILE|-   (FILE: a .pub file; - reads stdin)")
+# ---- apps ------------------------------------------------------------------------------
+
+def cmd_apps(ctx: Context, args: list[str]) -> None:
+    _arity("opus apps", args, 0)
+    listed = access.visible_apps(ctx.store, ctx.actor)
+    if ctx.json:
+        ctx.emit_json([apps.info(ctx.settings, ctx.store, a) for a in listed])
+        return
+    if not listed:
+        ctx.out("No apps yet; push one with `git push opus main`.")
+    for app in listed:
+        live = f"v{app.live_version}" if app.live_version else "not deployed"
+        ctx.out(f"{app.name:<30} {live:<14} http://{ctx.settings.app_domain(app.name)}:"
+                f"{ctx.settings.http_port}/")
+
+
+def cmd_apps_create(ctx: Context, args: list[str]) -> None:
+    _arity("opus apps:create APP", args, 1)
+    app = apps.create(ctx.settings, ctx.store, ctx.actor, args[0])
+    ctx.out(f"Created {app.name}. Push to it: git remote add opus "
+            f"{apps.info(ctx.settings, ctx.store, app)['git_url']}")
+
+
+def cmd_apps_info(ctx: Context, args: list[str]) -> None:
+    _arity("opus apps:info APP", args, 1)
+    app = access.app_for(ctx.store, ctx.actor, args[0])
+    details = apps.info(ctx.settings, ctx.store, app)
+    if ctx.json:
+        ctx.emit_json(details)
+        return
+    for key, value in details.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        ctx.out(f"{key + ':':<15} {shown if shown not in (None, '') else '-'}")
+
+
+def cmd_apps_destroy(ctx: Context, args: list[str]) -> None:
+    usage = "opus apps:destroy APP --confirm APP"
+    _arity(usage, args, (1, 3))
+    confirm = ""
+    if len(args) == 3 and args[1] == "--confirm":
+        confirm = args[2]
+    elif len(args) != 1:
+        raise UsageError(f"usage: {usage}")
+    apps.destroy(ctx.settings, ctx.store, ctx.actor, args[0], confirm)
+    ctx.out(f"Destroyed {args[0]}: its code, releases, data and logs are gone.")
+
+
+# ---- access ----------------------------------------------------------------------------
+
+def cmd_access(ctx: Context, args: list[str]) -> None:
+    _arity("opus access APP", args, 1)
+    app = access.app_for(ctx.store, ctx.actor, args[0])
+    people = ctx.store.collaborators(app)
+    if ctx.json:
+        ctx.emit_json({"owner": app.owner, "collaborators": people})
+        return
+    ctx.out(f"{app.owner:<16} owner")
+    for name in people:
+        ctx.out(f"{name:<16} collaborator")
+
+
+def cmd_access_add(ctx: Context, args: list[str]) -> None:
+    _arity("opus access:add APP USER", args, 2)
+    app = access.app_for(ctx.store, ctx.actor, args[0], manage=True)
+    user = keys.get_user(ctx.store, args[1])
+    ctx.store.grant(app, user)
+    ctx.out(f"{user.name} may now push to and manage the config of {app.name}.")
+
+
+def cmd_access_remove(ctx: Context, args: list[str]) -> None:
+    _arity("opus access:remove APP USER", args, 2)
+    app = access.app_for(ctx.store, ctx.actor, args[0], manage=True)
+    user = keys.get_user(ctx.store, args[1])
+    if not ctx.store.revoke(app, user):
+        raise UsageError(f"{user.name} is not a collaborator on {app.name}; "
+                         f"`opus access {app.name}` lists them")
+    ctx.out(f"{user.name} may no longer use {app.name}.")
+
+
+# ---- keys and users --------------------------------------------------------------------
+
+def cmd_keys(ctx: Context, args: list[str]) -> None:
+    _arity("opus keys", args, 0)
+    listed = keys.list_keys(ctx.store, ctx.actor)
+    if ctx.json:
+        ctx.emit_json([{"user": k.user, "fingerprint": k.fingerprint, "name": k.comment}
+                       for k in listed])
+        return
+    if not listed:
+        ctx.out("No keys yet; add one with `opus keys:add USER FILE`.")
+    for key in listed:
+        ctx.out(f"{key.user:<16} {key.fingerprint}  {key.comment}")
+
+
+def cmd_keys_add(ctx: Context, args: list[str]) -> None:
+    usage = "opus keys:add USER FILE|-   (FILE: a .pub file; - reads standard input)"
+    _arity(usage, args, 2)
     user, source = args
     if source == "-":
-        text = sys.stdin.read()
+        text = ctx.read_stdin(STDIN_LIMIT)
+    elif ctx.remote:
+        raise UsageError("over SSH the key comes from standard input: "
+                         f"ssh … keys:add {user} - < KEY.pub")
     else:
-        try:
-            with open(source, encoding="utf-8") as handle:
-                text = handle.read(64 * 1024)
-        except OSError as exc:
-            raise UsageError(f"cannot read {source}: {exc.strerror}; give the path of a .pub "
-                             "file, or - to read the key from standard input") from None
-        except UnicodeDecodeError:
-            raise UsageError(f"{source} is not a text file; give the .pub file") from None
-    owner, key = keys.add_key(_store(settings), user, text)
-    out(f"Added key {key.fingerprint} for {owner.name} ({owner.role}).")
+        text = _read_local_file(source)
+    owner, key = keys.add_key(ctx.store, ctx.actor, user, text)
+    ctx.out(f"Added key {key.fingerprint} for {owner.name} ({owner.role}).")
 
 
-def cmd_keys_list(settings: Settings, args: list[str], out: Output) -> None:
-    _no_args("keys:list", args)
-    listed = keys.list_keys(_store(settings))
-    if not listed:
-        out("No keys yet; add one with `opus keys:add USER FILE`.")
-    for key in listed:
-        out(f"{key.user:<16} {key.fingerprint}  {key.comment}")
+def _read_local_file(source: str) -> str:
+    try:
+        with open(source, encoding="utf-8") as handle:
+            return handle.read(STDIN_LIMIT)
+    except OSError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror}; give the path of a .pub "
+                         "file, or - to read the key from standard input") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{source} is not a text file; give the .pub file") from None
 
 
-def cmd_keys_remove(settings: Settings, args: list[str], out: Output) -> None:
-    if len(args) != 1:
-        raise UsageError("usage: opus keys:remove FINGERPRINT   (see `opus keys:list`)")
-    key = keys.remove_key(_store(settings), args[0])
-    out(f"Removed key {key.fingerprint} of {key.user}.")
+def cmd_keys_remove(ctx: Context, args: list[str]) -> None:
+    _arity("opus keys:remove FINGERPRINT|NAME   (see `opus keys`)", args, 1)
+    key = keys.remove_key(ctx.store, ctx.actor, args[0])
+    ctx.out(f"Removed key {key.fingerprint} of {key.user}.")
 
 
-def cmd_apps(settings: Settings, args: list[str], out: Output) -> None:
-    _no_args("apps", args)
-    apps = _store(settings).list_apps()
-    if not apps:
-        out("No apps yet; push one with `git push opus main`.")
-    for app in apps:
-        live = f"v{app.live_version}" if app.live_version else "not deployed"
-        out(f"{app.name:<30} {live:<14} http://{settings.app_domain(app.name)}:"
-            f"{settings.http_port}/")
+def cmd_users(ctx: Context, args: list[str]) -> None:
+    _arity("opus users", args, 0)
+    access.require_admin(ctx.actor, "list users")
+    listed = ctx.store.list_users()
+    if ctx.json:
+        ctx.emit_json([{"name": u.name, "role": u.role} for u in listed])
+        return
+    for user in listed:
+        ctx.out(f"{user.name:<16} {user.role}")
 
+
+def cmd_users_add(ctx: Context, args: list[str]) -> None:
+    usage = "opus users:add USER [--role admin|developer]"
+    role = "developer"
+    if len(args) == 3 and args[1] == "--role":
+        role = args[2]
+    elif len(args) != 1:
+        raise UsageError(f"usage: {usage}")
+    user = keys.add_user(ctx.store, ctx.actor, args[0], role)
+    ctx.out(f"Added {user.name} ({user.role}); add their key with "
+            f"`opus keys:add {user.name} FILE`.")
+
+
+def cmd_users_remove(ctx: Context, args: list[str]) -> None:
+    _arity("opus users:remove USER", args, 1)
+    user = keys.remove_user(ctx.store, ctx.actor, args[0])
+    ctx.out(f"Removed {user.name} and their keys.")
+
+
+def cmd_users_role(ctx: Context, args: list[str]) -> None:
+    _arity("opus users:role USER admin|developer", args, 2)
+    user = keys.set_role(ctx.store, ctx.actor, args[0], args[1])
+    ctx.out(f"{user.name} is now {user.role}.")
+
+
+def cmd_users_passwd(ctx: Context, args: list[str]) -> None:
+    _arity("opus users:passwd USER   (the password comes from standard input)", args, 1)
+    lines = ctx.read_stdin(STDIN_LIMIT).splitlines()
+    user = keys.set_password(ctx.store, ctx.actor, args[0], lines[0] if lines else "")
+    ctx.out(f"Set the dashboard password of {user.name}.")
+
+
+# ---- git -------------------------------------------------------------------------------
 
 GIT_SETTINGS = ("deploy-branch",)
 
 
-def cmd_git_set(settings: Settings, args: list[str], out: Output) -> None:
+def cmd_git_set(ctx: Context, args: list[str]) -> None:
     if len(args) != 3 or args[1] not in GIT_SETTINGS:
         raise UsageError("usage: opus git:set APP deploy-branch BRANCH")
-    app = gitserver.set_deploy_branch(settings, _store(settings), args[0], args[2])
-    out(f"Pushes to {app.deploy_branch} now deploy {app.name}; other branches are stored.")
+    access.app_for(ctx.store, ctx.actor, args[0], manage=True)
+    app = gitserver.set_deploy_branch(ctx.settings, ctx.store, args[0], args[2])
+    ctx.out(f"Pushes to {app.deploy_branch} now deploy {app.name}; other branches are stored.")
 
 
 TABLE: dict[str, Command] = {c.name: c for c in [
-    Command("up", "opus up", "start Opus and every app", cmd_up),
-    Command("down", "opus down", "stop every process Opus started", cmd_down),
-    Command("status", "opus status", "show Opus's processes", cmd_status),
+    Command("up", "opus up", "start Opus and every app", cmd_up, local_only=True),
+    Command("down", "opus down", "stop every process Opus started", cmd_down,
+            local_only=True),
+    Command("status", "opus status", "show Opus's processes", cmd_status, local_only=True),
+    Command("version", "opus version", "show Opus's version", cmd_version),
+    Command("apps", "opus apps", "list the apps you may use", cmd_apps),
+    Command("apps:create", "opus apps:create APP", "create an app", cmd_apps_create,
+            takes_app=True),
+    Command("apps:info", "opus apps:info APP", "show an app", cmd_apps_info, takes_app=True),
+    Command("apps:destroy", "opus apps:destroy APP --confirm APP",
+            "delete an app and everything it has", cmd_apps_destroy, takes_app=True),
+    Command("access", "opus access APP", "list who may use an app", cmd_access,
+            takes_app=True),
+    Command("access:add", "opus access:add APP USER", "let a user use an app",
+            cmd_access_add, takes_app=True),
+    Command("access:remove", "opus access:remove APP USER", "take a user off an app",
+            cmd_access_remove, takes_app=True),
+    Command("keys", "opus keys", "list SSH keys", cmd_keys),
     Command("keys:add", "opus keys:add USER FILE|-", "register a public key for a user",
             cmd_keys_add),
-    Command("keys:list", "opus keys:list", "list registered keys", cmd_keys_list),
-    Command("keys:remove", "opus keys:remove FINGERPRINT", "remove a key", cmd_keys_remove),
-    Command("apps", "opus apps", "list apps", cmd_apps),
+    Command("keys:remove", "opus keys:remove FINGERPRINT|NAME", "remove a key",
+            cmd_keys_remove),
+    Command("users", "opus users", "list users (admins)", cmd_users),
+    Command("users:add", "opus users:add USER [--role admin|developer]", "add a user",
+            cmd_users_add),
+    Command("users:remove", "opus users:remove USER", "remove a user and their keys",
+            cmd_users_remove),
+    Command("users:role", "opus users:role USER admin|developer", "change a user's role",
+            cmd_users_role),
+    Command("users:passwd", "opus users:passwd USER", "set a dashboard password (stdin)",
+            cmd_users_passwd),
     Command("git:set", "opus git:set APP deploy-branch BRANCH",
-            "choose the branch whose pushes deploy", cmd_git_set),
+            "choose the branch whose pushes deploy", cmd_git_set, takes_app=True),
 ]}
 
 
 def lookup(name: str) -> Command:
     command = TABLE.get(name)
     if command is None:
-        close = difflib.get_close_matches(name, TABLE, n=3)
+        close = difflib.get_close_matches(name, [*TABLE, "help"], n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else "; see `opus help`"
-        raise UsageError(f"unknown command {name!r}{hint}")
+        shown = name if name.isprintable() and len(name) <= 40 else repr(name[:40])
+        raise UsageError(f"unknown command {shown}{hint}")
     return command
 
 
-def help_lines() -> list[str]:
-    return ["Usage: opus COMMAND [ARGS]", ""] + [
-        f"  {c.usage:<34} {c.summary}" for c in TABLE.values()
+def help_lines(remote: bool = False) -> list[str]:
+    return ["Usage: opus COMMAND [ARGS] [--json] [--app APP]", ""] + [
+        f"  {c.usage:<44} {c.summary}" for c in TABLE.values()
+        if not (remote and c.local_only)
     ]
 
 
-def run(settings: Settings, argv: Sequence[str], out: Output) -> None:
-    if not argv or argv[0] in ("help", "-h", "--help"):
-        for line in help_lines():
-            out(line)
+def split_options(argv: Sequence[str]) -> tuple[list[str], bool, str | None]:
+    """Take the global options out of `argv`: (the rest, --json, --app value)."""
+    rest: list[str] = []
+    as_json, app = False, None
+    items = iter(argv)
+    for item in items:
+        if item == "--":
+            rest += list(items)
+            break
+        if item == "--json":
+            as_json = True
+        elif item in ("--app", "-a"):
+            app = next(items, None)
+            if app is None:
+                raise UsageError(f"{item} needs an app name")
+        elif item.startswith("--app="):
+            app = item.split("=", 1)[1]
+        else:
+            rest.append(item)
+    return rest, as_json, app
+
+
+def run(ctx: Context, argv: Sequence[str]) -> None:
+    args, ctx.json, ctx.app = split_options(argv)
+    if not args or args[0] in ("help", "-h", "--help"):
+        if len(args) > 1:
+            command = lookup(args[1])
+            ctx.out(f"Usage: {command.usage}")
+            ctx.out(f"  {command.summary}")
+            return
+        for line in help_lines(ctx.remote):
+            ctx.out(line)
         return
-    lookup(argv[0]).run(settings, list(argv[1:]), out)
+    command = lookup(args[0])
+    if ctx.remote and command.local_only:
+        raise UsageError(f"`opus {command.name}` runs on the Opus host only")
+    rest = args[1:]
+    if command.takes_app and ctx.app is not None:
+        rest.insert(0, ctx.app)
+    command.run(ctx, rest)
+
+
+def local_context(settings: Settings) -> Context:
+    """The host's operator at a shell: every power, output to stdout."""
+    return Context(settings, access.OPERATOR, print, sys.stdin.read)

@@ -6,10 +6,13 @@ import base64
 import binascii
 import dataclasses
 import hashlib
+import hmac
+import secrets
 import struct
 
-from opus_paas import names
-from opus_paas.errors import InvalidName
+from opus_paas import access, names
+from opus_paas.access import Actor
+from opus_paas.errors import InvalidName, NotFound, UsageError
 from opus_paas.store import Key, Store, User
 
 KEY_TYPES = frozenset({
@@ -77,17 +80,98 @@ def parse_public_key(text: str) -> PublicKey:
     return PublicKey(key_type, blob, comment[:200])
 
 
-def add_key(store: Store, user: str, text: str) -> tuple[User, PublicKey]:
-    """Register the key in `text` for `user` (created if new; the first user is admin)."""
+def add_key(store: Store, actor: Actor, user: str, text: str) -> tuple[User, PublicKey]:
+    """Register the key in `text` for `user` (created if new; the first user is admin).
+    A developer adds keys for themselves only."""
     names.check_user_name(user)
+    if actor.name != user:
+        access.require_admin(actor, "add keys for another user")
     key = parse_public_key(text)
     owner = store.add_key(user, key.fingerprint, key.line, key.comment)
     return owner, key
 
 
-def list_keys(store: Store) -> list[Key]:
-    return store.list_keys()
+def list_keys(store: Store, actor: Actor) -> list[Key]:
+    """Every key for an admin; a developer's own otherwise."""
+    return [k for k in store.list_keys() if actor.is_admin or k.user == actor.name]
 
 
-def remove_key(store: Store, fingerprint_: str) -> Key:
-    return store.remove_key(fingerprint_)
+def remove_key(store: Store, actor: Actor, which: str) -> Key:
+    """Remove a key named by its fingerprint or its comment (name); a developer may
+    remove only their own."""
+    mine = list_keys(store, actor)
+    matches = [k for k in mine if which in (k.fingerprint, k.comment)]
+    if not matches:
+        raise NotFound(f"no key {which}; `opus keys` shows the keys you may remove")
+    if len(matches) > 1:
+        raise UsageError(f"{len(matches)} keys are named {which}; give the fingerprint")
+    return store.remove_key(matches[0].fingerprint)
+
+
+# ---- users ---------------------------------------------------------------------------
+
+ROLES = ("admin", "developer")
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise UsageError(f"unknown role {role!r}; use admin or developer")
+    return role
+
+
+def add_user(store: Store, actor: Actor, name: str, role: str) -> User:
+    access.require_admin(actor, "add users")
+    return store.create_user(names.check_user_name(name), check_role(role))
+
+
+def get_user(store: Store, name: str) -> User:
+    user = store.get_user(name)
+    if user is None:
+        raise NotFound(f"no user {name}; `opus users` lists them")
+    return user
+
+
+def remove_user(store: Store, actor: Actor, name: str) -> User:
+    access.require_admin(actor, "remove users")
+    user = get_user(store, name)
+    store.remove_user(user)
+    return user
+
+
+def set_role(store: Store, actor: Actor, name: str, role: str) -> User:
+    access.require_admin(actor, "change roles")
+    return store.set_role(get_user(store, name), check_role(role))
+
+
+def set_password(store: Store, actor: Actor, name: str, password: str) -> User:
+    """Set the dashboard password of `name` (yourself, or anyone for an admin)."""
+    if actor.name != name:
+        access.require_admin(actor, "set another user's password")
+    user = get_user(store, name)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UsageError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+    store.set_password_hash(user, hash_password(password))
+    return user
+
+
+MIN_PASSWORD_LENGTH = 10
+# scrypt's recommended interactive parameters: 16 MiB and ~50 ms a check.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str | None) -> bool:
+    if not stored:
+        return False
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n),
+                                   r=int(r), p=int(p))
+    except ValueError:
+        return False
+    return kind == "scrypt" and hmac.compare_digest(candidate.hex(), digest)

@@ -64,6 +64,8 @@ class Settings:
     # Connections one key may hold open at once.
     ssh_connections_per_key: int = 8
     git_bin: str = "/usr/bin/git"
+    # Who may create apps (by apps:create or a first push): "all" users, or "admins".
+    app_creators: str = "all"
     # The host's network set-up (proxies, package index, CA file) that builds need
     # to reach the package index; taken from Opus's environment, never from an app.
     network_env: tuple[tuple[str, str], ...] = ()
@@ -134,7 +136,13 @@ NETWORK_VARS = (
 )
 
 
+_CHOICES = {"app_creators": ("all", "admins")}
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
+    if name in _CHOICES and str(value) not in _CHOICES[name]:
+        raise UsageError(f"{source}: {name} = {value!r} is not valid; use one of "
+                         f"{', '.join(_CHOICES[name])}")
     try:
         if name in _INT_FIELDS:
             return int(value)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -32,15 +33,28 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
-from opus_paas import gitserver, keys, locks, names, packs, privileged, push, redact
+from opus_paas import (
+    access,
+    commands,
+    gitserver,
+    keys,
+    locks,
+    names,
+    packs,
+    privileged,
+    push,
+    redact,
+)
 from opus_paas import settings as settings_module
-from opus_paas.errors import Conflict, NotFound, OpusError
+from opus_paas.access import Actor
+from opus_paas.errors import Conflict, OpusError, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, User
 from opus_paas.wire import ChannelReader
 
 log = logging.getLogger("opus.sshd")
 
+MAX_COMMAND_CHARS = 4096
 GIT_COMMAND = re.compile(r"(git-receive-pack|git-upload-pack) '([^'\\\n]{1,200})'")
 CLIENT_CLOSE_WAIT_SECONDS = 5
 DISCONNECT_POLL_SECONDS = 0.25
@@ -181,22 +195,11 @@ class Session(paramiko.ServerInterface):
         return False
 
 
-def check_may_use(store: Store, user: User, app_name: str, *, for_push: bool) -> App | None:
-    """The app if `user` may use it, None if it does not exist yet and `user` may create
-    it by pushing. A stranger's app and a missing one get the same answer."""
-    app = store.get_app(app_name)
-    if app is None and for_push:
-        return None
-    if app is None or not (user.is_admin or app.owner == user.name):
-        raise NotFound(f"app {app_name} not found, or you may not use it")
-    return app
-
-
 def open_for_push(settings: Settings, store: Store, user: User,
                   app_name: str) -> tuple[App, bool]:
     """Under the app's deploy lock: the app, created with its repository on first push,
     and whether it was created now."""
-    app = check_may_use(store, user, app_name, for_push=True)
+    app = access.app_or_creatable(settings, store, Actor(user), app_name)
     created = app is None
     if app is None:
         app = push.create_app(settings, store, app_name, user)
@@ -227,13 +230,13 @@ def serve_git(server: Server, user: User, verb: str, app_name: str,
     repo_arg = f"/{app_name}.git"
     handler: gitserver.DeployingReceivePackHandler | gitserver.PackObjectsUploadPackHandler
     if verb == "git-upload-pack":
-        check_may_use(store, user, app_name, for_push=False)
+        access.app_for(store, Actor(user), app_name)
         handler = gitserver.PackObjectsUploadPackHandler(backend, [repo_arg], proto,
                                                          settings=settings)
         gitserver.handle_and_close(handler)
         return 0
 
-    check_may_use(store, user, app_name, for_push=True)
+    access.app_or_creatable(settings, store, Actor(user), app_name)
 
     def say_waiting() -> None:
         channel.sendall_stderr(
@@ -265,13 +268,40 @@ def serve_command(server: Server, user: User, command: bytes, channel: paramiko.
             "Push with: git push opus main\n".encode())
         return 1
     match = GIT_COMMAND.fullmatch(text)
-    if not match:
-        channel.sendall_stderr(b"opus: unknown command; only git push and git clone/fetch "
-                               b"are served over SSH\n")
-        return 1
-    verb, path = match.groups()
-    return serve_git(server, user, verb, names.app_from_repo_path(path), channel, cancelled,
-                     request_id)
+    if match:
+        verb, path = match.groups()
+        return serve_git(server, user, verb, names.app_from_repo_path(path), channel,
+                         cancelled, request_id)
+    return serve_opus_command(server, user, text, channel)
+
+
+def serve_opus_command(server: Server, user: User, text: str,
+                       channel: paramiko.Channel) -> int:
+    """`ssh git@host CMD ARGS…`: the same command table as the host's `opus`, as `user`."""
+    try:
+        argv = shlex.split(text)
+    except ValueError:
+        raise UsageError("the command line has an unclosed quote") from None
+    if len(text) > MAX_COMMAND_CHARS:
+        raise UsageError(f"the command line is longer than {MAX_COMMAND_CHARS} characters")
+
+    def out(line: str) -> None:
+        channel.sendall((line + "\n").encode("utf-8", "replace"))
+
+    def read_stdin(limit: int) -> str:
+        data = b""
+        while len(data) <= limit:
+            chunk = channel.recv(min(65536, limit + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > limit:
+            raise UsageError(f"standard input is longer than {limit} bytes")
+        return data.decode("utf-8", "replace")
+
+    commands.run(commands.Context(server.settings, Actor(user), out, read_stdin,
+                                  remote=True), argv)
+    return 0
 
 
 def _watch(transport: paramiko.Transport, channel: paramiko.Channel,

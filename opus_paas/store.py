@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     role TEXT NOT NULL CHECK (role IN ('admin', 'developer')),
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    password_hash TEXT
 );
 CREATE TABLE IF NOT EXISTS keys (
     id INTEGER PRIMARY KEY,
@@ -38,6 +39,11 @@ CREATE TABLE IF NOT EXISTS apps (
     live_version INTEGER,
     live_port INTEGER,
     deploy_branch TEXT NOT NULL DEFAULT 'main'
+);
+CREATE TABLE IF NOT EXISTS access (
+    app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    PRIMARY KEY (app_id, user_id)
 );
 CREATE TABLE IF NOT EXISTS config (
     app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
@@ -196,6 +202,75 @@ class Store:
             ).fetchone()
         return None if row is None else User(row["id"], row["name"], row["role"])
 
+    def list_users(self) -> list[User]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM users ORDER BY name").fetchall()
+        return [User(r["id"], r["name"], r["role"]) for r in rows]
+
+    def get_user(self, name: str) -> User | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+        return None if row is None else User(row["id"], row["name"], row["role"])
+
+    def create_user(self, name: str, role: str) -> User:
+        with self._db() as db:
+            if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                raise Conflict(f"user {name} already exists; see `opus users`")
+            cur = db.execute("INSERT INTO users (name, role, created) VALUES (?, ?, ?)",
+                             (name, role, time.time()))
+            assert cur.lastrowid is not None
+            return User(cur.lastrowid, name, role)
+
+    def set_role(self, user: User, role: str) -> User:
+        with self._db() as db:
+            if user.is_admin and role != "admin":
+                _keep_an_admin(db, user)
+            db.execute("UPDATE users SET role = ? WHERE id = ?", (role, user.id))
+        return User(user.id, user.name, role)
+
+    def remove_user(self, user: User) -> None:
+        """Remove a user and their keys; refused while they own apps or are the last
+        admin."""
+        with self._db() as db:
+            owned = [r[0] for r in db.execute(
+                "SELECT name FROM apps WHERE owner_id = ? ORDER BY name", (user.id,))]
+            if owned:
+                raise Conflict(f"{user.name} owns {', '.join(owned)}; destroy those apps "
+                               "first")
+            if user.is_admin:
+                _keep_an_admin(db, user)
+            db.execute("DELETE FROM users WHERE id = ?", (user.id,))
+
+    def set_password_hash(self, user: User, password_hash: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE users SET password_hash = ? WHERE id = ?",
+                       (password_hash, user.id))
+
+    def password_hash(self, user: User) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT password_hash FROM users WHERE id = ?",
+                             (user.id,)).fetchone()
+        return None if row is None else row[0]
+
+    # ---- access ------------------------------------------------------------
+    def collaborators(self, app: App) -> list[str]:
+        with self._db() as db:
+            rows = db.execute("SELECT users.name FROM access JOIN users ON users.id ="
+                              " access.user_id WHERE app_id = ? ORDER BY users.name",
+                              (app.id,)).fetchall()
+        return [r[0] for r in rows]
+
+    def grant(self, app: App, user: User) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR IGNORE INTO access (app_id, user_id) VALUES (?, ?)",
+                       (app.id, user.id))
+
+    def revoke(self, app: App, user: User) -> bool:
+        with self._db() as db:
+            cur = db.execute("DELETE FROM access WHERE app_id = ? AND user_id = ?",
+                             (app.id, user.id))
+        return cur.rowcount > 0
+
     # ---- apps --------------------------------------------------------------
     def create_app(self, name: str, owner: User, initial_config: dict[str, str]) -> App:
         with self._db() as db:
@@ -289,11 +364,21 @@ class Store:
         return Release(app.name, version, sha, description, now)
 
 
+def _keep_an_admin(db: sqlite3.Connection, user: User) -> None:
+    others = db.execute("SELECT COUNT(*) FROM users WHERE role = 'admin' AND id != ?",
+                        (user.id,)).fetchone()[0]
+    if not others:
+        raise Conflict(f"{user.name} is the last admin; make another user admin first")
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring a database made by an older Opus up to SCHEMA (columns added since)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(apps)")}
     if "deploy_branch" not in columns:
         conn.execute("ALTER TABLE apps ADD COLUMN deploy_branch TEXT NOT NULL DEFAULT 'main'")
+    user_columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
+    if "password_hash" not in user_columns:
+        conn.execute("ALTER TABLE users ADD COLUMN password_hash TEXT")
 
 
 def _app(row: sqlite3.Row) -> App:

@@ -185,6 +185,8 @@ class Supervisor:
             return str(self._proxy().getProcessInfo(name)["statename"])
         except xmlrpc.client.Fault:
             return "ABSENT"
+        except (OSError, xmlrpc.client.ProtocolError):   # supervisord is not running
+            return "ABSENT"
 
     def wait_until_running(self, name: str, seconds: float = 20) -> None:
         """Wait until supervisor counts `name` as RUNNING (it stayed up for startsecs)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from opus_paas import keys
+from opus_paas.access import OPERATOR
 from opus_paas.errors import Conflict, InvalidName, NotFound
 from opus_paas.store import Store
 from tests.conftest import require_tool
@@ -39,26 +40,26 @@ def test_fingerprint_matches_ssh_keygen(real_key: str, tmp_path: Path) -> None:
 
 def test_first_user_is_admin_and_later_ones_developers(store: Store, real_key: str,
                                                        tmp_path: Path) -> None:
-    first, _ = keys.add_key(store, "alice", real_key)
+    first, _ = keys.add_key(store, OPERATOR, "alice", real_key)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k2")],
                    check=True)
-    second, _ = keys.add_key(store, "bob", (tmp_path / "k2.pub").read_text())
+    second, _ = keys.add_key(store, OPERATOR, "bob", (tmp_path / "k2.pub").read_text())
     assert (first.role, second.role) == ("admin", "developer")
 
 
 def test_duplicate_key_is_refused(store: Store, real_key: str) -> None:
-    keys.add_key(store, "alice", real_key)
+    keys.add_key(store, OPERATOR, "alice", real_key)
     with pytest.raises(Conflict, match="already registered"):
-        keys.add_key(store, "bob", real_key)
+        keys.add_key(store, OPERATOR, "bob", real_key)
 
 
 def test_removed_key_no_longer_authenticates(store: Store, real_key: str) -> None:
-    _, key = keys.add_key(store, "alice", real_key)
+    _, key = keys.add_key(store, OPERATOR, "alice", real_key)
     assert store.user_for_key(key.fingerprint) is not None
-    keys.remove_key(store, key.fingerprint)
+    keys.remove_key(store, OPERATOR, key.fingerprint)
     assert store.user_for_key(key.fingerprint) is None
     with pytest.raises(NotFound):
-        keys.remove_key(store, key.fingerprint)
+        keys.remove_key(store, OPERATOR, key.fingerprint)
 
 
 @pytest.mark.parametrize("text", [
@@ -87,7 +88,7 @@ def test_comment_with_control_characters_is_refused(real_key: str) -> None:
 
 def test_hostile_user_name_is_refused(store: Store, real_key: str) -> None:
     with pytest.raises(InvalidName):
-        keys.add_key(store, "root;id", real_key)
+        keys.add_key(store, OPERATOR, "root;id", real_key)
     assert store.list_keys() == []
 
 
@@ -105,10 +106,10 @@ def test_cli_keys_add_from_stdin_list_and_remove(real_key: str, tmp_path: Path) 
     assert added.returncode == 0, added.stderr
     fingerprint = keys.parse_public_key(real_key).fingerprint
     assert f"Added key {fingerprint} for carol (admin)." in added.stdout
-    assert f"carol            {fingerprint}  me@laptop" in opus("keys:list").stdout
+    assert f"carol            {fingerprint}  me@laptop" in opus("keys").stdout
     again = opus("keys:add", "carol", "-", stdin=real_key)
     assert again.returncode == 5 and again.stderr.startswith("opus: key ")
     missing = opus("keys:add", "carol", str(tmp_path / "nope.pub"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     assert opus("keys:remove", fingerprint).returncode == 0
-    assert "No keys yet" in opus("keys:list").stdout
+    assert "No keys yet" in opus("keys").stdout

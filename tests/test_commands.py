@@ -1,0 +1,269 @@
+"""The `opus` command table, on the host and over real SSH, with an authorization matrix:
+admin, owner, collaborator and stranger against every command that touches an app."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Opus, SshKey, git, make_key
+
+APP = "cmdapp"
+
+
+def ssh(opus: Opus, key: SshKey, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", "-i", str(key.private), "-o", "IdentitiesOnly=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-p", str(opus.ssh_port),
+         "git@127.0.0.1", shlex.join(argv)],
+        input=stdin, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def people(opus: Opus, admin_key: SshKey,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, SshKey]:
+    """admin; owner, who creates the app; collab, added to it; stranger, who is not."""
+    directory = tmp_path_factory.mktemp("people")
+    found = {"admin": admin_key}
+    for name in ("owner", "collab", "stranger"):
+        key = make_key(directory, f"cmd-{name}")
+        opus.cli("keys:add", f"cmd-{name}", str(key.public))
+        found[name] = key
+    opus.cli("users:add", "cmd-other")   # whom access:add and access:remove are about
+    created = ssh(opus, found["owner"], "apps:create", APP)
+    assert created.returncode == 0, created.stderr
+    added = ssh(opus, found["owner"], "access:add", APP, "cmd-collab")
+    assert added.returncode == 0, added.stderr
+    return found
+
+
+NOT_FOUND = f"opus: app {APP} not found, or you may not use it"
+FORBIDDEN = f"opus: only cmd-owner (the owner) or an admin may do that to {APP}"
+
+# (command, admin, owner, collaborator, stranger): "ok", or the one line of refusal.
+MATRIX = [
+    (["apps:info", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["access", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["access:add", APP, "cmd-other"], "ok", "ok", FORBIDDEN, NOT_FOUND),
+    (["access:remove", APP, "cmd-other"], "ok", "ok", FORBIDDEN, NOT_FOUND),
+    (["git:set", APP, "deploy-branch", "main"], "ok", "ok", FORBIDDEN, NOT_FOUND),
+    (["apps:destroy", APP, "--confirm", APP], None, None, FORBIDDEN, NOT_FOUND),
+]
+
+
+ROLES = ("admin", "owner", "collab", "stranger")
+CASES = [(row[0], who, expected) for row in MATRIX
+         for who, expected in zip(ROLES, row[1:], strict=True) if expected is not None]
+
+
+@pytest.mark.parametrize(("argv", "who", "expected"), CASES,
+                         ids=[f"{argv[0]}-{who}" for argv, who, _ in CASES])
+def test_authorization_matrix(opus: Opus, people: dict[str, SshKey], argv: list[str],
+                              who: str, expected: str) -> None:
+    """(Destroying by its owner or an admin is tested on an app of its own.)"""
+    if argv[0] == "access:remove":   # something to remove, whoever tries
+        ssh(opus, people["admin"], "access:add", APP, "cmd-other")
+    try:
+        result = ssh(opus, people[who], *argv)
+    finally:
+        ssh(opus, people["admin"], "access:remove", APP, "cmd-other")
+    if expected == "ok":
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode != 0
+        assert result.stderr.strip() == expected
+    assert (opus.home / "repos" / f"{APP}.git").is_dir()   # nobody destroyed it
+
+
+def test_a_collaborator_may_push_and_clone_a_stranger_may_not(
+        opus: Opus, people: dict[str, SshKey], tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "-c", "user.name=T", "-c", "user.email=t@example.com", "commit", "-q",
+        "--allow-empty", "-m", "1")
+    url = f"ssh://git@127.0.0.1:{opus.ssh_port}/{APP}.git"
+    pushed = git(repo, "push", url, "HEAD:refs/heads/collab-work",
+                 env=people["collab"].git_env(opus), check=False)
+    assert pushed.returncode == 0, pushed.stderr
+    refused = git(repo, "push", url, "HEAD:refs/heads/stranger-work",
+                  env=people["stranger"].git_env(opus), check=False)
+    assert NOT_FOUND in refused.stderr
+    clone = subprocess.run(["git", "clone", "-q", "--branch", "collab-work", url,
+                            str(tmp_path / "c")], env=people["collab"].git_env(opus),
+                           capture_output=True, text=True, check=False)
+    assert clone.returncode == 0, clone.stderr
+
+
+def test_apps_lists_only_what_each_may_use(opus: Opus, people: dict[str, SshKey]) -> None:
+    def names(who: str) -> list[str]:
+        result = ssh(opus, people[who], "apps", "--json")
+        assert result.returncode == 0, result.stderr
+        return [a["name"] for a in json.loads(result.stdout)]
+    assert APP in names("admin") and APP in names("owner") and APP in names("collab")
+    assert APP not in names("stranger")
+    assert APP in [a["name"] for a in json.loads(opus.cli("apps", "--json").stdout)]
+
+
+def test_apps_info_and_access_in_text_and_json(opus: Opus, people: dict[str, SshKey]) -> None:
+    info = json.loads(ssh(opus, people["collab"], "apps:info", APP, "--json").stdout)
+    assert info["owner"] == "cmd-owner" and info["collaborators"] == ["cmd-collab"]
+    assert info["git_url"].endswith(f"/{APP}.git") and info["deploy_branch"] == "main"
+    text = ssh(opus, people["owner"], "apps:info", APP).stdout
+    assert "owner:          cmd-owner" in text
+    listed = json.loads(opus.cli("access", "--app", APP, "--json").stdout)
+    assert listed == {"owner": "cmd-owner", "collaborators": ["cmd-collab"]}
+
+
+def test_destroy_needs_the_name_repeated_and_removes_everything(
+        opus: Opus, people: dict[str, SshKey]) -> None:
+    owner = people["owner"]
+    assert ssh(opus, owner, "apps:create", "doomed").returncode == 0
+    unconfirmed = ssh(opus, owner, "apps:destroy", "doomed")
+    assert unconfirmed.returncode == 2
+    assert "repeat its name: --confirm doomed" in unconfirmed.stderr
+    wrong = ssh(opus, owner, "apps:destroy", "doomed", "--confirm", "doome")
+    assert wrong.returncode == 2
+    assert (opus.home / "repos" / "doomed.git").is_dir()
+    done = ssh(opus, owner, "apps:destroy", "doomed", "--confirm", "doomed")
+    assert done.returncode == 0, done.stderr
+    assert not (opus.home / "repos" / "doomed.git").exists()
+    assert not (opus.home / "apps" / "doomed").exists()
+    assert "doomed" not in opus.cli("apps").stdout
+
+
+def test_creating_an_existing_app_is_refused(opus: Opus, people: dict[str, SshKey]) -> None:
+    result = ssh(opus, people["stranger"], "apps:create", APP)
+    assert (result.returncode, result.stderr.strip()) == (
+        5, f"opus: app {APP} already exists; choose another name")
+
+
+# ---- users and keys ---------------------------------------------------------------------
+
+def test_users_are_managed_by_admins_only(opus: Opus, people: dict[str, SshKey]) -> None:
+    denied = ssh(opus, people["owner"], "users")
+    assert (denied.returncode, denied.stderr.strip()) == (4, "opus: only an admin may list "
+                                                             "users")
+    assert ssh(opus, people["owner"], "users:add", "sneaky").returncode == 4
+    added = ssh(opus, people["admin"], "users:add", "cmd-temp", "--role", "developer")
+    assert added.returncode == 0, added.stderr
+    listed = json.loads(ssh(opus, people["admin"], "users", "--json").stdout)
+    assert {"name": "cmd-temp", "role": "developer"} in listed
+    assert ssh(opus, people["admin"], "users:role", "cmd-temp", "admin").returncode == 0
+    assert ssh(opus, people["admin"], "users:role", "cmd-temp", "root").returncode == 2
+    removed = ssh(opus, people["admin"], "users:remove", "cmd-temp")
+    assert removed.returncode == 0, removed.stderr
+    owns = ssh(opus, people["admin"], "users:remove", "cmd-owner")
+    assert owns.returncode == 5 and f"owns {APP}" in owns.stderr
+
+
+def test_the_last_admin_stays_an_admin(opus: Opus, people: dict[str, SshKey]) -> None:
+    admins = [u["name"] for u in json.loads(opus.cli("users", "--json").stdout)
+              if u["role"] == "admin"]
+    assert admins == ["admin"]
+    result = opus.cli("users:role", "admin", "developer", check=False)
+    assert result.returncode == 5
+    assert "admin is the last admin; make another user admin first" in result.stderr
+
+
+def test_a_password_is_set_from_stdin_and_stored_hashed(opus: Opus,
+                                                        people: dict[str, SshKey]) -> None:
+    result = ssh(opus, people["owner"], "users:passwd", "cmd-owner",
+                 stdin="correct horse battery\n")
+    assert result.returncode == 0, result.stderr
+    other = ssh(opus, people["owner"], "users:passwd", "admin", stdin="whatever12345\n")
+    assert other.returncode == 4
+    short = ssh(opus, people["owner"], "users:passwd", "cmd-owner", stdin="short\n")
+    assert short.returncode == 2 and "at least 10 characters" in short.stderr
+    stored = subprocess.run(["sqlite3", str(opus.home / "opus.db"),
+                             "SELECT password_hash FROM users WHERE name='cmd-owner'"],
+                            capture_output=True, text=True, check=False).stdout
+    if stored:   # sqlite3's CLI may be missing; the hash format is tested in test_keys
+        assert stored.startswith("scrypt$") and "correct horse" not in stored
+
+
+def test_keys_over_ssh_a_developer_sees_and_manages_only_their_own(
+        opus: Opus, people: dict[str, SshKey], tmp_path: Path) -> None:
+    own = json.loads(ssh(opus, people["collab"], "keys", "--json").stdout)
+    assert {k["user"] for k in own} == {"cmd-collab"}
+    extra = make_key(tmp_path, "collab-laptop")
+    added = ssh(opus, people["collab"], "keys:add", "cmd-collab", "-",
+                stdin=extra.public.read_text())
+    assert added.returncode == 0, added.stderr
+    for_other = ssh(opus, people["collab"], "keys:add", "cmd-owner", "-",
+                    stdin=make_key(tmp_path, "x").public.read_text())
+    assert for_other.returncode == 4
+    # Removal by name takes effect for the next connection.
+    assert ssh(opus, extra, "apps").returncode == 0
+    removed = ssh(opus, people["collab"], "keys:remove", "collab-laptop")
+    assert removed.returncode == 0, removed.stderr
+    assert ssh(opus, extra, "apps").returncode == 255
+    not_mine = ssh(opus, people["collab"], "keys:remove", "cmd-owner")
+    assert not_mine.returncode == 3
+
+
+@pytest.mark.parametrize("text", [
+    'command="/bin/sh" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOg4 x',
+    "garbage",
+    "",
+])
+def test_bad_keys_over_ssh_are_refused_in_one_line(opus: Opus, people: dict[str, SshKey],
+                                                   text: str) -> None:
+    result = ssh(opus, people["collab"], "keys:add", "cmd-collab", "-", stdin=text)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ---- the table itself ---------------------------------------------------------------------
+
+def test_help_over_ssh_lists_no_host_only_commands(opus: Opus,
+                                                   people: dict[str, SshKey]) -> None:
+    shown = ssh(opus, people["owner"], "help").stdout
+    assert "opus apps:create APP" in shown and "opus up" not in shown
+    refused = ssh(opus, people["admin"], "down")
+    assert refused.stderr.strip() == "opus: `opus down` runs on the Opus host only"
+    assert "Usage: opus git:set APP deploy-branch BRANCH" in \
+        ssh(opus, people["owner"], "help", "git:set").stdout
+    assert json.loads(ssh(opus, people["owner"], "version", "--json").stdout)["version"]
+
+
+def test_unknown_commands_suggest_close_matches(opus: Opus, people: dict[str, SshKey]) -> None:
+    result = ssh(opus, people["owner"], "apps:craete", "x")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("opus: unknown command apps:craete; did you "
+                                            "mean apps:create")
+
+
+@pytest.mark.parametrize("name", ["a;id", "$(id)", "`id`", "a\nb", "../x", "x" * 100, "-rf",
+                                  "Upper", "opus"])
+def test_hostile_app_names_are_refused_everywhere(opus: Opus, people: dict[str, SshKey],
+                                                  name: str) -> None:
+    before = opus.cli("apps").stdout
+    over_ssh = ssh(opus, people["owner"], "apps:create", name)
+    local = opus.cli("apps:create", name, check=False)
+    for result in (over_ssh, local):
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert result.stderr.startswith("opus: invalid app name")
+    assert opus.cli("apps").stdout == before
+
+
+@pytest.mark.parametrize("name", ["root;id", "$(id)", "a b", "../etc", "x" * 40, "Admin"])
+def test_hostile_user_names_are_refused(opus: Opus, name: str) -> None:
+    result = opus.cli("users:add", name, check=False)
+    assert result.returncode == 2 and result.stderr.startswith("opus: invalid user name")
+
+
+def test_a_command_line_with_an_open_quote_is_refused(opus: Opus,
+                                                      people: dict[str, SshKey]) -> None:
+    result = subprocess.run(
+        ["ssh", "-i", str(people["owner"].private), "-o", "IdentitiesOnly=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "LogLevel=ERROR", "-p", str(opus.ssh_port), "git@127.0.0.1",
+         "apps:info 'cmdapp"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.stderr.strip() == "opus: the command line has an unclosed quote"
