@@ -12,12 +12,14 @@ import difflib
 import functools
 import json
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opus_paas import __version__, access, apps, gitserver, keys, lifecycle
+from opus_paas import __version__, access, apps, gitserver, keys, lifecycle, logs, redact
 from opus_paas.access import Actor
-from opus_paas.errors import UsageError
+from opus_paas.errors import NotFound, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 
@@ -36,6 +38,8 @@ class Context:
     remote: bool = False          # over SSH
     json: bool = False
     app: str | None = None        # from --app
+    # Set when the command should stop early (the SSH client went away).
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @functools.cached_property
     def store(self) -> Store:
@@ -135,6 +139,88 @@ def cmd_apps_destroy(ctx: Context, args: list[str]) -> None:
         raise UsageError(f"usage: {usage}")
     apps.destroy(ctx.settings, ctx.store, ctx.actor, args[0], confirm)
     ctx.out(f"Destroyed {args[0]}: its code, releases, data and logs are gone.")
+
+
+# ---- releases, builds, logs ------------------------------------------------------------
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
+
+
+def cmd_releases(ctx: Context, args: list[str]) -> None:
+    _arity("opus releases APP", args, 1)
+    app = access.app_for(ctx.store, ctx.actor, args[0])
+    listed = ctx.store.list_releases(app)
+    if ctx.json:
+        ctx.emit_json([{"version": r.version, "sha": r.sha, "description": r.description,
+                        "created": r.created, "live": r.version == app.live_version}
+                       for r in listed])
+        return
+    if not listed:
+        ctx.out(f"{app.name} has no releases yet; push to deploy one.")
+    for rel in listed:
+        live = "  (live)" if rel.version == app.live_version else ""
+        ctx.out(f"v{rel.version:<5} {rel.sha[:7]}  {_when(rel.created)} UTC  "
+                f"{rel.description}{live}")
+
+
+def cmd_builds(ctx: Context, args: list[str]) -> None:
+    _arity("opus builds APP", args, 1)
+    app = access.app_for(ctx.store, ctx.actor, args[0])
+    listed = ctx.store.list_builds(app)
+    if ctx.json:
+        ctx.emit_json([{"id": b.id, "sha": b.sha, "status": b.status, "started": b.started,
+                        "finished": b.finished} for b in listed])
+        return
+    for build in listed:
+        ctx.out(f"{build.id:<6} {build.sha[:7]}  {build.status:<10} {_when(build.started)} UTC")
+
+
+def cmd_builds_output(ctx: Context, args: list[str]) -> None:
+    _arity("opus builds:output APP [BUILD_ID]   (see `opus builds APP`)", args, (1, 2))
+    app = access.app_for(ctx.store, ctx.actor, args[0])
+    listed = ctx.store.list_builds(app)
+    if len(args) == 2:
+        listed = [b for b in listed if str(b.id) == args[1]]
+    if not listed:
+        raise NotFound(f"no such build of {app.name}; `opus builds {app.name}` lists them")
+    path = listed[0].log_path
+    if not path.is_file():
+        raise NotFound(f"the output of build {listed[0].id} is gone")
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        ctx.out(redact.redact(line, redact.replacements(ctx.settings)))
+
+
+def cmd_logs(ctx: Context, args: list[str]) -> None:
+    usage = "opus logs APP [-n LINES] [-t] [--ps TYPE]"
+    positional, count, follow_, process_type = [], 100, False, None
+    items = iter(args)
+    for item in items:
+        if item in ("-t", "--tail"):
+            follow_ = True
+        elif item in ("-n", "--num"):
+            value = next(items, "")
+            if not value.isdigit():
+                raise UsageError(f"-n needs a number of lines; usage: {usage}")
+            count = int(value)
+        elif item in ("-p", "--ps"):
+            process_type = next(items, None)
+            if process_type is None:
+                raise UsageError(f"--ps needs a process type; usage: {usage}")
+        else:
+            positional.append(item)
+    _arity(usage, positional, 1)
+    app = access.app_for(ctx.store, ctx.actor, positional[0])
+    paths = logs.log_files(ctx.settings, app.name, process_type)
+    for line in logs.tail(paths, count):
+        ctx.out(line)
+    if follow_:
+        if not paths:
+            raise NotFound(f"{app.name} has no logs yet; they start with its first deploy")
+        for line in logs.follow(paths, ctx.cancelled):
+            ctx.out(line)
 
 
 # ---- access ----------------------------------------------------------------------------
@@ -283,6 +369,14 @@ TABLE: dict[str, Command] = {c.name: c for c in [
     Command("apps:info", "opus apps:info APP", "show an app", cmd_apps_info, takes_app=True),
     Command("apps:destroy", "opus apps:destroy APP --confirm APP",
             "delete an app and everything it has", cmd_apps_destroy, takes_app=True),
+    Command("releases", "opus releases APP", "list an app's releases", cmd_releases,
+            takes_app=True),
+    Command("builds", "opus builds APP", "list an app's builds", cmd_builds, takes_app=True),
+    Command("builds:output", "opus builds:output APP [BUILD_ID]",
+            "show a build's output (the latest by default)", cmd_builds_output,
+            takes_app=True),
+    Command("logs", "opus logs APP [-n LINES] [-t] [--ps TYPE]",
+            "show (-t: follow) an app's logs", cmd_logs, takes_app=True),
     Command("access", "opus access APP", "list who may use an app", cmd_access,
             takes_app=True),
     Command("access:add", "opus access:add APP USER", "let a user use an app",

@@ -272,11 +272,11 @@ def serve_command(server: Server, user: User, command: bytes, channel: paramiko.
         verb, path = match.groups()
         return serve_git(server, user, verb, names.app_from_repo_path(path), channel,
                          cancelled, request_id)
-    return serve_opus_command(server, user, text, channel)
+    return serve_opus_command(server, user, text, channel, cancelled)
 
 
-def serve_opus_command(server: Server, user: User, text: str,
-                       channel: paramiko.Channel) -> int:
+def serve_opus_command(server: Server, user: User, text: str, channel: paramiko.Channel,
+                       cancelled: threading.Event) -> int:
     """`ssh git@host CMD ARGS…`: the same command table as the host's `opus`, as `user`."""
     try:
         argv = shlex.split(text)
@@ -300,7 +300,7 @@ def serve_opus_command(server: Server, user: User, text: str,
         return data.decode("utf-8", "replace")
 
     commands.run(commands.Context(server.settings, Actor(user), out, read_stdin,
-                                  remote=True), argv)
+                                  remote=True, cancelled=cancelled), argv)
     return 0
 
 

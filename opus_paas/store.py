@@ -114,6 +114,17 @@ class Release:
     created: float
 
 
+@dataclasses.dataclass(frozen=True)
+class Build:
+    id: int
+    app: str
+    sha: str
+    status: str           # running, succeeded or failed
+    started: float
+    finished: float | None
+    log_path: Path
+
+
 class Store:
     """Typed access to opus.db."""
 
@@ -344,6 +355,22 @@ class Store:
                 "UPDATE builds SET status = ?, finished = ? WHERE id = ?",
                 ("succeeded" if succeeded else "failed", time.time(), build_id),
             )
+
+    def list_releases(self, app: App) -> list[Release]:
+        """Newest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC",
+                              (app.id,)).fetchall()
+        return [Release(app.name, r["version"], r["sha"], r["description"], r["created"])
+                for r in rows]
+
+    def list_builds(self, app: App) -> list[Build]:
+        """Newest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM builds WHERE app_id = ? ORDER BY id DESC",
+                              (app.id,)).fetchall()
+        return [Build(r["id"], app.name, r["sha"], r["status"], r["started"], r["finished"],
+                      Path(r["log_path"])) for r in rows]
 
     def next_release_version(self, app: App) -> int:
         """One past every recorded release and the live one (never a live slug's number)."""

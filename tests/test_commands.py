@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Opus, SshKey, git, make_key
+from tests.conftest import Opus, SshKey, git, make_django_project, make_key
 
 APP = "cmdapp"
 
@@ -49,6 +50,9 @@ FORBIDDEN = f"opus: only cmd-owner (the owner) or an admin may do that to {APP}"
 MATRIX = [
     (["apps:info", APP], "ok", "ok", "ok", NOT_FOUND),
     (["access", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["releases", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["builds", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["logs", APP, "-n", "1"], "ok", "ok", "ok", NOT_FOUND),
     (["access:add", APP, "cmd-other"], "ok", "ok", FORBIDDEN, NOT_FOUND),
     (["access:remove", APP, "cmd-other"], "ok", "ok", FORBIDDEN, NOT_FOUND),
     (["git:set", APP, "deploy-branch", "main"], "ok", "ok", FORBIDDEN, NOT_FOUND),
@@ -141,6 +145,86 @@ def test_creating_an_existing_app_is_refused(opus: Opus, people: dict[str, SshKe
     result = ssh(opus, people["stranger"], "apps:create", APP)
     assert (result.returncode, result.stderr.strip()) == (
         5, f"opus: app {APP} already exists; choose another name")
+
+
+# ---- releases, builds and logs of a deployed app ------------------------------------------
+
+LIVE = "cmdlive"
+
+
+@pytest.fixture(scope="module")
+def live_app(opus: Opus, people: dict[str, SshKey],
+             tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = make_django_project(tmp_path_factory.mktemp("live") / "proj", "Live for logs")
+    result = git(project, "push", f"ssh://git@127.0.0.1:{opus.ssh_port}/{LIVE}.git", "main",
+                 env=people["owner"].git_env(opus), check=False)
+    assert result.returncode == 0, result.stderr
+    return project
+
+
+def test_releases_and_build_output(opus: Opus, people: dict[str, SshKey],
+                                   live_app: Path) -> None:
+    sha = git(live_app, "rev-parse", "HEAD").stdout.strip()
+    text = ssh(opus, people["owner"], "releases", LIVE).stdout
+    assert text.startswith(f"v1     {sha[:7]}") and text.rstrip().endswith("(live)")
+    listed = json.loads(ssh(opus, people["owner"], "releases", LIVE, "--json").stdout)
+    assert [(r["version"], r["sha"], r["live"]) for r in listed] == [(1, sha, True)]
+    builds = json.loads(ssh(opus, people["owner"], "builds", LIVE, "--json").stdout)
+    assert [b["status"] for b in builds] == ["succeeded"]
+    output = ssh(opus, people["owner"], "builds:output", LIVE).stdout
+    assert f"-----> Building {LIVE} from {sha[:7]}" in output
+    assert "-----> Released v1" in output and str(opus.home) not in output
+    same = ssh(opus, people["owner"], "builds:output", LIVE, str(builds[0]["id"])).stdout
+    assert same == output
+    missing = ssh(opus, people["owner"], "builds:output", LIVE, "999999")
+    assert missing.returncode == 3 and "no such build" in missing.stderr
+    assert ssh(opus, people["stranger"], "builds:output", LIVE).stderr.strip() == \
+        f"opus: app {LIVE} not found, or you may not use it"
+
+
+def test_logs_show_the_last_lines_and_follow_new_ones(opus: Opus, people: dict[str, SshKey],
+                                                      live_app: Path) -> None:
+    marker = f"/logs-marker-{time.time_ns()}"
+    assert opus.get(opus.app_host(LIVE), marker)[0] == 404
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        shown = ssh(opus, people["owner"], "logs", LIVE, "-n", "50").stdout
+        if marker in shown:
+            break
+        time.sleep(0.3)
+    assert marker in shown
+    assert all(line.startswith("web: ") for line in shown.splitlines())
+    assert len(ssh(opus, people["owner"], "logs", LIVE, "-n", "2").stdout.splitlines()) == 2
+
+    follower = subprocess.Popen(
+        ["ssh", "-i", str(people["owner"].private), "-o", "IdentitiesOnly=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-p", str(opus.ssh_port),
+         "git@127.0.0.1", f"logs {LIVE} -t -n 0 --ps web"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        live_marker = f"/live-marker-{time.time_ns()}"
+        opus.get(opus.app_host(LIVE), live_marker)
+        assert follower.stdout is not None
+        line = follower.stdout.readline()
+        while live_marker not in line and line:
+            line = follower.stdout.readline()
+        assert live_marker in line and line.startswith("web: ")
+    finally:
+        follower.kill()
+        follower.communicate()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--ps", "worker"], f"opus: no worker log for {LIVE} yet"),
+    (["--ps", "../../etc/passwd"], "opus: invalid process type"),
+    (["-n", "many"], "opus: -n needs a number of lines"),
+])
+def test_logs_refuse_bad_options(opus: Opus, people: dict[str, SshKey], live_app: Path,
+                                 args: list[str], message: str) -> None:
+    result = ssh(opus, people["owner"], "logs", LIVE, *args)
+    assert result.returncode != 0 and result.stderr.startswith(message), result.stderr
 
 
 # ---- users and keys ---------------------------------------------------------------------
