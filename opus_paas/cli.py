@@ -1,10 +1,11 @@
-"""The `opus` entry point: the command table's local edge."""
+"""The `opus` entry point: the command table's local edge, or client mode over SSH."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from opus_paas import commands
+from opus_paas import client, commands
 from opus_paas import settings as settings_module
 from opus_paas.errors import OpusError
 
@@ -12,7 +13,15 @@ from opus_paas.errors import OpusError
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
+        args, remote_name = client.take_remote_option(args)
         settings = settings_module.load()
+        host_only = bool(args) and args[0] in commands.TABLE and \
+            commands.TABLE[args[0]].local_only
+        if not host_only:
+            remote = client.find_remote(remote_name, Path.cwd(),
+                                        local_opus=settings.db_path.exists())
+            if remote is not None:
+                return client.run(remote, args)
         commands.run(commands.local_context(settings), args)
     except OpusError as exc:
         print(f"opus: {exc.message}", file=sys.stderr)

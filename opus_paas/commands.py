@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opus_paas import __version__, access, apps, gitserver, keys, lifecycle, logs, redact
+from opus_paas import __version__, access, apps, deploy, gitserver, keys, lifecycle, logs, redact
+from opus_paas import restart as restart_module
 from opus_paas.access import Actor
 from opus_paas.errors import NotFound, UsageError
 from opus_paas.settings import Settings
@@ -139,6 +140,109 @@ def cmd_apps_destroy(ctx: Context, args: list[str]) -> None:
         raise UsageError(f"usage: {usage}")
     apps.destroy(ctx.settings, ctx.store, ctx.actor, args[0], confirm)
     ctx.out(f"Destroyed {args[0]}: its code, releases, data and logs are gone.")
+
+
+# ---- config and rollback ---------------------------------------------------------------
+
+def cmd_config(ctx: Context, args: list[str]) -> None:
+    _arity("opus config APP", args, 1)
+    app = access.app_for(ctx.store, ctx.actor, args[0])
+    config = ctx.store.config(app)
+    if ctx.json:
+        ctx.emit_json(config)
+        return
+    width = max((len(k) for k in config), default=0) + 1
+    for key, value in config.items():
+        ctx.out(f"{key + ':':<{width}} {value}")
+
+
+def cmd_config_get(ctx: Context, args: list[str]) -> None:
+    _arity("opus config:get APP KEY", args, 2)
+    app = access.app_for(ctx.store, ctx.actor, args[0])
+    config = ctx.store.config(app)
+    if args[1] not in config:
+        raise NotFound(f"{app.name} has no config var {args[1]}; `opus config {app.name}` "
+                       "lists them")
+    ctx.out(config[args[1]])
+
+
+def _restart_flag(args: list[str]) -> tuple[list[str], bool]:
+    return [a for a in args if a != "--no-restart"], "--no-restart" not in args
+
+
+def cmd_config_set(ctx: Context, args: list[str]) -> None:
+    usage = "opus config:set APP KEY=VALUE… [--no-restart]"
+    args, restart = _restart_flag(args)
+    if len(args) < 2:
+        raise UsageError(f"usage: {usage}")
+    updates: dict[str, str] = {}
+    for pair in args[1:]:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"{pair!r} has no '='; usage: {usage}")
+        updates[key] = value
+    version = restart_module.change_config(ctx.settings, ctx.store, ctx.actor, args[0],
+                                           updates, [], restart=restart, emit=ctx.out)
+    _config_done(ctx, args[0], ", ".join(updates), "Set", version)
+
+
+def cmd_config_unset(ctx: Context, args: list[str]) -> None:
+    args, restart = _restart_flag(args)
+    if len(args) < 2:
+        raise UsageError("usage: opus config:unset APP KEY… [--no-restart]")
+    version = restart_module.change_config(ctx.settings, ctx.store, ctx.actor, args[0], {},
+                                           args[1:], restart=restart, emit=ctx.out)
+    _config_done(ctx, args[0], ", ".join(args[1:]), "Unset", version)
+
+
+def _config_done(ctx: Context, app: str, keys_: str, verb: str, version: int | None) -> None:
+    if version is None:
+        ctx.out(f"{verb} {keys_} on {app}; the next deploy takes it.")
+    else:
+        ctx.out(f"{verb} {keys_} on {app}; v{version} is live.")
+
+
+def cmd_rollback(ctx: Context, args: list[str]) -> None:
+    _arity("opus rollback APP [vN]", args, (1, 2))
+    target = None
+    if len(args) == 2:
+        text = args[1].removeprefix("v")
+        if not text.isdigit():
+            raise UsageError(f"{args[1]!r} is not a release; give one such as v3")
+        target = int(text)
+    version = restart_module.rollback(ctx.settings, ctx.store, ctx.actor, args[0], target,
+                                      ctx.out)
+    ctx.out(f"Rolled {args[0]} back; v{version} is live.")
+
+
+# ---- domains ---------------------------------------------------------------------------
+
+def cmd_domains(ctx: Context, args: list[str]) -> None:
+    _arity("opus domains APP", args, 1)
+    app = access.app_for(ctx.store, ctx.actor, args[0])
+    found = deploy.app_domains(ctx.settings, ctx.store, app)
+    if ctx.json:
+        ctx.emit_json(found)
+        return
+    for domain in found:
+        ctx.out(domain)
+
+
+def _change_domain(ctx: Context, args: list[str], add: bool) -> None:
+    verb = "add" if add else "remove"
+    _arity(f"opus domains:{verb} APP DOMAIN", args, 2)
+    version = restart_module.change_domain(ctx.settings, ctx.store, ctx.actor, args[0],
+                                           args[1], add=add, emit=ctx.out)
+    done = f"{'Added' if add else 'Removed'} {args[1]} {'to' if add else 'from'} {args[0]}"
+    ctx.out(done + (f"; v{version} is live." if version else "."))
+
+
+def cmd_domains_add(ctx: Context, args: list[str]) -> None:
+    _change_domain(ctx, args, add=True)
+
+
+def cmd_domains_remove(ctx: Context, args: list[str]) -> None:
+    _change_domain(ctx, args, add=False)
 
 
 # ---- releases, builds, logs ------------------------------------------------------------
@@ -369,6 +473,22 @@ TABLE: dict[str, Command] = {c.name: c for c in [
     Command("apps:info", "opus apps:info APP", "show an app", cmd_apps_info, takes_app=True),
     Command("apps:destroy", "opus apps:destroy APP --confirm APP",
             "delete an app and everything it has", cmd_apps_destroy, takes_app=True),
+    Command("config", "opus config APP", "show an app's config vars", cmd_config,
+            takes_app=True),
+    Command("config:get", "opus config:get APP KEY", "print one config var", cmd_config_get,
+            takes_app=True),
+    Command("config:set", "opus config:set APP KEY=VALUE… [--no-restart]",
+            "set config vars (one new release)", cmd_config_set, takes_app=True),
+    Command("config:unset", "opus config:unset APP KEY… [--no-restart]",
+            "unset config vars (one new release)", cmd_config_unset, takes_app=True),
+    Command("domains", "opus domains APP", "list an app's domains", cmd_domains,
+            takes_app=True),
+    Command("domains:add", "opus domains:add APP DOMAIN", "serve an app on a domain",
+            cmd_domains_add, takes_app=True),
+    Command("domains:remove", "opus domains:remove APP DOMAIN", "stop serving a domain",
+            cmd_domains_remove, takes_app=True),
+    Command("rollback", "opus rollback APP [vN]", "go back to an earlier release",
+            cmd_rollback, takes_app=True),
     Command("releases", "opus releases APP", "list an app's releases", cmd_releases,
             takes_app=True),
     Command("builds", "opus builds APP", "list an app's builds", cmd_builds, takes_app=True),

@@ -40,9 +40,11 @@ def web_program_name(app: str, version: int) -> str:
     return f"{app}-web-v{version}"
 
 
-def web_program(settings: Settings, app: str, version: int, port: int) -> Program:
-    """The supervisor program serving release `version` of `app` under mod_wsgi-express."""
-    slug = release.slug_dir(settings, app, version)
+def web_program(settings: Settings, app: str, version: int, port: int,
+                slug_version: int | None = None) -> Program:
+    """The supervisor program serving release `version` of `app` under mod_wsgi-express,
+    from the slug built for release `slug_version` (its own by default)."""
+    slug = release.slug_dir(settings, app, version if slug_version is None else slug_version)
     server_root = release.app_dir(settings, app) / "run" / f"web-{port}"
     command = [
         str(slug / ".opus" / "venv" / "bin" / "mod_wsgi-express"), "start-server",
@@ -96,20 +98,27 @@ def check_health(settings: Settings, host: str, port: int, program: str,
                       "keeps serving")
 
 
-def site_for(settings: Settings, app: App) -> front.Site | None:
+def app_domains(settings: Settings, store: Store, app: App) -> list[str]:
+    """The host names an app answers to: <app>.<domain>, then its custom domains."""
+    return [settings.app_domain(app.name), *store.domains(app)]
+
+
+def site_for(settings: Settings, app: App, custom: list[str]) -> front.Site | None:
     if app.live_port is None:
         return None
     return front.Site(
         app=app.name,
-        domains=(settings.app_domain(app.name),),
+        domains=(settings.app_domain(app.name), *custom),
         port=app.live_port,
         static_dir=release.app_dir(settings, app.name) / "current" / ".opus" / "static",
     )
 
 
-def live_sites(settings: Settings, apps: list[App]) -> list[front.Site]:
-    """The front's sites: every app that has a live release."""
-    return [s for s in (site_for(settings, a) for a in apps) if s is not None]
+def live_sites(settings: Settings, store: Store, apps: list[App]) -> list[front.Site]:
+    """The front's sites: every app that has a live release, with its domains."""
+    custom = store.all_domains()
+    return [s for s in (site_for(settings, a, custom.get(a.id, [])) for a in apps)
+            if s is not None]
 
 
 def refresh_front(settings: Settings, store: Store, supervisor: Supervisor,
@@ -124,7 +133,7 @@ def refresh_front(settings: Settings, store: Store, supervisor: Supervisor,
 def _refresh_front(settings: Settings, store: Store, supervisor: Supervisor,
                    pending: App | None = None) -> None:
     apps = [pending if pending and a.id == pending.id else a for a in store.list_apps()]
-    changed = front.write(settings, live_sites(settings, apps))
+    changed = front.write(settings, live_sites(settings, store, apps))
     if changed and supervisor.process_state("opus-front") == "RUNNING":
         supervisor.signal("opus-front", "USR1")
 
@@ -138,13 +147,20 @@ def set_programs(settings: Settings, supervisor: Supervisor, app: str,
         supervisor.apply()
 
 
+def live_program(settings: Settings, app: App) -> Program | None:
+    """The program serving `app` now, if any."""
+    if app.live_version is None or app.live_port is None:
+        return None
+    return web_program(settings, app.name, app.live_version, app.live_port, app.live_slug)
+
+
 def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
-           version: int, emit: Emit) -> None:
+           version: int, emit: Emit, slug_version: int | None = None) -> None:
     """Bring release `version` live; on any failure the old release keeps serving."""
     port = next_port(settings, app)
-    new = web_program(settings, app.name, version, port)
-    old = (web_program(settings, app.name, app.live_version, app.live_port)
-           if app.live_version is not None and app.live_port is not None else None)
+    slug_version = version if slug_version is None else slug_version
+    new = web_program(settings, app.name, version, port, slug_version)
+    old = live_program(settings, app)
     Path(new.log_file).parent.mkdir(parents=True, exist_ok=True)
     emit(f"-----> Starting v{version} on its own port")
     set_programs(settings, supervisor, app.name, [p for p in (old, new) if p])
@@ -161,8 +177,8 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
                            pending=dataclasses.replace(app, live_version=version,
                                                        live_port=port))
             switched = True
-            release.point_current(settings, app.name, version)
-            store.set_live(app, version, port)
+            release.point_current(settings, app.name, slug_version)
+            store.set_live(app, version, port, slug_version)
     except BaseException:
         # Whatever stopped the deploy (a failed check, the client gone, a bug), the new
         # instance goes and the old one keeps serving.
@@ -180,8 +196,8 @@ def reconcile(settings: Settings, store: Store, supervisor: Supervisor) -> None:
     """Make supervisor's app programs and the front match the database."""
     with locks.host_lock(settings):
         for app in store.list_apps():
-            programs = ([web_program(settings, app.name, app.live_version, app.live_port)]
-                        if app.live_version is not None and app.live_port is not None else [])
+            live = live_program(settings, app)
+            programs = [live] if live else []
             supervisor.write_programs(program_file(app.name), programs)
         supervisor.apply()
         _refresh_front(settings, store, supervisor)

@@ -67,7 +67,8 @@ def prune_releases(settings: Settings, store: Store, app_name: str) -> list[int]
     app = store.get_app(app_name)
     if app is None:
         return []
-    keep = {app.live_version} if app.live_version is not None else set()
+    live = app.live_slug or app.live_version
+    keep = {live} if live is not None else set()
     return release.prune(settings, app_name, keep, settings.keep_releases)
 
 

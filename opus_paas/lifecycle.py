@@ -92,7 +92,7 @@ def up(settings: Settings) -> list[str]:
     """Start (or bring back to the database's state) everything; return the next steps."""
     store = prepare_home(settings)
     supervisor = Supervisor(settings)
-    front.write(settings, deploy.live_sites(settings, store.list_apps()))
+    front.write(settings, deploy.live_sites(settings, store, store.list_apps()))
     supervisor.conf_d.mkdir(parents=True, exist_ok=True)
     supervisor.write_programs("opus", own_programs(settings))
     if supervisor.is_running():

@@ -82,7 +82,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
                 emit_and_log(f" !     Procfile types not run yet: {', '.join(ignored)} "
                              "(Opus runs web and release for now)")
             env = release.runtime_env(settings, app, slug, config, result.info,
-                                      [settings.app_domain(app.name)])
+                                      deploy.app_domains(settings, store, app))
             release.write_env_file(settings, app.name, version, env)
             if types.get("release"):
                 release.run_release_command(settings, slug, types["release"], env, emit_and_log,
@@ -90,7 +90,8 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             if cancelled.is_set():
                 raise BuildFailed("cancelled: the client disconnected before the switch")
             deploy.deploy(settings, store, Supervisor(settings), app, version, emit_and_log)
-            store.add_release(app, version, sha.decode(), f"Deploy {sha.decode()[:7]}")
+            store.add_release(app, version, sha.decode(), f"Deploy {sha.decode()[:7]}",
+                              config=config)
             emit_and_log(f"-----> Released v{version} in {time.monotonic() - started:.1f} s")
             emit_and_log(f"       http://{settings.app_domain(app.name)}:{settings.http_port}/")
             ok = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -38,12 +39,17 @@ CREATE TABLE IF NOT EXISTS apps (
     created REAL NOT NULL,
     live_version INTEGER,
     live_port INTEGER,
-    deploy_branch TEXT NOT NULL DEFAULT 'main'
+    deploy_branch TEXT NOT NULL DEFAULT 'main',
+    live_slug INTEGER
 );
 CREATE TABLE IF NOT EXISTS access (
     app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
     user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     PRIMARY KEY (app_id, user_id)
+);
+CREATE TABLE IF NOT EXISTS domains (
+    domain TEXT PRIMARY KEY,
+    app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE
 );
 CREATE TABLE IF NOT EXISTS config (
     app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
@@ -58,6 +64,8 @@ CREATE TABLE IF NOT EXISTS releases (
     sha TEXT NOT NULL,
     description TEXT NOT NULL,
     created REAL NOT NULL,
+    slug_version INTEGER,
+    config TEXT NOT NULL DEFAULT '{}',
     UNIQUE (app_id, version)
 );
 CREATE TABLE IF NOT EXISTS builds (
@@ -103,6 +111,7 @@ class App:
     live_version: int | None   # the release serving traffic
     live_port: int | None      # the loopback port its web instance listens on
     deploy_branch: str = "main"   # the branch whose pushes build and deploy
+    live_slug: int | None = None  # the build the live release runs (None: its own)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +121,8 @@ class Release:
     sha: str
     description: str
     created: float
+    slug_version: int = 0              # the release whose build (slug) this one runs
+    config: dict[str, str] = dataclasses.field(default_factory=dict)   # its config vars
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +293,37 @@ class Store:
                              (app.id, user.id))
         return cur.rowcount > 0
 
+    # ---- domains -----------------------------------------------------------
+    def domains(self, app: App) -> list[str]:
+        with self._db() as db:
+            rows = db.execute("SELECT domain FROM domains WHERE app_id = ? ORDER BY domain",
+                              (app.id,)).fetchall()
+        return [r[0] for r in rows]
+
+    def all_domains(self) -> dict[int, list[str]]:
+        """Custom domains by app id."""
+        found: dict[int, list[str]] = {}
+        with self._db() as db:
+            for row in db.execute("SELECT app_id, domain FROM domains ORDER BY domain"):
+                found.setdefault(row[0], []).append(row[1])
+        return found
+
+    def add_domain(self, app: App, domain: str) -> None:
+        with self._db() as db:
+            row = db.execute("SELECT apps.name FROM domains JOIN apps ON apps.id ="
+                             " domains.app_id WHERE domain = ?", (domain,)).fetchone()
+            if row is not None:
+                raise Conflict(f"{domain} is already in use"
+                               + (f" by {app.name}" if row[0] == app.name else "")
+                               + "; remove it there first")
+            db.execute("INSERT INTO domains (domain, app_id) VALUES (?, ?)", (domain, app.id))
+
+    def remove_domain(self, app: App, domain: str) -> bool:
+        with self._db() as db:
+            cur = db.execute("DELETE FROM domains WHERE domain = ? AND app_id = ?",
+                             (domain, app.id))
+        return cur.rowcount > 0
+
     # ---- apps --------------------------------------------------------------
     def create_app(self, name: str, owner: User, initial_config: dict[str, str]) -> App:
         with self._db() as db:
@@ -326,11 +368,12 @@ class Store:
             ).fetchall()
         return [_app(r) for r in rows]
 
-    def set_live(self, app: App, version: int, port: int) -> None:
-        """Record which release serves the app, and on which port."""
+    def set_live(self, app: App, version: int, port: int, slug: int | None = None) -> None:
+        """Record which release serves the app, from which build, on which port."""
         with self._db() as db:
-            db.execute("UPDATE apps SET live_version = ?, live_port = ? WHERE id = ?",
-                       (version, port, app.id))
+            db.execute("UPDATE apps SET live_version = ?, live_port = ?, live_slug = ?"
+                       " WHERE id = ?", (version, port, version if slug is None else slug,
+                                         app.id))
 
     def config(self, app: App) -> dict[str, str]:
         with self._db() as db:
@@ -361,8 +404,7 @@ class Store:
         with self._db() as db:
             rows = db.execute("SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC",
                               (app.id,)).fetchall()
-        return [Release(app.name, r["version"], r["sha"], r["description"], r["created"])
-                for r in rows]
+        return [_release(app, r) for r in rows]
 
     def list_builds(self, app: App) -> list[Build]:
         """Newest first."""
@@ -381,14 +423,50 @@ class Store:
             ).fetchone()
         return int(row[0]) + 1
 
-    def add_release(self, app: App, version: int, sha: str, description: str) -> Release:
+    def add_release(self, app: App, version: int, sha: str, description: str, *,
+                    slug_version: int | None = None,
+                    config: dict[str, str] | None = None) -> Release:
         now = time.time()
+        slug = version if slug_version is None else slug_version
+        snapshot = dict(config or {})
         with self._db() as db:
             db.execute(
-                "INSERT INTO releases (app_id, version, sha, description, created)"
-                " VALUES (?, ?, ?, ?, ?)", (app.id, version, sha, description, now)
+                "INSERT INTO releases (app_id, version, sha, description, created,"
+                " slug_version, config) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (app.id, version, sha, description, now, slug, json.dumps(snapshot))
             )
-        return Release(app.name, version, sha, description, now)
+        return Release(app.name, version, sha, description, now, slug, snapshot)
+
+    def get_release(self, app: App, version: int) -> Release | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM releases WHERE app_id = ? AND version = ?",
+                             (app.id, version)).fetchone()
+        return None if row is None else _release(app, row)
+
+    def change_config(self, app: App, updates: dict[str, str],
+                      removals: list[str]) -> dict[str, str]:
+        """Apply `updates` and `removals` in one transaction; return the new config."""
+        with self._db() as db:
+            for key in removals:
+                db.execute("DELETE FROM config WHERE app_id = ? AND key = ?", (app.id, key))
+            db.executemany(
+                "INSERT INTO config (app_id, key, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (app_id, key) DO UPDATE SET value = excluded.value",
+                [(app.id, k, v) for k, v in updates.items()])
+            rows = db.execute("SELECT key, value FROM config WHERE app_id = ? ORDER BY key",
+                              (app.id,)).fetchall()
+        return {r["key"]: r["value"] for r in rows}
+
+    def replace_config(self, app: App, config: dict[str, str]) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM config WHERE app_id = ?", (app.id,))
+            db.executemany("INSERT INTO config (app_id, key, value) VALUES (?, ?, ?)",
+                           [(app.id, k, v) for k, v in config.items()])
+
+
+def _release(app: App, row: sqlite3.Row) -> Release:
+    return Release(app.name, row["version"], row["sha"], row["description"], row["created"],
+                   row["slug_version"] or row["version"], json.loads(row["config"] or "{}"))
 
 
 def _keep_an_admin(db: sqlite3.Connection, user: User) -> None:
@@ -403,6 +481,12 @@ def _migrate(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(apps)")}
     if "deploy_branch" not in columns:
         conn.execute("ALTER TABLE apps ADD COLUMN deploy_branch TEXT NOT NULL DEFAULT 'main'")
+    if "live_slug" not in columns:
+        conn.execute("ALTER TABLE apps ADD COLUMN live_slug INTEGER")
+    release_columns = {row[1] for row in conn.execute("PRAGMA table_info(releases)")}
+    if "slug_version" not in release_columns:
+        conn.execute("ALTER TABLE releases ADD COLUMN slug_version INTEGER")
+        conn.execute("ALTER TABLE releases ADD COLUMN config TEXT NOT NULL DEFAULT '{}'")
     user_columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
     if "password_hash" not in user_columns:
         conn.execute("ALTER TABLE users ADD COLUMN password_hash TEXT")
@@ -410,4 +494,4 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 def _app(row: sqlite3.Row) -> App:
     return App(row["id"], row["name"], row["owner"], row["live_version"], row["live_port"],
-               row["deploy_branch"])
+               row["deploy_branch"], row["live_slug"])

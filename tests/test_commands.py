@@ -51,6 +51,11 @@ MATRIX = [
     (["apps:info", APP], "ok", "ok", "ok", NOT_FOUND),
     (["access", APP], "ok", "ok", "ok", NOT_FOUND),
     (["releases", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["config", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["domains", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["config:get", APP, "SECRET_KEY"], "ok", "ok", "ok", NOT_FOUND),
+    (["config:set", APP, "MATRIX=1"], "ok", "ok", "ok", NOT_FOUND),
+    (["config:unset", APP, "MATRIX"], "ok", "ok", "ok", NOT_FOUND),
     (["builds", APP], "ok", "ok", "ok", NOT_FOUND),
     (["logs", APP, "-n", "1"], "ok", "ok", "ok", NOT_FOUND),
     (["access:add", APP, "cmd-other"], "ok", "ok", FORBIDDEN, NOT_FOUND),
@@ -214,6 +219,125 @@ def test_logs_show_the_last_lines_and_follow_new_ones(opus: Opus, people: dict[s
     finally:
         follower.kill()
         follower.communicate()
+
+
+TRICKY = 'hello "world" \'quoted\'\nsecond line ünïcödé \x1b[31m $(id) `id` ; rm -rf /'
+
+
+def test_config_set_makes_one_release_and_keeps_values_exactly(
+        opus: Opus, people: dict[str, SshKey], live_app: Path) -> None:
+    owner = people["owner"]
+    before = json.loads(ssh(opus, owner, "releases", LIVE, "--json").stdout)[0]["version"]
+    result = ssh(opus, owner, "config:set", LIVE, f"GREETING={TRICKY}", "EMPTY=", "X=1=2")
+    assert result.returncode == 0, result.stderr
+    assert f"v{before + 1} is live" in result.stdout
+    releases = json.loads(ssh(opus, owner, "releases", LIVE, "--json").stdout)
+    assert (releases[0]["version"], releases[0]["live"]) == (before + 1, True)
+    assert releases[0]["description"] == "Set GREETING, EMPTY, X"
+    config = json.loads(ssh(opus, owner, "config", LIVE, "--json").stdout)
+    assert (config["GREETING"], config["EMPTY"], config["X"]) == (TRICKY, "", "1=2")
+    assert ssh(opus, owner, "config:get", LIVE, "GREETING").stdout == TRICKY + "\n"
+    # The running release got them: its environment snapshot holds them exactly.
+    env = json.loads((opus.home / "apps" / LIVE / "env" / f"v{before + 1}.json").read_text())
+    assert env["GREETING"] == TRICKY
+    assert opus.get(opus.app_host(LIVE))[0] == 200
+    unset = ssh(opus, owner, "config:unset", LIVE, "EMPTY", "X")
+    assert unset.returncode == 0 and f"v{before + 2} is live" in unset.stdout
+    assert "X" not in json.loads(ssh(opus, owner, "config", LIVE, "--json").stdout)
+
+
+def test_config_set_without_restart_waits_for_the_next_deploy(
+        opus: Opus, people: dict[str, SshKey], live_app: Path) -> None:
+    owner = people["owner"]
+    before = ssh(opus, owner, "releases", LIVE, "--json").stdout
+    result = ssh(opus, owner, "config:set", LIVE, "LATER=yes", "--no-restart")
+    assert "the next deploy takes it" in result.stdout
+    assert ssh(opus, owner, "releases", LIVE, "--json").stdout == before
+    assert ssh(opus, owner, "config:get", LIVE, "LATER").stdout == "yes\n"
+
+
+@pytest.mark.parametrize("pairs", [["GOOD=1", "bad key=2"], ["GOOD=1", "1BAD=2"],
+                                   ["GOOD=1", "NOEQUALS"]])
+def test_a_bad_pair_sets_nothing(opus: Opus, people: dict[str, SshKey], live_app: Path,
+                                 pairs: list[str]) -> None:
+    owner = people["owner"]
+    before = ssh(opus, owner, "releases", LIVE, "--json").stdout
+    result = ssh(opus, owner, "config:set", LIVE, *pairs)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "GOOD" not in json.loads(ssh(opus, owner, "config", LIVE, "--json").stdout)
+    assert ssh(opus, owner, "releases", LIVE, "--json").stdout == before
+
+
+def test_a_config_that_breaks_the_app_changes_nothing(opus: Opus, people: dict[str, SshKey],
+                                                      live_app: Path) -> None:
+    owner = people["owner"]
+    before = ssh(opus, owner, "releases", LIVE, "--json").stdout
+    result = ssh(opus, owner, "config:set", LIVE, "DATABASE_URL=postgres://nowhere/db")
+    assert result.returncode == 6, result.stdout + result.stderr
+    assert "health check" in result.stderr
+    assert "DATABASE_URL" not in json.loads(ssh(opus, owner, "config", LIVE, "--json").stdout)
+    assert ssh(opus, owner, "releases", LIVE, "--json").stdout == before
+    assert opus.get(opus.app_host(LIVE))[0] == 200
+
+
+def test_rollback_brings_back_an_earlier_release_and_its_config(
+        opus: Opus, people: dict[str, SshKey], live_app: Path) -> None:
+    owner = people["owner"]
+    ssh(opus, owner, "config:set", LIVE, "COLOUR=red")
+    ssh(opus, owner, "config:set", LIVE, "COLOUR=blue")
+    live = json.loads(ssh(opus, owner, "releases", LIVE, "--json").stdout)[0]["version"]
+    back = ssh(opus, owner, "rollback", LIVE)
+    assert back.returncode == 0, back.stderr
+    assert f"v{live + 1} is live" in back.stdout
+    assert ssh(opus, owner, "config:get", LIVE, "COLOUR").stdout == "red\n"
+    newest = json.loads(ssh(opus, owner, "releases", LIVE, "--json").stdout)[0]
+    assert newest["description"] == f"Rollback to v{live - 1}"
+    to_first = ssh(opus, owner, "rollback", LIVE, "v1")
+    assert to_first.returncode == 0, to_first.stderr
+    assert "COLOUR" not in json.loads(ssh(opus, owner, "config", LIVE, "--json").stdout)
+    assert opus.get(opus.app_host(LIVE))[2].startswith("Live for logs")
+    missing = ssh(opus, owner, "rollback", LIVE, "v999")
+    assert missing.returncode == 3 and "has no release v999" in missing.stderr
+    assert ssh(opus, owner, "rollback", LIVE, "latest").returncode == 2
+
+
+def test_a_custom_domain_is_served_and_allowed_then_removed(
+        opus: Opus, people: dict[str, SshKey], live_app: Path) -> None:
+    owner = people["owner"]
+    added = ssh(opus, owner, "domains:add", LIVE, "www.example.test")
+    assert added.returncode == 0, added.stderr
+    assert "is live" in added.stdout
+    assert json.loads(ssh(opus, owner, "domains", LIVE, "--json").stdout) == [
+        f"{LIVE}.localhost", "www.example.test"]
+    status, _headers, body = opus.get("www.example.test")
+    assert status == 200 and body.startswith("Live for logs")   # Django allowed the host
+    env = json.loads((opus.home / "apps" / LIVE / "env" /
+                      f"v{_live_version(opus, owner)}.json").read_text())
+    assert env["OPUS_ALLOWED_HOSTS"] == f"{LIVE}.localhost,www.example.test"
+    taken = ssh(opus, people["admin"], "domains:add", APP, "www.example.test")
+    assert taken.returncode == 5 and "already in use" in taken.stderr
+    removed = ssh(opus, owner, "domains:remove", LIVE, "www.example.test")
+    assert removed.returncode == 0, removed.stderr
+    assert opus.get("www.example.test")[0] == 404
+    again = ssh(opus, owner, "domains:remove", LIVE, "www.example.test")
+    assert again.returncode == 3
+
+
+def _live_version(opus: Opus, key: SshKey) -> int:
+    listed = json.loads(ssh(opus, key, "releases", LIVE, "--json").stdout)
+    return int(next(r["version"] for r in listed if r["live"]))
+
+
+@pytest.mark.parametrize("domain", [f"{APP}.localhost", "localhost", "opus.localhost",
+                                    "UPPER.test", "a..b.test", "-x.test", "x" * 300 + ".test",
+                                    "evil.test;id", "evil.test\nServerAlias x", "*.test"])
+def test_hostile_domains_are_refused(opus: Opus, people: dict[str, SshKey], live_app: Path,
+                                     domain: str) -> None:
+    before = ssh(opus, people["owner"], "domains", LIVE).stdout
+    result = ssh(opus, people["owner"], "domains:add", LIVE, domain)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert ssh(opus, people["owner"], "domains", LIVE).stdout == before
 
 
 @pytest.mark.parametrize(("args", "message"), [

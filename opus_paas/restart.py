@@ -1,0 +1,145 @@
+"""New releases of an existing build: config changes, domain changes and rollbacks.
+
+Each makes release vN+1 from a kept slug and a config, and deploys it the way a push
+does (new instance, health check, switch). The stored config changes only once the
+new release is live, so a release that fails its check changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from opus_paas import access, deploy, locks, names, privileged, release
+from opus_paas.access import Actor
+from opus_paas.build import Emit
+from opus_paas.errors import BuildFailed, NotFound, UsageError
+from opus_paas.settings import Settings
+from opus_paas.store import App, Release, Store
+from opus_paas.supervisor import Supervisor
+
+
+def release_build(settings: Settings, store: Store, app: App, *, slug_version: int, sha: str,
+                  config: dict[str, str], description: str, emit: Emit) -> int:
+    """Deploy the build of release `slug_version` with `config` as a new release; return
+    its version. The caller holds the app's deploy lock."""
+    slug = release.slug_dir(settings, app.name, slug_version)
+    raw = privileged.read_run_user_file(slug, ".opus/build.json", 64 * 1024)
+    if raw is None:
+        raise NotFound(f"the build of v{slug_version} is no longer kept; push to build "
+                       "again")
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        raise BuildFailed(f"the build of v{slug_version} is damaged; push to build again") \
+            from None
+    version = store.next_release_version(app)
+    env = release.runtime_env(settings, app, slug, config, info,
+                              deploy.app_domains(settings, store, app))
+    release.write_env_file(settings, app.name, version, env)
+    try:
+        deploy.deploy(settings, store, Supervisor(settings), app, version, emit,
+                      slug_version=slug_version)
+    except BaseException:
+        now = store.get_app(app.name)
+        if now is None or now.live_version != version:
+            release.env_file(settings, app.name, version).unlink(missing_ok=True)
+        raise
+    store.add_release(app, version, sha, description, slug_version=slug_version,
+                      config=config)
+    emit(f"-----> Released v{version}")
+    return version
+
+
+def _say_waiting(app: App, emit: Emit) -> Callable[[], None]:
+    return lambda: emit(f"waiting for the deploy of {app.name} to finish…")
+
+
+def _live_release(store: Store, app: App) -> Release | None:
+    return None if app.live_version is None else store.get_release(app, app.live_version)
+
+
+def change_config(settings: Settings, store: Store, actor: Actor, app_name: str,
+                  updates: dict[str, str], removals: list[str], *, restart: bool,
+                  emit: Emit) -> int | None:
+    """Set `updates` and unset `removals` together, in one new release (unless the app
+    has none live, or `restart` is off: then the next deploy takes them). Returns the
+    new release's version, if one was made."""
+    for key in [*updates, *removals]:
+        names.check_config_key(key)
+    for key, value in updates.items():
+        if "\0" in value:
+            raise UsageError(f"the value of {key} contains a NUL byte, which no process "
+                             "environment can carry")
+    app = access.app_for(store, actor, app_name)
+    with locks.app_lock(settings, app.name, on_wait=_say_waiting(app, emit)):
+        app = store.get_app(app.name) or app
+        config = {k: v for k, v in store.config(app).items() if k not in removals}
+        config.update(updates)
+        live = _live_release(store, app)
+        version = None
+        if restart and live is not None:
+            what = "Set " + ", ".join(updates) if updates else "Unset " + ", ".join(removals)
+            version = release_build(settings, store, app, slug_version=live.slug_version,
+                                    sha=live.sha, config=config, description=what, emit=emit)
+        store.replace_config(app, config)
+    return version
+
+
+def rollback(settings: Settings, store: Store, actor: Actor, app_name: str,
+             target: int | None, emit: Emit) -> int:
+    """Make a new release from release `target` (default: the one before the live one):
+    its build and its config."""
+    app = access.app_for(store, actor, app_name)
+    with locks.app_lock(settings, app.name, on_wait=_say_waiting(app, emit)):
+        app = store.get_app(app.name) or app
+        if app.live_version is None:
+            raise NotFound(f"{app.name} has no release to roll back from; push first")
+        if target is None:
+            older = [r for r in store.list_releases(app) if r.version < app.live_version]
+            if not older:
+                raise NotFound(f"{app.name} has no release before v{app.live_version}")
+            chosen: Release | None = older[0]
+        else:
+            chosen = store.get_release(app, target)
+        if chosen is None:
+            raise NotFound(f"{app.name} has no release v{target}; `opus releases "
+                           f"{app.name}` lists them")
+        version = release_build(settings, store, app, slug_version=chosen.slug_version,
+                                sha=chosen.sha, config=chosen.config,
+                                description=f"Rollback to v{chosen.version}", emit=emit)
+        store.replace_config(app, chosen.config)
+    return version
+
+
+def change_domain(settings: Settings, store: Store, actor: Actor, app_name: str,
+                  domain: str, *, add: bool, emit: Emit) -> int | None:
+    """Add or remove a custom domain; a live app gets a new release (ALLOWED_HOSTS
+    follows) and the front answers for the domain, or stops to. Returns the release made."""
+    names.check_domain(domain)
+    reserved = settings.domain
+    if domain == reserved or domain.endswith("." + reserved):
+        raise UsageError(f"{domain} is under {reserved}, which Opus keeps for app names; "
+                         "give a domain of your own")
+    app = access.app_for(store, actor, app_name)
+    with locks.app_lock(settings, app.name, on_wait=_say_waiting(app, emit)):
+        app = store.get_app(app.name) or app
+        if add:
+            store.add_domain(app, domain)
+        elif not store.remove_domain(app, domain):
+            raise NotFound(f"{app.name} has no domain {domain}; `opus domains {app.name}` "
+                           "lists them")
+        live = _live_release(store, app)
+        if live is None:
+            return None
+        try:
+            return release_build(settings, store, app, slug_version=live.slug_version,
+                                 sha=live.sha, config=live.config,
+                                 description=f"{'Add' if add else 'Remove'} domain {domain}",
+                                 emit=emit)
+        except BaseException:
+            if add:   # put the domains back as they were
+                store.remove_domain(app, domain)
+            else:
+                store.add_domain(app, domain)
+            raise
