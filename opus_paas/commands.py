@@ -17,7 +17,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opus_paas import __version__, access, apps, deploy, gitserver, keys, lifecycle, logs, redact
+from opus_paas import (
+    __version__,
+    access,
+    apps,
+    deploy,
+    gitserver,
+    keys,
+    lifecycle,
+    logs,
+    ps,
+    redact,
+)
 from opus_paas import restart as restart_module
 from opus_paas.access import Actor
 from opus_paas.errors import NotFound, UsageError
@@ -213,6 +224,51 @@ def cmd_rollback(ctx: Context, args: list[str]) -> None:
     version = restart_module.rollback(ctx.settings, ctx.store, ctx.actor, args[0], target,
                                       ctx.out)
     ctx.out(f"Rolled {args[0]} back; v{version} is live.")
+
+
+# ---- processes -------------------------------------------------------------------------
+
+def cmd_ps(ctx: Context, args: list[str]) -> None:
+    _arity("opus ps APP", args, 1)
+    found = ps.processes(ctx.settings, ctx.store, ctx.actor, args[0])
+    if ctx.json:
+        ctx.emit_json(found)
+        return
+    app = access.app_for(ctx.store, ctx.actor, args[0])
+    if not found:
+        ctx.out(f"{app.name} has no processes" + (" (stopped; `opus ps:start` starts it)"
+                                                   if app.stopped else ""))
+    for proc in found:
+        ctx.out(f"{proc['type']}.1  {proc['state']:<9} pid {proc['pid']:<7} "
+                f"up {proc['uptime']} s  {proc['processes']} process(es) x "
+                f"{deploy.THREADS} threads  ({proc['name']})")
+
+
+def cmd_ps_scale(ctx: Context, args: list[str]) -> None:
+    usage = "opus ps:scale APP web=N"
+    if len(args) < 2:
+        raise UsageError(f"usage: {usage}")
+    app = ps.scale(ctx.settings, ctx.store, ctx.actor, args[0], ps.parse_scale(args[1:]),
+                   ctx.out)
+    ctx.out(f"Scaled {app.name}: web={app.web_processes}.")
+
+
+def cmd_ps_restart(ctx: Context, args: list[str]) -> None:
+    _arity("opus ps:restart APP", args, 1)
+    ps.restart(ctx.settings, ctx.store, ctx.actor, args[0], ctx.out)
+    ctx.out(f"Restarted {args[0]}.")
+
+
+def cmd_ps_stop(ctx: Context, args: list[str]) -> None:
+    _arity("opus ps:stop APP", args, 1)
+    ps.stop(ctx.settings, ctx.store, ctx.actor, args[0])
+    ctx.out(f"Stopped {args[0]}; `opus ps:start {args[0]}` starts it again.")
+
+
+def cmd_ps_start(ctx: Context, args: list[str]) -> None:
+    _arity("opus ps:start APP", args, 1)
+    started = ps.start(ctx.settings, ctx.store, ctx.actor, args[0], ctx.out)
+    ctx.out(f"Started {args[0]}." if started else f"{args[0]} is running already.")
 
 
 # ---- domains ---------------------------------------------------------------------------
@@ -481,6 +537,15 @@ TABLE: dict[str, Command] = {c.name: c for c in [
             "set config vars (one new release)", cmd_config_set, takes_app=True),
     Command("config:unset", "opus config:unset APP KEY… [--no-restart]",
             "unset config vars (one new release)", cmd_config_unset, takes_app=True),
+    Command("ps", "opus ps APP", "list an app's processes", cmd_ps, takes_app=True),
+    Command("ps:scale", "opus ps:scale APP web=N", "run web with N processes",
+            cmd_ps_scale, takes_app=True),
+    Command("ps:restart", "opus ps:restart APP", "restart an app without downtime",
+            cmd_ps_restart, takes_app=True),
+    Command("ps:stop", "opus ps:stop APP", "stop an app's processes", cmd_ps_stop,
+            takes_app=True),
+    Command("ps:start", "opus ps:start APP", "start a stopped app", cmd_ps_start,
+            takes_app=True),
     Command("domains", "opus domains APP", "list an app's domains", cmd_domains,
             takes_app=True),
     Command("domains:add", "opus domains:add APP DOMAIN", "serve an app on a domain",

@@ -20,6 +20,7 @@ from opus_paas.store import App, Store
 from opus_paas.supervisor import Program, Supervisor
 
 DRAIN_SECONDS = 1.0
+THREADS = 5   # per mod_wsgi daemon process
 
 
 def ports(settings: Settings, app: App) -> tuple[int, int]:
@@ -36,12 +37,14 @@ def program_file(app: str) -> str:
     return f"app-{app}"
 
 
-def web_program_name(app: str, version: int) -> str:
-    return f"{app}-web-v{version}"
+def web_program_name(app: str, version: int, port: int) -> str:
+    """Release and port both: a restart or a rescale runs the same release on the other
+    port, beside the old instance, under a name of its own."""
+    return f"{app}-web-v{version}-p{port}"
 
 
 def web_program(settings: Settings, app: str, version: int, port: int,
-                slug_version: int | None = None) -> Program:
+                slug_version: int | None = None, processes: int = 1) -> Program:
     """The supervisor program serving release `version` of `app` under mod_wsgi-express,
     from the slug built for release `slug_version` (its own by default)."""
     slug = release.slug_dir(settings, app, version if slug_version is None else slug_version)
@@ -54,10 +57,10 @@ def web_program(settings: Settings, app: str, version: int, port: int,
         "--working-directory", str(slug),
         "--locale", "C.UTF-8",
         "--log-to-terminal", "--access-log",
-        "--processes", "1", "--threads", "5",
+        "--processes", str(processes), "--threads", str(THREADS),
     ]
     return Program(
-        name=web_program_name(app, version),
+        name=web_program_name(app, version, port),
         command=command,
         directory=slug,
         log_file=settings.logs_dir / app / "web.log",
@@ -151,7 +154,8 @@ def live_program(settings: Settings, app: App) -> Program | None:
     """The program serving `app` now, if any."""
     if app.live_version is None or app.live_port is None:
         return None
-    return web_program(settings, app.name, app.live_version, app.live_port, app.live_slug)
+    return web_program(settings, app.name, app.live_version, app.live_port, app.live_slug,
+                       app.web_processes)
 
 
 def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
@@ -159,8 +163,8 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     """Bring release `version` live; on any failure the old release keeps serving."""
     port = next_port(settings, app)
     slug_version = version if slug_version is None else slug_version
-    new = web_program(settings, app.name, version, port, slug_version)
-    old = live_program(settings, app)
+    new = web_program(settings, app.name, version, port, slug_version, app.web_processes)
+    old = None if app.stopped else live_program(settings, app)
     Path(new.log_file).parent.mkdir(parents=True, exist_ok=True)
     emit(f"-----> Starting v{version} on its own port")
     set_programs(settings, supervisor, app.name, [p for p in (old, new) if p])
@@ -179,6 +183,7 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
             switched = True
             release.point_current(settings, app.name, slug_version)
             store.set_live(app, version, port, slug_version)
+            store.set_stopped(app, False)   # a deploy runs the app, stopped or not
     except BaseException:
         # Whatever stopped the deploy (a failed check, the client gone, a bug), the new
         # instance goes and the old one keeps serving.
@@ -196,7 +201,7 @@ def reconcile(settings: Settings, store: Store, supervisor: Supervisor) -> None:
     """Make supervisor's app programs and the front match the database."""
     with locks.host_lock(settings):
         for app in store.list_apps():
-            live = live_program(settings, app)
+            live = None if app.stopped else live_program(settings, app)
             programs = [live] if live else []
             supervisor.write_programs(program_file(app.name), programs)
         supervisor.apply()

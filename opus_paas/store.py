@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS apps (
     live_version INTEGER,
     live_port INTEGER,
     deploy_branch TEXT NOT NULL DEFAULT 'main',
-    live_slug INTEGER
+    live_slug INTEGER,
+    web_processes INTEGER NOT NULL DEFAULT 1,
+    stopped INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS access (
     app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
@@ -112,6 +114,8 @@ class App:
     live_port: int | None      # the loopback port its web instance listens on
     deploy_branch: str = "main"   # the branch whose pushes build and deploy
     live_slug: int | None = None  # the build the live release runs (None: its own)
+    web_processes: int = 1        # mod_wsgi daemon processes of the web instance
+    stopped: bool = False         # stopped by `opus ps:stop`: no process runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,6 +344,15 @@ class Store:
             assert cur.lastrowid is not None
             return App(cur.lastrowid, name, owner.name, None, None)
 
+    def set_scale(self, app: App, web_processes: int) -> None:
+        with self._db() as db:
+            db.execute("UPDATE apps SET web_processes = ? WHERE id = ?",
+                       (web_processes, app.id))
+
+    def set_stopped(self, app: App, stopped: bool) -> None:
+        with self._db() as db:
+            db.execute("UPDATE apps SET stopped = ? WHERE id = ?", (int(stopped), app.id))
+
     def delete_app(self, app: App) -> None:
         """Forget the app and everything recorded about it (config, releases, builds)."""
         with self._db() as db:
@@ -483,6 +496,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE apps ADD COLUMN deploy_branch TEXT NOT NULL DEFAULT 'main'")
     if "live_slug" not in columns:
         conn.execute("ALTER TABLE apps ADD COLUMN live_slug INTEGER")
+    if "web_processes" not in columns:
+        conn.execute("ALTER TABLE apps ADD COLUMN web_processes INTEGER NOT NULL DEFAULT 1")
+        conn.execute("ALTER TABLE apps ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0")
     release_columns = {row[1] for row in conn.execute("PRAGMA table_info(releases)")}
     if "slug_version" not in release_columns:
         conn.execute("ALTER TABLE releases ADD COLUMN slug_version INTEGER")
@@ -494,4 +510,5 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 def _app(row: sqlite3.Row) -> App:
     return App(row["id"], row["name"], row["owner"], row["live_version"], row["live_port"],
-               row["deploy_branch"], row["live_slug"])
+               row["deploy_branch"], row["live_slug"], row["web_processes"],
+               bool(row["stopped"]))

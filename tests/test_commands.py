@@ -53,6 +53,7 @@ MATRIX = [
     (["releases", APP], "ok", "ok", "ok", NOT_FOUND),
     (["config", APP], "ok", "ok", "ok", NOT_FOUND),
     (["domains", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["ps", APP], "ok", "ok", "ok", NOT_FOUND),
     (["config:get", APP, "SECRET_KEY"], "ok", "ok", "ok", NOT_FOUND),
     (["config:set", APP, "MATRIX=1"], "ok", "ok", "ok", NOT_FOUND),
     (["config:unset", APP, "MATRIX"], "ok", "ok", "ok", NOT_FOUND),
@@ -321,6 +322,72 @@ def test_a_custom_domain_is_served_and_allowed_then_removed(
     assert opus.get("www.example.test")[0] == 404
     again = ssh(opus, owner, "domains:remove", LIVE, "www.example.test")
     assert again.returncode == 3
+
+
+def _web_processes(opus: Opus) -> dict[str, list[str]]:
+    """The OS's view: command lines of processes running the app's web instances, by the
+    instance's server root."""
+    found: dict[str, list[str]] = {}
+    marker = str(opus.home / "apps" / LIVE / "run").encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline:
+                root = cmdline[cmdline.index(marker):].split(b"/")[len(marker.split(b"/"))]
+                found.setdefault(root.decode(), []).append(entry.name)
+    return found
+
+
+def test_ps_scale_restart_stop_and_start(opus: Opus, people: dict[str, SshKey],
+                                         live_app: Path) -> None:
+    owner = people["owner"]
+    listed = json.loads(ssh(opus, owner, "ps", LIVE, "--json").stdout)
+    assert [(p["type"], p["state"], p["processes"]) for p in listed] == [("web", "RUNNING", 1)]
+    before = _web_processes(opus)
+    assert len(before) == 1
+    releases = ssh(opus, owner, "releases", LIVE, "--json").stdout
+
+    scaled = ssh(opus, owner, "ps:scale", LIVE, "web=3")
+    assert scaled.returncode == 0, scaled.stderr
+    listed = json.loads(ssh(opus, owner, "ps", LIVE, "--json").stdout)
+    assert [(p["state"], p["processes"]) for p in listed] == [("RUNNING", 3)]
+    after = _web_processes(opus)
+    assert len(after) == 1 and set(after) != set(before)   # a new instance, the old gone
+    assert len(next(iter(after.values()))) == len(next(iter(before.values()))) + 2
+    assert opus.get(opus.app_host(LIVE))[0] == 200
+    assert ssh(opus, owner, "releases", LIVE, "--json").stdout == releases   # no release
+
+    restarted = ssh(opus, owner, "ps:restart", LIVE)
+    assert restarted.returncode == 0, restarted.stderr
+    assert set(_web_processes(opus)) != set(after)
+    assert json.loads(ssh(opus, owner, "ps", LIVE, "--json").stdout)[0]["processes"] == 3
+
+    stopped = ssh(opus, owner, "ps:stop", LIVE)
+    assert stopped.returncode == 0, stopped.stderr
+    assert _web_processes(opus) == {}
+    assert "stopped" in ssh(opus, owner, "ps", LIVE).stdout
+    assert opus.get(opus.app_host(LIVE))[0] == 503
+    started = ssh(opus, owner, "ps:start", LIVE)
+    assert started.returncode == 0 and "Started" in started.stdout, started.stderr
+    assert opus.get(opus.app_host(LIVE))[0] == 200
+    assert "running already" in ssh(opus, owner, "ps:start", LIVE).stdout
+    assert ssh(opus, owner, "ps:scale", LIVE, "web=1").returncode == 0
+
+
+@pytest.mark.parametrize(("pairs", "message"), [
+    (["worker=1"], "only web can be scaled so far"),
+    (["web=0"], "web takes 1 to 16 processes"),
+    (["web=99"], "web takes 1 to 16 processes"),
+    (["web=x"], "'web=x' is not TYPE=COUNT"),
+    (["web"], "'web' is not TYPE=COUNT"),
+])
+def test_ps_scale_refuses_bad_counts(opus: Opus, people: dict[str, SshKey], live_app: Path,
+                                     pairs: list[str], message: str) -> None:
+    result = ssh(opus, people["owner"], "ps:scale", LIVE, *pairs)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
 def _live_version(opus: Opus, key: SshKey) -> int:
