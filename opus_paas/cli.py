@@ -22,13 +22,12 @@ def main(argv: list[str] | None = None) -> int:
                                         local_opus=settings.db_path.exists())
             if remote is not None:
                 return client.run(remote, args)
-        commands.run(commands.local_context(settings), args)
+        return commands.run(commands.local_context(settings), args)
     except OpusError as exc:
         print(f"opus: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

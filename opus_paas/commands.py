@@ -68,7 +68,7 @@ class Command:
     name: str
     usage: str
     summary: str
-    run: Callable[[Context, list[str]], None]
+    run: Callable[[Context, list[str]], int | None]   # the exit status; None: 0
     local_only: bool = False     # on the Opus host only (starting and stopping Opus)
     takes_app: bool = False      # its first argument is APP (filled in from --app)
 
@@ -269,6 +269,13 @@ def cmd_ps_start(ctx: Context, args: list[str]) -> None:
     _arity("opus ps:start APP", args, 1)
     started = ps.start(ctx.settings, ctx.store, ctx.actor, args[0], ctx.out)
     ctx.out(f"Started {args[0]}." if started else f"{args[0]} is running already.")
+
+
+def cmd_run(ctx: Context, args: list[str]) -> int:
+    if len(args) < 2:
+        raise UsageError("usage: opus run APP -- COMMAND [ARGS…]")
+    return ps.run_one_off(ctx.settings, ctx.store, ctx.actor, args[0], args[1:], ctx.out,
+                          ctx.cancelled)
 
 
 # ---- domains ---------------------------------------------------------------------------
@@ -546,6 +553,8 @@ TABLE: dict[str, Command] = {c.name: c for c in [
             takes_app=True),
     Command("ps:start", "opus ps:start APP", "start a stopped app", cmd_ps_start,
             takes_app=True),
+    Command("run", "opus run APP -- COMMAND [ARGS…]",
+            "run a one-off command in the live release", cmd_run, takes_app=True),
     Command("domains", "opus domains APP", "list an app's domains", cmd_domains,
             takes_app=True),
     Command("domains:add", "opus domains:add APP DOMAIN", "serve an app on a domain",
@@ -626,24 +635,25 @@ def split_options(argv: Sequence[str]) -> tuple[list[str], bool, str | None]:
     return rest, as_json, app
 
 
-def run(ctx: Context, argv: Sequence[str]) -> None:
+def run(ctx: Context, argv: Sequence[str]) -> int:
+    """Run the command `argv` names; return its exit status."""
     args, ctx.json, ctx.app = split_options(argv)
     if not args or args[0] in ("help", "-h", "--help"):
         if len(args) > 1:
             command = lookup(args[1])
             ctx.out(f"Usage: {command.usage}")
             ctx.out(f"  {command.summary}")
-            return
+            return 0
         for line in help_lines(ctx.remote):
             ctx.out(line)
-        return
+        return 0
     command = lookup(args[0])
     if ctx.remote and command.local_only:
         raise UsageError(f"`opus {command.name}` runs on the Opus host only")
     rest = args[1:]
     if command.takes_app and ctx.app is not None:
         rest.insert(0, ctx.app)
-    command.run(ctx, rest)
+    return command.run(ctx, rest) or 0
 
 
 def local_context(settings: Settings) -> Context:

@@ -7,10 +7,14 @@ Only `web` runs today; other Procfile types come with worker support.
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import threading
 import time
 from typing import Any
 
-from opus_paas import access, deploy, locks
+from opus_paas import access, deploy, locks, privileged, release
 from opus_paas.access import Actor
 from opus_paas.build import Emit
 from opus_paas.errors import NotFound, UsageError
@@ -112,3 +116,26 @@ def scale(settings: Settings, store: Store, actor: Actor, name: str, counts: dic
                 store.set_scale(app, before)
                 raise
         return app
+
+
+def run_one_off(settings: Settings, store: Store, actor: Actor, name: str, argv: list[str],
+                emit: Emit, cancelled: threading.Event) -> int:
+    """Run `argv` once as the app's user, in its live release with its config, streaming
+    its output; return its exit status. It is stopped when the client goes away, or
+    after the build time limit."""
+    if not argv:
+        raise UsageError("usage: opus run APP -- COMMAND [ARGS…]")
+    app = _live(store, access.app_for(store, actor, name))
+    assert app.live_version is not None
+    slug = release.slug_dir(settings, app.name, app.live_slug or app.live_version)
+    env = json.loads(release.env_file(settings, app.name, app.live_version).read_text())
+    program = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env["PATH"])
+    if program is None:
+        raise NotFound(f"{argv[0]}: no such command in {app.name}'s release")
+    try:
+        for line in privileged.stream(settings, [program, *argv[1:]], cwd=slug, env=env,
+                                      timeout=settings.build_timeout, cancelled=cancelled):
+            emit(line)
+    except subprocess.CalledProcessError as exc:
+        return exc.returncode if exc.returncode > 0 else 128 - exc.returncode
+    return 0

@@ -299,9 +299,8 @@ def serve_opus_command(server: Server, user: User, text: str, channel: paramiko.
             raise UsageError(f"standard input is longer than {limit} bytes")
         return data.decode("utf-8", "replace")
 
-    commands.run(commands.Context(server.settings, Actor(user), out, read_stdin,
-                                  remote=True, cancelled=cancelled), argv)
-    return 0
+    return commands.run(commands.Context(server.settings, Actor(user), out, read_stdin,
+                                         remote=True, cancelled=cancelled), argv)
 
 
 def _watch(transport: paramiko.Transport, channel: paramiko.Channel,

@@ -377,6 +377,23 @@ def test_ps_scale_restart_stop_and_start(opus: Opus, people: dict[str, SshKey],
     assert ssh(opus, owner, "ps:scale", LIVE, "web=1").returncode == 0
 
 
+def test_run_a_one_off_command_in_the_live_release(opus: Opus, people: dict[str, SshKey],
+                                                   live_app: Path) -> None:
+    owner = people["owner"]
+    probe = ("import os, sys; print(len(os.environ['SECRET_KEY']) > 20, os.getuid() != 0, "
+             "os.getcwd().endswith('/releases/v1')); sys.exit(7)")
+    result = ssh(opus, owner, "run", LIVE, "--", "python", "-c", probe)
+    assert (result.returncode, result.stdout) == (7, "True True True\n"), result.stderr
+    local = opus.cli("run", LIVE, "--", "python", "-c", probe, check=False)
+    assert (local.returncode, local.stdout) == (7, "True True True\n")
+    check = ssh(opus, owner, "run", LIVE, "--", "python", "manage.py", "check")
+    assert check.returncode == 0 and "System check identified no issues" in check.stdout
+    missing = ssh(opus, owner, "run", LIVE, "--", "no-such-program")
+    assert missing.returncode == 3 and "no-such-program: no such command" in missing.stderr
+    stranger = ssh(opus, people["stranger"], "run", LIVE, "--", "id")
+    assert stranger.stderr.strip() == f"opus: app {LIVE} not found, or you may not use it"
+
+
 @pytest.mark.parametrize(("pairs", "message"), [
     (["worker=1"], "only web can be scaled so far"),
     (["web=0"], "web takes 1 to 16 processes"),
