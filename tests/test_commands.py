@@ -45,6 +45,10 @@ def people(opus: Opus, admin_key: SshKey,
 
 NOT_FOUND = f"opus: app {APP} not found, or you may not use it"
 FORBIDDEN = f"opus: only cmd-owner (the owner) or an admin may do that to {APP}"
+# What an allowed user is told about an app that was never deployed: past authorization.
+NO_RELEASE = f"opus: {APP} has no release yet; push to deploy one"
+NO_ROLLBACK = f"opus: {APP} has no release to roll back from; push first"
+NO_BUILD = f"opus: no such build of {APP}; `opus builds {APP}` lists them"
 
 # (command, admin, owner, collaborator, stranger): "ok", or the one line of refusal.
 MATRIX = [
@@ -54,6 +58,14 @@ MATRIX = [
     (["config", APP], "ok", "ok", "ok", NOT_FOUND),
     (["domains", APP], "ok", "ok", "ok", NOT_FOUND),
     (["ps", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["ps:scale", APP, "web=1"], "ok", "ok", "ok", NOT_FOUND),
+    (["ps:restart", APP], NO_RELEASE, NO_RELEASE, NO_RELEASE, NOT_FOUND),
+    (["ps:stop", APP], NO_RELEASE, NO_RELEASE, NO_RELEASE, NOT_FOUND),
+    (["ps:start", APP], NO_RELEASE, NO_RELEASE, NO_RELEASE, NOT_FOUND),
+    (["run", APP, "--", "true"], NO_RELEASE, NO_RELEASE, NO_RELEASE, NOT_FOUND),
+    (["rollback", APP], NO_ROLLBACK, NO_ROLLBACK, NO_ROLLBACK, NOT_FOUND),
+    (["builds:output", APP], NO_BUILD, NO_BUILD, NO_BUILD, NOT_FOUND),
+    (["domains:add", APP, "matrix.example.test"], "ok", "ok", "ok", NOT_FOUND),
     (["config:get", APP, "SECRET_KEY"], "ok", "ok", "ok", NOT_FOUND),
     (["config:set", APP, "MATRIX=1"], "ok", "ok", "ok", NOT_FOUND),
     (["config:unset", APP, "MATRIX"], "ok", "ok", "ok", NOT_FOUND),
@@ -82,12 +94,29 @@ def test_authorization_matrix(opus: Opus, people: dict[str, SshKey], argv: list[
         result = ssh(opus, people[who], *argv)
     finally:
         ssh(opus, people["admin"], "access:remove", APP, "cmd-other")
+        ssh(opus, people["admin"], "domains:remove", APP, "matrix.example.test")
     if expected == "ok":
         assert result.returncode == 0, result.stderr
     else:
         assert result.returncode != 0
         assert result.stderr.strip() == expected
     assert (opus.home / "repos" / f"{APP}.git").is_dir()   # nobody destroyed it
+
+
+LOCAL_READS = [["apps:info", APP], ["access", APP], ["config", APP], ["releases", APP],
+               ["builds", APP], ["logs", APP], ["domains", APP], ["ps", APP], ["apps"],
+               ["keys"], ["users"], ["version"], ["help"], ["help", "config:set"]]
+
+
+@pytest.mark.parametrize("argv", LOCAL_READS, ids=lambda a: " ".join(a))
+def test_the_same_commands_run_on_the_host_and_over_ssh(opus: Opus, people: dict[str, SshKey],
+                                                        argv: list[str]) -> None:
+    """The host's operator and an admin over SSH see the same thing."""
+    local = opus.cli(*argv, check=False)
+    remote = ssh(opus, people["admin"], *argv)
+    assert (local.returncode, remote.returncode) == (0, 0), local.stderr + remote.stderr
+    if argv[0] != "help":   # help over SSH leaves out the host-only commands
+        assert local.stdout == remote.stdout
 
 
 def test_a_collaborator_may_push_and_clone_a_stranger_may_not(
