@@ -5,12 +5,16 @@ Each change takes the app's deploy lock, so it never interleaves with a push.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from typing import Any
 
+from dulwich.repo import Repo
+
 from opus_paas import access, deploy, gitserver, locks, names, push
 from opus_paas.access import Actor
-from opus_paas.errors import Conflict, UsageError
+from opus_paas.build import Emit
+from opus_paas.errors import Conflict, OpusError, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Supervisor
@@ -70,3 +74,88 @@ def destroy(settings: Settings, store: Store, actor: Actor, name: str, confirm: 
         for path in (settings.repos_dir / f"{app.name}.git", settings.apps_dir / app.name,
                      settings.logs_dir / app.name):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
+           emit: Emit) -> App:
+    """Rename an app: its repository, record, config, releases and domain follow.
+
+    A release's build holds its own paths, so a deployed app is rebuilt from its live
+    commit under the new name (it is down while that builds); if the rebuild fails,
+    everything is put back under the old name and restarted.
+    """
+    app = access.app_for(store, actor, old, manage=True)
+    names.check_app_name(new)
+    first, second = sorted([app.name, new])
+    with locks.app_lock(settings, first), locks.app_lock(settings, second):
+        app = store.get_app(app.name) or app
+        if store.get_app(new) is not None:
+            raise Conflict(f"app {new} already exists; choose another name")
+        live = None if app.live_version is None else store.get_release(app, app.live_version)
+        supervisor = Supervisor(settings)
+        if live is not None and supervisor.is_running():
+            deploy.set_programs(settings, supervisor, app.name, [])
+        renamed = store.rename_app(app, new)
+        _move(settings, app.name, new)
+        if live is None:
+            if (settings.apps_dir / app.name).exists():
+                (settings.apps_dir / app.name).rename(settings.apps_dir / new)
+            return renamed
+        store.clear_live(renamed)
+        _move_kept(settings, app.name, new)
+        try:
+            repo = Repo(str(settings.repos_dir / f"{new}.git"))
+            try:
+                push.deploy_commit(settings, store, store.get_app(new) or renamed, repo,
+                                   live.sha.encode(), emit)
+            finally:
+                repo.close()
+        except BaseException:
+            _undo_rename(settings, store, app, new, supervisor)
+            raise
+        shutil.rmtree(settings.apps_dir / app.name, ignore_errors=True)
+        deploy.refresh_front(settings, store, supervisor)
+        return store.get_app(new) or renamed
+
+
+def _move(settings: Settings, old: str, new: str) -> None:
+    for base, suffix in ((settings.repos_dir, ".git"), (settings.logs_dir, "")):
+        source = base / f"{old}{suffix}"
+        if source.exists():
+            source.rename(base / f"{new}{suffix}")
+
+
+KEPT = ("data", "home")   # what a rename carries over; releases are rebuilt
+
+
+def _move_kept(settings: Settings, old: str, new: str) -> None:
+    (settings.apps_dir / new).mkdir(mode=0o755, exist_ok=True)
+    for name in KEPT:
+        source = settings.apps_dir / old / name
+        if source.is_dir() and not source.is_symlink():
+            source.rename(settings.apps_dir / new / name)
+
+
+def _undo_rename(settings: Settings, store: Store, app: App, new: str,
+                 supervisor: Supervisor) -> None:
+    """Put the app back as it was before a rename whose rebuild failed."""
+    current = store.get_app(new)
+    if current is not None:
+        store.rename_app(current, app.name)
+    _move(settings, new, app.name)
+    for name in KEPT:
+        moved = settings.apps_dir / new / name
+        if moved.is_dir() and not (settings.apps_dir / app.name / name).exists():
+            moved.rename(settings.apps_dir / app.name / name)
+    shutil.rmtree(settings.apps_dir / new, ignore_errors=True)
+    restored = store.get_app(app.name)
+    if restored is not None and app.live_version is not None and app.live_port is not None:
+        store.set_live(restored, app.live_version, app.live_port, app.live_slug)
+        restored = store.get_app(app.name) or restored
+        program = deploy.live_program(settings, restored)
+        if supervisor.is_running() and program is not None:
+            deploy.set_programs(settings, supervisor, app.name, [program])
+            with contextlib.suppress(OpusError):   # the rename's own error is what to report
+                deploy.check_health(settings, settings.app_domain(app.name), app.live_port,
+                                    program.name, supervisor)
+        deploy.refresh_front(settings, store, supervisor)

@@ -390,6 +390,14 @@ def cmd_logs(ctx: Context, args: list[str]) -> None:
             ctx.out(line)
 
 
+def cmd_apps_rename(ctx: Context, args: list[str]) -> None:
+    _arity("opus apps:rename APP NEW_NAME", args, 2)
+    app = apps.rename(ctx.settings, ctx.store, ctx.actor, args[0], args[1], ctx.out)
+    info = apps.info(ctx.settings, ctx.store, app)
+    ctx.out(f"Renamed {args[0]} to {app.name}: {info['url']}")
+    ctx.out(f"Point your git remote at it: git remote set-url opus {info['git_url']}")
+
+
 # ---- access ----------------------------------------------------------------------------
 
 def cmd_access(ctx: Context, args: list[str]) -> None:
@@ -571,6 +579,8 @@ TABLE: dict[str, Command] = {c.name: c for c in [
             takes_app=True),
     Command("logs", "opus logs APP [-n LINES] [-t] [--ps TYPE]",
             "show (-t: follow) an app's logs", cmd_logs, takes_app=True),
+    Command("apps:rename", "opus apps:rename APP NEW_NAME", "rename an app",
+            cmd_apps_rename, takes_app=True),
     Command("access", "opus access APP", "list who may use an app", cmd_access,
             takes_app=True),
     Command("access:add", "opus access:add APP USER", "let a user use an app",

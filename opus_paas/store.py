@@ -344,6 +344,21 @@ class Store:
             assert cur.lastrowid is not None
             return App(cur.lastrowid, name, owner.name, None, None)
 
+    def rename_app(self, app: App, new: str) -> App:
+        """Give the app (its config, releases, collaborators, domains) a new name."""
+        with self._db() as db:
+            if db.execute("SELECT 1 FROM apps WHERE name = ?", (new,)).fetchone():
+                raise Conflict(f"app {new} already exists; choose another name")
+            db.execute("UPDATE apps SET name = ? WHERE id = ?", (new, app.id))
+            db.execute("UPDATE builds SET log_path = replace(log_path, ?, ?) WHERE app_id = ?",
+                       (f"/logs/{app.name}/", f"/logs/{new}/", app.id))
+        return dataclasses.replace(app, name=new)
+
+    def clear_live(self, app: App) -> None:
+        with self._db() as db:
+            db.execute("UPDATE apps SET live_version = NULL, live_port = NULL,"
+                       " live_slug = NULL WHERE id = ?", (app.id,))
+
     def set_scale(self, app: App, web_processes: int) -> None:
         with self._db() as db:
             db.execute("UPDATE apps SET web_processes = ? WHERE id = ?",

@@ -176,6 +176,63 @@ def test_destroy_needs_the_name_repeated_and_removes_everything(
     assert "doomed" not in opus.cli("apps").stdout
 
 
+def test_rename_carries_code_config_data_and_people_over(
+        opus: Opus, people: dict[str, SshKey], tmp_path: Path) -> None:
+    owner = people["owner"]
+    project = make_django_project(tmp_path / "proj", "Renamed app")
+    pushed = git(project, "push", f"ssh://git@127.0.0.1:{opus.ssh_port}/renamefrom.git",
+                 "main", env=owner.git_env(opus), check=False)
+    assert pushed.returncode == 0, pushed.stderr
+    assert ssh(opus, owner, "access:add", "renamefrom", "cmd-collab").returncode == 0
+    secret = ssh(opus, owner, "config:get", "renamefrom", "SECRET_KEY").stdout
+    body = opus.get(opus.app_host("renamefrom"))[2]
+    assert body.startswith("Renamed app (visits: ")
+    visits = int(body.split("visits: ")[1].rstrip(")"))
+
+    assert ssh(opus, people["collab"], "apps:rename", "renamefrom", "x").stderr.strip() == \
+        "opus: only cmd-owner (the owner) or an admin may do that to renamefrom"
+    assert ssh(opus, owner, "apps:rename", "renamefrom", APP).returncode == 5
+    assert ssh(opus, owner, "apps:rename", "renamefrom", "Bad;name").returncode == 2
+    done = ssh(opus, owner, "apps:rename", "renamefrom", "renameto")
+    assert done.returncode == 0, done.stderr
+    assert "git remote set-url opus ssh://git@" in done.stdout
+
+    status, _headers, body = opus.get(opus.app_host("renameto"))
+    assert status == 200 and body.startswith("Renamed app (visits: ")
+    # The data came along: a fresh database would count from its health check again.
+    assert int(body.split("visits: ")[1].rstrip(")")) > visits + 1
+    assert opus.get(opus.app_host("renamefrom"))[0] == 404
+    assert ssh(opus, owner, "config:get", "renameto", "SECRET_KEY").stdout == secret
+    assert json.loads(ssh(opus, owner, "access", "renameto", "--json").stdout)[
+        "collaborators"] == ["cmd-collab"]
+    listed = git(project, "ls-remote", f"ssh://git@127.0.0.1:{opus.ssh_port}/renameto.git",
+                 env=owner.git_env(opus))
+    assert "refs/heads/main" in listed.stdout
+    assert not (opus.home / "apps" / "renamefrom").exists()
+    assert not (opus.home / "repos" / "renamefrom.git").exists()
+    assert "renamefrom" not in ssh(opus, people["admin"], "apps").stdout
+
+
+def test_a_rename_whose_rebuild_fails_puts_everything_back(
+        opus: Opus, people: dict[str, SshKey], tmp_path: Path) -> None:
+    owner = people["owner"]
+    project = make_django_project(tmp_path / "proj", "Stays put")
+    pushed = git(project, "push", f"ssh://git@127.0.0.1:{opus.ssh_port}/staysput.git",
+                 "main", env=owner.git_env(opus), check=False)
+    assert pushed.returncode == 0, pushed.stderr
+    # A config the next build will not survive (its health check gets 500s).
+    ssh(opus, owner, "config:set", "staysput", "DATABASE_URL=postgres://nowhere/db",
+        "--no-restart")
+    failed = ssh(opus, owner, "apps:rename", "staysput", "wentaway")
+    assert failed.returncode == 6, failed.stdout + failed.stderr
+    status, _headers, body = opus.get(opus.app_host("staysput"))
+    assert status == 200 and body.startswith("Stays put")
+    assert "wentaway" not in opus.cli("apps").stdout
+    assert not (opus.home / "apps" / "wentaway").exists()
+    assert (opus.home / "repos" / "staysput.git").is_dir()
+    assert (opus.home / "apps" / "staysput" / "data" / "db.sqlite3").is_file()
+
+
 def test_creating_an_existing_app_is_refused(opus: Opus, people: dict[str, SshKey]) -> None:
     result = ssh(opus, people["stranger"], "apps:create", APP)
     assert (result.returncode, result.stderr.strip()) == (
