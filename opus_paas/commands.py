@@ -26,6 +26,7 @@ from opus_paas import (
     keys,
     lifecycle,
     logs,
+    privileged,
     ps,
     redact,
 )
@@ -52,6 +53,8 @@ class Context:
     app: str | None = None        # from --app
     # Set when the command should stop early (the SSH client went away).
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+    # The client's terminal, when it asked for one (`ssh -t … run …`).
+    terminal: privileged.Terminal | None = None
 
     @functools.cached_property
     def store(self) -> Store:
@@ -275,7 +278,7 @@ def cmd_run(ctx: Context, args: list[str]) -> int:
     if len(args) < 2:
         raise UsageError("usage: opus run APP -- COMMAND [ARGS…]")
     return ps.run_one_off(ctx.settings, ctx.store, ctx.actor, args[0], args[1:], ctx.out,
-                          ctx.cancelled)
+                          ctx.cancelled, ctx.terminal)
 
 
 # ---- domains ---------------------------------------------------------------------------

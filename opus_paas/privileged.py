@@ -9,13 +9,18 @@ root). System mode routes these same calls through secureops.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
 import os
+import select
 import signal
 import stat
+import struct
 import subprocess
+import termios
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypedDict
 
@@ -137,6 +142,68 @@ def stream(
         raise ServiceError(f"the step took longer than {timeout:.0f} s and was stopped")
     if code != 0:
         raise subprocess.CalledProcessError(code, list(argv))
+
+
+@dataclasses.dataclass
+class Terminal:
+    """A pseudo-terminal a client asked for: its size, and how to talk to the client."""
+
+    columns: int
+    rows: int
+    read_input: Callable[[], bytes]          # b"" once the client closes its input
+    write_output: Callable[[bytes], object]
+
+
+def run_in_terminal(settings: Settings, argv: Sequence[str], *, cwd: Path,
+                    env: Mapping[str, str], terminal: Terminal, timeout: float,
+                    cancelled: threading.Event) -> int:
+    """Run `argv` as the run user on a new pseudo-terminal that is its controlling
+    terminal, relaying the client's keystrokes in and the output out; return its exit
+    status. Timing out or `cancelled` kills its process group, as `stream` does."""
+    controller, child_end = os.openpty()
+    fcntl.ioctl(child_end, termios.TIOCSWINSZ,
+                struct.pack("HHHH", terminal.rows, terminal.columns, 0, 0))
+    try:
+        # setsid(1) makes the child a session leader (no fork: it is not a group leader
+        # yet) with the terminal as its controlling one; its pid is its group's.
+        proc = subprocess.Popen(
+            ["/usr/bin/setsid", "--ctty", *argv], cwd=cwd, env=dict(env), stdin=child_end,
+            stdout=child_end, stderr=child_end, **subprocess_identity(settings))
+    finally:
+        os.close(child_end)
+    with _LIVE_LOCK:
+        _LIVE_GROUPS.add(proc.pid)
+
+    def pump_input() -> None:
+        while (data := terminal.read_input()) and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.write(controller, data)
+
+    threading.Thread(target=pump_input, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([controller], [], [], REAP_POLL_SECONDS)
+            if ready:
+                try:
+                    data = os.read(controller, 65536)
+                except OSError:   # EIO: every holder of the terminal has gone
+                    data = b""
+                if not data:
+                    break
+                terminal.write_output(data)
+            elif proc.poll() is not None:
+                break   # exited, and nothing more to say (a leftover child may hold on)
+            if cancelled.is_set() or time.monotonic() > deadline:
+                _kill_group(proc.pid)
+                break
+        return proc.wait()
+    finally:
+        _kill_group(proc.pid)
+        proc.wait()
+        os.close(controller)
+        with _LIVE_LOCK:
+            _LIVE_GROUPS.discard(proc.pid)
 
 
 def kill_running_steps() -> None:

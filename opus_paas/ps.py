@@ -119,7 +119,8 @@ def scale(settings: Settings, store: Store, actor: Actor, name: str, counts: dic
 
 
 def run_one_off(settings: Settings, store: Store, actor: Actor, name: str, argv: list[str],
-                emit: Emit, cancelled: threading.Event) -> int:
+                emit: Emit, cancelled: threading.Event,
+                terminal: privileged.Terminal | None = None) -> int:
     """Run `argv` once as the app's user, in its live release with its config, streaming
     its output; return its exit status. It is stopped when the client goes away, or
     after the build time limit."""
@@ -132,6 +133,10 @@ def run_one_off(settings: Settings, store: Store, actor: Actor, name: str, argv:
     program = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env["PATH"])
     if program is None:
         raise NotFound(f"{argv[0]}: no such command in {app.name}'s release")
+    if terminal is not None:
+        return privileged.run_in_terminal(settings, [program, *argv[1:]], cwd=slug, env=env,
+                                          terminal=terminal, timeout=settings.build_timeout,
+                                          cancelled=cancelled)
     try:
         for line in privileged.stream(settings, [program, *argv[1:]], cwd=slug, env=env,
                                       timeout=settings.build_timeout, cancelled=cancelled):

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paramiko
@@ -121,6 +121,7 @@ class Session(paramiko.ServerInterface):
         self.command: bytes | None = None
         self.notices: list[str] = []
         self.channel_opened = False
+        self.pty: tuple[int, int] | None = None   # (columns, rows) the client asked for
         self.ready = threading.Event()
 
     def get_allowed_auths(self, username: str) -> str:
@@ -168,8 +169,12 @@ class Session(paramiko.ServerInterface):
             self.notices.append(notice)
         return False
 
-    def check_channel_pty_request(self, *args: object) -> bool:
-        return self._refuse("terminal (pty) request")
+    def check_channel_pty_request(self, channel: paramiko.Channel, term: bytes, width: int,
+                                  height: int, pixelwidth: int, pixelheight: int,
+                                  modes: bytes) -> bool:
+        """Granted, but only `opus run` gets a terminal; everything else is told so."""
+        self.pty = (max(1, min(width, 1000)), max(1, min(height, 1000)))
+        return True
 
     def check_channel_env_request(self, channel: paramiko.Channel, name: bytes,
                                   value: bytes) -> bool:
@@ -256,7 +261,8 @@ def serve_git(server: Server, user: User, verb: str, app_name: str,
 
 
 def serve_command(server: Server, user: User, command: bytes, channel: paramiko.Channel,
-                  cancelled: threading.Event, request_id: str) -> int:
+                  cancelled: threading.Event, request_id: str,
+                  pty: tuple[int, int] | None = None) -> int:
     """Run one exec request on `channel`; return the exit status."""
     try:
         text = command.decode("utf-8")
@@ -267,16 +273,19 @@ def serve_command(server: Server, user: User, command: bytes, channel: paramiko.
             f"Hi {user.name}! You are authenticated, but Opus gives no shell. "
             "Push with: git push opus main\n".encode())
         return 1
+    if pty is not None and text.split(maxsplit=1)[:1] != ["run"]:
+        channel.sendall_stderr(b"opus: a terminal is given to `opus run` only; going on "
+                               b"without one\n")
     match = GIT_COMMAND.fullmatch(text)
     if match:
         verb, path = match.groups()
         return serve_git(server, user, verb, names.app_from_repo_path(path), channel,
                          cancelled, request_id)
-    return serve_opus_command(server, user, text, channel, cancelled)
+    return serve_opus_command(server, user, text, channel, cancelled, pty)
 
 
 def serve_opus_command(server: Server, user: User, text: str, channel: paramiko.Channel,
-                       cancelled: threading.Event) -> int:
+                       cancelled: threading.Event, pty: tuple[int, int] | None = None) -> int:
     """`ssh git@host CMD ARGS…`: the same command table as the host's `opus`, as `user`."""
     try:
         argv = shlex.split(text)
@@ -285,8 +294,11 @@ def serve_opus_command(server: Server, user: User, text: str, channel: paramiko.
     if len(text) > MAX_COMMAND_CHARS:
         raise UsageError(f"the command line is longer than {MAX_COMMAND_CHARS} characters")
 
+    # On a client's terminal (raw mode) a bare newline does not return the carriage.
+    newline = "\r\n" if pty else "\n"
+
     def out(line: str) -> None:
-        channel.sendall((line + "\n").encode("utf-8", "replace"))
+        channel.sendall((line.replace("\n", newline) + newline).encode("utf-8", "replace"))
 
     def read_stdin(limit: int) -> str:
         data = b""
@@ -299,8 +311,24 @@ def serve_opus_command(server: Server, user: User, text: str, channel: paramiko.
             raise UsageError(f"standard input is longer than {limit} bytes")
         return data.decode("utf-8", "replace")
 
+    terminal = None
+    if pty is not None and argv[:1] == ["run"]:
+        terminal = privileged.Terminal(pty[0], pty[1], _input_reader(channel), channel.sendall)
     return commands.run(commands.Context(server.settings, Actor(user), out, read_stdin,
-                                         remote=True, cancelled=cancelled), argv)
+                                         remote=True, cancelled=cancelled,
+                                         terminal=terminal), argv)
+
+
+def _input_reader(channel: paramiko.Channel) -> Callable[[], bytes]:
+    """Keystrokes from the client; an idle terminal is not a stalled client."""
+    def read() -> bytes:
+        while True:
+            try:
+                return bytes(channel.recv(4096))
+            except TimeoutError:
+                if channel.closed:
+                    return b""
+    return read
 
 
 def _watch(transport: paramiko.Transport, channel: paramiko.Channel,
@@ -336,7 +364,7 @@ def run_exec(server: Server, session: Session, transport: paramiko.Transport,
             for notice in session.notices:
                 channel.sendall_stderr((notice + "\n").encode())
             status = serve_command(server, session.user, session.command, channel,
-                                   cancelled, request_id)
+                                   cancelled, request_id, session.pty)
         return status, "ok" if status == 0 else "refused"
     except OpusError as exc:
         message = " ".join(redact.redact(exc.message, pairs).split())

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Opus, SshKey, git, make_django_project, make_key
+from tests.test_sshd import on_a_terminal, ssh_t
 
 APP = "cmdapp"
 
@@ -478,6 +479,20 @@ def test_run_a_one_off_command_in_the_live_release(opus: Opus, people: dict[str,
     assert missing.returncode == 3 and "no-such-program: no such command" in missing.stderr
     stranger = ssh(opus, people["stranger"], "run", LIVE, "--", "id")
     assert stranger.stderr.strip() == f"opus: app {LIVE} not found, or you may not use it"
+
+
+def test_run_on_a_terminal_is_interactive(opus: Opus, people: dict[str, SshKey],
+                                          live_app: Path) -> None:
+    """`ssh -t HOST run APP -- …` gets a real terminal: input is typed, sizes are known."""
+    program = ("import sys, shutil; print(sys.stdin.isatty(), sys.stdout.isatty(), "
+               "shutil.get_terminal_size().columns > 0); "
+               "print('you typed', input('name? ').upper()); sys.exit(3)")
+    status, lines = on_a_terminal(
+        ssh_t(opus, people["owner"], shlex.join(["run", LIVE, "--", "python", "-c", program])),
+        keystrokes=b"opus\r")
+    assert status == 3, lines
+    assert "True True True" in lines
+    assert any(line.endswith("you typed OPUS") for line in lines), lines
 
 
 @pytest.mark.parametrize(("pairs", "message"), [

@@ -103,27 +103,39 @@ def test_a_subsystem_request_is_refused(opus: Opus, admin_key: SshKey) -> None:
     assert "subsystem request failed" in result.stderr
 
 
-def test_a_terminal_request_is_refused_with_a_notice(opus: Opus, admin_key: SshKey) -> None:
-    """`ssh -t` on a real terminal: the pty is refused (OpenSSH then gives up on the
-    session and says so itself), nothing runs, and the refusal is logged."""
-    ssh_argv = ["ssh", "-t", "-i", str(admin_key.private), "-o", "IdentitiesOnly=yes",
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-p", str(opus.ssh_port),
-                "git@127.0.0.1", "git-upload-pack 'no-such-app.git'"]
+def on_a_terminal(argv: list[str], keystrokes: bytes = b"") -> tuple[int, list[str]]:
+    """Run `argv` (an ssh client) on a real pseudo-terminal, typing `keystrokes`; return
+    its exit status and the lines it showed."""
     controller, terminal = os.openpty()
-    proc = subprocess.Popen(ssh_argv, stdin=terminal, stdout=terminal, stderr=terminal,
+    proc = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal,
                             start_new_session=True)
     os.close(terminal)
+    if keystrokes:
+        time.sleep(2)   # let the remote side ask first
+        os.write(controller, keystrokes)
     output = b""
     with contextlib.suppress(OSError):   # EIO once ssh has exited and closed the terminal
         while chunk := os.read(controller, 4096):
             output += chunk
     os.close(controller)
-    assert proc.wait(30) != 0
-    lines = [line.strip() for line in output.decode().splitlines() if line.strip()]
-    assert lines == ["PTY allocation request failed on channel 0"]
-    log = (opus.home / "logs" / "opus-sshd.log").read_text()
-    assert "refused terminal (pty) request" in log
+    return proc.wait(30), [ln.strip() for ln in output.decode().splitlines() if ln.strip()]
+
+
+def ssh_t(opus: Opus, key: SshKey, command: str) -> list[str]:
+    return ["ssh", "-t", "-i", str(key.private), "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-p", str(opus.ssh_port),
+            "git@127.0.0.1", command]
+
+
+def test_a_terminal_is_given_to_run_only_others_are_told(opus: Opus,
+                                                         admin_key: SshKey) -> None:
+    """`ssh -t` on a real terminal: a command other than `run` goes on without one, and
+    says so."""
+    status, lines = on_a_terminal(ssh_t(opus, admin_key, "git-upload-pack 'no-such-app.git'"))
+    assert status != 0
+    assert lines == ["opus: a terminal is given to `opus run` only; going on without one",
+                     "opus: app no-such-app not found, or you may not use it"]
 
 
 def test_an_environment_variable_is_refused_with_a_notice(opus: Opus,
