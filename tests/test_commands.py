@@ -3,6 +3,7 @@ admin, owner, collaborator and stranger against every command that touches an ap
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import subprocess
@@ -118,6 +119,38 @@ def test_the_same_commands_run_on_the_host_and_over_ssh(opus: Opus, people: dict
     assert (local.returncode, remote.returncode) == (0, 0), local.stderr + remote.stderr
     if argv[0] != "help":   # help over SSH leaves out the host-only commands
         assert local.stdout == remote.stdout
+
+
+def test_the_changing_commands_on_the_host(opus: Opus, people: dict[str, SshKey],
+                                          tmp_path: Path) -> None:
+    """The operator at the host's shell: every changing command, on an app of its own."""
+    def ok(*argv: str, stdin: str | None = None) -> str:
+        result = opus.cli(*argv, input=stdin, check=False)
+        assert result.returncode == 0, f"{argv}: {result.stderr}"
+        return result.stdout
+
+    assert "Created hostapp." in ok("apps:create", "hostapp")
+    ok("config:set", "hostapp", "A=1", "B=two words")
+    assert json.loads(ok("config", "hostapp", "--json"))["B"] == "two words"
+    ok("config:unset", "hostapp", "A")
+    assert "A" not in json.loads(ok("config", "hostapp", "--json"))
+    ok("access:add", "hostapp", "cmd-collab")
+    ok("access:remove", "hostapp", "cmd-collab")
+    ok("domains:add", "hostapp", "host.example.test")
+    ok("domains:remove", "hostapp", "host.example.test")
+    ok("git:set", "hostapp", "deploy-branch", "trunk")
+    assert json.loads(ok("apps:info", "hostapp", "--json"))["deploy_branch"] == "trunk"
+    ok("users:add", "cmd-hosted")
+    key = make_key(tmp_path, "hosted")
+    ok("keys:add", "cmd-hosted", "-", stdin=key.public.read_text())
+    ok("keys:remove", "hosted")
+    ok("users:passwd", "cmd-hosted", stdin="a long enough password\n")
+    ok("users:role", "cmd-hosted", "admin")
+    ok("users:remove", "cmd-hosted")
+    ok("ps:scale", "hostapp", "web=2")
+    ok("apps:rename", "hostapp", "hostapp2")
+    ok("apps:destroy", "hostapp2", "--confirm", "hostapp2")
+    assert "hostapp" not in ok("apps")
 
 
 def test_a_collaborator_may_push_and_clone_a_stranger_may_not(
@@ -411,21 +444,23 @@ def test_a_custom_domain_is_served_and_allowed_then_removed(
     assert again.returncode == 3
 
 
-def _web_processes(opus: Opus) -> dict[str, list[str]]:
-    """The OS's view: command lines of processes running the app's web instances, by the
-    instance's server root."""
-    found: dict[str, list[str]] = {}
-    marker = str(opus.home / "apps" / LIVE / "run").encode()
+def _wsgi_daemons(port: int) -> int:
+    """The OS's view: mod_wsgi daemon processes serving the instance on `port` (they
+    name themselves `(wsgi:HOST:PORT:UID)`)."""
+    prefix = f"(wsgi:127.0.0.1:{port}:".encode()
+    count = 0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker in cmdline:
-                root = cmdline[cmdline.index(marker):].split(b"/")[len(marker.split(b"/"))]
-                found.setdefault(root.decode(), []).append(entry.name)
-    return found
+            with contextlib.suppress(OSError):
+                if (entry / "cmdline").read_bytes().startswith(prefix):
+                    count += 1
+    return count
+
+
+def _web_port(opus: Opus, key: SshKey) -> int:
+    listed = json.loads(ssh(opus, key, "ps", LIVE, "--json").stdout)
+    assert len(listed) == 1, listed
+    return int(listed[0]["name"].rsplit("-p", 1)[1])
 
 
 def test_ps_scale_restart_stop_and_start(opus: Opus, people: dict[str, SshKey],
@@ -433,28 +468,27 @@ def test_ps_scale_restart_stop_and_start(opus: Opus, people: dict[str, SshKey],
     owner = people["owner"]
     listed = json.loads(ssh(opus, owner, "ps", LIVE, "--json").stdout)
     assert [(p["type"], p["state"], p["processes"]) for p in listed] == [("web", "RUNNING", 1)]
-    before = _web_processes(opus)
-    assert len(before) == 1
+    before = _web_port(opus, owner)
+    assert _wsgi_daemons(before) == 1
     releases = ssh(opus, owner, "releases", LIVE, "--json").stdout
 
     scaled = ssh(opus, owner, "ps:scale", LIVE, "web=3")
     assert scaled.returncode == 0, scaled.stderr
     listed = json.loads(ssh(opus, owner, "ps", LIVE, "--json").stdout)
     assert [(p["state"], p["processes"]) for p in listed] == [("RUNNING", 3)]
-    after = _web_processes(opus)
-    assert len(after) == 1 and set(after) != set(before)   # a new instance, the old gone
-    assert len(next(iter(after.values()))) == len(next(iter(before.values()))) + 2
+    after = _web_port(opus, owner)
+    assert after != before   # a new instance on the other port; the old one is gone
+    assert (_wsgi_daemons(after), _wsgi_daemons(before)) == (3, 0)
     assert opus.get(opus.app_host(LIVE))[0] == 200
     assert ssh(opus, owner, "releases", LIVE, "--json").stdout == releases   # no release
 
     restarted = ssh(opus, owner, "ps:restart", LIVE)
     assert restarted.returncode == 0, restarted.stderr
-    assert set(_web_processes(opus)) != set(after)
-    assert json.loads(ssh(opus, owner, "ps", LIVE, "--json").stdout)[0]["processes"] == 3
+    assert _web_port(opus, owner) == before and _wsgi_daemons(before) == 3
 
     stopped = ssh(opus, owner, "ps:stop", LIVE)
     assert stopped.returncode == 0, stopped.stderr
-    assert _web_processes(opus) == {}
+    assert (_wsgi_daemons(before), _wsgi_daemons(after)) == (0, 0)
     assert "stopped" in ssh(opus, owner, "ps", LIVE).stdout
     assert opus.get(opus.app_host(LIVE))[0] == 503
     started = ssh(opus, owner, "ps:start", LIVE)
