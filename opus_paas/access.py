@@ -2,8 +2,8 @@
 
 Admins may do everything; a developer may use the apps they own and those they
 collaborate on; the operator at the host's shell (no SSH key involved) is an admin.
-A stranger asking about an app gets the same answer as for a missing app, so app
-names do not leak.
+A stranger asking about an app gets the same answer as for a missing app. (Names are
+one global space, so creating or renaming to a taken name does say it is taken.)
 """
 
 from __future__ import annotations
@@ -56,6 +56,15 @@ def app_for(store: Store, actor: Actor, name: str, *, manage: bool = False) -> A
     if manage and not may_manage(actor, app):
         raise Forbidden(f"only {app.owner} (the owner) or an admin may do that to {name}")
     return app
+
+
+def fresh(store: Store, app: App) -> App:
+    """`app` as the database has it now (call after taking its lock): it may have been
+    changed, renamed or destroyed while the caller waited."""
+    now = store.get_app(app.name)
+    if now is None or now.id != app.id:
+        raise not_found(app.name)
+    return now
 
 
 def visible_apps(store: Store, actor: Actor) -> list[App]:

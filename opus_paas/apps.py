@@ -64,16 +64,19 @@ def destroy(settings: Settings, store: Store, actor: Actor, name: str, confirm: 
         raise UsageError(f"destroying {name} deletes its code, releases and data for good; "
                          f"to go ahead, repeat its name: --confirm {name}")
     with locks.app_lock(settings, app.name):
+        app = access.fresh(store, app)
         supervisor = Supervisor(settings)
         if supervisor.is_running():
             deploy.set_programs(settings, supervisor, app.name, [])
         else:
             (supervisor.conf_d / deploy.program_file(app.name)).unlink(missing_ok=True)
-        store.delete_app(app)
-        deploy.refresh_front(settings, store, supervisor)
+        # The files go before the record: a name is never reused onto old code or data.
         for path in (settings.repos_dir / f"{app.name}.git", settings.apps_dir / app.name,
                      settings.logs_dir / app.name):
-            shutil.rmtree(path, ignore_errors=True)
+            if path.exists():
+                shutil.rmtree(path)
+        store.delete_app(app)
+        deploy.refresh_front(settings, store, supervisor)
 
 
 def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
@@ -88,7 +91,7 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
     names.check_app_name(new)
     first, second = sorted([app.name, new])
     with locks.app_lock(settings, first), locks.app_lock(settings, second):
-        app = store.get_app(app.name) or app
+        app = access.fresh(store, app)
         if store.get_app(new) is not None:
             raise Conflict(f"app {new} already exists; choose another name")
         live = None if app.live_version is None else store.get_release(app, app.live_version)

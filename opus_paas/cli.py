@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:   # `opus logs APP | head`
+        return 0
+    except Exception as exc:   # a bug: one line, not a traceback
+        print(f"opus: internal error ({exc.__class__.__name__}); please report it with the "
+              "command you ran", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -51,6 +51,9 @@ def take_remote_option(argv: Sequence[str]) -> tuple[list[str], str | None]:
     name = None
     items = iter(argv)
     for item in items:
+        if item == "--":   # the rest belongs to the command (run's program, say)
+            rest += [item, *items]
+            break
         if item in ("--remote", "-r"):
             name = next(items, None)
             if not name:
@@ -94,8 +97,10 @@ def ssh_argv(remote: Remote, argv: Sequence[str], environ: Mapping[str, str]) ->
     set, chooses the ssh program and its options, as it does for git push."""
     ssh = shlex.split(environ.get("GIT_SSH_COMMAND") or "ssh")
     command = list(argv)
-    if "--app" not in command and "-a" not in command:
-        command += ["--app", remote.app]
+    options = command[:command.index("--")] if "--" in command else command
+    named = any(a in ("--app", "-a") or a.startswith("--app=") for a in options)
+    if command and not named:
+        command[1:1] = ["--app", remote.app]   # right after the command's name
     return [*ssh, "-p", str(remote.port), "--", f"{remote.user}@{remote.host}",
             shlex.join(command)]
 

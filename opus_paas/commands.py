@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import re
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from opus_paas import (
     privileged,
     ps,
     redact,
+    release,
 )
 from opus_paas import restart as restart_module
 from opus_paas.access import Actor
@@ -37,6 +39,7 @@ from opus_paas.settings import Settings
 from opus_paas.store import Store
 
 Output = Callable[[str], None]
+NUMBER = re.compile(r"[0-9]{1,6}")   # ASCII digits only: str.isdigit() also takes "²"
 STDIN_LIMIT = 64 * 1024
 
 
@@ -167,7 +170,10 @@ def cmd_config(ctx: Context, args: list[str]) -> None:
         return
     width = max((len(k) for k in config), default=0) + 1
     for key, value in config.items():
-        ctx.out(f"{key + ':':<{width}} {value}")
+        # Another user's value must not drive this terminal: escape what is not
+        # printable (config:get and --json give it exactly).
+        shown = value if value.isprintable() else json.dumps(value, ensure_ascii=False)
+        ctx.out(f"{key + ':':<{width}} {shown}")
 
 
 def cmd_config_get(ctx: Context, args: list[str]) -> None:
@@ -221,7 +227,7 @@ def cmd_rollback(ctx: Context, args: list[str]) -> None:
     target = None
     if len(args) == 2:
         text = args[1].removeprefix("v")
-        if not text.isdigit():
+        if not NUMBER.fullmatch(text):
             raise UsageError(f"{args[1]!r} is not a release; give one such as v3")
         target = int(text)
     version = restart_module.rollback(ctx.settings, ctx.store, ctx.actor, args[0], target,
@@ -275,9 +281,9 @@ def cmd_ps_start(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_run(ctx: Context, args: list[str]) -> int:
-    if len(args) < 2:
-        raise UsageError("usage: opus run APP -- COMMAND [ARGS…]")
-    return ps.run_one_off(ctx.settings, ctx.store, ctx.actor, args[0], args[1:], ctx.out,
+    if len(args) < 3 or args[1] != "--":
+        raise UsageError("usage: opus run APP -- COMMAND [ARGS…]   (the -- is needed)")
+    return ps.run_one_off(ctx.settings, ctx.store, ctx.actor, args[0], args[2:], ctx.out,
                           ctx.cancelled, ctx.terminal)
 
 
@@ -372,7 +378,7 @@ def cmd_logs(ctx: Context, args: list[str]) -> None:
             follow_ = True
         elif item in ("-n", "--num"):
             value = next(items, "")
-            if not value.isdigit():
+            if not NUMBER.fullmatch(value):
                 raise UsageError(f"-n needs a number of lines; usage: {usage}")
             count = int(value)
         elif item in ("-p", "--ps"):
@@ -384,13 +390,16 @@ def cmd_logs(ctx: Context, args: list[str]) -> None:
     _arity(usage, positional, 1)
     app = access.app_for(ctx.store, ctx.actor, positional[0])
     paths = logs.log_files(ctx.settings, app.name, process_type)
+    slug = (None if app.live_version is None else
+            release.slug_dir(ctx.settings, app.name, app.live_slug or app.live_version))
+    pairs = redact.replacements(ctx.settings, slug)
     for line in logs.tail(paths, count):
-        ctx.out(line)
+        ctx.out(redact.redact(line, pairs))
     if follow_:
         if not paths:
             raise NotFound(f"{app.name} has no logs yet; they start with its first deploy")
         for line in logs.follow(paths, ctx.cancelled):
-            ctx.out(line)
+            ctx.out(redact.redact(line, pairs))
 
 
 def cmd_apps_rename(ctx: Context, args: list[str]) -> None:
@@ -627,22 +636,23 @@ def help_lines(remote: bool = False) -> list[str]:
 
 
 def split_options(argv: Sequence[str]) -> tuple[list[str], bool, str | None]:
-    """Take the global options out of `argv`: (the rest, --json, --app value)."""
+    """Take the global options out of `argv`: (the rest, --json, --app value). Nothing
+    after `--` is an option: it stays, with the `--`, for commands such as `run`."""
     rest: list[str] = []
     as_json, app = False, None
     items = iter(argv)
     for item in items:
         if item == "--":
-            rest += list(items)
+            rest += [item, *items]
             break
         if item == "--json":
             as_json = True
-        elif item in ("--app", "-a"):
-            app = next(items, None)
-            if app is None:
+        elif item in ("--app", "-a") or item.startswith("--app="):
+            if app is not None:
+                raise UsageError("give --app once")
+            app = item.split("=", 1)[1] if "=" in item else next(items, None)
+            if not app:
                 raise UsageError(f"{item} needs an app name")
-        elif item.startswith("--app="):
-            app = item.split("=", 1)[1]
         else:
             rest.append(item)
     return rest, as_json, app

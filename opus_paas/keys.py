@@ -100,7 +100,9 @@ def remove_key(store: Store, actor: Actor, which: str) -> Key:
     """Remove a key named by its fingerprint or its comment (name); a developer may
     remove only their own."""
     mine = list_keys(store, actor)
-    matches = [k for k in mine if which in (k.fingerprint, k.comment)]
+    # An exact fingerprint wins: a key's comment can never shadow another key.
+    matches = [k for k in mine if k.fingerprint == which] or \
+        [k for k in mine if which and k.comment == which]
     if not matches:
         raise NotFound(f"no key {which}; `opus keys` shows the keys you may remove")
     if len(matches) > 1:

@@ -12,12 +12,13 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
-from opus_paas import names
+from opus_paas import names, privileged
 from opus_paas.errors import NotFound
 from opus_paas.settings import Settings
 
 FOLLOW_POLL_SECONDS = 0.3
 MAX_LINES = 10_000
+READ_LIMIT = 1 << 20   # bytes a follower reads per file per round
 
 
 def log_files(settings: Settings, app: str, process_type: str | None) -> list[Path]:
@@ -44,9 +45,8 @@ def tail(paths: list[Path], count: int) -> list[str]:
     lines: list[str] = []
     for path in paths:
         kept: deque[str] = deque(maxlen=count)
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                kept.append(line.rstrip("\n"))
+        with path.open("rb") as handle:
+            kept.extend(privileged.bounded_lines(handle.fileno()))
         lines += [f"{path.stem}: {line}" for line in kept]
     return lines[-count:] if count else []
 
@@ -82,8 +82,9 @@ def _read_new(path: Path, position: tuple[int, int]) -> tuple[tuple[int, int], l
         if info.st_ino != inode or info.st_size < offset:
             offset = 0        # rotated or truncated: the new file from its start
         handle.seek(offset)
-        data = handle.read()
-    # Only whole lines; a half-written last line waits for the next round.
-    complete = data[: data.rfind(b"\n") + 1]
+        data = handle.read(READ_LIMIT)
+    # Only whole lines; a half-written last line waits for the next round, unless it
+    # is already longer than any line should be.
+    complete = data[: data.rfind(b"\n") + 1] if len(data) < READ_LIMIT else data
     lines = complete.decode("utf-8", "replace").splitlines()
     return (info.st_ino, offset + len(complete)), lines

@@ -127,8 +127,7 @@ def stream(
     reaper.start()
     assert proc.stdout is not None
     try:
-        for raw in proc.stdout:
-            yield raw.decode("utf-8", "replace").rstrip("\n")
+        yield from bounded_lines(proc.stdout.fileno())
     finally:
         proc.stdout.close()
         _kill_group(proc.pid)
@@ -204,6 +203,25 @@ def run_in_terminal(settings: Settings, argv: Sequence[str], *, cwd: Path,
         os.close(controller)
         with _LIVE_LOCK:
             _LIVE_GROUPS.discard(proc.pid)
+
+
+MAX_LINE = 8 * 1024   # longer lines come out in pieces: a step's output cannot fill memory
+
+
+def bounded_lines(fd: int, max_line: int = MAX_LINE) -> Iterator[str]:
+    """Lines read from `fd` as they come, none longer than `max_line` bytes."""
+    pending = b""
+    while chunk := os.read(fd, 65536):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            for start in range(0, max(len(line), 1), max_line):
+                yield line[start:start + max_line].decode("utf-8", "replace")
+        while len(pending) >= max_line:
+            yield pending[:max_line].decode("utf-8", "replace")
+            pending = pending[max_line:]
+    if pending:
+        yield pending.decode("utf-8", "replace")
 
 
 def kill_running_steps() -> None:

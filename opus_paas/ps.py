@@ -8,13 +8,14 @@ Only `web` runs today; other Procfile types come with worker support.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
 import time
 from typing import Any
 
-from opus_paas import access, deploy, locks, privileged, release
+from opus_paas import access, deploy, locks, privileged, redact, release
 from opus_paas.access import Actor
 from opus_paas.build import Emit
 from opus_paas.errors import NotFound, UsageError
@@ -40,7 +41,7 @@ def processes(settings: Settings, store: Store, actor: Actor, name: str) -> list
 
 
 def _live(store: Store, app: App) -> App:
-    fresh = store.get_app(app.name) or app
+    fresh = access.fresh(store, app)
     if fresh.live_version is None:
         raise NotFound(f"{app.name} has no release yet; push to deploy one")
     return fresh
@@ -86,7 +87,7 @@ def parse_scale(pairs: list[str]) -> dict[str, int]:
     found: dict[str, int] = {}
     for pair in pairs:
         kind, sep, count = pair.partition("=")
-        if not sep or not count.isdigit():
+        if not sep or not re.fullmatch(r"[0-9]{1,6}", count):
             raise UsageError(f"{pair!r} is not TYPE=COUNT, such as web=2")
         found[kind] = int(count)
     return found
@@ -105,10 +106,10 @@ def scale(settings: Settings, store: Store, actor: Actor, name: str, counts: dic
                          "`opus ps:stop`")
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
-        app = store.get_app(app.name) or app
+        app = access.fresh(store, app)
         before = app.web_processes
         store.set_scale(app, web)
-        app = store.get_app(app.name) or app
+        app = access.fresh(store, app)
         if app.live_version is not None and not app.stopped:
             try:
                 _run_live(settings, store, app, emit)
@@ -137,10 +138,11 @@ def run_one_off(settings: Settings, store: Store, actor: Actor, name: str, argv:
         return privileged.run_in_terminal(settings, [program, *argv[1:]], cwd=slug, env=env,
                                           terminal=terminal, timeout=settings.build_timeout,
                                           cancelled=cancelled)
+    pairs = redact.replacements(settings, slug)
     try:
         for line in privileged.stream(settings, [program, *argv[1:]], cwd=slug, env=env,
                                       timeout=settings.build_timeout, cancelled=cancelled):
-            emit(line)
+            emit(redact.redact(line, pairs))
     except subprocess.CalledProcessError as exc:
         return exc.returncode if exc.returncode > 0 else 128 - exc.returncode
     return 0

@@ -7,13 +7,14 @@ new release is live, so a release that fails its check changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 
 from opus_paas import access, deploy, locks, names, privileged, release
 from opus_paas.access import Actor
 from opus_paas.build import Emit
-from opus_paas.errors import BuildFailed, NotFound, UsageError
+from opus_paas.errors import BuildFailed, NotFound, OpusError, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Release, Store
 from opus_paas.supervisor import Supervisor
@@ -73,7 +74,7 @@ def change_config(settings: Settings, store: Store, actor: Actor, app_name: str,
                              "environment can carry")
     app = access.app_for(store, actor, app_name)
     with locks.app_lock(settings, app.name, on_wait=_say_waiting(app, emit)):
-        app = store.get_app(app.name) or app
+        app = access.fresh(store, app)
         config = {k: v for k, v in store.config(app).items() if k not in removals}
         config.update(updates)
         live = _live_release(store, app)
@@ -92,7 +93,7 @@ def rollback(settings: Settings, store: Store, actor: Actor, app_name: str,
     its build and its config."""
     app = access.app_for(store, actor, app_name)
     with locks.app_lock(settings, app.name, on_wait=_say_waiting(app, emit)):
-        app = store.get_app(app.name) or app
+        app = access.fresh(store, app)
         if app.live_version is None:
             raise NotFound(f"{app.name} has no release to roll back from; push first")
         if target is None:
@@ -117,13 +118,17 @@ def change_domain(settings: Settings, store: Store, actor: Actor, app_name: str,
     """Add or remove a custom domain; a live app gets a new release (ALLOWED_HOSTS
     follows) and the front answers for the domain, or stops to. Returns the release made."""
     names.check_domain(domain)
+    if "." not in domain or all(label.isdigit() for label in domain.split(".")):
+        raise UsageError(f"{domain} is not a domain of its own (a bare host name or an IP "
+                         "address would take the server's own name); give one such as "
+                         "www.example.com")
     reserved = settings.domain
     if domain == reserved or domain.endswith("." + reserved):
         raise UsageError(f"{domain} is under {reserved}, which Opus keeps for app names; "
                          "give a domain of your own")
     app = access.app_for(store, actor, app_name)
     with locks.app_lock(settings, app.name, on_wait=_say_waiting(app, emit)):
-        app = store.get_app(app.name) or app
+        app = access.fresh(store, app)
         if add:
             store.add_domain(app, domain)
         elif not store.remove_domain(app, domain):
@@ -138,8 +143,12 @@ def change_domain(settings: Settings, store: Store, actor: Actor, app_name: str,
                                  description=f"{'Add' if add else 'Remove'} domain {domain}",
                                  emit=emit)
         except BaseException:
-            if add:   # put the domains back as they were
-                store.remove_domain(app, domain)
-            else:
-                store.add_domain(app, domain)
+            # Put the domains back as they were, and the front with them; the release's
+            # own error is the one to report.
+            with contextlib.suppress(OpusError):
+                if add:
+                    store.remove_domain(app, domain)
+                else:
+                    store.add_domain(app, domain)
+                deploy.refresh_front(settings, store, Supervisor(settings))
             raise

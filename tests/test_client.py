@@ -45,14 +45,28 @@ def test_the_ssh_command_line_carries_the_app_and_stops_option_parsing() -> None
     argv = client.ssh_argv(remote, ["config:set", "A=b c"],
                            {"GIT_SSH_COMMAND": "ssh -i /k -o BatchMode=yes"})
     assert argv == ["ssh", "-i", "/k", "-o", "BatchMode=yes", "-p", "2222", "--", "git@h",
-                    "config:set 'A=b c' --app myapp"]
-    assert client.ssh_argv(remote, ["apps:info", "--app", "other"], {})[-1] == \
-        "apps:info --app other"
+                    "config:set --app myapp 'A=b c'"]
+
+
+@pytest.mark.parametrize(("argv", "sent"), [
+    (["apps:info", "--app", "other"], "apps:info --app other"),
+    (["ps:stop", "--app=staging"], "ps:stop --app=staging"),
+    (["run", "--", "python", "manage.py", "migrate"],
+     "run --app myapp -- python manage.py migrate"),
+    (["run", "--", "ls", "-a"], "run --app myapp -- ls -a"),
+    (["run", "-a", "other", "--", "ls", "-a"], "run -a other -- ls -a"),
+])
+def test_the_app_goes_right_after_the_command_unless_one_is_named(argv: list[str],
+                                                                  sent: str) -> None:
+    remote = client.Remote("h", 2222, "git", "myapp")
+    assert client.ssh_argv(remote, argv, {})[-1] == sent
 
 
 def test_the_remote_option_is_taken_out() -> None:
     assert client.take_remote_option(["config", "--remote", "prod", "-n"]) == \
         (["config", "-n"], "prod")
+    assert client.take_remote_option(["run", "--", "pip", "install", "-r", "req.txt"]) == \
+        (["run", "--", "pip", "install", "-r", "req.txt"], None)
     assert client.take_remote_option(["config", "--remote=staging"]) == (["config"], "staging")
     with pytest.raises(UsageError):
         client.take_remote_option(["config", "--remote"])
@@ -88,6 +102,10 @@ def test_in_a_checkout_opus_runs_the_command_on_the_remote_host(
     missing = opus_here("config:get", "NOPE")
     assert missing.returncode == 3 and "has no config var NOPE" in missing.stderr
     assert opus_here("apps:create", "--remote", "staging").returncode == 0
+    # An app named explicitly wins over the remote's; `run`'s own options stay its own.
+    other = opus_here("config:set", "--app=clientstage", "ONLY=staging")
+    assert other.returncode == 0, other.stderr
+    assert "ONLY" not in json.loads(opus_here("config", "--json").stdout)
     assert "clientstage" in opus.cli("apps").stdout
     unknown = opus_here("config", "--remote", "nowhere")
     assert unknown.returncode == 2 and "no git remote nowhere here" in unknown.stderr

@@ -358,6 +358,9 @@ def test_config_set_makes_one_release_and_keeps_values_exactly(
     config = json.loads(ssh(opus, owner, "config", LIVE, "--json").stdout)
     assert (config["GREETING"], config["EMPTY"], config["X"]) == (TRICKY, "", "1=2")
     assert ssh(opus, owner, "config:get", LIVE, "GREETING").stdout == TRICKY + "\n"
+    # The table never lets a value drive the reader's terminal or forge a row.
+    table = ssh(opus, owner, "config", LIVE).stdout
+    assert "\x1b" not in table and "\\u001b[31m" in table and "\\nsecond line" in table
     # The running release got them: its environment snapshot holds them exactly.
     env = json.loads((opus.home / "apps" / LIVE / "env" / f"v{before + 1}.json").read_text())
     assert env["GREETING"] == TRICKY
@@ -509,6 +512,11 @@ def test_run_a_one_off_command_in_the_live_release(opus: Opus, people: dict[str,
     assert (local.returncode, local.stdout) == (7, "True True True\n")
     check = ssh(opus, owner, "run", LIVE, "--", "python", "manage.py", "check")
     assert check.returncode == 0 and "System check identified no issues" in check.stdout
+    without_dashes = ssh(opus, owner, "run", LIVE, "python", "-c", "print(1)")
+    assert without_dashes.returncode == 2 and "the -- is needed" in without_dashes.stderr
+    option_like = ssh(opus, owner, "run", LIVE, "--", "python", "-c",
+                      "import sys; print(sys.argv[1:])", "-a", "--json", "--app", "x")
+    assert option_like.stdout == "['-a', '--json', '--app', 'x']\n", option_like.stderr
     missing = ssh(opus, owner, "run", LIVE, "--", "no-such-program")
     assert missing.returncode == 3 and "no-such-program: no such command" in missing.stderr
     stranger = ssh(opus, people["stranger"], "run", LIVE, "--", "id")
@@ -548,6 +556,7 @@ def _live_version(opus: Opus, key: SshKey) -> int:
 
 
 @pytest.mark.parametrize("domain", [f"{APP}.localhost", "localhost", "opus.localhost",
+                                    "127.0.0.1", "10.1.2.3", "myhost",
                                     "UPPER.test", "a..b.test", "-x.test", "x" * 300 + ".test",
                                     "evil.test;id", "evil.test\nServerAlias x", "*.test"])
 def test_hostile_domains_are_refused(opus: Opus, people: dict[str, SshKey], live_app: Path,
@@ -684,6 +693,17 @@ def test_hostile_app_names_are_refused_everywhere(opus: Opus, people: dict[str, 
 def test_hostile_user_names_are_refused(opus: Opus, name: str) -> None:
     result = opus.cli("users:add", name, check=False)
     assert result.returncode == 2 and result.stderr.startswith("opus: invalid user name")
+
+
+@pytest.mark.parametrize("argv", [["logs", APP, "-n", "\u00b2"], ["ps:scale", APP, "web=\u00b2"],
+                                  ["rollback", APP, "v\u00b2"], ["logs", APP, "-n", "9" * 5000],
+                                  ["apps:info", APP, "--app", APP]])
+def test_odd_numbers_and_repeated_options_get_one_line(opus: Opus, people: dict[str, SshKey],
+                                                       argv: list[str]) -> None:
+    for result in (ssh(opus, people["owner"], *argv), opus.cli(*argv, check=False)):
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "internal error" not in result.stderr
 
 
 def test_a_command_line_with_an_open_quote_is_refused(opus: Opus,

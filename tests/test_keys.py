@@ -113,3 +113,14 @@ def test_cli_keys_add_from_stdin_list_and_remove(real_key: str, tmp_path: Path) 
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     assert opus("keys:remove", fingerprint).returncode == 0
     assert "No keys yet" in opus("keys").stdout
+
+
+def test_a_comment_never_shadows_another_keys_fingerprint(store: Store, real_key: str,
+                                                          tmp_path: Path) -> None:
+    _, first = keys.add_key(store, OPERATOR, "alice", real_key)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", first.fingerprint,
+                    "-f", str(tmp_path / "k3")], check=True)
+    keys.add_key(store, OPERATOR, "bob", (tmp_path / "k3.pub").read_text())
+    assert keys.remove_key(store, OPERATOR, first.fingerprint).user == "alice"
+    with pytest.raises(NotFound):
+        keys.remove_key(store, OPERATOR, "")
