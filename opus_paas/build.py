@@ -6,7 +6,6 @@ Every line of output is yielded as it arrives, so the SSH side can stream it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -25,7 +24,8 @@ from opus_paas.paths import shipped
 from opus_paas.settings import Settings
 
 # Config variables the build never takes from the app (the buildpack filters too).
-UNSAFE_BUILD_VARS = re.compile(r"PATH|PYTHONHOME|PYTHONPATH|PYTHONSTARTUP|LD_.*|OPUS_.*")
+UNSAFE_BUILD_VARS = re.compile(
+    r"PATH|PYTHONHOME|PYTHONPATH|PYTHONSTARTUP|LD_.*|OPUS_(?!AUTO_MIGRATE\Z|DISABLE_OVERRIDES\Z).*")
 
 S_IFGITLINK = 0o160000
 
@@ -37,7 +37,6 @@ class BuildResult:
     """What a successful build leaves behind in its slug directory."""
 
     slug: Path
-    info: dict[str, object]          # .opus/build.json, written by bin/compile
     process_types: dict[str, str]    # from bin/release's default_process_types
 
 
@@ -188,6 +187,7 @@ def build_environment(settings: Settings, home: Path) -> dict[str, str]:
         "UV_NATIVE_TLS": "1",
         **dict(settings.network_env),
     }
+    env["OPUS_PACKAGE_CACHE"] = str(settings.package_cache)
     if settings.python:
         env["OPUS_PYTHON"] = settings.python
     return env
@@ -226,7 +226,7 @@ def run_buildpack(settings: Settings, slug: Path, app_dir: Path,
         for line in detected.stdout.splitlines():
             emit(line)
         raise BuildFailed("no buildpack recognised this app; see the messages above")
-    compile_argv = [str(bin_dir / "compile"), str(slug), str(settings.package_cache), str(env_dir)]
+    compile_argv = [str(bin_dir / "compile"), str(slug), str(app_dir / "cache"), str(env_dir)]
     try:
         for line in privileged.stream(settings, compile_argv, cwd=slug, env=env,
                                       timeout=settings.build_timeout, cancelled=cancelled):
@@ -240,15 +240,7 @@ def run_buildpack(settings: Settings, slug: Path, app_dir: Path,
         for line in (released.stdout + released.stderr).splitlines():
             emit(line)
         raise BuildFailed("the buildpack's release step failed; see the messages above")
-    # The slug belongs to the run user: read what the build left without following links.
-    raw = privileged.read_run_user_file(slug, ".opus/build.json", 64 * 1024)
-    try:
-        info = json.loads(raw or b"")
-        if not isinstance(info, dict):
-            raise ValueError
-    except ValueError:
-        raise BuildFailed("the buildpack left no valid .opus/build.json") from None
-    return BuildResult(slug, info, parse_release_output(released.stdout))
+    return BuildResult(slug, parse_release_output(released.stdout))
 
 
 def _run_step(settings: Settings, argv: list[str], cwd: Path,

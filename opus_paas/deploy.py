@@ -49,16 +49,13 @@ def web_program(settings: Settings, app: str, version: int, port: int,
     from the slug built for release `slug_version` (its own by default)."""
     slug = release.slug_dir(settings, app, version if slug_version is None else slug_version)
     server_root = release.app_dir(settings, app) / "run" / f"web-{port}"
-    command = [
-        str(slug / ".opus" / "venv" / "bin" / "mod_wsgi-express"), "start-server",
-        "--application-type", "module", "opus_runtime.wsgi",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--server-root", str(server_root),
-        "--working-directory", str(slug),
-        "--locale", "C.UTF-8",
-        "--log-to-terminal", "--access-log",
-        "--processes", str(processes), "--threads", str(THREADS),
-    ]
+    info = release.read_build_info(slug) or {}
+    if info.get("web_command"):
+        # The Procfile's own web: (an ASGI server, say), run as written on $PORT.
+        command = [str(slug / ".opus" / "venv" / "bin" / "python"), "-m", "opus_runtime.web",
+                   str(port), str(info["web_command"])]
+    else:
+        command = mod_wsgi_command(slug, port, server_root, processes)
     return Program(
         name=web_program_name(app, version, port),
         command=command,
@@ -73,6 +70,19 @@ def web_program(settings: Settings, app: str, version: int, port: int,
         startsecs=1,
         stopwaitsecs=15,
     )
+
+
+def mod_wsgi_command(slug: Path, port: int, server_root: Path, processes: int) -> list[str]:
+    return [
+        str(slug / ".opus" / "venv" / "bin" / "mod_wsgi-express"), "start-server",
+        "--application-type", "module", "opus_runtime.wsgi",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--server-root", str(server_root),
+        "--working-directory", str(slug),
+        "--locale", "C.UTF-8",
+        "--log-to-terminal", "--access-log",
+        "--processes", str(processes), "--threads", str(THREADS),
+    ]
 
 
 def check_health(settings: Settings, host: str, port: int, program: str,

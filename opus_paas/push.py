@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dulwich.repo import Repo
 
-from opus_paas import build, deploy, privileged, procfile, redact, release
+from opus_paas import build, deploy, privileged, redact, release
 from opus_paas.build import Emit
 from opus_paas.errors import BuildFailed, OpusError
 from opus_paas.settings import Settings
@@ -36,6 +36,7 @@ def ensure_app_dirs(settings: Settings, app: str) -> None:
     privileged.make_dir(settings, base / "releases", 0o755, for_run_user=False)
     privileged.make_dir(settings, base / "env", 0o711, for_run_user=False)
     privileged.make_dir(settings, base / "run", 0o755, for_run_user=True)
+    privileged.make_dir(settings, base / "cache", 0o700, for_run_user=True)
     privileged.make_dir(settings, release.home_dir(settings, app), 0o700, for_run_user=True)
     privileged.make_dir(settings, release.data_dir(settings, app), 0o700, for_run_user=True)
     (settings.logs_dir / app).mkdir(parents=True, exist_ok=True)
@@ -73,15 +74,15 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             config = store.config(app)
             result = build.run_buildpack(settings, slug, release.app_dir(settings, app.name),
                                          config, emit_and_log, cancelled)
-            types = dict(result.process_types)
-            declared = privileged.read_run_user_file(slug, "Procfile", 64 * 1024)
-            if declared is not None:
-                types.update(procfile.parse(declared.decode("utf-8", "replace")))
+            info = release.read_build_info(slug)
+            if info is None:
+                raise BuildFailed("the buildpack left no .opus/build.json")
+            types = {**result.process_types, **info.get("process_types", {})}  # type: ignore[dict-item]
             ignored = sorted(set(types) - {"web", "release"})
             if ignored:
                 emit_and_log(f" !     Procfile types not run yet: {', '.join(ignored)} "
                              "(Opus runs web and release for now)")
-            env = release.runtime_env(settings, app, slug, config, result.info,
+            env = release.runtime_env(settings, app, slug, config, info,
                                       deploy.app_domains(settings, store, app))
             release.write_env_file(settings, app.name, version, env)
             if types.get("release"):

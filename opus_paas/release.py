@@ -12,13 +12,16 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from opus_paas import privileged
+from opus_paas import names, privileged
 from opus_paas.build import Emit
 from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.settings import Settings
 from opus_paas.store import App
 
 VERSION_DIR = re.compile(r"v([0-9]{1,9})")
+# A directory inside a slug, as the buildpack records it (never absolute, never `..`).
+SAFE_APP_ROOT = re.compile(r"\.|[A-Za-z0-9_][A-Za-z0-9_-]*(?:/[A-Za-z0-9_][A-Za-z0-9_-]*)*")
+BUILD_JSON = ".opus/build.json"
 
 
 def app_dir(settings: Settings, app: str) -> Path:
@@ -38,6 +41,43 @@ def home_dir(settings: Settings, app: str) -> Path:
     return app_dir(settings, app) / "home"
 
 
+def read_build_info(slug: Path) -> dict[str, object] | None:
+    """The slug's ``.opus/build.json``, checked: None when it is not there. The run user
+    wrote it, so it is read without following links, size-capped, and every field Opus
+    uses is checked before it is trusted."""
+    raw = privileged.read_run_user_file(slug, BUILD_JSON, 64 * 1024)
+    if raw is None:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        raise BuildFailed("the buildpack left no valid .opus/build.json; push to build again")
+    types = info.get("process_types", {})
+    valid = (
+        isinstance(types, dict)
+        and all(isinstance(k, str) and names.PROCESS_TYPE.fullmatch(k) and isinstance(v, str)
+                for k, v in types.items())
+        and SAFE_APP_ROOT.fullmatch(str(info.get("app_root", ".")))
+        and all(info.get(k) is None or isinstance(info[k], str)
+                for k in ("web_command", "wsgi_module", "wsgi_callable", "manage_py",
+                          "settings_module", "static_root", "framework"))
+    )
+    if not valid:
+        raise BuildFailed("the buildpack's .opus/build.json has fields Opus cannot use; "
+                          "push to build again")
+    return info
+
+
+def app_root(slug: Path, info: Mapping[str, object]) -> Path:
+    """Where the app's modules are: the buildpack's app_root, else manage.py's directory."""
+    if info.get("app_root"):
+        return slug / str(info["app_root"])
+    manage_py = info.get("manage_py")
+    return slug / Path(str(manage_py)).parent if manage_py else slug
+
+
 def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, str],
                 info: Mapping[str, object], domains: list[str]) -> dict[str, str]:
     """The environment every process of this release runs with.
@@ -45,8 +85,6 @@ def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, s
     Config vars come first; Opus's own variables (which point the settings
     overlay at the app's data, static files and host names) win.
     """
-    manage_py = info.get("manage_py")
-    app_root = slug / Path(str(manage_py)).parent if manage_py else slug
     env = dict(config)
     env.update({
         "PATH": f"{slug / '.opus' / 'venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin",
@@ -55,7 +93,7 @@ def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, s
         "LC_ALL": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
         "OPUS_APP": app.name,
-        "OPUS_APP_ROOT": str(app_root),
+        "OPUS_APP_ROOT": str(app_root(slug, info)),
         "OPUS_ALLOWED_HOSTS": ",".join(domains),
         "OPUS_DATA_DIR": str(data_dir(settings, app.name)),
     })
@@ -66,6 +104,7 @@ def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, s
         env["OPUS_USER_SETTINGS_MODULE"] = str(info["settings_module"])
     if info.get("wsgi_module"):
         env["OPUS_WSGI_MODULE"] = str(info["wsgi_module"])
+        env["OPUS_WSGI_CALLABLE"] = str(info.get("wsgi_callable") or "application")
     return env
 
 

@@ -8,13 +8,12 @@ new release is live, so a release that fails its check changes nothing.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
 
-from opus_paas import access, deploy, locks, names, privileged, release
+from opus_paas import access, deploy, locks, names, release
 from opus_paas.access import Actor
 from opus_paas.build import Emit
-from opus_paas.errors import BuildFailed, NotFound, OpusError, UsageError
+from opus_paas.errors import NotFound, OpusError, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Release, Store
 from opus_paas.supervisor import Supervisor
@@ -25,15 +24,10 @@ def release_build(settings: Settings, store: Store, app: App, *, slug_version: i
     """Deploy the build of release `slug_version` with `config` as a new release; return
     its version. The caller holds the app's deploy lock."""
     slug = release.slug_dir(settings, app.name, slug_version)
-    raw = privileged.read_run_user_file(slug, ".opus/build.json", 64 * 1024)
-    if raw is None:
+    info = release.read_build_info(slug)
+    if info is None:
         raise NotFound(f"the build of v{slug_version} is no longer kept; push to build "
                        "again")
-    try:
-        info = json.loads(raw)
-    except ValueError:
-        raise BuildFailed(f"the build of v{slug_version} is damaged; push to build again") \
-            from None
     version = store.next_release_version(app)
     env = release.runtime_env(settings, app, slug, config, info,
                               deploy.app_domains(settings, store, app))

@@ -9,7 +9,7 @@ import pytest
 from dulwich.objects import Blob, Commit, ObjectID, Tree
 from dulwich.repo import Repo
 
-from opus_paas import build, procfile
+from opus_paas import build
 from opus_paas.errors import BuildFailed
 
 
@@ -95,17 +95,6 @@ def test_release_output_parsing() -> None:
         "release": "python manage.py migrate --noinput"}
     assert build.parse_release_output("---\ndefault_process_types: {}\n") == {}
     assert build.parse_release_output("addons: []\n") == {}
-
-
-def test_procfile_parsing() -> None:
-    assert procfile.parse("# c\nweb: gunicorn x\n\nrelease: python manage.py migrate\n") == {
-        "web": "gunicorn x", "release": "python manage.py migrate"}
-
-
-@pytest.mark.parametrize("text", ["web", "web:", "we b: x", "web: a\nweb: b", "web;id: x"])
-def test_bad_procfiles_are_refused(text: str) -> None:
-    with pytest.raises(BuildFailed, match="Procfile line"):
-        procfile.parse(text)
 
 
 def test_ref_update_lines_are_parsed_and_garbage_skipped() -> None:

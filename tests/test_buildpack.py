@@ -23,7 +23,12 @@ BUILDPACK = Path(__file__).resolve().parent.parent / "buildpacks" / "python"
 sys.path.insert(0, str(BUILDPACK / "lib"))
 sys.path.insert(0, str(BUILDPACK / "lib" / "runtime"))
 
-from opus_buildpack import django, main, packages  # noqa: E402
+from opus_buildpack import (  # noqa: E402
+    django,
+    main,
+    packages,
+    python_version,
+)
 from opus_buildpack.buildinfo import (  # noqa: E402
     BuildInfo,
     read_build_info,
@@ -34,7 +39,7 @@ from opus_buildpack.detect import is_python_app, not_detected_message  # noqa: E
 from opus_buildpack.envdir import filter_config, flag_set, read_env_dir  # noqa: E402
 from opus_buildpack.errors import BuildError  # noqa: E402
 from opus_buildpack.output import Output, format_alert, format_detail  # noqa: E402
-from opus_buildpack.python_version import choose_python, newest_versioned  # noqa: E402
+from opus_buildpack.python_version import Interpreter, Request  # noqa: E402
 from opus_runtime.bootstrap import load_env_file, prepare  # noqa: E402
 from opus_runtime.overlay import (  # noqa: E402
     OverlayError,
@@ -266,22 +271,81 @@ def test_uv_environment_keeps_build_settings_fixed() -> None:
 # --- interpreter choice -------------------------------------------------------------------
 
 
-def test_newest_versioned() -> None:
-    names = ["python3.9", "python3.11", "python3.12-config", "python3.10", "python3", "python3.x"]
-    assert newest_versioned(names) == "python3.11"
-    assert newest_versioned(["python3"]) is None
+def test_requested_version_from_each_file() -> None:
+    ask = python_version.requested_version
+    assert ask({".python-version": "# pinned\n3.11\n"}, [".python-version"]) == \
+        Request((3, 11), ".python-version")
+    assert ask({".python-version": "3.12.1 # exact"}, []) == Request((3, 12, 1), ".python-version")
+    assert ask({"runtime.txt": "python-3.11.2\n"}, []) == Request((3, 11, 2), "runtime.txt")
+    lock = json.dumps({"_meta": {"requires": {"python_version": "3.11"}}})
+    assert ask({"Pipfile.lock": lock}, []) == Request((3, 11), "Pipfile.lock")
+    assert ask({"Pipfile.lock": "{not json"}, []) is None
+    assert ask({}, ["requirements.txt"]) is None
+    # The two files may agree (3.11 and 3.11.2); .python-version wins.
+    assert ask({".python-version": "3.11", "runtime.txt": "python-3.11.2"}, []).source == \
+        ".python-version"
 
 
-def test_choose_python(tmp_path: Path) -> None:
-    for name in ("python3.9", "python3.13", "python3.13-config"):
-        touch(tmp_path / name)
-    assert choose_python({}, tmp_path) == tmp_path / "python3.13"
-    assert choose_python({"OPUS_PYTHON": str(tmp_path / "python3.9")}, tmp_path).name == \
-        "python3.9"
-    with pytest.raises(BuildError, match="OPUS_PYTHON"):
-        choose_python({"OPUS_PYTHON": "python3"}, tmp_path)
+@pytest.mark.parametrize(("files", "listing", "message"), [
+    ({".python-version": "3.11\n3.12\n"}, [], "names several versions"),
+    ({".python-version": "\n# nothing\n"}, [], "is empty"),
+    ({".python-version": "python-3.11"}, [], r"write just the version: 3\.11"),
+    ({".python-version": "3.x"}, [], "not a Python version"),
+    ({".python-version": "2.7"}, [], "not a Python version"),
+    ({".python-version": "3.11;rm -rf /"}, [], "not a Python version"),
+    ({"runtime.txt": "python3.11.2"}, [], "runtime.txt file says"),
+    ({".python-version": "3.12", "runtime.txt": "python-3.11.2"}, [], "Keep one"),
+    ({}, [".python_version"], r"Found \.python_version .*reads \.python-version"),
+    ({}, ["runtime.text"], "git mv runtime.text runtime.txt"),
+])
+def test_requested_version_errors(files: dict[str, str], listing: list[str],
+                                  message: str) -> None:
+    with pytest.raises(BuildError) as error:
+        python_version.requested_version(files, listing)
+    assert re.search(message, error.value.message + " ".join(error.value.hints))
+
+
+def test_choose_among_installed() -> None:
+    old = Interpreter(Path("/usr/bin/python3.11"), (3, 11, 2))
+    new = Interpreter(Path("/opt/pyenv/versions/3.12.4/bin/python3"), (3, 12, 4))
+    patch = Interpreter(Path("/opt/pyenv/versions/3.11.9/bin/python3"), (3, 11, 9))
+    choose = python_version.choose
+    assert choose(None, [old, new]) == new
+    assert choose(None, [old, new], default=old) == old
+    assert choose(Request((3, 11), "x"), [old, new, patch]) == patch
+    assert choose(Request((3, 11, 2), "x"), [old, new, patch]) == old
+    with pytest.raises(BuildError) as missing:
+        choose(Request((3, 8), ".python-version"), [old, new])
+    assert "Python 3.8 (from .python-version) is not installed" in missing.value.message
+    hints = " ".join(missing.value.hints)
+    assert "3.11.2 (/usr/bin/python3.11)" in hints and "OPUS_PYTHONS" in hints
     with pytest.raises(BuildError, match="No Python interpreter"):
-        choose_python({}, tmp_path / "nothing")
+        choose(None, [])
+
+
+def test_interpreters_are_discovered_where_the_host_keeps_them(tmp_path: Path) -> None:
+    """Debian's python3.X, pyenv versions and the operator's list, each run to learn its
+    version; what cannot run is left out."""
+    system = tmp_path / "bin"
+    system.mkdir()
+    (system / "python3.11").symlink_to(SYSTEM_PYTHON)
+    touch(system / "python3.99")                       # not executable: left out
+    pyenv = tmp_path / "pyenv" / "versions" / "3.11.2" / "bin"
+    pyenv.mkdir(parents=True)
+    (pyenv / "python3").symlink_to(SYSTEM_PYTHON)
+    listed = tmp_path / "listed-python"
+    listed.symlink_to(SYSTEM_PYTHON)
+    environ = {"OPUS_PYTHONS": f"{listed}:relative/python"}
+    paths = python_version.candidate_paths(environ, system_bin=system,
+                                           pyenv_roots=[tmp_path / "pyenv"])
+    assert paths == [listed, Path("relative/python"), system / "python3.11",
+                     system / "python3.99", pyenv / "python3"]
+    found = python_version.installed_interpreters(environ, system_bin=system,
+                                                  pyenv_roots=[tmp_path / "pyenv"])
+    # One per exact version; the operator's list comes first.
+    assert [(i.path, i.version[:2]) for i in found] == [(listed, (3, 11))]
+    with pytest.raises(BuildError, match="OPUS_PYTHON=/nope"):
+        python_version.default_interpreter({"OPUS_PYTHON": "/nope"}, found)
 
 
 # --- detect and release -------------------------------------------------------------------
@@ -291,7 +355,7 @@ def test_detect_message_lists_root_files() -> None:
     assert is_python_app(["requirements.txt"]) and is_python_app(["manage.py", "x"])
     assert not is_python_app(["src/", "README.md"])
     message, hints = not_detected_message(["README.md", "src/"])
-    assert "requirements.txt or manage.py" in message
+    assert "requirements.txt, runtime.txt" in message
     assert "README.md, src/" in message
     assert any("requirements.txt" in h for h in hints)
     many, _ = not_detected_message([f"f{i}" for i in range(25)])
@@ -338,7 +402,7 @@ def test_compile_without_requirements_says_what_to_add(tmp_path: Path) -> None:
     stream = io.StringIO()
     code = main.compile_main([str(tmp_path), str(tmp_path / "cache")], Output(stream), {})
     assert code == 1
-    assert " !     No requirements.txt at the root of the repository." in stream.getvalue()
+    assert " !     No package manager file was found at the repository root." in stream.getvalue()
 
 
 def test_compile_django_no_settings_line_fails_before_installing(tmp_path: Path) -> None:
@@ -471,12 +535,12 @@ def test_wsgi_bootstrap(tmp_path: Path) -> None:
     environ = {"OPUS_ENV_FILE": str(env_file), "OPUS_APP_ROOT": "/app/src",
                "OPUS_USER_SETTINGS_MODULE": "mysite.settings", "OPUS_WSGI_MODULE": "mysite.wsgi"}
     path = ["/lib", "/app/src"]
-    assert prepare(environ, path) == "mysite.wsgi"
+    assert prepare(environ, path) == ("mysite.wsgi", "application")
     assert path == ["/app/src", "/lib"]
     assert environ["SECRET_KEY"] == "a'b\"c $x" and environ["X"] == ""
     assert environ["DJANGO_SETTINGS_MODULE"] == "opus_runtime.settings"
     plain = {"OPUS_WSGI_MODULE": "app"}
-    assert prepare(plain, []) == "app" and "DJANGO_SETTINGS_MODULE" not in plain
+    assert prepare(plain, []) == ("app", "application") and "DJANGO_SETTINGS_MODULE" not in plain
     with pytest.raises(RuntimeError, match="OPUS_WSGI_MODULE"):
         prepare({}, [])
     for bad in ("[]", '{"A": 1}', '{"A=B": "x"}', '{"": "x"}'):
@@ -527,11 +591,15 @@ def run_bin(name: str, *args: Path, env: dict[str, str]) -> subprocess.Completed
 def run_compile(
     build: Path, cache: Path, env: dict[str, str], config: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """Compile as Opus does: the app's own CACHE (its environments), the shared package
+    cache (`cache`) passed as OPUS_PACKAGE_CACHE."""
     env_dir = build.parent / f"{build.name}-env"
-    env_dir.mkdir()
+    env_dir.mkdir(exist_ok=True)
     for name, value in (config or {}).items():
         (env_dir / name).write_text(value)
-    return run_bin("compile", build, cache, env_dir, env=env)
+    app_cache = build.parent / f"{build.name}-cache"
+    return run_bin("compile", build, app_cache, env_dir,
+                   env={**env, "OPUS_PACKAGE_CACHE": str(cache)})
 
 
 def startproject(root: Path, requirements: str = "django>=5.2,<5.3\n") -> Path:
@@ -567,12 +635,15 @@ def test_compile_django_startproject(
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout
     for step in ("-----> Python app detected", "-----> Creating virtualenv",
-                 "-----> Installing requirements with uv", "-----> Installing mod_wsgi==6.1.1",
+                 "-----> Installing dependencies with pip (requirements.txt), using uv",
+                 "-----> Installing mod_wsgi==6.1.1",
                  "       Django app: manage.py, settings mysite.settings",
+                 "-----> Using Python 3.11.",
+                 "-----> Production settings put over mysite.settings: ALLOWED_HOSTS, ",
                  "-----> Running python manage.py collectstatic --noinput"):
         assert step in output
     assert " !     Ignoring config vars during the build: LD_PRELOAD, PATH" in output
-    assert re.search(r"^       Installed dependencies in \d+\.\d s$", output, re.M)
+    assert re.search(r"^       Dependencies ready in \d+\.\d s$", output, re.M)
     assert re.search(r"^        \+ django==5\.2\.", output, re.M)  # uv's output, relayed
     venv_python = build / ".opus" / "venv" / "bin" / "python"
     info = json.loads((build / ".opus" / "build.json").read_text())
@@ -583,7 +654,12 @@ def test_compile_django_startproject(
         "manage_py": "manage.py",
         "settings_module": "mysite.settings",
         "wsgi_module": "mysite.wsgi",
+        "wsgi_callable": "application",
         "static_root": str(build / ".opus" / "static"),
+        "app_root": ".",
+        "web_command": None,
+        "process_types": {},
+        "auto_migrate": True,
     }
     assert re.fullmatch(r"3\.11\.\d+", info["python_version"])
     assert (build / ".opus" / "static" / "blog" / "site.css").read_text().startswith("body")
@@ -591,7 +667,10 @@ def test_compile_django_startproject(
     express = build / ".opus" / "venv" / "bin" / "mod_wsgi-express"
     module_config = subprocess.run([str(express), "module-config"], env=build_env,
                                    capture_output=True, text=True, check=True)
-    assert f'WSGIPythonHome "{build / ".opus" / "venv"}"' in module_config.stdout
+    # The venv is the content-addressed environment in the app's cache, linked in.
+    env = (build / ".opus" / "venv").resolve()
+    assert (build / ".opus" / "venv").is_symlink() and env.parent.name == "envs"
+    assert f'WSGIPythonHome "{env}"' in module_config.stdout
     release = run_bin("release", build, env=build_env)
     assert release.returncode == 0, release.stdout
     assert release.stdout == (
@@ -703,7 +782,7 @@ def test_detect(tmp_path: Path, build_env: dict[str, str]) -> None:
     result = run_bin("detect", empty, env=build_env)
     assert result.returncode == 100
     assert " !     No Python app detected." in result.stdout
-    assert "requirements.txt or manage.py" in result.stdout
+    assert "requirements.txt, runtime.txt" in result.stdout
     assert "The repository root is empty." in result.stdout
     touch(empty / "README.md")
     assert "Files at the repository root: README.md" in run_bin(

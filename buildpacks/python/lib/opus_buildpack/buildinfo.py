@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,11 @@ class BuildInfo:
     settings_module: str | None = None
     wsgi_module: str | None = None
     static_root: str | None = None
+    app_root: str = "."                 # where the app's modules are, relative to BUILD
+    wsgi_callable: str | None = None
+    web_command: str | None = None      # the Procfile's web: when it runs as written
+    process_types: dict[str, str] = field(default_factory=dict)   # the Procfile's
+    auto_migrate: bool = True
 
 
 def write_build_info(build: Path, info: BuildInfo) -> Path:
@@ -47,16 +52,22 @@ def read_build_info(build: Path) -> BuildInfo:
         raise BuildError(f"{path} is not a JSON object.", ["Rebuild the app."])
     fields = BuildInfo.__dataclass_fields__
     values = {k: v for k, v in data.items() if k in fields}
-    if not all(v is None or isinstance(v, str) for v in values.values()) or not {
-        "python", "python_version"
-    } <= values.keys():
-        raise BuildError(f"{path} has missing or non-string fields.", ["Rebuild the app."])
+    types = values.get("process_types", {})
+    if not all(v is None or isinstance(v, str) for k, v in values.items()
+               if k not in ("process_types", "auto_migrate")) \
+            or not {"python", "python_version"} <= values.keys() \
+            or not isinstance(values.get("auto_migrate", True), bool) \
+            or not isinstance(types, dict) \
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in types.items()):
+        raise BuildError(f"{path} has missing or mistyped fields.", ["Rebuild the app."])
     return BuildInfo(**values)
 
 
 def render_release(info: BuildInfo) -> str:
-    """Heroku-style release YAML: a ``release`` process that migrates a Django app."""
-    if info.framework != "django" or info.manage_py is None:
+    """Heroku-style release YAML: a ``release`` process that migrates a Django app, unless
+    the Procfile has its own ``release:`` or the app set OPUS_AUTO_MIGRATE=0."""
+    if info.framework != "django" or info.manage_py is None or not info.auto_migrate \
+            or "release" in info.process_types:
         return "---\ndefault_process_types: {}\n"
     if not SAFE_RELATIVE_PATH.match(info.manage_py):
         raise BuildError(f"Refusing the manage.py path {info.manage_py!r} from build.json.",

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-MARKERS = ("requirements.txt", "manage.py")
+# The files Heroku's Python buildpack takes as a sign of a Python app.
+MARKERS = (
+    ".python-version", "app.py", "main.py", "manage.py", "pdm.lock", "Pipfile", "Pipfile.lock",
+    "poetry.lock", "pyproject.toml", "requirements.txt", "runtime.txt", "setup.cfg",
+    "setup.py", "uv.lock",
+)
 MAX_LISTED = 20
 
 
@@ -32,13 +37,14 @@ def not_detected_message(listing: Sequence[str]) -> tuple[str, list[str]]:
         found = f"Files at the repository root: {shown}{more}"
     message = (
         "No Python app detected.\n"
-        "Opus looked for requirements.txt or manage.py at the root of the repository.\n"
+        "Opus looked at the root of the repository for one of: "
+        + ", ".join(MARKERS) + ".\n"
         + found
     )
     hints = [
         "To fix this, do one of:",
         "  - add a requirements.txt at the root listing your dependencies (e.g. Django);",
-        "  - commit requirements.txt or manage.py if it is missing or in .gitignore;",
-        "  - move your project so requirements.txt is at the repository root.",
+        "  - commit your package manager file if it is missing or in .gitignore;",
+        "  - move your project so that file is at the repository root.",
     ]
     return message, hints

@@ -24,6 +24,8 @@ SKIP_DIRS = frozenset(
 )
 # Directory names that can appear in a release command without quoting.
 SAFE_DIR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
+# A directory relative to the build dir that may be recorded and used as a path.
+SAFE_PATH = re.compile(r"(?:\.|[A-Za-z0-9_][A-Za-z0-9_-]*(?:/[A-Za-z0-9_][A-Za-z0-9_-]*)*)\Z")
 DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
 SETTINGS_PATTERNS = (
     re.compile(
@@ -150,3 +152,32 @@ def collectstatic(
             "DISABLE_COLLECTSTATIC=1. To see a full traceback, set DEBUG_COLLECTSTATIC=1.",
         ]
         raise BuildError("python manage.py collectstatic --noinput failed.", hints)
+
+
+WSGI_APPLICATION = re.compile(
+    rf"""^WSGI_APPLICATION\s*=\s*(['"])(?P<path>{DOTTED})\1""", re.MULTILINE)
+
+
+def settings_file(app_root: Path, settings_module: str) -> Path | None:
+    """The file defining `settings_module` under `app_root`, if it is there."""
+    base = app_root.joinpath(*settings_module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def parse_wsgi_application(settings_text: str) -> tuple[str, str] | None:
+    """``WSGI_APPLICATION = "mysite.wsgi.application"`` → (``mysite.wsgi``, ``application``)."""
+    match = WSGI_APPLICATION.search(settings_text)
+    if not match or "." not in match.group("path"):
+        return None
+    module, _, name = match.group("path").rpartition(".")
+    return module, name
+
+
+def module_file(root: Path, module: str) -> Path | None:
+    """The source of `module` under `root` (``a/b.py`` or ``a/b/__init__.py``), if any."""
+    if not MODULE_NAME.match(module):
+        return None
+    return settings_file(root, module)

@@ -31,10 +31,14 @@ BLOCKED_NAMES = frozenset(
     }
 )
 BLOCKED_PREFIXES = ("LD_", "OPUS_")
+# The platform's names an app may set: its switches for the build's Django steps.
+APP_SWITCHES = frozenset({"OPUS_AUTO_MIGRATE", "OPUS_DISABLE_OVERRIDES"})
 
 
 def is_blocked(name: str) -> bool:
     """True if ``name`` must never be taken from app config."""
+    if name in APP_SWITCHES:
+        return False
     return name in BLOCKED_NAMES or name.startswith(BLOCKED_PREFIXES)
 
 

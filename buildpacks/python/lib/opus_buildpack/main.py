@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from opus_buildpack import django, packages
+from runtime.opus_runtime.overlay import OVERRIDE_NAMES
+
+from opus_buildpack import django, envs, hooks, managers, packages, procfile, python_version
 from opus_buildpack.buildinfo import BuildInfo, read_build_info, render_release, write_build_info
 from opus_buildpack.detect import is_python_app, not_detected_message, root_listing
 from opus_buildpack.envdir import base_environment, flag_set, read_env_dir
 from opus_buildpack.errors import BuildError
 from opus_buildpack.output import Output
-from opus_buildpack.python_version import choose_python, interpreter_version
 
 NOT_MINE = 100
 USAGE_ERROR = 2
@@ -81,41 +82,176 @@ def compile_app(
     if config.ignored:
         out.alert(f"Ignoring config vars during the build: {', '.join(config.ignored)}",
                   ["The platform sets these (or they are not valid names); unset them."])
-    if not (build / "requirements.txt").is_file():
+    listing = root_listing(build)
+    venv_dir = managers.committed_venv(
+        listing, {e.rstrip("/"): (build / e / "pyvenv.cfg").exists() for e in listing
+                  if e.endswith("/")})
+    if venv_dir:
+        where = "the repository root" if venv_dir == "." else f"{venv_dir}/"
         raise BuildError(
-            "No requirements.txt at the root of the repository.",
-            ["Add one listing your dependencies, e.g. a line Django>=5.2,<5.3,",
-             "then commit it and push again."],
-        )
+            f"A virtual environment is committed at {where}.",
+            ["Opus makes the environment itself. Remove it from git and ignore it:",
+             f"  git rm -r --cached {venv_dir} && echo '{venv_dir}/' >> .gitignore",
+             "then commit and push again."])
+    files = {name: read_small(build / name) for name in TEXT_FILES if (build / name).is_file()}
+    request = python_version.requested_version(files, listing)
+    manager = managers.choose_manager(listing, files)
+    types = procfile.parse(files["Procfile"]) if "Procfile" in files else {}
     app = find_django_app(build, out)
     base = base_environment(environ)
-    python = choose_python(environ)
+    installed = python_version.installed_interpreters(environ)
+    python = python_version.choose(
+        request, installed, python_version.default_interpreter(environ, installed))
+    _say_python(out, python, request)
+    web = choose_web(build, app, types, out)
+
+    app_env = {**config.env, **base}
+    hooks.run_hook(build, "pre_compile", out, app_env)
     uv = packages.find_uv()
     opus_dir = build / ".opus"
     packages.remove_path(opus_dir)  # never trust a .opus that was pushed
     opus_dir.mkdir()
     cache.mkdir(parents=True, exist_ok=True)
-    uv_env = packages.uv_environment(base, config.env, cache)
+    package_cache = Path(environ.get("OPUS_PACKAGE_CACHE") or cache)
+    uv_env = packages.uv_environment(base, config.env, package_cache)
+    venv_python = _environment(build, cache, manager, python, uv, uv_env, config.env, out)
 
-    out.step(f"Creating virtualenv with {python}")
-    venv_python = packages.create_venv(uv, python, opus_dir / "venv", build, out, uv_env)
-    version = interpreter_version(venv_python)
-
-    out.step("Installing requirements with uv")
-    elapsed = packages.install_requirements(uv, venv_python, build, out, uv_env)
-    out.detail(f"Installed dependencies in {elapsed:.1f} s")
-    out.step(f"Installing {packages.MOD_WSGI_REQUIREMENT}")
-    elapsed = packages.install_mod_wsgi(uv, venv_python, build, out, uv_env)
-    out.detail(f"Installed mod_wsgi in {elapsed:.1f} s")
-    packages.install_runtime(venv_python)
-
-    info = BuildInfo(python=str(venv_python), python_version=version)
+    info = BuildInfo(python=str(venv_python), python_version=python.text,
+                     app_root=web.app_root, wsgi_module=web.module, wsgi_callable=web.callable,
+                     web_command=web.command, process_types=types,
+                     auto_migrate=not flag_off(config.env, "OPUS_AUTO_MIGRATE"))
     if app is None:
         out.step("No manage.py found: skipping the Django steps")
     else:
         info = _django_steps(build, app, venv_python, info, config.env, base, out)
+    hooks.run_hook(build, "post_compile", out,
+                   {**app_env, "PATH": f"{venv_python.parent}:{base.get('PATH', '')}"})
     write_build_info(build, info)
     return info
+
+
+TEXT_FILES = (".python-version", "runtime.txt", "Pipfile.lock", "pyproject.toml", "Procfile")
+MAX_TEXT = 1 << 20
+
+
+def read_small(path: Path) -> str:
+    """A root file's text (at most 1 MiB: these are small by nature)."""
+    with path.open("rb") as handle:
+        data = handle.read(MAX_TEXT + 1)
+    if len(data) > MAX_TEXT:
+        raise BuildError(f"{path.name} is larger than 1 MiB.", [f"Shrink {path.name}."])
+    return data.decode("utf-8", "replace")
+
+
+def flag_off(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("0", "false", "no", "off")
+
+
+def _say_python(out: Output, python: python_version.Interpreter,
+                request: python_version.Request | None) -> None:
+    if request is None:
+        out.step(f"Using Python {python.text}, the newest on this host")
+        out.detail(f"To choose one, commit a .python-version holding e.g. "
+                   f"{python.version[0]}.{python.version[1]}")
+        return
+    out.step(f"Using Python {python.text} ({python.path}), as {request.source} asks")
+    if request.source == "runtime.txt":
+        minor = ".".join(map(str, request.version[:2]))
+        out.alert("runtime.txt is deprecated.",
+                  [f"Replace it with a .python-version file holding {minor}:",
+                   f"  git rm runtime.txt && echo {minor} > .python-version"])
+
+
+def _environment(build: Path, cache: Path, manager: managers.Manager,
+                 python: python_version.Interpreter, uv: str, uv_env: Mapping[str, str],
+                 config: Mapping[str, str], out: Output) -> Path:
+    """The app's environment: the last build's when its inputs are unchanged, else a new
+    one; returns the python of ``BUILD/.opus/venv``, linked to it."""
+    store = envs.EnvStore(cache)
+    tooling = {"mod_wsgi": packages.MOD_WSGI_REQUIREMENT,
+               "runtime": envs.tree_digest(packages.RUNTIME_PACKAGE)}
+    spec = envs.describe(build, str(python.path), python.text, manager.name, manager.files,
+                         tooling, config)
+    started = time.monotonic()
+    if not spec.not_reusable and store.is_complete(spec.key()):
+        key = spec.key()
+        out.step(f"Reusing the environment of an earlier build ({manager.label}, "
+                 f"Python {python.text} unchanged)")
+    else:
+        previous = store.last()
+        if previous is not None or spec.not_reusable:
+            out.step(f"Discarding cache since: {envs.discard_reason(previous, spec)}")
+        key, path = store.prepare(spec)
+        out.step(f"Creating virtualenv with Python {python.text}")
+        venv_python = packages.create_venv(uv, python.path, path, build, out, uv_env)
+        out.step(f"Installing dependencies with {manager.label}, using uv")
+        packages.install_dependencies(manager.name, uv, venv_python, build, cache, out,
+                                      uv_env)
+        out.step(f"Installing {packages.MOD_WSGI_REQUIREMENT}")
+        packages.install_mod_wsgi(uv, venv_python, build, out, uv_env)
+        packages.install_runtime(venv_python)
+        store.mark_complete(key, spec)
+    venv_python = envs.link_into_build(build / ".opus", store.path(key))
+    store.record_use(key, spec)
+    out.detail(f"Dependencies ready in {time.monotonic() - started:.1f} s")
+    return venv_python
+
+
+@dataclass(frozen=True)
+class Web:
+    """How the app's web process runs: a WSGI module served under mod_wsgi, or the
+    Procfile's own command."""
+
+    app_root: str = "."
+    module: str | None = None
+    callable: str | None = None
+    command: str | None = None
+
+
+def choose_web(build: Path, app: django.DjangoApp | None, types: Mapping[str, str],
+               out: Output) -> Web:
+    """The Procfile's WSGI server target, else Django's WSGI_APPLICATION, else a wsgi.py."""
+    app_root = "." if app is None else app.manage_py.parent.relative_to(build).as_posix()
+    command = types.get("web")
+    if command:
+        target = procfile.wsgi_target(command)
+        if target is not None:
+            root = target.chdir.strip("/") if target.chdir else app_root
+            if django.SAFE_PATH.match(root) and \
+                    django.module_file(build / root, target.module) is not None:
+                out.step(f"Serving {target.module}:{target.callable} under mod_wsgi "
+                         f"(the Procfile's web: runs {target.server} on it)")
+                return Web(root, target.module, target.callable)
+            out.alert(f"The Procfile's web: runs {target.server} on {target.module}, which "
+                      "is not a module in the repository; running the command as written.",
+                      ["To have Opus serve it under mod_wsgi, point it at your wsgi module."])
+        else:
+            out.step("The Procfile's web: command runs as written, listening on $PORT")
+        return Web(app_root, command=command)
+    if app is not None:
+        found = _django_wsgi(build, app)
+        if found:
+            return Web(app_root, *found)
+    for candidate in sorted(build.glob("*/wsgi.py")):
+        module = f"{candidate.parent.name}.wsgi"
+        if django.MODULE_NAME.match(module):
+            out.step(f"Serving {module}:application under mod_wsgi (found "
+                     f"{candidate.relative_to(build)})")
+            return Web(".", module, "application")
+    out.alert("Nothing to serve was found: no Procfile web: line and no wsgi.py.",
+              ["Add a Procfile with a web: line (e.g. web: gunicorn mysite.wsgi),",
+               "or a wsgi.py defining `application`."])
+    return Web(app_root)
+
+
+def _django_wsgi(build: Path, app: django.DjangoApp) -> tuple[str, str] | None:
+    root = app.manage_py.parent
+    settings = django.settings_file(root, app.settings_module)
+    if settings is not None:
+        declared = django.parse_wsgi_application(read_small(settings))
+        if declared and django.module_file(root, declared[0]) is not None:
+            return declared
+    return (app.wsgi_module, "application") if app.wsgi_module else None
 
 
 def find_django_app(build: Path, out: Output) -> django.DjangoApp | None:
@@ -134,11 +270,14 @@ def find_django_app(build: Path, out: Output) -> django.DjangoApp | None:
              '    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")',
              "Restore that line with your settings module."],
         )
+    if django.settings_file(manage_py.parent, settings_module) is None:
+        path = settings_module.replace(".", "/")
+        raise BuildError(
+            f"{relative} names the settings module {settings_module}, but there is no "
+            f"{path}.py beside it.",
+            ["Fix DJANGO_SETTINGS_MODULE in manage.py, or commit the settings file."])
     wsgi_module = django.find_wsgi_module(manage_py.parent, settings_module)
     out.detail(f"Django app: {relative}, settings {settings_module}")
-    if wsgi_module is None:
-        out.alert(f"No wsgi.py found beside {settings_module}; the app cannot be served yet.",
-                  ["Add a wsgi.py next to your settings (django-admin startproject makes one)."])
     return django.DjangoApp(manage_py, relative, settings_module, wsgi_module)
 
 
@@ -146,6 +285,10 @@ def _django_steps(
     build: Path, app: django.DjangoApp, venv_python: Path, info: BuildInfo,
     app_env: Mapping[str, str], base: Mapping[str, str], out: Output,
 ) -> BuildInfo:
+    disabled = {n.strip().upper() for n in app_env.get("OPUS_DISABLE_OVERRIDES", "").split(",")}
+    applied = [name for name in OVERRIDE_NAMES if name not in disabled]
+    out.step(f"Production settings put over {app.settings_module}: {', '.join(applied)}")
+    out.detail("Turn one off with: opus config:set APP OPUS_DISABLE_OVERRIDES=NAME[,NAME]")
     static_root: str | None = None
     if flag_set(app_env, "DISABLE_COLLECTSTATIC"):
         out.step("Skipping collectstatic: DISABLE_COLLECTSTATIC is set")
@@ -162,5 +305,5 @@ def _django_steps(
         static_root = str(root)
     return replace(
         info, framework="django", manage_py=app.relative, settings_module=app.settings_module,
-        wsgi_module=app.wsgi_module, static_root=static_root,
+        static_root=static_root,
     )

@@ -78,21 +78,116 @@ def create_venv(
     return venv / "bin" / "python"
 
 
-def install_requirements(
-    uv: str, venv_python: Path, build: Path, out: Output, env: Mapping[str, str]
-) -> float:
-    """Install requirements.txt; returns the seconds it took."""
-    started = time.monotonic()
-    code = run_relayed(
-        install_command(uv, venv_python, "-r", "requirements.txt"), out, env=env, cwd=build
-    )
-    if code != 0:
+POETRY = ("poetry==2.5.1", "poetry-plugin-export==1.10.1")
+PIPENV = ("pipenv==2026.10.3",)
+OUT_OF_SYNC_HINTS = {
+    "uv": ["Run `uv lock`, commit uv.lock and push again."],
+    "poetry": ["Run `poetry lock`, commit poetry.lock and push again."],
+    "pipenv": ["Run `pipenv lock`, commit Pipfile.lock and push again."],
+}
+
+
+def install_dependencies(
+    manager: str, uv: str, venv_python: Path, build: Path, cache: Path, out: Output,
+    env: Mapping[str, str],
+) -> None:
+    """Install the app's packages into the venv the way its package manager says,
+    with uv doing the installing."""
+    if manager == "pip":
+        _install(uv, venv_python, ["-r", "requirements.txt"], build, out, env,
+                 "the packages in requirements.txt", "uv pip install -r requirements.txt")
+    elif manager == "pyproject":
+        _install(uv, venv_python, ["-r", "pyproject.toml"], build, out, env,
+                 "the dependencies in pyproject.toml", "uv pip install -r pyproject.toml")
+    elif manager == "uv":
+        _check_lock("uv", [uv, "lock", "--check", "--python", str(venv_python)], build, out,
+                    env)
+        sync_env = {**env, "UV_PROJECT_ENVIRONMENT": str(venv_python.parent.parent)}
+        command = [uv, "sync", "--locked", "--no-default-groups", "--no-install-project",
+                   "--python", str(venv_python)]
+        if run_relayed(command, out, env=sync_env, cwd=build) != 0:
+            raise BuildError("Could not install the packages in uv.lock (see above).",
+                             ["Try the same locally: uv sync --locked --no-default-groups"])
+    elif manager in ("poetry", "pipenv"):
+        tool = install_tool(manager, uv, venv_python, cache, out, env)
+        tool_env = _tool_environment(manager, env, cache, build)
+        if manager == "poetry":
+            check = [str(tool / "poetry"), "check", "--lock"]
+            export = [str(tool / "poetry"), "export", "--only", "main", "--format",
+                      "requirements.txt"]
+        else:
+            check = [str(tool / "pipenv"), "verify"]
+            export = [str(tool / "pipenv"), "requirements", "--hash"]
+        _check_lock(manager, check, build, out, tool_env)
+        code, lines = run_captured(export, env=tool_env, cwd=build)
+        if code != 0:
+            for line in lines:
+                out.detail(line)
+            raise BuildError(f"Could not read the {manager} lock file (see above).",
+                             OUT_OF_SYNC_HINTS[manager])
+        exported = cache / f"{manager}-requirements.txt"
+        exported.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        _install(uv, venv_python, ["-r", str(exported)], build, out, env,
+                 f"the packages in the {manager} lock file", f"{manager} install")
+    else:
+        raise BuildError(f"Unknown package manager {manager}.")
+
+
+def _install(uv: str, venv_python: Path, args: list[str], build: Path, out: Output,
+             env: Mapping[str, str], what: str, locally: str) -> None:
+    if run_relayed(install_command(uv, venv_python, *args), out, env=env, cwd=build) != 0:
         raise BuildError(
-            "Could not install the packages in requirements.txt (see uv's output above).",
+            f"Could not install {what} (see uv's output above).",
             ["Check each requirement's name and version on PyPI, and try the same",
-             "install locally: uv pip install -r requirements.txt"],
-        )
-    return time.monotonic() - started
+             f"install locally: {locally}"])
+
+
+def _check_lock(manager: str, command: list[str], build: Path, out: Output,
+                env: Mapping[str, str]) -> None:
+    """Fail with the manager's own words when the lock file does not match."""
+    code, lines = run_captured(command, env=env, cwd=build)
+    if code != 0:
+        for line in lines[-10:]:
+            out.detail(line)
+        lock = {"uv": "uv.lock", "poetry": "poetry.lock", "pipenv": "Pipfile.lock"}[manager]
+        source = "Pipfile" if manager == "pipenv" else "pyproject.toml"
+        raise BuildError(f"{lock} is out of date with {source}.", OUT_OF_SYNC_HINTS[manager])
+
+
+def _tool_environment(manager: str, env: Mapping[str, str], cache: Path,
+                      build: Path) -> dict[str, str]:
+    tool_env = dict(env)
+    if manager == "poetry":
+        tool_env.update(POETRY_VIRTUALENVS_CREATE="false", POETRY_NO_INTERACTION="1",
+                        POETRY_CACHE_DIR=str(cache / "poetry"))
+    else:
+        tool_env.update(PIPENV_IGNORE_VIRTUALENVS="1", PIPENV_NOSPIN="1", PIPENV_YES="1",
+                        PIPENV_VERBOSITY="-1", PIPENV_PIPFILE=str(build / "Pipfile"),
+                        WORKON_HOME=str(cache / "pipenv"))
+    return tool_env
+
+
+def install_tool(manager: str, uv: str, python: Path, cache: Path, out: Output,
+                 env: Mapping[str, str]) -> Path:
+    """Poetry or Pipenv in a venv of its own under CACHE/tools (once per cache); returns
+    its bin directory. It reads and exports the lock file; uv installs."""
+    pins = POETRY if manager == "poetry" else PIPENV
+    name = pins[0].replace("==", "-")
+    home = cache / "tools" / name
+    ready = home / ".ready"
+    if ready.is_file():
+        return home / "bin"
+    out.step(f"Installing {pins[0]} to read the lock file (once per app)")
+    remove_path(home)
+    home.parent.mkdir(parents=True, exist_ok=True)
+    if run_relayed([uv, "venv", "--no-project", "--python", str(python), str(home)], out,
+                   env=env, cwd=cache) != 0 or \
+            run_relayed(install_command(uv, home / "bin" / "python", *pins), out, env=env,
+                        cwd=cache) != 0:
+        raise BuildError(f"Could not install {pins[0]}.",
+                         ["Check that the Opus host can reach the package index."])
+    ready.write_text("")
+    return home / "bin"
 
 
 def install_mod_wsgi(

@@ -21,9 +21,10 @@ def load_env_file(path: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()}
 
 
-def prepare(environ: MutableMapping[str, str], path: list[str]) -> str:
+def prepare(environ: MutableMapping[str, str], path: list[str]) -> tuple[str, str]:
     """Apply ``OPUS_ENV_FILE``, put ``OPUS_APP_ROOT`` first on ``path``, route a Django app's
-    settings through the overlay; return the name of the module whose ``application`` to serve.
+    settings through the overlay; return the module and the name of the callable to serve
+    (``OPUS_WSGI_CALLABLE``, ``application`` by default).
     """
     env_file = environ.get("OPUS_ENV_FILE")
     if env_file:
@@ -38,4 +39,4 @@ def prepare(environ: MutableMapping[str, str], path: list[str]) -> str:
     module = environ.get("OPUS_WSGI_MODULE")
     if not module:
         raise RuntimeError("OPUS_WSGI_MODULE is not set: set it to the app's WSGI module.")
-    return module
+    return module, environ.get("OPUS_WSGI_CALLABLE") or "application"

@@ -3,7 +3,8 @@
 Reads ``OPUS_ENV_FILE`` (JSON object of config vars, merged into os.environ), ``OPUS_APP_ROOT``
 (manage.py's directory, put first on sys.path), ``OPUS_USER_SETTINGS_MODULE`` (set for Django
 apps: settings then load through :mod:`opus_runtime.settings`) and ``OPUS_WSGI_MODULE`` (the
-module whose ``application`` is served). See :mod:`opus_runtime.bootstrap`.
+module served) and ``OPUS_WSGI_CALLABLE`` (its callable,
+``application`` unless set). See :mod:`opus_runtime.bootstrap`.
 """
 
 from __future__ import annotations
@@ -15,4 +16,5 @@ from typing import Any
 
 from opus_runtime.bootstrap import prepare
 
-application: Any = importlib.import_module(prepare(os.environ, sys.path)).application
+_module, _callable = prepare(os.environ, sys.path)
+application: Any = getattr(importlib.import_module(_module), _callable)

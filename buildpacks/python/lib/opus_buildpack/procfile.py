@@ -1,0 +1,178 @@
+"""The Procfile (Heroku's format) and what its ``web:`` line means for serving (pure).
+
+``parse`` gives ``{type: command}`` or a BuildError naming the line. ``wsgi_target``
+reads a ``web:`` command that runs a known WSGI server (gunicorn, uwsgi, waitress-serve,
+mod_wsgi-express) and returns the module and callable it serves, so Opus can serve that
+same target under mod_wsgi; any other command runs as written.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from opus_buildpack.errors import BuildError
+
+LINE = re.compile(r"([A-Za-z0-9_-]+)\s*:\s*(.*)\Z")
+MAX_TYPE = 63
+DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+TARGET = re.compile(rf"({DOTTED})(?::([A-Za-z_]\w*))?\Z", re.ASCII)
+ENV_ASSIGNMENT = re.compile(r"[A-Za-z_]\w*=")
+
+def _options(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Options of each server that take a value as the next word (so it is not the target).
+GUNICORN_VALUED = _options(
+    "-b --bind -w --workers -k --worker-class --threads -t --timeout -c --config --chdir "
+    "--pythonpath --log-file --error-logfile --access-logfile --log-level --access-logformat "
+    "-n --name --max-requests --max-requests-jitter --graceful-timeout --keep-alive "
+    "--worker-connections -e --env -u --user -g --group -m --umask --backlog --limit-request-line "
+    "--limit-request-fields --limit-request-field_size --forwarded-allow-ips -p --pid "
+    "--worker-tmp-dir --statsd-host --certfile --keyfile --capture-output --log-config")
+WAITRESS_VALUED = _options(
+    "--host --port --listen --unix-socket --unix-socket-perms --url-scheme --url-prefix "
+    "--ident --threads --backlog --recv-bytes --send-bytes --outbuf-overflow "
+    "--inbuf-overflow --connection-limit --cleanup-interval --channel-timeout "
+    "--max-request-header-size --max-request-body-size --asyncore-loop-timeout "
+    "--trusted-proxy --trusted-proxy-count --trusted-proxy-headers")
+
+
+@dataclass(frozen=True)
+class WsgiTarget:
+    module: str
+    callable: str
+    server: str                  # which server the Procfile runs
+    chdir: str | None = None     # gunicorn --chdir: where the module is found
+
+
+def parse(text: str) -> dict[str, str]:
+    """``type: command`` lines; blank lines and ``#`` comments are skipped."""
+    types: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = LINE.match(line)
+        if not match:
+            raise BuildError(
+                f"Procfile line {number} is not `type: command`: {line[:80]!r}",
+                ["Each line names a process type (letters, digits, _ and -) and its",
+                 "command, e.g.  web: gunicorn mysite.wsgi"])
+        name, command = match.group(1), match.group(2).strip()
+        if not command:
+            raise BuildError(f"Procfile line {number}: process type {name!r} has no command.",
+                             ["Give it one, e.g.  web: gunicorn mysite.wsgi, or delete the line."])
+        if len(name) > MAX_TYPE:
+            raise BuildError(f"Procfile line {number}: the process type name is longer than "
+                             f"{MAX_TYPE} characters.", ["Use a shorter name."])
+        if name in types:
+            raise BuildError(f"Procfile line {number}: process type {name!r} appears twice.",
+                             ["Keep one line per process type."])
+        types[name] = command
+    return types
+
+
+def _words(command: str) -> list[str] | None:
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    while words and ENV_ASSIGNMENT.match(words[0]):      # FOO=bar gunicorn ...
+        words.pop(0)
+    if words[:1] == ["exec"]:
+        words.pop(0)
+    if len(words) >= 3 and words[0] in ("python", "python3") and words[1] == "-m":
+        words = [words[2], *words[3:]]                    # python -m gunicorn ...
+    return words
+
+
+def _positional(words: list[str], valued: frozenset[str]) -> tuple[list[str], dict[str, str]]:
+    """Positional words and `--option value` pairs of a command line."""
+    positional: list[str] = []
+    options: dict[str, str] = {}
+    items = iter(words)
+    for word in items:
+        if word.startswith("-") and word != "-":
+            name, sep, value = word.partition("=")
+            if sep:
+                options[name] = value
+            elif name in valued:
+                options[name] = next(items, "")
+            else:
+                options[name] = ""
+        else:
+            positional.append(word)
+    return positional, options
+
+
+def _target(text: str, server: str, chdir: str | None = None) -> WsgiTarget | None:
+    match = TARGET.match(text)
+    if not match:
+        return None
+    return WsgiTarget(match.group(1), match.group(2) or "application", server, chdir)
+
+
+def _file_module(path: str) -> str | None:
+    """``mysite/wsgi.py`` → ``mysite.wsgi``; None for a path that is no module name."""
+    if not path.endswith(".py") or path.startswith("/") or ".." in path.split("/"):
+        return None
+    module = path.removeprefix("./")[:-3].replace("/", ".")
+    return module if TARGET.match(module) else None
+
+
+def wsgi_target(command: str) -> WsgiTarget | None:
+    """The WSGI module and callable a ``web:`` command serves, if it runs a known server."""
+    words = _words(command)
+    if not words:
+        return None
+    program = words[0].rsplit("/", 1)[-1]
+    args = words[1:]
+    if program == "gunicorn":
+        positional, options = _positional(args, GUNICORN_VALUED)
+        if len(positional) != 1 or "--paste" in options or "-c" in options \
+                or "--config" in options:
+            return None
+        chdir = options.get("--chdir") or None
+        return _target(positional[0], "gunicorn", chdir)
+    if program == "waitress-serve":
+        positional, options = _positional(args, WAITRESS_VALUED)
+        if len(positional) != 1 or "--call" in options:
+            return None   # --call: a factory, which mod_wsgi cannot call
+        return _target(positional[0], "waitress-serve")
+    if program in ("uwsgi", "uwsgi-core"):
+        _, options = _positional(args, _options(
+            "--module -w --wsgi --wsgi-file --file --http --http-socket --socket -s "
+            "--processes -p --threads --master --chdir --callable --ini --env"))
+        if "--ini" in options:
+            return None
+        callable_ = options.get("--callable") or None
+        for name in ("--module", "-w", "--wsgi"):
+            if options.get(name):
+                found = _target(options[name], "uwsgi", options.get("--chdir") or None)
+                if found and callable_ and ":" not in options[name]:
+                    found = WsgiTarget(found.module, callable_, found.server, found.chdir)
+                return found
+        for name in ("--wsgi-file", "--file"):
+            module = _file_module(options.get(name, ""))
+            if module:
+                return WsgiTarget(module, callable_ or "application", "uwsgi",
+                                  options.get("--chdir") or None)
+        return None
+    if program == "mod_wsgi-express":
+        positional, options = _positional(args, _options(
+            "--port --host --application-type --callable-object --processes --threads "
+            "--server-root --working-directory --log-level --url-alias"))
+        if positional[:1] == ["start-server"]:
+            positional = positional[1:]
+        if len(positional) != 1:
+            return None
+        callable_ = options.get("--callable-object") or "application"
+        if options.get("--application-type") == "module":
+            found = _target(positional[0], "mod_wsgi-express")
+            return found and WsgiTarget(found.module, callable_, found.server)
+        module = _file_module(positional[0])
+        return WsgiTarget(module, callable_, "mod_wsgi-express") if module else None
+    return None

@@ -1,0 +1,29 @@
+"""Runs a Procfile ``web:`` command as written (an ASGI server, say): applies the release's
+``OPUS_ENV_FILE`` and hands the command to bash, as Heroku does, with ``$PORT`` set.
+
+Usage: ``python -m opus_runtime.web PORT COMMAND``
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from opus_runtime.bootstrap import load_env_file
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2 or not argv[0].isdigit():
+        sys.exit("usage: python -m opus_runtime.web PORT COMMAND")
+    env = dict(os.environ)
+    if env.get("OPUS_ENV_FILE"):
+        env.update(load_env_file(env["OPUS_ENV_FILE"]))
+    env["PORT"] = argv[0]
+    if env.get("OPUS_APP_ROOT"):
+        os.chdir(env["OPUS_APP_ROOT"])
+    # The Procfile line is shell syntax on Heroku too: bash runs it, as the app user.
+    os.execve("/bin/bash", ["bash", "-c", argv[1]], env)  # noqa: S606
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
