@@ -8,40 +8,32 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-BUILDPACK = Path(__file__).resolve().parent.parent / "buildpacks" / "python"
-sys.path.insert(0, str(BUILDPACK / "lib"))
-sys.path.insert(0, str(BUILDPACK / "lib" / "runtime"))
-
-from opus_buildpack import (  # noqa: E402
+from opus_buildpack import (
     django,
     main,
     packages,
     python_version,
 )
-from opus_buildpack.buildinfo import (  # noqa: E402
+from opus_buildpack.buildinfo import (
     BuildInfo,
     read_build_info,
     render_release,
     write_build_info,
 )
-from opus_buildpack.detect import is_python_app, not_detected_message  # noqa: E402
-from opus_buildpack.envdir import filter_config, flag_set, read_env_dir  # noqa: E402
-from opus_buildpack.errors import BuildError  # noqa: E402
-from opus_buildpack.output import Output, format_alert, format_detail  # noqa: E402
-from opus_buildpack.python_version import Interpreter, Request  # noqa: E402
-from opus_runtime.bootstrap import load_env_file, prepare  # noqa: E402
-from opus_runtime.overlay import (  # noqa: E402
+from opus_buildpack.detect import is_python_app, not_detected_message
+from opus_buildpack.envdir import filter_config, flag_set, read_env_dir
+from opus_buildpack.errors import BuildError
+from opus_buildpack.output import Output, format_alert, format_detail
+from opus_buildpack.python_version import Interpreter, Request
+from opus_runtime.bootstrap import load_env_file, prepare
+from opus_runtime.overlay import (
     OverlayError,
     build_overrides,
     csrf_origins,
@@ -50,7 +42,8 @@ from opus_runtime.overlay import (  # noqa: E402
     split_list,
 )
 
-SYSTEM_PYTHON = "/usr/bin/python3.11"
+from tests.buildpack.conftest import SYSTEM_PYTHON, run_bin, run_compile, touch
+
 PG = "django.db.backends.postgresql"
 
 
@@ -122,12 +115,6 @@ def main():
 )
 def test_parse_settings_module(text: str, expected: str | None) -> None:
     assert django.parse_settings_module(text) == expected
-
-
-def touch(path: Path, text: str = "") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 def test_find_manage_py_prefers_shallowest_and_skips_vendored_dirs(tmp_path: Path) -> None:
@@ -552,56 +539,6 @@ def test_wsgi_bootstrap(tmp_path: Path) -> None:
 # --- real builds ----------------------------------------------------------------------------
 
 
-def find_uv() -> str:
-    # Prefer the real binary beside this interpreter over a version-manager shim.
-    beside = Path(sysconfig.get_path("scripts")) / "uv"
-    found = str(beside) if beside.is_file() else shutil.which("uv")
-    if found is None:
-        message = "uv is not installed: pip install uv"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
-
-
-@pytest.fixture(scope="module")
-def build_env() -> dict[str, str]:
-    """The clean environment the platform gives a build."""
-    uv_dir = str(Path(find_uv()).parent)
-    return {
-        "PATH": f"{uv_dir}:/usr/bin:/bin",
-        "HOME": str(Path.home()),
-        "LANG": "C.UTF-8",
-        "OPUS_PYTHON": SYSTEM_PYTHON,
-    }
-
-
-@pytest.fixture(scope="module")
-def cache_dir() -> Path:
-    return Path(os.environ.get("OPUS_TEST_CACHE") or Path.home() / ".cache" / "opus-test")
-
-
-def run_bin(name: str, *args: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(BUILDPACK / "bin" / name), *map(str, args)],
-        env=env, capture_output=True, text=True, check=False, timeout=600,
-    )
-
-
-def run_compile(
-    build: Path, cache: Path, env: dict[str, str], config: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Compile as Opus does: the app's own CACHE (its environments), the shared package
-    cache (`cache`) passed as OPUS_PACKAGE_CACHE."""
-    env_dir = build.parent / f"{build.name}-env"
-    env_dir.mkdir(exist_ok=True)
-    for name, value in (config or {}).items():
-        (env_dir / name).write_text(value)
-    app_cache = build.parent / f"{build.name}-cache"
-    return run_bin("compile", build, app_cache, env_dir,
-                   env={**env, "OPUS_PACKAGE_CACHE": str(cache)})
-
-
 def startproject(root: Path, requirements: str = "django>=5.2,<5.3\n") -> Path:
     """``django-admin startproject mysite .`` in ``root``, plus a ``blog`` app with static."""
     root.mkdir(parents=True)
@@ -790,3 +727,61 @@ def test_detect(tmp_path: Path, build_env: dict[str, str]) -> None:
     touch(empty / "manage.py")
     result = run_bin("detect", empty, env=build_env)
     assert (result.returncode, result.stdout) == (0, "Python\n")
+
+
+# --- Procfile -------------------------------------------------------------------------------
+
+
+def test_procfile_parsing() -> None:
+    from opus_buildpack import procfile
+
+    text = "# c\nweb: gunicorn x\n\nrelease: python manage.py migrate\nworker_2-a:  run  \n"
+    assert procfile.parse(text) == {"web": "gunicorn x", "release": "python manage.py migrate",
+                                    "worker_2-a": "run"}
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("web", 1), ("web:", 1), ("# ok\nwe b: x", 2), ("web: a\nweb: b", 2), ("web;id: x", 1),
+    ("$(id): x", 1), ("w\u00e9b: x", 1), (f"{'w' * 64}: x", 1), ("../web: x", 1),
+])
+def test_bad_procfiles_name_the_line(text: str, line: int) -> None:
+    from opus_buildpack import procfile
+
+    with pytest.raises(BuildError, match=f"Procfile line {line}"):
+        procfile.parse(text)
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("gunicorn mysite.wsgi", ("mysite.wsgi", "application", "gunicorn", None)),
+    ("gunicorn mysite.wsgi:application --log-file -", ("mysite.wsgi", "application",
+                                                      "gunicorn", None)),
+    ("gunicorn -w 3 -b 0.0.0.0:$PORT --chdir src app:server", ("app", "server", "gunicorn",
+                                                                "src")),
+    ("FOO=1 python -m gunicorn hello:app", ("hello", "app", "gunicorn", None)),
+    ("waitress-serve --port=$PORT hello:app", ("hello", "app", "waitress-serve", None)),
+    ("uwsgi --http :$PORT --module mysite.wsgi:application", ("mysite.wsgi", "application",
+                                                              "uwsgi", None)),
+    ("uwsgi --http :$PORT --wsgi-file mysite/wsgi.py", ("mysite.wsgi", "application", "uwsgi",
+                                                        None)),
+    ("mod_wsgi-express start-server mysite/wsgi.py --port $PORT", ("mysite.wsgi",
+                                                                   "application",
+                                                                   "mod_wsgi-express", None)),
+])
+def test_wsgi_targets_of_known_servers(command: str, expected: tuple[object, ...]) -> None:
+    from opus_buildpack import procfile
+
+    target = procfile.wsgi_target(command)
+    assert target is not None
+    assert (target.module, target.callable, target.server, target.chdir) == expected
+
+
+@pytest.mark.parametrize("command", [
+    "uvicorn main:app --port $PORT", "daphne -p $PORT mysite.asgi:application",
+    "gunicorn 'app:create_app()'", "gunicorn -c gunicorn.conf.py", "waitress-serve --call a:f",
+    "gunicorn a:b c:d", "gunicorn ../x:app", "gunicorn 'x;id:app'", "gunicorn \"unclosed",
+    "uwsgi --ini uwsgi.ini", "python app.py", "",
+])
+def test_other_web_commands_run_as_written(command: str) -> None:
+    from opus_buildpack import procfile
+
+    assert procfile.wsgi_target(command) is None
