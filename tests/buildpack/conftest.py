@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import shared_cache_dir
-
 BUILDPACK = Path(__file__).resolve().parents[2] / "buildpacks" / "python"
 sys.path.insert(0, str(BUILDPACK / "lib"))
 sys.path.insert(0, str(BUILDPACK / "lib" / "runtime"))
@@ -53,7 +51,9 @@ def build_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
-    return shared_cache_dir()
+    # Not the running Opus's cache: these builds run as the test user (root in CI), and
+    # what they leave there would not be writable by Opus's run user.
+    return Path(os.environ.get("OPUS_TEST_CACHE") or Path.home() / ".cache" / "opus-test")
 
 
 def run_bin(name: str, *args: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
