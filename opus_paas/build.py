@@ -190,6 +190,8 @@ def build_environment(settings: Settings, home: Path) -> dict[str, str]:
     env["OPUS_PACKAGE_CACHE"] = str(settings.package_cache)
     if settings.python:
         env["OPUS_PYTHON"] = settings.python
+    if settings.pythons:
+        env["OPUS_PYTHONS"] = settings.pythons
     return env
 
 

@@ -40,6 +40,14 @@ def processes(settings: Settings, store: Store, actor: Actor, name: str) -> list
             for p in supervisor.processes() if str(p["group"]).startswith(prefix)]
 
 
+def _runs_own_web_command(settings: Settings, app: App) -> bool:
+    if app.live_version is None:
+        return False
+    slug = release.slug_dir(settings, app.name, app.live_slug or app.live_version)
+    info = release.read_build_info(slug) or {}
+    return bool(info.get("web_command"))
+
+
 def _live(store: Store, app: App) -> App:
     fresh = access.fresh(store, app)
     if fresh.live_version is None:
@@ -107,6 +115,9 @@ def scale(settings: Settings, store: Store, actor: Actor, name: str, counts: dic
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
         app = access.fresh(store, app)
+        if web != 1 and _runs_own_web_command(settings, app):
+            raise UsageError(f"{app.name}'s web runs its Procfile command as written; scale it "
+                             "with that server's own option (e.g. --workers) and push again")
         before = app.web_processes
         store.set_scale(app, web)
         app = access.fresh(store, app)

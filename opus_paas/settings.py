@@ -38,8 +38,11 @@ class Settings:
     # Each app owns two loopback ports (blue/green): base + 2*id and base + 2*id + 1.
     app_port_base: int = 20000
     cache_dir: Path | None = None
-    # Interpreter for app virtualenvs; empty: the newest /usr/bin/python3.X.
+    # Interpreter for app virtualenvs when the app names no version; empty: the newest.
     python: str = ""
+    # More interpreters builds may choose from (":"-separated absolute paths), besides
+    # Debian's /usr/bin/python3.X and pyenv versions under /opt/pyenv or /usr/local/pyenv.
+    pythons: str = ""
     # The Unix user that app code runs as; empty: the invoking user, or
     # "nobody" when Opus runs as root (Apache will not serve as root).
     run_user: str = ""

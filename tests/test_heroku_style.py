@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Opus, SshKey, git, make_django_project, set_greeting
+from tests.conftest import Opus, SshKey, git, make_django_project, make_key, set_greeting
 
 HEROKU_SETTINGS = '''
 # --- as Heroku's Django guide sets a project up ---
@@ -61,9 +61,18 @@ def heroku_project(tmp_path_factory: pytest.TempPathFactory, opus: Opus) -> Path
     return project
 
 
+@pytest.fixture(scope="module")
+def newcomer(opus: Opus, tmp_path_factory: pytest.TempPathFactory) -> SshKey:
+    """A developer who has just been given an account: a key, no apps yet."""
+    key = make_key(tmp_path_factory.mktemp("newcomer"), "newcomer")
+    opus.cli("users:add", "newcomer", "--role", "developer")
+    opus.cli("keys:add", "newcomer", str(key.public))
+    return key
+
+
 def test_a_heroku_django_project_deploys_unchanged(
-        opus: Opus, admin_key: SshKey, heroku_project: Path) -> None:
-    first = push(heroku_project, opus, admin_key)
+        opus: Opus, newcomer: SshKey, heroku_project: Path) -> None:
+    first = push(heroku_project, opus, newcomer)   # the first push creates the app
     assert re.search(r"remote: -----> Using Python 3\.11\.\d+ \(/usr/bin/python3\.11\), as "
                      r"\.python-version asks", first)
     assert "remote: -----> Serving mysite.wsgi:application under mod_wsgi (the Procfile's " \
@@ -84,7 +93,7 @@ def test_a_heroku_django_project_deploys_unchanged(
 
     # A code-only push reuses the environment: no package is installed again.
     set_greeting(heroku_project, "Hello again")
-    second = push(heroku_project, opus, admin_key)
+    second = push(heroku_project, opus, newcomer)
     assert "remote: -----> Reusing the environment of an earlier build" in second
     assert "Creating virtualenv" not in second
     ready = re.search(r"remote:        Dependencies ready in (\d+\.\d) s", second)
@@ -108,5 +117,9 @@ def test_a_web_command_that_is_no_wsgi_server_runs_as_written(
         in output
     status, _headers, body = opus.get(opus.app_host("plainweb"))
     assert status == 200 and "served by http.server" in body, body
+    # Its processes are its own server's business: ps:scale says how to scale it.
+    refused = opus.cli("ps:scale", "plainweb", "web=2", check=False)
+    assert refused.returncode != 0
+    assert "runs its Procfile command as written" in refused.stderr + refused.stdout
     processes = opus.cli("ps", "plainweb")
     assert processes.returncode == 0 and "plainweb" in processes.stdout
