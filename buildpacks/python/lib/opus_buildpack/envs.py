@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 LAYOUT = "1"              # bump when what goes into an environment changes
-KEEP = 8                  # environments kept per cache: more than the releases Opus keeps
+KEEP = 10                 # environments kept per cache: twice the releases Opus keeps
 COMPLETE = ".opus-env.json"
 INCLUDE = re.compile(r"\s*(?:-r|-c|--requirement|--constraint)[\s=]+(\S+)")
 LOCAL = re.compile(r"\s*(?:-e|--editable)\b|\s*(?:\.{1,2}|~)?/|\s*\.\s*$|.*\bfile:")

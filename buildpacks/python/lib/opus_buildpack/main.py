@@ -114,7 +114,9 @@ def compile_app(
     cache.mkdir(parents=True, exist_ok=True)
     package_cache = Path(environ.get("OPUS_PACKAGE_CACHE") or cache)
     uv_env = packages.uv_environment(base, config.env, package_cache)
-    venv_python = _environment(build, cache, manager, python, uv, uv_env, config.env, out)
+    store = envs.EnvStore(cache)
+    venv_python, key, spec = _environment(build, store, manager, python, uv, uv_env,
+                                          config.env, out)
 
     info = BuildInfo(python=str(venv_python), python_version=python.text,
                      app_root=web.app_root, wsgi_module=web.module, wsgi_callable=web.callable,
@@ -127,6 +129,9 @@ def compile_app(
     hooks.run_hook(build, "post_compile", out,
                    {**app_env, "PATH": f"{venv_python.parent}:{base.get('PATH', '')}"})
     write_build_info(build, info)
+    # Only a build that got this far counts as a use: environments of failed builds go
+    # at the next prune, and never push out one a release still runs on.
+    store.record_use(key, spec)
     return info
 
 
@@ -162,12 +167,12 @@ def _say_python(out: Output, python: python_version.Interpreter,
                    f"  git rm runtime.txt && echo {minor} > .python-version"])
 
 
-def _environment(build: Path, cache: Path, manager: managers.Manager,
+def _environment(build: Path, store: envs.EnvStore, manager: managers.Manager,
                  python: python_version.Interpreter, uv: str, uv_env: Mapping[str, str],
-                 config: Mapping[str, str], out: Output) -> Path:
+                 config: Mapping[str, str], out: Output) -> tuple[Path, str, envs.EnvSpec]:
     """The app's environment: the last build's when its inputs are unchanged, else a new
-    one; returns the python of ``BUILD/.opus/venv``, linked to it."""
-    store = envs.EnvStore(cache)
+    one; returns the python of ``BUILD/.opus/venv`` (linked to it), its key and spec."""
+    cache = store.root.parent
     tooling = {"mod_wsgi": packages.MOD_WSGI_REQUIREMENT,
                "runtime": envs.tree_digest(packages.RUNTIME_PACKAGE)}
     spec = envs.describe(build, str(python.path), python.text, manager.name, manager.files,
@@ -192,9 +197,8 @@ def _environment(build: Path, cache: Path, manager: managers.Manager,
         packages.install_runtime(venv_python)
         store.mark_complete(key, spec)
     venv_python = envs.link_into_build(build / ".opus", store.path(key))
-    store.record_use(key, spec)
     out.detail(f"Dependencies ready in {time.monotonic() - started:.1f} s")
-    return venv_python
+    return venv_python, key, spec
 
 
 @dataclass(frozen=True)
