@@ -23,7 +23,7 @@ APT_PACKAGES = [
     "apache2", "apache2-dev", "apache2-utils", "git", "openssh-client",
     "python3", "python3-dev", "python3-venv", "build-essential", "curl",
 ]
-APT_TEST_PACKAGES: list[str] = []
+APT_TEST_PACKAGES: list[str] = ["wrk"]   # load for the zero-downtime tests
 
 
 def _missing_apt(packages: list[str]) -> list[str]:

@@ -12,14 +12,15 @@ import http.client
 import time
 from pathlib import Path
 
-from opus_paas import front, locks, release
+from opus_paas import balancer, front, locks, release
 from opus_paas.build import Emit
-from opus_paas.errors import BuildFailed
+from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Program, Supervisor
 
-DRAIN_SECONDS = 1.0
+DRAIN_SECONDS = 1.0    # after a graceful reload of the front
+DRAIN_TIMEOUT = 30.0   # for the requests on an old instance after a balancer switch
 THREADS = 5   # per mod_wsgi daemon process
 
 
@@ -124,6 +125,7 @@ def site_for(settings: Settings, app: App, custom: list[str]) -> front.Site | No
         domains=(settings.app_domain(app.name), *custom),
         port=app.live_port,
         static_dir=release.app_dir(settings, app.name) / "current" / ".opus" / "static",
+        members=ports(settings, app),
     )
 
 
@@ -179,17 +181,22 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     emit(f"-----> Starting v{version} on its own port")
     set_programs(settings, supervisor, app.name, [p for p in (old, new) if p])
     switched = False
+    manager = _manager(settings, app)
+    pending = dataclasses.replace(app, live_version=version, live_port=port)
     try:
         check_health(settings, settings.app_domain(app.name), port, new.name, supervisor)
         emit("       Health check passed; switching traffic")
         # One lock from the front's render to the database row: another app's deploy
         # rendering in between would otherwise put this app's old port back.
         with locks.host_lock(settings):
-            # The front is switched first: if Apache rejects its new config, nothing
-            # else has changed and the old release keeps serving.
-            _refresh_front(settings, store, supervisor,
-                           pending=dataclasses.replace(app, live_version=version,
-                                                       live_port=port))
+            # The front is switched first: if that fails, nothing else has changed and
+            # the old release keeps serving.
+            if manager is not None and _switch_members(settings, store, manager, pending,
+                                                       app.live_port):
+                emit("       Switched through the front's balancer")
+            else:
+                manager = None
+                _refresh_front(settings, store, supervisor, pending=pending)
             switched = True
             release.point_current(settings, app.name, slug_version)
             store.set_live(app, version, port, slug_version)
@@ -198,13 +205,70 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
         # Whatever stopped the deploy (a failed check, the client gone, a bug), the new
         # instance goes and the old one keeps serving.
         if switched:
-            refresh_front(settings, store, supervisor)   # back to what the database says
+            _switch_back(settings, store, supervisor, manager, app, port)
         set_programs(settings, supervisor, app.name, [old] if old else [])
         raise
-    # A graceful reload lets each front child finish its request on the old
-    # config; give them a moment before the old instance goes away.
-    time.sleep(DRAIN_SECONDS)
+    if manager is not None and app.live_port is not None:
+        # Requests already on the old instance finish there before it stops.
+        if not _drained(manager, app.live_port):
+            emit("       The old instance still had requests after "
+                 f"{DRAIN_TIMEOUT:.0f} s; stopping it anyway")
+    else:
+        # A graceful reload lets each front child finish its request on the old
+        # config; give them a moment before the old instance goes away.
+        time.sleep(DRAIN_SECONDS)
     set_programs(settings, supervisor, app.name, [new])
+
+
+def _manager(settings: Settings, app: App) -> balancer.BalancerManager | None:
+    """The app's balancer-manager, when the front already serves the app (a first deploy
+    adds its vhost with a graceful reload instead)."""
+    if app.live_port is None:
+        return None
+    return balancer.BalancerManager(settings.http_port, settings.app_domain(app.name),
+                                    app.name, front.manager_token(settings))
+
+
+def _switch_members(settings: Settings, store: Store, manager: balancer.BalancerManager,
+                    pending: App, old_port: int | None) -> bool:
+    """Flip the app's balancer to `pending`'s port, and write the front's config to match
+    (without a reload, so the next one keeps this state). False if the front has no
+    balancer for the app yet (a config from before balancers): the caller reloads."""
+    assert pending.live_port is not None
+    try:
+        manager.members()
+    except ServiceError:
+        return False
+    apps = [pending if a.id == pending.id else a for a in store.list_apps()]
+    front.write(settings, live_sites(settings, store, apps))
+    try:
+        manager.switch(pending.live_port, old_port)
+    except ServiceError:
+        front.write(settings, live_sites(settings, store, store.list_apps()))
+        raise
+    return True
+
+
+def _switch_back(settings: Settings, store: Store, supervisor: Supervisor,
+                 manager: balancer.BalancerManager | None, app: App, new_port: int) -> None:
+    """Undo a switch: the old member serves again, the front's config as the database
+    says."""
+    if manager is not None and app.live_port is not None:
+        try:
+            manager.switch(app.live_port, new_port)
+            front.write(settings, live_sites(settings, store, store.list_apps()))
+            return
+        except ServiceError:
+            pass
+    refresh_front(settings, store, supervisor)
+
+
+def _drained(manager: balancer.BalancerManager, port: int) -> bool:
+    try:
+        return manager.wait_drained(port, DRAIN_TIMEOUT)
+    except ServiceError:
+        time.sleep(DRAIN_SECONDS)
+        return False
 
 
 def reconcile(settings: Settings, store: Store, supervisor: Supervisor) -> None:

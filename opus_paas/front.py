@@ -10,28 +10,37 @@ import dataclasses
 import grp
 import os
 import pwd
+import re
+import secrets
 import subprocess
 from pathlib import Path
 
+from opus_paas import balancer
 from opus_paas.errors import ServiceError
 from opus_paas.settings import Settings
 
 MODULES = [
     "mpm_event", "authz_core", "authz_host", "mime", "alias", "dir", "headers",
-    "proxy", "proxy_http", "setenvif",
+    "proxy", "proxy_http", "setenvif", "proxy_balancer", "slotmem_shm", "lbmethod_byrequests",
 ]
+TOKEN = re.compile(r"[0-9a-f]{32}")
 
 LOG_FORMAT = '"%v %h %t \\"%r\\" %>s %b %D \\"%{X-Opus-Served-By}o\\""'
 
 
 @dataclasses.dataclass(frozen=True)
 class Site:
-    """One app as the front sees it: its host names, its live port, its static files."""
+    """One app as the front sees it: its host names, its live port among its two
+    balancer members, its static files."""
 
     app: str
     domains: tuple[str, ...]
     port: int
     static_dir: Path
+    members: tuple[int, ...] = ()
+
+    def member_ports(self) -> tuple[int, ...]:
+        return self.members or (self.port,)
 
 
 def _directive_path(path: Path) -> str:
@@ -41,8 +50,31 @@ def _directive_path(path: Path) -> str:
     return f'"{text}"'
 
 
-def render(settings: Settings, sites: list[Site]) -> str:
-    """The front's httpd.conf for these sites (pure: no I/O)."""
+def manager_token(settings: Settings) -> str:
+    """The secret the balancer-manager asks of Opus, made once (front/manager.token, 0600)."""
+    path = settings.front_dir / "manager.token"
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if TOKEN.fullmatch(token):
+        return token
+    settings.front_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    tmp = path.with_name(".manager.token.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    os.replace(tmp, path)
+    return token
+
+
+def render(settings: Settings, sites: list[Site], token: str = "0" * 32) -> str:
+    """The front's httpd.conf for these sites (pure: no I/O). `token` guards each app's
+    balancer-manager."""
+    if not TOKEN.fullmatch(token):
+        raise ServiceError("the front's manager token is malformed; delete front/manager.token")
     front = settings.front_dir
     logs = settings.logs_dir / "front"
     lines = [
@@ -106,10 +138,26 @@ def render(settings: Settings, sites: list[Site]) -> str:
             "        Require all granted",
             '        Header set X-Opus-Served-By "front-static"',
             "    </Directory>",
-            f"    ProxyPass / http://127.0.0.1:{site.port}/ retry=0",
-            f"    ProxyPassReverse / http://127.0.0.1:{site.port}/",
-            "</VirtualHost>",
+            # Both instances are members; the one not serving is disabled. A deploy
+            # flips them through the balancer-manager (no graceful restart).
+            f'    <Proxy "balancer://{balancer.balancer_name(site.app)}">',
         ]
+        for port in site.member_ports():
+            disabled = "" if port == site.port else " status=+D"
+            lines.append(f'        BalancerMember "{balancer.member_url(port)}" retry=0{disabled}')
+        lines += [
+            "    </Proxy>",
+            f'    ProxyPass "{balancer.MANAGER_PATH}" !',
+            f'    <Location "{balancer.MANAGER_PATH}">',
+            "        SetHandler balancer-manager",
+            f"        Require expr \"%{{REMOTE_ADDR}} == '127.0.0.1' && "
+            f"%{{HTTP:{balancer.MANAGER_HEADER}}} == '{token}'\"",
+            "    </Location>",
+            f"    ProxyPass / balancer://{balancer.balancer_name(site.app)}/",
+        ]
+        lines += [f"    ProxyPassReverse / {balancer.member_url(port)}/"
+                  for port in site.member_ports()]
+        lines.append("</VirtualHost>")
     return "\n".join(lines) + "\n"
 
 
@@ -124,11 +172,15 @@ def write(settings: Settings, sites: list[Site]) -> bool:
     (front / "run").mkdir(parents=True, exist_ok=True)
     (settings.logs_dir / "front").mkdir(parents=True, exist_ok=True)
     live = front / "httpd.conf"
-    text = render(settings, sites)
+    text = render(settings, sites, manager_token(settings))
     if live.exists() and live.read_text() == text:
         return False
     candidate = front / "httpd.conf.new"
-    candidate.write_text(text)
+    candidate.unlink(missing_ok=True)
+    # 0600: it holds the balancer-manager's token; only the front's master reads it.
+    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
     check = subprocess.run(
         [settings.apache_bin, "-t", "-f", str(candidate)],
         capture_output=True, text=True, check=False,

@@ -25,7 +25,8 @@ def test_render_has_one_vhost_per_site_and_a_default(tmp_path: Path) -> None:
     assert text.index("ServerName _default_") < text.index("ServerName a.localhost")
     assert text.index("ServerName a.localhost") < text.index("ServerName b.localhost")
     assert "ServerAlias a.example.com" in text
-    assert "ProxyPass / http://127.0.0.1:20000/ retry=0" in text
+    assert "ProxyPass / balancer://app-a/" in text
+    assert 'BalancerMember "http://127.0.0.1:20000" retry=0\n' in text
     assert "ProxyPass /static/ !" in text
     assert "inet_http_server" not in text
 
@@ -56,3 +57,43 @@ def test_a_config_failing_apaches_test_never_goes_live(tmp_path: Path) -> None:
     with pytest.raises(ServiceError, match="failed Apache's test"):
         front.write(broken, [front.Site("a", ("a.localhost",), 1, tmp_path / "s")])
     assert (tmp_path / "front" / "httpd.conf").read_text() == live
+
+
+def test_both_members_are_rendered_and_only_the_live_one_is_enabled(tmp_path: Path) -> None:
+    site = front.Site("a", ("a.localhost",), 20001, tmp_path / "s", members=(20000, 20001))
+    text = front.render(_settings(tmp_path), [site], "f" * 32)
+    assert 'BalancerMember "http://127.0.0.1:20000" retry=0 status=+D\n' in text
+    assert 'BalancerMember "http://127.0.0.1:20001" retry=0\n' in text
+    # The manager: loopback only, with the token, and never proxied to the app.
+    assert "%{HTTP:X-Opus-Token} == '" + "f" * 32 + "'" in text
+    assert text.index('ProxyPass "/.opus/balancer" !') < text.index("ProxyPass / balancer://")
+    for hostile in ("", "f' || true || '", "F" * 32, "f" * 31):
+        with pytest.raises(ServiceError, match="token"):
+            front.render(_settings(tmp_path), [site], hostile)
+
+
+def test_the_manager_token_is_made_once_and_kept_private(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    token = front.manager_token(settings)
+    assert front.TOKEN.fullmatch(token) and front.manager_token(settings) == token
+    assert (tmp_path / "front" / "manager.token").stat().st_mode & 0o077 == 0
+    (tmp_path / "front" / "manager.token").write_text("not a token\n")
+    assert front.manager_token(settings) != token       # a damaged one is replaced
+
+
+def test_parse_balancer_manager_page() -> None:
+    from opus_paas import balancer
+
+    row = ('<tr>\n<td><a href="/.opus/balancer?b=app-a&amp;w=http://127.0.0.1:{port}&amp;'
+           'nonce=abc-1">http://127.0.0.1:{port}</a></td><td></td><td></td><td>1.00</td>'
+           '<td>0</td><td>{status} </td><td>6</td><td>{busy}</td><td>0</td><td>1K</td>'
+           '<td>1</td></tr>')
+    page = "<table>" + row.format(port=1, status="Init Ok", busy=2) + \
+        row.format(port=2, status="Init Dis", busy=0) + \
+        row.replace("app-a", "app-b").format(port=3, status="Init Ok", busy=0) + "</table>"
+    nonce, members = balancer.parse_page(page, "app-a")
+    assert nonce == "abc-1"
+    assert set(members) == {"http://127.0.0.1:1", "http://127.0.0.1:2"}
+    assert members["http://127.0.0.1:1"].enabled and members["http://127.0.0.1:1"].busy == 2
+    assert not members["http://127.0.0.1:2"].enabled
+    assert balancer.parse_page("<html>nothing</html>", "app-a") == (None, {})

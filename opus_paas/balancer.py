@@ -1,0 +1,125 @@
+"""Switching an app's traffic between its two web instances through the front's
+balancer-manager, without a graceful restart (which resets connections).
+
+Each app's vhost has a balancer with two members, its blue and green ports; the front's
+config marks the one not serving as disabled. A deploy enables the new member, disables
+the old one (requests already on it finish there) and waits until the old one has no
+request left before it is stopped. The manager answers only on loopback, only with the
+front's token, and (Apache's rule) only to a POST whose Referer is the manager's page.
+
+Parsing the manager's page is pure (`parse_page`); `BalancerManager` does the HTTP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import http.client
+import re
+import time
+import urllib.parse
+
+from opus_paas.errors import ServiceError
+
+MANAGER_PATH = "/.opus/balancer"
+MANAGER_HEADER = "X-Opus-Token"
+ROW = re.compile(r"<tr>\s*(<td>.*?)</tr>", re.S)
+CELL = re.compile(r"<td>(.*?)</td>", re.S)
+LINK = re.compile(r'<a href="([^"]*)">')
+
+
+def balancer_name(app: str) -> str:
+    return f"app-{app}"
+
+
+def member_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    url: str
+    status: str          # Apache's words: "Init Ok", "Init Dis", "Init Err", …
+    busy: int            # requests in flight on it
+
+    @property
+    def enabled(self) -> bool:
+        return "Dis" not in self.status.split() and "Stop" not in self.status.split()
+
+
+def parse_page(page: str, balancer: str) -> tuple[str | None, dict[str, Member]]:
+    """The nonce and the members of `balancer` on a balancer-manager page."""
+    nonce = None
+    members: dict[str, Member] = {}
+    for row in ROW.finditer(page):
+        cells = CELL.findall(row.group(1))
+        link = LINK.search(cells[0]) if cells else None
+        if not link or len(cells) < 8:
+            continue
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(html.unescape(link.group(1))).query)
+        if query.get("b") != [balancer] or "w" not in query:
+            continue
+        nonce = query.get("nonce", [None])[0]
+        busy = cells[7].strip()
+        members[query["w"][0]] = Member(query["w"][0], cells[5].strip(),
+                                        int(busy) if busy.isdigit() else 0)
+    return nonce, members
+
+
+class BalancerManager:
+    """The front's balancer-manager for one app, reached on loopback."""
+
+    def __init__(self, port: int, host: str, app: str, token: str, timeout: float = 5.0):
+        self.port, self.host, self.token, self.timeout = port, host, token, timeout
+        self.balancer = balancer_name(app)
+
+    def _request(self, method: str, body: str | None = None) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        headers = {"Host": self.host, MANAGER_HEADER: self.token}
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            headers["Referer"] = f"http://{self.host}{MANAGER_PATH}"
+        try:
+            conn.request(method, MANAGER_PATH, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as exc:
+            raise ServiceError(f"the front's balancer-manager did not answer "
+                               f"({exc.__class__.__name__}); is the front running?") from None
+        finally:
+            conn.close()
+
+    def members(self) -> tuple[str, dict[str, Member]]:
+        status, page = self._request("GET")
+        nonce, members = parse_page(page, self.balancer)
+        if status != 200 or nonce is None or not members:
+            raise ServiceError(f"the front has no balancer for this app yet (HTTP {status})")
+        return nonce, members
+
+    def set_enabled(self, port: int, enabled: bool) -> None:
+        nonce, members = self.members()
+        url = member_url(port)
+        if url not in members:
+            raise ServiceError(f"the front's balancer has no member {url}")
+        form = urllib.parse.urlencode({"b": self.balancer, "w": url, "nonce": nonce,
+                                       "w_status_D": "0" if enabled else "1"})
+        self._request("POST", form)
+        if self.members()[1][url].enabled != enabled:
+            raise ServiceError(f"the front's balancer did not take the change to {url}")
+
+    def switch(self, new_port: int, old_port: int | None) -> None:
+        """Send new requests to `new_port` only; the old member finishes what it has."""
+        self.set_enabled(new_port, True)
+        if old_port is not None and old_port != new_port:
+            self.set_enabled(old_port, False)
+
+    def wait_drained(self, port: int, timeout: float) -> bool:
+        """Wait until no request is in flight on `port`'s member; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            member = self.members()[1].get(member_url(port))
+            if member is None or member.busy == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)

@@ -1,0 +1,99 @@
+"""Deploys under load: wrk keeps requests flowing through the front while a push switches
+the app to a new release through the balancer; not one request may fail."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Opus, SshKey, git, make_django_project, require_tool
+
+APP = "steady"
+VIEW = '''\
+from django.http import HttpResponse
+
+
+def index(request):
+    return HttpResponse("{text}")
+'''
+
+
+def commit_view(project: Path, text: str) -> None:
+    (project / "pages" / "views.py").write_text(VIEW.replace("{text}", text))
+    git(project, "add", "-A")
+    git(project, "-c", "user.name=Test", "-c", "user.email=test@example.com",
+        "commit", "-q", "-m", text)
+
+
+def push(project: Path, opus: Opus, key: SshKey) -> str:
+    result = git(project, "push", "opus", "main", env=key.git_env(opus), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def steady(tmp_path_factory: pytest.TempPathFactory, opus: Opus, admin_key: SshKey) -> Path:
+    project = make_django_project(tmp_path_factory.mktemp("steady") / APP)
+    commit_view(project, "release one")
+    git(project, "remote", "add", "opus", f"ssh://git@127.0.0.1:{opus.ssh_port}/{APP}.git")
+    push(project, opus, admin_key)
+    return project
+
+
+def failures(wrk_output: str) -> tuple[int, int, int]:
+    """(requests, non-2xx/3xx responses, socket errors) from wrk's report."""
+    requests = re.search(r"(\d+) requests in", wrk_output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", wrk_output)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                        wrk_output)
+    assert requests, wrk_output
+    return (int(requests.group(1)), int(non_2xx.group(1)) if non_2xx else 0,
+            sum(int(n) for n in sockets.groups()) if sockets else 0)
+
+
+def under_load(opus: Opus, seconds: int) -> tuple[threading.Thread, list[str]]:
+    wrk = require_tool("wrk")
+    report: list[str] = []
+    url = f"http://127.0.0.1:{opus.http_port}/"
+
+    def run() -> None:
+        result = subprocess.run([wrk, "-t2", "-c8", f"-d{seconds}s", "-H",
+                                 f"Host: {opus.app_host(APP)}", url],
+                                capture_output=True, text=True, timeout=seconds + 60,
+                                check=False)
+        report.append(result.stdout + result.stderr)
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, report
+
+
+def test_a_deploy_under_load_fails_no_request(opus: Opus, admin_key: SshKey,
+                                              steady: Path) -> None:
+    status, _headers, body = opus.get(opus.app_host(APP))
+    assert (status, body) == (200, "release one")
+    commit_view(steady, "release two")
+    thread, report = under_load(opus, seconds=12)
+    output = push(steady, opus, admin_key)
+    thread.join()
+    assert "Switched through the front's balancer" in output
+    requests, non_2xx, socket_errors = failures(report[0])
+    assert requests > 100, report[0]
+    assert (non_2xx, socket_errors) == (0, 0), report[0]
+    status, _headers, body = opus.get(opus.app_host(APP))
+    assert (status, body) == (200, "release two")
+
+
+def test_a_restart_and_a_rollback_under_load_fail_no_request(
+        opus: Opus, steady: Path) -> None:
+    thread, report = under_load(opus, seconds=10)
+    opus.cli("ps:restart", APP)
+    opus.cli("rollback", APP)
+    thread.join()
+    requests, non_2xx, socket_errors = failures(report[0])
+    assert requests > 100 and (non_2xx, socket_errors) == (0, 0), report[0]
+    status, _headers, body = opus.get(opus.app_host(APP))
+    assert (status, body) == (200, "release one")
