@@ -27,6 +27,7 @@ from opus_paas import (
     keys,
     lifecycle,
     logs,
+    names,
     privileged,
     ps,
     redact,
@@ -248,36 +249,59 @@ def cmd_ps(ctx: Context, args: list[str]) -> None:
         ctx.out(f"{app.name} has no processes" + (" (stopped; `opus ps:start` starts it)"
                                                    if app.stopped else ""))
     for proc in found:
-        ctx.out(f"{proc['type']}.1  {proc['state']:<9} pid {proc['pid']:<7} "
-                f"up {proc['uptime']} s  {proc['processes']} process(es) x "
-                f"{deploy.THREADS} threads  ({proc['name']})")
+        label = f"{proc['type']}.{proc['number']}"
+        if proc["type"] == "web":
+            ctx.out(f"{label}  {proc['state']:<9} pid {proc['pid']:<7} "
+                    f"up {proc['uptime']} s  {proc['processes']} process(es) x "
+                    f"{deploy.THREADS} threads  ({proc['name']})")
+        elif proc["state"] == "CRASHED":
+            ctx.out(f"{label}  CRASHED   restarting in {proc['restart_in']} s "
+                    f"(crashed {proc['crashes']} times in a row; `opus logs "
+                    f"{app.name} --ps {proc['type']}` shows why)")
+        else:
+            ctx.out(f"{label}  {proc['state']:<9} pid {proc['pid']:<7} up {proc['uptime']} s")
+    formation = {k: v for k, v in ctx.store.formation(app).items() if v[1]}
+    for kind in sorted(formation):
+        ctx.out(f"{kind}  stopped (`opus ps:start {app.name} {kind}` starts it)")
 
 
 def cmd_ps_scale(ctx: Context, args: list[str]) -> None:
-    usage = "opus ps:scale APP web=N"
+    usage = "opus ps:scale APP web=N [TYPE=N …]"
     if len(args) < 2:
         raise UsageError(f"usage: {usage}")
     app = ps.scale(ctx.settings, ctx.store, ctx.actor, args[0], ps.parse_scale(args[1:]),
                    ctx.out)
-    ctx.out(f"Scaled {app.name}: web={app.web_processes}.")
+    others = " ".join(f"{k}={v[0]}" for k, v in sorted(ctx.store.formation(app).items()))
+    ctx.out(f"Scaled {app.name}: web={app.web_processes}" + (f" {others}" if others else "")
+            + ".")
+
+
+def _app_and_type(usage: str, args: list[str]) -> tuple[str, str | None]:
+    if len(args) not in (1, 2):
+        raise UsageError(f"usage: {usage}")
+    if len(args) == 2:
+        names.check_process_type(args[1])
+    return args[0], (args[1] if len(args) == 2 else None)
 
 
 def cmd_ps_restart(ctx: Context, args: list[str]) -> None:
-    _arity("opus ps:restart APP", args, 1)
-    ps.restart(ctx.settings, ctx.store, ctx.actor, args[0], ctx.out)
-    ctx.out(f"Restarted {args[0]}.")
+    app, kind = _app_and_type("opus ps:restart APP [TYPE]", args)
+    ps.restart(ctx.settings, ctx.store, ctx.actor, app, ctx.out, kind)
+    ctx.out(f"Restarted {app}" + (f" {kind}" if kind else "") + ".")
 
 
 def cmd_ps_stop(ctx: Context, args: list[str]) -> None:
-    _arity("opus ps:stop APP", args, 1)
-    ps.stop(ctx.settings, ctx.store, ctx.actor, args[0])
-    ctx.out(f"Stopped {args[0]}; `opus ps:start {args[0]}` starts it again.")
+    app, kind = _app_and_type("opus ps:stop APP [TYPE]", args)
+    ps.stop(ctx.settings, ctx.store, ctx.actor, app, kind)
+    what = f"{app} {kind}" if kind else app
+    ctx.out(f"Stopped {what}; `opus ps:start {what}` starts it again.")
 
 
 def cmd_ps_start(ctx: Context, args: list[str]) -> None:
-    _arity("opus ps:start APP", args, 1)
-    started = ps.start(ctx.settings, ctx.store, ctx.actor, args[0], ctx.out)
-    ctx.out(f"Started {args[0]}." if started else f"{args[0]} is running already.")
+    app, kind = _app_and_type("opus ps:start APP [TYPE]", args)
+    what = f"{app} {kind}" if kind else app
+    started = ps.start(ctx.settings, ctx.store, ctx.actor, app, ctx.out, kind)
+    ctx.out(f"Started {what}." if started else f"{what} is running already.")
 
 
 def cmd_run(ctx: Context, args: list[str]) -> int:
@@ -565,13 +589,14 @@ TABLE: dict[str, Command] = {c.name: c for c in [
     Command("config:unset", "opus config:unset APP KEY… [--no-restart]",
             "unset config vars (one new release)", cmd_config_unset, takes_app=True),
     Command("ps", "opus ps APP", "list an app's processes", cmd_ps, takes_app=True),
-    Command("ps:scale", "opus ps:scale APP web=N", "run web with N processes",
+    Command("ps:scale", "opus ps:scale APP web=N [TYPE=N …]",
+            "run web with N processes, other Procfile types with N each",
             cmd_ps_scale, takes_app=True),
-    Command("ps:restart", "opus ps:restart APP", "restart an app without downtime",
+    Command("ps:restart", "opus ps:restart APP [TYPE]", "restart an app without downtime",
             cmd_ps_restart, takes_app=True),
-    Command("ps:stop", "opus ps:stop APP", "stop an app's processes", cmd_ps_stop,
+    Command("ps:stop", "opus ps:stop APP [TYPE]", "stop an app's processes", cmd_ps_stop,
             takes_app=True),
-    Command("ps:start", "opus ps:start APP", "start a stopped app", cmd_ps_start,
+    Command("ps:start", "opus ps:start APP [TYPE]", "start a stopped app", cmd_ps_start,
             takes_app=True),
     Command("run", "opus run APP -- COMMAND [ARGS…]",
             "run a one-off command in the live release", cmd_run, takes_app=True),

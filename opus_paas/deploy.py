@@ -17,7 +17,7 @@ from opus_paas.build import Emit
 from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
-from opus_paas.supervisor import Program, Supervisor
+from opus_paas.supervisor import PROCESS_NUM, Program, Supervisor
 
 DRAIN_SECONDS = 1.0    # after a graceful reload of the front
 DRAIN_TIMEOUT = 30.0   # for the requests on an old instance after a balancer switch
@@ -71,6 +71,48 @@ def web_program(settings: Settings, app: str, version: int, port: int,
         startsecs=1,
         stopwaitsecs=15,
     )
+
+
+def type_program_name(app: str, kind: str) -> str:
+    """`<app>.<type>`: app names have no dot, so no two apps' programs can meet."""
+    return f"{app}.{kind}"
+
+
+def type_programs(settings: Settings, store: Store, app: App, version: int,
+                  slug_version: int | None = None) -> list[Program]:
+    """Supervisor programs for the release's Procfile types other than web and release,
+    each at its scale (none while scaled to 0 or stopped). Each process runs under
+    `opus_runtime.supervise`, which restarts it with backoff when it dies."""
+    slug = release.slug_dir(settings, app.name, version if slug_version is None else slug_version)
+    info = release.read_build_info(slug) or {}
+    types = info.get("process_types") or {}
+    assert isinstance(types, dict)
+    formation = store.formation(app)
+    run = release.app_dir(settings, app.name) / "run"
+    programs = []
+    for kind, command in sorted(types.items()):
+        count, stopped = formation.get(kind, (0, False))
+        if kind in ("web", "release") or count <= 0 or stopped:
+            continue
+        number = "%" + PROCESS_NUM
+        programs.append(Program(
+            name=type_program_name(app.name, kind),
+            command=[str(slug / ".opus" / "venv" / "bin" / "python"), "-m",
+                     "opus_runtime.supervise", str(run / f"{kind}.{number}.json"),
+                     f"{kind}.{number}", str(command)],
+            directory=slug,
+            log_file=settings.logs_dir / app.name / f"{kind}.{number}.log",
+            environment={
+                "HOME": str(release.home_dir(settings, app.name)),
+                "LANG": "C.UTF-8",
+                "OPUS_ENV_FILE": str(release.env_file(settings, app.name, version)),
+            },
+            user=settings.app_run_user(),
+            startsecs=1,
+            stopwaitsecs=15,
+            numprocs=count,
+        ))
+    return programs
 
 
 def mod_wsgi_command(slug: Path, port: int, server_root: Path, processes: int) -> list[str]:
@@ -177,9 +219,11 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     slug_version = version if slug_version is None else slug_version
     new = web_program(settings, app.name, version, port, slug_version, app.web_processes)
     old = None if app.stopped else live_program(settings, app)
+    workers = [] if app.stopped or app.live_version is None else \
+        type_programs(settings, store, app, app.live_version, app.live_slug)
     Path(new.log_file).parent.mkdir(parents=True, exist_ok=True)
     emit(f"-----> Starting v{version} on its own port")
-    set_programs(settings, supervisor, app.name, [p for p in (old, new) if p])
+    set_programs(settings, supervisor, app.name, [p for p in (old, new) if p] + workers)
     switched = False
     manager = _manager(settings, app)
     pending = dataclasses.replace(app, live_version=version, live_port=port)
@@ -206,7 +250,7 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
         # instance goes and the old one keeps serving.
         if switched:
             _switch_back(settings, store, supervisor, manager, app, port)
-        set_programs(settings, supervisor, app.name, [old] if old else [])
+        set_programs(settings, supervisor, app.name, ([old] if old else []) + workers)
         raise
     if manager is not None and app.live_port is not None:
         # Requests already on the old instance finish there before it stops.
@@ -217,7 +261,9 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
         # A graceful reload lets each front child finish its request on the old
         # config; give them a moment before the old instance goes away.
         time.sleep(DRAIN_SECONDS)
-    set_programs(settings, supervisor, app.name, [new])
+    # The other process types follow the release (a new one starts their backoff afresh).
+    set_programs(settings, supervisor, app.name,
+                 [new, *type_programs(settings, store, app, version, slug_version)])
 
 
 def _manager(settings: Settings, app: App) -> balancer.BalancerManager | None:
@@ -232,9 +278,12 @@ def _manager(settings: Settings, app: App) -> balancer.BalancerManager | None:
 def _switch_members(settings: Settings, store: Store, manager: balancer.BalancerManager,
                     pending: App, old_port: int | None) -> bool:
     """Flip the app's balancer to `pending`'s port, and write the front's config to match
-    (without a reload, so the next one keeps this state). False if the front has no
-    balancer for the app yet (a config from before balancers): the caller reloads."""
+    (without a reload, so the next one keeps this state). False when a switch is not
+    enough (the front's config has other changes to load, or no balancer for the app
+    yet): the caller reloads the front instead."""
     assert pending.live_port is not None
+    if not front.is_current(settings, live_sites(settings, store, store.list_apps())):
+        return False     # something else changed too (a domain, say): that needs a reload
     try:
         manager.members()
     except ServiceError:
@@ -276,7 +325,8 @@ def reconcile(settings: Settings, store: Store, supervisor: Supervisor) -> None:
     with locks.host_lock(settings):
         for app in store.list_apps():
             live = None if app.stopped else live_program(settings, app)
-            programs = [live] if live else []
+            programs = [live, *type_programs(settings, store, app, app.live_version or 0,
+                                             app.live_slug)] if live else []
             supervisor.write_programs(program_file(app.name), programs)
         supervisor.apply()
         _refresh_front(settings, store, supervisor)

@@ -166,6 +166,16 @@ def program_command(settings: Settings) -> list[str]:
     return [settings.apache_bin, "-f", str(settings.front_dir / "httpd.conf"), "-DFOREGROUND"]
 
 
+def is_current(settings: Settings, sites: list[Site]) -> bool:
+    """True if the config on disk (what the front runs, or will on its next reload) is
+    exactly what these sites render to."""
+    try:
+        on_disk = (settings.front_dir / "httpd.conf").read_text()
+    except FileNotFoundError:
+        return False
+    return on_disk == render(settings, sites, manager_token(settings))
+
+
 def write(settings: Settings, sites: list[Site]) -> bool:
     """Render, test and install the config; True if it changed."""
     front = settings.front_dir

@@ -26,11 +26,13 @@ def log_files(settings: Settings, app: str, process_type: str | None) -> list[Pa
     directory = settings.logs_dir / app
     if process_type is not None:
         names.check_process_type(process_type)
-        path = directory / f"{process_type}.log"
-        if not path.is_file():
+        found = sorted(p for p in (directory / f"{process_type}.log",
+                                   *directory.glob(f"{process_type}.[0-9]*.log"))
+                       if p.is_file())
+        if not found:
             raise NotFound(f"no {process_type} log for {app} yet; `opus ps {app}` lists its "
                            "process types")
-        return [path]
+        return found
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.glob("*.log")

@@ -2,7 +2,8 @@
 
 A restart or a rescale runs the live release again the way a deploy does (a new
 instance on the idle port, health check, switch, drain), so it drops no request.
-Only `web` runs today; other Procfile types come with worker support.
+Other Procfile types (workers) run under supervisor at their scale, each process wrapped
+in `opus_runtime.supervise`, which restarts it with backoff when it dies.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from opus_paas import access, deploy, locks, privileged, redact, release
+from opus_paas import access, deploy, locks, names, privileged, redact, release
 from opus_paas.access import Actor
 from opus_paas.build import Emit
 from opus_paas.errors import NotFound, UsageError
@@ -24,20 +25,57 @@ from opus_paas.store import App, Store
 from opus_paas.supervisor import Supervisor
 
 MAX_WEB_PROCESSES = 16
+MAX_TYPE_PROCESSES = 16
 
 
 def processes(settings: Settings, store: Store, actor: Actor, name: str) -> list[dict[str, Any]]:
-    """The app's processes as supervisor sees them."""
+    """The app's processes as supervisor sees them, web first; a process that keeps
+    dying says so (its crashes and when it starts again)."""
     app = access.app_for(store, actor, name)
     supervisor = Supervisor(settings)
     if not supervisor.is_running():
         return []
     now = time.time()
-    prefix = f"{app.name}-web-"
-    return [{"type": "web", "name": p["name"], "state": p["statename"], "pid": p["pid"],
-             "uptime": int(now - p["start"]) if p["statename"] == "RUNNING" else 0,
-             "processes": app.web_processes}
-            for p in supervisor.processes() if str(p["group"]).startswith(prefix)]
+    web_prefix = f"{app.name}-web-"
+    type_prefix = f"{app.name}."
+    found = []
+    for p in supervisor.processes():
+        group = str(p["group"])
+        if group.startswith(web_prefix):
+            kind, number, count = "web", 1, app.web_processes
+        elif group.startswith(type_prefix):
+            kind = group[len(type_prefix):]
+            number = int(str(p["name"]).rpartition(".")[2] or 0)
+            count = 1
+        else:
+            continue
+        entry = {"type": kind, "number": number, "name": p["name"], "state": p["statename"],
+                 "pid": p["pid"],
+                 "uptime": int(now - p["start"]) if p["statename"] == "RUNNING" else 0,
+                 "processes": count}
+        if kind != "web":
+            entry.update(_backoff_state(settings, app, f"{kind}.{number}", now))
+        found.append(entry)
+    return sorted(found, key=lambda e: (e["type"] != "web", e["type"], e["number"]))
+
+
+def _backoff_state(settings: Settings, app: App, name: str, now: float) -> dict[str, Any]:
+    """What the process's supervise wrapper last wrote: crashes, and a restart pending."""
+    raw = privileged.read_run_user_file(release.app_dir(settings, app.name) / "run",
+                                        f"{name}.json", 4096)
+    try:
+        state = json.loads(raw or b"{}")
+    except ValueError:
+        return {}
+    if not isinstance(state, dict):
+        return {}
+    crashes = state.get("crashes") if isinstance(state.get("crashes"), int) else 0
+    found: dict[str, Any] = {"crashes": crashes}
+    restart_at = state.get("restart_at")
+    if state.get("state") == "crashed" and isinstance(restart_at, (int, float)):
+        found["state"] = "CRASHED"
+        found["restart_in"] = max(0, round(restart_at - now))
+    return found
 
 
 def _runs_own_web_command(settings: Settings, app: App) -> bool:
@@ -60,34 +98,87 @@ def _run_live(settings: Settings, store: Store, app: App, emit: Emit) -> None:
                   slug_version=app.live_slug)
 
 
-def restart(settings: Settings, store: Store, actor: Actor, name: str, emit: Emit) -> None:
-    """A fresh instance of the live release (a stopped app starts)."""
-    app = access.app_for(store, actor, name)
-    with locks.app_lock(settings, app.name):
-        _run_live(settings, store, _live(store, app), emit)
-
-
-def stop(settings: Settings, store: Store, actor: Actor, name: str) -> None:
-    """Stop every process of the app; it stays stopped (across `opus up` too) until
-    `ps:start`, `ps:restart` or a deploy."""
+def restart(settings: Settings, store: Store, actor: Actor, name: str, emit: Emit,
+            kind: str | None = None) -> None:
+    """A fresh instance of the live release (a stopped app starts); with `kind`, only
+    that process type's processes."""
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
         app = _live(store, app)
-        store.set_stopped(app, True)
+        if kind is None or kind == "web":
+            _run_live(settings, store, app, emit)
+            return
+        _known_type(settings, app, kind)
         supervisor = Supervisor(settings)
-        if supervisor.is_running():
-            deploy.set_programs(settings, supervisor, app.name, [])
+        group = deploy.type_program_name(app.name, kind)
+        if supervisor.is_running() and supervisor.process_state(f"{group}:{group}.1") != \
+                "ABSENT":
+            supervisor.restart_group(group)
+        else:
+            raise UsageError(f"{kind} is not running; `opus ps:scale {app.name} {kind}=1` "
+                             "runs it")
 
 
-def start(settings: Settings, store: Store, actor: Actor, name: str, emit: Emit) -> bool:
-    """Start a stopped app; False if it was running already."""
+def stop(settings: Settings, store: Store, actor: Actor, name: str,
+         kind: str | None = None) -> None:
+    """Stop every process of the app (or of one type); it stays stopped (across `opus up`
+    too) until `ps:start`, `ps:restart` or a deploy (for a type: until `ps:start`)."""
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
         app = _live(store, app)
+        if kind is None:
+            store.set_stopped(app, True)
+        elif kind == "web":
+            raise UsageError("web is the app: `opus ps:stop APP` stops it all")
+        else:
+            _known_type(settings, app, kind)
+            store.set_type_stopped(app, kind, True)
+        _apply_types(settings, store, access.fresh(store, app))
+
+
+def start(settings: Settings, store: Store, actor: Actor, name: str, emit: Emit,
+          kind: str | None = None) -> bool:
+    """Start a stopped app (or process type); False if it was running already."""
+    app = access.app_for(store, actor, name)
+    with locks.app_lock(settings, app.name):
+        app = _live(store, app)
+        if kind is not None and kind != "web":
+            _known_type(settings, app, kind)
+            if not store.formation(app).get(kind, (0, False))[1]:
+                return False
+            store.set_type_stopped(app, kind, False)
+            _apply_types(settings, store, access.fresh(store, app))
+            return True
         if not app.stopped:
             return False
         _run_live(settings, store, app, emit)
         return True
+
+
+def _types_of_live(settings: Settings, app: App) -> dict[str, str]:
+    assert app.live_version is not None
+    slug = release.slug_dir(settings, app.name, app.live_slug or app.live_version)
+    types = (release.read_build_info(slug) or {}).get("process_types") or {}
+    assert isinstance(types, dict)
+    return {str(k): str(v) for k, v in types.items()}
+
+
+def _known_type(settings: Settings, app: App, kind: str) -> None:
+    types = _types_of_live(settings, app)
+    if kind not in types or kind == "release":
+        known = ", ".join(sorted(set(types) - {"release"} | {"web"}))
+        raise NotFound(f"{app.name} has no process type {kind!r}; its Procfile has: {known}")
+
+
+def _apply_types(settings: Settings, store: Store, app: App) -> None:
+    """Supervisor runs the live web instance and the other types at their scale."""
+    supervisor = Supervisor(settings)
+    if not supervisor.is_running():
+        return
+    live = None if app.stopped else deploy.live_program(settings, app)
+    programs = [live, *deploy.type_programs(settings, store, app, app.live_version or 0,
+                                            app.live_slug)] if live else []
+    deploy.set_programs(settings, supervisor, app.name, programs)
 
 
 def parse_scale(pairs: list[str]) -> dict[str, int]:
@@ -103,31 +194,43 @@ def parse_scale(pairs: list[str]) -> dict[str, int]:
 
 def scale(settings: Settings, store: Store, actor: Actor, name: str, counts: dict[str, int],
           emit: Emit) -> App:
-    """Run `web` with that many mod_wsgi processes, switched without a failed request."""
-    unknown = sorted(set(counts) - {"web"})
-    if unknown:
-        raise UsageError(f"only web can be scaled so far ({', '.join(unknown)}: Procfile "
-                         "types other than web and release are not run yet)")
-    web = counts.get("web")
-    if web is None or not 1 <= web <= MAX_WEB_PROCESSES:
-        raise UsageError(f"web takes 1 to {MAX_WEB_PROCESSES} processes; stop an app with "
-                         "`opus ps:stop`")
+    """Run `web` with that many mod_wsgi processes (switched without a failed request) and
+    each other Procfile type with that many processes. The counts stay across deploys."""
+    for kind, count in counts.items():
+        names.check_process_type(kind)
+        limit = MAX_WEB_PROCESSES if kind == "web" else MAX_TYPE_PROCESSES
+        low = 1 if kind == "web" else 0
+        if not low <= count <= limit:
+            hint = "; stop an app with `opus ps:stop`" if kind == "web" else ""
+            raise UsageError(f"{kind} takes {low} to {limit} processes{hint}")
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
         app = access.fresh(store, app)
-        if web != 1 and _runs_own_web_command(settings, app):
+        web = counts.get("web")
+        others = {k: v for k, v in counts.items() if k != "web"}
+        if others:
+            if app.live_version is None:
+                raise NotFound(f"{app.name} has no release yet; push to deploy one")
+            for kind in others:
+                _known_type(settings, app, kind)
+        if web is not None and web != 1 and _runs_own_web_command(settings, app):
             raise UsageError(f"{app.name}'s web runs its Procfile command as written; scale it "
                              "with that server's own option (e.g. --workers) and push again")
-        before = app.web_processes
-        store.set_scale(app, web)
-        app = access.fresh(store, app)
-        if app.live_version is not None and not app.stopped:
-            try:
-                _run_live(settings, store, app, emit)
-            except BaseException:
-                store.set_scale(app, before)
-                raise
-        return app
+        before, formation = app.web_processes, store.formation(app)
+        store.set_formation(app, others)
+        try:
+            if web is not None and web != app.web_processes:
+                store.set_scale(app, web)
+                app = access.fresh(store, app)
+                if app.live_version is not None and not app.stopped:
+                    _run_live(settings, store, app, emit)
+            elif others and not app.stopped:
+                _apply_types(settings, store, app)
+        except BaseException:
+            store.set_scale(app, before)
+            store.set_formation(app, {k: formation.get(k, (0, False))[0] for k in others})
+            raise
+        return access.fresh(store, app)
 
 
 def run_one_off(settings: Settings, store: Store, actor: Actor, name: str, argv: list[str],

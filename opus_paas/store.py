@@ -70,6 +70,13 @@ CREATE TABLE IF NOT EXISTS releases (
     config TEXT NOT NULL DEFAULT '{}',
     UNIQUE (app_id, version)
 );
+CREATE TABLE IF NOT EXISTS formation (
+    app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    type TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    stopped INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (app_id, type)
+);
 CREATE TABLE IF NOT EXISTS builds (
     id INTEGER PRIMARY KEY,
     app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
@@ -363,6 +370,27 @@ class Store:
         with self._db() as db:
             db.execute("UPDATE apps SET web_processes = ? WHERE id = ?",
                        (web_processes, app.id))
+
+    def formation(self, app: App) -> dict[str, tuple[int, bool]]:
+        """Process types other than web: {type: (count, stopped)}; a type not here runs 0."""
+        with self._db() as db:
+            rows = db.execute("SELECT type, count, stopped FROM formation WHERE app_id = ?",
+                              (app.id,)).fetchall()
+        return {row["type"]: (row["count"], bool(row["stopped"])) for row in rows}
+
+    def set_formation(self, app: App, counts: dict[str, int]) -> None:
+        """Set the counts of these types in one transaction (a stopped type stays so)."""
+        with self._db() as db:
+            for kind, count in counts.items():
+                db.execute("INSERT INTO formation (app_id, type, count) VALUES (?, ?, ?)"
+                           " ON CONFLICT (app_id, type) DO UPDATE SET count = excluded.count",
+                           (app.id, kind, count))
+
+    def set_type_stopped(self, app: App, kind: str, stopped: bool) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO formation (app_id, type, count, stopped) VALUES (?, ?, 0, ?)"
+                       " ON CONFLICT (app_id, type) DO UPDATE SET stopped = excluded.stopped",
+                       (app.id, kind, int(stopped)))
 
     def set_stopped(self, app: App, stopped: bool) -> None:
         with self._db() as db:

@@ -17,6 +17,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from opus_paas.errors import ServiceError
 from opus_paas.settings import Settings
 
+PROCESS_NUM = "(process_num)d"   # supervisor's expansion, after a %
 CLEAN_ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -49,13 +50,21 @@ class Program:
     startsecs: int = 1
     stopsignal: str = "TERM"
     stopwaitsecs: int = 10
+    numprocs: int = 0        # 0: one process named as the program; N: NAME.1 … NAME.N
+
+    def _expanded(self, value: str) -> str:
+        """`value` escaped for supervisor; with numprocs, %(process_num)d is let through
+        (the one expansion Opus uses: each process learns its own number)."""
+        escaped = _ini(value)
+        return escaped.replace(f"%%{PROCESS_NUM}", f"%{PROCESS_NUM}") if self.numprocs \
+            else escaped
 
     def render(self) -> str:
         # supervisor splits `command` with shlex; quote each argument for it.
-        command = " ".join(shlex.quote(a) for a in self.command)
+        command = self._expanded(" ".join(shlex.quote(a) for a in self.command))
         lines = [
             f"[program:{self.name}]",
-            f"command={_ini(command)}",
+            f"command={command}",
             f"directory={_ini(str(self.directory))}",
             "autostart=true",
             "autorestart=true",
@@ -66,10 +75,13 @@ class Program:
             "stopasgroup=true",
             "killasgroup=true",
             "redirect_stderr=true",
-            f"stdout_logfile={_ini(str(self.log_file))}",
+            f"stdout_logfile={self._expanded(str(self.log_file))}",
             "stdout_logfile_maxbytes=10MB",
             "stdout_logfile_backups=3",
         ]
+        if self.numprocs:
+            lines += [f"numprocs={self.numprocs}", "numprocs_start=1",
+                      f"process_name=%(program_name)s.%{PROCESS_NUM}"]
         if self.user:
             lines.append(f"user={_ini(self.user)}")
         if self.environment:
@@ -195,6 +207,12 @@ class Supervisor:
 
     def processes(self) -> list[dict[str, Any]]:
         return list(self._proxy().getAllProcessInfo())
+
+    def restart_group(self, name: str) -> None:
+        """Stop then start every process of program group `name`."""
+        proxy = self._proxy()
+        self._stop_group(proxy, name)
+        proxy.startProcessGroup(name)
 
     def signal(self, name: str, sig: str) -> None:
         self._proxy().signalProcess(name, sig)

@@ -1,0 +1,85 @@
+"""Runs one Procfile process (a worker, say) for supervisor and restarts it with
+exponential backoff when it dies, however long after its start: 1 s, 2 s, 4 s … up to
+60 s; a run that lasted 30 s or more starts the count again. Supervisor's own backoff
+covers start-up only, so an app crashing a second after starting would loop forever.
+
+Usage: ``python -m opus_runtime.supervise STATE_FILE NAME COMMAND``
+
+The release's ``OPUS_ENV_FILE`` is applied, ``DYNO`` is NAME (e.g. ``worker.1``), and
+bash runs COMMAND as Heroku does. STATE_FILE (JSON) tells ``opus ps`` what is going on:
+running, or crashed and when the next start is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from opus_runtime.bootstrap import load_env_file
+
+STABLE_SECONDS = 30.0
+MAX_DELAY = 60.0
+
+
+def delay_for(crashes: int) -> float:
+    """Seconds to wait before start number `crashes` + 1 after `crashes` quick deaths."""
+    return min(2.0 ** max(crashes - 1, 0), MAX_DELAY)
+
+
+def write_state(path: str, **state: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as out:
+        json.dump({**state, "updated": time.time()}, out)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: python -m opus_runtime.supervise STATE_FILE NAME COMMAND",
+              file=sys.stderr)
+        return 2
+    state_file, name, command = argv
+    env = dict(os.environ)
+    if env.get("OPUS_ENV_FILE"):
+        env.update(load_env_file(env["OPUS_ENV_FILE"]))
+    env["DYNO"] = name
+    if env.get("OPUS_APP_ROOT"):
+        os.chdir(env["OPUS_APP_ROOT"])
+    stopping = threading.Event()
+    child: subprocess.Popen[bytes] | None = None
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.set()
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+    crashes = 0
+    while not stopping.is_set():
+        started = time.monotonic()
+        child = subprocess.Popen(["/bin/bash", "-c", command], env=env)
+        write_state(state_file, state="running", pid=child.pid, crashes=crashes)
+        code = child.wait()
+        if stopping.is_set():
+            break
+        ran = time.monotonic() - started
+        crashes = 1 if ran >= STABLE_SECONDS else crashes + 1
+        delay = delay_for(crashes)
+        print(f"opus: {name} exited with status {code} after {ran:.1f} s; "
+              f"restarting in {delay:.0f} s (crash {crashes})", flush=True)
+        write_state(state_file, state="crashed", crashes=crashes, exit_status=code,
+                    restart_at=time.time() + delay)
+        stopping.wait(delay)
+    write_state(state_file, state="stopped", crashes=crashes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
