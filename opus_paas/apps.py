@@ -6,12 +6,13 @@ Each change takes the app's deploy lock, so it never interleaves with a push.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 from typing import Any
 
 from dulwich.repo import Repo
 
-from opus_paas import access, deploy, gitserver, locks, names, push
+from opus_paas import access, checks, deploy, gitserver, locks, names, push
 from opus_paas.access import Actor
 from opus_paas.build import Emit
 from opus_paas.errors import Conflict, OpusError, UsageError
@@ -54,6 +55,24 @@ def info(settings: Settings, store: Store, app: App) -> dict[str, Any]:
         "url": f"http://{settings.app_domain(app.name)}:{settings.http_port}/",
         "git_url": f"ssh://git@{settings.ssh_host}:{settings.ssh_port}/{app.name}.git",
     }
+
+
+def health_check(settings: Settings, store: Store, actor: Actor, name: str) -> checks.Check:
+    return checks.from_json(access.app_for(store, actor, name).health_check)
+
+
+def set_health_check(settings: Settings, store: Store, actor: Actor, name: str,
+                     pairs: list[str] | None) -> checks.Check:
+    """Change the app's check (`pairs` as `checks:set` takes them), or disable it
+    (`pairs` None); it applies from the next deploy, restart or rollback."""
+    app = access.app_for(store, actor, name)
+    with locks.app_lock(settings, app.name):
+        app = access.fresh(store, app)
+        current = checks.from_json(app.health_check)
+        changed = dataclasses.replace(current, disabled=True) if pairs is None \
+            else checks.parse(current, pairs)
+        store.set_health_check(app, changed.to_json())
+    return changed
 
 
 def destroy(settings: Settings, store: Store, actor: Actor, name: str, confirm: str) -> None:

@@ -560,6 +560,31 @@ def cmd_users_passwd(ctx: Context, args: list[str]) -> None:
 GIT_SETTINGS = ("deploy-branch",)
 
 
+def cmd_checks(ctx: Context, args: list[str]) -> None:
+    _arity("opus checks APP", args, 1)
+    check = apps.health_check(ctx.settings, ctx.store, ctx.actor, args[0])
+    if ctx.json:
+        ctx.emit_json(dataclasses.asdict(check))
+        return
+    ctx.out(check.describe(ctx.settings.health_timeout))
+
+
+def cmd_checks_set(ctx: Context, args: list[str]) -> None:
+    if len(args) < 2:
+        raise UsageError("usage: opus checks:set APP [path=/PATH] [timeout=SECONDS] "
+                         "[attempts=N]")
+    check = apps.set_health_check(ctx.settings, ctx.store, ctx.actor, args[0], args[1:])
+    ctx.out(f"Health check of {args[0]}: {check.describe(ctx.settings.health_timeout)}; "
+            "from its next deploy.")
+
+
+def cmd_checks_disable(ctx: Context, args: list[str]) -> None:
+    _arity("opus checks:disable APP", args, 1)
+    check = apps.set_health_check(ctx.settings, ctx.store, ctx.actor, args[0], None)
+    ctx.out(f"Health check of {args[0]} {check.describe(ctx.settings.health_timeout)}; "
+            f"`opus checks:set {args[0]} path=/` enables it again.")
+
+
 def cmd_git_set(ctx: Context, args: list[str]) -> None:
     if len(args) != 3 or args[1] not in GIT_SETTINGS:
         raise UsageError("usage: opus git:set APP deploy-branch BRANCH")
@@ -638,6 +663,13 @@ TABLE: dict[str, Command] = {c.name: c for c in [
             cmd_users_role),
     Command("users:passwd", "opus users:passwd USER", "set a dashboard password (stdin)",
             cmd_users_passwd),
+    Command("checks", "opus checks APP", "show what a new instance must answer",
+            cmd_checks, takes_app=True),
+    Command("checks:set", "opus checks:set APP [path=/P] [timeout=S] [attempts=N]",
+            "change an app's health check", cmd_checks_set, takes_app=True),
+    Command("checks:disable", "opus checks:disable APP",
+            "switch on connection alone, without an HTTP check", cmd_checks_disable,
+            takes_app=True),
     Command("git:set", "opus git:set APP deploy-branch BRANCH",
             "choose the branch whose pushes deploy", cmd_git_set, takes_app=True),
 ]}

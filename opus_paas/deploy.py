@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import socket
 import time
 from pathlib import Path
 
-from opus_paas import balancer, front, locks, release
+from opus_paas import balancer, checks, front, locks, release
 from opus_paas.build import Emit
 from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.settings import Settings
@@ -129,29 +130,42 @@ def mod_wsgi_command(slug: Path, port: int, server_root: Path, processes: int) -
 
 
 def check_health(settings: Settings, host: str, port: int, program: str,
-                 supervisor: Supervisor) -> None:
-    """Wait until GET / with the app's Host answers below 500, or raise BuildFailed."""
-    deadline = time.monotonic() + settings.health_timeout
-    last = "no answer"
+                 supervisor: Supervisor, check: checks.Check | None = None) -> None:
+    """Wait until the app's check passes on the new instance (by default a GET of / with
+    the app's Host answering below 500), or raise BuildFailed with what it last saw."""
+    check = check or checks.Check()
+    timeout = check.timeout if check.timeout is not None else settings.health_timeout
+    deadline = time.monotonic() + timeout
+    last, failures = "no answer", 0
     while time.monotonic() < deadline:
         state = supervisor.process_state(program)
         if state in ("FATAL", "EXITED", "ABSENT"):
             raise BuildFailed(f"the new web process did not stay up ({state}); "
                               "see `opus logs` for its output")
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/", headers={"Host": host})
-            status = conn.getresponse().status
-            conn.close()
-            if status < 500:
+            if check.disabled:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
                 return
-            last = f"HTTP {status}"
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", check.path, headers={"Host": host})
+            response = conn.getresponse()
+            body = response.read(300).decode("utf-8", "replace")
+            conn.close()
+            if response.status < 500:
+                return
+            excerpt = " ".join(body.split())[:200]
+            last = f"HTTP {response.status}" + (f": {excerpt}" if excerpt else "")
+            failures += 1
+            if check.attempts and failures >= check.attempts:
+                raise BuildFailed(f"the new release failed its health check (GET {check.path}) "
+                                  f"{failures} times (last: {last}); the old release keeps "
+                                  "serving")
         except (OSError, http.client.HTTPException) as exc:
             last = exc.__class__.__name__
         time.sleep(0.2)
-    raise BuildFailed(f"the new release did not pass its health check within "
-                      f"{settings.health_timeout:.0f} s (last: {last}); the old release "
-                      "keeps serving")
+    what = "accept a connection" if check.disabled else f"pass its health check (GET {check.path})"
+    raise BuildFailed(f"the new release did not {what} within {timeout:.0f} s "
+                      f"(last: {last}); the old release keeps serving")
 
 
 def app_domains(settings: Settings, store: Store, app: App) -> list[str]:
@@ -228,8 +242,10 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     manager = _manager(settings, app)
     pending = dataclasses.replace(app, live_version=version, live_port=port)
     try:
-        check_health(settings, settings.app_domain(app.name), port, new.name, supervisor)
-        emit("       Health check passed; switching traffic")
+        check = checks.from_json(app.health_check)
+        check_health(settings, settings.app_domain(app.name), port, new.name, supervisor, check)
+        emit("       Health check passed; switching traffic" if not check.disabled else
+             "       Accepting connections (health check disabled); switching traffic")
         # One lock from the front's render to the database row: another app's deploy
         # rendering in between would otherwise put this app's old port back.
         with locks.host_lock(settings):

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS apps (
     deploy_branch TEXT NOT NULL DEFAULT 'main',
     live_slug INTEGER,
     web_processes INTEGER NOT NULL DEFAULT 1,
-    stopped INTEGER NOT NULL DEFAULT 0
+    stopped INTEGER NOT NULL DEFAULT 0,
+    health_check TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS access (
     app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
@@ -123,6 +124,7 @@ class App:
     live_slug: int | None = None  # the build the live release runs (None: its own)
     web_processes: int = 1        # mod_wsgi daemon processes of the web instance
     stopped: bool = False         # stopped by `opus ps:stop`: no process runs
+    health_check: str = "{}"      # checks.Check as JSON
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,6 +394,10 @@ class Store:
                        " ON CONFLICT (app_id, type) DO UPDATE SET stopped = excluded.stopped",
                        (app.id, kind, int(stopped)))
 
+    def set_health_check(self, app: App, check_json: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE apps SET health_check = ? WHERE id = ?", (check_json, app.id))
+
     def set_stopped(self, app: App, stopped: bool) -> None:
         with self._db() as db:
             db.execute("UPDATE apps SET stopped = ? WHERE id = ?", (int(stopped), app.id))
@@ -542,6 +548,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "web_processes" not in columns:
         conn.execute("ALTER TABLE apps ADD COLUMN web_processes INTEGER NOT NULL DEFAULT 1")
         conn.execute("ALTER TABLE apps ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0")
+    if "health_check" not in columns:
+        conn.execute("ALTER TABLE apps ADD COLUMN health_check TEXT NOT NULL DEFAULT '{}'")
     release_columns = {row[1] for row in conn.execute("PRAGMA table_info(releases)")}
     if "slug_version" not in release_columns:
         conn.execute("ALTER TABLE releases ADD COLUMN slug_version INTEGER")
@@ -554,4 +562,4 @@ def _migrate(conn: sqlite3.Connection) -> None:
 def _app(row: sqlite3.Row) -> App:
     return App(row["id"], row["name"], row["owner"], row["live_version"], row["live_port"],
                row["deploy_branch"], row["live_slug"], row["web_processes"],
-               bool(row["stopped"]))
+               bool(row["stopped"]), row["health_check"])

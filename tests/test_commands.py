@@ -76,6 +76,10 @@ MATRIX = [
     (["access:add", APP, "cmd-other"], "ok", "ok", FORBIDDEN, NOT_FOUND),
     (["access:remove", APP, "cmd-other"], "ok", "ok", FORBIDDEN, NOT_FOUND),
     (["git:set", APP, "deploy-branch", "main"], "ok", "ok", FORBIDDEN, NOT_FOUND),
+    (["checks", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["checks:set", APP, "path=/"], "ok", "ok", "ok", NOT_FOUND),
+    (["checks:disable", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["ps:restart", APP, "worker"], NO_RELEASE, NO_RELEASE, NO_RELEASE, NOT_FOUND),
     (["apps:destroy", APP, "--confirm", APP], None, None, FORBIDDEN, NOT_FOUND),
 ]
 

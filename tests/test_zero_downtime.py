@@ -18,6 +18,8 @@ from django.http import HttpResponse
 
 
 def index(request):
+    if request.GET.get("boom"):
+        raise RuntimeError("boom, as the check asked")
     return HttpResponse("{text}")
 '''
 
@@ -97,3 +99,32 @@ def test_a_restart_and_a_rollback_under_load_fail_no_request(
     assert requests > 100 and (non_2xx, socket_errors) == (0, 0), report[0]
     status, _headers, body = opus.get(opus.app_host(APP))
     assert (status, body) == (200, "release one")
+
+
+def test_a_release_failing_its_check_never_gets_traffic(opus: Opus, steady: Path) -> None:
+    """checks:set points the check at a path that fails: the restart is refused with what
+    the check saw, and the old instance keeps serving; checks:disable switches on a
+    connection alone."""
+    live_before = opus.cli("releases", APP, "--json").stdout
+    opus.cli("checks:set", APP, "path=/?boom=1", "attempts=2", "timeout=20")
+    assert opus.cli("checks", APP).stdout.strip() == \
+        "GET /?boom=1 below 500 within 20 s; attempts: 2"
+    thread, report = under_load(opus, seconds=6)
+    refused = opus.cli("ps:restart", APP, check=False)
+    thread.join()
+    assert refused.returncode != 0
+    assert "failed its health check (GET /?boom=1) 2 times (last: HTTP 500" in refused.stderr
+    assert "the old release keeps serving" in refused.stderr
+    requests, non_2xx, socket_errors = failures(report[0])
+    assert requests > 50 and (non_2xx, socket_errors) == (0, 0), report[0]
+    assert opus.get(opus.app_host(APP))[0] == 200
+    assert opus.cli("releases", APP, "--json").stdout == live_before
+
+    opus.cli("checks:disable", APP)
+    assert opus.cli("ps:restart", APP).returncode == 0
+    opus.cli("checks:set", APP, "path=/", "attempts=0")
+    for hostile in ("path=health", "path=/a b", "path=/\x07", "timeout=0", "timeout=9999",
+                    "attempts=-1", "retries=3", "path"):
+        refused = opus.cli("checks:set", APP, hostile, check=False)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert opus.cli("checks", APP).stdout.startswith("GET / below 500")
