@@ -414,16 +414,19 @@ def cmd_logs(ctx: Context, args: list[str]) -> None:
     _arity(usage, positional, 1)
     app = access.app_for(ctx.store, ctx.actor, positional[0])
     paths = logs.log_files(ctx.settings, app.name, process_type)
+    # The front's lines come along unless one process type was asked for.
+    access_log = None if process_type else ctx.settings.logs_dir / "front" / "access.log"
+    hosts = [ctx.settings.app_domain(app.name)]
     slug = (None if app.live_version is None else
             release.slug_dir(ctx.settings, app.name, app.live_slug or app.live_version))
     pairs = redact.replacements(ctx.settings, slug)
-    for line in logs.tail(paths, count):
-        ctx.out(redact.redact(line, pairs))
+    for entry in logs.tail(paths, count, access_log, hosts):
+        ctx.out(redact.redact(entry.render(app.name), pairs))
     if follow_:
         if not paths:
             raise NotFound(f"{app.name} has no logs yet; they start with its first deploy")
-        for line in logs.follow(paths, ctx.cancelled):
-            ctx.out(redact.redact(line, pairs))
+        for entry in logs.follow(paths, ctx.cancelled, access_log, hosts):
+            ctx.out(redact.redact(entry.render(app.name), pairs))
 
 
 def cmd_apps_rename(ctx: Context, args: list[str]) -> None:

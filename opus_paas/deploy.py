@@ -52,12 +52,15 @@ def web_program(settings: Settings, app: str, version: int, port: int,
     slug = release.slug_dir(settings, app, version if slug_version is None else slug_version)
     server_root = release.app_dir(settings, app) / "run" / f"web-{port}"
     info = release.read_build_info(slug) or {}
+    python = str(slug / ".opus" / "venv" / "bin" / "python")
     if info.get("web_command"):
         # The Procfile's own web: (an ASGI server, say), run as written on $PORT.
-        command = [str(slug / ".opus" / "venv" / "bin" / "python"), "-m", "opus_runtime.web",
-                   str(port), str(info["web_command"])]
+        command = [python, "-m", "opus_runtime.web", str(port), str(info["web_command"])]
     else:
         command = mod_wsgi_command(slug, port, server_root, processes)
+    # Every line it writes gets a timestamp, for `opus logs` (the script from Opus's own
+    # tools: a release built before it existed gets it too).
+    command = [python, "-I", str(stamp_script(settings)), *command]
     return Program(
         name=web_program_name(app, version, port),
         command=command,
@@ -72,6 +75,11 @@ def web_program(settings: Settings, app: str, version: int, port: int,
         startsecs=1,
         stopwaitsecs=15,
     )
+
+
+def stamp_script(settings: Settings) -> Path:
+    return settings.tools_dir / "buildpacks" / "python" / "lib" / "runtime" / "opus_runtime" / \
+        "stamp.py"
 
 
 def type_program_name(app: str, kind: str) -> str:

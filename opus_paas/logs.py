@@ -1,15 +1,20 @@
-"""An app's logs: the last lines of each process type's log, and following them live.
+"""An app's logs: its processes' output and the front's access log, merged in time order,
+the last lines or followed live, Heroku's way: `TIME app[web.1]: text`.
 
-Supervisor writes each process type's output to logs/<app>/<type>.log (and rotates it
-to <type>.log.1 …); a follower notices the rotation and goes on in the new file.
+Supervisor writes each process's output to logs/<app>/<type>[.<n>].log (and rotates it
+to ….log.1 …); every line carries the time it was written (`opus_runtime.stamp`). A
+follower notices a rotation and goes on in the new file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import os
+import re
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from opus_paas import names, privileged
@@ -40,27 +45,107 @@ def log_files(settings: Settings, app: str, process_type: str | None) -> list[Pa
                   and not p.name.startswith("build-"))
 
 
-def tail(paths: list[Path], count: int) -> list[str]:
-    """The last `count` lines over `paths`, each tagged with its process type; within a
-    file in order, files in name order (lines carry their own timestamps)."""
+STAMPED = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (.*)", re.S)
+ACCESS = re.compile(r"(\S+) (\S+) \[([^\]]{1,40})\] (.*)", re.S)
+ACCESS_TAIL_BYTES = 4 << 20    # how far back in the front's shared access log to look
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One log line: when (ISO 8601 UTC, "" if unknown), from which process, what."""
+
+    at: str
+    source: str      # web.1, worker.2, front
+    text: str
+
+    def render(self, app: str) -> str:
+        owner = "opus" if self.source == "front" else app
+        return f"{self.at or '-'} {owner}[{self.source}]: {self.text}"
+
+
+def process_name(path: Path) -> str:
+    """web.log → web.1 (one instance serves); worker.2.log → worker.2."""
+    return path.stem if "." in path.stem else f"{path.stem}.1"
+
+
+def process_entries(lines: Iterable[str], source: str, at: str = "") -> list[Entry]:
+    """Entries of a process's log lines (pure). A line without its own timestamp (a
+    traceback's continuation) takes the one before it."""
+    found = []
+    for line in lines:
+        stamped = STAMPED.fullmatch(line)
+        if stamped:
+            at, line = stamped.group(1), stamped.group(2)
+        found.append(Entry(at, source, line))
+    return found
+
+
+def access_entries(lines: Iterable[str], hosts: Iterable[str]) -> list[Entry]:
+    """The front's access log lines for an app's vhost (`hosts`: its ServerName), with
+    their time in the same form as the processes' (pure)."""
+    wanted = set(hosts)
+    found = []
+    for line in lines:
+        match = ACCESS.fullmatch(line)
+        if not match or match.group(1) not in wanted:
+            continue
+        try:
+            when = datetime.datetime.strptime(match.group(3), "%d/%b/%Y:%H:%M:%S %z")
+        except ValueError:
+            continue
+        at = when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        found.append(Entry(at, "front", f"{match.group(2)} {match.group(4)}"))
+    return found
+
+
+def merged(groups: Iterable[list[Entry]]) -> list[Entry]:
+    """All entries in time order; a stable sort keeps each source's own order."""
+    return sorted((e for group in groups for e in group), key=lambda e: e.at)
+
+
+def tail(paths: list[Path], count: int, access_log: Path | None = None,
+         hosts: Iterable[str] = ()) -> list[Entry]:
+    """The last `count` entries over the processes' logs `paths` and (if given) the
+    front's access log, merged in time order."""
     count = max(0, min(count, MAX_LINES))
-    lines: list[str] = []
+    if not count:
+        return []
+    groups = []
     for path in paths:
-        kept: deque[str] = deque(maxlen=count)
         with path.open("rb") as handle:
-            kept.extend(privileged.bounded_lines(handle.fileno()))
-        lines += [f"{path.stem}: {line}" for line in kept]
-    return lines[-count:] if count else []
+            kept: deque[str] = deque(privileged.bounded_lines(handle.fileno()), maxlen=count)
+        groups.append(process_entries(kept, process_name(path)))
+    if access_log is not None and access_log.is_file():
+        groups.append(access_entries(_last_lines(access_log, ACCESS_TAIL_BYTES), hosts)[-count:])
+    return merged(groups)[-count:]
 
 
-def follow(paths: list[Path], stop: threading.Event) -> Iterator[str]:
-    """Lines appended to `paths` from now on, until `stop` is set."""
-    positions = {path: _end(path) for path in paths}
+def _last_lines(path: Path, size: int) -> list[str]:
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - size))
+        data = handle.read(size)
+    lines = data.decode("utf-8", "replace").splitlines()
+    return lines[1:] if len(data) == size else lines   # the first may be cut
+
+
+def follow(paths: list[Path], stop: threading.Event, access_log: Path | None = None,
+           hosts: Iterable[str] = ()) -> Iterator[Entry]:
+    """Entries appended from now on, each round's in time order, until `stop` is set."""
+    watched = [*paths, *([access_log] if access_log is not None else [])]
+    positions = {path: _end(path) for path in watched}
+    last_at = {path: "" for path in watched}
     while not stop.is_set():
-        for path in paths:
+        groups = []
+        for path in watched:
             positions[path], new = _read_new(path, positions[path])
-            for line in new:
-                yield f"{path.stem}: {line}"
+            if path == access_log:
+                groups.append(access_entries(new, hosts))
+            else:
+                entries = process_entries(new, process_name(path), last_at[path])
+                if entries:
+                    last_at[path] = entries[-1].at
+                groups.append(entries)
+        yield from merged(groups)
         stop.wait(FOLLOW_POLL_SECONDS)
 
 

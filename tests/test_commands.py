@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shlex
 import subprocess
 import time
@@ -323,7 +324,14 @@ def test_logs_show_the_last_lines_and_follow_new_ones(opus: Opus, people: dict[s
             break
         time.sleep(0.3)
     assert marker in shown
-    assert all(line.startswith("web: ") for line in shown.splitlines())
+    # Heroku's form, merged in time order: the app's web process and the front's access
+    # log both saw the request.
+    lines = shown.splitlines()
+    assert all(re.match(rf"\d{{4}}-\d\d-\d\dT[\d:.]+Z ({LIVE}\[web\.1\]|opus\[front\]): ",
+                        line) for line in lines), shown
+    assert {line.split(" ")[1] for line in lines if marker in line} >= \
+        {f"{LIVE}[web.1]:", "opus[front]:"}, shown
+    assert [line.split(" ")[0] for line in lines] == sorted(line.split(" ")[0] for line in lines)
     assert len(ssh(opus, people["owner"], "logs", LIVE, "-n", "2").stdout.splitlines()) == 2
 
     follower = subprocess.Popen(
@@ -340,7 +348,7 @@ def test_logs_show_the_last_lines_and_follow_new_ones(opus: Opus, people: dict[s
         line = follower.stdout.readline()
         while live_marker not in line and line:
             line = follower.stdout.readline()
-        assert live_marker in line and line.startswith("web: ")
+        assert live_marker in line and f" {LIVE}[web.1]: " in line, line
     finally:
         follower.kill()
         follower.communicate()

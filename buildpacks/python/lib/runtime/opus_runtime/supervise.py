@@ -6,8 +6,8 @@ covers start-up only, so an app crashing a second after starting would loop fore
 Usage: ``python -m opus_runtime.supervise STATE_FILE NAME COMMAND``
 
 The release's ``OPUS_ENV_FILE`` is applied, ``DYNO`` is NAME (e.g. ``worker.1``), and
-bash runs COMMAND as Heroku does. STATE_FILE (JSON) tells ``opus ps`` what is going on:
-running, or crashed and when the next start is.
+bash runs COMMAND as Heroku does; each line it writes gets a timestamp. STATE_FILE (JSON)
+tells ``opus ps`` what is going on: running, or crashed and when the next start is.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from opus_runtime.bootstrap import load_env_file
+from opus_runtime.stamp import relay
 
 STABLE_SECONDS = 30.0
 MAX_DELAY = 60.0
@@ -64,16 +65,19 @@ def main(argv: list[str]) -> int:
     crashes = 0
     while not stopping.is_set():
         started = time.monotonic()
-        child = subprocess.Popen(["/bin/bash", "-c", command], env=env)
+        child = subprocess.Popen(["/bin/bash", "-c", command], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         write_state(state_file, state="running", pid=child.pid, crashes=crashes)
+        assert child.stdout is not None
+        relay(child.stdout, sys.stdout.buffer)
         code = child.wait()
         if stopping.is_set():
             break
         ran = time.monotonic() - started
         crashes = 1 if ran >= STABLE_SECONDS else crashes + 1
         delay = delay_for(crashes)
-        print(f"opus: {name} exited with status {code} after {ran:.1f} s; "
-              f"restarting in {delay:.0f} s (crash {crashes})", flush=True)
+        relay([f"opus: {name} exited with status {code} after {ran:.1f} s; "
+               f"restarting in {delay:.0f} s (crash {crashes})".encode()], sys.stdout.buffer)
         write_state(state_file, state="crashed", crashes=crashes, exit_status=code,
                     restart_at=time.time() + delay)
         stopping.wait(delay)
