@@ -22,6 +22,7 @@ import urllib.parse
 from opus_paas.errors import ServiceError
 
 MANAGER_PATH = "/.opus/balancer"
+SETTLE_SECONDS = 0.5
 MANAGER_HEADER = "X-Opus-Token"
 ROW = re.compile(r"<tr>\s*(<td>.*?)</tr>", re.S)
 CELL = re.compile(r"<td>(.*?)</td>", re.S)
@@ -119,7 +120,12 @@ class BalancerManager:
         while True:
             member = self.members()[1].get(member_url(port))
             if member is None or member.busy == 0:
-                return True
+                # A front child that picked the member just before the switch counts
+                # its request a moment later: look once more.
+                time.sleep(SETTLE_SECONDS)
+                again = self.members()[1].get(member_url(port))
+                if again is None or again.busy == 0:
+                    return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.1)

@@ -253,7 +253,7 @@ def cmd_ps(ctx: Context, args: list[str]) -> None:
         if proc["type"] == "web":
             ctx.out(f"{label}  {proc['state']:<9} pid {proc['pid']:<7} "
                     f"up {proc['uptime']} s  {proc['processes']} process(es) x "
-                    f"{deploy.THREADS} threads  ({proc['name']})")
+                    f"{app.web_threads} threads  ({proc['name']})")
         elif proc["state"] == "CRASHED":
             ctx.out(f"{label}  CRASHED   restarting in {proc['restart_in']} s "
                     f"(crashed {proc['crashes']} times in a row; `opus logs "
@@ -274,6 +274,14 @@ def cmd_ps_scale(ctx: Context, args: list[str]) -> None:
     others = " ".join(f"{k}={v[0]}" for k, v in sorted(ctx.store.formation(app).items()))
     ctx.out(f"Scaled {app.name}: web={app.web_processes}" + (f" {others}" if others else "")
             + ".")
+
+
+def cmd_ps_set(ctx: Context, args: list[str]) -> None:
+    usage = "opus ps:set APP web threads=T"
+    if len(args) != 3 or args[1] != "web":
+        raise UsageError(f"usage: {usage}")
+    app = ps.set_web(ctx.settings, ctx.store, ctx.actor, args[0], args[2:], ctx.out)
+    ctx.out(f"{app.name}'s web: {app.web_processes} process(es) x {app.web_threads} threads.")
 
 
 def _app_and_type(usage: str, args: list[str]) -> tuple[str, str | None]:
@@ -620,6 +628,8 @@ TABLE: dict[str, Command] = {c.name: c for c in [
     Command("ps:scale", "opus ps:scale APP web=N [TYPE=N …]",
             "run web with N processes, other Procfile types with N each",
             cmd_ps_scale, takes_app=True),
+    Command("ps:set", "opus ps:set APP web threads=T",
+            "threads per web process, applied without downtime", cmd_ps_set, takes_app=True),
     Command("ps:restart", "opus ps:restart APP [TYPE]", "restart an app without downtime",
             cmd_ps_restart, takes_app=True),
     Command("ps:stop", "opus ps:stop APP [TYPE]", "stop an app's processes", cmd_ps_stop,

@@ -22,7 +22,7 @@ from opus_paas.supervisor import PROCESS_NUM, Program, Supervisor
 
 DRAIN_SECONDS = 1.0    # after a graceful reload of the front
 DRAIN_TIMEOUT = 30.0   # for the requests on an old instance after a balancer switch
-THREADS = 5   # per mod_wsgi daemon process
+MAX_THREADS = 64   # per mod_wsgi daemon process (`ps:set APP web threads=T`)
 
 
 def ports(settings: Settings, app: App) -> tuple[int, int]:
@@ -46,7 +46,8 @@ def web_program_name(app: str, version: int, port: int) -> str:
 
 
 def web_program(settings: Settings, app: str, version: int, port: int,
-                slug_version: int | None = None, processes: int = 1) -> Program:
+                slug_version: int | None = None, processes: int = 1,
+                threads: int = 5) -> Program:
     """The supervisor program serving release `version` of `app` under mod_wsgi-express,
     from the slug built for release `slug_version` (its own by default)."""
     slug = release.slug_dir(settings, app, version if slug_version is None else slug_version)
@@ -57,7 +58,7 @@ def web_program(settings: Settings, app: str, version: int, port: int,
         # The Procfile's own web: (an ASGI server, say), run as written on $PORT.
         command = [python, "-m", "opus_runtime.web", str(port), str(info["web_command"])]
     else:
-        command = mod_wsgi_command(slug, port, server_root, processes)
+        command = mod_wsgi_command(slug, port, server_root, processes, threads)
     # Every line it writes gets a timestamp, for `opus logs` (the script from Opus's own
     # tools: a release built before it existed gets it too).
     command = [python, "-I", str(stamp_script(settings)), *command]
@@ -124,7 +125,8 @@ def type_programs(settings: Settings, store: Store, app: App, version: int,
     return programs
 
 
-def mod_wsgi_command(slug: Path, port: int, server_root: Path, processes: int) -> list[str]:
+def mod_wsgi_command(slug: Path, port: int, server_root: Path, processes: int,
+                     threads: int) -> list[str]:
     return [
         str(slug / ".opus" / "venv" / "bin" / "mod_wsgi-express"), "start-server",
         "--application-type", "module", "opus_runtime.wsgi",
@@ -133,7 +135,7 @@ def mod_wsgi_command(slug: Path, port: int, server_root: Path, processes: int) -
         "--working-directory", str(slug),
         "--locale", "C.UTF-8",
         "--log-to-terminal", "--access-log",
-        "--processes", str(processes), "--threads", str(THREADS),
+        "--processes", str(processes), "--threads", str(threads),
     ]
 
 
@@ -231,16 +233,22 @@ def live_program(settings: Settings, app: App) -> Program | None:
     if app.live_version is None or app.live_port is None:
         return None
     return web_program(settings, app.name, app.live_version, app.live_port, app.live_slug,
-                       app.web_processes)
+                       app.web_processes, app.web_threads)
 
 
 def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
-           version: int, emit: Emit, slug_version: int | None = None) -> None:
-    """Bring release `version` live; on any failure the old release keeps serving."""
+           version: int, emit: Emit, slug_version: int | None = None,
+           running: App | None = None) -> None:
+    """Bring release `version` live; on any failure the old release keeps serving.
+
+    `running` is the app as its live instance was started, when `app` already carries
+    new settings for the new one (a rescale): the old instance's program must stay
+    exactly as it is, or supervisor would restart it in the middle of the switch."""
     port = next_port(settings, app)
     slug_version = version if slug_version is None else slug_version
-    new = web_program(settings, app.name, version, port, slug_version, app.web_processes)
-    old = None if app.stopped else live_program(settings, app)
+    new = web_program(settings, app.name, version, port, slug_version, app.web_processes,
+                      app.web_threads)
+    old = None if app.stopped else live_program(settings, running or app)
     workers = [] if app.stopped or app.live_version is None else \
         type_programs(settings, store, app, app.live_version, app.live_slug)
     Path(new.log_file).parent.mkdir(parents=True, exist_ok=True)

@@ -144,7 +144,8 @@ def render(settings: Settings, sites: list[Site], token: str = "0" * 32) -> str:
         ]
         for port in site.member_ports():
             disabled = "" if port == site.port else " status=+D"
-            lines.append(f'        BalancerMember "{balancer.member_url(port)}" retry=0{disabled}')
+            lines.append(f'        BalancerMember "{balancer.member_url(port)}" retry=0'
+                         f'{disabled}')
         lines += [
             "    </Proxy>",
             f'    ProxyPass "{balancer.MANAGER_PATH}" !',

@@ -93,9 +93,10 @@ def _live(store: Store, app: App) -> App:
     return fresh
 
 
-def _run_live(settings: Settings, store: Store, app: App, emit: Emit) -> None:
+def _run_live(settings: Settings, store: Store, app: App, emit: Emit,
+              running: App | None = None) -> None:
     deploy.deploy(settings, store, Supervisor(settings), app, app.live_version or 0, emit,
-                  slug_version=app.live_slug)
+                  slug_version=app.live_slug, running=running)
 
 
 def restart(settings: Settings, store: Store, actor: Actor, name: str, emit: Emit,
@@ -220,10 +221,11 @@ def scale(settings: Settings, store: Store, actor: Actor, name: str, counts: dic
         store.set_formation(app, others)
         try:
             if web is not None and web != app.web_processes:
+                running = app
                 store.set_scale(app, web)
                 app = access.fresh(store, app)
                 if app.live_version is not None and not app.stopped:
-                    _run_live(settings, store, app, emit)
+                    _run_live(settings, store, app, emit, running)
             elif others and not app.stopped:
                 _apply_types(settings, store, app)
         except BaseException:
@@ -231,6 +233,32 @@ def scale(settings: Settings, store: Store, actor: Actor, name: str, counts: dic
             store.set_formation(app, {k: formation.get(k, (0, False))[0] for k in others})
             raise
         return access.fresh(store, app)
+
+
+def set_web(settings: Settings, store: Store, actor: Actor, name: str, pairs: list[str],
+            emit: Emit) -> App:
+    """`threads=T`: threads per mod_wsgi daemon process of web, applied like a rescale."""
+    if len(pairs) != 1 or not re.fullmatch(r"threads=[0-9]{1,3}", pairs[0]) or \
+            not 1 <= int(pairs[0].partition("=")[2]) <= deploy.MAX_THREADS:
+        raise UsageError(f"usage: opus ps:set APP web threads=T (T from 1 to "
+                         f"{deploy.MAX_THREADS})")
+    threads = int(pairs[0].partition("=")[2])
+    app = access.app_for(store, actor, name)
+    with locks.app_lock(settings, app.name):
+        app = access.fresh(store, app)
+        if _runs_own_web_command(settings, app):
+            raise UsageError(f"{app.name}'s web runs its Procfile command as written; set its "
+                             "threads with that server's own option")
+        running, before = app, app.web_threads
+        store.set_web_threads(app, threads)
+        app = access.fresh(store, app)
+        if app.live_version is not None and not app.stopped and before != threads:
+            try:
+                _run_live(settings, store, app, emit, running)
+            except BaseException:
+                store.set_web_threads(app, before)
+                raise
+        return app
 
 
 def run_one_off(settings: Settings, store: Store, actor: Actor, name: str, argv: list[str],

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS apps (
     live_slug INTEGER,
     web_processes INTEGER NOT NULL DEFAULT 1,
     stopped INTEGER NOT NULL DEFAULT 0,
-    health_check TEXT NOT NULL DEFAULT '{}'
+    health_check TEXT NOT NULL DEFAULT '{}',
+    web_threads INTEGER NOT NULL DEFAULT 5
 );
 CREATE TABLE IF NOT EXISTS access (
     app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
@@ -125,6 +126,7 @@ class App:
     web_processes: int = 1        # mod_wsgi daemon processes of the web instance
     stopped: bool = False         # stopped by `opus ps:stop`: no process runs
     health_check: str = "{}"      # checks.Check as JSON
+    web_threads: int = 5          # threads per mod_wsgi daemon process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,6 +396,10 @@ class Store:
                        " ON CONFLICT (app_id, type) DO UPDATE SET stopped = excluded.stopped",
                        (app.id, kind, int(stopped)))
 
+    def set_web_threads(self, app: App, threads: int) -> None:
+        with self._db() as db:
+            db.execute("UPDATE apps SET web_threads = ? WHERE id = ?", (threads, app.id))
+
     def set_health_check(self, app: App, check_json: str) -> None:
         with self._db() as db:
             db.execute("UPDATE apps SET health_check = ? WHERE id = ?", (check_json, app.id))
@@ -548,6 +554,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "web_processes" not in columns:
         conn.execute("ALTER TABLE apps ADD COLUMN web_processes INTEGER NOT NULL DEFAULT 1")
         conn.execute("ALTER TABLE apps ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0")
+    if "web_threads" not in columns:
+        conn.execute("ALTER TABLE apps ADD COLUMN web_threads INTEGER NOT NULL DEFAULT 5")
     if "health_check" not in columns:
         conn.execute("ALTER TABLE apps ADD COLUMN health_check TEXT NOT NULL DEFAULT '{}'")
     release_columns = {row[1] for row in conn.execute("PRAGMA table_info(releases)")}
@@ -562,4 +570,4 @@ def _migrate(conn: sqlite3.Connection) -> None:
 def _app(row: sqlite3.Row) -> App:
     return App(row["id"], row["name"], row["owner"], row["live_version"], row["live_port"],
                row["deploy_branch"], row["live_slug"], row["web_processes"],
-               bool(row["stopped"]), row["health_check"])
+               bool(row["stopped"]), row["health_check"], row["web_threads"])

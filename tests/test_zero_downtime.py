@@ -3,6 +3,7 @@ the app to a new release through the balancer; not one request may fail."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
@@ -89,12 +90,22 @@ def test_a_deploy_under_load_fails_no_request(opus: Opus, admin_key: SshKey,
     assert (status, body) == (200, "release two")
 
 
-def test_a_restart_and_a_rollback_under_load_fail_no_request(
+def test_restart_rescale_threads_and_rollback_under_load_fail_no_request(
         opus: Opus, steady: Path) -> None:
-    thread, report = under_load(opus, seconds=10)
-    opus.cli("ps:restart", APP)
-    opus.cli("rollback", APP)
+    thread, report = under_load(opus, seconds=18)
+    for argv in (["ps:restart", APP], ["ps:scale", APP, "web=2"],
+                 ["ps:set", APP, "web", "threads=8"], ["rollback", APP]):
+        assert "Switched through the front's balancer" in opus.cli(*argv).stdout, argv
     thread.join()
+    listed = json.loads(opus.cli("ps", APP, "--json").stdout)
+    port = int(str(listed[0]["name"]).rsplit("-p", 1)[1])
+    served_by = (opus.home / "apps" / APP / "run" / f"web-{port}" / "httpd.conf").read_text()
+    assert re.search(r"WSGIDaemonProcess[^<]*?threads=8\b", served_by), served_by
+    assert "2 process(es) x 8 threads" in opus.cli("ps", APP).stdout
+    for bad in (["web", "threads=0"], ["web", "threads=65"], ["worker", "threads=2"],
+                ["web", "threads=2;id"], ["web"]):
+        refused = opus.cli("ps:set", APP, *bad, check=False)
+        assert refused.returncode == 2 and "usage: opus ps:set" in refused.stderr
     requests, non_2xx, socket_errors = failures(report[0])
     assert requests > 100 and (non_2xx, socket_errors) == (0, 0), report[0]
     status, _headers, body = opus.get(opus.app_host(APP))
