@@ -34,6 +34,12 @@ def commit(project: Path, message: str) -> None:
         "commit", "-q", "-m", message)
 
 
+def workers_of(home: Path) -> list[int]:
+    """worker.py processes of this Opus (the session's Opus may run some too)."""
+    mine = set(opus_pids(home))
+    return [pid for pid in running("worker.py") if pid in mine]
+
+
 def opus_pids(home: Path) -> list[int]:
     """Every live process of this Opus: its supervisord, the programs and apps below it."""
     marker = str(home).encode()
@@ -78,7 +84,7 @@ def test_kill_9_mid_deploy_then_up_brings_every_app_back(own_opus: Opus,
         assert pushed.returncode == 0, pushed.stderr
         apps[name] = project
     opus.cli("ps:scale", "beta", "worker=2")
-    wait_for(lambda: len(running("worker.py")) == 2)
+    wait_for(lambda: len(workers_of(opus.home)) == 2)
 
     # A deploy of alpha is under way when everything dies.
     (apps["alpha"] / "index.html").write_text("alpha two\n")
@@ -95,14 +101,14 @@ def test_kill_9_mid_deploy_then_up_brings_every_app_back(own_opus: Opus,
                 os.kill(pid, signal.SIGKILL)
         pushing.communicate(timeout=60)
     wait_for(lambda: not opus_processes(opus.home), 20)
-    assert running("worker.py") == []
+    assert workers_of(opus.home) == []
 
     opus.cli("up")
     for name in ("alpha", "beta"):
         wait_for(lambda name=name: opus.get(opus.app_host(name))[0] == 200, 30)
     assert opus.get(opus.app_host("alpha"))[2] in ("alpha one\n", "alpha two\n")
     assert opus.get(opus.app_host("beta"))[2] == "beta one\n"
-    wait_for(lambda: len(running("worker.py")) == 2)      # beta's scale, as recorded
+    wait_for(lambda: len(workers_of(opus.home)) == 2)     # beta's scale, as recorded
 
     # The next push works, and goes live.
     (apps["alpha"] / "index.html").write_text("alpha three\n")
