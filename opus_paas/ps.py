@@ -19,7 +19,7 @@ from typing import Any
 from opus_paas import access, deploy, locks, names, privileged, redact, release
 from opus_paas.access import Actor
 from opus_paas.build import Emit
-from opus_paas.errors import NotFound, UsageError
+from opus_paas.errors import NotFound, ServiceError, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Supervisor
@@ -61,11 +61,11 @@ def processes(settings: Settings, store: Store, actor: Actor, name: str) -> list
 
 def _backoff_state(settings: Settings, app: App, name: str, now: float) -> dict[str, Any]:
     """What the process's supervise wrapper last wrote: crashes, and a restart pending."""
-    raw = privileged.read_run_user_file(release.app_dir(settings, app.name) / "run",
-                                        f"{name}.json", 4096)
     try:
+        raw = privileged.read_run_user_file(release.app_dir(settings, app.name) / "run",
+                                            f"{name}.json", 4096)
         state = json.loads(raw or b"{}")
-    except ValueError:
+    except (ServiceError, ValueError):   # the app's user writes it: trust nothing odd
         return {}
     if not isinstance(state, dict):
         return {}

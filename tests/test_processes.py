@@ -164,3 +164,25 @@ def test_a_process_that_keeps_dying_backs_off(opus: Opus, project: Path) -> None
 def _crasher_log(opus: Opus) -> str:
     found = opus.cli("logs", APP, "--ps", "crasher", "-n", "200", check=False)
     return found.stdout
+
+
+def test_a_planted_state_file_is_ignored(tmp_path: Path) -> None:
+    """The app's user writes the backoff state: a link, a huge file or garbage there is
+    ignored, never followed or trusted."""
+    from opus_paas import ps
+    from opus_paas.settings import Settings
+    from opus_paas.store import App
+
+    settings = Settings(home=tmp_path)
+    app = App(1, "planted", "owner", 1, 20000)
+    run = tmp_path / "apps" / "planted" / "run"
+    run.mkdir(parents=True)
+    (run / "worker.1.json").symlink_to("/etc/passwd")
+    (run / "worker.2.json").write_text("x" * 10_000)
+    (run / "worker.3.json").write_text("[not, json")
+    (run / "worker.4.json").write_text('{"state": "crashed", "crashes": 2, "restart_at": 1e12}')
+    now = 1e12 - 5
+    assert [ps._backoff_state(settings, app, f"worker.{n}", now) for n in (1, 2, 3)] == \
+        [{}, {}, {}]
+    assert ps._backoff_state(settings, app, "worker.4", now) == \
+        {"crashes": 2, "state": "CRASHED", "restart_in": 5}
