@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,18 @@ def opus_pids(home: Path) -> list[int]:
     return found
 
 
+def kill_everything(home: Path) -> None:
+    """SIGKILL every process of this Opus, sweeping again until none is left: a process
+    being started at the moment of a sweep would otherwise outlive its supervisor."""
+    deadline = time.monotonic() + 20
+    while pids := opus_pids(home):
+        assert time.monotonic() < deadline, f"still alive: {pids}"
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+
+
 @pytest.fixture()
 def own_opus() -> Iterator[Opus]:
     opus = start_opus()
@@ -96,9 +109,7 @@ def test_kill_9_mid_deploy_then_up_brings_every_app_back(own_opus: Opus,
         for line in pushing.stdout:
             if "Starting v" in line:
                 break
-        for pid in opus_pids(opus.home):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_everything(opus.home)
         pushing.communicate(timeout=60)
     wait_for(lambda: not opus_processes(opus.home), 20)
     assert workers_of(opus.home) == []
