@@ -174,6 +174,9 @@ def check_health(settings: Settings, host: str, port: int, program: str,
             last = exc.__class__.__name__
         time.sleep(0.2)
     what = "accept a connection" if check.disabled else f"pass its health check (GET {check.path})"
+    state = supervisor.process_state(program)
+    if state != "RUNNING":    # it never got going: say so, not only "connection refused"
+        last += f"; the web process is {state}, see `opus logs APP --ps web`"
     raise BuildFailed(f"the new release did not {what} within {timeout:.0f} s "
                       f"(last: {last}); the old release keeps serving")
 

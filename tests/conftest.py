@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -47,14 +48,23 @@ def free_port() -> int:
 
 
 def free_port_block(size: int) -> int:
-    """The start of `size` consecutive free loopback ports."""
+    """The start of `size` consecutive free loopback ports below the kernel's ephemeral
+    range: app instances bind them long after they are chosen, and a port in the
+    ephemeral range may meanwhile be taken by any outgoing connection (wrk's, the
+    front's, git's)."""
+    low, high = 20000, _ephemeral_start() - size
     for _ in range(50):
-        start = free_port()
-        if start + size > 65000:
-            continue
+        start = random.randrange(low, high)
         if all(_port_free(p) for p in range(start, start + size)):
             return start
     raise RuntimeError("no block of free ports")
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _port_free(port: int) -> bool:
@@ -140,7 +150,7 @@ def start_opus(**extra_env: str) -> Opus:
         "OPUS_HOME": str(home),
         "OPUS_SSH_PORT": str(ssh_port),
         "OPUS_HTTP_PORT": str(http_port),
-        "OPUS_APP_PORT_BASE": str(free_port_block(80)),
+        "OPUS_APP_PORT_BASE": str(free_port_block(400)),   # two per app, 200 apps
         "OPUS_CACHE_DIR": str(shared_cache_dir()),
         # Short, so the failing-health-check scenario stays quick; instances here are
         # ready in about 0.5 s.
@@ -221,6 +231,20 @@ def git(repo: Path, *args: str, env: dict[str, str] | None = None,
     return result
 
 
+def commit_all(project: Path, message: str) -> None:
+    """Commit everything in the work tree, as a developer would."""
+    git(project, "add", "-A")
+    git(project, "-c", "user.name=Test", "-c", "user.email=test@example.com",
+        "commit", "-q", "-m", message)
+
+
+def push_main(project: Path, opus: Opus, key: SshKey) -> str:
+    """`git push opus main`, which must succeed; its whole output."""
+    result = git(project, "push", "opus", "main", env=key.git_env(opus), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
 VIEWS = '''\
 from django.http import HttpResponse
 
@@ -282,14 +306,10 @@ def make_django_project(directory: Path, greeting: str = "Hello from Opus") -> P
     ).replace("urlpatterns = [", "urlpatterns = [\n    path('', index),"))
     (directory / "requirements.txt").write_text("django>=5.2,<5.3\n")
     git(directory, "init", "-q", "-b", "main")
-    git(directory, "add", "-A")
-    git(directory, "-c", "user.name=Test", "-c", "user.email=test@example.com",
-        "commit", "-q", "-m", "startproject")
+    commit_all(directory, "startproject")
     return directory
 
 
 def set_greeting(project: Path, greeting: str) -> None:
     (project / "pages" / "views.py").write_text(VIEWS.replace("{greeting}", greeting))
-    git(project, "add", "-A")
-    git(project, "-c", "user.name=Test", "-c", "user.email=test@example.com",
-        "commit", "-q", "-m", f"say {greeting}")
+    commit_all(project, f"say {greeting}")

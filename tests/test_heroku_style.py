@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Opus, SshKey, git, make_django_project, make_key, set_greeting
+from tests.conftest import (
+    Opus,
+    SshKey,
+    commit_all,
+    git,
+    make_django_project,
+    make_key,
+    push_main,
+    set_greeting,
+)
 
 HEROKU_SETTINGS = '''
 # --- as Heroku's Django guide sets a project up ---
@@ -33,17 +42,6 @@ STORAGES = {
 '''
 
 
-def commit(project: Path, message: str) -> None:
-    git(project, "add", "-A")
-    git(project, "-c", "user.name=Test", "-c", "user.email=test@example.com",
-        "commit", "-q", "-m", message)
-
-
-def push(project: Path, opus: Opus, key: SshKey) -> str:
-    result = git(project, "push", "opus", "main", env=key.git_env(opus), check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    return output
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +54,7 @@ def heroku_project(tmp_path_factory: pytest.TempPathFactory, opus: Opus) -> Path
     (project / ".python-version").write_text("3.11\n")
     settings = project / "mysite" / "settings.py"
     settings.write_text(settings.read_text() + HEROKU_SETTINGS)
-    commit(project, "set up for Heroku")
+    commit_all(project, "set up for Heroku")
     git(project, "remote", "add", "opus", f"ssh://git@127.0.0.1:{opus.ssh_port}/herokuish.git")
     return project
 
@@ -72,7 +70,7 @@ def newcomer(opus: Opus, tmp_path_factory: pytest.TempPathFactory) -> SshKey:
 
 def test_a_heroku_django_project_deploys_unchanged(
         opus: Opus, newcomer: SshKey, heroku_project: Path) -> None:
-    first = push(heroku_project, opus, newcomer)   # the first push creates the app
+    first = push_main(heroku_project, opus, newcomer)   # the first push creates the app
     assert re.search(r"remote: -----> Using Python 3\.11\.\d+ \(/usr/bin/python3\.11\), as "
                      r"\.python-version asks", first)
     assert "remote: -----> Serving mysite.wsgi:application under mod_wsgi (the Procfile's " \
@@ -93,7 +91,7 @@ def test_a_heroku_django_project_deploys_unchanged(
 
     # A code-only push reuses the environment: no package is installed again.
     set_greeting(heroku_project, "Hello again")
-    second = push(heroku_project, opus, newcomer)
+    second = push_main(heroku_project, opus, newcomer)
     assert "remote: -----> Reusing the environment of an earlier build" in second
     assert "Creating virtualenv" not in second
     ready = re.search(r"remote:        Dependencies ready in (\d+\.\d) s", second)
@@ -110,9 +108,9 @@ def test_a_web_command_that_is_no_wsgi_server_runs_as_written(
     (project / "Procfile").write_text("web: python -m http.server $PORT --bind 127.0.0.1\n")
     (project / "index.html").write_text("<h1>served by http.server on $PORT</h1>\n")
     git(project, "init", "-q", "-b", "main")
-    commit(project, "a web command")
+    commit_all(project, "a web command")
     git(project, "remote", "add", "opus", f"ssh://git@127.0.0.1:{opus.ssh_port}/plainweb.git")
-    output = push(project, opus, admin_key)
+    output = push_main(project, opus, admin_key)
     assert "remote: -----> The Procfile's web: command runs as written, listening on $PORT" \
         in output
     status, _headers, body = opus.get(opus.app_host("plainweb"))

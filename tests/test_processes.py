@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Opus, SshKey, git
+from tests.conftest import Opus, SshKey, commit_all, git, push_main
 
 APP = "workers"
 PROCFILE = """\
@@ -35,16 +35,6 @@ sys.exit(3)
 """
 
 
-def commit(project: Path, message: str) -> None:
-    git(project, "add", "-A")
-    git(project, "-c", "user.name=Test", "-c", "user.email=test@example.com",
-        "commit", "-q", "-m", message)
-
-
-def push(project: Path, opus: Opus, key: SshKey) -> str:
-    result = git(project, "push", "opus", "main", env=key.git_env(opus), check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout + result.stderr
 
 
 def running(script: str) -> list[int]:
@@ -82,9 +72,9 @@ def project(tmp_path_factory: pytest.TempPathFactory, opus: Opus, admin_key: Ssh
     (project / "crasher.py").write_text(CRASHER)
     (project / "index.html").write_text("workers' web\n")
     git(project, "init", "-q", "-b", "main")
-    commit(project, "web, worker, crasher")
+    commit_all(project, "web, worker, crasher")
     git(project, "remote", "add", "opus", f"ssh://git@127.0.0.1:{opus.ssh_port}/{APP}.git")
-    output = push(project, opus, admin_key)
+    output = push_main(project, opus, admin_key)
     assert "Scaled to 0: crasher, worker (run one with `opus ps:scale workers crasher=1`)" \
         in output
     return project
@@ -109,8 +99,8 @@ def test_types_scale_up_and_down_and_survive_a_deploy(
     logs = opus.cli("logs", APP, "--ps", "worker", "-n", "50").stdout
     assert "worker worker.1 up; release says second" in logs
     (project / "index.html").write_text("workers' web, v2\n")
-    commit(project, "v2")
-    push(project, opus, admin_key)
+    commit_all(project, "v2")
+    push_main(project, opus, admin_key)
     wait_for(lambda: len(running("worker.py")) == 1)
     assert opus.get(opus.app_host(APP))[2] == "workers' web, v2\n"
 

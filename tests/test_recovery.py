@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import (
     Opus,
     SshKey,
+    commit_all,
     git,
     make_key,
     opus_processes,
@@ -28,11 +29,6 @@ from tests.test_processes import running, wait_for
 PROCFILE = "web: python -m http.server $PORT --bind 127.0.0.1\nworker: python worker.py\n"
 WORKER = "import time\nwhile True:\n    time.sleep(1)\n"
 
-
-def commit(project: Path, message: str) -> None:
-    git(project, "add", "-A")
-    git(project, "-c", "user.name=Test", "-c", "user.email=test@example.com",
-        "commit", "-q", "-m", message)
 
 
 def workers_of(home: Path) -> list[int]:
@@ -91,7 +87,7 @@ def test_kill_9_mid_deploy_then_up_brings_every_app_back(own_opus: Opus,
         (project / "worker.py").write_text(WORKER)
         (project / "index.html").write_text(f"{name} one\n")
         git(project, "init", "-q", "-b", "main")
-        commit(project, "one")
+        commit_all(project, "one")
         git(project, "remote", "add", "opus", f"ssh://git@127.0.0.1:{opus.ssh_port}/{name}.git")
         pushed = git(project, "push", "opus", "main", env=key.git_env(opus), check=False)
         assert pushed.returncode == 0, pushed.stderr
@@ -101,7 +97,7 @@ def test_kill_9_mid_deploy_then_up_brings_every_app_back(own_opus: Opus,
 
     # A deploy of alpha is under way when everything dies.
     (apps["alpha"] / "index.html").write_text("alpha two\n")
-    commit(apps["alpha"], "two")
+    commit_all(apps["alpha"], "two")
     with subprocess.Popen(["git", "-C", str(apps["alpha"]), "push", "opus", "main"],
                           env=key.git_env(opus), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as pushing:
@@ -123,7 +119,7 @@ def test_kill_9_mid_deploy_then_up_brings_every_app_back(own_opus: Opus,
 
     # The next push works, and goes live.
     (apps["alpha"] / "index.html").write_text("alpha three\n")
-    commit(apps["alpha"], "three")
+    commit_all(apps["alpha"], "three")
     pushed = git(apps["alpha"], "push", "-f", "opus", "main", env=key.git_env(opus),
                  check=False)
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr

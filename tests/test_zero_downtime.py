@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Opus, SshKey, git, make_django_project, require_tool
+from tests.conftest import (
+    Opus,
+    SshKey,
+    commit_all,
+    git,
+    make_django_project,
+    push_main,
+    require_tool,
+)
 
 APP = "steady"
 VIEW = '''\
@@ -27,15 +35,8 @@ def index(request):
 
 def commit_view(project: Path, text: str) -> None:
     (project / "pages" / "views.py").write_text(VIEW.replace("{text}", text))
-    git(project, "add", "-A")
-    git(project, "-c", "user.name=Test", "-c", "user.email=test@example.com",
-        "commit", "-q", "-m", text)
+    commit_all(project, text)
 
-
-def push(project: Path, opus: Opus, key: SshKey) -> str:
-    result = git(project, "push", "opus", "main", env=key.git_env(opus), check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def steady(tmp_path_factory: pytest.TempPathFactory, opus: Opus, admin_key: SshK
     project = make_django_project(tmp_path_factory.mktemp("steady") / APP)
     commit_view(project, "release one")
     git(project, "remote", "add", "opus", f"ssh://git@127.0.0.1:{opus.ssh_port}/{APP}.git")
-    push(project, opus, admin_key)
+    push_main(project, opus, admin_key)
     return project
 
 
@@ -80,7 +81,7 @@ def test_a_deploy_under_load_fails_no_request(opus: Opus, admin_key: SshKey,
     assert (status, body) == (200, "release one")
     commit_view(steady, "release two")
     thread, report = under_load(opus, seconds=12)
-    output = push(steady, opus, admin_key)
+    output = push_main(steady, opus, admin_key)
     thread.join()
     assert "Switched through the front's balancer" in output
     requests, non_2xx, socket_errors = failures(report[0])
