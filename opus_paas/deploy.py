@@ -7,6 +7,7 @@ Reconcile makes supervisor and the front match the database (after `opus up`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import socket
@@ -328,6 +329,11 @@ def _switch_members(settings: Settings, store: Store, manager: balancer.Balancer
     try:
         manager.switch(pending.live_port, old_port)
     except ServiceError:
+        # Half a switch (the new member enabled, the old one not yet disabled) must not
+        # stay: the new instance is about to be stopped.
+        if old_port is not None:
+            with contextlib.suppress(ServiceError):
+                manager.switch(old_port, pending.live_port)
         front.write(settings, live_sites(settings, store, store.list_apps()))
         raise
     return True
