@@ -85,8 +85,13 @@ def test_submodules_are_skipped_with_a_warning(repo: Repo, tmp_path: Path) -> No
 
 def test_env_dir_never_takes_unsafe_variables(tmp_path: Path) -> None:
     build.write_env_dir(tmp_path / "env", {"SECRET_KEY": "s", "PATH": "/evil", "LD_PRELOAD": "x",
-                                           "OPUS_PYTHON": "/evil", "PYTHONPATH": "/evil"})
-    assert sorted(p.name for p in (tmp_path / "env").iterdir()) == ["SECRET_KEY"]
+                                           "OPUS_PYTHON": "/evil", "PYTHONPATH": "/evil",
+                                           "OPUS_AUTO_MIGRATE": "0",
+                                           "OPUS_AUTO_MIGRATEX": "0",
+                                           "OPUS_PACKAGE_CACHE": "/evil"})
+    # The app's two switches for the Django steps get through; no other OPUS_ name does.
+    assert sorted(p.name for p in (tmp_path / "env").iterdir()) == ["OPUS_AUTO_MIGRATE",
+                                                                    "SECRET_KEY"]
 
 
 def test_release_output_parsing() -> None:
@@ -167,3 +172,36 @@ def test_a_step_cannot_leave_processes_behind_nor_hang_the_push(tmp_path: Path) 
     with pytest.raises(subprocess.CalledProcessError):
         list(stream(settings, ["false"], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"},
                     timeout=10))
+
+
+@pytest.mark.parametrize("hostile", [
+    {"process_types": {"web;id": "x"}},
+    {"process_types": {"worker": ["not", "a", "string"]}},
+    {"process_types": ["web"]},
+    {"app_root": "../../etc"},
+    {"app_root": "/etc"},
+    {"app_root": "src/../.."},
+    {"web_command": ["bash", "-c", "id"]},
+    {"wsgi_module": 42},
+    {"static_root": {"path": "/"}},
+])
+def test_build_json_from_the_run_user_is_checked_before_use(tmp_path: Path,
+                                                           hostile: dict[str, object]) -> None:
+    """The build runs as the app's user and writes build.json: a field Opus uses that
+    is not what the buildpack writes fails the release, never reaches a path or a
+    supervisor program."""
+    import json
+
+    from opus_paas import release
+
+    (tmp_path / ".opus").mkdir()
+    good = {"python": "/p", "python_version": "3.11.2", "app_root": "src",
+            "process_types": {"web": "gunicorn x", "worker-1": "python w.py"}}
+    (tmp_path / ".opus" / "build.json").write_text(json.dumps(good))
+    assert release.read_build_info(tmp_path) == good
+    (tmp_path / ".opus" / "build.json").write_text(json.dumps({**good, **hostile}))
+    with pytest.raises(BuildFailed, match="push to build again"):
+        release.read_build_info(tmp_path)
+    (tmp_path / ".opus" / "build.json").write_text("[]")
+    with pytest.raises(BuildFailed):
+        release.read_build_info(tmp_path)
