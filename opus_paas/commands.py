@@ -250,14 +250,14 @@ def cmd_ps(ctx: Context, args: list[str]) -> None:
                                                    if app.stopped else ""))
     for proc in found:
         label = f"{proc['type']}.{proc['number']}"
-        if proc["type"] == "web":
-            ctx.out(f"{label}  {proc['state']:<9} pid {proc['pid']:<7} "
-                    f"up {proc['uptime']} s  {proc['processes']} process(es) x "
-                    f"{app.web_threads} threads  ({proc['name']})")
-        elif proc["state"] == "CRASHED":
+        if proc["state"] == "CRASHED":
             ctx.out(f"{label}  CRASHED   restarting in {proc['restart_in']} s "
                     f"(crashed {proc['crashes']} times in a row; `opus logs "
                     f"{app.name} --ps {proc['type']}` shows why)")
+        elif proc["type"] == "web":
+            ctx.out(f"{label}  {proc['state']:<9} pid {proc['pid']:<7} "
+                    f"up {proc['uptime']} s  {proc['processes']} process(es) x "
+                    f"{app.web_threads} threads  ({proc['name']})")
         else:
             ctx.out(f"{label}  {proc['state']:<9} pid {proc['pid']:<7} up {proc['uptime']} s")
     formation = {k: v for k, v in ctx.store.formation(app).items() if v[1]}

@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import http.client
+import json
 import socket
 import time
 from pathlib import Path
 
-from opus_paas import balancer, checks, front, locks, release
+from opus_paas import balancer, checks, front, locks, privileged, release
 from opus_paas.build import Emit
 from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.settings import Settings
@@ -62,7 +63,10 @@ def web_program(settings: Settings, app: str, version: int, port: int,
         command = mod_wsgi_command(slug, port, server_root, processes, threads)
     # Every line it writes gets a timestamp, for `opus logs` (the script from Opus's own
     # tools: a release built before it existed gets it too).
-    command = [python, "-I", str(stamp_script(settings)), *command]
+    # Its state file (per program: a new release starts with no crashes) tells the health
+    # check and `opus ps` when the instance died and when it comes back.
+    command = [python, "-I", str(stamp_script(settings)), "--state",
+               str(web_state_file(settings, app, version, port)), *command]
     return Program(
         name=web_program_name(app, version, port),
         command=command,
@@ -77,6 +81,10 @@ def web_program(settings: Settings, app: str, version: int, port: int,
         startsecs=1,
         stopwaitsecs=15,
     )
+
+
+def web_state_file(settings: Settings, app: str, version: int, port: int) -> Path:
+    return release.app_dir(settings, app) / "run" / f"{web_program_name(app, version, port)}.json"
 
 
 def stamp_script(settings: Settings) -> Path:
@@ -141,7 +149,8 @@ def mod_wsgi_command(slug: Path, port: int, server_root: Path, processes: int,
 
 
 def check_health(settings: Settings, host: str, port: int, program: str,
-                 supervisor: Supervisor, check: checks.Check | None = None) -> None:
+                 supervisor: Supervisor, check: checks.Check | None = None,
+                 state_file: Path | None = None) -> None:
     """Wait until the app's check passes on the new instance (by default a GET of / with
     the app's Host answering below 500), or raise BuildFailed with what it last saw."""
     check = check or checks.Check()
@@ -153,6 +162,10 @@ def check_health(settings: Settings, host: str, port: int, program: str,
         if state in ("FATAL", "EXITED", "ABSENT"):
             raise BuildFailed(f"the new web process did not stay up ({state}); "
                               "see `opus logs` for its output")
+        died = _died(state_file)
+        if died is not None:
+            raise BuildFailed(f"the new web process exited (status {died}) before it "
+                              "answered; see `opus logs APP --ps web` for its output")
         try:
             if check.disabled:
                 socket.create_connection(("127.0.0.1", port), timeout=5).close()
@@ -180,6 +193,25 @@ def check_health(settings: Settings, host: str, port: int, program: str,
         last += f"; the web process is {state}, see `opus logs APP --ps web`"
     raise BuildFailed(f"the new release did not {what} within {timeout:.0f} s "
                       f"(last: {last}); the old release keeps serving")
+
+
+def read_process_state(path: Path) -> dict[str, object]:
+    """What a process's wrapper (stamp or supervise) last wrote; the app's user writes it,
+    so it is read without following links and anything odd reads as nothing."""
+    try:
+        raw = privileged.read_run_user_file(path.parent, path.name, 4096)
+        state = json.loads(raw or b"{}")
+    except (ServiceError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _died(state_file: Path | None) -> object | None:
+    """The exit status of an instance that died, if it did."""
+    if state_file is None:
+        return None
+    state = read_process_state(state_file)
+    return state.get("exit_status", "?") if state.get("state") == "crashed" else None
 
 
 def app_domains(settings: Settings, store: Store, app: App) -> list[str]:
@@ -256,6 +288,9 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     workers = [] if app.stopped or app.live_version is None else \
         type_programs(settings, store, app, app.live_version, app.live_slug)
     Path(new.log_file).parent.mkdir(parents=True, exist_ok=True)
+    # A new instance starts with no crash behind it (an earlier one of the same name
+    # may have left its state).
+    web_state_file(settings, app.name, version, port).unlink(missing_ok=True)
     emit(f"-----> Starting v{version} on its own port")
     set_programs(settings, supervisor, app.name, [p for p in (old, new) if p] + workers)
     switched = False
@@ -263,7 +298,8 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     pending = dataclasses.replace(app, live_version=version, live_port=port)
     try:
         check = checks.from_json(app.health_check)
-        check_health(settings, settings.app_domain(app.name), port, new.name, supervisor, check)
+        check_health(settings, settings.app_domain(app.name), port, new.name, supervisor, check,
+                     web_state_file(settings, app.name, version, port))
         emit("       Health check passed; switching traffic" if not check.disabled else
              "       Accepting connections (health check disabled); switching traffic")
         # One lock from the front's render to the database row: another app's deploy

@@ -19,7 +19,7 @@ from typing import Any
 from opus_paas import access, deploy, locks, names, privileged, redact, release
 from opus_paas.access import Actor
 from opus_paas.build import Emit
-from opus_paas.errors import NotFound, ServiceError, UsageError
+from opus_paas.errors import NotFound, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Supervisor
@@ -53,22 +53,16 @@ def processes(settings: Settings, store: Store, actor: Actor, name: str) -> list
                  "pid": p["pid"],
                  "uptime": int(now - p["start"]) if p["statename"] == "RUNNING" else 0,
                  "processes": count}
-        if kind != "web":
-            entry.update(_backoff_state(settings, app, f"{kind}.{number}", now))
+        entry.update(_backoff_state(settings, app,
+                                    group if kind == "web" else f"{kind}.{number}", now))
         found.append(entry)
     return sorted(found, key=lambda e: (e["type"] != "web", e["type"], e["number"]))
 
 
 def _backoff_state(settings: Settings, app: App, name: str, now: float) -> dict[str, Any]:
-    """What the process's supervise wrapper last wrote: crashes, and a restart pending."""
-    try:
-        raw = privileged.read_run_user_file(release.app_dir(settings, app.name) / "run",
-                                            f"{name}.json", 4096)
-        state = json.loads(raw or b"{}")
-    except (ServiceError, ValueError):   # the app's user writes it: trust nothing odd
-        return {}
-    if not isinstance(state, dict):
-        return {}
+    """What the process's wrapper last wrote: crashes, and a restart pending."""
+    state = deploy.read_process_state(release.app_dir(settings, app.name) / "run" /
+                                      f"{name}.json")
     crashes = state.get("crashes") if isinstance(state.get("crashes"), int) else 0
     found: dict[str, Any] = {"crashes": crashes}
     restart_at = state.get("restart_at")

@@ -173,6 +173,40 @@ def test_a_planted_state_file_is_ignored(tmp_path: Path) -> None:
     (run / "worker.4.json").write_text('{"state": "crashed", "crashes": 2, "restart_at": 1e12}')
     now = 1e12 - 5
     assert [ps._backoff_state(settings, app, f"worker.{n}", now) for n in (1, 2, 3)] == \
-        [{}, {}, {}]
+        [{"crashes": 0}] * 3
     assert ps._backoff_state(settings, app, "worker.4", now) == \
         {"crashes": 2, "state": "CRASHED", "restart_in": 5}
+
+
+def _web_server_pids(port: int) -> list[int]:
+    wanted = ["python", "-m", "http.server", str(port)]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().decode().split("\0")
+                if argv[:4] == wanted or (argv[0].endswith("/python") and argv[1:4] == wanted[1:]):
+                    found.append(int(entry.name))
+    return found
+
+
+def test_a_web_instance_that_keeps_dying_backs_off_too(opus: Opus, project: Path) -> None:
+    """Killed twice in a row, the web instance comes back after 1 s, then 2 s; `opus ps`
+    says so meanwhile, and it serves again afterwards."""
+    import os
+    import signal
+
+    web = next(p for p in ps(opus) if p["type"] == "web")
+    port = int(str(web["name"]).rsplit("-p", 1)[1])
+    for crash in (1, 2):
+        wait_for(lambda: len(_web_server_pids(port)) == 1, 20)
+        os.kill(_web_server_pids(port)[0], signal.SIGKILL)
+        wait_for(lambda crash=crash: any(p["type"] == "web" and p["state"] == "CRASHED" and
+                                         p.get("crashes") == crash for p in ps(opus)), 10)
+    shown = opus.cli("ps", APP).stdout
+    assert re.search(r"web\.1  CRASHED   restarting in \d s \(crashed 2 times in a row", shown), \
+        shown
+    wait_for(lambda: opus.get(opus.app_host(APP))[0] == 200, 20)
+    log = opus.cli("logs", APP, "--ps", "web", "-n", "300").stdout
+    assert re.search(r"restarting in 1 s \(crash 1\)", log) and \
+        re.search(r"restarting in 2 s \(crash 2\)", log), log

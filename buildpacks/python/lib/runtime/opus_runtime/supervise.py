@@ -12,32 +12,15 @@ tells ``opus ps`` what is going on: running, or crashed and when the next start 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import Any
 
 from opus_runtime.bootstrap import load_env_file
-from opus_runtime.stamp import relay
-
-STABLE_SECONDS = 30.0
-MAX_DELAY = 60.0
-
-
-def delay_for(crashes: int) -> float:
-    """Seconds to wait before start number `crashes` + 1 after `crashes` quick deaths."""
-    return min(2.0 ** max(crashes - 1, 0), MAX_DELAY)
-
-
-def write_state(path: str, **state: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as out:
-        json.dump({**state, "updated": time.time()}, out)
-    os.replace(tmp, path)
+from opus_runtime.stamp import STABLE_SECONDS, delay_for, relay, write_state
 
 
 def main(argv: list[str]) -> int:
