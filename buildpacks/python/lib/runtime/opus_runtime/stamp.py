@@ -94,14 +94,22 @@ def run(argv: list[str], state_file: str | None = None) -> int:
     relay(child.stdout, sys.stdout.buffer)
     code = child.wait()
     if state_file and not stopping:
-        ran = time.monotonic() - started
-        crashes = 1 if ran >= STABLE_SECONDS else crashes + 1
-        delay = delay_for(crashes)
-        relay([f"opus: exited with status {code} after {ran:.1f} s; restarting in "
-               f"{delay:.0f} s (crash {crashes})".encode()], sys.stdout.buffer)
-        write_state(state_file, state="crashed", crashes=crashes, exit_status=code,
-                    restart_at=time.time() + delay)
+        record_crash(state_file, "", code, time.monotonic() - started, crashes)
     return code if code >= 0 else 128 - code
+
+
+def record_crash(state_file: str, name: str, code: int, ran: float,
+                 crashes: int) -> tuple[int, float]:
+    """After a death on its own: the crashes in a row now, and the pause before the next
+    start; both said in the log and written to the state file."""
+    crashes = 1 if ran >= STABLE_SECONDS else crashes + 1
+    delay = delay_for(crashes)
+    who = f"{name} " if name else ""
+    relay([f"opus: {who}exited with status {code} after {ran:.1f} s; restarting in "
+           f"{delay:.0f} s (crash {crashes})".encode()], sys.stdout.buffer)
+    write_state(state_file, state="crashed", crashes=crashes, exit_status=code,
+                restart_at=time.time() + delay)
+    return crashes, delay
 
 
 def main(argv: list[str]) -> int:

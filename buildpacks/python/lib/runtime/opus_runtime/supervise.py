@@ -20,7 +20,7 @@ import threading
 import time
 
 from opus_runtime.bootstrap import load_env_file
-from opus_runtime.stamp import STABLE_SECONDS, delay_for, relay, write_state
+from opus_runtime.stamp import record_crash, relay, write_state
 
 
 def main(argv: list[str]) -> int:
@@ -56,13 +56,8 @@ def main(argv: list[str]) -> int:
         code = child.wait()
         if stopping.is_set():
             break
-        ran = time.monotonic() - started
-        crashes = 1 if ran >= STABLE_SECONDS else crashes + 1
-        delay = delay_for(crashes)
-        relay([f"opus: {name} exited with status {code} after {ran:.1f} s; "
-               f"restarting in {delay:.0f} s (crash {crashes})".encode()], sys.stdout.buffer)
-        write_state(state_file, state="crashed", crashes=crashes, exit_status=code,
-                    restart_at=time.time() + delay)
+        crashes, delay = record_crash(state_file, name, code, time.monotonic() - started,
+                                      crashes)
         stopping.wait(delay)
     write_state(state_file, state="stopped", crashes=crashes)
     return 0
