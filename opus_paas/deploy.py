@@ -103,9 +103,7 @@ def type_programs(settings: Settings, store: Store, app: App, version: int,
     each at its scale (none while scaled to 0 or stopped). Each process runs under
     `opus_runtime.supervise`, which restarts it with backoff when it dies."""
     slug = release.slug_dir(settings, app.name, version if slug_version is None else slug_version)
-    info = release.read_build_info(slug) or {}
-    types = info.get("process_types") or {}
-    assert isinstance(types, dict)
+    types = release.process_types(release.read_build_info(slug) or {})
     formation = store.formation(app)
     run = release.app_dir(settings, app.name) / "run"
     programs = []

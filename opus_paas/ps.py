@@ -73,11 +73,7 @@ def _backoff_state(settings: Settings, app: App, name: str, now: float) -> dict[
 
 
 def _runs_own_web_command(settings: Settings, app: App) -> bool:
-    if app.live_version is None:
-        return False
-    slug = release.slug_dir(settings, app.name, app.live_slug or app.live_version)
-    info = release.read_build_info(slug) or {}
-    return bool(info.get("web_command"))
+    return bool(release.live_build_info(settings, app).get("web_command"))
 
 
 def _live(store: Store, app: App) -> App:
@@ -150,16 +146,8 @@ def start(settings: Settings, store: Store, actor: Actor, name: str, emit: Emit,
         return True
 
 
-def _types_of_live(settings: Settings, app: App) -> dict[str, str]:
-    assert app.live_version is not None
-    slug = release.slug_dir(settings, app.name, app.live_slug or app.live_version)
-    types = (release.read_build_info(slug) or {}).get("process_types") or {}
-    assert isinstance(types, dict)
-    return {str(k): str(v) for k, v in types.items()}
-
-
 def _known_type(settings: Settings, app: App, kind: str) -> None:
-    types = _types_of_live(settings, app)
+    types = release.process_types(release.live_build_info(settings, app))
     if kind not in types or kind == "release":
         known = ", ".join(sorted(set(types) - {"release"} | {"web"}))
         raise NotFound(f"{app.name} has no process type {kind!r}; its Procfile has: {known}")

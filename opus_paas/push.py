@@ -77,7 +77,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             info = release.read_build_info(slug)
             if info is None:
                 raise BuildFailed("the buildpack left no .opus/build.json")
-            types = {**result.process_types, **info.get("process_types", {})}  # type: ignore[dict-item]
+            types = {**result.process_types, **release.process_types(info)}
             formation = store.formation(app)
             idle = sorted(k for k in set(types) - {"web", "release"}
                           if formation.get(k, (0, False))[0] == 0)

@@ -70,6 +70,20 @@ def read_build_info(slug: Path) -> dict[str, object] | None:
     return info
 
 
+def process_types(info: Mapping[str, object]) -> dict[str, str]:
+    """The Procfile's types as the buildpack recorded them (checked by read_build_info)."""
+    types = info.get("process_types") or {}
+    return {str(k): str(v) for k, v in types.items()} if isinstance(types, dict) else {}
+
+
+def live_build_info(settings: Settings, app: App) -> dict[str, object]:
+    """build.json of the build the app serves now ({} when it has none)."""
+    if app.live_version is None:
+        return {}
+    slug = slug_dir(settings, app.name, app.live_slug or app.live_version)
+    return read_build_info(slug) or {}
+
+
 def app_root(slug: Path, info: Mapping[str, object]) -> Path:
     """Where the app's modules are: the buildpack's app_root, else manage.py's directory."""
     if info.get("app_root"):

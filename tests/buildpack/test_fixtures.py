@@ -8,6 +8,7 @@ projects by django-admin startproject.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -281,7 +282,10 @@ def test_what_an_environment_depends_on(tmp_path: Path) -> None:
         "requirements.txt changed"
     assert envs.discard_reason({**previous, "settings": {"UV_INDEX_URL": "x"}}, spec) == \
         "the package index settings changed"
-    # The key follows every input, and nothing else.
-    assert spec.key() == envs.EnvSpec(*spec.__dict__.values()).key()
-    assert spec.key() != envs.EnvSpec("/usr/bin/python3.11", "3.11.2", "uv",
-                                      {"requirements.txt": "a"}).key()
+    # The key follows every input, and nothing else (why a spec is not reusable is
+    # no input of the environment).
+    assert spec.key() == dataclasses.replace(spec, not_reusable="local paths").key()
+    for changed in ({"manager": "uv"}, {"python_version": "3.11.3"},
+                    {"files": {"requirements.txt": "b"}}, {"settings": {"UV_INDEX_URL": "x"}},
+                    {"tooling": {"mod_wsgi": "mod_wsgi==6.1.2"}}):
+        assert dataclasses.replace(spec, **changed).key() != spec.key(), changed

@@ -40,3 +40,13 @@ def prepare(environ: MutableMapping[str, str], path: list[str]) -> tuple[str, st
     if not module:
         raise RuntimeError("OPUS_WSGI_MODULE is not set: set it to the app's WSGI module.")
     return module, environ.get("OPUS_WSGI_CALLABLE") or "application"
+
+
+def process_environment(environ: MutableMapping[str, str], **extra: str) -> dict[str, str]:
+    """The environment of a Procfile process: `environ` with the release's
+    ``OPUS_ENV_FILE`` applied and `extra` (``PORT``, ``DYNO``) on top."""
+    env = dict(environ)
+    if env.get("OPUS_ENV_FILE"):
+        env.update(load_env_file(env["OPUS_ENV_FILE"]))
+    env.update(extra)
+    return env

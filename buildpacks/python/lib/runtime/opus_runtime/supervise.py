@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from opus_runtime.bootstrap import load_env_file
+from opus_runtime.bootstrap import process_environment
 from opus_runtime.stamp import record_crash, relay, write_state
 
 
@@ -29,10 +29,7 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     state_file, name, command = argv
-    env = dict(os.environ)
-    if env.get("OPUS_ENV_FILE"):
-        env.update(load_env_file(env["OPUS_ENV_FILE"]))
-    env["DYNO"] = name
+    env = process_environment(os.environ, DYNO=name)
     if env.get("OPUS_APP_ROOT"):
         os.chdir(env["OPUS_APP_ROOT"])
     stopping = threading.Event()

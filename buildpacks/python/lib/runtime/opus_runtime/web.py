@@ -9,16 +9,13 @@ from __future__ import annotations
 import os
 import sys
 
-from opus_runtime.bootstrap import load_env_file
+from opus_runtime.bootstrap import process_environment
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or not argv[0].isdigit():
         sys.exit("usage: python -m opus_runtime.web PORT COMMAND")
-    env = dict(os.environ)
-    if env.get("OPUS_ENV_FILE"):
-        env.update(load_env_file(env["OPUS_ENV_FILE"]))
-    env["PORT"] = argv[0]
+    env = process_environment(os.environ, PORT=argv[0])
     if env.get("OPUS_APP_ROOT"):
         os.chdir(env["OPUS_APP_ROOT"])
     # The Procfile line is shell syntax on Heroku too: bash runs it, as the app user.
