@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import functools
 import json
-import re
 import sys
 import threading
 import time
@@ -31,7 +30,6 @@ from opus_paas import (
     privileged,
     ps,
     redact,
-    release,
 )
 from opus_paas import restart as restart_module
 from opus_paas.access import Actor
@@ -40,7 +38,6 @@ from opus_paas.settings import Settings
 from opus_paas.store import Store
 
 Output = Callable[[str], None]
-NUMBER = re.compile(r"[0-9]{1,6}")   # ASCII digits only: str.isdigit() also takes "²"
 STDIN_LIMIT = 64 * 1024
 
 
@@ -228,7 +225,7 @@ def cmd_rollback(ctx: Context, args: list[str]) -> None:
     target = None
     if len(args) == 2:
         text = args[1].removeprefix("v")
-        if not NUMBER.fullmatch(text):
+        if not names.NUMBER.fullmatch(text):
             raise UsageError(f"{args[1]!r} is not a release; give one such as v3")
         target = int(text)
     version = restart_module.rollback(ctx.settings, ctx.store, ctx.actor, args[0], target,
@@ -410,7 +407,7 @@ def cmd_logs(ctx: Context, args: list[str]) -> None:
             follow_ = True
         elif item in ("-n", "--num"):
             value = next(items, "")
-            if not NUMBER.fullmatch(value):
+            if not names.NUMBER.fullmatch(value):
                 raise UsageError(f"-n needs a number of lines; usage: {usage}")
             count = int(value)
         elif item in ("-p", "--ps"):
@@ -421,20 +418,16 @@ def cmd_logs(ctx: Context, args: list[str]) -> None:
             positional.append(item)
     _arity(usage, positional, 1)
     app = access.app_for(ctx.store, ctx.actor, positional[0])
-    paths = logs.log_files(ctx.settings, app.name, process_type)
-    # The front's lines come along unless one process type was asked for.
-    access_log = None if process_type else ctx.settings.logs_dir / "front" / "access.log"
-    hosts = [ctx.settings.app_domain(app.name)]
-    slug = (None if app.live_version is None else
-            release.slug_dir(ctx.settings, app.name, app.live_slug or app.live_version))
-    pairs = redact.replacements(ctx.settings, slug)
-    for entry in logs.tail(paths, count, access_log, hosts):
-        ctx.out(redact.redact(entry.render(app.name), pairs))
+    found = logs.app_logs(ctx.settings, app, process_type)
+    for entry in found.tail(count):
+        ctx.out(entry.render(app.name))
     if follow_:
-        if not paths:
-            raise NotFound(f"{app.name} has no logs yet; they start with its first deploy")
-        for entry in logs.follow(paths, ctx.cancelled, access_log, hosts):
-            ctx.out(redact.redact(entry.render(app.name), pairs))
+        try:
+            for entry in found.follow(ctx.cancelled):
+                ctx.out(entry.render(app.name))
+        except NotFound:
+            raise NotFound(f"{app.name} has no logs yet; they start with its first deploy") \
+                from None
 
 
 def cmd_apps_rename(ctx: Context, args: list[str]) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import http.client
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -45,6 +46,19 @@ def web_program_name(app: str, version: int, port: int) -> str:
     """Release and port both: a restart or a rescale runs the same release on the other
     port, beside the old instance, under a name of its own."""
     return f"{app}-web-v{version}-p{port}"
+
+
+WEB_PROGRAM = re.compile(r"([a-z][a-z0-9-]*)-web-v[0-9]+-p[0-9]+")
+
+
+def program_owner(group: str) -> tuple[str, str] | None:
+    """(app, process type) of a supervisor group Opus made, or None for its own. The
+    suffix `-web-vN-pN` is matched whole: app `foo` never takes `foo-web`'s instance."""
+    web = WEB_PROGRAM.fullmatch(group)
+    if web:
+        return web.group(1), "web"
+    app, dot, kind = group.partition(".")
+    return (app, kind) if dot and app and kind else None
 
 
 def web_program(settings: Settings, app: str, version: int, port: int,

@@ -11,11 +11,10 @@ import grp
 import os
 import pwd
 import re
-import secrets
 import subprocess
 from pathlib import Path
 
-from opus_paas import balancer
+from opus_paas import balancer, secretfile
 from opus_paas.errors import ServiceError
 from opus_paas.settings import Settings
 
@@ -24,6 +23,7 @@ MODULES = [
     "proxy", "proxy_http", "setenvif", "proxy_balancer", "slotmem_shm", "lbmethod_byrequests",
 ]
 TOKEN = re.compile(r"[0-9a-f]{32}")
+HOST = re.compile(r"[A-Za-z0-9.-]{1,253}")
 
 LOG_FORMAT = '"%v %h %t \\"%r\\" %>s %b %D \\"%{X-Opus-Served-By}o\\""'
 
@@ -52,22 +52,7 @@ def _directive_path(path: Path) -> str:
 
 def manager_token(settings: Settings) -> str:
     """The secret the balancer-manager asks of Opus, made once (front/manager.token, 0600)."""
-    path = settings.front_dir / "manager.token"
-    try:
-        token = path.read_text().strip()
-    except FileNotFoundError:
-        token = ""
-    if TOKEN.fullmatch(token):
-        return token
-    settings.front_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(16)
-    tmp = path.with_name(".manager.token.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(token + "\n")
-    os.replace(tmp, path)
-    return token
+    return secretfile.read_or_create(settings.front_dir / "manager.token")
 
 
 def render(settings: Settings, sites: list[Site], token: str = "0" * 32) -> str:
@@ -75,6 +60,9 @@ def render(settings: Settings, sites: list[Site], token: str = "0" * 32) -> str:
     balancer-manager."""
     if not TOKEN.fullmatch(token):
         raise ServiceError("the front's manager token is malformed; delete front/manager.token")
+    if not HOST.fullmatch(settings.dashboard_host):
+        raise ServiceError(f"dashboard_host {settings.dashboard_host!r} is not a host name or "
+                           "an IP address; fix OPUS_DASHBOARD_HOST")
     front = settings.front_dir
     logs = settings.logs_dir / "front"
     lines = [
@@ -115,6 +103,15 @@ def render(settings: Settings, sites: list[Site], token: str = "0" * 32) -> str:
         "    RedirectMatch 404 ^",
         '    ErrorDocument 404 "No app is deployed at this host name. '
         'Push one with git push opus main."',
+        "</VirtualHost>",
+        "",
+        "# The dashboard (gunicorn). Its live logs are a stream: flushed as they come.",
+        f"<VirtualHost {settings.http_host}:{settings.http_port}>",
+        f"    ServerName {settings.dashboard_domain}",
+        "    ProxyPreserveHost On",
+        '    RequestHeader set X-Forwarded-Proto "http"',
+        f'    ProxyPass / "http://{settings.dashboard_host}:{settings.dashboard_port}/" '
+        "flushpackets=on retry=0",
         "</VirtualHost>",
     ]
     for site in sorted(sites, key=lambda s: s.app):

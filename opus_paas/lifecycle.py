@@ -41,11 +41,31 @@ def own_programs(settings: Settings) -> list[Program]:
             environment=env,
         ),
         Program(
+            name="opus-dashboard",
+            command=dashboard_command(settings),
+            directory=settings.home,
+            log_file=settings.logs_dir / "opus-dashboard.log",
+            environment=env,
+            stopwaitsecs=5,
+        ),
+        Program(
             name="opus-front",
             command=front.program_command(settings),
             directory=settings.front_dir,
             log_file=settings.logs_dir / "front" / "opus-front.log",
         ),
+    ]
+
+
+def dashboard_command(settings: Settings) -> list[str]:
+    """gunicorn serving web.wsgi:app: one process (the memory sampler and the sign-in
+    throttle live in it), threads for the live-log streams."""
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"{settings.dashboard_host}:{settings.dashboard_port}",
+        "--workers", "1", "--worker-class", "gthread", "--threads", "32",
+        "--graceful-timeout", "3", "--access-logfile", "-", "--error-logfile", "-",
+        "web.wsgi:app",
     ]
 
 
@@ -102,6 +122,7 @@ def up(settings: Settings) -> list[str]:
     deploy.reconcile(settings, store, supervisor)
     _wait_for_port(settings.ssh_host, settings.ssh_port, "opus-sshd", settings)
     _wait_for_port(settings.http_host, settings.http_port, "opus-front", settings)
+    _wait_for_port(settings.dashboard_host, settings.dashboard_port, "opus-dashboard", settings)
     for program in own_programs(settings):
         supervisor.wait_until_running(program.name)
     host = "localhost" if settings.ssh_host in ("127.0.0.1", "::1") else settings.ssh_host
@@ -115,6 +136,9 @@ def up(settings: Settings) -> list[str]:
         f"       git remote add opus ssh://git@{host}:{settings.ssh_port}/myapp.git",
         "       git push opus main",
         f"  3. Open http://myapp.{settings.domain}:{settings.http_port}/",
+        "",
+        f"The dashboard: http://{settings.dashboard_domain}:{settings.http_port}/ "
+        f"(set a password first: {_opus_command()} users:passwd $USER)",
     ]
 
 
@@ -134,9 +158,9 @@ def _wait_for_port(host: str, port: int, program: str, settings: Settings) -> No
                 return
         except OSError:
             time.sleep(0.1)
+    setting = {"opus-sshd": "SSH", "opus-front": "HTTP", "opus-dashboard": "DASHBOARD"}[program]
     raise ServiceError(f"{program} did not start listening on {host}:{port}; see "
-                       f"{settings.logs_dir} (is the port in use? set OPUS_"
-                       f"{'SSH' if 'ssh' in program else 'HTTP'}_PORT)")
+                       f"{settings.logs_dir} (is the port in use? set OPUS_{setting}_PORT)")
 
 
 def down(settings: Settings) -> str:

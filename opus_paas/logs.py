@@ -17,9 +17,10 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from opus_paas import names, privileged
+from opus_paas import names, privileged, redact, release
 from opus_paas.errors import NotFound
 from opus_paas.settings import Settings
+from opus_paas.store import App
 
 FOLLOW_POLL_SECONDS = 0.3
 MAX_LINES = 10_000
@@ -147,6 +148,43 @@ def follow(paths: list[Path], stop: threading.Event, access_log: Path | None = N
                 groups.append(entries)
         yield from merged(groups)
         stop.wait(FOLLOW_POLL_SECONDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class AppLogs:
+    """Where an app's entries come from, and how a client is shown them: the same for
+    `opus logs` and the dashboard."""
+
+    paths: list[Path]
+    access_log: Path | None
+    hosts: list[str]
+    redactions: list[tuple[str, str]]
+
+    def shown(self, entry: Entry) -> Entry:
+        """`entry` with no absolute server path in it."""
+        return dataclasses.replace(entry, text=redact.redact(entry.text, self.redactions))
+
+    def tail(self, count: int) -> list[Entry]:
+        return [self.shown(e) for e in tail(self.paths, count, self.access_log, self.hosts)]
+
+    def follow(self, stop: threading.Event) -> Iterator[Entry]:
+        if not self.paths:
+            raise NotFound("no logs yet; they start with the first deploy")
+        for entry in follow(self.paths, stop, self.access_log, self.hosts):
+            yield self.shown(entry)
+
+
+def app_logs(settings: Settings, app: App, process_type: str | None) -> AppLogs:
+    """`app`'s logs (of one process type, or all of them and the front's lines)."""
+    slug = (None if app.live_version is None else
+            release.slug_dir(settings, app.name, app.live_slug or app.live_version))
+    return AppLogs(
+        paths=log_files(settings, app.name, process_type),
+        # The front's lines come along unless one process type was asked for.
+        access_log=None if process_type else settings.logs_dir / "front" / "access.log",
+        hosts=[settings.app_domain(app.name)],
+        redactions=redact.replacements(settings, slug),
+    )
 
 
 def _end(path: Path) -> tuple[int, int]:

@@ -25,6 +25,8 @@ REPO_PATH = re.compile(r"/?([a-z](?:[a-z0-9-]{0,28}[a-z0-9])?)(?:\.git)?/?")
 BRANCH_NAME = re.compile(r"(?!.*\.\.)(?!.*@\{)(?!.*//)(?!.*\.lock(?:/|$))(?!.*/\.)(?!.*\./)"
                          r"(?!.*\.$)[A-Za-z0-9_][A-Za-z0-9_./+@=-]{0,199}(?<!/)")
 MAX_REF_LENGTH = 255
+# A count or a release number: ASCII digits only (str.isdigit() also takes "²").
+NUMBER = re.compile(r"[0-9]{1,6}")
 
 # Names that would collide with Opus's own programs or hostnames.
 RESERVED_APP_NAMES = frozenset({"opus", "www", "git", "ssh", "front", "supervisor"})

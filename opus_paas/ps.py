@@ -36,19 +36,18 @@ def processes(settings: Settings, store: Store, actor: Actor, name: str) -> list
     if not supervisor.is_running():
         return []
     now = time.time()
-    web_prefix = f"{app.name}-web-"
-    type_prefix = f"{app.name}."
     found = []
     for p in supervisor.processes():
         group = str(p["group"])
-        if group.startswith(web_prefix):
-            kind, number, count = "web", 1, app.web_processes
-        elif group.startswith(type_prefix):
-            kind = group[len(type_prefix):]
+        owner = deploy.program_owner(group)
+        if owner is None or owner[0] != app.name:
+            continue
+        kind = owner[1]
+        if kind == "web":
+            number, count = 1, app.web_processes
+        else:
             number = int(str(p["name"]).rpartition(".")[2] or 0)
             count = 1
-        else:
-            continue
         entry = {"type": kind, "number": number, "name": p["name"], "state": p["statename"],
                  "pid": p["pid"],
                  "uptime": int(now - p["start"]) if p["statename"] == "RUNNING" else 0,

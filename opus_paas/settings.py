@@ -35,6 +35,9 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     domain: str = "localhost"
+    # The dashboard (gunicorn) listens here; the front publishes it as opus.<domain>.
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8090
     # Each app owns two loopback ports (blue/green): base + 2*id and base + 2*id + 1.
     app_port_base: int = 20000
     cache_dir: Path | None = None
@@ -126,9 +129,19 @@ class Settings:
     def app_domain(self, app: str) -> str:
         return f"{app}.{self.domain}"
 
+    @property
+    def dashboard_domain(self) -> str:
+        return f"opus.{self.domain}"
 
-_INT_FIELDS = {"ssh_port", "http_port", "app_port_base", "keep_releases", "max_pack_bytes",
-               "max_object_bytes", "ssh_connections_per_key", "ssh_max_connections"}
+    @property
+    def dashboard_dir(self) -> Path:
+        """The dashboard's secret key (0600)."""
+        return self.home / "dashboard"
+
+
+_INT_FIELDS = {"ssh_port", "http_port", "dashboard_port", "app_port_base", "keep_releases",
+               "max_pack_bytes", "max_object_bytes", "ssh_connections_per_key",
+               "ssh_max_connections"}
 _FLOAT_FIELDS = {"health_timeout", "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
                  "ssh_idle_timeout", "ssh_session_timeout"}
 _PATH_FIELDS = {"cache_dir"}

@@ -88,6 +88,17 @@ CREATE TABLE IF NOT EXISTS builds (
     finished REAL,
     log_path TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS signin_failures (
+    key TEXT NOT NULL,          -- "user:NAME" or "ip:ADDRESS"
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS signin_failures_key ON signin_failures (key, at);
+CREATE TABLE IF NOT EXISTS memory_samples (
+    app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    at REAL NOT NULL,
+    rss INTEGER NOT NULL        -- bytes, every process of the app together
+);
+CREATE INDEX IF NOT EXISTS memory_samples_app ON memory_samples (app_id, at);
 """
 
 
@@ -530,6 +541,40 @@ class Store:
             db.execute("DELETE FROM config WHERE app_id = ?", (app.id,))
             db.executemany("INSERT INTO config (app_id, key, value) VALUES (?, ?, ?)",
                            [(app.id, k, v) for k, v in config.items()])
+
+
+    # ---- the dashboard's sign-in throttle and memory samples ---------------------------
+    def record_signin_failure(self, keys: list[str], at: float) -> None:
+        with self._db() as db:
+            db.executemany("INSERT INTO signin_failures (key, at) VALUES (?, ?)",
+                           [(key, at) for key in keys])
+
+    def signin_failures(self, key: str, since: float) -> list[float]:
+        """When `key` failed to sign in since `since`, oldest first; older ones are
+        forgotten."""
+        with self._db() as db:
+            db.execute("DELETE FROM signin_failures WHERE at < ?", (since,))
+            rows = db.execute("SELECT at FROM signin_failures WHERE key = ? ORDER BY at",
+                              (key,)).fetchall()
+        return [row[0] for row in rows]
+
+    def clear_signin_failures(self, key: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM signin_failures WHERE key = ?", (key,))
+
+    def add_memory_samples(self, samples: dict[int, int], at: float, keep_since: float) -> None:
+        """Record each app's memory (app id → bytes) at `at`; forget samples before
+        `keep_since`."""
+        with self._db() as db:
+            db.executemany("INSERT INTO memory_samples (app_id, at, rss) VALUES (?, ?, ?)",
+                           [(app_id, at, rss) for app_id, rss in samples.items()])
+            db.execute("DELETE FROM memory_samples WHERE at < ?", (keep_since,))
+
+    def memory_samples(self, app: App, since: float) -> list[tuple[float, int]]:
+        with self._db() as db:
+            rows = db.execute("SELECT at, rss FROM memory_samples WHERE app_id = ? AND at >= ? "
+                              "ORDER BY at", (app.id, since)).fetchall()
+        return [(row[0], row[1]) for row in rows]
 
 
 def _release(app: App, row: sqlite3.Row) -> Release:

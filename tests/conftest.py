@@ -150,6 +150,7 @@ def start_opus(**extra_env: str) -> Opus:
         "OPUS_HOME": str(home),
         "OPUS_SSH_PORT": str(ssh_port),
         "OPUS_HTTP_PORT": str(http_port),
+        "OPUS_DASHBOARD_PORT": str(free_port()),
         "OPUS_APP_PORT_BASE": str(free_port_block(400)),   # two per app, 200 apps
         "OPUS_CACHE_DIR": str(shared_cache_dir()),
         # Short, so the failing-health-check scenario stays quick; instances here are

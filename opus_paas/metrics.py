@@ -1,0 +1,162 @@
+"""What the dashboard plots: an app's request rate and latency, read from the front's
+access log, and its processes' memory, sampled from /proc.
+
+Parsing and bucketing are pure; reading the log and /proc are the thin I/O around them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import re
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+
+from opus_paas import deploy
+from opus_paas.settings import Settings
+from opus_paas.store import Store
+from opus_paas.supervisor import Supervisor
+
+WINDOW_MINUTES = 60
+ACCESS_TAIL_BYTES = 8 << 20     # how far back in the shared access log to read
+# `%v %h %t "%r" %>s %b %D "served-by"` (front.LOG_FORMAT): the request line may hold
+# anything, so status, size and duration are taken from the end.
+REQUEST = re.compile(r'(\S+) \S+ \[([^\]]{1,40})\] .* ([0-9]{3}) (?:[0-9]+|-) ([0-9]+) "[^"]*"')
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    at: float          # epoch seconds
+    status: int
+    millis: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Minute:
+    """One minute of an app's traffic."""
+
+    start: float
+    requests: int
+    errors: int                 # 5xx answers
+    p50_ms: float | None        # None: no request that minute
+    p95_ms: float | None
+
+
+def parse_requests(lines: Iterable[str], hosts: Iterable[str]) -> list[Request]:
+    """The requests in access-log `lines` whose vhost is one of `hosts` (pure)."""
+    wanted = set(hosts)
+    found = []
+    for line in lines:
+        match = REQUEST.fullmatch(line)
+        if not match or match.group(1) not in wanted:
+            continue
+        try:
+            when = datetime.datetime.strptime(match.group(2), "%d/%b/%Y:%H:%M:%S %z")
+        except ValueError:
+            continue
+        found.append(Request(when.timestamp(), int(match.group(3)),
+                             int(match.group(4)) / 1000))
+    return found
+
+
+def per_minute(requests: Iterable[Request], now: float,
+               minutes: int = WINDOW_MINUTES) -> list[Minute]:
+    """The last `minutes` whole minutes up to `now` (the current one last), each with its
+    count, errors and latency percentiles (pure)."""
+    first = (int(now) // 60 - minutes + 1) * 60
+    latencies: list[list[float]] = [[] for _ in range(minutes)]
+    errors = [0] * minutes
+    for request in requests:
+        index = int(request.at - first) // 60
+        if 0 <= index < minutes:
+            latencies[index].append(request.millis)
+            errors[index] += request.status >= 500
+    return [Minute(first + 60 * i, len(values), errors[i], *_percentiles(values))
+            for i, values in enumerate(latencies)]
+
+
+def _percentiles(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    if len(values) == 1:
+        return values[0], values[0]
+    cuts = statistics.quantiles(values, n=20, method="inclusive")
+    return statistics.median(values), cuts[18]
+
+
+def traffic(settings: Settings, hosts: list[str], now: float) -> list[Minute]:
+    """The app answering to `hosts`: its last hour of requests, per minute."""
+    path = settings.logs_dir / "front" / "access.log"
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - ACCESS_TAIL_BYTES))
+            text = handle.read(ACCESS_TAIL_BYTES).decode("utf-8", "replace")
+    except FileNotFoundError:
+        text = ""
+    return per_minute(parse_requests(text.splitlines(), hosts), now)
+
+
+# ---- memory ----------------------------------------------------------------------------
+
+def tree_rss(roots: Iterable[int], table: dict[int, tuple[int, int]]) -> int:
+    """Resident bytes of the processes `roots` and all their descendants; `table` maps
+    pid → (parent pid, resident bytes) (pure)."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _rss) in table.items():
+        children.setdefault(parent, []).append(pid)
+    total, seen, pending = 0, set(), [p for p in roots if p in table]
+    while pending:
+        pid = pending.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += table[pid][1]
+        pending.extend(children.get(pid, []))
+    return total
+
+
+def process_table(proc: Path = Path("/proc")) -> dict[int, tuple[int, int]]:
+    """pid → (parent pid, resident bytes) of every process visible now."""
+    table = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            pages = int((entry / "statm").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue   # gone meanwhile
+        # The name in parentheses may hold spaces and parentheses: split after the last.
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 1 and fields[1].isdigit():
+            table[int(entry.name)] = (int(fields[1]), pages * PAGE_SIZE)
+    return table
+
+
+def app_roots(processes: Iterable[dict[str, object]]) -> dict[str, list[int]]:
+    """app → the pids of its supervisor processes (pure; supervisor's process list)."""
+    roots: dict[str, list[int]] = {}
+    for process in processes:
+        owner = deploy.program_owner(str(process["group"]))
+        pid = process.get("pid")
+        if owner is not None and isinstance(pid, int) and pid > 0:
+            roots.setdefault(owner[0], []).append(pid)
+    return roots
+
+
+def sample_memory(settings: Settings, store: Store, now: float) -> dict[int, int]:
+    """Record every running app's memory now (and forget samples older than the window);
+    return app id → bytes."""
+    supervisor = Supervisor(settings)
+    if not supervisor.is_running():
+        return {}
+    roots = app_roots(supervisor.processes())
+    table = process_table()
+    samples = {app.id: tree_rss(roots[app.name], table)
+               for app in store.list_apps() if app.name in roots}
+    store.add_memory_samples(samples, now, keep_since=now - WINDOW_MINUTES * 60)
+    return samples

@@ -1,0 +1,30 @@
+"""Secrets Opus makes once and keeps in a file only its own user reads (0600)."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+HEX_TOKEN = re.compile(r"[0-9a-f]{32,128}")
+
+
+def read_or_create(path: Path, nbytes: int = 16) -> str:
+    """The hex secret in `path`; a new one (written 0600 through a temporary file, never
+    through a planted symlink) when the file is missing or damaged."""
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    if HEX_TOKEN.fullmatch(token) and len(token) == 2 * nbytes:
+        return token
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(nbytes)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    os.replace(tmp, path)
+    return token

@@ -1,0 +1,339 @@
+"""The dashboard's views through Flask's test client, on an Opus home of their own (no
+running Opus: the apps here are created but not deployed). Sign-in, the CSRF token,
+throttling, escaping, and who may see and do what."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from opus_paas import keys
+from opus_paas import settings as settings_module
+from opus_paas.access import OPERATOR
+from opus_paas.settings import Settings
+from opus_paas.store import Store
+from web import auth, create_app
+
+PASSWORD = "a long enough password"
+HOSTILE = '<script>alert("x")</script>'
+
+
+@pytest.fixture()
+def home(tmp_path: Path) -> Settings:
+    settings = settings_module.load({"OPUS_HOME": str(tmp_path / "opus")})
+    store = Store(settings.db_path)
+    store.init()
+    for name, role in (("root", "admin"), ("dev1", "developer"), ("dev2", "developer")):
+        store.create_user(name, role)
+        keys.set_password(store, OPERATOR, name, PASSWORD)
+    dev1 = store.get_user("dev1")
+    assert dev1 is not None
+    store.create_app("shop", dev1, {"SECRET": HOSTILE})
+    return settings
+
+
+@pytest.fixture()
+def app(home: Settings) -> Flask:
+    return create_app(home, {"TESTING": True})
+
+
+def csrf(client: FlaskClient, path: str = "/signin") -> str:
+    page = client.get(path)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+def signed_in(app: Flask, user: str) -> FlaskClient:
+    client = app.test_client()
+    reply = client.post("/signin", data={"user": user, "password": PASSWORD,
+                                         "csrf_token": csrf(client)})
+    assert reply.status_code == 303, reply.text
+    return client
+
+
+def store_of(settings: Settings) -> Store:
+    return Store(settings.db_path)
+
+
+# ---- sign-in ---------------------------------------------------------------------------
+
+def test_every_route_needs_a_signed_in_user(app: Flask) -> None:
+    client = app.test_client()
+    token = csrf(client)          # a session with a token, but nobody signed in
+    checked = 0
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in ("static", "auth.signin"):
+            continue
+        path = rule.build({"name": "shop", "build_id": 1}, append_unknown=False)[1]
+        for method in sorted((rule.methods or set()) & {"GET", "POST"}):
+            reply = client.open(path, method=method, data={"csrf_token": token})
+            assert reply.status_code in (302, 401), (method, path, reply.status_code)
+            if reply.status_code == 302:
+                assert reply.headers["Location"].startswith("/signin?next=")
+            checked += 1
+    assert checked >= 18
+    assert store_of(app.config["OPUS_SETTINGS"]).get_app("shop") is not None
+
+
+def test_signing_in_and_out(app: Flask) -> None:
+    client = signed_in(app, "root")
+    page = client.get("/")
+    assert page.status_code == 200 and "shop" in page.text
+    cookie = next(c for c in client._cookies.values() if c.key == "opus_session")
+    assert cookie.http_only and cookie.same_site == "Lax"
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    token = csrf(client, "/")
+    assert client.post("/signout", data={"csrf_token": token}).status_code == 303
+    assert client.get("/").status_code == 302
+
+
+def test_wrong_passwords_are_refused_alike_and_then_throttled(app: Flask) -> None:
+    client = app.test_client()
+    token = csrf(client)
+    unknown = client.post("/signin", data={"user": "nobody", "password": PASSWORD,
+                                            "csrf_token": token})
+    wrong = client.post("/signin", data={"user": "dev1", "password": "wrong",
+                                          "csrf_token": token})
+    assert unknown.status_code == wrong.status_code == 401
+    assert "Wrong user name or password" in unknown.text and "Wrong user name" in wrong.text
+    for _ in range(auth.MAX_USER_FAILURES - 1):
+        client.post("/signin", data={"user": "dev1", "password": "wrong", "csrf_token": token})
+    # Locked now, even with the right password; another user is not.
+    locked = client.post("/signin", data={"user": "dev1", "password": PASSWORD,
+                                          "csrf_token": token})
+    assert locked.status_code == 429 and "Too many failed sign-ins" in locked.text
+    assert client.get("/").status_code == 302
+    signed_in(app, "dev2")
+
+
+def test_the_address_is_throttled_too(app: Flask) -> None:
+    client = app.test_client()
+    token = csrf(client)
+    for number in range(auth.MAX_ADDRESS_FAILURES):
+        client.post("/signin", data={"user": f"guess{number}", "password": "x",
+                                     "csrf_token": token})
+    locked = client.post("/signin", data={"user": "root", "password": PASSWORD,
+                                          "csrf_token": token})
+    assert locked.status_code == 429
+
+
+def test_a_new_password_ends_other_sessions(app: Flask, home: Settings) -> None:
+    client = signed_in(app, "dev1")
+    keys.set_password(store_of(home), OPERATOR, "dev1", "another long password")
+    assert client.get("/").status_code == 302
+
+
+def test_a_removed_user_is_signed_out(app: Flask, home: Settings) -> None:
+    client = signed_in(app, "dev2")
+    keys.remove_user(store_of(home), OPERATOR, "dev2")
+    assert client.get("/").status_code == 302
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "/\\evil",
+                                    "javascript:alert(1)"])
+def test_sign_in_never_sends_you_to_another_site(app: Flask, target: str) -> None:
+    client = app.test_client()
+    reply = client.post("/signin", data={"user": "root", "password": PASSWORD,
+                                         "next": target, "csrf_token": csrf(client)})
+    assert reply.headers["Location"] == "/"
+
+
+def test_no_setup_page_and_no_user_without_a_password(app: Flask, home: Settings) -> None:
+    store = store_of(home)
+    store.create_user("nopass", "admin")
+    client = app.test_client()
+    reply = client.post("/signin", data={"user": "nopass", "password": "",
+                                         "csrf_token": csrf(client)})
+    assert reply.status_code == 401
+    assert client.get("/setup").status_code in (401, 404)
+
+
+# ---- CSRF ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("token", [None, "", "forged-token"])
+def test_a_form_without_the_right_token_is_refused(app: Flask, home: Settings,
+                                                    token: str | None) -> None:
+    client = signed_in(app, "dev1")
+    data = {"key": "FOO", "value": "bar"}
+    if token is not None:
+        data["csrf_token"] = token
+    reply = client.post("/apps/shop/config", data=data)
+    assert reply.status_code == 400 and "reload the page" in reply.text
+    app_row = store_of(home).get_app("shop")
+    assert app_row is not None and "FOO" not in store_of(home).config(app_row)
+
+
+def test_a_form_with_the_token_works(app: Flask, home: Settings) -> None:
+    client = signed_in(app, "dev1")
+    reply = client.post("/apps/shop/config", data={"key": "FOO", "value": "bar",
+                                                    "csrf_token": csrf(client, "/apps/shop")})
+    assert reply.status_code == 303
+    app_row = store_of(home).get_app("shop")
+    assert app_row is not None and store_of(home).config(app_row)["FOO"] == "bar"
+    page = client.get("/apps/shop")
+    assert "Set FOO; the next deploy takes it." in page.text
+
+
+def test_the_sign_in_form_needs_its_token_too(app: Flask) -> None:
+    client = app.test_client()
+    reply = client.post("/signin", data={"user": "root", "password": PASSWORD})
+    assert reply.status_code == 400
+    assert client.get("/").status_code == 302
+
+
+# ---- escaping --------------------------------------------------------------------------
+
+def test_config_values_are_masked_and_escaped(app: Flask) -> None:
+    page = signed_in(app, "dev1").get("/apps/shop").text
+    assert HOSTILE not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert re.search(r"<details class=\"reveal\">\s*<summary>•+", page)
+
+
+def test_log_lines_are_escaped(app: Flask, home: Settings) -> None:
+    logs = home.logs_dir / "shop"
+    logs.mkdir(parents=True)
+    (logs / "web.log").write_text(f"2026-12-01T00:00:00.000000Z {HOSTILE}\n")
+    page = signed_in(app, "dev1").get("/apps/shop/logs").text
+    assert HOSTILE not in page and "&lt;script&gt;" in page
+
+
+def test_build_output_is_escaped_and_names_no_server_path(app: Flask, home: Settings) -> None:
+    store = store_of(home)
+    app_row = store.get_app("shop")
+    assert app_row is not None
+    log = home.logs_dir / "shop" / "build-1.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(f"-----> {HOSTILE} in {home.home}/apps/shop\n")
+    build_id = store.start_build(app_row, "a" * 40, log)
+    page = signed_in(app, "dev1").get(f"/apps/shop/builds/{build_id}").text
+    assert HOSTILE not in page and "&lt;script&gt;" in page
+    assert str(home.home) not in page and "$OPUS_HOME/apps/shop" in page
+
+
+def test_live_logs_stream_new_lines_as_json(app: Flask, home: Settings) -> None:
+    logs = home.logs_dir / "shop"
+    logs.mkdir(parents=True)
+    (logs / "web.log").write_text("2026-12-01T00:00:00.000000Z old line\n")
+    client = signed_in(app, "dev1")
+    reply = client.get("/apps/shop/logs/stream?ps=web", buffered=False)
+    assert reply.status_code == 200 and reply.mimetype == "text/event-stream"
+    chunks = iter(reply.response)
+    assert next(chunks).startswith(b"retry:")
+
+    def write_later() -> None:
+        time.sleep(0.5)
+        with (logs / "web.log").open("a") as out:
+            out.write(f"2026-12-01T00:00:01.000000Z {HOSTILE}\n")
+
+    writer = threading.Thread(target=write_later)
+    writer.start()
+    event = next(chunks).decode()
+    writer.join()
+    reply.close()
+    assert event.startswith("data: ")
+    entry = json.loads(event.removeprefix("data: "))
+    assert entry == {"at": "2026-12-01T00:00:01.000000Z", "source": "web.1", "text": HOSTILE}
+
+
+def test_a_hostile_process_type_is_refused(app: Flask) -> None:
+    client = signed_in(app, "dev1")
+    for kind in ("../../etc", "web;rm", "a" * 100):
+        assert client.get(f"/apps/shop/logs?ps={kind}").status_code == 400
+
+
+# ---- who may see and do what -----------------------------------------------------------
+
+def test_a_developer_cannot_see_or_touch_another_developers_app(app: Flask,
+                                                                  home: Settings) -> None:
+    stranger = signed_in(app, "dev2")
+    assert "shop" not in stranger.get("/").text
+    token = csrf(stranger, "/")
+    for path in ("/apps/shop", "/apps/shop/logs", "/apps/shop/logs/stream",
+                 "/apps/shop/builds/1"):
+        reply = stranger.get(path)
+        assert reply.status_code == 404, path
+        assert "not found, or you may not use it" in reply.text
+    for path, data in (("/apps/shop/scale", {"scale-web": "3"}),
+                       ("/apps/shop/restart", {}),
+                       ("/apps/shop/rollback", {"version": "1"}),
+                       ("/apps/shop/config", {"key": "EVIL", "value": "1"}),
+                       ("/apps/shop/config/unset", {"key": "SECRET"}),
+                       ("/apps/shop/domains", {"domain": "evil.example.com"})):
+        reply = stranger.post(path, data={**data, "csrf_token": token})
+        assert reply.status_code == 404, (path, reply.status_code)
+    store = store_of(home)
+    app_row = store.get_app("shop")
+    assert app_row is not None
+    assert store.config(app_row) == {"SECRET": HOSTILE} and store.domains(app_row) == []
+    # The owner and an admin do see it.
+    assert "shop" in signed_in(app, "dev1").get("/").text
+    assert signed_in(app, "root").get("/apps/shop").status_code == 200
+
+
+def test_only_admins_manage_users(app: Flask, home: Settings) -> None:
+    developer = signed_in(app, "dev1")
+    token = csrf(developer, "/")
+    assert developer.get("/users").status_code == 403
+    for path, data in (("/users", {"name": "mallory", "role": "admin"}),
+                       ("/users/dev1/role", {"role": "admin"}),
+                       ("/users/root/remove", {}),
+                       ("/users/root/password", {"password": "taken over password"})):
+        developer.post(path, data={**data, "csrf_token": token})
+    store = store_of(home)
+    root, dev1 = store.get_user("root"), store.get_user("dev1")
+    assert store.get_user("mallory") is None and dev1 is not None and not dev1.is_admin
+    assert root is not None and keys.check_password(PASSWORD, store.password_hash(root))
+    admin = signed_in(app, "root")
+    added = admin.post("/users", data={"name": "carol", "role": "developer",
+                                       "csrf_token": csrf(admin, "/users")})
+    assert added.status_code == 303 and store.get_user("carol") is not None
+    bad = admin.post("/users", data={"name": "Bad;Name", "role": "developer",
+                                     "csrf_token": csrf(admin, "/users")}, follow_redirects=True)
+    assert "invalid user name" in bad.text
+
+
+def test_keys_page_shows_own_keys_and_adds_them(app: Flask, home: Settings,
+                                                tmp_path: Path) -> None:
+    import subprocess
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "dev1-workstation",
+                    "-f", str(tmp_path / "k")], check=True)
+    public = (tmp_path / "k.pub").read_text()
+    dev1 = signed_in(app, "dev1")
+    added = dev1.post("/keys", data={"public_key": public, "csrf_token": csrf(dev1, "/keys")},
+                      follow_redirects=True)
+    assert "Added key SHA256:" in added.text and "dev1-workstation" in added.text
+    # Another developer sees none of it; a developer cannot add a key for someone else.
+    dev2 = signed_in(app, "dev2")
+    assert "dev1-workstation" not in dev2.get("/keys").text
+    other = dev2.post("/keys", data={"user": "root", "public_key": public,
+                                     "csrf_token": csrf(dev2, "/keys")}, follow_redirects=True)
+    assert "only an admin may add keys for another user" in other.text
+    assert "dev1-workstation" in signed_in(app, "root").get("/keys").text
+
+
+def test_scale_values_are_checked(app: Flask) -> None:
+    client = signed_in(app, "dev1")
+    token = csrf(client, "/apps/shop")
+    for value in ("-1", "²", "1e3", "99999999"):
+        reply = client.post("/apps/shop/scale", data={"scale-web": value, "csrf_token": token},
+                            follow_redirects=True)
+        assert "give a number of processes" in reply.text, value
+
+
+@pytest.fixture(autouse=True)
+def _no_threads_left() -> Iterator[None]:
+    before = threading.active_count()
+    yield
+    deadline = time.monotonic() + 3
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
