@@ -88,7 +88,9 @@ def render(settings: Settings, sites: list[Site], token: str = "0" * 32) -> str:
         "TypesConfig /etc/mime.types",
         f"ErrorLog {_directive_path(logs / 'error.log')}",
         f"LogFormat {LOG_FORMAT} opus",
-        f"CustomLog {_directive_path(logs / 'access.log')} opus",
+        # Opus's own calls to the balancer-manager are no app's traffic.
+        f'SetEnvIf Request_URI "^{re.escape(balancer.MANAGER_PATH)}" opus_internal',
+        f"CustomLog {_directive_path(logs / 'access.log')} opus env=!opus_internal",
         "ProxyRequests Off",
         "ProxyTimeout 60",
         "<Directory />",

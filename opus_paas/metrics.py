@@ -102,6 +102,20 @@ def traffic(settings: Settings, hosts: list[str], now: float) -> list[Minute]:
 
 # ---- memory ----------------------------------------------------------------------------
 
+def memory_per_minute(samples: Iterable[tuple[float, int]], now: float,
+                      minutes: int = WINDOW_MINUTES) -> list[float | None]:
+    """The mean of the samples (time, bytes) in each of the last `minutes` minutes, in
+    MiB; None for a minute without one (pure)."""
+    first = (int(now) // 60 - minutes + 1) * 60
+    sums, counts = [0.0] * minutes, [0] * minutes
+    for at, rss in samples:
+        index = int(at - first) // 60
+        if 0 <= index < minutes:
+            sums[index] += rss / (1 << 20)
+            counts[index] += 1
+    return [sums[i] / counts[i] if counts[i] else None for i in range(minutes)]
+
+
 def tree_rss(roots: Iterable[int], table: dict[int, tuple[int, int]]) -> int:
     """Resident bytes of the processes `roots` and all their descendants; `table` maps
     pid → (parent pid, resident bytes) (pure)."""

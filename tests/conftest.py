@@ -6,6 +6,7 @@ every server a test starts is stopped by its fixture.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -137,6 +138,19 @@ def opus_processes(home: Path) -> list[str]:
         if (marker in cmdline or marker in environ) and not zombie:
             found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
     return found
+
+
+def wsgi_daemons(port: int) -> int:
+    """The OS's view: mod_wsgi daemon processes serving the instance on `port` (they
+    name themselves `(wsgi:HOST:PORT:UID)`)."""
+    prefix = f"(wsgi:127.0.0.1:{port}:".encode()
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "cmdline").read_bytes().startswith(prefix):
+                    count += 1
+    return count
 
 
 def start_opus(**extra_env: str) -> Opus:

@@ -3,7 +3,6 @@ admin, owner, collaborator and stranger against every command that touches an ap
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shlex
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Opus, SshKey, git, make_django_project, make_key
+from tests.conftest import Opus, SshKey, git, make_django_project, make_key, wsgi_daemons
 from tests.test_sshd import on_a_terminal, ssh_t
 
 APP = "cmdapp"
@@ -459,19 +458,6 @@ def test_a_custom_domain_is_served_and_allowed_then_removed(
     assert again.returncode == 3
 
 
-def _wsgi_daemons(port: int) -> int:
-    """The OS's view: mod_wsgi daemon processes serving the instance on `port` (they
-    name themselves `(wsgi:HOST:PORT:UID)`)."""
-    prefix = f"(wsgi:127.0.0.1:{port}:".encode()
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "cmdline").read_bytes().startswith(prefix):
-                    count += 1
-    return count
-
-
 def _web_port(opus: Opus, key: SshKey) -> int:
     listed = json.loads(ssh(opus, key, "ps", LIVE, "--json").stdout)
     assert len(listed) == 1, listed
@@ -484,7 +470,7 @@ def test_ps_scale_restart_stop_and_start(opus: Opus, people: dict[str, SshKey],
     listed = json.loads(ssh(opus, owner, "ps", LIVE, "--json").stdout)
     assert [(p["type"], p["state"], p["processes"]) for p in listed] == [("web", "RUNNING", 1)]
     before = _web_port(opus, owner)
-    assert _wsgi_daemons(before) == 1
+    assert wsgi_daemons(before) == 1
     releases = ssh(opus, owner, "releases", LIVE, "--json").stdout
 
     scaled = ssh(opus, owner, "ps:scale", LIVE, "web=3")
@@ -493,17 +479,17 @@ def test_ps_scale_restart_stop_and_start(opus: Opus, people: dict[str, SshKey],
     assert [(p["state"], p["processes"]) for p in listed] == [("RUNNING", 3)]
     after = _web_port(opus, owner)
     assert after != before   # a new instance on the other port; the old one is gone
-    assert (_wsgi_daemons(after), _wsgi_daemons(before)) == (3, 0)
+    assert (wsgi_daemons(after), wsgi_daemons(before)) == (3, 0)
     assert opus.get(opus.app_host(LIVE))[0] == 200
     assert ssh(opus, owner, "releases", LIVE, "--json").stdout == releases   # no release
 
     restarted = ssh(opus, owner, "ps:restart", LIVE)
     assert restarted.returncode == 0, restarted.stderr
-    assert _web_port(opus, owner) == before and _wsgi_daemons(before) == 3
+    assert _web_port(opus, owner) == before and wsgi_daemons(before) == 3
 
     stopped = ssh(opus, owner, "ps:stop", LIVE)
     assert stopped.returncode == 0, stopped.stderr
-    assert (_wsgi_daemons(before), _wsgi_daemons(after)) == (0, 0)
+    assert (wsgi_daemons(before), wsgi_daemons(after)) == (0, 0)
     assert "stopped" in ssh(opus, owner, "ps", LIVE).stdout
     assert opus.get(opus.app_host(LIVE))[0] == 503
     started = ssh(opus, owner, "ps:start", LIVE)

@@ -21,14 +21,26 @@ def test_render_has_one_vhost_per_site_and_a_default(tmp_path: Path) -> None:
     sites = [front.Site("b", ("b.localhost",), 20002, tmp_path / "b" / "static"),
              front.Site("a", ("a.localhost", "a.example.com"), 20000, tmp_path / "a" / "static")]
     text = front.render(_settings(tmp_path), sites)
-    assert text.count("<VirtualHost ") == 3
+    assert text.count("<VirtualHost ") == 4      # the default, the dashboard, a and b
     assert text.index("ServerName _default_") < text.index("ServerName a.localhost")
+    assert 'ServerName opus.localhost\n' in text
+    assert 'ProxyPass / "http://127.0.0.1:8090/" flushpackets=on' in text
+    # The front's calls to the balancer-manager stay out of the apps' traffic.
+    assert "opus env=!opus_internal" in text
     assert text.index("ServerName a.localhost") < text.index("ServerName b.localhost")
     assert "ServerAlias a.example.com" in text
     assert "ProxyPass / balancer://app-a/" in text
     assert 'BalancerMember "http://127.0.0.1:20000" retry=0\n' in text
     assert "ProxyPass /static/ !" in text
     assert "inet_http_server" not in text
+
+
+@pytest.mark.parametrize("host", ['127.0.0.1/" evil', "a b", "x\nListen 80", ""])
+def test_a_dashboard_host_that_would_break_the_config_is_refused(tmp_path: Path,
+                                                                 host: str) -> None:
+    settings = Settings(home=tmp_path, http_port=18080, dashboard_host=host)
+    with pytest.raises(ServiceError, match="OPUS_DASHBOARD_HOST"):
+        front.render(settings, [])
 
 
 @pytest.mark.parametrize("bad", ['/tmp/x"\nLoadModule evil', "relative/static", "/tmp/a\\b"])

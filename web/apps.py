@@ -77,7 +77,7 @@ def _charts(app: App) -> list[charts.Chart]:
         charts.line_chart("Requests per minute", "req/min", [m.requests for m in minutes]),
         charts.line_chart("Latency, median", "ms", [m.p50_ms for m in minutes]),
         charts.line_chart("Latency, 95th percentile", "ms", [m.p95_ms for m in minutes]),
-        charts.line_chart("Memory", "MiB", [rss / (1 << 20) for _at, rss in memory]),
+        charts.line_chart("Memory", "MiB", metrics.memory_per_minute(memory, now)),
     ]
 
 

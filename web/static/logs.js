@@ -43,5 +43,6 @@
     list.replaceChildren();
     connect(kind);
   });
+  if (list.lastElementChild) list.lastElementChild.scrollIntoView({block: "end"});
   connect(select.value);
 })();
