@@ -23,7 +23,8 @@ APT_PACKAGES = [
     "apache2", "apache2-dev", "apache2-utils", "git", "openssh-client",
     "python3", "python3-dev", "python3-venv", "build-essential", "curl",
 ]
-APT_TEST_PACKAGES: list[str] = ["wrk"]   # load for the zero-downtime tests
+# Load for the zero-downtime tests; a headless browser (and a font) for the dashboard's.
+APT_TEST_PACKAGES: list[str] = ["wrk", "chromium", "chromium-driver", "fonts-dejavu-core"]
 
 
 def _missing_apt(packages: list[str]) -> list[str]:

@@ -7,11 +7,13 @@ A config that fails its test is never made live.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import grp
 import os
 import pwd
 import re
 import subprocess
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from opus_paas import balancer, secretfile
@@ -26,6 +28,48 @@ TOKEN = re.compile(r"[0-9a-f]{32}")
 HOST = re.compile(r"[A-Za-z0-9.-]{1,253}")
 
 LOG_FORMAT = '"%v %h %t \\"%r\\" %>s %b %D \\"%{X-Opus-Served-By}o\\""'
+
+
+# A line of that format: vhost, client, [time], then the rest; status, size and
+# duration are taken from the end, since the request line may hold anything.
+LOG_LINE = re.compile(r"(\S+) (\S+) \[([^\]]{1,40})\] (.*)", re.S)
+LOG_TAIL = re.compile(r'.* ([0-9]{3}) (?:[0-9]+|-) ([0-9]+) "[^"]*"', re.S)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogLine:
+    """One line of the front's access log."""
+
+    host: str          # the vhost's ServerName
+    client: str
+    at: datetime.datetime
+    rest: str          # "request" status size duration "served-by"
+
+    @property
+    def status_and_millis(self) -> tuple[int, float] | None:
+        tail = LOG_TAIL.fullmatch(self.rest)
+        return (int(tail.group(1)), int(tail.group(2)) / 1000) if tail else None
+
+
+def parse_log_line(line: str) -> LogLine | None:
+    """A line of the access log, or None if it is not one (pure)."""
+    match = LOG_LINE.fullmatch(line)
+    if not match:
+        return None
+    try:
+        when = datetime.datetime.strptime(match.group(3), "%d/%b/%Y:%H:%M:%S %z")
+    except ValueError:
+        return None
+    return LogLine(match.group(1), match.group(2), when, match.group(4))
+
+
+def log_lines_for(lines: Iterable[str], hosts: Iterable[str]) -> Iterator[LogLine]:
+    """The lines of the access log served for one of `hosts` (pure)."""
+    wanted = set(hosts)
+    for line in lines:
+        parsed = parse_log_line(line)
+        if parsed is not None and parsed.host in wanted:
+            yield parsed
 
 
 @dataclasses.dataclass(frozen=True)

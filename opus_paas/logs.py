@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from opus_paas import names, privileged, redact, release
+from opus_paas import front, names, privileged, redact, release
 from opus_paas.errors import NotFound
 from opus_paas.settings import Settings
 from opus_paas.store import App
@@ -47,7 +47,6 @@ def log_files(settings: Settings, app: str, process_type: str | None) -> list[Pa
 
 
 STAMPED = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (.*)", re.S)
-ACCESS = re.compile(r"(\S+) (\S+) \[([^\]]{1,40})\] (.*)", re.S)
 ACCESS_TAIL_BYTES = 4 << 20    # how far back in the front's shared access log to look
 
 
@@ -84,19 +83,8 @@ def process_entries(lines: Iterable[str], source: str, at: str = "") -> list[Ent
 def access_entries(lines: Iterable[str], hosts: Iterable[str]) -> list[Entry]:
     """The front's access log lines for an app's vhost (`hosts`: its ServerName), with
     their time in the same form as the processes' (pure)."""
-    wanted = set(hosts)
-    found = []
-    for line in lines:
-        match = ACCESS.fullmatch(line)
-        if not match or match.group(1) not in wanted:
-            continue
-        try:
-            when = datetime.datetime.strptime(match.group(3), "%d/%b/%Y:%H:%M:%S %z")
-        except ValueError:
-            continue
-        at = when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        found.append(Entry(at, "front", f"{match.group(2)} {match.group(4)}"))
-    return found
+    return [Entry(line.at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "front",
+                  f"{line.client} {line.rest}") for line in front.log_lines_for(lines, hosts)]
 
 
 def merged(groups: Iterable[list[Entry]]) -> list[Entry]:

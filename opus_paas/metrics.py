@@ -7,23 +7,18 @@ Parsing and bucketing are pure; reading the log and /proc are the thin I/O aroun
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
-import re
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from opus_paas import deploy
+from opus_paas import deploy, front
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 from opus_paas.supervisor import Supervisor
 
 WINDOW_MINUTES = 60
 ACCESS_TAIL_BYTES = 8 << 20     # how far back in the shared access log to read
-# `%v %h %t "%r" %>s %b %D "served-by"` (front.LOG_FORMAT): the request line may hold
-# anything, so status, size and duration are taken from the end.
-REQUEST = re.compile(r'(\S+) \S+ \[([^\]]{1,40})\] .* ([0-9]{3}) (?:[0-9]+|-) ([0-9]+) "[^"]*"')
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -47,18 +42,11 @@ class Minute:
 
 def parse_requests(lines: Iterable[str], hosts: Iterable[str]) -> list[Request]:
     """The requests in access-log `lines` whose vhost is one of `hosts` (pure)."""
-    wanted = set(hosts)
     found = []
-    for line in lines:
-        match = REQUEST.fullmatch(line)
-        if not match or match.group(1) not in wanted:
-            continue
-        try:
-            when = datetime.datetime.strptime(match.group(2), "%d/%b/%Y:%H:%M:%S %z")
-        except ValueError:
-            continue
-        found.append(Request(when.timestamp(), int(match.group(3)),
-                             int(match.group(4)) / 1000))
+    for line in front.log_lines_for(lines, hosts):
+        outcome = line.status_and_millis
+        if outcome is not None:
+            found.append(Request(line.at.timestamp(), *outcome))
     return found
 
 

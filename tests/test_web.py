@@ -186,6 +186,30 @@ def test_a_form_with_the_token_works(app: Flask, home: Settings) -> None:
     assert "Set FOO; the next deploy takes it." in page.text
 
 
+@pytest.mark.parametrize(("path", "data", "said"), [
+    ("/apps/shop/config", {"key": "BAD KEY", "value": "x"}, "invalid config key"),
+    ("/apps/shop/config", {"key": "A;rm -rf /", "value": "x"}, "invalid config key"),
+    ("/apps/shop/config", {"key": "NUL", "value": "a\0b"}, "NUL byte"),
+    ("/apps/shop/config/unset", {"key": "../../etc"}, "invalid config key"),
+    ("/apps/shop/domains", {"domain": "evil.com\nListen 80"}, "invalid domain"),
+    ("/apps/shop/domains", {"domain": "opus.localhost"}, "Opus keeps for app names"),
+    ("/apps/shop/rollback", {"version": "v1;ls"}, "choose a release"),
+    ("/apps/shop/scale", {"scale-web;x": "1"}, "invalid process type"),
+])
+def test_hostile_form_values_are_refused_with_a_message(app: Flask, home: Settings, path: str,
+                                                        data: dict[str, str],
+                                                        said: str) -> None:
+    client = signed_in(app, "dev1")
+    reply = client.post(path, data={**data, "csrf_token": csrf(client, "/apps/shop")},
+                        headers={"Referer": "http://evil.example/"}, follow_redirects=True)
+    assert reply.request.path == "/apps/shop"        # back to the app, not to the referrer
+    assert said in reply.text, reply.text
+    store = store_of(home)
+    app_row = store.get_app("shop")
+    assert app_row is not None
+    assert store.config(app_row) == {"SECRET": HOSTILE} and store.domains(app_row) == []
+
+
 def test_the_sign_in_form_needs_its_token_too(app: Flask) -> None:
     client = app.test_client()
     reply = client.post("/signin", data={"user": "root", "password": PASSWORD})

@@ -3,12 +3,12 @@ sent from; a page that cannot be shown says why, with the error's HTTP status.""
 
 from __future__ import annotations
 
-from flask import Flask, flash, redirect, render_template, request
+from flask import Flask, flash, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from opus_paas.errors import Forbidden, InvalidName, NotFound, OpusError, UsageError
-from web import context
+from web import context, forms
 
 STATUS = {NotFound: 404, Forbidden: 403, InvalidName: 400, UsageError: 400}
 
@@ -26,9 +26,18 @@ def register(app: Flask) -> None:
         message = context.shown(exc.message)
         status = status_of(exc)
         if request.method == "POST" and status != 404:
-            flash(message, "error")
-            return redirect(request.referrer or request.path, code=303)
+            flash(message[:forms.MAX_LINE], "error")   # it travels in the session cookie
+            return redirect(forms.back(_page_of_form()), code=303)
         return render_template("error.html", message=message, status=status), status
+
+    def _page_of_form() -> str:
+        """The page that holds the form that was sent."""
+        args = request.view_args or {}
+        if request.blueprint == "apps" and "name" in args:
+            return url_for("apps.show", name=args["name"])
+        if request.blueprint in ("keys", "users"):
+            return url_for(f"{request.blueprint}.index")
+        return url_for("apps.index")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[str, int]:
