@@ -27,8 +27,11 @@ def test_up_twice_is_harmless_and_down_leaves_nothing() -> None:
         assert (opus.home / "ssh_host_key").read_bytes() == host_key
         assert stat.S_IMODE((opus.home / "ssh_host_key").stat().st_mode) == 0o600
         status = opus.cli("status").stdout
-        assert "opus-sshd" in status and "opus-front" in status
-        assert status.count("RUNNING") == 2
+        assert "opus-sshd" in status and "opus-front" in status and "opus-dashboard" in status
+        assert status.count("RUNNING") == 3
+        # The front publishes the dashboard at opus.<domain>.
+        code, _headers, page = opus.get("opus.localhost", "/signin")
+        assert code == 200 and "Sign in to Opus" in page
         with socket.create_connection(("127.0.0.1", opus.ssh_port), timeout=5) as sock:
             assert sock.recv(64).startswith(b"SSH-2.0-")
         code, headers, body = opus.get("nothing-here.localhost")
