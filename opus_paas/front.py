@@ -107,6 +107,8 @@ def render(settings: Settings, sites: list[Site], token: str = "0" * 32) -> str:
     if not HOST.fullmatch(settings.dashboard_host):
         raise ServiceError(f"dashboard_host {settings.dashboard_host!r} is not a host name or "
                            "an IP address; fix OPUS_DASHBOARD_HOST")
+    if settings.public_scheme not in ("http", "https"):
+        raise ServiceError("public_scheme must be http or https; fix OPUS_PUBLIC_SCHEME")
     front = settings.front_dir
     logs = settings.logs_dir / "front"
     lines = [
@@ -155,7 +157,7 @@ def render(settings: Settings, sites: list[Site], token: str = "0" * 32) -> str:
         f"<VirtualHost {settings.http_host}:{settings.http_port}>",
         f"    ServerName {settings.dashboard_domain}",
         "    ProxyPreserveHost On",
-        '    RequestHeader set X-Forwarded-Proto "http"',
+        f'    RequestHeader set X-Forwarded-Proto "{settings.public_scheme}"',
         f'    ProxyPass / "http://{settings.dashboard_host}:{settings.dashboard_port}/" '
         "flushpackets=on retry=0",
         "</VirtualHost>",
@@ -171,7 +173,7 @@ def render(settings: Settings, sites: list[Site], token: str = "0" * 32) -> str:
             lines.append(f"    ServerAlias {' '.join(site.domains[1:])}")
         lines += [
             "    ProxyPreserveHost On",
-            '    RequestHeader set X-Forwarded-Proto "http"',
+            f'    RequestHeader set X-Forwarded-Proto "{settings.public_scheme}"',
             # Static files come straight from the release's STATIC_ROOT (through
             # the app's `current` symlink), never from the app.
             "    ProxyPass /static/ !",

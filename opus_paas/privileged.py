@@ -262,8 +262,9 @@ def read_run_user_file(top: Path, relative: str, limit: int = 1 << 20) -> bytes 
     opened without following symlinks, regular files only, at most `limit` bytes.
     None if it is missing; ServiceError if it is anything but a small regular file."""
     parts = Path(relative).parts
-    fds = [os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)]
+    fds: list[int] = []
     try:
+        fds.append(os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW))
         for part in parts[:-1]:
             fds.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
                                dir_fd=fds[-1]))

@@ -35,6 +35,9 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     domain: str = "localhost"
+    # How clients reach the front: "https" when TLS is terminated before it. Apps see it
+    # in X-Forwarded-Proto; the dashboard's session cookie is Secure over https.
+    public_scheme: str = "http"
     # The dashboard (gunicorn) listens here; the front publishes it as opus.<domain>.
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8090
@@ -152,7 +155,7 @@ NETWORK_VARS = (
 )
 
 
-_CHOICES = {"app_creators": ("all", "admins")}
+_CHOICES = {"app_creators": ("all", "admins"), "public_scheme": ("http", "https")}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

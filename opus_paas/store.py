@@ -544,19 +544,24 @@ class Store:
 
 
     # ---- the dashboard's sign-in throttle and memory samples ---------------------------
-    def record_signin_failure(self, keys: list[str], at: float) -> None:
-        with self._db() as db:
-            db.executemany("INSERT INTO signin_failures (key, at) VALUES (?, ?)",
-                           [(key, at) for key in keys])
-
-    def signin_failures(self, key: str, since: float) -> list[float]:
-        """When `key` failed to sign in since `since`, oldest first; older ones are
-        forgotten."""
+    def record_signin_attempt(self, keys: list[str], at: float,
+                              since: float) -> dict[str, list[float]]:
+        """Count a sign-in attempt against each of `keys` (a success is taken back with
+        `forget_signin_attempt`) and return, per key, when its attempts since `since` were
+        made, oldest first, this one included. One transaction: attempts sent at once
+        are all counted. Older attempts are forgotten."""
         with self._db() as db:
             db.execute("DELETE FROM signin_failures WHERE at < ?", (since,))
-            rows = db.execute("SELECT at FROM signin_failures WHERE key = ? ORDER BY at",
-                              (key,)).fetchall()
-        return [row[0] for row in rows]
+            db.executemany("INSERT INTO signin_failures (key, at) VALUES (?, ?)",
+                           [(key, at) for key in keys])
+            return {key: [row[0] for row in db.execute(
+                "SELECT at FROM signin_failures WHERE key = ? ORDER BY at", (key,))]
+                for key in keys}
+
+    def forget_signin_attempt(self, key: str, at: float) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM signin_failures WHERE rowid IN (SELECT rowid FROM "
+                       "signin_failures WHERE key = ? AND at = ? LIMIT 1)", (key, at))
 
     def clear_signin_failures(self, key: str) -> None:
         with self._db() as db:

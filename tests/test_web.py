@@ -364,3 +364,163 @@ def _no_threads_left() -> Iterator[None]:
     deadline = time.monotonic() + 3
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+# ---- what a review of the first version found ------------------------------------------
+
+def _timed_signin(app: Flask, user: str) -> float:
+    client = app.test_client()
+    token = csrf(client)
+    started = time.perf_counter()
+    client.post("/signin", data={"user": user, "password": "wrong", "csrf_token": token})
+    return time.perf_counter() - started
+
+
+def test_an_unknown_user_takes_as_long_as_a_wrong_password(app: Flask) -> None:
+    unknown = sorted(_timed_signin(app, f"ghost{n}") for n in range(3))[1]
+    known = sorted(_timed_signin(app, name) for name in ("root", "dev1", "dev2"))[1]
+    assert unknown > known * 0.6, (unknown, known)
+
+
+def test_attempts_sent_at_once_are_all_counted(app: Flask) -> None:
+    codes: list[int] = []
+
+    def guess() -> None:
+        client = app.test_client()
+        token = csrf(client)
+        codes.append(client.post("/signin", data={"user": "dev1", "password": "wrong",
+                                                  "csrf_token": token}).status_code)
+
+    threads = [threading.Thread(target=guess) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert codes.count(401) <= auth.MAX_USER_FAILURES and codes.count(429) >= 7
+
+
+def test_a_successful_sign_in_does_not_count_against_the_address(app: Flask) -> None:
+    for _ in range(auth.MAX_ADDRESS_FAILURES + 2):
+        signed_in(app, "root")
+
+
+@pytest.mark.parametrize("token", ["é", "☃" * 40, "x\0y"])
+def test_a_strange_token_is_refused_not_an_error(app: Flask, token: str) -> None:
+    client = app.test_client()
+    csrf(client)
+    reply = client.post("/signin", data={"user": "root", "password": PASSWORD,
+                                         "csrf_token": token})
+    assert reply.status_code == 400
+
+
+def test_sign_in_keeps_next_to_ascii_paths(app: Flask) -> None:
+    client = app.test_client()
+    reply = client.post("/signin", data={"user": "root", "password": PASSWORD, "next": "/一",
+                                         "csrf_token": csrf(client)})
+    assert reply.headers["Location"] == "/"
+
+
+def test_going_back_never_leaves_the_dashboard(app: Flask) -> None:
+    client = signed_in(app, "dev1")
+    token = csrf(client, "/apps/shop")
+    for referrer in ("http://localhost//evil.example/x", "http://localhost/\\evil",
+                     "http://evil.example/apps/shop"):
+        reply = client.post("/apps/shop/config", data={"key": "K", "value": "v",
+                                                       "csrf_token": token},
+                            headers={"Referer": referrer})
+        assert reply.headers["Location"] == "/apps/shop", referrer
+
+
+def test_messages_stay_small_enough_for_the_cookie(app: Flask) -> None:
+    client = signed_in(app, "dev1")
+    reply = client.post("/apps/shop/domains", data={"domain": "é" * 250,
+                                                    "csrf_token": csrf(client, "/apps/shop")})
+    assert reply.status_code == 303
+    cookie = client.get_cookie("opus_session")
+    assert cookie is not None and len(cookie.value) < 3000
+    assert "invalid domain" in client.get("/apps/shop").text
+
+
+def test_a_field_too_long_is_refused_not_cut(app: Flask, home: Settings) -> None:
+    client = signed_in(app, "dev1")
+    reply = client.post("/apps/shop/config", data={"key": "BIG", "value": "x" * 70_000,
+                                                   "csrf_token": csrf(client, "/apps/shop")},
+                        follow_redirects=True)
+    assert "value is longer than 65536 characters" in reply.text
+    app_row = store_of(home).get_app("shop")
+    assert app_row is not None and "BIG" not in store_of(home).config(app_row)
+
+
+def test_changing_your_own_password_needs_the_current_one(app: Flask, home: Settings) -> None:
+    client = signed_in(app, "dev1")
+    token = csrf(client, "/keys")
+    refused = client.post("/users/dev1/password", data={"password": "a new long password",
+                                                        "current": "wrong",
+                                                        "csrf_token": token},
+                          follow_redirects=True)
+    assert "current password is not right" in refused.text
+    dev1 = store_of(home).get_user("dev1")
+    assert dev1 is not None
+    assert keys.check_password(PASSWORD, store_of(home).password_hash(dev1))
+    changed = client.post("/users/dev1/password", data={"password": "a new long password",
+                                                        "current": PASSWORD,
+                                                        "csrf_token": token})
+    assert changed.status_code == 303
+    assert client.get("/keys").status_code == 200        # this session goes on
+
+
+def test_the_cookie_is_secure_when_the_front_says_https(app: Flask) -> None:
+    client = app.test_client()
+    client.get("/signin", headers={"X-Forwarded-Proto": "https"})
+    cookie = client.get_cookie("opus_session")
+    assert cookie is not None and cookie.secure
+    plain = app.test_client()
+    plain.get("/signin")
+    cookie = plain.get_cookie("opus_session")
+    assert cookie is not None and not cookie.secure
+
+
+def test_live_log_streams_are_capped_per_user(app: Flask, home: Settings) -> None:
+    from web import logs as web_logs
+    logs = home.logs_dir / "shop"
+    logs.mkdir(parents=True)
+    (logs / "web.log").write_text("")
+    client = signed_in(app, "dev1")
+    open_ = [client.get("/apps/shop/logs/stream", buffered=False)
+             for _ in range(web_logs.MAX_STREAMS_PER_USER)]
+    assert all(r.status_code == 200 for r in open_)
+    refused = client.get("/apps/shop/logs/stream", buffered=False)
+    assert refused.status_code == 503 and "close a log tab" in refused.text
+    assert signed_in(app, "root").get("/apps/shop/logs/stream",
+                                      buffered=False).status_code == 200
+    open_.pop().close()
+    again = client.get("/apps/shop/logs/stream", buffered=False)
+    assert again.status_code == 200
+    for reply in [*open_, again]:
+        reply.close()
+
+
+def test_a_stream_ends_when_its_user_may_no_longer_read_the_app(
+        app: Flask, home: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from web import logs as web_logs
+    monkeypatch.setattr(web_logs, "HEARTBEAT_SECONDS", 0.2)
+    logs = home.logs_dir / "shop"
+    logs.mkdir(parents=True)
+    (logs / "web.log").write_text("")
+    reply = signed_in(app, "dev1").get("/apps/shop/logs/stream", buffered=False)
+    chunks = iter(reply.response)
+    assert bytes(next(chunks)).startswith(b"retry:")  # type: ignore[arg-type]
+    assert bytes(next(chunks)).startswith(b": still here")  # type: ignore[arg-type]
+    keys.set_password(store_of(home), OPERATOR, "dev1", "changed long password")
+    with pytest.raises(StopIteration):
+        next(chunks)
+    reply.close()
+
+
+def test_an_app_whose_release_is_gone_still_has_a_page(app: Flask, home: Settings) -> None:
+    store = store_of(home)
+    app_row = store.get_app("shop")
+    assert app_row is not None
+    store.set_live(app_row, 3, 20000)
+    page = signed_in(app, "dev1").get("/apps/shop")
+    assert page.status_code == 200 and "release v3" in page.text

@@ -18,6 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from opus_paas import secretfile
 from opus_paas import settings as settings_module
 from opus_paas.settings import Settings
+from opus_paas.store import Store
 from web import apps, auth, errors, keys, logs, sampler, users
 from web.session import ProxiedSessionInterface
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None,
     )
     if test_config:
         app.config.update(test_config)
+    Store(settings.db_path).init()
     # The front is the one proxy in front of the dashboard: trust its one hop.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
     app.session_interface = ProxiedSessionInterface()

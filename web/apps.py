@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from opus_paas import access, apps, deploy, metrics, names, ps, release
 from opus_paas import restart as restart_module
-from opus_paas.errors import NotFound, UsageError
+from opus_paas.errors import NotFound, OpusError, UsageError
 from opus_paas.store import App
 from web import charts, context, forms
 from web.status import app_status
@@ -25,7 +25,11 @@ MAX_BUILD_OUTPUT = 2 << 20     # bytes of a build's output shown
 def index() -> str:
     rows = []
     for app in access.visible_apps(context.store(), context.actor()):
-        found = ps.processes(context.settings(), context.store(), context.actor(), app.name)
+        try:
+            found = ps.processes(context.settings(), context.store(), context.actor(),
+                                 app.name)
+        except NotFound:
+            continue       # destroyed meanwhile
         releases = context.store().list_releases(app)
         rows.append({
             "app": app,
@@ -49,7 +53,10 @@ def show(name: str) -> str:
     app = context.get_app(name)
     settings, store = context.settings(), context.store()
     found = ps.processes(settings, store, context.actor(), app.name)
-    info = release.live_build_info(settings, app) if app.live_version else {}
+    try:
+        info = release.live_build_info(settings, app) if app.live_version else {}
+    except OpusError:
+        info = {}          # its build is damaged or gone: the page shows the rest
     types = sorted(t for t in release.process_types(info) if t not in ("web", "release"))
     formation = store.formation(app)
     return render_template(

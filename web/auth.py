@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import time
 
@@ -60,14 +61,14 @@ def load_user_and_check_form() -> BaseResponse | None:
     name = session.get("user")
     if isinstance(name, str):
         user = context.store().get_user(name)
-        if user is not None and hmac.compare_digest(
-                session.get("stamp", ""), password_stamp(context.store().password_hash(user))):
+        if user is not None and _same(session.get("stamp"),
+                                      password_stamp(context.store().password_hash(user))):
             g.actor = Actor(user)
         else:
             session.clear()
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         sent = request.form.get("csrf_token", "")
-        if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+        if not sent or not _same(sent, session.get("csrf")):
             abort(400, "This form expired or did not come from the dashboard; reload the "
                        "page and send it again.")
     if g.actor is None and request.endpoint not in OPEN_ENDPOINTS:
@@ -78,6 +79,13 @@ def load_user_and_check_form() -> BaseResponse | None:
     return None
 
 
+def _same(sent: object, kept: object) -> bool:
+    """Constant-time equality of two strings (anything else is never equal)."""
+    if not isinstance(sent, str) or not isinstance(kept, str):
+        return False
+    return hmac.compare_digest(sent.encode(), kept.encode())
+
+
 @bp.app_context_processor
 def template_globals() -> dict[str, object]:
     return {"csrf_token": csrf_token, "actor": g.get("actor")}
@@ -86,27 +94,49 @@ def template_globals() -> dict[str, object]:
 @bp.route("/signin", methods=["GET", "POST"])
 def signin() -> BaseResponse | str | tuple[str, int]:
     if request.method == "GET":
-        return render_template("auth/signin.html", next=_safe_next(request.args.get("next")))
+        return render_template("auth/signin.html",
+                               next=forms.local_path(request.args.get("next")))
     name = forms.field("user", 64)
     password = forms.field("password", 1024)
-    address = request.remote_addr or "unknown"
-    wait = _locked_for([f"user:{name}", f"ip:{address}"])
+    after = forms.local_path(forms.field("next", 2048))
+    user_key, address_key = f"user:{name}", f"ip:{client_address()}"
+    now = time.time()
+    # The attempt counts before the password is checked, so attempts sent at once
+    # cannot all slip under the limit.
+    attempts = context.store().record_signin_attempt([user_key, address_key], now,
+                                                     since=now - THROTTLE_WINDOW)
+    wait = _locked_for(attempts, now)
     if wait:
-        current_app.logger.warning("sign-in throttled: user %r from %s", name, address)
+        current_app.logger.warning("sign-in throttled: user %r from %s", name, address_key)
         flash(f"Too many failed sign-ins; try again in {wait // 60 + 1} minutes.", "error")
-        return render_template("auth/signin.html", next=_safe_next(forms.field("next"))), 429
+        return render_template("auth/signin.html", next=after), 429
     user = context.store().get_user(name) if name else None
     stored = context.store().password_hash(user) if user is not None else None
-    if user is None or not keys.check_password(password, stored or _DUMMY_HASH) or not stored:
-        context.store().record_signin_failure([f"user:{name}", f"ip:{address}"], time.time())
-        current_app.logger.warning("sign-in failed: user %r from %s", name, address)
+    # Checked even for a user that does not exist, so the time taken tells nothing.
+    matches = keys.check_password(password, stored or _DUMMY_HASH)
+    if user is None or stored is None or not matches:
+        current_app.logger.warning("sign-in failed: user %r from %s", name, address_key)
         flash("Wrong user name or password. (No password yet? `opus users:passwd USER` "
               "sets one.)", "error")
-        return render_template("auth/signin.html", next=_safe_next(forms.field("next"))), 401
+        return render_template("auth/signin.html", next=after), 401
+    context.store().clear_signin_failures(user_key)
+    context.store().forget_signin_attempt(address_key, now)
     _start_session(user, stored)
-    context.store().clear_signin_failures(f"user:{name}")
-    current_app.logger.info("signed in: %s from %s", name, address)
-    return redirect(_safe_next(forms.field("next")) or url_for("apps.index"), code=303)
+    current_app.logger.info("signed in: %s from %s", name, address_key)
+    return redirect(after or url_for("apps.index"), code=303)
+
+
+def client_address() -> str:
+    """Whom the per-address throttle counts: the address, or its /64 for IPv6 (one
+    host usually has a whole /64)."""
+    address = request.remote_addr or "unknown"
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if parsed.version == 6:
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
 
 
 def _start_session(user: User, stored: str) -> None:
@@ -122,24 +152,14 @@ def restamp(user: User) -> None:
     session["stamp"] = password_stamp(context.store().password_hash(user))
 
 
-def _locked_for(keys_: list[str]) -> int:
-    """Seconds until sign-in opens again for these keys (0: open now)."""
-    now = time.time()
+def _locked_for(attempts: dict[str, list[float]], now: float) -> int:
+    """Seconds until sign-in opens again for these keys (0: this attempt may go on)."""
     waits = []
-    for key in keys_:
-        failures = context.store().signin_failures(key, now - THROTTLE_WINDOW)
+    for key, times in attempts.items():
         limit = MAX_USER_FAILURES if key.startswith("user:") else MAX_ADDRESS_FAILURES
-        if len(failures) >= limit:
-            waits.append(int(failures[-limit] + THROTTLE_WINDOW - now))
+        if len(times) > limit:
+            waits.append(max(1, int(times[-limit - 1] + THROTTLE_WINDOW - now)))
     return max(waits, default=0)
-
-
-def _safe_next(target: str | None) -> str:
-    """A path on this dashboard to go to after sign-in; never another site."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")) and \
-            target.isprintable():
-        return target
-    return ""
 
 
 @bp.route("/signout", methods=["POST"])

@@ -18,8 +18,7 @@ def settings() -> Settings:
 
 def store() -> Store:
     if "store" not in g:
-        g.store = Store(settings().db_path)
-        g.store.init()
+        g.store = Store(settings().db_path)   # its tables are made in create_app
     found: Store = g.store
     return found
 

@@ -26,7 +26,7 @@ def register(app: Flask) -> None:
         message = context.shown(exc.message)
         status = status_of(exc)
         if request.method == "POST" and status != 404:
-            flash(message[:forms.MAX_LINE], "error")   # it travels in the session cookie
+            flash(forms.short(message), "error")
             return redirect(forms.back(_page_of_form()), code=303)
         return render_template("error.html", message=message, status=status), status
 

@@ -1,5 +1,5 @@
 """Running a form's action: the core function's output becomes messages on the page
-the form was sent from."""
+the form was sent from. Where to go back to, and the form's fields, checked."""
 
 from __future__ import annotations
 
@@ -9,25 +9,45 @@ from urllib.parse import urlsplit
 from flask import flash, redirect, request
 from werkzeug.wrappers import Response as BaseResponse
 
+from opus_paas.errors import UsageError
 from web import context
 
-MAX_MESSAGE_LINES = 6      # the messages travel in the session cookie: keep them short
-MAX_LINE = 300
+# The messages travel in the session cookie (4 KB at most): keep them short.
+MAX_MESSAGE_LINES = 5
+MAX_MESSAGE_BYTES = 300
+
+
+def local_path(target: str | None) -> str:
+    """`target` if it is a path on this dashboard (ASCII, printable, not `//host` or
+    `/\\host`, which browsers take for another site); else ""."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")) and \
+            target.isascii() and target.isprintable():
+        return target
+    return ""
 
 
 def back(default: str) -> str:
     """Where the form was sent from, if that is a page of this dashboard; else `default`."""
     referrer = urlsplit(request.referrer or "")
-    if referrer.netloc == request.host and referrer.path.startswith("/"):
-        return referrer.path + (f"?{referrer.query}" if referrer.query else "")
-    return default
+    if referrer.netloc != request.host:
+        return default
+    path = referrer.path + (f"?{referrer.query}" if referrer.query else "")
+    return local_path(path) or default
+
+
+def short(text: str) -> str:
+    """`text` cut to MAX_MESSAGE_BYTES of UTF-8 (on a character boundary)."""
+    data = text.encode()
+    if len(data) <= MAX_MESSAGE_BYTES:
+        return text
+    return data[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore") + "…"
 
 
 def done(summary: str, output: list[str], default: str) -> BaseResponse:
     """Say what happened (with the last lines of the action's output) and go back."""
-    flash(context.shown(summary), "info")
+    flash(short(context.shown(summary)), "info")
     for line in output[-MAX_MESSAGE_LINES:]:
-        flash(context.shown(line.strip())[:MAX_LINE], "output")
+        flash(short(context.shown(line.strip())), "output")
     return redirect(back(default), code=303)
 
 
@@ -38,5 +58,8 @@ def collector() -> tuple[list[str], Callable[[str], None]]:
 
 
 def field(name: str, limit: int = 4096) -> str:
-    """A form field as sent (missing: empty), at most `limit` characters."""
-    return request.form.get(name, "")[:limit]
+    """A form field as sent (missing: empty); longer than `limit` is refused, never cut."""
+    value = request.form.get(name, "")
+    if len(value) > limit:
+        raise UsageError(f"{name} is longer than {limit} characters")
+    return value

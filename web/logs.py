@@ -3,24 +3,39 @@ pushed as server-sent events (one JSON entry per event; the page adds them as te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from flask import Blueprint, Response, render_template, request, stream_with_context
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    render_template,
+    request,
+    session,
+)
 
-from opus_paas import logs, names
-from opus_paas.errors import NotFound
+from opus_paas import access, logs, names, privileged
+from opus_paas.access import Actor
+from opus_paas.errors import NotFound, OpusError
 from opus_paas.logs import Entry
-from web import context
+from opus_paas.store import Store
+from web import auth, context
 
 bp = Blueprint("logs", __name__)
 
 TAIL_LINES = 200
-HEARTBEAT_SECONDS = 15.0       # a comment line keeps proxies from closing an idle stream
+# A comment line when nothing came for this long: it keeps proxies from closing an idle
+# stream, finds a client that has gone, and is when the session is checked again.
+HEARTBEAT_SECONDS = 5.0
 STREAM_SECONDS = 30 * 60.0     # then the browser reconnects (EventSource does it itself)
+MAX_STREAMS = 16               # of gunicorn's 32 threads (lifecycle.dashboard_command)
+MAX_STREAMS_PER_USER = 4
+QUEUE_ENTRIES = 1000
 
 
 def _process_type() -> str | None:
@@ -29,7 +44,8 @@ def _process_type() -> str | None:
 
 
 def _entry_json(entry: Entry) -> dict[str, str]:
-    return {"at": entry.at, "source": entry.source, "text": entry.text}
+    """An entry for the page; a line longer than any should be is cut."""
+    return {"at": entry.at, "source": entry.source, "text": entry.text[:privileged.MAX_LINE]}
 
 
 @bp.route("/apps/<name>/logs")
@@ -51,27 +67,78 @@ def stream(name: str) -> Response:
     found = logs.app_logs(context.settings(), app, _process_type())
     if not found.paths:
         raise NotFound(f"{app.name} has no logs yet; they start with its first deploy")
-    response = Response(stream_with_context(_events(found)), mimetype="text/event-stream")
+    user = context.actor().name
+    if not _streams.open(user):
+        abort(503, f"{MAX_STREAMS_PER_USER} live log streams are open for you already (or "
+                   f"{MAX_STREAMS} in all); close a log tab and reload.")
+    still_allowed = _still_allowed(session.get("stamp"), user, app.name)
+    # The stream needs nothing of the request once it has begun: no request context
+    # is kept for it.
+    response = Response(_events(found, still_allowed), mimetype="text/event-stream")
+    # On the response's close, which the server calls even if the stream never began.
+    response.call_on_close(lambda: _streams.close(user))
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"
     return response
 
 
-def _events(found: logs.AppLogs) -> Iterator[str]:
+class _Streams:
+    """How many live log streams are open, per user and in all: each holds one of the
+    dashboard's threads, so they are capped below the thread count."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._per_user: dict[str, int] = {}
+
+    def open(self, user: str) -> bool:
+        with self._lock:
+            if self._per_user.get(user, 0) >= MAX_STREAMS_PER_USER or \
+                    sum(self._per_user.values()) >= MAX_STREAMS:
+                return False
+            self._per_user[user] = self._per_user.get(user, 0) + 1
+            return True
+
+    def close(self, user: str) -> None:
+        with self._lock:
+            self._per_user[user] -= 1
+            if not self._per_user[user]:
+                del self._per_user[user]
+
+
+_streams = _Streams()
+
+
+def _still_allowed(stamp: object, user: str, app: str) -> Callable[[], bool]:
+    """Asked at every heartbeat: may this session still read this app's logs (the user
+    is still there with the same password, and may still use the app)?"""
+    settings = context.settings()
+
+    def check() -> bool:
+        store = Store(settings.db_path)
+        found = store.get_user(user)
+        if found is None or stamp != auth.password_stamp(store.password_hash(found)):
+            return False
+        try:
+            access.app_for(store, Actor(found), app)
+        except OpusError:
+            return False
+        return True
+
+    return check
+
+
+def _events(found: logs.AppLogs, still_allowed: Callable[[], bool]) -> Iterator[str]:
     """The stream: entries as they come, a heartbeat when there are none. A follower
     thread reads the files; it stops when the client goes (the next write fails and
-    this generator is closed) or when the stream has run its time."""
+    this generator is closed), when the session may no longer read the app, or when
+    the stream has run its time. A client that reads too slowly misses lines."""
     stop = threading.Event()
-    entries: queue.Queue[Entry] = queue.Queue(maxsize=10_000)
+    entries: queue.Queue[Entry] = queue.Queue(maxsize=QUEUE_ENTRIES)
 
     def follow() -> None:
         for entry in found.follow(stop):
-            while not stop.is_set():
-                try:
-                    entries.put(entry, timeout=1)
-                    break
-                except queue.Full:
-                    continue
+            with contextlib.suppress(queue.Full):
+                entries.put_nowait(entry)
 
     threading.Thread(target=follow, daemon=True).start()
     deadline = time.monotonic() + STREAM_SECONDS
@@ -81,6 +148,8 @@ def _events(found: logs.AppLogs) -> Iterator[str]:
             try:
                 entry = entries.get(timeout=HEARTBEAT_SECONDS)
             except queue.Empty:
+                if not still_allowed():
+                    return
                 yield ": still here\n\n"
                 continue
             yield f"data: {json.dumps(_entry_json(entry))}\n\n"

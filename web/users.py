@@ -7,6 +7,7 @@ from flask import Blueprint, render_template, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from opus_paas import access, keys
+from opus_paas.errors import UsageError
 from web import auth, context, forms
 
 bp = Blueprint("users", __name__)
@@ -41,6 +42,12 @@ def remove(name: str) -> BaseResponse:
 
 @bp.route("/users/<name>/password", methods=["POST"])
 def password(name: str) -> BaseResponse:
+    if name == context.actor().name:
+        # A session left open must not let someone lock its owner out.
+        me = keys.get_user(context.store(), name)
+        if not keys.check_password(forms.field("current", 1024),
+                                   context.store().password_hash(me)):
+            raise UsageError("your current password is not right; give it to set a new one")
     user = keys.set_password(context.store(), context.actor(), name,
                              forms.field("password", 1024))
     done = forms.done(f"Set the password of {user.name}.", [], url_for("keys.index"))
