@@ -200,7 +200,7 @@ def change_files(root: Path, rng: random.Random, files: int, count: int) -> None
 
 
 def make_source(directory: Path, files: int, total_bytes: int, env: dict[str, str]) -> Source:
-    rng = random.Random(SEED)  # noqa: S311 - test data, not secrets
+    rng = random.Random(SEED)
     directory.mkdir(parents=True)
     written = write_files(directory, rng, files, total_bytes)
     repo = ["-C", str(directory)]

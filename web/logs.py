@@ -30,11 +30,12 @@ bp = Blueprint("logs", __name__)
 
 TAIL_LINES = 200
 # A comment line when nothing came for this long: it keeps proxies from closing an idle
-# stream, finds a client that has gone, and is when the session is checked again.
-HEARTBEAT_SECONDS = 5.0
+# stream, finds a client that has gone (through the front, at the second heartbeat after
+# it went: only then is its slot free), and is when the session is checked again.
+HEARTBEAT_SECONDS = 2.0
 STREAM_SECONDS = 30 * 60.0     # then the browser reconnects (EventSource does it itself)
 MAX_STREAMS = 16               # of gunicorn's 32 threads (lifecycle.dashboard_command)
-MAX_STREAMS_PER_USER = 4
+MAX_STREAMS_PER_USER = 6
 QUEUE_ENTRIES = 1000
 
 
