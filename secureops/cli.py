@@ -1,0 +1,82 @@
+"""`secureops VERB APP` (a spec, if the verb takes one, on standard input).
+
+Exit status: the verb's (0: done; a step's own status for `run`), 2 when refused.
+The environment is cleared first; the config comes from its fixed root-owned place
+(`--config PATH` only when root itself calls, as the tests do).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from secureops import audit, checks, verbs
+from secureops.layout import DEFAULT_CONFIG, Denied, Layout, load
+
+MAX_SPEC = 64 * 1024
+DENIED = 2
+
+
+def caller() -> str:
+    """Who asked: sudo's record of the invoking user, else our own uid."""
+    sudo = os.environ.get("SUDO_UID", "")
+    return f"uid {sudo}" if sudo.isdigit() else f"uid {os.getuid()}"
+
+
+def main(argv: list[str], stdin: Any = None) -> int:
+    who = caller()
+    sudo = "SUDO_UID" in os.environ
+    os.environ.clear()                       # nothing of the caller's reaches a child
+    os.umask(0o077)
+    config = DEFAULT_CONFIG
+    if argv[:1] == ["--config"] and len(argv) >= 2:
+        if sudo or os.getuid() != 0:
+            print("secureops: --config is for root itself only", file=sys.stderr)
+            return DENIED
+        config, argv = Path(argv[1]), argv[2:]
+    try:
+        layout = load(config, must_be_root_owned=os.geteuid() == 0)
+    except Denied as exc:
+        print(f"secureops: {exc}", file=sys.stderr)
+        return DENIED
+    return handle(layout, argv, stdin if stdin is not None else sys.stdin, who,
+                  same_user=False)
+
+
+def handle(layout: Layout, argv: list[str], stdin: Any, who: str, *, same_user: bool) -> int:
+    """Check and do one request; every outcome is logged."""
+    verb = argv[0] if argv else ""
+    app = argv[1] if len(argv) > 1 else ""
+    try:
+        if len(argv) != 2 or verb not in verbs.TABLE:
+            raise Denied(f"usage: secureops VERB APP, VERB one of {', '.join(verbs.TABLE)}")
+        checks.app_name(app)
+        entry = verbs.TABLE[verb]
+        spec = _read_spec(stdin) if entry.takes_spec else None
+        request = verbs.Request(layout, app, spec, same_user)
+        audit.record(layout.log, who, verb, app, "allow")
+        status = entry.run(request)
+    except Denied as exc:
+        audit.record(layout.log, who, verb, app, "deny", str(exc))
+        print(f"secureops: refused: {exc}", file=sys.stderr)
+        return DENIED
+    except Exception as exc:   # fail closed, and say what failed
+        audit.record(layout.log, who, verb, app, "error", f"{type(exc).__name__}: {exc}")
+        print(f"secureops: {verb} {app} failed: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    return status
+
+
+def _read_spec(stdin: Any) -> Any:
+    raw = stdin.read(MAX_SPEC + 1)
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if len(raw) > MAX_SPEC:
+        raise Denied(f"the spec is larger than {MAX_SPEC} bytes")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise Denied("the spec is not JSON") from None

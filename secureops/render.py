@@ -1,0 +1,62 @@
+"""The supervisor programs of one app, rendered here (pure): `user=` is always the app's
+user, the log always in the app's log directory, and every value escaped for
+supervisor's config (which expands %(name)s and splits commands like a shell)."""
+
+from __future__ import annotations
+
+import shlex
+
+from secureops.checks import PROCESS_NUM, ProgramSpec
+from secureops.layout import Denied, Layout
+
+
+def _ini(value: str, *, numbered: bool = False) -> str:
+    if any(c in value for c in "\0\n\r"):
+        raise Denied("a newline cannot go into a supervisor config")
+    escaped = value.replace("%", "%%")
+    # With numprocs, %(process_num)d is let through: each process learns its number.
+    return escaped.replace(PROCESS_NUM.replace("%", "%%"), PROCESS_NUM) if numbered else escaped
+
+
+def _env(environment: dict[str, str]) -> str:
+    parts = []
+    for key, value in sorted(environment.items()):
+        if '"' in value or "\\" in value:
+            raise Denied(f"environment {key}: a quote or backslash cannot go into supervisor's "
+                         "environment line; pass it in the release's env file")
+        parts.append(f'{key}="{_ini(value)}"')
+    return ",".join(parts)
+
+
+def programs(layout: Layout, app: str, specs: list[ProgramSpec]) -> str:
+    """conf.d/app-<app>.conf for these programs."""
+    user = layout.user(app)
+    sections = [f"; Rendered by secureops for {app}; user= is always {user}."]
+    for spec in specs:
+        numbered = spec.numprocs > 0
+        command = " ".join(shlex.quote(a) for a in spec.command)
+        lines = [
+            f"[program:{spec.name}]",
+            f"command={_ini(command, numbered=numbered)}",
+            f"directory={_ini(str(spec.directory))}",
+            f"user={user}",
+            "autostart=true",
+            "autorestart=true",
+            f"startsecs={spec.startsecs}",
+            "startretries=5",
+            f"stopsignal={spec.stopsignal}",
+            f"stopwaitsecs={spec.stopwaitsecs}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={_ini(str(layout.logs / app / spec.log_name), numbered=numbered)}",
+            "stdout_logfile_maxbytes=10MB",
+            "stdout_logfile_backups=3",
+        ]
+        if numbered:
+            lines += [f"numprocs={spec.numprocs}", "numprocs_start=1",
+                      f"process_name=%(program_name)s.{PROCESS_NUM}"]
+        if spec.environment:
+            lines.append(f"environment={_env(spec.environment)}")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n"

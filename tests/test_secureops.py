@@ -1,0 +1,387 @@
+"""secureops, called as Opus calls it (`python -I -m secureops VERB APP`, a spec on
+stdin): a table of hostile requests, each refused and logged; real per-app users
+(unique names, removed afterwards) that cannot reach each other's files or processes;
+a hostile environment; concurrent calls; and the same checks in same-user mode."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secureops import cli
+from secureops.layout import Layout
+
+FRONT_GROUP = "nogroup"
+
+
+@pytest.fixture()
+def home(tmp_path: Path) -> Iterator[tuple[Layout, Path]]:
+    """An Opus home for secureops and its root-owned config."""
+    base = Path(f"/tmp/secureops-{secrets.token_hex(4)}")
+    home = base / "opus"
+    for path in (home / "apps", home / "supervisor" / "conf.d", home / "logs"):
+        path.mkdir(parents=True)
+    base.chmod(0o755)
+    for path in (home, home / "apps"):
+        path.chmod(0o755)
+    config = tmp_path / "secureops.json"
+    log = tmp_path / "secureops.log"
+    config.write_text(json.dumps({"home": str(home), "front_group": FRONT_GROUP,
+                                  "log": str(log)}))
+    config.chmod(0o644)
+    try:
+        yield Layout(home, FRONT_GROUP, log), config
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def call(config: Path, *argv: str, spec: Any = None, raw: str | None = None,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    text = raw if raw is not None else ("" if spec is None else json.dumps(spec))
+    return subprocess.run([sys.executable, "-I", "-m", "secureops", "--config", str(config),
+                           *argv], input=text, capture_output=True, text=True, timeout=60,
+                          env=env if env is not None else {"PATH": "/usr/bin:/bin"},
+                          check=False)
+
+
+def log_lines(layout: Layout) -> list[dict[str, str]]:
+    if not layout.log.exists():
+        return []
+    return [json.loads(line) for line in layout.log.read_text().splitlines()]
+
+
+def web_program(layout: Layout, app: str, **changes: Any) -> dict[str, Any]:
+    slug = layout.app_dir(app) / "releases" / "v1"
+    program = {"name": f"{app}-web-v1-p20000",
+               "command": [str(slug / ".opus" / "venv" / "bin" / "python"), "-m", "x"],
+               "directory": str(slug), "log_name": "web.log",
+               "environment": {"HOME": str(layout.app_dir(app) / "home")}}
+    program.update(changes)
+    return {"programs": [program]}
+
+
+# ---- the hostile table ------------------------------------------------------------------
+
+APP = "shop"
+LONG = "a" * 31
+
+
+def hostile_requests(layout: Layout) -> list[tuple[list[str], Any, str]]:
+    """(argv, spec or raw text, what the refusal says) — each must be refused."""
+    other = str(layout.app_dir("other") / "releases" / "v1" / "bin" / "python")
+    slug = str(layout.app_dir(APP) / "releases" / "v1")
+    return [
+        # names
+        (["hand-over", ""], None, "invalid app name"),
+        (["hand-over", "Shop"], None, "invalid app name"),
+        (["hand-over", "-rf"], None, "invalid app name"),
+        (["hand-over", "shop;id"], None, "invalid app name"),
+        (["hand-over", "shop\nid"], None, "invalid app name"),
+        (["hand-over", "../etc"], None, "invalid app name"),
+        (["hand-over", "shop/../../etc"], None, "invalid app name"),
+        (["hand-over", "..."], None, "invalid app name"),
+        (["hand-over", LONG], None, "invalid app name"),
+        (["hand-over", "shop-"], None, "invalid app name"),
+        (["hand-over", "1shop"], None, "invalid app name"),
+        (["hand-over", "opus"], None, "invalid app name"),
+        (["hand-over", "sh\u00f6p"], None, "invalid app name"),
+        (["hand-over", "shop "], None, "invalid app name"),
+        # verbs and arity
+        (["chown", APP], None, "usage"),
+        (["HAND-OVER", APP], None, "usage"),
+        (["run-as-root", APP], None, "usage"),
+        (["hand-over"], None, "usage"),
+        (["hand-over", APP, "/etc"], None, "usage"),
+        ([], None, "usage"),
+        # a missing user
+        (["hand-over", APP], None, "does not exist"),
+        (["user-delete", APP], None, "does not exist"),
+        # programs: spec injection
+        (["programs-install", APP], "not json", "not JSON"),
+        (["programs-install", APP], "x" * 70_000, "larger than"),
+        (["programs-install", APP], {"programs": "all"}, "must be a list"),
+        (["programs-install", APP], {"programs": [], "user": "root"}, "unknown keys"),
+        (["programs-install", APP], web_program(layout, APP, user="root"), "unknown keys"),
+        (["programs-install", APP], web_program(layout, APP, command=["/bin/sh", "-c", "id"]),
+         "not inside the app's releases"),
+        (["programs-install", APP], web_program(layout, APP, command=[other]),
+         "not inside the app's releases"),
+        (["programs-install", APP], web_program(layout, APP, command=[slug + "/../../x"]),
+         "not inside the app's releases"),
+        (["programs-install", APP], web_program(layout, APP, command=["bin/python"]),
+         "not inside the app's releases"),
+        (["programs-install", APP], web_program(layout, APP, command=[]), "1 to 256"),
+        (["programs-install", APP], web_program(layout, APP, command=[slug + "/py\0"]),
+         "one line of text"),
+        (["programs-install", APP], web_program(layout, APP, directory="/"),
+         "not inside the app's releases"),
+        (["programs-install", APP], web_program(layout, APP, name="other-web-v1-p20002"),
+         "is not one of shop's"),
+        (["programs-install", APP], web_program(layout, APP, name="shop.web;x"),
+         "is not one of shop's"),
+        (["programs-install", APP], web_program(layout, APP, name="opus-sshd"),
+         "is not one of shop's"),
+        (["programs-install", APP], web_program(layout, APP, log_name="../../etc/passwd"),
+         "not a plain log file name"),
+        (["programs-install", APP], web_program(layout, APP, log_name="%(here)s.log"),
+         "not a plain log file name"),
+        (["programs-install", APP], web_program(layout, APP, environment={"LD_PRELOAD": "x"}),
+         "is not allowed"),
+        (["programs-install", APP], web_program(layout, APP, environment={"A B": "x"}),
+         "is not allowed"),
+        (["programs-install", APP], web_program(layout, APP, environment={"A": "x\ny"}),
+         "one line of text"),
+        (["programs-install", APP], web_program(layout, APP, numprocs=100), "whole number"),
+        (["programs-install", APP], web_program(layout, APP, numprocs=True), "whole number"),
+        (["programs-install", APP], web_program(layout, APP, stopsignal="STOP"), "stopsignal"),
+        (["programs-install", APP], {"programs": [web_program(layout, APP)["programs"][0]] * 2},
+         "same name"),
+        # run: what it runs, where, with what
+        (["run", APP], {"argv": ["id"], "cwd": slug, "env": {}}, "absolute path"),
+        (["run", APP], {"argv": ["/usr/bin/../bin/id"], "cwd": slug, "env": {}},
+         "absolute path"),
+        (["run", APP], {"argv": ["/usr/bin/id"], "cwd": "/root", "env": {}}, "not inside"),
+        (["run", APP], {"argv": ["/usr/bin/id"], "cwd": str(layout.app_dir("other")),
+                        "env": {}}, "not inside"),
+        (["run", APP], {"argv": ["/usr/bin/id"], "cwd": slug, "env": {"LD_PRELOAD": "/x"}},
+         "is not allowed"),
+        (["run", APP], {"argv": ["/usr/bin/id"], "cwd": slug, "env": {"PYTHONHOME": "/x"}},
+         "is not allowed"),
+        (["run", APP], {"argv": ["/usr/bin/id"], "cwd": slug}, "missing keys"),
+        (["run", APP], {"argv": ["/usr/bin/id"], "cwd": slug, "env": {}, "user": "root"},
+         "unknown keys"),
+    ]
+
+
+def test_every_hostile_request_is_refused_and_logged(home: tuple[Layout, Path]) -> None:
+    layout, config = home
+    table = hostile_requests(layout)
+    assert len(table) >= 40
+    for argv, spec, said in table:
+        before = len(log_lines(layout))
+        if isinstance(spec, str):
+            result = call(config, *argv, raw=spec)
+        else:
+            result = call(config, *argv, spec=spec)
+        assert result.returncode == cli.DENIED, (argv, spec, result.stderr)
+        assert said in result.stderr, (argv, said, result.stderr)
+        logged = log_lines(layout)[before:]
+        assert logged and logged[-1]["outcome"] == "deny", (argv, logged)
+    # Nothing was written for any of them.
+    assert list(layout.conf_d.iterdir()) == []
+
+
+def test_same_user_mode_refuses_the_same_requests(home: tuple[Layout, Path]) -> None:
+    import io
+    layout, _config = home
+    for argv, spec, said in hostile_requests(layout):
+        if "does not exist" in said:
+            continue      # same-user mode has no per-app user to miss
+        text = spec if isinstance(spec, str) else json.dumps(spec)
+        status = cli.handle(layout, argv, io.StringIO(text), "test", same_user=True)
+        assert status == cli.DENIED, (argv, spec)
+
+
+def test_the_config_must_be_roots_alone(home: tuple[Layout, Path]) -> None:
+    _layout, config = home
+    config.chmod(0o666)
+    result = call(config, "hand-over", APP)
+    assert result.returncode == cli.DENIED and "writable by root only" in result.stderr
+
+
+def test_config_can_be_chosen_only_by_root_itself(home: tuple[Layout, Path]) -> None:
+    _layout, config = home
+    result = call(config, "hand-over", APP, env={"PATH": "/usr/bin", "SUDO_UID": "1000"})
+    assert result.returncode == cli.DENIED and "--config is for root itself" in result.stderr
+
+
+# ---- real users ---------------------------------------------------------------------------
+
+@pytest.fixture()
+def apps(home: tuple[Layout, Path]) -> Iterator[tuple[Layout, Path, list[str]]]:
+    """Two apps with users of their own (unique names; removed afterwards)."""
+    if os.geteuid() != 0:
+        pytest.skip("creating users needs root")
+    layout, config = home
+    names = [f"t{secrets.token_hex(4)}", f"t{secrets.token_hex(4)}"]
+    try:
+        for app in names:
+            top = layout.app_dir(app)
+            (top / "releases" / "v1" / "static").mkdir(parents=True)
+            (top / "releases" / "v1" / "app.py").write_text("print('hi')\n")
+            (top / "releases" / "v1" / "static" / "site.css").write_text("body {}\n")
+            (top / "data").mkdir()
+            (top / "data" / "db.sqlite3").write_text(f"secret of {app}\n")
+            top.chmod(0o755)
+            result = call(config, "user-create", app)
+            assert result.returncode == 0, result.stderr
+            assert call(config, "hand-over", app).returncode == 0
+        yield layout, config, names
+    finally:
+        for app in names:
+            subprocess.run(["userdel", f"opus-{app}"], capture_output=True, check=False)
+
+
+def run_as(config: Path, layout: Layout, app: str, *argv: str,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return call(config, "run", app, spec={"argv": list(argv),
+                                          "cwd": str(layout.app_dir(app) / "releases" / "v1"),
+                                          "env": env or {}})
+
+
+def test_users_are_made_as_opus_expects(apps: tuple[Layout, Path, list[str]]) -> None:
+    layout, config, (app, _other) = apps
+    entry = pwd.getpwnam(f"opus-{app}")
+    assert entry.pw_dir == str(layout.app_dir(app)) and entry.pw_shell == "/usr/sbin/nologin"
+    assert 0 < entry.pw_uid < 1000
+    assert call(config, "user-create", app).returncode == 0      # again: harmless
+    assert run_as(config, layout, app, "/usr/bin/id", "-u").stdout.strip() == \
+        str(entry.pw_uid)
+    groups = run_as(config, layout, app, "/usr/bin/id", "-G").stdout.split()
+    assert groups == [str(entry.pw_gid)]            # supplementary groups dropped
+
+
+def test_hand_over_sets_owners_and_modes(apps: tuple[Layout, Path, list[str]]) -> None:
+    layout, _config, (app, _other) = apps
+    entry = pwd.getpwnam(f"opus-{app}")
+    top = layout.app_dir(app)
+    code = (top / "releases" / "v1" / "app.py").stat()
+    data = (top / "data").stat()
+    database = (top / "data" / "db.sqlite3").stat()
+    assert (code.st_uid, stat.S_IMODE(code.st_mode)) == (entry.pw_uid, 0o640)
+    assert code.st_gid == 65534                     # nogroup: the front's children read
+    assert (data.st_uid, stat.S_IMODE(data.st_mode)) == (entry.pw_uid, 0o700)
+    assert (database.st_uid, stat.S_IMODE(database.st_mode)) == (entry.pw_uid, 0o600)
+
+
+def test_a_symlink_in_the_tree_is_never_followed(apps: tuple[Layout, Path, list[str]],
+                                                 tmp_path: Path) -> None:
+    layout, config, (app, _other) = apps
+    outside = tmp_path / "outside.txt"
+    outside.write_text("root's")
+    outside.chmod(0o644)
+    (layout.app_dir(app) / "data" / "link").symlink_to(outside)
+    (layout.app_dir(app) / "data" / "dirlink").symlink_to(tmp_path)
+    assert call(config, "hand-over", app).returncode == 0
+    assert outside.stat().st_uid == 0 and stat.S_IMODE(outside.stat().st_mode) == 0o644
+    assert tmp_path.stat().st_uid == 0
+    # A whole tree swapped for a symlink is refused.
+    shutil.rmtree(layout.app_dir(app) / "data")
+    (layout.app_dir(app) / "data").symlink_to(tmp_path)
+    result = call(config, "hand-over", app)
+    assert result.returncode == cli.DENIED and "not a plain directory" in result.stderr
+    assert tmp_path.stat().st_uid == 0
+
+
+def test_one_apps_user_cannot_reach_anothers(apps: tuple[Layout, Path, list[str]]) -> None:
+    layout, config, (app, other) = apps
+    mine = layout.app_dir(app) / "data" / "db.sqlite3"
+    theirs = layout.app_dir(other) / "data" / "db.sqlite3"
+    assert run_as(config, layout, app, "/usr/bin/cat", str(mine)).returncode == 0
+    for argv in (["/usr/bin/cat", str(theirs)],
+                 ["/usr/bin/cat", str(layout.app_dir(other) / "releases" / "v1" / "app.py")],
+                 ["/usr/bin/ls", str(layout.app_dir(other) / "data")],
+                 ["/usr/bin/touch", str(layout.app_dir(other) / "releases" / "v1" / "x")],
+                 ["/usr/bin/touch", str(layout.home / "opus.db")],
+                 ["/usr/bin/touch", str(layout.conf_d / "evil.conf")]):
+        result = run_as(config, layout, app, *argv)
+        assert result.returncode != 0, argv
+    # Signalling the other app's process fails.
+    entry = pwd.getpwnam(f"opus-{other}")
+    victim = subprocess.Popen(["/usr/bin/sleep", "60"], user=entry.pw_uid, group=entry.pw_gid,
+                              extra_groups=[])
+    try:
+        result = run_as(config, layout, app, "/usr/bin/kill", "-0", str(victim.pid))
+        assert result.returncode != 0 and victim.poll() is None
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+
+
+def test_a_hostile_environment_reaches_neither_secureops_nor_the_step(
+        apps: tuple[Layout, Path, list[str]], tmp_path: Path) -> None:
+    layout, config, (app, _other) = apps
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "imported"
+    (evil / "json.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    env = {"PATH": f"{evil}:/usr/bin:/bin", "PYTHONPATH": str(evil), "LD_PRELOAD": "",
+           "LD_LIBRARY_PATH": str(evil), "PYTHONHOME": str(evil), "BASH_ENV": str(evil)}
+    result = call(config, "run", app, env=env,
+                  spec={"argv": ["/usr/bin/env"], "env": {"LANG": "C.UTF-8"},
+                        "cwd": str(layout.app_dir(app) / "releases" / "v1")})
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+    seen = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert seen == {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+                    "HOME": str(layout.app_dir(app))}
+
+
+def test_programs_are_rendered_with_the_apps_user_forced(
+        apps: tuple[Layout, Path, list[str]]) -> None:
+    layout, config, (app, _other) = apps
+    spec = web_program(layout, app)
+    worker = {"name": f"{app}.worker", "numprocs": 2, "log_name": "worker.%(process_num)d.log",
+              "command": [str(layout.app_dir(app) / "releases" / "v1" / "bin" / "python"),
+                          "-c", "print('100%')"],
+              "directory": str(layout.app_dir(app) / "releases" / "v1")}
+    spec["programs"].append(worker)
+    assert call(config, "programs-install", app, spec=spec).returncode == 0
+    parsed = configparser.RawConfigParser()
+    parsed.read(layout.conf_d / f"app-{app}.conf")
+    web = parsed[f"program:{app}-web-v1-p20000"]
+    assert web["user"] == f"opus-{app}"
+    assert web["stdout_logfile"] == str(layout.logs / app / "web.log")
+    numbered = parsed[f"program:{app}.worker"]
+    assert numbered["user"] == f"opus-{app}" and numbered["numprocs"] == "2"
+    assert "100%%" in numbered["command"]
+    assert numbered["stdout_logfile"].endswith("/worker.%(process_num)d.log")
+    assert call(config, "programs-remove", app).returncode == 0
+    assert not (layout.conf_d / f"app-{app}.conf").exists()
+
+
+def test_concurrent_installs_leave_one_whole_file(apps: tuple[Layout, Path, list[str]]) -> None:
+    layout, config, (app, _other) = apps
+    results: list[int] = []
+
+    def install(number: int) -> None:
+        spec = web_program(layout, app, name=f"{app}-web-v{number}-p20000")
+        results.append(call(config, "programs-install", app, spec=spec).returncode)
+
+    threads = [threading.Thread(target=install, args=(n,)) for n in range(1, 9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [0] * 8
+    parsed = configparser.RawConfigParser()
+    parsed.read(layout.conf_d / f"app-{app}.conf")
+    assert len(parsed.sections()) == 1 and parsed.sections()[0].startswith(f"program:{app}-web-v")
+    assert [p.name for p in layout.conf_d.iterdir()] == [f"app-{app}.conf"]   # no leftovers
+
+
+def test_user_delete_removes_only_secureops_users(apps: tuple[Layout, Path, list[str]]) -> None:
+    _layout, config, (app, _other) = apps
+    assert call(config, "user-delete", app).returncode == 0
+    with pytest.raises(KeyError):
+        pwd.getpwnam(f"opus-{app}")
+    # A user by that name that secureops did not make is left alone.
+    subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                    f"opus-{app}"], check=True)
+    result = call(config, "user-delete", app)
+    assert result.returncode == cli.DENIED and "not made by secureops" in result.stderr
+    pwd.getpwnam(f"opus-{app}")
