@@ -14,6 +14,7 @@ import errno
 import grp
 import os
 import pwd
+import signal
 import stat
 import subprocess
 from collections.abc import Callable
@@ -217,7 +218,11 @@ def _replace(layout: Layout, name: str, text: str) -> None:
 def run(request: Request) -> int:
     """Run the spec's command as the app's user (supplementary groups dropped), in its
     directory, with exactly the spec's environment (PATH made safe if missing). Its
-    output goes where secureops's own goes; its exit status is secureops's."""
+    output goes where secureops's own goes; its exit status is secureops's.
+
+    The step gets a process group of its own. When secureops is told to stop (SIGTERM,
+    SIGINT or SIGHUP: sudo relays these from Opus, which may not signal the app's user
+    itself), the whole group is killed, so nothing the step started outlives it."""
     spec = checks.run(request.layout, request.app, request.spec)
     env = {"PATH": SAFE_PATH, **spec.env}
     identity: dict[str, Any] = {}
@@ -225,9 +230,23 @@ def run(request: Request) -> int:
         entry = app_user(request)
         identity = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         env["HOME"] = env.get("HOME", entry.pw_dir)
-    completed = subprocess.run(spec.argv, cwd=str(spec.cwd), env=env,
-                               stdin=subprocess.DEVNULL, check=False, **identity)
-    return completed.returncode
+    child = subprocess.Popen(spec.argv, cwd=str(spec.cwd), env=env, stdin=subprocess.DEVNULL,
+                             start_new_session=True, **identity)
+
+    def stop(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+
+    previous = {sig: signal.signal(sig, stop)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        status = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)      # what it left behind, too
+    return status if status >= 0 else 128 - status
 
 
 TABLE: dict[str, Verb] = {

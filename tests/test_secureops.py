@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -385,3 +386,41 @@ def test_user_delete_removes_only_secureops_users(apps: tuple[Layout, Path, list
     result = call(config, "user-delete", app)
     assert result.returncode == cli.DENIED and "not made by secureops" in result.stderr
     pwd.getpwnam(f"opus-{app}")
+
+
+def test_stopping_a_step_kills_everything_it_started(apps: tuple[Layout, Path, list[str]],
+                                                     tmp_path: Path) -> None:
+    layout, config, (app, _other) = apps
+    marker = secrets.token_hex(6)
+    spec = {"argv": ["/bin/sh", "-c", f"sleep 300 & exec sleep 301 # {marker}"],
+            "cwd": str(layout.app_dir(app) / "releases" / "v1"), "env": {}}
+    helper = subprocess.Popen([sys.executable, "-I", "-m", "secureops", "--config",
+                               str(config), "run", app], stdin=subprocess.PIPE,
+                              env={"PATH": "/usr/bin:/bin"})
+    assert helper.stdin is not None
+    helper.stdin.write(json.dumps(spec).encode())
+    helper.stdin.close()
+    uid = pwd.getpwnam(f"opus-{app}").pw_uid
+
+    def sleepers() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if entry.stat().st_uid == uid and \
+                            (entry / "cmdline").read_bytes().startswith(b"sleep"):
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return found
+
+    deadline = time.monotonic() + 10
+    while len(sleepers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(sleepers()) == 2
+    helper.send_signal(signal.SIGTERM)
+    assert helper.wait(timeout=10) != 0
+    deadline = time.monotonic() + 5
+    while sleepers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sleepers() == []
