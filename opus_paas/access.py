@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from opus_paas import names
-from opus_paas.errors import Forbidden, NotFound
+from opus_paas.errors import Forbidden, NotFound, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, User
 
@@ -88,3 +88,29 @@ def app_or_creatable(settings: Settings, store: Store, actor: Actor, name: str) 
     if store.get_app(name) is None and may_create(settings, actor):
         return None
     return app_for(store, actor, name)
+
+
+def _user(store: Store, name: str) -> User:
+    user = store.get_user(name)
+    if user is None:
+        raise NotFound(f"no user {name}; `opus users` lists them")
+    return user
+
+
+def add_collaborator(store: Store, actor: Actor, app_name: str, user_name: str) -> tuple[App, User]:
+    """Let `user_name` push to and manage the config of the app (its owner or an admin
+    decides)."""
+    app = app_for(store, actor, app_name, manage=True)
+    user = _user(store, user_name)
+    store.grant(app, user)
+    return app, user
+
+
+def remove_collaborator(store: Store, actor: Actor, app_name: str,
+                        user_name: str) -> tuple[App, User]:
+    app = app_for(store, actor, app_name, manage=True)
+    user = _user(store, user_name)
+    if not store.revoke(app, user):
+        raise UsageError(f"{user.name} is not a collaborator on {app.name}; "
+                         f"`opus access {app.name}` lists them")
+    return app, user

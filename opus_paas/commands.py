@@ -454,19 +454,13 @@ def cmd_access(ctx: Context, args: list[str]) -> None:
 
 def cmd_access_add(ctx: Context, args: list[str]) -> None:
     _arity("opus access:add APP USER", args, 2)
-    app = access.app_for(ctx.store, ctx.actor, args[0], manage=True)
-    user = keys.get_user(ctx.store, args[1])
-    ctx.store.grant(app, user)
+    app, user = access.add_collaborator(ctx.store, ctx.actor, args[0], args[1])
     ctx.out(f"{user.name} may now push to and manage the config of {app.name}.")
 
 
 def cmd_access_remove(ctx: Context, args: list[str]) -> None:
     _arity("opus access:remove APP USER", args, 2)
-    app = access.app_for(ctx.store, ctx.actor, args[0], manage=True)
-    user = keys.get_user(ctx.store, args[1])
-    if not ctx.store.revoke(app, user):
-        raise UsageError(f"{user.name} is not a collaborator on {app.name}; "
-                         f"`opus access {app.name}` lists them")
+    app, user = access.remove_collaborator(ctx.store, ctx.actor, args[0], args[1])
     ctx.out(f"{user.name} may no longer use {app.name}.")
 
 

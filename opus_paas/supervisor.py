@@ -193,6 +193,8 @@ class Supervisor:
                 raise
 
     def process_state(self, name: str) -> str:
+        if not self.socket.exists():
+            return "ABSENT"     # (and no socket is left open by a failed connect)
         try:
             return str(self._proxy().getProcessInfo(name)["statename"])
         except xmlrpc.client.Fault:

@@ -173,5 +173,14 @@ def test_the_dashboard_in_a_browser(opus: Opus, admin_key: SshKey, browser: Any,
         memory = figures["Memory"].find_element("css selector", ".latest").text
         return min(heights) < 120 and memory.endswith("MiB")
     wait_for(charted, "requests and memory on the charts", 45)
-    browser.execute_script("window.scrollTo(0, 0)")
+    browser.set_window_size(1280, 2800)      # the whole page in one picture
     shot(browser, "3-app")
+    browser.set_window_size(1280, 1200)
+
+    # Keys and users: the admin's key is listed, and every user.
+    browser.get(f"{base}/keys")
+    assert "SHA256:" in css(browser, "table.keys").text
+    shot(browser, "5-keys")
+    browser.get(f"{base}/users")
+    assert css(browser, "tr[data-user=admin]")
+    shot(browser, "6-users")

@@ -295,7 +295,9 @@ def test_a_developer_cannot_see_or_touch_another_developers_app(app: Flask,
                        ("/apps/shop/rollback", {"version": "1"}),
                        ("/apps/shop/config", {"key": "EVIL", "value": "1"}),
                        ("/apps/shop/config/unset", {"key": "SECRET"}),
-                       ("/apps/shop/domains", {"domain": "evil.example.com"})):
+                       ("/apps/shop/domains", {"domain": "evil.example.com"}),
+                       ("/apps/shop/access", {"user": "dev2"}),
+                       ("/apps/shop/destroy", {"confirm": "shop"})):
         reply = stranger.post(path, data={**data, "csrf_token": token})
         assert reply.status_code == 404, (path, reply.status_code)
     store = store_of(home)
@@ -524,3 +526,46 @@ def test_an_app_whose_release_is_gone_still_has_a_page(app: Flask, home: Setting
     store.set_live(app_row, 3, 20000)
     page = signed_in(app, "dev1").get("/apps/shop")
     assert page.status_code == 200 and "release v3" in page.text
+
+
+def test_the_owner_manages_who_may_use_the_app(app: Flask, home: Settings) -> None:
+    owner = signed_in(app, "dev1")
+    added = owner.post("/apps/shop/access", data={"user": "dev2",
+                                                  "csrf_token": csrf(owner, "/apps/shop")},
+                       follow_redirects=True)
+    assert "dev2 may now push to and manage the config of shop" in added.text
+    collaborator = signed_in(app, "dev2")
+    page = collaborator.get("/apps/shop")
+    assert page.status_code == 200
+    assert "Add collaborator" not in page.text and "Destroy shop" not in page.text
+    token = csrf(collaborator, "/apps/shop")
+    for path, data in (("/apps/shop/access", {"user": "root"}),
+                       ("/apps/shop/access/remove", {"user": "dev2"}),
+                       ("/apps/shop/destroy", {"confirm": "shop"})):
+        reply = collaborator.post(path, data={**data, "csrf_token": token},
+                                  follow_redirects=True)
+        assert "only dev1 (the owner) or an admin may do that" in reply.text, path
+    store = store_of(home)
+    app_row = store.get_app("shop")
+    assert app_row is not None and store.collaborators(app_row) == ["dev2"]
+    nobody = owner.post("/apps/shop/access", data={"user": "ghost",
+                                                   "csrf_token": csrf(owner, "/apps/shop")},
+                        follow_redirects=True)
+    assert "no user ghost" in nobody.text
+    owner.post("/apps/shop/access/remove", data={"user": "dev2",
+                                                 "csrf_token": csrf(owner, "/apps/shop")})
+    assert collaborator.get("/apps/shop").status_code == 404
+
+
+def test_destroying_needs_the_name_typed(app: Flask, home: Settings) -> None:
+    owner = signed_in(app, "dev1")
+    wrong = owner.post("/apps/shop/destroy", data={"confirm": "shop2",
+                                                   "csrf_token": csrf(owner, "/apps/shop")},
+                       follow_redirects=True)
+    assert "type its name in the box" in wrong.text
+    assert store_of(home).get_app("shop") is not None
+    done = owner.post("/apps/shop/destroy", data={"confirm": "shop",
+                                                  "csrf_token": csrf(owner, "/apps/shop")},
+                      follow_redirects=True)
+    assert done.request.path == "/" and "Destroyed shop" in done.text
+    assert store_of(home).get_app("shop") is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from opus_paas import access, apps, deploy, metrics, names, ps, release
@@ -71,6 +71,8 @@ def show(name: str) -> str:
         domains=deploy.app_domains(settings, store, app),
         custom_domains=store.domains(app),
         builds=store.list_builds(app)[:20],
+        collaborators=store.collaborators(app),
+        may_manage=access.may_manage(context.actor(), app),
         charts=_charts(app),
     )
 
@@ -168,6 +170,32 @@ def _change_domain(name: str, *, add: bool) -> BaseResponse:
 
 def _released(what: str, version: int | None) -> str:
     return f"{what}; v{version} is live." if version else f"{what}; the next deploy takes it."
+
+
+@bp.route("/apps/<name>/access", methods=["POST"])
+def access_add(name: str) -> BaseResponse:
+    app, user = access.add_collaborator(context.store(), context.actor(), name,
+                                        forms.field("user", 64).strip())
+    return forms.done(f"{user.name} may now push to and manage the config of {app.name}.",
+                      [], _here(name))
+
+
+@bp.route("/apps/<name>/access/remove", methods=["POST"])
+def access_remove(name: str) -> BaseResponse:
+    app, user = access.remove_collaborator(context.store(), context.actor(), name,
+                                           forms.field("user", 64))
+    return forms.done(f"{user.name} may no longer use {app.name}.", [], _here(name))
+
+
+@bp.route("/apps/<name>/destroy", methods=["POST"])
+def destroy(name: str) -> BaseResponse:
+    app = context.get_app(name, manage=True)
+    if forms.field("confirm", 64) != app.name:
+        raise UsageError(f"destroying {app.name} deletes its code, releases and data for "
+                         "good; to go ahead, type its name in the box")
+    apps.destroy(context.settings(), context.store(), context.actor(), app.name, app.name)
+    flash(f"Destroyed {app.name}: its code, releases, data and logs are gone.", "info")
+    return redirect(url_for("apps.index"), code=303)
 
 
 @bp.route("/apps/<name>/builds/<int:build_id>")
