@@ -32,17 +32,24 @@ def processes(settings: Settings, store: Store, actor: Actor, name: str) -> list
     """The app's processes as supervisor sees them, web first; a process that keeps
     dying says so (its crashes and when it starts again)."""
     app = access.app_for(store, actor, name)
+    return visible_processes(settings, store, actor, [app]).get(app.name, [])
+
+
+def visible_processes(settings: Settings, store: Store, actor: Actor,
+                      apps: list[App]) -> dict[str, list[dict[str, Any]]]:
+    """`processes` for each of `apps` the actor may use, asking supervisor once."""
+    wanted = {a.name: a for a in apps if access.may_use(actor, a, store.collaborators(a))}
     supervisor = Supervisor(settings)
-    if not supervisor.is_running():
-        return []
+    if not wanted or not supervisor.is_running():
+        return {}
     now = time.time()
-    found = []
+    found: dict[str, list[dict[str, Any]]] = {}
     for p in supervisor.processes():
         group = str(p["group"])
         owner = deploy.program_owner(group)
-        if owner is None or owner[0] != app.name:
+        if owner is None or owner[0] not in wanted:
             continue
-        kind = owner[1]
+        app, kind = wanted[owner[0]], owner[1]
         if kind == "web":
             number, count = 1, app.web_processes
         else:
@@ -54,8 +61,10 @@ def processes(settings: Settings, store: Store, actor: Actor, name: str) -> list
                  "processes": count}
         entry.update(_backoff_state(settings, app,
                                     group if kind == "web" else f"{kind}.{number}", now))
-        found.append(entry)
-    return sorted(found, key=lambda e: (e["type"] != "web", e["type"], e["number"]))
+        found.setdefault(app.name, []).append(entry)
+    for entries in found.values():
+        entries.sort(key=lambda e: (e["type"] != "web", e["type"], e["number"]))
+    return found
 
 
 def _backoff_state(settings: Settings, app: App, name: str, now: float) -> dict[str, Any]:

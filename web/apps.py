@@ -24,16 +24,13 @@ MAX_BUILD_OUTPUT = 2 << 20     # bytes of a build's output shown
 @bp.route("/")
 def index() -> str:
     rows = []
-    for app in access.visible_apps(context.store(), context.actor()):
-        try:
-            found = ps.processes(context.settings(), context.store(), context.actor(),
-                                 app.name)
-        except NotFound:
-            continue       # destroyed meanwhile
+    listed = access.visible_apps(context.store(), context.actor())
+    running = ps.visible_processes(context.settings(), context.store(), context.actor(), listed)
+    for app in listed:
         releases = context.store().list_releases(app)
         rows.append({
             "app": app,
-            "status": app_status(app, found),
+            "status": app_status(app, running.get(app.name, [])),
             "scale": _scale_text(app),
             "url": apps.info(context.settings(), context.store(), app)["url"],
             "deployed": releases[0].created if releases else None,
