@@ -4,7 +4,6 @@ domains, builds, and charts of its traffic and memory."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
@@ -71,6 +70,8 @@ def show(name: str) -> str:
         collaborators=store.collaborators(app),
         may_manage=access.may_manage(context.actor(), app),
         charts=_charts(app),
+        max_web=ps.MAX_WEB_PROCESSES,
+        max_type=ps.MAX_TYPE_PROCESSES,
     )
 
 
@@ -209,9 +210,3 @@ def build_output(name: str, build_id: int) -> str:
     return render_template("apps/build.html", app=app, build=found[0],
                            lines=[context.shown(line) for line in text.splitlines()])
 
-
-def scale_choices() -> dict[str, Any]:
-    return {"max_web": ps.MAX_WEB_PROCESSES, "max_type": ps.MAX_TYPE_PROCESSES}
-
-
-bp.app_context_processor(scale_choices)
