@@ -1,12 +1,14 @@
 """`secureops VERB APP` (a spec, if the verb takes one, on standard input).
 
-Exit status: the verb's (0: done; a step's own status for `run`), 2 when refused.
-The environment is cleared first; the config comes from its fixed root-owned place
-(`--config PATH` only when root itself calls, as the tests do).
+Exit status: the verb's (0: done; a step's own status for `run`), 77 when refused, 70
+when it failed. The environment is cleared first; the config comes from its fixed
+root-owned place (`--config PATH` only when root itself calls, not through sudo, doas
+or pkexec, as the tests do).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -17,7 +19,9 @@ from secureops import audit, checks, verbs
 from secureops.layout import DEFAULT_CONFIG, Denied, Layout, load
 
 MAX_SPEC = 64 * 1024
-DENIED = 2
+DENIED = 77        # EX_NOPERM: distinct from any status a step is likely to give
+FAILED = 70        # EX_SOFTWARE
+ELEVATORS = ("SUDO_UID", "DOAS_USER", "PKEXEC_UID")
 
 
 def caller() -> str:
@@ -28,12 +32,12 @@ def caller() -> str:
 
 def main(argv: list[str], stdin: Any = None) -> int:
     who = caller()
-    sudo = "SUDO_UID" in os.environ
+    elevated = any(name in os.environ for name in ELEVATORS)
     os.environ.clear()                       # nothing of the caller's reaches a child
     os.umask(0o077)
     config = DEFAULT_CONFIG
     if argv[:1] == ["--config"] and len(argv) >= 2:
-        if sudo or os.getuid() != 0:
+        if elevated or os.getuid() != 0 or os.geteuid() != 0:
             print("secureops: --config is for root itself only", file=sys.stderr)
             return DENIED
         config, argv = Path(argv[1]), argv[2:]
@@ -57,17 +61,27 @@ def handle(layout: Layout, argv: list[str], stdin: Any, who: str, *, same_user: 
         entry = verbs.TABLE[verb]
         spec = _read_spec(stdin) if entry.takes_spec else None
         request = verbs.Request(layout, app, spec, same_user)
-        audit.record(layout.log, who, verb, app, "allow")
+        audit.record(layout.log, who, verb, app, "allow")   # unlogged: not done
         status = entry.run(request)
     except Denied as exc:
-        audit.record(layout.log, who, verb, app, "deny", str(exc))
+        _record_quietly(layout, who, verb, app, "deny", str(exc))
+        print(f"secureops: refused: {exc}", file=sys.stderr)
+        return DENIED
+    except audit.Unlogged as exc:
         print(f"secureops: refused: {exc}", file=sys.stderr)
         return DENIED
     except Exception as exc:   # fail closed, and say what failed
-        audit.record(layout.log, who, verb, app, "error", f"{type(exc).__name__}: {exc}")
+        _record_quietly(layout, who, verb, app, "error", f"{type(exc).__name__}: {exc}")
         print(f"secureops: {verb} {app} failed: {type(exc).__name__}", file=sys.stderr)
-        return 1
+        return FAILED
     return status
+
+
+def _record_quietly(layout: Layout, who: str, verb: str, app: str, outcome: str,
+                    reason: str) -> None:
+    """A refusal or failure stands whether or not the log takes it."""
+    with contextlib.suppress(audit.Unlogged):
+        audit.record(layout.log, who, verb, app, outcome, reason)
 
 
 def _read_spec(stdin: Any) -> Any:

@@ -4,15 +4,21 @@ supervisor's config (which expands %(name)s and splits commands like a shell).""
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from secureops.checks import PROCESS_NUM, ProgramSpec
 from secureops.layout import Denied, Layout
 
+COMMENT = re.compile(r"\s[;#]")   # supervisor ends a value at an inline comment
+
 
 def _ini(value: str, *, numbered: bool = False) -> str:
     if any(c in value for c in "\0\n\r"):
         raise Denied("a newline cannot go into a supervisor config")
+    if COMMENT.search(value):
+        raise Denied(f"{value[:60]!r}: a space before ';' or '#' would cut the value short in "
+                     "supervisor's config")
     escaped = value.replace("%", "%%")
     # With numprocs, %(process_num)d is let through: each process learns its number.
     return escaped.replace(PROCESS_NUM.replace("%", "%%"), PROCESS_NUM) if numbered else escaped
@@ -28,10 +34,12 @@ def _env(environment: dict[str, str]) -> str:
     return ",".join(parts)
 
 
-def programs(layout: Layout, app: str, specs: list[ProgramSpec]) -> str:
-    """conf.d/app-<app>.conf for these programs."""
+def programs(layout: Layout, app: str, specs: list[ProgramSpec], *, same_user: bool) -> str:
+    """conf.d/app-<app>.conf for these programs. The user is always the app's (in
+    same-user mode: supervisord's own, so no user= line)."""
     user = layout.user(app)
-    sections = [f"; Rendered by secureops for {app}; user= is always {user}."]
+    sections = [f"; Rendered by secureops for {app}; user= is always "
+                f"{'supervisord' + chr(39) + 's own' if same_user else user}."]
     for spec in specs:
         numbered = spec.numprocs > 0
         command = " ".join(shlex.quote(a) for a in spec.command)
@@ -39,7 +47,6 @@ def programs(layout: Layout, app: str, specs: list[ProgramSpec]) -> str:
             f"[program:{spec.name}]",
             f"command={_ini(command, numbered=numbered)}",
             f"directory={_ini(str(spec.directory))}",
-            f"user={user}",
             "autostart=true",
             "autorestart=true",
             f"startsecs={spec.startsecs}",
@@ -53,6 +60,8 @@ def programs(layout: Layout, app: str, specs: list[ProgramSpec]) -> str:
             "stdout_logfile_maxbytes=10MB",
             "stdout_logfile_backups=3",
         ]
+        if not same_user:
+            lines.append(f"user={user}")
         if numbered:
             lines += [f"numprocs={spec.numprocs}", "numprocs_start=1",
                       f"process_name=%(program_name)s.{PROCESS_NUM}"]

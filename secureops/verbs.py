@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from secureops import checks, render
@@ -31,6 +32,8 @@ NOLOGIN = "/usr/sbin/nologin"
 TREES = {"releases": (0o750, 0o640), "home": (0o700, 0o600), "data": (0o700, 0o600),
          "cache": (0o700, 0o600), "run": (0o700, 0o600)}
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+MAX_DEPTH = 256
+MAX_USER_NAME = 32          # useradd's limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +70,10 @@ def user_create(request: Request) -> int:
     if request.same_user:
         return 0
     name = request.layout.user(request.app)
+    if len(name) > MAX_USER_NAME:
+        raise Denied(f"{name} is longer than a Unix user name may be ({MAX_USER_NAME}); "
+                     f"app names of at most {MAX_USER_NAME - len(name) + len(request.app)} "
+                     "characters get users of their own")
     try:
         pwd.getpwnam(name)
     except KeyError:
@@ -80,12 +87,32 @@ def user_create(request: Request) -> int:
 
 
 def user_delete(request: Request) -> int:
+    """Remove the app's user once nothing of the app is left: no directory (its files
+    would pass to the next user given the same uid), no supervisor programs, no process."""
     if request.same_user:
         return 0
     entry = app_user(request)
+    if os.path.lexists(request.layout.app_dir(request.app)):
+        raise Denied(f"{request.app}'s directory still exists; remove it first")
+    if os.path.lexists(request.layout.conf_d / _conf_name(request.app)):
+        raise Denied(f"{request.app} still has supervisor programs; programs-remove first")
+    if _processes_of(entry.pw_uid):
+        raise Denied(f"{entry.pw_name} still runs processes; stop them first")
     subprocess.run([USERDEL, entry.pw_name], check=True, env={"PATH": SAFE_PATH},
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return 0
+
+
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 # ---- files ----------------------------------------------------------------------------
@@ -97,17 +124,14 @@ def hand_over(request: Request) -> int:
     if request.same_user:
         uid, app_gid, front_gid = os.getuid(), os.getgid(), os.getgid()
     else:
+        _require_protected_hardlinks()
         entry = app_user(request)
         uid, app_gid = entry.pw_uid, entry.pw_gid
         try:
             front_gid = grp.getgrnam(request.layout.front_group).gr_gid
         except KeyError:
             raise Denied(f"group {request.layout.front_group} does not exist") from None
-    apps = os.open(request.layout.apps, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        top = _open_dir(apps, request.app)
-    finally:
-        os.close(apps)
+    top = open_app_dir(request.layout, request.app)
     try:
         for tree, (dir_mode, file_mode) in TREES.items():
             try:
@@ -121,6 +145,27 @@ def hand_over(request: Request) -> int:
     return 0
 
 
+def _require_protected_hardlinks() -> None:
+    """fchown goes through hard links: only with the kernel's protection (no hard link
+    to a file one does not own) can a link in an app's tree be trusted to be the app's."""
+    try:
+        on = Path("/proc/sys/fs/protected_hardlinks").read_text().strip() == "1"
+    except OSError:
+        on = False
+    if not on:
+        raise Denied("fs.protected_hardlinks is off; turn it on (sysctl -w "
+                     "fs.protected_hardlinks=1) before handing trees over")
+
+
+def open_app_dir(layout: Layout, app: str) -> int:
+    """The app's directory, opened without following a symlink at either step."""
+    apps = os.open(layout.apps, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        return _open_dir(apps, app)
+    finally:
+        os.close(apps)
+
+
 def _open_dir(parent_fd: int, name: str) -> int:
     """`name` in `parent_fd`, opened as a directory; a symlink in its place is refused."""
     try:
@@ -131,33 +176,47 @@ def _open_dir(parent_fd: int, name: str) -> int:
         raise
 
 
-def _walk(fd: int, uid: int, gid: int, dir_mode: int, file_mode: int, same_user: bool) -> None:
+def _walk(top: int, uid: int, gid: int, dir_mode: int, file_mode: int,
+          same_user: bool) -> None:
+    """Own and chmod everything below `top` (which this closes), depth first without
+    recursion; deeper than MAX_DEPTH is refused (after what came before is done)."""
+    pending = [(top, 0)]
     try:
-        _own(fd, uid, gid, dir_mode, same_user)
-        for entry in os.scandir(fd):
-            info = entry.stat(follow_symlinks=False)
-            if stat.S_ISLNK(info.st_mode):
-                if not same_user:
-                    os.chown(entry.name, uid, gid, dir_fd=fd, follow_symlinks=False)
-            elif stat.S_ISDIR(info.st_mode):
-                try:
-                    child = _open_dir(fd, entry.name)
-                except (Denied, FileNotFoundError):
-                    continue     # swapped for a symlink, or gone, since it was listed
-                _walk(child, uid, gid, dir_mode, file_mode, same_user)
-            elif stat.S_ISREG(info.st_mode):
-                try:
-                    child = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK,
-                                    dir_fd=fd)
-                except OSError:
-                    continue     # swapped or gone
-                try:
-                    if stat.S_ISREG(os.fstat(child).st_mode):
-                        executable = os.fstat(child).st_mode & 0o111
-                        _own(child, uid, gid, dir_mode if executable else file_mode,
-                             same_user)
-                finally:
-                    os.close(child)
+        while pending:
+            fd, depth = pending.pop()
+            try:
+                _own(fd, uid, gid, dir_mode, same_user)
+                for entry in os.scandir(fd):
+                    info = entry.stat(follow_symlinks=False)
+                    if stat.S_ISLNK(info.st_mode):
+                        if not same_user:
+                            os.chown(entry.name, uid, gid, dir_fd=fd, follow_symlinks=False)
+                    elif stat.S_ISDIR(info.st_mode):
+                        if depth + 1 > MAX_DEPTH:
+                            raise Denied(f"the tree is deeper than {MAX_DEPTH} directories")
+                        try:
+                            pending.append((_open_dir(fd, entry.name), depth + 1))
+                        except (Denied, FileNotFoundError):
+                            continue     # swapped for a symlink, or gone, since listed
+                    elif stat.S_ISREG(info.st_mode):
+                        _own_file(fd, entry.name, uid, gid, dir_mode, file_mode, same_user)
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _depth in pending:
+            os.close(fd)
+
+
+def _own_file(dir_fd: int, name: str, uid: int, gid: int, dir_mode: int, file_mode: int,
+              same_user: bool) -> None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return       # swapped or gone
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            _own(fd, uid, gid, dir_mode if info.st_mode & 0o111 else file_mode, same_user)
     finally:
         os.close(fd)
 
@@ -170,23 +229,58 @@ def _own(fd: int, uid: int, gid: int, mode: int, same_user: bool) -> None:
 
 # ---- supervisor programs --------------------------------------------------------------
 
-def _conf(request: Request) -> str:
-    return f"app-{request.app}.conf"
+def _conf_name(app: str) -> str:
+    return f"app-{app}.conf"
 
 
 def programs_install(request: Request) -> int:
     specs = checks.programs(request.layout, request.app, request.spec)
+    text = render.programs(request.layout, request.app, specs, same_user=request.same_user)
     if not request.same_user:
         app_user(request)
-    text = render.programs(request.layout, request.app, specs)
-    _replace(request.layout, _conf(request), text)
+        # supervisord (root) reads conf.d and opens the logs, following links: both
+        # must be root's alone.
+        _trusted_dir(request.layout, request.layout.conf_d)
+        _log_dir(request.layout, request.app)
+    _replace(request.layout, _conf_name(request.app), text)
     return 0
+
+
+def _trusted_dir(layout: Layout, path: Path) -> None:
+    """`path` and each directory up to the filesystem's root: a real directory, owned
+    by root, writable by no one else (so nobody can plant a file or a link in it)."""
+    for directory in [path, *path.parents]:
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or \
+                (info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and
+                 not info.st_mode & stat.S_ISVTX):
+            raise Denied(f"{directory} must be a directory owned by root and writable by "
+                         "root alone")
+
+
+def _log_dir(layout: Layout, app: str) -> None:
+    """logs/<app>, made here if missing, root's alone (0755: Opus reads the logs)."""
+    _trusted_dir(layout, layout.logs)
+    logs = os.open(layout.logs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(app, 0o755, dir_fd=logs)
+        fd = _open_dir(logs, app)
+    finally:
+        os.close(logs)
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != 0:
+            os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
 
 
 def programs_remove(request: Request) -> int:
     conf_d = os.open(request.layout.conf_d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        os.unlink(_conf(request), dir_fd=conf_d)
+        os.unlink(_conf_name(request.app), dir_fd=conf_d)
     except FileNotFoundError:
         pass
     finally:
@@ -220,9 +314,12 @@ def run(request: Request) -> int:
     directory, with exactly the spec's environment (PATH made safe if missing). Its
     output goes where secureops's own goes; its exit status is secureops's.
 
-    The step gets a process group of its own. When secureops is told to stop (SIGTERM,
-    SIGINT or SIGHUP: sudo relays these from Opus, which may not signal the app's user
-    itself), the whole group is killed, so nothing the step started outlives it."""
+    The directory is opened a component at a time from the app's own, never through a
+    symlink, and the step starts in that very directory (root changes into it before
+    switching users: a path could lead it anywhere). The step gets a process group of
+    its own. When secureops is told to stop (SIGTERM, SIGINT or SIGHUP: sudo relays these
+    from Opus, which may not signal the app's user itself), the whole group is killed,
+    so nothing the step started outlives it."""
     spec = checks.run(request.layout, request.app, request.spec)
     env = {"PATH": SAFE_PATH, **spec.env}
     identity: dict[str, Any] = {}
@@ -230,23 +327,49 @@ def run(request: Request) -> int:
         entry = app_user(request)
         identity = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         env["HOME"] = env.get("HOME", entry.pw_dir)
-    child = subprocess.Popen(spec.argv, cwd=str(spec.cwd), env=env, stdin=subprocess.DEVNULL,
-                             start_new_session=True, **identity)
+    cwd = _open_below(request.layout, request.app, spec.cwd)
+    group: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
+        if group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group[0], signal.SIGKILL)
+        else:
+            raise SystemExit(128 + signum)     # before the step started: nothing to kill
 
     previous = {sig: signal.signal(sig, stop)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
+        child = subprocess.Popen(spec.argv, cwd=f"/proc/self/fd/{cwd}", pass_fds=(cwd,),
+                                 env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                                 **identity)
+        group.append(child.pid)
+        # Wait without reaping, so the pid (and so the group id) cannot be reused before
+        # what the step left behind is killed.
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
         status = child.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)      # what it left behind, too
+        os.close(cwd)
     return status if status >= 0 else 128 - status
+
+
+def _open_below(layout: Layout, app: str, path: PurePosixPath) -> int:
+    """`path` (checked to lie lexically inside the app's directory) opened as a
+    directory one component at a time with O_NOFOLLOW."""
+    fd = open_app_dir(layout, app)
+    try:
+        for part in path.relative_to(PurePosixPath(layout.app_dir(app))).parts:
+            child = _open_dir(fd, part)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 TABLE: dict[str, Verb] = {

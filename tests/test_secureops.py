@@ -151,6 +151,10 @@ def hostile_requests(layout: Layout) -> list[tuple[list[str], Any, str]]:
         (["programs-install", APP], web_program(layout, APP, stopsignal="STOP"), "stopsignal"),
         (["programs-install", APP], {"programs": [web_program(layout, APP)["programs"][0]] * 2},
          "same name"),
+        (["programs-install", APP], web_program(layout, APP, environment={"A": "x ;[program:y]"}),
+         "cut the value short"),
+        (["programs-install", APP], web_program(layout, APP, command=[slug + "/py", "a #b"]),
+         "cut the value short"),
         # run: what it runs, where, with what
         (["run", APP], {"argv": ["id"], "cwd": slug, "env": {}}, "absolute path"),
         (["run", APP], {"argv": ["/usr/bin/../bin/id"], "cwd": slug, "env": {}},
@@ -195,6 +199,14 @@ def test_same_user_mode_refuses_the_same_requests(home: tuple[Layout, Path]) -> 
         text = spec if isinstance(spec, str) else json.dumps(spec)
         status = cli.handle(layout, argv, io.StringIO(text), "test", same_user=True)
         assert status == cli.DENIED, (argv, spec)
+        assert log_lines(layout)[-1]["outcome"] == "deny"
+        assert said in log_lines(layout)[-1]["reason"], (argv, said)
+    # What it renders names no user: supervisord runs the programs as itself.
+    spec = json.dumps(web_program(layout, APP))
+    assert cli.handle(layout, ["programs-install", APP], io.StringIO(spec), "test",
+                      same_user=True) == 0
+    rendered = (layout.conf_d / f"app-{APP}.conf").read_text()
+    assert "user=" not in rendered.replace("user= is", "")
 
 
 def test_the_config_must_be_roots_alone(home: tuple[Layout, Path]) -> None:
@@ -207,6 +219,8 @@ def test_the_config_must_be_roots_alone(home: tuple[Layout, Path]) -> None:
 def test_config_can_be_chosen_only_by_root_itself(home: tuple[Layout, Path]) -> None:
     _layout, config = home
     result = call(config, "hand-over", APP, env={"PATH": "/usr/bin", "SUDO_UID": "1000"})
+    assert result.returncode == cli.DENIED and "--config is for root itself" in result.stderr
+    result = call(config, "hand-over", APP, env={"PATH": "/usr/bin", "DOAS_USER": "opus"})
     assert result.returncode == cli.DENIED and "--config is for root itself" in result.stderr
 
 
@@ -379,7 +393,16 @@ def test_concurrent_installs_leave_one_whole_file(apps: tuple[Layout, Path, list
 
 
 def test_user_delete_removes_only_secureops_users(apps: tuple[Layout, Path, list[str]]) -> None:
-    _layout, config, (app, _other) = apps
+    layout, config, (app, _other) = apps
+    # Not while anything of the app is left: its files would pass to the next user
+    # given the same uid, and its programs would name a user that is gone.
+    result = call(config, "user-delete", app)
+    assert result.returncode == cli.DENIED and "directory still exists" in result.stderr
+    assert call(config, "programs-install", app, spec=web_program(layout, app)).returncode == 0
+    shutil.rmtree(layout.app_dir(app))
+    result = call(config, "user-delete", app)
+    assert result.returncode == cli.DENIED and "still has supervisor programs" in result.stderr
+    assert call(config, "programs-remove", app).returncode == 0
     assert call(config, "user-delete", app).returncode == 0
     with pytest.raises(KeyError):
         pwd.getpwnam(f"opus-{app}")
@@ -427,3 +450,71 @@ def test_stopping_a_step_kills_everything_it_started(apps: tuple[Layout, Path, l
     while sleepers() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sleepers() == []
+
+
+def test_a_step_starts_where_it_was_asked_never_through_a_link(
+        apps: tuple[Layout, Path, list[str]]) -> None:
+    layout, config, (app, other) = apps
+    secret = layout.app_dir(other) / "data" / "uploads"
+    secret.mkdir()
+    (secret / "f.txt").write_text("other's upload")
+    secret.chmod(0o755)              # open itself, inside the other app's closed data/
+    (layout.app_dir(app) / "data" / "x").symlink_to(secret)
+    result = call(config, "run", app, spec={"argv": ["/usr/bin/cat", "f.txt"], "env": {},
+                                            "cwd": str(layout.app_dir(app) / "data" / "x")})
+    assert result.returncode == cli.DENIED and "not a plain directory" in result.stderr
+    assert "other's upload" not in result.stdout
+
+
+def test_supervisors_files_must_be_roots_alone(apps: tuple[Layout, Path, list[str]]) -> None:
+    layout, config, (app, _other) = apps
+    spec = web_program(layout, app)
+    os.chown(layout.conf_d, 65534, 65534)      # conf.d given to someone else
+    result = call(config, "programs-install", app, spec=spec)
+    assert result.returncode == cli.DENIED and "writable by root alone" in result.stderr
+    os.chown(layout.conf_d, 0, 0)
+    # A log directory planted as a link to somewhere root would write is refused.
+    target = layout.home / "elsewhere"
+    target.mkdir()
+    (layout.logs / app).symlink_to(target)
+    result = call(config, "programs-install", app, spec=spec)
+    assert result.returncode == cli.DENIED and "not a plain directory" in result.stderr
+    (layout.logs / app).unlink()
+    assert call(config, "programs-install", app, spec=spec).returncode == 0
+    info = (layout.logs / app).stat()
+    assert info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o755
+    # supervisord's own parser reads what was rendered.
+    from supervisor.options import UnhosedConfigParser
+    parser = UnhosedConfigParser()
+    parser.read_string((layout.conf_d / f"app-{app}.conf").read_text())
+    assert parser.saneget(f"program:{app}-web-v1-p20000", "user") == f"opus-{app}"
+
+
+def test_a_tree_too_deep_is_refused(apps: tuple[Layout, Path, list[str]]) -> None:
+    layout, config, (app, _other) = apps
+    deep = layout.app_dir(app) / "data"
+    for _ in range(300):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    result = call(config, "hand-over", app)
+    assert result.returncode == cli.DENIED and "deeper than 256" in result.stderr
+
+
+def test_an_unwritable_log_stops_the_request(home: tuple[Layout, Path]) -> None:
+    layout, config = home
+    os.mkfifo(layout.log)            # a FIFO cannot hang the helper
+    result = call(config, "programs-install", APP, spec=web_program(layout, APP))
+    assert result.returncode == cli.DENIED and "cannot open the log" in result.stderr
+    layout.log.unlink()
+    layout.log.write_text("")
+    os.chown(layout.log, 65534, 65534)      # someone else's: they could forge lines
+    result = call(config, "programs-install", APP, spec=web_program(layout, APP))
+    assert result.returncode == cli.DENIED and "not a regular file of" in result.stderr
+    assert layout.log.read_text() == ""
+    assert not (layout.conf_d / f"app-{APP}.conf").exists()
+
+
+def test_an_app_name_too_long_for_a_unix_user_is_refused(home: tuple[Layout, Path]) -> None:
+    _layout, config = home
+    result = call(config, "user-create", "a" * 28)
+    assert result.returncode == cli.DENIED and "longer than a Unix user name" in result.stderr
