@@ -105,11 +105,12 @@ def tail(paths: list[Path], count: int, access_log: Path | None = None,
             kept: deque[str] = deque(privileged.bounded_lines(handle.fileno()), maxlen=count)
         groups.append(process_entries(kept, process_name(path)))
     if access_log is not None and access_log.is_file():
-        groups.append(access_entries(_last_lines(access_log, ACCESS_TAIL_BYTES), hosts)[-count:])
+        groups.append(access_entries(last_lines(access_log, ACCESS_TAIL_BYTES), hosts)[-count:])
     return merged(groups)[-count:]
 
 
-def _last_lines(path: Path, size: int) -> list[str]:
+def last_lines(path: Path, size: int) -> list[str]:
+    """The whole lines in the last `size` bytes of `path`."""
     with path.open("rb") as handle:
         handle.seek(max(0, path.stat().st_size - size))
         data = handle.read(size)

@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from opus_paas import deploy, front
+from opus_paas import deploy, front, logs
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 from opus_paas.supervisor import Supervisor
@@ -77,15 +77,11 @@ def _percentiles(values: list[float]) -> tuple[float | None, float | None]:
 
 def traffic(settings: Settings, hosts: list[str], now: float) -> list[Minute]:
     """The app answering to `hosts`: its last hour of requests, per minute."""
-    path = settings.logs_dir / "front" / "access.log"
     try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - ACCESS_TAIL_BYTES))
-            text = handle.read(ACCESS_TAIL_BYTES).decode("utf-8", "replace")
+        lines = logs.last_lines(settings.logs_dir / "front" / "access.log", ACCESS_TAIL_BYTES)
     except FileNotFoundError:
-        text = ""
-    return per_minute(parse_requests(text.splitlines(), hosts), now)
+        lines = []
+    return per_minute(parse_requests(lines, hosts), now)
 
 
 # ---- memory ----------------------------------------------------------------------------

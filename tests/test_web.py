@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from opus_paas import keys
 from opus_paas import settings as settings_module
@@ -58,6 +59,13 @@ def signed_in(app: Flask, user: str) -> FlaskClient:
                                          "csrf_token": csrf(client)})
     assert reply.status_code == 303, reply.text
     return client
+
+
+def send(client: FlaskClient, path: str, data: dict[str, str], *,
+         page: str = "/apps/shop") -> TestResponse:
+    """Post a form as `page` would (with its CSRF token) and follow where it leads."""
+    return client.post(path, data={**data, "csrf_token": csrf(client, page)},
+                       follow_redirects=True)
 
 
 def store_of(settings: Settings) -> Store:
@@ -323,11 +331,9 @@ def test_only_admins_manage_users(app: Flask, home: Settings) -> None:
     assert store.get_user("mallory") is None and dev1 is not None and not dev1.is_admin
     assert root is not None and keys.check_password(PASSWORD, store.password_hash(root))
     admin = signed_in(app, "root")
-    added = admin.post("/users", data={"name": "carol", "role": "developer",
-                                       "csrf_token": csrf(admin, "/users")})
-    assert added.status_code == 303 and store.get_user("carol") is not None
-    bad = admin.post("/users", data={"name": "Bad;Name", "role": "developer",
-                                     "csrf_token": csrf(admin, "/users")}, follow_redirects=True)
+    added = send(admin, "/users", {"name": "carol", "role": "developer"}, page="/users")
+    assert "Added carol (developer)" in added.text and store.get_user("carol") is not None
+    bad = send(admin, "/users", {"name": "Bad;Name", "role": "developer"}, page="/users")
     assert "invalid user name" in bad.text
 
 
@@ -445,9 +451,7 @@ def test_messages_stay_small_enough_for_the_cookie(app: Flask) -> None:
 
 def test_a_field_too_long_is_refused_not_cut(app: Flask, home: Settings) -> None:
     client = signed_in(app, "dev1")
-    reply = client.post("/apps/shop/config", data={"key": "BIG", "value": "x" * 70_000,
-                                                   "csrf_token": csrf(client, "/apps/shop")},
-                        follow_redirects=True)
+    reply = send(client, "/apps/shop/config", {"key": "BIG", "value": "x" * 70_000})
     assert "value is longer than 65536 characters" in reply.text
     app_row = store_of(home).get_app("shop")
     assert app_row is not None and "BIG" not in store_of(home).config(app_row)
@@ -530,9 +534,7 @@ def test_an_app_whose_release_is_gone_still_has_a_page(app: Flask, home: Setting
 
 def test_the_owner_manages_who_may_use_the_app(app: Flask, home: Settings) -> None:
     owner = signed_in(app, "dev1")
-    added = owner.post("/apps/shop/access", data={"user": "dev2",
-                                                  "csrf_token": csrf(owner, "/apps/shop")},
-                       follow_redirects=True)
+    added = send(owner, "/apps/shop/access", {"user": "dev2"})
     assert "dev2 may now push to and manage the config of shop" in added.text
     collaborator = signed_in(app, "dev2")
     page = collaborator.get("/apps/shop")
@@ -548,24 +550,17 @@ def test_the_owner_manages_who_may_use_the_app(app: Flask, home: Settings) -> No
     store = store_of(home)
     app_row = store.get_app("shop")
     assert app_row is not None and store.collaborators(app_row) == ["dev2"]
-    nobody = owner.post("/apps/shop/access", data={"user": "ghost",
-                                                   "csrf_token": csrf(owner, "/apps/shop")},
-                        follow_redirects=True)
+    nobody = send(owner, "/apps/shop/access", {"user": "ghost"})
     assert "no user ghost" in nobody.text
-    owner.post("/apps/shop/access/remove", data={"user": "dev2",
-                                                 "csrf_token": csrf(owner, "/apps/shop")})
+    send(owner, "/apps/shop/access/remove", {"user": "dev2"})
     assert collaborator.get("/apps/shop").status_code == 404
 
 
 def test_destroying_needs_the_name_typed(app: Flask, home: Settings) -> None:
     owner = signed_in(app, "dev1")
-    wrong = owner.post("/apps/shop/destroy", data={"confirm": "shop2",
-                                                   "csrf_token": csrf(owner, "/apps/shop")},
-                       follow_redirects=True)
+    wrong = send(owner, "/apps/shop/destroy", {"confirm": "shop2"})
     assert "type its name in the box" in wrong.text
     assert store_of(home).get_app("shop") is not None
-    done = owner.post("/apps/shop/destroy", data={"confirm": "shop",
-                                                  "csrf_token": csrf(owner, "/apps/shop")},
-                      follow_redirects=True)
+    done = send(owner, "/apps/shop/destroy", {"confirm": "shop"})
     assert done.request.path == "/" and "Destroyed shop" in done.text
     assert store_of(home).get_app("shop") is None
