@@ -8,17 +8,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
+import time
 from typing import Any
 
 from dulwich.repo import Repo
 
-from opus_paas import access, checks, deploy, gitserver, locks, names, push
+from opus_paas import access, checks, deploy, gitserver, locks, names, privileged, push
 from opus_paas.access import Actor
 from opus_paas.build import Emit
-from opus_paas.errors import Conflict, OpusError, UsageError
+from opus_paas.errors import Conflict, OpusError, ServiceError, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Supervisor
+
+USER_DELETE_WAIT = 10.0   # seconds for an app's last processes to go
 
 
 def create(settings: Settings, store: Store, actor: Actor, name: str) -> App:
@@ -87,15 +90,30 @@ def destroy(settings: Settings, store: Store, actor: Actor, name: str, confirm: 
         supervisor = Supervisor(settings)
         if supervisor.is_running():
             deploy.set_programs(settings, supervisor, app.name, [])
-        else:
-            (supervisor.conf_d / deploy.program_file(app.name)).unlink(missing_ok=True)
         # The files go before the record: a name is never reused onto old code or data.
-        for path in (settings.repos_dir / f"{app.name}.git", settings.apps_dir / app.name,
-                     settings.logs_dir / app.name):
-            if path.exists():
-                shutil.rmtree(path)
+        remove_files(settings, app.name)
         store.delete_app(app)
         deploy.refresh_front(settings, store, supervisor)
+
+
+def remove_files(settings: Settings, app: str) -> None:
+    """Everything of an app's but its record: its directory, logs and supervisor
+    programs (through secureops: its user owns much of it), its repository and build
+    logs, and last its user (once nothing of the app is left)."""
+    privileged.remove_app(settings, app)
+    for path in (settings.repos_dir / f"{app}.git", settings.build_logs_dir / app):
+        if path.exists():
+            shutil.rmtree(path)
+    # Its processes were just stopped; the last of them may take a moment to go.
+    deadline = time.monotonic() + USER_DELETE_WAIT
+    while True:
+        try:
+            privileged.delete_app_user(settings, app)
+            return
+        except ServiceError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
@@ -108,6 +126,10 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
     """
     app = access.app_for(store, actor, old, manage=True)
     names.check_app_name(new)
+    if settings.system:
+        raise UsageError("apps:rename is not available in system mode yet (each app has a "
+                         f"Unix user of its own); create {new}, push to it, then destroy "
+                         f"{old}")
     first, second = sorted([app.name, new])
     with locks.app_lock(settings, first), locks.app_lock(settings, second):
         app = access.fresh(store, app)
@@ -141,7 +163,8 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
 
 
 def _move(settings: Settings, old: str, new: str) -> None:
-    for base, suffix in ((settings.repos_dir, ".git"), (settings.logs_dir, "")):
+    for base, suffix in ((settings.repos_dir, ".git"), (settings.logs_dir, ""),
+                         (settings.build_logs_dir, "")):
         source = base / f"{old}{suffix}"
         if source.exists():
             source.rename(base / f"{new}{suffix}")

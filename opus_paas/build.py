@@ -63,7 +63,7 @@ def install_tools(settings: Settings) -> None:
         os.replace(staged, old)
     os.replace(fresh, staged)
     shutil.rmtree(old, ignore_errors=True)
-    uv = _find_uv()
+    uv = find_uv()
     target = tools / "bin" / "uv"
     if not target.exists() or target.stat().st_size != uv.stat().st_size:
         tmp = tools / "bin" / ".uv.tmp"
@@ -72,7 +72,7 @@ def install_tools(settings: Settings) -> None:
         os.replace(tmp, target)
 
 
-def _find_uv() -> Path:
+def find_uv() -> Path:
     import sysconfig
 
     candidates = [Path(sysconfig.get_path("scripts")) / "uv", shutil.which("uv")]
@@ -167,12 +167,17 @@ def _export(repo: Repo, tree_id: bytes, dir_fd: int, rel: PurePosixPath,
 
 # ---- running the buildpack ---------------------------------------------------
 def write_env_dir(env_dir: Path, config: Mapping[str, str]) -> None:
-    """The buildpack's ENV dir: one file per config variable (unsafe names left out)."""
-    shutil.rmtree(env_dir, ignore_errors=True)
-    env_dir.mkdir(mode=0o700, parents=True)
+    """The buildpack's ENV dir: one file per config variable (unsafe names left out).
+    The directory is Opus's (0711), the files the app's once handed over."""
+    env_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+    for old in env_dir.iterdir():
+        old.unlink()
     for key, value in config.items():
         if names.CONFIG_KEY.fullmatch(key) and not UNSAFE_BUILD_VARS.fullmatch(key):
-            (env_dir / key).write_text(value)
+            fd = os.open(env_dir / key, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(value)
 
 
 def build_environment(settings: Settings, home: Path) -> dict[str, str]:
@@ -187,7 +192,8 @@ def build_environment(settings: Settings, home: Path) -> dict[str, str]:
         "UV_NATIVE_TLS": "1",
         **dict(settings.network_env),
     }
-    env["OPUS_PACKAGE_CACHE"] = str(settings.package_cache)
+    if not settings.system:   # system mode: each app's own cache (the buildpack's CACHE)
+        env["OPUS_PACKAGE_CACHE"] = str(settings.package_cache)
     if settings.python:
         env["OPUS_PYTHON"] = settings.python
     if settings.pythons:
@@ -213,41 +219,36 @@ def parse_release_output(text: str) -> dict[str, str]:
     return types
 
 
-def run_buildpack(settings: Settings, slug: Path, app_dir: Path,
+def run_buildpack(settings: Settings, app: str, slug: Path, app_dir: Path,
                   config: Mapping[str, str], emit: Emit,
                   cancelled: threading.Event | None = None) -> BuildResult:
-    """Detect, compile and release `slug` as the run user, emitting output as it comes."""
+    """Detect, compile and release `slug` as the app's user, emitting output as it
+    comes."""
     buildpack = settings.tools_dir / "buildpacks" / "python"
     env_dir = app_dir / "build-env"
     write_env_dir(env_dir, config)
-    privileged.hand_over(settings, env_dir)
+    privileged.hand_over(settings, app)
     env = build_environment(settings, app_dir / "home")
     bin_dir = buildpack / "bin"
-    detected = _run_step(settings, [str(bin_dir / "detect"), str(slug)], slug, env)
+    detected = privileged.run_step(settings, app, [str(bin_dir / "detect"), str(slug)],
+                                   cwd=slug, env=env)
     if detected.returncode != 0:
         for line in detected.stdout.splitlines():
             emit(line)
         raise BuildFailed("no buildpack recognised this app; see the messages above")
     compile_argv = [str(bin_dir / "compile"), str(slug), str(app_dir / "cache"), str(env_dir)]
     try:
-        for line in privileged.stream(settings, compile_argv, cwd=slug, env=env,
+        for line in privileged.stream(settings, app, compile_argv, cwd=slug, env=env,
                                       timeout=settings.build_timeout, cancelled=cancelled):
             emit(line)
     except subprocess.CalledProcessError:
         raise BuildFailed("the build failed; see the messages above") from None
     except ServiceError as exc:
         raise BuildFailed(f"the build was stopped: {exc.message}") from None
-    released = _run_step(settings, [str(bin_dir / "release"), str(slug)], slug, env)
+    released = privileged.run_step(settings, app, [str(bin_dir / "release"), str(slug)],
+                                   cwd=slug, env=env)
     if released.returncode != 0:
         for line in (released.stdout + released.stderr).splitlines():
             emit(line)
         raise BuildFailed("the buildpack's release step failed; see the messages above")
     return BuildResult(slug, parse_release_output(released.stdout))
-
-
-def _run_step(settings: Settings, argv: list[str], cwd: Path,
-              env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv, cwd=cwd, env=dict(env), capture_output=True, text=True, check=False,
-        **privileged.subprocess_identity(settings),
-    )

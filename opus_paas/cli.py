@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-from opus_paas import client, commands
+from opus_paas import client, commands, system
 from opus_paas import settings as settings_module
 from opus_paas.errors import OpusError
+
+# What root runs itself in system mode; every other command runs as the opus user.
+ROOT_COMMANDS = (["install"], ["uninstall"], ["up"], ["down"], ["status"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_module.load()
         host_only = bool(args) and args[0] in commands.TABLE and \
             commands.TABLE[args[0]].local_only
+        if settings.system and os.geteuid() == 0 and args[:1] not in ROOT_COMMANDS:
+            # What Opus writes must stay the opus user's: root's commands run as it.
+            return system.as_system_user(settings, args)
         if not host_only:
             remote = client.find_remote(remote_name, Path.cwd(),
                                         local_opus=settings.db_path.exists())

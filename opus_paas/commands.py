@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from opus_paas import (
@@ -30,6 +31,7 @@ from opus_paas import (
     privileged,
     ps,
     redact,
+    system,
 )
 from opus_paas import restart as restart_module
 from opus_paas.access import Actor
@@ -86,8 +88,36 @@ def _arity(usage: str, args: list[str], count: int | tuple[int, int]) -> None:
 # ---- Opus itself (host only) -----------------------------------------------------------
 
 def cmd_up(ctx: Context, args: list[str]) -> None:
-    _arity("opus up", args, 0)
-    for line in lifecycle.up(ctx.settings):
+    if args not in ([], ["--system"]):
+        raise UsageError("usage: opus up [--system]")
+    for line in lifecycle.up(ctx.settings, system_mode=args == ["--system"]):
+        ctx.out(line)
+
+
+def cmd_install(ctx: Context, args: list[str]) -> None:
+    usage = "usage: opus install --system [--home DIR] [--user NAME] [--set KEY=VALUE]…"
+    if "--system" not in args:
+        raise UsageError(usage)
+    home, user, pairs = system.DEFAULT_HOME, "opus", []
+    items = iter(a for a in args if a != "--system")
+    for item in items:
+        value = next(items, None)
+        if value is None or item not in ("--home", "--user", "--set"):
+            raise UsageError(usage)
+        if item == "--home":
+            home = Path(value)
+        elif item == "--user":
+            user = value
+        else:
+            pairs.append(value)
+    for line in system.install(home, user, pairs):
+        ctx.out(line)
+
+
+def cmd_uninstall(ctx: Context, args: list[str]) -> None:
+    if "--system" not in args or not set(args) <= {"--system", "--purge"}:
+        raise UsageError("usage: opus uninstall --system [--purge]")
+    for line in system.uninstall(ctx.settings, purge="--purge" in args):
         ctx.out(line)
 
 
@@ -592,7 +622,14 @@ def cmd_git_set(ctx: Context, args: list[str]) -> None:
 
 
 TABLE: dict[str, Command] = {c.name: c for c in [
-    Command("up", "opus up", "start Opus and every app", cmd_up, local_only=True),
+    Command("up", "opus up [--system]", "start Opus and every app (--system: as root, "
+            "after install --system)", cmd_up, local_only=True),
+    Command("install", "opus install --system [--home DIR] [--user NAME] [--set KEY=VALUE]…",
+            "set up system mode: an opus user, a user per app, secureops (root)",
+            cmd_install, local_only=True),
+    Command("uninstall", "opus uninstall --system [--purge]",
+            "undo install --system (--purge: with the apps' data)", cmd_uninstall,
+            local_only=True),
     Command("down", "opus down", "stop every process Opus started", cmd_down,
             local_only=True),
     Command("status", "opus status", "show Opus's processes", cmd_status, local_only=True),

@@ -91,7 +91,6 @@ def web_program(settings: Settings, app: str, version: int, port: int,
             "LANG": "C.UTF-8",
             "OPUS_ENV_FILE": str(release.env_file(settings, app, version)),
         },
-        user=settings.app_run_user(),
         startsecs=1,
         stopwaitsecs=15,
     )
@@ -138,8 +137,7 @@ def type_programs(settings: Settings, store: Store, app: App, version: int,
                 "LANG": "C.UTF-8",
                 "OPUS_ENV_FILE": str(release.env_file(settings, app.name, version)),
             },
-            user=settings.app_run_user(),
-            startsecs=1,
+                startsecs=1,
             stopwaitsecs=15,
             numprocs=count,
         ))
@@ -238,7 +236,6 @@ def site_for(settings: Settings, app: App, custom: list[str]) -> front.Site | No
         app=app.name,
         domains=(settings.app_domain(app.name), *custom),
         port=app.live_port,
-        static_dir=release.app_dir(settings, app.name) / "current" / ".opus" / "static",
         members=ports(settings, app),
     )
 
@@ -272,8 +269,26 @@ def set_programs(settings: Settings, supervisor: Supervisor, app: str,
     """Make `programs` the app's whole set in supervisor (others' deploys may be
     applying theirs at the same moment: one at a time)."""
     with locks.host_lock(settings):
-        supervisor.write_programs(program_file(app), programs)
+        _install_programs(settings, app, programs)
         supervisor.apply()
+
+
+def _install_programs(settings: Settings, app: str, programs: list[Program]) -> None:
+    """secureops renders conf.d/app-<app>.conf from these (the user is its to choose)."""
+    logs = settings.logs_dir / app
+    specs = []
+    for program in programs:
+        if program.log_file.parent != logs:
+            raise ServiceError(f"{program.name} logs outside {app}'s log directory")
+        spec: dict[str, object] = {
+            "name": program.name, "command": program.command,
+            "directory": str(program.directory), "log_name": program.log_file.name,
+            "environment": program.environment, "stopsignal": program.stopsignal,
+            "stopwaitsecs": program.stopwaitsecs, "startsecs": program.startsecs}
+        if program.numprocs:
+            spec["numprocs"] = program.numprocs
+        specs.append(spec)
+    privileged.install_programs(settings, app, specs)
 
 
 def live_program(settings: Settings, app: App) -> Program | None:
@@ -299,7 +314,6 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     old = None if app.stopped else live_program(settings, running or app)
     workers = [] if app.stopped or app.live_version is None else \
         type_programs(settings, store, app, app.live_version, app.live_slug)
-    Path(new.log_file).parent.mkdir(parents=True, exist_ok=True)
     # A new instance starts with no crash behind it (an earlier one of the same name
     # may have left its state).
     web_state_file(settings, app.name, version, port).unlink(missing_ok=True)
@@ -416,6 +430,6 @@ def reconcile(settings: Settings, store: Store, supervisor: Supervisor) -> None:
             live = None if app.stopped else live_program(settings, app)
             programs = [live, *type_programs(settings, store, app, app.live_version or 0,
                                              app.live_slug)] if live else []
-            supervisor.write_programs(program_file(app.name), programs)
+            _install_programs(settings, app.name, programs)
         supervisor.apply()
         _refresh_front(settings, store, supervisor)

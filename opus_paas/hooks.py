@@ -54,7 +54,7 @@ def post_receive(stdin_text: str, git_dir: str | None = None) -> int:
 
 def _post_receive(settings: Settings, repo: Path, stdin_text: str) -> None:
     app = names.app_from_repo_path(repo.name)
-    log = settings.logs_dir / app / "pushes.log"
+    log = settings.build_logs_dir / app / "pushes.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a", encoding="utf-8") as out:
         for old, new, ref in parse_ref_updates(stdin_text):

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from opus_paas import build, deploy, front, privileged, sshd
+from opus_paas import build, deploy, front, privileged, sshd, system
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.settings import Settings, user_ids
 from opus_paas.store import Store
@@ -29,16 +29,20 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 
 def own_programs(settings: Settings) -> list[Program]:
+    """Opus's SSH server and dashboard (as the opus user in system mode) and the front
+    (its master root's in system mode, to bind port 80; its children unprivileged)."""
     env = settings_environment(settings)
     env.update(settings.network_env)
-    env["HOME"] = str(Path.home())
+    env["HOME"] = str(settings.home if settings.system else Path.home())
+    user = settings.system_user if settings.system else None
     return [
         Program(
             name="opus-sshd",
-            command=[sys.executable, "-m", "opus_paas.sshd"],
+            command=[system.python_for_programs(settings), "-m", "opus_paas.sshd"],
             directory=settings.home,
             log_file=settings.logs_dir / "opus-sshd.log",
             environment=env,
+            user=user,
         ),
         Program(
             name="opus-dashboard",
@@ -47,6 +51,7 @@ def own_programs(settings: Settings) -> list[Program]:
             log_file=settings.logs_dir / "opus-dashboard.log",
             environment=env,
             stopwaitsecs=5,
+            user=user,
         ),
         Program(
             name="opus-front",
@@ -61,7 +66,7 @@ def dashboard_command(settings: Settings) -> list[str]:
     """gunicorn serving web.wsgi:app: one process (the memory sampler and the sign-in
     throttle live in it), threads for the live-log streams."""
     return [
-        sys.executable, "-m", "gunicorn",
+        system.python_for_programs(settings), "-m", "gunicorn",
         "--bind", f"{settings.dashboard_host}:{settings.dashboard_port}",
         "--workers", "1", "--worker-class", "gthread", "--threads", "32",
         "--graceful-timeout", "3", "--access-logfile", "-", "--error-logfile", "-",
@@ -78,7 +83,7 @@ def _check_git(settings: Settings) -> None:
 
 def _check_reachable(settings: Settings) -> None:
     """The run user (and the front's children) must traverse OPUS_HOME."""
-    if user_ids(settings.app_run_user()) is None or os.geteuid() != 0:
+    if settings.system or user_ids(settings.app_run_user()) is None or os.geteuid() != 0:
         return
     for parent in [settings.home, *settings.home.parents]:
         if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
@@ -94,32 +99,51 @@ def prepare_home(settings: Settings) -> Store:
     settings.home.chmod(0o755)
     _check_git(settings)
     _check_reachable(settings)
-    for path in (settings.repos_dir, settings.apps_dir, settings.front_dir, settings.logs_dir,
-                 settings.supervisor_dir, settings.locks_dir):
+    mine = [settings.repos_dir, settings.apps_dir, settings.locks_dir, settings.build_logs_dir]
+    if not settings.system:    # system mode: root's (opus install --system made them)
+        mine += [settings.front_dir, settings.logs_dir, settings.supervisor_dir]
+    for path in mine:
         path.mkdir(parents=True, exist_ok=True)
     settings.repos_dir.chmod(0o700)
     settings.locks_dir.chmod(0o700)
-    settings.supervisor_dir.chmod(0o700)
+    if not settings.system:
+        settings.supervisor_dir.chmod(0o700)
     store = Store(settings.db_path)
     store.init()
     sshd.load_or_create_host_key(settings.host_key_path)
     build.install_tools(settings)
-    privileged.make_dir(settings, settings.package_cache, 0o755, for_run_user=True)
+    if not settings.system:
+        privileged.make_package_cache(settings)
     return store
 
 
-def up(settings: Settings) -> list[str]:
-    """Start (or bring back to the database's state) everything; return the next steps."""
+def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
+    """Start (or bring back to the database's state) everything; return the next steps.
+    `system_mode` (`opus up --system`, root): start supervisord as root, then do the
+    rest as the opus user."""
+    if system_mode:
+        return system.up(settings, own_programs(settings))
+    if settings.system and os.geteuid() == 0:
+        raise UsageError("this is a system-mode Opus: start it with `opus up --system`")
     store = prepare_home(settings)
     supervisor = Supervisor(settings)
     front.write(settings, deploy.live_sites(settings, store, store.list_apps()))
-    supervisor.conf_d.mkdir(parents=True, exist_ok=True)
-    supervisor.write_programs("opus", own_programs(settings))
-    if supervisor.is_running():
+    if settings.system:
+        if not supervisor.is_running():
+            raise UsageError("supervisord is not running; start Opus as root with "
+                             "`opus up --system` (or systemctl start opus)")
         supervisor.apply()
     else:
-        supervisor.start()
+        supervisor.conf_d.mkdir(parents=True, exist_ok=True)
+        supervisor.write_programs("opus", own_programs(settings))
+        if supervisor.is_running():
+            supervisor.apply()
+        else:
+            supervisor.start()
     deploy.reconcile(settings, store, supervisor)
+    for program in own_programs(settings):
+        # The front may have given up before secureops installed its first config.
+        supervisor.start_program(program.name)
     _wait_for_port(settings.ssh_host, settings.ssh_port, "opus-sshd", settings)
     _wait_for_port(settings.http_host, settings.http_port, "opus-front", settings)
     _wait_for_port(settings.dashboard_host, settings.dashboard_port, "opus-dashboard", settings)

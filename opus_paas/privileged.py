@@ -1,9 +1,13 @@
-"""The one home of every step that crosses a Unix user: running app code as the
-app's run user, and handing an app's files to that user.
+"""The one home of every step that crosses a Unix user, and the only caller of secureops.
 
-In embedded mode as an ordinary user nothing is switched. When Opus runs as
-root, app code runs as the unprivileged run user (Apache will not serve as
-root). System mode routes these same calls through secureops.
+Every such step is a secureops request (verbs in secureops/verbs.py):
+- system mode: `sudo -n opus-secureops VERB [APP]`, the spec on standard input; each
+  app has a user of its own;
+- embedded mode: the same request handled in-process in same-user mode, which runs
+  every check; apps run as the invoking user, or as the run user (`nobody`) when Opus
+  runs as root (Apache will not serve as root).
+A build step (`run`) is checked the same way; in embedded mode Opus then starts it
+itself, so its output streams and it can be given a terminal.
 """
 
 from __future__ import annotations
@@ -11,8 +15,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import grp
+import io
+import json
 import os
 import select
+import shutil
 import signal
 import stat
 import struct
@@ -22,14 +30,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from opus_paas.errors import ServiceError
-from opus_paas.settings import Settings, user_ids
+from opus_paas.settings import SECUREOPS, Settings, user_ids
+from secureops import checks as secureops_checks
+from secureops import cli as secureops_cli
+from secureops.layout import Denied, Layout
 
 REAP_POLL_SECONDS = 0.2
-# Process groups of the steps `stream` is running now (see kill_running_steps).
-_LIVE_GROUPS: set[int] = set()
+SUDO = "/usr/bin/sudo"
+# The steps running now, by pid (their process group's id), each with whether it runs
+# through sudo (see kill_running_steps).
+_LIVE_GROUPS: dict[int, bool] = {}
 _LIVE_LOCK = threading.Lock()
 
 
@@ -41,15 +54,86 @@ class Identity(TypedDict, total=False):
     extra_groups: list[int]
 
 
+# ---- secureops requests -----------------------------------------------------------------
+
+def embedded_layout(settings: Settings) -> Layout:
+    """secureops's layout for embedded Opus (same-user mode), from Opus's settings."""
+    run_user = settings.app_run_user() if os.geteuid() == 0 else None
+    ids = user_ids(run_user)
+    gid = ids[1] if ids else os.getegid()
+    return Layout(home=settings.home, conf_d=settings.supervisor_dir / "conf.d",
+                  front=settings.front_dir, logs=settings.logs_dir,
+                  log=settings.logs_dir / "secureops.log",
+                  front_group=grp.getgrgid(gid).gr_name, shared_user=run_user or "",
+                  apache_bin=settings.apache_bin, apache_modules=settings.apache_modules)
+
+
+def secureops(settings: Settings, verb: str, app: str | None = None,
+              spec: object | None = None) -> None:
+    """One secureops request; ServiceError with its reason if it is refused or fails."""
+    argv = [verb] if app is None else [verb, app]
+    text = "" if spec is None else json.dumps(spec) + "\n"
+    if settings.system:
+        done = subprocess.run([SUDO, "-n", str(SECUREOPS), *argv], input=text,
+                              capture_output=True, text=True, check=False,
+                              env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+        status, message = done.returncode, done.stderr.strip()
+    else:
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        status, message = secureops_cli.request(embedded_layout(settings), argv,
+                                                io.StringIO(text), f"uid {os.getuid()}",
+                                                same_user=True)
+    if status != 0:
+        reason = message.removeprefix("secureops: ").replace(str(settings.home), "$OPUS_HOME")
+        raise ServiceError(f"{verb} was not done: {reason or f'exit status {status}'}")
+
+
+def create_app_user(settings: Settings, app: str) -> None:
+    secureops(settings, "user-create", app)
+
+
+def delete_app_user(settings: Settings, app: str) -> None:
+    secureops(settings, "user-delete", app)
+
+
+def hand_over(settings: Settings, app: str) -> None:
+    """Give what Opus made in the app's trees (a slug, an env file, the app's own
+    directories) to the app's user, never following a symlink."""
+    secureops(settings, "hand-over", app)
+
+
+def remove_release(settings: Settings, app: str, version: int) -> None:
+    """Remove release `version`'s slug and env file (the app's user owns them)."""
+    secureops(settings, "release-remove", app, {"version": version})
+
+
+def remove_app(settings: Settings, app: str) -> None:
+    """Remove the app's directory, its logs and its supervisor programs."""
+    secureops(settings, "app-remove", app)
+
+
+def install_programs(settings: Settings, app: str, programs: list[dict[str, Any]]) -> None:
+    """Make these the app's supervisor programs (rendered by secureops; none: removed)."""
+    if programs:
+        secureops(settings, "programs-install", app, {"programs": programs})
+    else:
+        secureops(settings, "programs-remove", app)
+
+
+def install_front(settings: Settings, spec: dict[str, Any]) -> None:
+    """Render, test and install the front's whole config (secureops's front-install)."""
+    secureops(settings, "front-install", None, spec)
+
+
 def _switch_to(settings: Settings) -> tuple[int, int] | None:
-    """(uid, gid) to hand things to, or None when there is no one to switch to
+    """Embedded mode: (uid, gid) app code runs as, or None when no switch is needed
     (the run user is the invoking user, or Opus is not root and cannot switch)."""
     ids = user_ids(settings.app_run_user())
     return ids if ids is not None and os.geteuid() == 0 else None
 
 
 def subprocess_identity(settings: Settings) -> Identity:
-    """Keyword arguments for subprocess that run a child as the app's run user
+    """Keyword arguments for subprocess that run a child as the embedded run user
     (supplementary groups dropped)."""
     ids = _switch_to(settings)
     if ids is None:
@@ -58,36 +142,59 @@ def subprocess_identity(settings: Settings) -> Identity:
     return {"user": uid, "group": gid, "extra_groups": []}
 
 
-def hand_over(settings: Settings, path: Path) -> None:
-    """Give `path` (and everything below it) to the run user, never following a symlink."""
-    ids = _switch_to(settings)
-    if ids is None:
-        return
-    uid, gid = ids
-    os.lchown(path, uid, gid)
-    if not path.is_symlink() and path.is_dir():
-        _chown_tree(path, uid, gid)
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """How to start a step as the app's user: the argv to run, with what environment
+    and standard input, and how to stop it."""
+
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    spec: str | None            # written to its standard input (system mode)
+    identity: Identity
+    through_sudo: bool
 
 
-def hand_over_fd(settings: Settings, fd: int) -> None:
-    """Give an open file to the run user."""
-    ids = _switch_to(settings)
-    if ids is not None:
-        os.fchown(fd, *ids)
-
-
-def _chown_tree(top: Path, uid: int, gid: int) -> None:
-    top_fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+def step(settings: Settings, app: str, argv: Sequence[str], cwd: Path,
+         env: Mapping[str, str]) -> Step:
+    """A build or release step (or `opus run`) as `app`'s user, checked by secureops's
+    own rules first. In system mode it goes through secureops's `run` verb."""
+    spec = {"argv": list(argv), "cwd": str(cwd), "env": dict(env)}
+    layout = embedded_layout(settings) if not settings.system else None
     try:
-        for _root, dirs, files, root_fd in os.fwalk(".", dir_fd=top_fd, follow_symlinks=False):
-            for name in dirs + files:
-                os.chown(name, uid, gid, dir_fd=root_fd, follow_symlinks=False)
-    finally:
-        os.close(top_fd)
+        secureops_checks.app_name(app)
+        if layout is not None:
+            secureops_checks.run(layout, app, spec)
+    except Denied as exc:
+        raise ServiceError(f"the step was refused: {exc}") from None
+    if settings.system:
+        return Step([SUDO, "-n", str(SECUREOPS), "run", app], settings.home,
+                    {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, json.dumps(spec) + "\n",
+                    {}, True)
+    return Step(list(argv), cwd, dict(env), None, subprocess_identity(settings), False)
+
+
+def command_argv(settings: Settings, argv: list[str], path: str) -> list[str]:
+    """`argv` with its program found on `path` (the release's venv first). In system
+    mode Opus may not look into the app's files: /usr/bin/env finds it, as the app."""
+    if not argv or "/" in argv[0]:
+        return argv
+    if settings.system:
+        return ["/usr/bin/env", "--", *argv]
+    return [shutil.which(argv[0], path=path) or argv[0], *argv[1:]]
+
+
+def run_step(settings: Settings, app: str, argv: Sequence[str], *, cwd: Path,
+             env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a short step as the app's user and collect its output."""
+    how = step(settings, app, argv, cwd, env)
+    return subprocess.run(how.argv, cwd=how.cwd, env=how.env, input=how.spec or "",
+                          capture_output=True, text=True, check=False, **how.identity)
 
 
 def stream(
     settings: Settings,
+    app: str,
     argv: Sequence[str],
     *,
     cwd: Path,
@@ -103,13 +210,19 @@ def stream(
     CalledProcessError, or ServiceError when timed out or cancelled, once the output
     is exhausted if it failed.
     """
+    how = step(settings, app, argv, cwd, env)
     proc = subprocess.Popen(
-        list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+        how.argv, cwd=how.cwd, env=how.env,
+        stdin=subprocess.PIPE if how.spec else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, **subprocess_identity(settings),
+        start_new_session=True, **how.identity,
     )
+    if how.spec and proc.stdin is not None:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(how.spec.encode())
+        proc.stdin.close()
     with _LIVE_LOCK:
-        _LIVE_GROUPS.add(proc.pid)
+        _LIVE_GROUPS[proc.pid] = how.through_sudo
     timed_out = threading.Event()
     stop = cancelled if cancelled is not None else threading.Event()
 
@@ -134,7 +247,7 @@ def stream(
         code = proc.wait()
         reaper.join()
         with _LIVE_LOCK:
-            _LIVE_GROUPS.discard(proc.pid)
+            _LIVE_GROUPS.pop(proc.pid, None)
     if timed_out.is_set() and stop.is_set():
         raise ServiceError("the step was cancelled because the client disconnected")
     if timed_out.is_set():
@@ -153,12 +266,14 @@ class Terminal:
     write_output: Callable[[bytes], object]
 
 
-def run_in_terminal(settings: Settings, argv: Sequence[str], *, cwd: Path,
+def run_in_terminal(settings: Settings, app: str, argv: Sequence[str], *, cwd: Path,
                     env: Mapping[str, str], terminal: Terminal, timeout: float,
                     cancelled: threading.Event) -> int:
     """Run `argv` as the run user on a new pseudo-terminal that is its controlling
     terminal, relaying the client's keystrokes in and the output out; return its exit
-    status. Timing out or `cancelled` kills its process group, as `stream` does."""
+    status. Timing out or `cancelled` kills its process group, as `stream` does.
+    (Embedded mode only: see terminal_supported.)"""
+    step(settings, app, argv, cwd, env)      # checked as any step is
     controller, child_end = os.openpty()
     fcntl.ioctl(child_end, termios.TIOCSWINSZ,
                 struct.pack("HHHH", terminal.rows, terminal.columns, 0, 0))
@@ -171,7 +286,7 @@ def run_in_terminal(settings: Settings, argv: Sequence[str], *, cwd: Path,
     finally:
         os.close(child_end)
     with _LIVE_LOCK:
-        _LIVE_GROUPS.add(proc.pid)
+        _LIVE_GROUPS[proc.pid] = False
 
     def pump_input() -> None:
         while (data := terminal.read_input()) and proc.poll() is None:
@@ -202,7 +317,12 @@ def run_in_terminal(settings: Settings, argv: Sequence[str], *, cwd: Path,
         proc.wait()
         os.close(controller)
         with _LIVE_LOCK:
-            _LIVE_GROUPS.discard(proc.pid)
+            _LIVE_GROUPS.pop(proc.pid, None)
+
+
+def terminal_supported(settings: Settings) -> bool:
+    """Whether `opus run` can give a step a terminal: not yet through secureops."""
+    return not settings.system
 
 
 MAX_LINE = 8 * 1024   # longer lines come out in pieces: a step's output cannot fill memory
@@ -234,27 +354,50 @@ def kill_running_steps() -> None:
 
 
 def _kill_group(pgid: int) -> None:
+    """Kill a step's process group. A step run through sudo belongs to the app's user,
+    whom Opus may not signal: sudo relays SIGTERM to secureops, which kills the group."""
+    with _LIVE_LOCK:
+        through_sudo = _LIVE_GROUPS.get(pgid, False)
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+        if through_sudo:
+            os.kill(pgid, signal.SIGTERM)
+        else:
+            os.killpg(pgid, signal.SIGKILL)
 
 
-def make_dir(settings: Settings, path: Path, mode: int, *, for_run_user: bool) -> None:
-    """Create `path` if missing and set its mode and owner (the run user, or Opus
-    itself) through a descriptor: a symlink planted in its place is refused, never
-    followed."""
-    path.mkdir(parents=True, exist_ok=True)
+def make_dir(path: Path, mode: int, *, own: bool) -> None:
+    """Create `path` at `mode` if missing. A directory of Opus's `own` gets its mode
+    again each time; one that is the app's (handed over, see hand_over) is left as it
+    is. A symlink planted in its place is refused, never followed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+        own = True           # made just now: Opus's until handed over
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
         raise ServiceError(f"{path.name} in an app's directory is not a plain directory; "
                            "remove it and push again") from None
     try:
-        os.fchmod(fd, mode)
-        if os.geteuid() == 0:
-            ids = _switch_to(settings) if for_run_user else None
-            os.fchown(fd, *(ids or (os.geteuid(), os.getegid())))
+        if own:
+            os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+def make_package_cache(settings: Settings) -> None:
+    """Embedded mode: the package cache every build shares, the run user's. (System
+    mode has none: each app's builds keep their packages in its own cache, so no app's
+    build can plant what another installs.)"""
+    path = settings.package_cache
+    make_dir(path, 0o755, own=True)
+    ids = _switch_to(settings)
+    if ids is not None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchown(fd, *ids)
+        finally:
+            os.close(fd)
 
 
 def read_run_user_file(top: Path, relative: str, limit: int = 1 << 20) -> bytes | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -263,16 +262,18 @@ def run_one_off(settings: Settings, store: Store, actor: Actor, name: str, argv:
     assert app.live_version is not None
     slug = release.slug_dir(settings, app.name, app.live_slug or app.live_version)
     env = json.loads(release.env_file(settings, app.name, app.live_version).read_text())
-    program = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env["PATH"])
-    if program is None:
+    command = privileged.command_argv(settings, argv, env["PATH"])
+    if "/" not in command[0]:
         raise NotFound(f"{argv[0]}: no such command in {app.name}'s release")
-    if terminal is not None:
-        return privileged.run_in_terminal(settings, [program, *argv[1:]], cwd=slug, env=env,
+    if terminal is not None and privileged.terminal_supported(settings):
+        return privileged.run_in_terminal(settings, app.name, command, cwd=slug, env=env,
                                           terminal=terminal, timeout=settings.build_timeout,
                                           cancelled=cancelled)
+    if terminal is not None:
+        emit("(no terminal in system mode yet: running without one)")
     pairs = redact.replacements(settings, slug)
     try:
-        for line in privileged.stream(settings, [program, *argv[1:]], cwd=slug, env=env,
+        for line in privileged.stream(settings, app.name, command, cwd=slug, env=env,
                                       timeout=settings.build_timeout, cancelled=cancelled):
             emit(redact.redact(line, pairs))
     except subprocess.CalledProcessError as exc:

@@ -7,7 +7,6 @@ rejects the push and leaves the live release untouched.
 from __future__ import annotations
 
 import secrets
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -30,16 +29,18 @@ def new_app_config() -> dict[str, str]:
 
 def ensure_app_dirs(settings: Settings, app: str) -> None:
     """apps/<app>, its releases/ and env/ belong to Opus, so app code can never swap an
-    entry that Opus later works on; the run user gets only its own corners."""
+    entry that Opus later works on; the app's user (made here if missing) gets its own
+    corners, handed over by secureops."""
+    privileged.create_app_user(settings, app)
     base = release.app_dir(settings, app)
-    privileged.make_dir(settings, base, 0o755, for_run_user=False)
-    privileged.make_dir(settings, base / "releases", 0o755, for_run_user=False)
-    privileged.make_dir(settings, base / "env", 0o711, for_run_user=False)
-    privileged.make_dir(settings, base / "run", 0o755, for_run_user=True)
-    privileged.make_dir(settings, base / "cache", 0o700, for_run_user=True)
-    privileged.make_dir(settings, release.home_dir(settings, app), 0o700, for_run_user=True)
-    privileged.make_dir(settings, release.data_dir(settings, app), 0o700, for_run_user=True)
-    (settings.logs_dir / app).mkdir(parents=True, exist_ok=True)
+    privileged.make_dir(base, 0o755, own=True)
+    for name in ("releases", "env", "build-env"):
+        privileged.make_dir(base / name, 0o711 if name != "releases" else 0o755, own=True)
+    for path in (base / "run", base / "cache", release.home_dir(settings, app),
+                 release.data_dir(settings, app)):
+        privileged.make_dir(path, 0o700, own=False)
+    (settings.build_logs_dir / app).mkdir(parents=True, exist_ok=True)
+    privileged.hand_over(settings, app)
 
 
 def create_app(settings: Settings, store: Store, name: str, owner: User) -> App:
@@ -60,8 +61,8 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
     ensure_app_dirs(settings, app.name)
     version = store.next_release_version(app)
     slug = release.slug_dir(settings, app.name, version)
-    shutil.rmtree(slug, ignore_errors=True)   # left by a build that was cut off
-    log_path = settings.logs_dir / app.name / f"build-v{version}.log"
+    privileged.remove_release(settings, app.name, version)   # left by a build cut off
+    log_path = settings.build_logs_dir / app.name / f"build-v{version}.log"
     build_id = store.start_build(app, sha.decode(), log_path)
     ok = False
     with log_path.open("w", encoding="utf-8") as log:
@@ -70,10 +71,11 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             emit_and_log(f"-----> Building {app.name} from {sha.decode()[:7]}")
             for warning in build.export_tree(repo, sha, slug):
                 emit_and_log(f" !     {warning}")
-            privileged.hand_over(settings, slug)
+            privileged.hand_over(settings, app.name)
             config = store.config(app)
-            result = build.run_buildpack(settings, slug, release.app_dir(settings, app.name),
-                                         config, emit_and_log, cancelled)
+            result = build.run_buildpack(settings, app.name, slug,
+                                         release.app_dir(settings, app.name), config,
+                                         emit_and_log, cancelled)
             info = release.read_build_info(slug)
             if info is None:
                 raise BuildFailed("the buildpack left no .opus/build.json")
@@ -88,8 +90,8 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
                                       deploy.app_domains(settings, store, app))
             release.write_env_file(settings, app.name, version, env)
             if types.get("release"):
-                release.run_release_command(settings, slug, types["release"], env, emit_and_log,
-                                            cancelled)
+                release.run_release_command(settings, app.name, slug, types["release"], env,
+                                            emit_and_log, cancelled)
             if cancelled.is_set():
                 raise BuildFailed("cancelled: the client disconnected before the switch")
             deploy.deploy(settings, store, Supervisor(settings), app, version, emit_and_log)
@@ -108,8 +110,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             now = store.get_app(app.name)
             if not ok and (now is None or now.live_version != version):
                 # A live slug is never removed, whatever failed after the switch.
-                shutil.rmtree(slug, ignore_errors=True)
-                release.env_file(settings, app.name, version).unlink(missing_ok=True)
+                privileged.remove_release(settings, app.name, version)
     return version
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import threading
 from collections.abc import Mapping
@@ -136,21 +135,18 @@ def write_env_file(settings: Settings, app: str, version: int, env: Mapping[str,
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(dict(env), out, indent=1, sort_keys=True)
-        privileged.hand_over_fd(settings, out.fileno())
     os.replace(tmp, path)
+    privileged.hand_over(settings, app)
 
 
-def run_release_command(settings: Settings, slug: Path, command: str,
+def run_release_command(settings: Settings, app: str, slug: Path, command: str,
                         env: Mapping[str, str], emit: Emit,
                         cancelled: threading.Event | None = None) -> None:
-    """Run the release phase (e.g. migrate) as the run user; failure rejects the push."""
-    argv = shlex.split(command)
-    if argv and "/" not in argv[0]:
-        found = shutil.which(argv[0], path=env["PATH"])
-        argv[0] = found or argv[0]
+    """Run the release phase (e.g. migrate) as the app's user; failure rejects the push."""
+    argv = privileged.command_argv(settings, shlex.split(command), env["PATH"])
     emit(f"-----> Running release command: {command}")
     try:
-        for line in privileged.stream(settings, argv, cwd=slug, env=env,
+        for line in privileged.stream(settings, app, argv, cwd=slug, env=env,
                                       timeout=settings.build_timeout, cancelled=cancelled):
             emit("       " + line)
     except ServiceError as exc:
@@ -179,7 +175,6 @@ def prune(settings: Settings, app: str, keep_versions: set[int], keep: int) -> l
     removed = []
     for version in versions[keep:]:
         if version not in keep_versions:
-            shutil.rmtree(releases / f"v{version}", ignore_errors=True)
-            env_file(settings, app, version).unlink(missing_ok=True)
+            privileged.remove_release(settings, app, version)
             removed.append(version)
     return removed

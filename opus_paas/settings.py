@@ -16,6 +16,12 @@ from typing import Any
 
 from opus_paas.errors import UsageError
 
+# System mode (`opus install --system`): what root alone may write lives outside
+# OPUS_HOME, which belongs to the opus user.
+SYSTEM_CONFIG_DIR = Path("/etc/opus")
+SYSTEM_LOGS_DIR = Path("/var/log/opus")
+SECUREOPS = Path("/usr/local/sbin/opus-secureops")
+
 
 def _default_home(euid: int) -> Path:
     # root's home (/root) is private to root, but the front Apache and the apps'
@@ -30,6 +36,11 @@ class Settings:
     """Everything configurable about one Opus installation."""
 
     home: Path
+    # "embedded": everything runs as the invoking user (apps as run_user when root);
+    # "system": Opus runs as system_user, each app as opus-<app>, root steps through
+    # secureops (`opus install --system` sets it).
+    mode: str = "embedded"
+    system_user: str = "opus"
     ssh_host: str = "127.0.0.1"
     ssh_port: int = 2222
     http_host: str = "127.0.0.1"
@@ -95,16 +106,31 @@ class Settings:
         return self.home / "apps"
 
     @property
+    def system(self) -> bool:
+        return self.mode == "system"
+
+    @property
     def logs_dir(self) -> Path:
-        return self.home / "logs"
+        """supervisord's and the front's logs (root writes them in system mode)."""
+        return SYSTEM_LOGS_DIR if self.system else self.home / "logs"
+
+    @property
+    def build_logs_dir(self) -> Path:
+        """The logs Opus itself writes for each app: builds and pushes."""
+        return self.home / "builds"
 
     @property
     def front_dir(self) -> Path:
-        return self.home / "front"
+        return SYSTEM_CONFIG_DIR / "front" if self.system else self.home / "front"
 
     @property
     def supervisor_dir(self) -> Path:
-        return self.home / "supervisor"
+        return SYSTEM_CONFIG_DIR / "supervisor" if self.system else self.home / "supervisor"
+
+    @property
+    def front_user(self) -> str:
+        """System mode: the user the front's children serve as (the master is root)."""
+        return f"{self.system_user}-front"
 
     @property
     def package_cache(self) -> Path:
@@ -124,7 +150,10 @@ class Settings:
         return self.home / "tools"
 
     def app_run_user(self) -> str | None:
-        """The user app code runs as, or None for the invoking user."""
+        """Embedded mode: the user every app's code runs as, or None for the invoking
+        user. (System mode: each app's own, opus-<app>, made by secureops.)"""
+        if self.system:
+            return None
         if self.run_user:
             return self.run_user
         return "nobody" if os.geteuid() == 0 else None
@@ -155,7 +184,8 @@ NETWORK_VARS = (
 )
 
 
-_CHOICES = {"app_creators": ("all", "admins"), "public_scheme": ("http", "https")}
+_CHOICES = {"app_creators": ("all", "admins"), "public_scheme": ("http", "https"),
+            "mode": ("embedded", "system")}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

@@ -35,6 +35,7 @@ from paramiko.common import (
 
 from opus_paas import (
     access,
+    apps,
     commands,
     gitserver,
     keys,
@@ -220,10 +221,8 @@ def forget_if_unused(settings: Settings, store: Store, app: App) -> None:
         (repo / "packed-refs").exists()
     if stored or store.has_builds(app):
         return
+    apps.remove_files(settings, app.name)
     store.delete_app(app)
-    shutil.rmtree(repo, ignore_errors=True)
-    shutil.rmtree(settings.apps_dir / app.name, ignore_errors=True)
-    shutil.rmtree(settings.logs_dir / app.name, ignore_errors=True)
 
 
 def serve_git(server: Server, user: User, verb: str, app_name: str,

@@ -90,12 +90,16 @@ class Program:
 
 
 def render_main_config(settings: Settings) -> str:
-    """supervisord.conf: a private unix socket (never inet_http_server), conf.d include."""
+    """supervisord.conf: a private unix socket (never inet_http_server), conf.d include.
+    In system mode supervisord is root's and the socket the opus user's: Opus starts and
+    stops programs, but only root (and secureops) writes what they run."""
     sup = settings.supervisor_dir
+    owner = [f"chown={settings.system_user}:{settings.system_user}"] if settings.system else []
     return "\n".join([
         "[unix_http_server]",
         f"file={_ini(str(sup / 'supervisor.sock'))}",
         "chmod=0700",
+        *owner,
         "",
         "[supervisord]",
         f"logfile={_ini(str(settings.logs_dir / 'supervisord.log'))}",
@@ -215,6 +219,17 @@ class Supervisor:
         proxy = self._proxy()
         self._stop_group(proxy, name)
         proxy.startProcessGroup(name)
+
+    def start_program(self, name: str) -> None:
+        """Start `name` if it is not running (say, it gave up before its config was
+        there)."""
+        if self.process_state(name) not in ("RUNNING", "STARTING"):
+            proxy = self._proxy()
+            try:
+                proxy.startProcess(name, False)
+            except xmlrpc.client.Fault as fault:
+                if "ALREADY_STARTED" not in fault.faultString:
+                    raise
 
     def signal(self, name: str, sig: str) -> None:
         self._proxy().signalProcess(name, sig)

@@ -14,7 +14,7 @@ from typing import Any
 from secureops.layout import Denied, Layout
 
 APP = re.compile(r"[a-z](?:[a-z0-9-]{0,28}[a-z0-9])?")
-PROCESS_TYPE = re.compile(r"[A-Za-z0-9_-]{1,63}")
+PROCESS_TYPE = re.compile(r"[A-Za-z0-9._-]{1,63}")
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 RESERVED = frozenset({"opus", "www", "git", "ssh", "front", "supervisor"})
 # What a child's environment may never carry: the loader's and the interpreter's hooks.
@@ -125,7 +125,7 @@ def programs(layout: Layout, app: str, spec: Any) -> list[ProgramSpec]:
         command = argv(entry["command"], "command")
         inside(layout, app, command[0], "releases", "the command")
         log_name = _text(entry["log_name"], "log_name", 100)
-        plain = re.fullmatch(r"[A-Za-z0-9_-]{1,63}(?:\.[0-9]{1,2})?\.log", log_name)
+        plain = re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,70}\.log", log_name)
         numbered = numprocs and log_name == f"{kind}.{PROCESS_NUM}.log"
         if not plain and not numbered:
             raise Denied(f"log_name {log_name!r} is not a plain log file name")
@@ -145,6 +145,12 @@ def programs(layout: Layout, app: str, spec: Any) -> list[ProgramSpec]:
     if len(set(names)) != len(names):
         raise Denied("two programs have the same name")
     return found
+
+
+def release(spec: Any) -> int:
+    """The release version in {"version": N}."""
+    body = _exactly(spec, {"version"}, set(), "the spec")
+    return _number(body["version"], "version", 1, 999_999_999)
 
 
 @dataclasses.dataclass(frozen=True)

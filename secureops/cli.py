@@ -51,30 +51,38 @@ def main(argv: list[str], stdin: Any = None) -> int:
 
 
 def handle(layout: Layout, argv: list[str], stdin: Any, who: str, *, same_user: bool) -> int:
-    """Check and do one request; every outcome is logged."""
+    """Check and do one request; every outcome is logged, a refusal or failure said on
+    standard error."""
+    status, message = request(layout, argv, stdin, who, same_user=same_user)
+    if message:
+        print(message, file=sys.stderr)
+    return status
+
+
+def request(layout: Layout, argv: list[str], stdin: Any, who: str, *,
+            same_user: bool) -> tuple[int, str]:
+    """Check and do one request: (exit status, what to say when it was not done)."""
     verb = argv[0] if argv else ""
     app = argv[1] if len(argv) > 1 else ""
     try:
-        if len(argv) != 2 or verb not in verbs.TABLE:
-            raise Denied(f"usage: secureops VERB APP, VERB one of {', '.join(verbs.TABLE)}")
-        checks.app_name(app)
-        entry = verbs.TABLE[verb]
+        entry = verbs.TABLE.get(verb)
+        if entry is None or len(argv) != 1 + entry.takes_app:
+            raise Denied(f"usage: secureops VERB APP (front-install: no APP), VERB one of "
+                         f"{', '.join(verbs.TABLE)}")
+        if entry.takes_app:
+            checks.app_name(app)
         spec = _read_spec(stdin) if entry.takes_spec else None
-        request = verbs.Request(layout, app, spec, same_user)
         audit.record(layout.log, who, verb, app, "allow")   # unlogged: not done
-        status = entry.run(request)
+        status = entry.run(verbs.Request(layout, app, spec, same_user))
     except Denied as exc:
         _record_quietly(layout, who, verb, app, "deny", str(exc))
-        print(f"secureops: refused: {exc}", file=sys.stderr)
-        return DENIED
+        return DENIED, f"secureops: refused: {exc}"
     except audit.Unlogged as exc:
-        print(f"secureops: refused: {exc}", file=sys.stderr)
-        return DENIED
+        return DENIED, f"secureops: refused: {exc}"
     except Exception as exc:   # fail closed, and say what failed
         _record_quietly(layout, who, verb, app, "error", f"{type(exc).__name__}: {exc}")
-        print(f"secureops: {verb} {app} failed: {type(exc).__name__}", file=sys.stderr)
-        return FAILED
-    return status
+        return FAILED, f"secureops: {verb} {app} failed: {type(exc).__name__}"
+    return status, ""
 
 
 def _record_quietly(layout: Layout, who: str, verb: str, app: str, outcome: str,

@@ -1,7 +1,9 @@
 """Where things are, from a root-owned config file: never from the caller.
 
 /etc/opus/secureops.json (written by `opus install --system`):
-    {"home": "/var/lib/opus", "front_group": "opus-front",
+    {"home": "/var/lib/opus", "conf_d": "/etc/opus/supervisor/conf.d",
+     "front": "/etc/opus/front", "logs": "/var/log/opus",
+     "front_user": "opus-front", "front_group": "opus-front", "opus_group": "opus",
      "log": "/var/log/opus/secureops.log"}
 """
 
@@ -15,7 +17,11 @@ from pathlib import Path
 
 DEFAULT_CONFIG = Path("/etc/opus/secureops.json")
 USER_PREFIX = "opus-"
-KEYS = {"home", "front_group", "log"}
+PATH_KEYS = {"home", "conf_d", "front", "logs", "log"}
+NAME_KEYS = {"front_user", "front_group", "opus_group"}
+KEYS = PATH_KEYS | NAME_KEYS
+APACHE_BIN = "/usr/sbin/apache2"
+APACHE_MODULES = "/usr/lib/apache2/modules"
 
 
 class Denied(Exception):
@@ -24,21 +30,22 @@ class Denied(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    home: Path            # OPUS_HOME
-    front_group: str      # the group the front's children serve as (reads static files)
+    home: Path            # OPUS_HOME: the apps' directories are in home/apps
+    conf_d: Path          # supervisor's program files (root's alone in system mode)
+    front: Path           # the front's config and runtime files (root's alone too)
+    logs: Path            # supervisor's and the front's logs
     log: Path             # where every allow and deny is appended
+    front_group: str      # the group the front's children serve as (reads static files)
+    front_user: str = ""  # the user the front's children serve as ("": the master's own)
+    opus_group: str = ""  # may read the logs (system mode)
+    # Same-user mode (embedded Opus): the one user every app runs as ("": the caller).
+    shared_user: str = ""
+    apache_bin: str = APACHE_BIN
+    apache_modules: str = APACHE_MODULES
 
     @property
     def apps(self) -> Path:
         return self.home / "apps"
-
-    @property
-    def conf_d(self) -> Path:
-        return self.home / "supervisor" / "conf.d"
-
-    @property
-    def logs(self) -> Path:
-        return self.home / "logs"
 
     def app_dir(self, app: str) -> Path:
         return self.apps / app
@@ -70,7 +77,9 @@ def load(path: Path, *, must_be_root_owned: bool) -> Layout:
     if not isinstance(data, dict) or set(data) != KEYS or \
             not all(isinstance(v, str) for v in data.values()):
         raise Denied(f"the config {path} must hold exactly {sorted(KEYS)}, as strings")
-    home, log = Path(data["home"]), Path(data["log"])
-    if not home.is_absolute() or not log.is_absolute() or ".." in home.parts + log.parts:
-        raise Denied("home and log in the config must be absolute paths without '..'")
-    return Layout(home, data["front_group"], log)
+    paths = {key: Path(data[key]) for key in PATH_KEYS}
+    if not all(p.is_absolute() and ".." not in p.parts for p in paths.values()):
+        raise Denied(f"{sorted(PATH_KEYS)} in the config must be absolute paths without '..'")
+    return Layout(home=paths["home"], conf_d=paths["conf_d"], front=paths["front"],
+                  logs=paths["logs"], log=paths["log"], front_group=data["front_group"],
+                  front_user=data["front_user"], opus_group=data["opus_group"])

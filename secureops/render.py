@@ -34,12 +34,11 @@ def _env(environment: dict[str, str]) -> str:
     return ",".join(parts)
 
 
-def programs(layout: Layout, app: str, specs: list[ProgramSpec], *, same_user: bool) -> str:
-    """conf.d/app-<app>.conf for these programs. The user is always the app's (in
-    same-user mode: supervisord's own, so no user= line)."""
-    user = layout.user(app)
-    sections = [f"; Rendered by secureops for {app}; user= is always "
-                f"{'supervisord' + chr(39) + 's own' if same_user else user}."]
+def programs(layout: Layout, app: str, specs: list[ProgramSpec], *, user: str | None) -> str:
+    """conf.d/app-<app>.conf for these programs, each run as `user`: the app's own (or,
+    in same-user mode, the shared one; None: supervisord's own, so no user= line)."""
+    sections = [f"; Rendered by secureops for {app}; every program runs as "
+                f"{user or 'supervisord' + chr(39) + 's own user'}."]
     for spec in specs:
         numbered = spec.numprocs > 0
         command = " ".join(shlex.quote(a) for a in spec.command)
@@ -60,7 +59,7 @@ def programs(layout: Layout, app: str, specs: list[ProgramSpec], *, same_user: b
             "stdout_logfile_maxbytes=10MB",
             "stdout_logfile_backups=3",
         ]
-        if not same_user:
+        if user:
             lines.append(f"user={user}")
         if numbered:
             lines += [f"numprocs={spec.numprocs}", "numprocs_start=1",

@@ -14,6 +14,7 @@ import errno
 import grp
 import os
 import pwd
+import shutil
 import signal
 import stat
 import subprocess
@@ -21,16 +22,24 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from secureops import checks, render
+from secureops import checks, front, render
 from secureops.layout import Denied, Layout
 
 USERADD = "/usr/sbin/useradd"
 USERDEL = "/usr/sbin/userdel"
 NOLOGIN = "/usr/sbin/nologin"
 # What the app owns in its directory, and how open each tree is: releases are read by
-# the front's children too (static files), the rest by the app alone.
-TREES = {"releases": (0o750, 0o640), "home": (0o700, 0o600), "data": (0o700, 0o600),
-         "cache": (0o700, 0o600), "run": (0o700, 0o600)}
+# the front's children (static files) and Opus (a member of the front's group), run/
+# (process states) and env/ (each release's config) by Opus, the rest by the app alone.
+# Opus keeps the top of releases/, env/ and build-env/ (it adds and removes entries
+# there); the app gets what is inside.
+TREES = {"releases": (0o750, 0o640), "env": (0o750, 0o640), "build-env": (0o700, 0o600),
+         "home": (0o700, 0o600), "data": (0o700, 0o600), "cache": (0o700, 0o600),
+         "run": (0o770, 0o640)}
+KEEP_TOP = frozenset({"releases", "env", "build-env"})
+# build-env/ is listed by the build (one file per variable): its top keeps Opus as owner
+# but takes the app's group, and no one else may list it.
+LISTED_BY_APP = "build-env"
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_DEPTH = 256
 MAX_USER_NAME = 32          # useradd's limit
@@ -48,6 +57,7 @@ class Request:
 class Verb:
     run: Callable[[Request], int]
     takes_spec: bool = False
+    takes_app: bool = True
 
 
 def app_user(request: Request) -> pwd.struct_passwd:
@@ -62,6 +72,26 @@ def app_user(request: Request) -> pwd.struct_passwd:
     if entry.pw_dir != str(request.layout.app_dir(request.app)) or entry.pw_uid == 0:
         raise Denied(f"user {name} was not made by secureops for {request.app}")
     return entry
+
+
+def shared_user(layout: Layout) -> pwd.struct_passwd | None:
+    """Same-user mode: the one user every app runs as, when it is not the caller."""
+    if not layout.shared_user:
+        return None
+    try:
+        entry = pwd.getpwnam(layout.shared_user)
+    except KeyError:
+        raise Denied(f"user {layout.shared_user} does not exist") from None
+    if entry.pw_uid == 0:
+        raise Denied("apps never run as root")
+    return None if entry.pw_uid == os.geteuid() else entry
+
+
+def _group(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise Denied(f"group {name} does not exist") from None
 
 
 # ---- users ----------------------------------------------------------------------------
@@ -118,31 +148,65 @@ def _processes_of(uid: int) -> list[int]:
 # ---- files ----------------------------------------------------------------------------
 
 def hand_over(request: Request) -> int:
-    """Give the app's trees to its user (releases also readable by the front's group),
-    dirs and files at their modes, never following a symlink: each directory is opened
-    by descriptor, relative to its parent's, with O_NOFOLLOW."""
+    """Give the app's trees to its user (releases readable by the front's group, run/
+    writable by Opus's), dirs and files at their modes, never following a symlink: each
+    directory is opened by descriptor, relative to its parent's, with O_NOFOLLOW. What
+    the app's user owns already is left as it is (only its user can have put anything
+    inside it), which keeps a hand-over after each push short."""
+    layout = request.layout
     if request.same_user:
-        uid, app_gid, front_gid = os.getuid(), os.getgid(), os.getgid()
+        shared = shared_user(layout)
+        if shared is not None and os.geteuid() != 0:
+            raise Denied(f"only root can hand trees to {shared.pw_name}")
+        uid, app_gid = (shared.pw_uid, shared.pw_gid) if shared else (os.geteuid(),
+                                                                        os.getegid())
+        front_gid = opus_gid = app_gid
+        chown = shared is not None
     else:
-        _require_protected_hardlinks()
         entry = app_user(request)
         uid, app_gid = entry.pw_uid, entry.pw_gid
-        try:
-            front_gid = grp.getgrnam(request.layout.front_group).gr_gid
-        except KeyError:
-            raise Denied(f"group {request.layout.front_group} does not exist") from None
-    top = open_app_dir(request.layout, request.app)
+        front_gid, opus_gid = _group(layout.front_group), _group(layout.opus_group)
+        chown = True
+    if chown:
+        _require_protected_hardlinks()
+    top = open_app_dir(layout, request.app)
     try:
         for tree, (dir_mode, file_mode) in TREES.items():
             try:
                 fd = _open_dir(top, tree)
             except FileNotFoundError:
                 continue
-            gid = front_gid if tree == "releases" else app_gid
-            _walk(fd, uid, gid, dir_mode, file_mode, request.same_user)
+            gid = {"releases": front_gid, "run": opus_gid, "env": opus_gid}.get(tree, app_gid)
+            owner = Owner(uid, gid, dir_mode, file_mode, chown)
+            if not chown:      # all the caller's already: the tops' modes are enough
+                if tree not in KEEP_TOP:
+                    _own(fd, owner, dir_mode)
+                os.close(fd)
+            elif tree in KEEP_TOP:
+                if tree == LISTED_BY_APP:
+                    os.fchown(fd, -1, app_gid)
+                    os.fchmod(fd, 0o750)
+                _walk_children(fd, owner)
+            else:
+                _walk(fd, owner)
     finally:
         os.close(top)
     return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """Who is to own a tree's entries, and at which modes."""
+
+    uid: int
+    gid: int
+    dir_mode: int
+    file_mode: int
+    chown: bool          # False in same-user mode: modes only
+
+    def has(self, info: os.stat_result) -> bool:
+        """Already the app's (when handing over to another user)."""
+        return self.chown and info.st_uid == self.uid
 
 
 def _require_protected_hardlinks() -> None:
@@ -176,39 +240,60 @@ def _open_dir(parent_fd: int, name: str) -> int:
         raise
 
 
-def _walk(top: int, uid: int, gid: int, dir_mode: int, file_mode: int,
-          same_user: bool) -> None:
-    """Own and chmod everything below `top` (which this closes), depth first without
-    recursion; deeper than MAX_DEPTH is refused (after what came before is done)."""
-    pending = [(top, 0)]
+def _walk_children(top: int, owner: Owner) -> None:
+    """Hand over what is inside `top` (which this closes), not `top` itself."""
+    try:
+        for entry in os.scandir(top):
+            fd = _take(top, entry, owner)
+            if fd is not None:
+                _walk(fd, owner, 1)
+    finally:
+        os.close(top)
+
+
+def _walk(top: int, owner: Owner, depth: int = 0) -> None:
+    """Own and chmod `top` (which this closes) and everything below it, depth first
+    without recursion; deeper than MAX_DEPTH is refused (after what came before)."""
+    pending = [(top, depth)]
     try:
         while pending:
-            fd, depth = pending.pop()
+            fd, level = pending.pop()
             try:
-                _own(fd, uid, gid, dir_mode, same_user)
+                _own(fd, owner, owner.dir_mode)
                 for entry in os.scandir(fd):
-                    info = entry.stat(follow_symlinks=False)
-                    if stat.S_ISLNK(info.st_mode):
-                        if not same_user:
-                            os.chown(entry.name, uid, gid, dir_fd=fd, follow_symlinks=False)
-                    elif stat.S_ISDIR(info.st_mode):
-                        if depth + 1 > MAX_DEPTH:
-                            raise Denied(f"the tree is deeper than {MAX_DEPTH} directories")
-                        try:
-                            pending.append((_open_dir(fd, entry.name), depth + 1))
-                        except (Denied, FileNotFoundError):
-                            continue     # swapped for a symlink, or gone, since listed
-                    elif stat.S_ISREG(info.st_mode):
-                        _own_file(fd, entry.name, uid, gid, dir_mode, file_mode, same_user)
+                    if level + 1 > MAX_DEPTH and entry.is_dir(follow_symlinks=False):
+                        raise Denied(f"the tree is deeper than {MAX_DEPTH} directories")
+                    child = _take(fd, entry, owner)
+                    if child is not None:
+                        pending.append((child, level + 1))
             finally:
                 os.close(fd)
     finally:
-        for fd, _depth in pending:
+        for fd, _level in pending:
             os.close(fd)
 
 
-def _own_file(dir_fd: int, name: str, uid: int, gid: int, dir_mode: int, file_mode: int,
-              same_user: bool) -> None:
+def _take(dir_fd: int, entry: os.DirEntry[str], owner: Owner) -> int | None:
+    """One entry of a directory being handed over: a file or a symlink is owned (the
+    link never followed); a directory comes back opened, for the caller to walk. What
+    the app's user owns already is left alone."""
+    info = entry.stat(follow_symlinks=False)
+    if owner.has(info):
+        return None
+    if stat.S_ISLNK(info.st_mode):
+        if owner.chown:
+            os.chown(entry.name, owner.uid, owner.gid, dir_fd=dir_fd, follow_symlinks=False)
+    elif stat.S_ISDIR(info.st_mode):
+        try:
+            return _open_dir(dir_fd, entry.name)
+        except (Denied, FileNotFoundError):
+            return None     # swapped for a symlink, or gone, since listed
+    elif stat.S_ISREG(info.st_mode):
+        _own_file(dir_fd, entry.name, owner)
+    return None
+
+
+def _own_file(dir_fd: int, name: str, owner: Owner) -> None:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
@@ -216,14 +301,15 @@ def _own_file(dir_fd: int, name: str, uid: int, gid: int, dir_mode: int, file_mo
     try:
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode):
-            _own(fd, uid, gid, dir_mode if info.st_mode & 0o111 else file_mode, same_user)
+            executable = info.st_mode & 0o111
+            _own(fd, owner, owner.dir_mode if executable else owner.file_mode)
     finally:
         os.close(fd)
 
 
-def _own(fd: int, uid: int, gid: int, mode: int, same_user: bool) -> None:
-    if not same_user:
-        os.fchown(fd, uid, gid)
+def _own(fd: int, owner: Owner, mode: int) -> None:
+    if owner.chown:
+        os.fchown(fd, owner.uid, owner.gid)
     os.fchmod(fd, mode)
 
 
@@ -234,19 +320,27 @@ def _conf_name(app: str) -> str:
 
 
 def programs_install(request: Request) -> int:
-    specs = checks.programs(request.layout, request.app, request.spec)
-    text = render.programs(request.layout, request.app, specs, same_user=request.same_user)
+    layout = request.layout
+    specs = checks.programs(layout, request.app, request.spec)
+    if request.same_user:
+        shared = shared_user(layout)
+        user = shared.pw_name if shared else None
+    else:
+        user = layout.user(request.app)
+    text = render.programs(layout, request.app, specs, user=user)
     if not request.same_user:
         app_user(request)
         # supervisord (root) reads conf.d and opens the logs, following links: both
         # must be root's alone.
-        _trusted_dir(request.layout, request.layout.conf_d)
-        _log_dir(request.layout, request.app)
-    _replace(request.layout, _conf_name(request.app), text)
+        _trusted_dir(layout.conf_d)
+        _log_dir(layout, request.app)
+    else:
+        (layout.logs / request.app).mkdir(parents=True, exist_ok=True)
+    _replace(layout.conf_d, _conf_name(request.app), text, 0o644)
     return 0
 
 
-def _trusted_dir(layout: Layout, path: Path) -> None:
+def _trusted_dir(path: Path) -> None:
     """`path` and each directory up to the filesystem's root: a real directory, owned
     by root, writable by no one else (so nobody can plant a file or a link in it)."""
     for directory in [path, *path.parents]:
@@ -258,53 +352,143 @@ def _trusted_dir(layout: Layout, path: Path) -> None:
                          "root alone")
 
 
-def _log_dir(layout: Layout, app: str) -> None:
-    """logs/<app>, made here if missing, root's alone (0755: Opus reads the logs)."""
-    _trusted_dir(layout, layout.logs)
-    logs = os.open(layout.logs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+def _root_dir(layout: Layout, parent: Path, name: str, mode: int) -> None:
+    """parent/`name`, made here if missing, root's (group: Opus's, which reads the logs)
+    and at `mode`; `parent` must be root's alone."""
+    _trusted_dir(parent)
+    parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         with contextlib.suppress(FileExistsError):
-            os.mkdir(app, 0o755, dir_fd=logs)
-        fd = _open_dir(logs, app)
+            os.mkdir(name, mode, dir_fd=parent_fd)
+        fd = _open_dir(parent_fd, name)
     finally:
-        os.close(logs)
+        os.close(parent_fd)
     try:
-        info = os.fstat(fd)
-        if info.st_uid != 0:
-            os.fchown(fd, 0, 0)
-        os.fchmod(fd, 0o755)
+        os.fchown(fd, 0, _group(layout.opus_group))
+        os.fchmod(fd, mode)
     finally:
         os.close(fd)
 
 
+def _log_dir(layout: Layout, app: str) -> None:
+    """logs/<app>: root's, readable by Opus's group only (no app reads another's)."""
+    _root_dir(layout, layout.logs, app, 0o750)
+
+
 def programs_remove(request: Request) -> int:
-    conf_d = os.open(request.layout.conf_d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        os.unlink(_conf_name(request.app), dir_fd=conf_d)
-    except FileNotFoundError:
-        pass
-    finally:
-        os.close(conf_d)
+    _unlink(request.layout.conf_d, _conf_name(request.app))
     return 0
 
 
-def _replace(layout: Layout, name: str, text: str) -> None:
-    """Write conf.d/`name` whole or not at all: a temporary file of this process's own,
-    created fresh (never through a planted link), then renamed over the old one."""
-    conf_d = os.open(layout.conf_d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+def _unlink(directory: Path, name: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---- removing what an app leaves ------------------------------------------------------
+
+def release_remove(request: Request) -> int:
+    """Remove one release's slug and env file (a pruned or failed build)."""
+    version = checks.release(request.spec)
+    top = open_app_dir(request.layout, request.app)
+    try:
+        for tree, name in (("releases", f"v{version}"), ("env", f"v{version}.json")):
+            try:
+                parent = _open_dir(top, tree)
+            except FileNotFoundError:
+                continue
+            try:
+                _remove(parent, name)
+            finally:
+                os.close(parent)
+    finally:
+        os.close(top)
+    return 0
+
+
+def app_remove(request: Request) -> int:
+    """Remove everything of the app's but its user: its directory, its logs, its
+    supervisor programs (stopped by Opus first)."""
+    layout = request.layout
+    _unlink(layout.conf_d, _conf_name(request.app))
+    for parent, name in ((layout.logs, request.app), (layout.apps, request.app)):
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            _remove(fd, name)
+        finally:
+            os.close(fd)
+    return 0
+
+
+def _remove(parent_fd: int, name: str) -> None:
+    """Remove `name` in `parent_fd`, whatever it is, never following a symlink
+    (shutil.rmtree with dir_fd walks by descriptor)."""
+    try:
+        info = os.lstat(name, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(name, dir_fd=parent_fd)
+    else:
+        os.unlink(name, dir_fd=parent_fd)
+
+
+# ---- the front ------------------------------------------------------------------------
+
+def front_install(request: Request) -> int:
+    """Render the front's whole config from the spec, test it with Apache, and rename
+    it into place (never a config that fails its test). Opus reloads the front."""
+    layout = request.layout
+    spec = front.check(request.spec)
+    text = front.render(layout, spec, same_user=request.same_user)
+    if request.same_user:
+        for path in (layout.front / "run", layout.logs / "front"):
+            path.mkdir(parents=True, exist_ok=True)
+    else:
+        _trusted_dir(layout.front)
+        _root_dir(layout, layout.front, "run", 0o750)
+        _root_dir(layout, layout.logs, "front", 0o750)
+    candidate = _replace(layout.front, "httpd.conf.new", text, 0o600)
+    test = subprocess.run([layout.apache_bin, "-t", "-f", str(layout.front / candidate)],
+                          env={"PATH": SAFE_PATH, "LANG": "C"}, capture_output=True,
+                          text=True, check=False, stdin=subprocess.DEVNULL)
+    if test.returncode != 0:
+        _unlink(layout.front, candidate)
+        raise Denied("the new front config failed Apache's test and was not installed: "
+                     + " ".join(test.stderr.split())[:400])
+    fd = os.open(layout.front, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.rename(candidate, "httpd.conf", src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+    return 0
+
+
+def _replace(directory: Path, name: str, text: str, mode: int) -> str:
+    """Write directory/`name` whole or not at all: a temporary file of this process's
+    own, created fresh (never through a planted link), then renamed over the old one.
+    Returns the name it has."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     temporary = f".{name}.{os.getpid()}.tmp"
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
-                     dir_fd=conf_d)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode,
+                     dir_fd=dir_fd)
         with os.fdopen(fd, "w") as out:
+            os.fchmod(out.fileno(), mode)
             out.write(text)
-        os.rename(temporary, name, src_dir_fd=conf_d, dst_dir_fd=conf_d)
+        os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary, dir_fd=conf_d)
+            os.unlink(temporary, dir_fd=dir_fd)
         raise
     finally:
-        os.close(conf_d)
+        os.close(dir_fd)
+    return name
 
 
 # ---- running a step as the app's user -------------------------------------------------
@@ -323,8 +507,8 @@ def run(request: Request) -> int:
     spec = checks.run(request.layout, request.app, request.spec)
     env = {"PATH": SAFE_PATH, **spec.env}
     identity: dict[str, Any] = {}
-    if not request.same_user:
-        entry = app_user(request)
+    entry = shared_user(request.layout) if request.same_user else app_user(request)
+    if entry is not None:
         identity = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         env["HOME"] = env.get("HOME", entry.pw_dir)
     cwd = _open_below(request.layout, request.app, spec.cwd)
@@ -378,5 +562,8 @@ TABLE: dict[str, Verb] = {
     "hand-over": Verb(hand_over),
     "programs-install": Verb(programs_install, takes_spec=True),
     "programs-remove": Verb(programs_remove),
+    "release-remove": Verb(release_remove, takes_spec=True),
+    "app-remove": Verb(app_remove),
+    "front-install": Verb(front_install, takes_spec=True, takes_app=False),
     "run": Verb(run, takes_spec=True),
 }

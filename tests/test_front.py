@@ -7,20 +7,29 @@ from pathlib import Path
 
 import pytest
 
-from opus_paas import front
+from opus_paas import front, privileged
 from opus_paas.errors import ServiceError
 from opus_paas.settings import Settings
+from secureops import front as secureops_front
+from secureops.layout import Denied
 from tests.conftest import require_tool
 
 
-def _settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path, http_port=18080)
+def _settings(tmp_path: Path, **changes: object) -> Settings:
+    return Settings(home=tmp_path, http_port=18080, **changes)  # type: ignore[arg-type]
+
+
+def _render(settings: Settings, sites: list[front.Site], token: str = "0" * 32) -> str:
+    """What secureops renders for this spec (same-user mode: no User line)."""
+    spec = front.spec(settings, sites, token)
+    return secureops_front.render(privileged.embedded_layout(settings),
+                                  secureops_front.check(spec), same_user=True)
 
 
 def test_render_has_one_vhost_per_site_and_a_default(tmp_path: Path) -> None:
-    sites = [front.Site("b", ("b.localhost",), 20002, tmp_path / "b" / "static"),
-             front.Site("a", ("a.localhost", "a.example.com"), 20000, tmp_path / "a" / "static")]
-    text = front.render(_settings(tmp_path), sites)
+    sites = [front.Site("b", ("b.localhost",), 20002),
+             front.Site("a", ("a.localhost", "a.example.com"), 20000)]
+    text = _render(_settings(tmp_path), sites)
     assert text.count("<VirtualHost ") == 4      # the default, the dashboard, a and b
     assert text.index("ServerName _default_") < text.index("ServerName a.localhost")
     assert 'ServerName opus.localhost\n' in text
@@ -32,29 +41,34 @@ def test_render_has_one_vhost_per_site_and_a_default(tmp_path: Path) -> None:
     assert "ProxyPass / balancer://app-a/" in text
     assert 'BalancerMember "http://127.0.0.1:20000" retry=0\n' in text
     assert "ProxyPass /static/ !" in text
+    assert f'Alias /static/ "{tmp_path}/apps/a/current/.opus/static/"' in text
     assert "inet_http_server" not in text
 
 
 @pytest.mark.parametrize("host", ['127.0.0.1/" evil', "a b", "x\nListen 80", ""])
 def test_a_dashboard_host_that_would_break_the_config_is_refused(tmp_path: Path,
                                                                  host: str) -> None:
-    settings = Settings(home=tmp_path, http_port=18080, dashboard_host=host)
-    with pytest.raises(ServiceError, match="OPUS_DASHBOARD_HOST"):
-        front.render(settings, [])
+    settings = _settings(tmp_path, dashboard_host=host)
+    with pytest.raises(ServiceError, match="the dashboard's host"):
+        front.write(settings, [])
+    assert not (tmp_path / "front" / "httpd.conf").exists()
 
 
-@pytest.mark.parametrize("bad", ['/tmp/x"\nLoadModule evil', "relative/static", "/tmp/a\\b"])
-def test_paths_that_would_break_the_config_are_refused(tmp_path: Path, bad: str) -> None:
-    with pytest.raises(ServiceError):
-        front.render(_settings(tmp_path), [front.Site("a", ("a.localhost",), 1, Path(bad))])
+@pytest.mark.parametrize("bad", ['x"\nLoadModule evil', "a\\b"])
+def test_a_home_that_would_break_the_config_is_refused(tmp_path: Path, bad: str) -> None:
+    settings = Settings(home=tmp_path / bad, http_port=18080)
+    with pytest.raises(ServiceError, match="cannot go into the Apache config"):
+        front.write(settings, [front.Site("a", ("a.localhost",), 20000)])
 
 
 def test_rendered_config_passes_apaches_own_test(tmp_path: Path) -> None:
     apache = require_tool("/usr/sbin/apache2")
     settings = _settings(tmp_path)
-    site = front.Site("a", ("a.localhost",), 20000, tmp_path / "a" / "static")
+    site = front.Site("a", ("a.localhost",), 20000)
     assert front.write(settings, [site]) is True
     assert front.write(settings, [site]) is False     # unchanged: no reload needed
+    assert front.is_current(settings, [site])
+    assert not front.is_current(settings, [front.Site("a", ("a.localhost",), 20002)])
     result = subprocess.run([apache, "-t", "-f", str(tmp_path / "front" / "httpd.conf")],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
@@ -65,31 +79,32 @@ def test_a_config_failing_apaches_test_never_goes_live(tmp_path: Path) -> None:
     good = _settings(tmp_path)
     front.write(good, [])
     live = (tmp_path / "front" / "httpd.conf").read_text()
-    broken = Settings(home=tmp_path, http_port=18080, apache_modules=str(tmp_path / "nowhere"))
+    broken = _settings(tmp_path, apache_modules=str(tmp_path / "nowhere"))
     with pytest.raises(ServiceError, match="failed Apache's test"):
-        front.write(broken, [front.Site("a", ("a.localhost",), 1, tmp_path / "s")])
+        front.write(broken, [front.Site("a", ("a.localhost",), 20000)])
     assert (tmp_path / "front" / "httpd.conf").read_text() == live
+    assert not front.is_current(broken, [front.Site("a", ("a.localhost",), 20000)])
 
 
 def test_both_members_are_rendered_and_only_the_live_one_is_enabled(tmp_path: Path) -> None:
-    site = front.Site("a", ("a.localhost",), 20001, tmp_path / "s", members=(20000, 20001))
-    text = front.render(_settings(tmp_path), [site], "f" * 32)
+    site = front.Site("a", ("a.localhost",), 20001, members=(20000, 20001))
+    text = _render(_settings(tmp_path), [site], "f" * 32)
     assert 'BalancerMember "http://127.0.0.1:20000" retry=0 status=+D\n' in text
     assert 'BalancerMember "http://127.0.0.1:20001" retry=0\n' in text
     # The manager: loopback only, with the token, and never proxied to the app.
     assert "%{HTTP:X-Opus-Token} == '" + "f" * 32 + "'" in text
     assert text.index('ProxyPass "/.opus/balancer" !') < text.index("ProxyPass / balancer://")
     for hostile in ("", "f' || true || '", "F" * 32, "f" * 31):
-        with pytest.raises(ServiceError, match="token"):
-            front.render(_settings(tmp_path), [site], hostile)
+        with pytest.raises(Denied, match="token"):
+            _render(_settings(tmp_path), [site], hostile)
 
 
 def test_the_manager_token_is_made_once_and_kept_private(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     token = front.manager_token(settings)
     assert front.TOKEN.fullmatch(token) and front.manager_token(settings) == token
-    assert (tmp_path / "front" / "manager.token").stat().st_mode & 0o077 == 0
-    (tmp_path / "front" / "manager.token").write_text("not a token\n")
+    assert (tmp_path / "front.token").stat().st_mode & 0o077 == 0
+    (tmp_path / "front.token").write_text("not a token\n")
     assert front.manager_token(settings) != token       # a damaged one is replaced
 
 

@@ -76,7 +76,8 @@ def test_app_code_owns_only_its_own_corners(opus: Opus, first_push: str) -> None
         assert given.stat().st_uid == run_uid, given
     if os.geteuid() == 0:
         assert run_uid != 0      # app code never runs as root
-        assert stat.S_IMODE((base / "env" / "v1.json").stat().st_mode) == 0o600
+        # Others may not read it (its group is Opus's in system mode, the run user's here).
+        assert stat.S_IMODE((base / "env" / "v1.json").stat().st_mode) == 0o640
 
 
 def test_app_processes_see_none_of_the_operators_environment(opus: Opus,
@@ -144,7 +145,7 @@ def test_broken_requirement_is_rejected_and_the_old_release_keeps_serving(
     remote_head = git(project, "ls-remote", "opus", "refs/heads/main",
                       env=admin_key.git_env(opus)).stdout.split()[0]
     assert remote_head == git(project, "rev-parse", "HEAD~1").stdout.strip()
-    logs = sorted((opus.home / "logs" / APP).glob("build-v*.log"))
+    logs = sorted((opus.home / "builds" / APP).glob("build-v*.log"))
     assert "no-such-package-opus-test" in logs[-1].read_text()
     git(project, "reset", "-q", "--hard", "HEAD~1")
 
@@ -219,7 +220,7 @@ def _visits(body: str) -> int:
 def test_post_receive_hook_records_only_pushes_whose_ref_moved(opus: Opus, admin_key: SshKey,
                                                              first_push: str,
                                                              project: Path) -> None:
-    pushes = (opus.home / "logs" / APP / "pushes.log").read_text().splitlines()
+    pushes = (opus.home / "builds" / APP / "pushes.log").read_text().splitlines()
     main = [line.split()[1:] for line in pushes if " refs/heads/main " in line]
     live_sha = git(project, "ls-remote", "opus", "refs/heads/main",
                    env=admin_key.git_env(opus)).stdout.split()[0]

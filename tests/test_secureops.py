@@ -6,6 +6,7 @@ a hostile environment; concurrent calls; and the same checks in same-user mode."
 from __future__ import annotations
 
 import configparser
+import grp
 import json
 import os
 import pwd
@@ -27,6 +28,7 @@ from secureops import cli
 from secureops.layout import Layout
 
 FRONT_GROUP = "nogroup"
+OPUS_GROUP = "daemon"
 
 
 @pytest.fixture()
@@ -39,13 +41,19 @@ def home(tmp_path: Path) -> Iterator[tuple[Layout, Path]]:
     base.chmod(0o755)
     for path in (home, home / "apps"):
         path.chmod(0o755)
+    (home / "front").mkdir()
     config = tmp_path / "secureops.json"
     log = tmp_path / "secureops.log"
-    config.write_text(json.dumps({"home": str(home), "front_group": FRONT_GROUP,
-                                  "log": str(log)}))
+    layout = Layout(home=home, conf_d=home / "supervisor" / "conf.d", front=home / "front",
+                    logs=home / "logs", log=log, front_group=FRONT_GROUP,
+                    front_user="nobody", opus_group=OPUS_GROUP)
+    config.write_text(json.dumps({
+        "home": str(home), "conf_d": str(layout.conf_d), "front": str(layout.front),
+        "logs": str(layout.logs), "log": str(log), "front_group": FRONT_GROUP,
+        "front_user": "nobody", "opus_group": OPUS_GROUP}))
     config.chmod(0o644)
     try:
-        yield Layout(home, FRONT_GROUP, log), config
+        yield layout, config
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -482,7 +490,8 @@ def test_supervisors_files_must_be_roots_alone(apps: tuple[Layout, Path, list[st
     (layout.logs / app).unlink()
     assert call(config, "programs-install", app, spec=spec).returncode == 0
     info = (layout.logs / app).stat()
-    assert info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o755
+    assert info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o750
+    assert info.st_gid == grp.getgrnam(OPUS_GROUP).gr_gid     # Opus reads, no app does
     # supervisord's own parser reads what was rendered.
     from supervisor.options import UnhosedConfigParser
     parser = UnhosedConfigParser()

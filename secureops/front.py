@@ -1,0 +1,257 @@
+"""The front's whole httpd.conf, checked and rendered here (pure), from a typed spec.
+
+The front's master runs as root and reads all of its config: a `LoadModule`, a piped
+log or an `Include` there would run code as root. So the caller gives values only
+(addresses, host names, ports, the balancer-manager's token) and this module writes
+every directive itself; paths come from the layout.
+
+Spec:
+    {"listen_host": "127.0.0.1", "listen_port": 8080, "scheme": "http",
+     "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1", "port": 8090},
+     "token": "<32 hex digits>",
+     "sites": [{"app": "shop", "domains": ["shop.localhost"], "port": 20001,
+                "members": [20000, 20001]}]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import grp
+import ipaddress
+import pwd
+import re
+from typing import Any
+
+from secureops.checks import _exactly, _number, _text, app_name
+from secureops.layout import Denied, Layout
+
+MODULES = [
+    "mpm_event", "authz_core", "authz_host", "mime", "alias", "dir", "headers",
+    "proxy", "proxy_http", "setenvif", "proxy_balancer", "slotmem_shm", "lbmethod_byrequests",
+]
+# A host name: dot-separated labels of letters, digits and inner hyphens.
+DOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+                    r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+TOKEN = re.compile(r"[0-9a-f]{32}")
+MAX_SITES = 5000
+MAX_DOMAINS = 100
+# What opus_paas/balancer.py calls them (repeated on purpose: nothing is imported).
+MANAGER_PATH = "/.opus/balancer"
+MANAGER_HEADER = "X-Opus-Token"
+LOG_FORMAT = '"%v %h %t \\"%r\\" %>s %b %D \\"%{X-Opus-Served-By}o\\""'
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    app: str
+    domains: tuple[str, ...]
+    port: int
+    members: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontSpec:
+    listen_host: str
+    listen_port: int
+    scheme: str
+    dashboard_domain: str
+    dashboard_host: str
+    dashboard_port: int
+    token: str
+    sites: tuple[Site, ...]
+
+
+def _address(value: Any, what: str) -> str:
+    text = _text(value, what, 253)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        if DOMAIN.fullmatch(text):
+            return text
+    raise Denied(f"{what} {text[:60]!r} is not an IP address or a host name")
+
+
+def _domain(value: Any, what: str) -> str:
+    text = _text(value, what, 253)
+    if not DOMAIN.fullmatch(text):
+        raise Denied(f"{what} {text[:60]!r} is not a host name")
+    return text
+
+
+def check(spec: Any) -> FrontSpec:
+    """The front spec, every value typed and bounded, no host name or port held twice."""
+    body = _exactly(spec, {"listen_host", "listen_port", "scheme", "dashboard", "token",
+                           "sites"}, set(), "the front spec")
+    dash = _exactly(body["dashboard"], {"domain", "host", "port"}, set(), "dashboard")
+    if body["scheme"] not in ("http", "https"):
+        raise Denied("scheme must be http or https")
+    if not isinstance(body["token"], str) or not TOKEN.fullmatch(body["token"]):
+        raise Denied("token must be 32 lower-case hex digits")
+    front = FrontSpec(
+        listen_host=_address(body["listen_host"], "listen_host"),
+        listen_port=_number(body["listen_port"], "listen_port", 1, 65535),
+        scheme=body["scheme"],
+        dashboard_domain=_domain(dash["domain"], "the dashboard's domain"),
+        dashboard_host=_address(dash["host"], "the dashboard's host"),
+        dashboard_port=_number(dash["port"], "the dashboard's port", 1, 65535),
+        token=body["token"],
+        sites=_sites(body["sites"]),
+    )
+    hosts = [front.dashboard_domain] + [d for s in front.sites for d in s.domains]
+    if len(set(hosts)) != len(hosts):
+        raise Denied("a host name is given twice (two apps, or an app and the dashboard)")
+    ports = [p for s in front.sites for p in s.members]
+    if len(set(ports)) != len(ports):
+        raise Denied("a port is given to two apps: an app's vhost may only lead to its own")
+    if {front.listen_port, front.dashboard_port} & set(ports):
+        raise Denied("an app's port is the front's or the dashboard's")
+    return front
+
+
+def _sites(value: Any) -> tuple[Site, ...]:
+    if not isinstance(value, list) or len(value) > MAX_SITES:
+        raise Denied(f"sites must be a list of at most {MAX_SITES}")
+    sites = []
+    for item in value:
+        entry = _exactly(item, {"app", "domains", "port", "members"}, set(), "a site")
+        app = app_name(_text(entry["app"], "a site's app", 64))
+        domains = entry["domains"]
+        if not isinstance(domains, list) or not 1 <= len(domains) <= MAX_DOMAINS:
+            raise Denied(f"{app}: domains must be a list of 1 to {MAX_DOMAINS}")
+        members = entry["members"]
+        if not isinstance(members, list) or not 1 <= len(members) <= 2:
+            raise Denied(f"{app}: members must be a list of 1 or 2 ports")
+        site = Site(app, tuple(_domain(d, f"{app}: a domain") for d in domains),
+                    _number(entry["port"], f"{app}: port", 1024, 65535),
+                    tuple(_number(p, f"{app}: a member", 1024, 65535) for p in members))
+        if site.port not in site.members or len(set(site.members)) != len(site.members):
+            raise Denied(f"{app}: port must be one of its members, each given once")
+        sites.append(site)
+    if len({s.app for s in sites}) != len(sites):
+        raise Denied("an app has two sites")
+    return tuple(sites)
+
+
+def _path(path: object) -> str:
+    text = str(path)
+    if any(c in text for c in '"\n\r\\\0') or not text.startswith("/"):
+        raise Denied(f"path {text!r} cannot go into the Apache config")
+    return f'"{text}"'
+
+
+def _front_identity(layout: Layout, same_user: bool) -> list[str]:
+    """User and Group for the front's children: the front's own user in system mode,
+    the shared run user when embedded Opus runs as root, none otherwise."""
+    user = layout.shared_user if same_user else layout.front_user
+    if not user:
+        return []
+    try:
+        entry = pwd.getpwnam(user)
+        group = layout.front_group if not same_user else grp.getgrgid(entry.pw_gid).gr_name
+    except KeyError:
+        raise Denied(f"user {user} does not exist") from None
+    return [f"User {user}", f"Group {group}"]
+
+
+def render(layout: Layout, spec: FrontSpec, *, same_user: bool) -> str:
+    """httpd.conf for these sites (pure, but for the user database)."""
+    front, logs = layout.front, layout.logs / "front"
+    vhost = f"<VirtualHost {spec.listen_host}:{spec.listen_port}>"
+    if ":" in spec.listen_host:
+        vhost = f"<VirtualHost [{spec.listen_host}]:{spec.listen_port}>"
+    listen = f"[{spec.listen_host}]" if ":" in spec.listen_host else spec.listen_host
+    lines = [
+        "# Rendered by secureops from Opus's spec; edits are overwritten.",
+        f"ServerRoot {_path(front)}",
+        f"PidFile {_path(front / 'httpd.pid')}",
+        f"DefaultRuntimeDir {_path(front / 'run')}",
+        f"Listen {listen}:{spec.listen_port}",
+        "ServerName localhost",
+        "ServerTokens Prod",
+        "ServerSignature Off",
+        "TraceEnable Off",
+        "Timeout 60",
+        "KeepAlive On",
+    ]
+    lines += [f"LoadModule {m}_module {_path(layout.apache_modules + '/mod_' + m + '.so')}"
+              for m in MODULES]
+    lines += _front_identity(layout, same_user)
+    lines += [
+        "TypesConfig /etc/mime.types",
+        f"ErrorLog {_path(logs / 'error.log')}",
+        f"LogFormat {LOG_FORMAT} opus",
+        # Opus's own calls to the balancer-manager are no app's traffic.
+        f'SetEnvIf Request_URI "^{re.escape(MANAGER_PATH)}" opus_internal',
+        f"CustomLog {_path(logs / 'access.log')} opus env=!opus_internal",
+        "ProxyRequests Off",
+        "ProxyTimeout 60",
+        "<Directory />",
+        "    AllowOverride None",
+        "    Require all denied",
+        "</Directory>",
+        "",
+        "# First vhost: any host name no app has.",
+        vhost,
+        "    ServerName _default_",
+        '    Header always set X-Opus-Served-By "front"',
+        "    RedirectMatch 404 ^",
+        '    ErrorDocument 404 "No app is deployed at this host name. '
+        'Push one with git push opus main."',
+        "</VirtualHost>",
+        "",
+        "# The dashboard (gunicorn). Its live logs are a stream: flushed as they come.",
+        vhost,
+        f"    ServerName {spec.dashboard_domain}",
+        "    ProxyPreserveHost On",
+        f'    RequestHeader set X-Forwarded-Proto "{spec.scheme}"',
+        f'    ProxyPass / "http://{_host_port(spec.dashboard_host, spec.dashboard_port)}/" '
+        "flushpackets=on retry=0",
+        "</VirtualHost>",
+    ]
+    for site in sorted(spec.sites, key=lambda s: s.app):
+        lines += ["", *_site(layout, spec, site, vhost)]
+    return "\n".join(lines) + "\n"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str) -> list[str]:
+    static = _path(layout.app_dir(site.app) / "current" / ".opus" / "static")
+    balancer = f"balancer://app-{site.app}"
+    lines = [vhost, f"    ServerName {site.domains[0]}"]
+    if len(site.domains) > 1:
+        lines.append(f"    ServerAlias {' '.join(site.domains[1:])}")
+    lines += [
+        "    ProxyPreserveHost On",
+        f'    RequestHeader set X-Forwarded-Proto "{spec.scheme}"',
+        # Static files come straight from the release's STATIC_ROOT (through the app's
+        # `current` symlink), never from the app; no link inside it is followed.
+        "    ProxyPass /static/ !",
+        f"    Alias /static/ {static[:-1]}/\"",
+        f"    <Directory {static}>",
+        "        Options None",
+        "        Require all granted",
+        '        Header set X-Opus-Served-By "front-static"',
+        "    </Directory>",
+        # Both instances are members; the one not serving is disabled. A deploy flips
+        # them through the balancer-manager (no graceful restart).
+        f'    <Proxy "{balancer}">',
+    ]
+    for port in site.members:
+        disabled = "" if port == site.port else " status=+D"
+        lines.append(f'        BalancerMember "http://127.0.0.1:{port}" retry=0{disabled}')
+    lines += [
+        "    </Proxy>",
+        f'    ProxyPass "{MANAGER_PATH}" !',
+        f'    <Location "{MANAGER_PATH}">',
+        "        SetHandler balancer-manager",
+        f"        Require expr \"%{{REMOTE_ADDR}} == '127.0.0.1' && "
+        f"%{{HTTP:{MANAGER_HEADER}}} == '{spec.token}'\"",
+        "    </Location>",
+        f"    ProxyPass / {balancer}/",
+    ]
+    lines += [f"    ProxyPassReverse / http://127.0.0.1:{port}/" for port in site.members]
+    lines.append("</VirtualHost>")
+    return lines

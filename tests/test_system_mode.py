@@ -1,0 +1,386 @@
+"""System mode end to end: `opus install --system` as root, `opus up --system`, two apps
+pushed over SSH, each built and served as its own Unix user; from inside one app
+nothing of the other's (source, data, env, logs, SQLite, processes) or of Opus's own
+state is reachable; the opus user reaches root only through secureops, which refuses
+what it must; `opus apps:destroy` removes an app's user; `opus uninstall --system
+--purge` leaves nothing behind.
+
+The installation uses the fixed system paths (/etc/opus, /var/log/opus,
+/usr/local/lib/opus, /usr/local/sbin/opus-secureops, /etc/sudoers.d/opus), so it
+refuses to run where Opus is already installed; its users have unique names and are
+removed afterwards. Slow (two cold builds: each app has its own package cache), so it
+runs once, in this one module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    CHECKOUT,
+    SshKey,
+    free_port,
+    free_port_block,
+    git,
+    make_django_project,
+    make_key,
+    push_main,
+    require_tool,
+    set_greeting,
+)
+
+SYSTEM_PATHS = [Path("/etc/opus"), Path("/usr/local/lib/opus"),
+                Path("/usr/local/sbin/opus-secureops"), Path("/etc/sudoers.d/opus")]
+
+
+class SystemOpus:
+    """An Opus installed in system mode: its home, its user, its ports."""
+
+    def __init__(self, home: Path, user: str, ssh_port: int, http_port: int) -> None:
+        self.home, self.user = home, user
+        self.ssh_port, self.http_port = ssh_port, http_port
+        self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+                    "OPUS_HOME": str(home), "PYTHONPATH": str(CHECKOUT)}
+
+    def cli(self, *args: str, input: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`opus ARGS` as root on the host (Opus runs it as its own user)."""
+        result = subprocess.run([sys.executable, "-m", "opus_paas", *args], env=self.env,
+                                input=input, capture_output=True, text=True, timeout=900,
+                                check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"opus {' '.join(args)} failed:\n{result.stdout}"
+                                 f"{result.stderr}")
+        return result
+
+    def get(self, app: str, path: str = "/") -> tuple[int, str]:
+        import urllib.error
+        import urllib.request
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
+                                         headers={"Host": f"{app}.localhost"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+
+def as_user(user: str, *argv: str, input: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """Run `argv` as `user` with its own groups only, as supervisor runs its programs."""
+    entry = pwd.getpwnam(user)
+    return subprocess.run(["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}",
+                           "--init-groups", *argv], input=input, capture_output=True,
+                          text=True, timeout=120, check=False, cwd="/",
+                          env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+
+
+@pytest.fixture(scope="module")
+def system_opus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemOpus]:
+    if os.geteuid() != 0:
+        message = "system mode installs as root (CI runs as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    for tool in ("sudo", "visudo", "setpriv", "runuser", "/usr/sbin/apache2", "git", "ssh"):
+        require_tool(tool)
+    present = [p for p in SYSTEM_PATHS if p.exists()]
+    if present:
+        pytest.fail(f"Opus is installed on this machine already ({present[0]}); the system "
+                    "mode test installs its own and would overwrite it")
+    suffix = secrets.token_hex(3)
+    base = Path(f"/tmp/opus-system-{suffix}")
+    base.mkdir()
+    base.chmod(0o755)
+    home, user = base / "home", f"ot{suffix}"
+    ssh_port, http_port = free_port(), free_port()
+    opus = SystemOpus(home, user, ssh_port, http_port)
+    settings = {"http_host": "127.0.0.1", "http_port": str(http_port), "ssh_host": "127.0.0.1",
+                "ssh_port": str(ssh_port), "dashboard_port": str(free_port()),
+                "app_port_base": str(free_port_block(40)), "health_timeout": "30"}
+    sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+    try:
+        opus.cli("install", "--system", "--home", str(home), "--user", user, *sets)
+        opus.cli("up", "--system")
+        yield opus
+    finally:
+        if Path("/etc/opus/secureops.json").exists():
+            opus.cli("uninstall", "--system", "--purge", check=False)
+        shutil.rmtree(base, ignore_errors=True)
+        for name in (user, f"{user}-front"):
+            subprocess.run(["userdel", name], capture_output=True, check=False)
+            subprocess.run(["groupdel", name], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def key(system_opus: SystemOpus, tmp_path_factory: pytest.TempPathFactory) -> SshKey:
+    made = make_key(tmp_path_factory.mktemp("system-keys"), "dev")
+    system_opus.cli("keys:add", "dev", "-", input=made.public.read_text())
+    return made
+
+
+@pytest.fixture(scope="module")
+def two_apps(system_opus: SystemOpus, key: SshKey,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Apps A and B, each pushed once (a visit recorded in each one's SQLite)."""
+    names = (f"a{secrets.token_hex(3)}", f"b{secrets.token_hex(3)}")
+    for name in names:
+        project = make_django_project(tmp_path_factory.mktemp("system-src") / name,
+                                      greeting=f"Hello from {name}")
+        git(project, "remote", "add", "opus",
+            f"ssh://git@127.0.0.1:{system_opus.ssh_port}/{name}.git")
+        output = push_main(project, system_opus, key)    # type: ignore[arg-type]
+        assert "Released v1" in output, output
+        status, body = system_opus.get(name)
+        assert status == 200 and f"Hello from {name}" in body, body
+    return names
+
+
+def _pids_of(user: str) -> list[int]:
+    uid = pwd.getpwnam(user).pw_uid
+    return [int(p.name) for p in Path("/proc").iterdir()
+            if p.name.isdigit() and p.stat().st_uid == uid]
+
+
+# ---- what install made ------------------------------------------------------------------
+
+def test_install_makes_a_root_owned_helper_and_one_sudoers_rule(
+        system_opus: SystemOpus) -> None:
+    user = system_opus.user
+    for path, mode in ((Path("/usr/local/sbin/opus-secureops"), 0o755),
+                       (Path("/etc/opus/secureops.json"), 0o644),
+                       (Path("/etc/sudoers.d/opus"), 0o440)):
+        info = path.stat()
+        assert info.st_uid == 0 and stat.S_IMODE(info.st_mode) == mode, path
+    for path in Path("/usr/local/lib/opus/secureops").rglob("*"):
+        info = path.lstat()
+        assert info.st_uid == 0 and not info.st_mode & 0o022, path
+    layout = json.loads(Path("/etc/opus/secureops.json").read_text())
+    assert layout["home"] == str(system_opus.home) and layout["opus_group"] == user
+    # sudo lets the opus user run the helper and nothing else.
+    listed = subprocess.run(["sudo", "-l", "-U", user], capture_output=True, text=True,
+                            check=True).stdout
+    assert "(root) NOPASSWD: /usr/local/sbin/opus-secureops" in listed
+    for attempt in (["/bin/sh", "-c", "id"], ["/usr/bin/id"], ["-s"], ["-i"],
+                    ["-u", "root", "/usr/bin/python3", "-c", "print(1)"],
+                    ["-E", "/usr/local/sbin/opus-secureops", "--config", "/tmp/x", "x"]):
+        result = as_user(user, "sudo", "-n", *attempt)
+        assert result.returncode != 0 and "uid=0" not in result.stdout, (attempt, result)
+    # The opus user owns its home, not root's config or the logs.
+    assert system_opus.home.stat().st_uid == pwd.getpwnam(user).pw_uid
+    for path in (Path("/etc/opus/supervisor/conf.d"), Path("/etc/opus/front"),
+                 Path("/var/log/opus")):
+        assert path.stat().st_uid == 0 and not path.stat().st_mode & 0o022, path
+    unit = Path("/etc/systemd/system/opus.service").read_text()
+    assert f"Environment=OPUS_HOME={system_opus.home}" in unit
+    assert "ExecStart=/usr/local/lib/opus/venv/bin/opus up --system" in unit
+
+
+def test_opus_runs_as_its_user_and_the_front_master_as_root(system_opus: SystemOpus) -> None:
+    status = system_opus.cli("status").stdout
+    assert "opus-sshd" in status and "RUNNING" in status
+    opus_pids = set(_pids_of(system_opus.user))
+    commands = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in opus_pids}
+    assert any(b"opus_paas.sshd" in c for c in commands.values())
+    assert any(b"gunicorn" in c for c in commands.values())
+    front_children = _pids_of(f"{system_opus.user}-front")
+    assert front_children, "the front's children serve as the front's user"
+    for pid in front_children:
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert Path(f"/proc/{parent}").stat().st_uid == 0      # the master: root
+
+
+# ---- apps as their own users --------------------------------------------------------------
+
+def test_each_app_builds_and_serves_as_its_own_user(system_opus: SystemOpus,
+                                                    two_apps: tuple[str, str]) -> None:
+    for app in two_apps:
+        user = f"opus-{app}"
+        entry = pwd.getpwnam(user)
+        assert entry.pw_dir == str(system_opus.home / "apps" / app)
+        assert entry.pw_shell == "/usr/sbin/nologin"
+        daemons = [pid for pid in _pids_of(user)
+                   if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"(wsgi:")]
+        assert daemons, f"no mod_wsgi daemon runs as {user}"
+        slug = system_opus.home / "apps" / app / "releases" / "v1"
+        info = slug.stat()
+        assert info.st_uid == entry.pw_uid and stat.S_IMODE(info.st_mode) == 0o750
+        data = system_opus.home / "apps" / app / "data"
+        assert data.stat().st_uid == entry.pw_uid
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        assert (data / "db.sqlite3").stat().st_uid == entry.pw_uid
+        # A one-off process runs as the app's user too.
+        ran = system_opus.cli("run", app, "--", "python", "-c",
+                              "import os; print('uid', os.getuid())")
+        assert f"uid {entry.pw_uid}" in ran.stdout, ran.stdout + ran.stderr
+
+
+def test_one_app_reaches_nothing_of_another_or_of_opus(system_opus: SystemOpus,
+                                                       two_apps: tuple[str, str]) -> None:
+    a, b = two_apps
+    b_dir = system_opus.home / "apps" / b
+    targets = {
+        "B's source": b_dir / "releases" / "v1" / "mysite" / "settings.py",
+        "B's SQLite": b_dir / "data" / "db.sqlite3",
+        "B's config": b_dir / "env" / "v1.json",
+        "B's build config": b_dir / "build-env" / "SECRET_KEY",
+        "B's log": Path("/var/log/opus") / b / "web.log",
+        "the front's access log": Path("/var/log/opus/front/access.log"),
+        "Opus's database": system_opus.home / "opus.db",
+        "Opus's host key": system_opus.home / "ssh_host_key",
+        "the front's config": Path("/etc/opus/front/httpd.conf"),
+    }
+    for what, path in targets.items():
+        assert path.exists(), what
+        result = as_user(f"opus-{a}", "cat", str(path))
+        assert result.returncode != 0 and "Permission denied" in result.stderr, what
+    for listing in (b_dir / "data", b_dir / "releases" / "v1", b_dir / "cache",
+                    b_dir / "build-env", Path("/var/log/opus") / b, system_opus.home / "repos"):
+        result = as_user(f"opus-{a}", "ls", str(listing))
+        assert result.returncode != 0, listing
+    for writable in (system_opus.home, system_opus.home / "apps", b_dir, b_dir / "releases",
+                     Path("/etc/opus/supervisor/conf.d"), Path("/var/log/opus")):
+        result = as_user(f"opus-{a}", "touch", str(writable / "planted"))
+        assert result.returncode != 0, writable
+        assert not (writable / "planted").exists()
+    # Signalling B's processes is refused.
+    b_pids = _pids_of(f"opus-{b}")
+    assert b_pids
+    result = as_user(f"opus-{a}", "kill", "-0", str(b_pids[0]))
+    assert result.returncode != 0 and "not permitted" in result.stderr
+    # From inside A's own code (a one-off process): the same.
+    probe = ("import os\n"
+             f"for p in ({str(b_dir / 'data' / 'db.sqlite3')!r}, "
+             f"{str(b_dir / 'env' / 'v1.json')!r}):\n"
+             "    try:\n        open(p).read(1); print('READ', p)\n"
+             "    except PermissionError:\n        print('denied')\n"
+             f"try:\n    os.kill({b_pids[0]}, 0); print('SIGNALLED')\n"
+             "except PermissionError:\n    print('denied')\n")
+    ran = system_opus.cli("run", a, "--", "python", "-c", probe)
+    assert ran.stdout.split().count("denied") == 3, ran.stdout + ran.stderr
+    # B is unharmed.
+    assert system_opus.get(b)[0] == 200
+
+
+def test_the_opus_user_cannot_reach_root_through_secureops(system_opus: SystemOpus,
+                                                           two_apps: tuple[str, str]) -> None:
+    a, b = two_apps
+    helper = ["sudo", "-n", "/usr/local/sbin/opus-secureops"]
+    user = system_opus.user
+    slug = str(system_opus.home / "apps" / a / "releases" / "v1")
+    # A step runs as the app's user, never as root, whatever it asks for.
+    ran = as_user(user, *helper, "run", a,
+                  input=json.dumps({"argv": ["/usr/bin/id", "-u"], "cwd": slug, "env": {}}))
+    assert ran.returncode == 0 and ran.stdout.strip() == str(pwd.getpwnam(f"opus-{a}").pw_uid)
+    front_spec = {"listen_host": "127.0.0.1", "listen_port": system_opus.http_port,
+                  "scheme": "http",
+                  "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1",
+                                "port": 8090},
+                  "token": "0" * 32, "sites": []}
+    site = {"app": a, "domains": [f"{a}.localhost"], "port": 40000, "members": [40000]}
+    hostile = [
+        (["run", a], {"argv": ["/bin/sh", "-c", "id"], "cwd": "/", "env": {}}, "not inside"),
+        (["run", "root"], {"argv": ["/usr/bin/id"], "cwd": slug, "env": {}},
+         "does not exist"),
+        (["run", a], {"argv": ["/usr/bin/id"], "cwd": slug, "env": {"LD_PRELOAD": "/x.so"}},
+         "not allowed"),
+        (["user-delete", b], None, "directory still exists"),
+        (["programs-install", a], {"programs": [{
+            "name": f"{a}-web-v1-p1", "command": ["/bin/sh"], "directory": slug,
+            "log_name": "web.log"}]}, "not inside the app's releases"),
+        (["front-install"], {**front_spec, "sites": [
+            {**site, "domains": ["x.localhost\nLoadModule evil /tmp/evil.so"]}]},
+         "not a host name"),
+        (["front-install"], {**front_spec, "sites": [
+            site, {**site, "app": b, "domains": [f"{b}.localhost"]}]},
+         "a port is given to two apps"),
+        (["front-install"], {**front_spec, "token": "' || true || '"}, "token"),
+        (["front-install"], {**front_spec, "include": "/tmp/evil.conf"}, "unknown keys"),
+        (["hand-over", "../" + a], None, "invalid app name"),
+    ]
+    before = Path("/etc/opus/front/httpd.conf").read_bytes()
+    for argv, spec, said in hostile:
+        result = as_user(user, *helper, *argv,
+                         input="" if spec is None else json.dumps(spec))
+        assert result.returncode == 77 and said in result.stderr, (argv, result.stderr)
+    assert Path("/etc/opus/front/httpd.conf").read_bytes() == before
+    log = [json.loads(line) for line in
+           Path("/var/log/opus/secureops.log").read_text().splitlines()]
+    denials = [entry for entry in log if entry["outcome"] == "deny"]
+    assert len(denials) >= len(hostile)
+    assert all(entry["caller"] == f"uid {pwd.getpwnam(user).pw_uid}" for entry in denials)
+
+
+def test_a_second_push_keeps_serving_and_prunes_as_the_apps_user(
+        system_opus: SystemOpus, key: SshKey, two_apps: tuple[str, str],
+        tmp_path: Path) -> None:
+    a, _b = two_apps
+    project = tmp_path / a
+    git(tmp_path, "clone", "-q", f"ssh://git@127.0.0.1:{system_opus.ssh_port}/{a}.git",
+        str(project), env=key.git_env(system_opus))    # type: ignore[arg-type]
+    set_greeting(project, "Second release")
+    git(project, "remote", "add", "opus", f"ssh://git@127.0.0.1:{system_opus.ssh_port}/{a}.git")
+    output = push_main(project, system_opus, key)    # type: ignore[arg-type]
+    assert "Released v2" in output, output
+    status, body = system_opus.get(a)
+    assert status == 200 and "Second release" in body and "visits: 2" in body
+    slug = system_opus.home / "apps" / a / "releases" / "v2"
+    assert slug.stat().st_uid == pwd.getpwnam(f"opus-{a}").pw_uid
+    rollback = system_opus.cli("releases:rollback", a, "1")
+    assert "v3" in rollback.stdout, rollback.stdout
+    assert "Hello from" in system_opus.get(a)[1]
+
+
+def test_destroying_an_app_removes_its_user_and_files(system_opus: SystemOpus,
+                                                      two_apps: tuple[str, str]) -> None:
+    _a, b = two_apps
+    system_opus.cli("apps:destroy", b, "--confirm", b)
+    deadline = time.monotonic() + 10
+    with pytest.raises(KeyError):
+        while time.monotonic() < deadline:
+            pwd.getpwnam(f"opus-{b}")
+            time.sleep(0.2)
+    assert not (system_opus.home / "apps" / b).exists()
+    assert not (Path("/var/log/opus") / b).exists()
+    assert not Path(f"/etc/opus/supervisor/conf.d/app-{b}.conf").exists()
+    assert system_opus.get(b)[0] == 404
+
+
+def test_uninstall_leaves_nothing_behind(system_opus: SystemOpus,
+                                         two_apps: tuple[str, str]) -> None:
+    a, _b = two_apps
+    user = system_opus.user
+    system_opus.cli("uninstall", "--system", "--purge")
+    for path in [*SYSTEM_PATHS, Path("/var/log/opus"), system_opus.home,
+                 Path("/etc/systemd/system/opus.service")]:
+        assert not path.exists(), path
+    for name in (user, f"{user}-front", f"opus-{a}"):
+        with pytest.raises(KeyError):
+            pwd.getpwnam(name)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and
+                str(system_opus.home).encode() in _cmdline(p)]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, "processes left after uninstall"
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
