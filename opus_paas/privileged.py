@@ -373,14 +373,18 @@ def make_dir(path: Path, mode: int, *, own: bool) -> None:
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
         own = True           # made just now: Opus's until handed over
+    refused = ServiceError(f"{path.name} in an app's directory is not a plain directory; "
+                           "remove it and push again")
+    if not own:     # the app's already (maybe not even readable by Opus): only look
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise refused
+        return
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
-        raise ServiceError(f"{path.name} in an app's directory is not a plain directory; "
-                           "remove it and push again") from None
+        raise refused from None
     try:
-        if own:
-            os.fchmod(fd, mode)
+        os.fchmod(fd, mode)
     finally:
         os.close(fd)
 

@@ -37,6 +37,7 @@ SUDOERS = Path("/etc/sudoers.d/opus")
 UNIT = Path("/etc/systemd/system/opus.service")
 OPUS_LINK = Path("/usr/local/bin/opus")
 HOST_PYTHON = Path("/usr/bin/python3")
+RUNUSER = "/usr/sbin/runuser"
 DEFAULT_HOME = Path("/var/lib/opus")
 SYSTEM_DEFAULTS = {"http_host": "0.0.0.0", "http_port": "80", "ssh_host": "0.0.0.0"}
 
@@ -170,7 +171,9 @@ def make_system_dirs(settings: Settings) -> None:
         (settings.supervisor_dir, 0, 0, 0o755),
         (settings.supervisor_dir / "conf.d", 0, 0, 0o755),
         (settings.front_dir, 0, 0, 0o755),
+        (settings.front_dir / "run", 0, 0, 0o755),
         (SYSTEM_LOGS_DIR, 0, opus.pw_gid, 0o750),
+        (SYSTEM_LOGS_DIR / "front", 0, opus.pw_gid, 0o750),
         (settings.home, opus.pw_uid, opus.pw_gid, 0o755),
     ]:
         path.mkdir(parents=True, exist_ok=True)
@@ -187,6 +190,7 @@ def _install_venv() -> None:
                          "python3-dev python3-venv)")
     uv = str(build.find_uv())
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(Path.home()),
+           "UV_NATIVE_TLS": "1",    # the host's CA store, as builds use
            **{k: v for k, v in os.environ.items() if k in settings_module.NETWORK_VARS}}
     PREFIX.mkdir(parents=True, exist_ok=True)
     PREFIX.chmod(0o755)
@@ -374,7 +378,7 @@ def up(settings: Settings, own_programs: list[supervisor.Program]) -> list[str]:
     else:
         sup.start()
     done = subprocess.run(
-        ["runuser", "-u", settings.system_user, "--", str(PYTHON), "-m", "opus_paas", "up"],
+        [RUNUSER, "-u", settings.system_user, "--", str(PYTHON), "-m", "opus_paas", "up"],
         capture_output=True, text=True, check=False, cwd="/",
         env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
              "OPUS_HOME": str(settings.home), "HOME": str(settings.home)})
@@ -388,7 +392,7 @@ def as_system_user(settings: Settings, argv: list[str]) -> int:
     """Run an `opus` command as the opus user (root's commands in system mode: what
     they write must stay the opus user's)."""
     return subprocess.run(
-        ["runuser", "-u", settings.system_user, "--", str(PYTHON), "-m", "opus_paas", *argv],
+        [RUNUSER, "-u", settings.system_user, "--", str(PYTHON), "-m", "opus_paas", *argv],
         check=False, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
                           "OPUS_HOME": str(settings.home), "HOME": str(settings.home)},
     ).returncode

@@ -32,8 +32,9 @@ NOLOGIN = "/usr/sbin/nologin"
 # the front's children (static files) and Opus (a member of the front's group), run/
 # (process states) and env/ (each release's config) by Opus, the rest by the app alone.
 # Opus keeps the top of releases/, env/ and build-env/ (it adds and removes entries
-# there); the app gets what is inside.
-TREES = {"releases": (0o750, 0o640), "env": (0o750, 0o640), "build-env": (0o700, 0o600),
+# there); the app gets what is inside. A release's directories are set-group-ID, so
+# what the build adds (static files) is the front's group's to read too.
+TREES = {"releases": (0o2750, 0o640), "env": (0o750, 0o640), "build-env": (0o700, 0o600),
          "home": (0o700, 0o600), "data": (0o700, 0o600), "cache": (0o700, 0o600),
          "run": (0o770, 0o640)}
 KEEP_TOP = frozenset({"releases", "env", "build-env"})
@@ -302,7 +303,7 @@ def _own_file(dir_fd: int, name: str, owner: Owner) -> None:
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode):
             executable = info.st_mode & 0o111
-            _own(fd, owner, owner.dir_mode if executable else owner.file_mode)
+            _own(fd, owner, owner.dir_mode & 0o777 if executable else owner.file_mode)
     finally:
         os.close(fd)
 
@@ -451,7 +452,7 @@ def front_install(request: Request) -> int:
             path.mkdir(parents=True, exist_ok=True)
     else:
         _trusted_dir(layout.front)
-        _root_dir(layout, layout.front, "run", 0o750)
+        _root_dir(layout, layout.front, "run", 0o755)
         _root_dir(layout, layout.logs, "front", 0o750)
     candidate = _replace(layout.front, "httpd.conf.new", text, 0o600)
     test = subprocess.run([layout.apache_bin, "-t", "-f", str(layout.front / candidate)],
@@ -524,9 +525,11 @@ def run(request: Request) -> int:
     previous = {sig: signal.signal(sig, stop)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
+        # umask 027: what the step makes, its group may read (Opus, the front), no
+        # one else.
         child = subprocess.Popen(spec.argv, cwd=f"/proc/self/fd/{cwd}", pass_fds=(cwd,),
                                  env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-                                 **identity)
+                                 umask=0o027, **identity)
         group.append(child.pid)
         # Wait without reaping, so the pid (and so the group id) cannot be reused before
         # what the step left behind is killed.

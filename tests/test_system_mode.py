@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from opus_paas.settings import NETWORK_VARS
 from tests.conftest import (
     CHECKOUT,
     SshKey,
@@ -51,8 +52,11 @@ class SystemOpus:
     def __init__(self, home: Path, user: str, ssh_port: int, http_port: int) -> None:
         self.home, self.user = home, user
         self.ssh_port, self.http_port = ssh_port, http_port
+        # The host's network set-up (proxies, CA file) reaches the builds, as it would
+        # from the operator's shell; nothing else of the test's environment does.
+        network = {k: v for k, v in os.environ.items() if k in NETWORK_VARS}
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-                    "OPUS_HOME": str(home), "PYTHONPATH": str(CHECKOUT)}
+                    "OPUS_HOME": str(home), "PYTHONPATH": str(CHECKOUT), **network}
 
     def cli(self, *args: str, input: str | None = None,
             check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -96,7 +100,7 @@ def system_opus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemOpus
         pytest.skip(message)
     for tool in ("sudo", "visudo", "setpriv", "runuser", "/usr/sbin/apache2", "git", "ssh"):
         require_tool(tool)
-    present = [p for p in SYSTEM_PATHS if p.exists()]
+    present = [p for p in [*SYSTEM_PATHS, Path("/var/log/opus")] if p.exists()]
     if present:
         pytest.fail(f"Opus is installed on this machine already ({present[0]}); the system "
                     "mode test installs its own and would overwrite it")
@@ -116,9 +120,15 @@ def system_opus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemOpus
         opus.cli("up", "--system")
         yield opus
     finally:
-        if Path("/etc/opus/secureops.json").exists():
+        if any(p.exists() for p in SYSTEM_PATHS):
             opus.cli("uninstall", "--system", "--purge", check=False)
-        shutil.rmtree(base, ignore_errors=True)
+        # Whatever a failed install or uninstall left (none of it was here before).
+        for path in [*SYSTEM_PATHS, Path("/var/log/opus"), base,
+                     Path("/etc/systemd/system/opus.service")]:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         for name in (user, f"{user}-front"):
             subprocess.run(["userdel", name], capture_output=True, check=False)
             subprocess.run(["groupdel", name], capture_output=True, check=False)
@@ -216,7 +226,7 @@ def test_each_app_builds_and_serves_as_its_own_user(system_opus: SystemOpus,
         assert daemons, f"no mod_wsgi daemon runs as {user}"
         slug = system_opus.home / "apps" / app / "releases" / "v1"
         info = slug.stat()
-        assert info.st_uid == entry.pw_uid and stat.S_IMODE(info.st_mode) == 0o750
+        assert info.st_uid == entry.pw_uid and stat.S_IMODE(info.st_mode) == 0o2750
         data = system_opus.home / "apps" / app / "data"
         assert data.stat().st_uid == entry.pw_uid
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
