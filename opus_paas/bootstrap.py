@@ -2,6 +2,8 @@
 
     python3 -m opus_paas.bootstrap up      install what is missing, then `opus up`
     python3 -m opus_paas.bootstrap test    install what is missing, then run every test
+    python3 -m opus_paas.bootstrap system [--home DIR] [--user NAME] [--set KEY=VALUE]…
+                                           (root) `opus install --system`, `opus up --system`
 
 Stdlib only: it runs before anything is installed.
 """
@@ -23,8 +25,10 @@ APT_PACKAGES = [
     "apache2", "apache2-dev", "apache2-utils", "git", "openssh-client",
     "python3", "python3-dev", "python3-venv", "build-essential", "curl",
 ]
-# Load for the zero-downtime tests; a headless browser (and a font) for the dashboard's.
-APT_TEST_PACKAGES: list[str] = ["wrk", "chromium", "chromium-driver", "fonts-dejavu-core"]
+# Load for the zero-downtime tests; a headless browser (and a font) for the dashboard's;
+# sudo for system mode's (the opus user reaches secureops through it).
+APT_TEST_PACKAGES: list[str] = ["wrk", "chromium", "chromium-driver", "fonts-dejavu-core",
+                                "sudo"]
 
 
 def _missing_apt(packages: list[str]) -> list[str]:
@@ -69,13 +73,23 @@ def install_python_packages(extras: str) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("up", "test"):
+    if not argv or argv[0] not in ("up", "test", "system"):
         print(__doc__)
         return 2
     if argv[0] == "up":
         install_system_packages(APT_PACKAGES)
         python = install_python_packages("")
         return subprocess.run([str(python), "-m", "opus_paas", "up"], check=False).returncode
+    if argv[0] == "system":
+        install_system_packages([*APT_PACKAGES, "sudo"])
+        python = install_python_packages("")
+        opus = [str(python), "-m", "opus_paas"]
+        installed = subprocess.run([*opus, "install", "--system", *argv[1:]], check=False)
+        if installed.returncode != 0:
+            return installed.returncode
+        home = dict(zip(argv[1::2], argv[2::2], strict=False)).get("--home")
+        env = {**os.environ, **({"OPUS_HOME": home} if home else {})}
+        return subprocess.run([*opus, "up", "--system"], check=False, env=env).returncode
     install_system_packages(APT_PACKAGES + APT_TEST_PACKAGES)
     python = install_python_packages("test")
     return subprocess.run([str(python), "-m", "pytest", *argv[1:]], cwd=CHECKOUT,

@@ -22,6 +22,7 @@ FORBIDDEN_ENV = re.compile(r"LD_.*|PYTHONHOME|PYTHONSTARTUP|PYTHONINSPECT|BASH_E
                            r"PERL5OPT|PERL5LIB|RUBYOPT|NODE_OPTIONS|GCONV_PATH|IFS")
 SIGNALS = frozenset({"TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"})
 MAX_ARG = 8192
+MAX_VALUE = 32 * 1024     # a config var passed to a step (a PEM key, say)
 MAX_ARGS = 256
 MAX_PROGRAMS = 32
 PROCESS_NUM = "%(process_num)d"
@@ -33,10 +34,13 @@ def app_name(name: str) -> str:
     return name
 
 
-def _text(value: Any, what: str, limit: int = MAX_ARG) -> str:
-    if not isinstance(value, str) or len(value) > limit or \
-            any(c in value for c in "\0\n\r"):
-        raise Denied(f"{what} must be one line of text of at most {limit} characters")
+def _text(value: Any, what: str, limit: int = MAX_ARG, *, lines: bool = False) -> str:
+    """A string: one line (or, with `lines`, any text without NUL: a value passed to
+    exec, never written into a config), at most `limit` characters."""
+    forbidden = "\0" if lines else "\0\n\r"
+    if not isinstance(value, str) or len(value) > limit or any(c in value for c in forbidden):
+        kind = "text without NUL" if lines else "one line of text"
+        raise Denied(f"{what} must be {kind} of at most {limit} characters")
     return value
 
 
@@ -70,20 +74,20 @@ def inside(layout: Layout, app: str, path: Any, under: str, what: str) -> PurePo
     return found
 
 
-def environment(value: Any, what: str) -> dict[str, str]:
+def environment(value: Any, what: str, *, lines: bool = False) -> dict[str, str]:
     if not isinstance(value, dict) or len(value) > 256:
         raise Denied(f"{what} must be an object of at most 256 variables")
     for key, item in value.items():
         if not isinstance(key, str) or not ENV_KEY.fullmatch(key) or FORBIDDEN_ENV.fullmatch(key):
             raise Denied(f"{what}: variable {key!r} is not allowed")
-        _text(item, f"{what}: {key}")
+        _text(item, f"{what}: {key}", MAX_VALUE if lines else MAX_ARG, lines=lines)
     return dict(value)
 
 
-def argv(value: Any, what: str) -> list[str]:
+def argv(value: Any, what: str, *, lines: bool = False) -> list[str]:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_ARGS:
         raise Denied(f"{what} must be a list of 1 to {MAX_ARGS} arguments")
-    return [_text(a, f"{what} argument") for a in value]
+    return [_text(a, f"{what} argument", lines=lines) for a in value]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,8 +168,10 @@ def run(layout: Layout, app: str, spec: Any) -> RunSpec:
     """A step to run as the app's user: a command by absolute path, in a directory
     inside the app's tree, with exactly the environment given (checked)."""
     body = _exactly(spec, {"argv", "cwd", "env"}, set(), "the spec")
-    command = argv(body["argv"], "argv")
+    # A step is exec'd, never written into a config: its arguments and variables may
+    # span lines (`python -c` code, a multi-line config var).
+    command = argv(body["argv"], "argv", lines=True)
     if not command[0].startswith("/") or ".." in PurePosixPath(command[0]).parts:
         raise Denied("argv[0] must be an absolute path without '..'")
     return RunSpec(command, inside(layout, app, body["cwd"], "", "cwd"),
-                   environment(body["env"], "env"))
+                   environment(body["env"], "env", lines=True))

@@ -18,7 +18,7 @@ from typing import Any
 from secureops import audit, checks, verbs
 from secureops.layout import DEFAULT_CONFIG, Denied, Layout, load
 
-MAX_SPEC = 64 * 1024
+MAX_SPEC = 1 << 20     # a step's environment carries the app's config
 DENIED = 77        # EX_NOPERM: distinct from any status a step is likely to give
 FAILED = 70        # EX_SOFTWARE
 ELEVATORS = ("SUDO_UID", "DOAS_USER", "PKEXEC_UID")

@@ -121,7 +121,7 @@ def hostile_requests(layout: Layout) -> list[tuple[list[str], Any, str]]:
         (["user-delete", APP], None, "does not exist"),
         # programs: spec injection
         (["programs-install", APP], "not json", "not JSON"),
-        (["programs-install", APP], "x" * 70_000, "larger than"),
+        (["programs-install", APP], "x" * (1 << 20) + "x", "larger than"),
         (["programs-install", APP], {"programs": "all"}, "must be a list"),
         (["programs-install", APP], {"programs": [], "user": "root"}, "unknown keys"),
         (["programs-install", APP], web_program(layout, APP, user="root"), "unknown keys"),
@@ -174,10 +174,66 @@ def hostile_requests(layout: Layout) -> list[tuple[list[str], Any, str]]:
          "is not allowed"),
         (["run", APP], {"argv": ["/usr/bin/id"], "cwd": slug, "env": {"PYTHONHOME": "/x"}},
          "is not allowed"),
+        (["run", APP], {"argv": ["/usr/bin/id", "a\0b"], "cwd": slug, "env": {}},
+         "text without NUL"),
+        (["run", APP], {"argv": ["/usr/bin/id"], "cwd": slug, "env": {"A": "x\0"}},
+         "text without NUL"),
+        (["run", APP], {"argv": ["/usr/bin/id"], "cwd": slug + "\n"}, "missing keys"),
         (["run", APP], {"argv": ["/usr/bin/id"], "cwd": slug}, "missing keys"),
         (["run", APP], {"argv": ["/usr/bin/id"], "cwd": slug, "env": {}, "user": "root"},
          "unknown keys"),
+        # removals: a version, nothing else
+        (["release-remove", APP], {"version": "../../etc"}, "whole number"),
+        (["release-remove", APP], {"version": 0}, "whole number"),
+        (["release-remove", APP], {"version": 1, "path": "/etc"}, "unknown keys"),
+        (["app-remove", "../etc"], None, "invalid app name"),
+        (["app-remove"], None, "usage"),
+        # the front: values only, every directive secureops's own
+        (["front-install", APP], front_spec(), "usage"),
+        (["front-install"], front_spec(include="/tmp/evil.conf"), "unknown keys"),
+        (["front-install"], front_spec(token="' || true || '"), "token"),
+        (["front-install"], front_spec(scheme="http\nLoadModule x /tmp/x.so"), "scheme"),
+        (["front-install"], front_spec(listen_host="0.0.0.0:80\nListen 81"),
+         "one line of text"),
+        (["front-install"], front_spec(listen_host="127.0.0.1><Directory /"),
+         "not an IP address"),
+        (["front-install"], front_spec(listen_port=0), "whole number"),
+        (["front-install"], front_spec(dashboard={"domain": "opus.localhost",
+                                                  "host": "127.0.0.1", "port": 70000}),
+         "whole number"),
+        (["front-install"], front_spec(sites=[site(domains=['x" LoadModule'])]),
+         "not a host name"),
+        (["front-install"], front_spec(sites=[site(domains=["UPPER.localhost"])]),
+         "not a host name"),
+        (["front-install"], front_spec(sites=[site(app="../etc")]), "invalid app name"),
+        (["front-install"], front_spec(sites=[site(), site(app="other",
+                                                           domains=["other.localhost"])]),
+         "a port is given to two apps"),
+        (["front-install"], front_spec(sites=[site(), site(app="other")]),
+         "a host name is given twice"),
+        (["front-install"], front_spec(sites=[site(domains=["opus.localhost"])]),
+         "a host name is given twice"),
+        (["front-install"], front_spec(sites=[site(port=8080, members=[8080])]),
+         "the front's or the dashboard's"),
+        (["front-install"], front_spec(sites=[site(port=20005)]), "one of its members"),
+        (["front-install"], front_spec(sites=[site(port=80, members=[80])]), "whole number"),
+        (["front-install"], front_spec(sites=[site(user="root")]), "unknown keys"),
     ]
+
+
+def front_spec(**changes: Any) -> dict[str, Any]:
+    spec = {"listen_host": "127.0.0.1", "listen_port": 8080, "scheme": "http",
+            "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1", "port": 8090},
+            "token": "0" * 32, "sites": [site()]}
+    spec.update(changes)
+    return spec
+
+
+def site(**changes: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"app": APP, "domains": [f"{APP}.localhost"], "port": 20001,
+                             "members": [20000, 20001]}
+    entry.update(changes)
+    return entry
 
 
 def test_every_hostile_request_is_refused_and_logged(home: tuple[Layout, Path]) -> None:
@@ -214,7 +270,14 @@ def test_same_user_mode_refuses_the_same_requests(home: tuple[Layout, Path]) -> 
     assert cli.handle(layout, ["programs-install", APP], io.StringIO(spec), "test",
                       same_user=True) == 0
     rendered = (layout.conf_d / f"app-{APP}.conf").read_text()
-    assert "user=" not in rendered.replace("user= is", "")
+    assert "\nuser=" not in rendered
+    # The front's whole config, from values; no User line (the front is the caller's).
+    (layout.app_dir(APP)).mkdir(parents=True)
+    assert cli.handle(layout, ["front-install"], io.StringIO(json.dumps(front_spec())),
+                      "test", same_user=True) == 0, "apache2 -t refused the rendered config"
+    front = (layout.front / "httpd.conf").read_text()
+    assert "\nUser " not in front and f"ServerName {APP}.localhost" in front
+    assert stat.S_IMODE((layout.front / "httpd.conf").stat().st_mode) == 0o600
 
 
 def test_the_config_must_be_roots_alone(home: tuple[Layout, Path]) -> None:
