@@ -38,7 +38,6 @@ from tests import system_opus
 from tests.conftest import git, make_django_project, make_key, set_greeting, start_opus, stop_opus
 
 
-
 def push(project: Path, remote: str) -> float:
     started = time.perf_counter()
     result = git(project, "push", remote, "main", check=False,

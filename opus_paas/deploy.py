@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import http.client
 import json
+import pwd
 import re
 import socket
 import time
@@ -205,6 +206,37 @@ def check_health(settings: Settings, host: str, port: int, program: str,
                       f"(last: {last}); the old release keeps serving")
 
 
+def listening_uids(table: str, port: int) -> set[int]:
+    """The uids of the sockets listening on `port` in a /proc/net/tcp{,6} table (pure)."""
+    found = set()
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 7 and fields[3] == "0A" and \
+                fields[1].rpartition(":")[2].upper() == f"{port:04X}":
+            found.add(int(fields[7]))
+    return found
+
+
+def check_listener(settings: Settings, app: str, port: int) -> None:
+    """System mode: what answered on the app's port must be the app's own process. Any
+    app could bind another's idle port before its deploy and take its traffic."""
+    if not settings.system:
+        return
+    tables = ""
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            tables += Path(name).read_text()
+    owners = listening_uids(tables, port)
+    try:
+        expected = pwd.getpwnam(f"opus-{app}").pw_uid
+    except KeyError:
+        raise BuildFailed(f"{app} has no user of its own; push again") from None
+    if owners != {expected}:
+        raise BuildFailed(f"port {port}, where the new release should answer, is held by "
+                          "another user's process; the old release keeps serving (ask the "
+                          "operator to look at what listens there)")
+
+
 def read_process_state(path: Path) -> dict[str, object]:
     """What a process's wrapper (stamp or supervise) last wrote; the app's user writes it,
     so it is read without following links and anything odd reads as nothing."""
@@ -326,6 +358,7 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
         check = checks.from_json(app.health_check)
         check_health(settings, settings.app_domain(app.name), port, new.name, supervisor, check,
                      web_state_file(settings, app.name, version, port))
+        check_listener(settings, app.name, port)
         emit("       Health check passed; switching traffic" if not check.disabled else
              "       Accepting connections (health check disabled); switching traffic")
         # One lock from the front's render to the database row: another app's deploy

@@ -7,6 +7,7 @@ environment after that.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pwd
 import tomllib
@@ -221,12 +222,44 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                     f"{config_file}: unknown setting {key!r}; known: {', '.join(sorted(_FIELDS))}"
                 )
             values[key] = _coerce(key, value, str(config_file))
+    if os.geteuid() == 0:
+        values.update(_root_decides(home))
     for name in _FIELDS:
         raw = env.get("OPUS_" + name.upper())
         if raw:
             values[name] = _coerce(name, raw, "OPUS_" + name.upper())
     network = tuple((name, env[name]) for name in NETWORK_VARS if env.get(name))
     return Settings(home=home, network_env=network, **values)
+
+
+# What root never takes from opus.toml, which the opus user writes (root's own OPUS_*
+# variables still count): whether a home is a system-mode one, who Opus runs as, which
+# Apache root starts.
+ROOT_DECIDES = {"mode", "system_user", "apache_bin", "apache_modules"}
+SYSTEM_LAYOUT = SYSTEM_CONFIG_DIR / "secureops.json"
+
+
+def _root_decides(home: Path) -> dict[str, str]:
+    """Root's own answer for ROOT_DECIDES: from the root-owned secureops config when it
+    names this home (system mode), else embedded mode with the defaults."""
+    answer = {"mode": "embedded", "system_user": "opus", "apache_bin": Settings.apache_bin,
+              "apache_modules": Settings.apache_modules}
+    try:
+        fd = os.open(SYSTEM_LAYOUT, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return answer
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if info.st_uid != 0 or info.st_mode & 0o022:
+            return answer
+        try:
+            layout = json.loads(handle.read(64 * 1024))
+        except ValueError:
+            return answer
+    if isinstance(layout, dict) and layout.get("home") == str(home) and \
+            isinstance(layout.get("opus_group"), str):
+        answer.update(mode="system", system_user=layout["opus_group"])
+    return answer
 
 
 def user_ids(name: str | None) -> tuple[int, int] | None:

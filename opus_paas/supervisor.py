@@ -149,9 +149,11 @@ class Supervisor:
         _write_atomic(self.conf, render_main_config(self.settings))
         # A clean environment: nothing of the operator's shell reaches the apps;
         # each program's section says what it needs.
+        # -I and cwd /: nothing of the caller's directory or environment is imported
+        # (it runs as root in system mode).
         result = subprocess.run(
-            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.conf)],
-            capture_output=True, text=True, check=False, env=CLEAN_ENVIRONMENT,
+            [sys.executable, "-I", "-m", "supervisor.supervisord", "-c", str(self.conf)],
+            capture_output=True, text=True, check=False, env=CLEAN_ENVIRONMENT, cwd="/",
         )
         if result.returncode != 0:
             raise ServiceError(

@@ -153,10 +153,21 @@ def _write_config(chosen: Plan) -> None:
     os.chown(chosen.home, entry.pw_uid, entry.pw_gid)
     chosen.home.chmod(0o755)
     lines = [f"{key} = {json.dumps(value)}" for key, value in sorted(chosen.settings.items())]
-    config = chosen.home / "opus.toml"
-    config.write_text("# Written by opus install --system.\n" + "\n".join(lines) + "\n")
-    os.chown(config, entry.pw_uid, entry.pw_gid)
-    config.chmod(0o644)
+    text = "# Written by opus install --system.\n" + "\n".join(lines) + "\n"
+    # The home is the opus user's: root writes there only through descriptors, a fresh
+    # file of its own renamed over the old one (a link planted there is replaced, never
+    # followed).
+    home = os.open(chosen.home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        tmp = f".opus.toml.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
+                     dir_fd=home)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            os.fchown(out.fileno(), entry.pw_uid, entry.pw_gid)
+        os.rename(tmp, "opus.toml", src_dir_fd=home, dst_dir_fd=home)
+    finally:
+        os.close(home)
 
 
 def make_system_dirs(settings: Settings) -> None:

@@ -64,6 +64,8 @@ class FrontSpec:
 def _address(value: Any, what: str) -> str:
     text = _text(value, what, 253)
     try:
+        if "%" in text:        # an IPv6 scope id: anything but '%' could follow
+            raise ValueError(text)
         return str(ipaddress.ip_address(text))
     except ValueError:
         if DOMAIN.fullmatch(text):
@@ -230,6 +232,13 @@ def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str) -> list[str]:
         # `current` symlink), never from the app; no link inside it is followed.
         "    ProxyPass /static/ !",
         f"    Alias /static/ {static[:-1]}/\"",
+        # Apache follows a link as the Options of the directory holding it say: below
+        # the release (`current` itself is followed), none is, so a link at .opus or
+        # static cannot lead the front into another app's release.
+        f"    <Directory {_path(layout.app_dir(site.app) / 'current')}>",
+        "        Options None",
+        "        AllowOverride None",
+        "    </Directory>",
         f"    <Directory {static}>",
         "        Options None",
         "        Require all granted",

@@ -14,7 +14,6 @@ import errno
 import grp
 import os
 import pwd
-import shutil
 import signal
 import stat
 import subprocess
@@ -30,7 +29,8 @@ USERDEL = "/usr/sbin/userdel"
 NOLOGIN = "/usr/sbin/nologin"
 # What the app owns in its directory, and how open each tree is: releases are read by
 # the front's children (static files) and Opus (a member of the front's group), run/
-# (process states) and env/ (each release's config) by Opus, the rest by the app alone.
+# (process states) by Opus, the rest by the app alone. env/ (each release's config)
+# stays Opus's: its files only take the app's group, to be read.
 # Opus keeps the top of releases/, env/ and build-env/ (it adds and removes entries
 # there); the app gets what is inside. A release's directories are set-group-ID, so
 # what the build adds (static files) is the front's group's to read too.
@@ -177,8 +177,9 @@ def hand_over(request: Request) -> int:
                 fd = _open_dir(top, tree)
             except FileNotFoundError:
                 continue
-            gid = {"releases": front_gid, "run": opus_gid, "env": opus_gid}.get(tree, app_gid)
-            owner = Owner(uid, gid, dir_mode, file_mode, chown)
+            gid = {"releases": front_gid, "run": opus_gid}.get(tree, app_gid)
+            # The release's config stays Opus's (the app may read it, not grow it).
+            owner = Owner(-1 if tree == "env" else uid, gid, dir_mode, file_mode, chown)
             if not chown:      # all the caller's already: the tops' modes are enough
                 if tree not in KEEP_TOP:
                     _own(fd, owner, dir_mode)
@@ -199,7 +200,7 @@ def hand_over(request: Request) -> int:
 class Owner:
     """Who is to own a tree's entries, and at which modes."""
 
-    uid: int
+    uid: int             # -1: the owner stays as it is (only the group is given)
     gid: int
     dir_mode: int
     file_mode: int
@@ -301,7 +302,9 @@ def _own_file(dir_fd: int, name: str, owner: Owner) -> None:
         return       # swapped or gone
     try:
         info = os.fstat(fd)
-        if stat.S_ISREG(info.st_mode):
+        # A hard link may be to a file the caller could write but does not own (the
+        # kernel's protection allows that): such a file is never given away.
+        if stat.S_ISREG(info.st_mode) and not (owner.chown and info.st_nlink > 1):
             executable = info.st_mode & 0o111
             _own(fd, owner, owner.dir_mode & 0o777 if executable else owner.file_mode)
     finally:
@@ -382,7 +385,10 @@ def programs_remove(request: Request) -> int:
 
 
 def _unlink(directory: Path, name: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
     try:
         os.unlink(name, dir_fd=fd)
     except FileNotFoundError:
@@ -418,7 +424,10 @@ def app_remove(request: Request) -> int:
     layout = request.layout
     _unlink(layout.conf_d, _conf_name(request.app))
     for parent, name in ((layout.logs, request.app), (layout.apps, request.app)):
-        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            continue
         try:
             _remove(fd, name)
         finally:
@@ -426,17 +435,27 @@ def app_remove(request: Request) -> int:
     return 0
 
 
-def _remove(parent_fd: int, name: str) -> None:
-    """Remove `name` in `parent_fd`, whatever it is, never following a symlink
-    (shutil.rmtree with dir_fd walks by descriptor)."""
+def _remove(parent_fd: int, name: str, depth: int = 0) -> None:
+    """Remove `name` in `parent_fd`, whatever it is, never following a symlink and never
+    opening anything but a directory (O_DIRECTORY|O_NOFOLLOW|O_NONBLOCK: a FIFO or a
+    device swapped in is refused, not opened)."""
     try:
         info = os.lstat(name, dir_fd=parent_fd)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(info.st_mode):
-        shutil.rmtree(name, dir_fd=parent_fd)
-    else:
+    if not stat.S_ISDIR(info.st_mode):
         os.unlink(name, dir_fd=parent_fd)
+        return
+    if depth > MAX_DEPTH:
+        raise Denied(f"the tree is deeper than {MAX_DEPTH} directories")
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                 dir_fd=parent_fd)
+    try:
+        for entry in list(os.scandir(fd)):
+            _remove(fd, entry.name, depth + 1)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
 
 
 # ---- the front ------------------------------------------------------------------------

@@ -136,14 +136,15 @@ def test_files_the_run_user_could_plant_are_read_without_following_links(tmp_pat
 def test_make_dir_refuses_a_planted_symlink(tmp_path: Path) -> None:
     from opus_paas.errors import ServiceError
     from opus_paas.privileged import make_dir
-    from opus_paas.settings import Settings
 
     victim = tmp_path / "victim"
     victim.mkdir(mode=0o700)
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "run").symlink_to(victim)
     with pytest.raises(ServiceError, match="not a plain directory"):
-        make_dir(Settings(home=tmp_path), tmp_path / "app" / "run", 0o755, for_run_user=True)
+        make_dir(tmp_path / "app" / "run", 0o755, own=True)
+    with pytest.raises(ServiceError, match="not a plain directory"):
+        make_dir(tmp_path / "app" / "run", 0o755, own=False)
     assert stat.S_IMODE(victim.stat().st_mode) == 0o700
 
 
@@ -156,22 +157,29 @@ def test_a_step_cannot_leave_processes_behind_nor_hang_the_push(tmp_path: Path) 
     from opus_paas.settings import Settings
 
     settings = Settings(home=tmp_path, run_user="")
+    slug = tmp_path / "apps" / "shop" / "releases" / "v1"
+    slug.mkdir(parents=True)
     marker = tmp_path / "survivor"
     # The step starts a background child that keeps its output open, then exits.
     script = f"(sleep 3; touch {marker}) & echo started"
     start = time.monotonic()
-    lines = list(stream(settings, ["sh", "-c", script], cwd=tmp_path,
+    lines = list(stream(settings, "shop", ["/bin/sh", "-c", script], cwd=slug,
                         env={"PATH": "/usr/bin:/bin"}, timeout=60))
     assert lines == ["started"]
     assert time.monotonic() - start < 2.5
     time.sleep(3.5)
     assert not marker.exists()
     with pytest.raises(ServiceError, match="longer than 1 s"):
-        list(stream(settings, ["sleep", "30"], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"},
-                    timeout=1))
+        list(stream(settings, "shop", ["/bin/sleep", "30"], cwd=slug,
+                    env={"PATH": "/usr/bin:/bin"}, timeout=1))
     with pytest.raises(subprocess.CalledProcessError):
-        list(stream(settings, ["false"], cwd=tmp_path, env={"PATH": "/usr/bin:/bin"},
+        list(stream(settings, "shop", ["/bin/false"], cwd=slug, env={"PATH": "/usr/bin:/bin"},
                     timeout=10))
+    # Every step is checked by secureops's rules first, in embedded mode too.
+    for argv, cwd in ((["sh", "-c", "id"], slug), (["/bin/true"], tmp_path),
+                      (["/bin/true"], tmp_path / "apps" / "other" / "releases")):
+        with pytest.raises(ServiceError, match="the step was refused"):
+            list(stream(settings, "shop", argv, cwd=cwd, env={}, timeout=10))
 
 
 @pytest.mark.parametrize("hostile", [

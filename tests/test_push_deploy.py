@@ -70,14 +70,15 @@ def test_app_code_owns_only_its_own_corners(opus: Opus, first_push: str) -> None
     run_uid = os.stat(base / "data").st_uid
     for own in (base, base / "releases", base / "env"):
         assert own.stat().st_uid == os.geteuid(), own
-    # The config snapshot is the app's to read, in a directory it cannot change.
-    for given in (base / "data", base / "run", base / "home", base / "releases" / "v1",
-                  base / "env" / "v1.json"):
+    for given in (base / "data", base / "run", base / "home", base / "releases" / "v1"):
         assert given.stat().st_uid == run_uid, given
+    # The config snapshot stays Opus's, for the app to read (its group), not to change.
+    snapshot = (base / "env" / "v1.json").stat()
+    assert snapshot.st_uid == os.geteuid()
     if os.geteuid() == 0:
         assert run_uid != 0      # app code never runs as root
-        # Others may not read it (its group is Opus's in system mode, the run user's here).
-        assert stat.S_IMODE((base / "env" / "v1.json").stat().st_mode) == 0o640
+        assert snapshot.st_gid == os.stat(base / "data").st_gid
+        assert stat.S_IMODE(snapshot.st_mode) == 0o640
 
 
 def test_app_processes_see_none_of_the_operators_environment(opus: Opus,

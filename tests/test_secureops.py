@@ -355,6 +355,49 @@ def test_hand_over_sets_owners_and_modes(apps: tuple[Layout, Path, list[str]]) -
     assert code.st_gid == 65534                     # nogroup: the front's children read
     assert (data.st_uid, stat.S_IMODE(data.st_mode)) == (entry.pw_uid, 0o700)
     assert (database.st_uid, stat.S_IMODE(database.st_mode)) == (entry.pw_uid, 0o600)
+    assert stat.S_IMODE((top / "releases" / "v1").stat().st_mode) == 0o2750
+
+
+def test_hand_over_gives_only_what_it_should(apps: tuple[Layout, Path, list[str]]) -> None:
+    layout, config, (app, _other) = apps
+    entry = pwd.getpwnam(f"opus-{app}")
+    top = layout.app_dir(app)
+    # A release's config: Opus keeps it (the app may read it, not grow or change it).
+    (top / "env").mkdir()
+    (top / "env" / "v1.json").write_text("{}")
+    # A file with a second hard link (which protected_hardlinks allows to a file the
+    # linker may write) is not given away.
+    shared = top / "releases" / "v2"
+    shared.mkdir()
+    (shared / "linked").write_text("root's\n")
+    os.link(shared / "linked", layout.home / "elsewhere-link")
+    assert call(config, "hand-over", app).returncode == 0
+    snapshot = (top / "env" / "v1.json").stat()
+    assert (snapshot.st_uid, snapshot.st_gid) == (0, entry.pw_gid)
+    assert stat.S_IMODE(snapshot.st_mode) == 0o640
+    assert (top / "env").stat().st_uid == 0              # the directory stays Opus's
+    assert (shared / "linked").stat().st_uid == 0
+    assert (shared).stat().st_uid == entry.pw_uid
+
+
+def test_removing_a_release_never_follows_what_the_app_planted(
+        apps: tuple[Layout, Path, list[str]], tmp_path: Path) -> None:
+    layout, config, (app, _other) = apps
+    top = layout.app_dir(app)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep\n")
+    slug = top / "releases" / "v1"
+    (slug / "link").symlink_to(outside)
+    os.mkfifo(slug / "fifo")
+    (top / "env").mkdir(exist_ok=True)
+    (top / "env" / "v1.json").write_text("{}")
+    result = call(config, "release-remove", app, spec={"version": 1})
+    assert result.returncode == 0, result.stderr
+    assert not slug.exists() and not (top / "env" / "v1.json").exists()
+    assert (outside / "keep.txt").read_text() == "keep\n"
+    assert call(config, "app-remove", app).returncode == 0
+    assert not top.exists() and (outside / "keep.txt").exists()
 
 
 def test_a_symlink_in_the_tree_is_never_followed(apps: tuple[Layout, Path, list[str]],

@@ -21,12 +21,15 @@ import re
 import secrets
 import stat
 import subprocess
+import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from opus_paas import deploy
 from tests import system_opus as system_opus_module
 from tests.conftest import (
     SshKey,
@@ -331,6 +334,53 @@ def test_a_second_push_keeps_serving_and_prunes_as_the_apps_user(
     rollback = system_opus.cli("rollback", a, "v1")
     assert "v3" in rollback.stdout, rollback.stdout
     assert "Hello from" in system_opus.get(a)[1]
+
+
+def test_an_app_squatting_anothers_idle_port_does_not_get_its_traffic(
+        system_opus: SystemOpus, key: SshKey, two_apps: tuple[str, str],
+        tmp_path: Path) -> None:
+    """App A binds B's idle port and answers there; B's next deploy must not switch
+    B's traffic to A (nor take B down)."""
+    a, b = two_apps
+    settings = tomllib.loads((system_opus.home / "opus.toml").read_text())
+    base = int(settings["app_port_base"])
+    conf = Path(f"/etc/opus/supervisor/conf.d/app-{b}.conf").read_text()
+    live = int(re.search(rf"\[program:{b}-web-v[0-9]+-p([0-9]+)\]", conf).group(1))  # type: ignore[union-attr]
+    idle = live + 1 if (live - base) % 2 == 0 else live - 1
+    squatter = subprocess.Popen(
+        [sys.executable, "-m", "opus_paas", "run", a, "--", "python", "-m", "http.server",
+         "--bind", "127.0.0.1", str(idle)], env=system_opus.env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            tables = Path("/proc/net/tcp").read_text()
+            if deploy.listening_uids(tables, idle):
+                break
+            time.sleep(0.2)
+        assert deploy.listening_uids(Path("/proc/net/tcp").read_text(), idle) == \
+            {pwd.getpwnam(f"opus-{a}").pw_uid}
+        project = tmp_path / b
+        git(tmp_path, "clone", "-q", f"ssh://git@127.0.0.1:{system_opus.ssh_port}/{b}.git",
+            str(project), env=key.git_env(system_opus))    # type: ignore[arg-type]
+        set_greeting(project, "Squatted")
+        result = git(project, "push", "origin", "main", check=False,
+                     env=key.git_env(system_opus))    # type: ignore[arg-type]
+        assert result.returncode != 0, result.stdout + result.stderr
+        status, body = system_opus.get(b)
+        assert status == 200 and f"Hello from {b}" in body and "Squatted" not in body
+    finally:
+        squatter.terminate()
+        squatter.wait(timeout=30)
+
+
+def test_listening_uids_reads_the_kernels_table() -> None:
+    table = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+             "   0: 0100007F:4E20 00000000:0000 0A 00000000:00000000 00:00000000 00000000   995\n"
+             "   1: 0100007F:4E20 0100007F:9C40 01 00000000:00000000 00:00000000 00000000   996\n"
+             "   2: 0100007F:4E21 00000000:0000 0A 00000000:00000000 00:00000000 00000000   997\n")
+    assert deploy.listening_uids(table, 20000) == {995}      # listening only, that port
+    assert deploy.listening_uids(table, 20002) == set()
 
 
 def test_destroying_an_app_removes_its_user_and_files(system_opus: SystemOpus,
