@@ -11,14 +11,17 @@ root's alone) and /var/log/opus (root's, read by the opus group); a systemd unit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import grp
 import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -116,10 +119,12 @@ def install(home: Path, user: str, pairs: list[str]) -> list[str]:
                          "user reaches secureops through one sudoers rule")
     _make_users(chosen)
     _write_config(chosen)
-    settings = settings_module.load({"OPUS_HOME": str(chosen.home)})
+    # Root's own word for what root acts on (the secureops config is not written yet).
+    settings = settings_module.load({"OPUS_HOME": str(chosen.home), "OPUS_MODE": "system",
+                                     "OPUS_SYSTEM_USER": chosen.user})
     make_system_dirs(settings)
     _install_venv()
-    _install_secureops(chosen)
+    _install_secureops(chosen, settings)
     _install_unit(chosen)
     _disable_distro_apache()
     if not OPUS_LINK.exists():
@@ -217,7 +222,7 @@ def _install_venv() -> None:
     _run(["chmod", "-R", "a+rX,go-w", str(PREFIX)], "opening Opus's virtualenv to its users")
 
 
-def _install_secureops(chosen: Plan) -> None:
+def _install_secureops(chosen: Plan, settings: Settings) -> None:
     """The helper root-owned (its package, its entry point), its config, the sudoers
     rule that lets the opus user run it and nothing else."""
     package = SECUREOPS_LIB / "secureops"
@@ -237,7 +242,6 @@ def _install_secureops(chosen: Plan) -> None:
         "from secureops.cli import main",
         "sys.exit(main(sys.argv[1:]))",
         ""]))
-    settings = settings_module.load({"OPUS_HOME": str(chosen.home)})
     _write_root_file(LAYOUT, 0o644, json.dumps({
         "home": str(chosen.home), "conf_d": str(settings.supervisor_dir / "conf.d"),
         "front": str(settings.front_dir), "logs": str(SYSTEM_LOGS_DIR),
@@ -343,6 +347,7 @@ def uninstall(settings: Settings, purge: bool) -> list[str]:
     for entry in pwd.getpwall():
         if entry.pw_name.startswith("opus-") and \
                 Path(entry.pw_dir).parent == settings.apps_dir:
+            _kill_processes_of(entry.pw_uid)     # a one-off `opus run`, say
             _run(["userdel", entry.pw_name], f"removing user {entry.pw_name}")
             removed_users.append(entry.pw_name)
     for path in (SUDOERS, SECUREOPS, LAYOUT, UNIT):
@@ -357,6 +362,7 @@ def uninstall(settings: Settings, purge: bool) -> list[str]:
         shutil.rmtree(SYSTEM_LOGS_DIR, ignore_errors=True)
         for name in (settings.system_user, settings.front_user):
             if _user_exists(name):
+                _kill_processes_of(pwd.getpwnam(name).pw_uid)
                 _run(["userdel", name], f"removing user {name}")
             if _group_exists(name):
                 subprocess.run(["groupdel", name], capture_output=True, check=False)
@@ -370,6 +376,28 @@ def uninstall(settings: Settings, purge: bool) -> list[str]:
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
     return lines
+
+
+def _kill_processes_of(uid: int, wait: float = 10.0) -> None:
+    """SIGKILL every process of `uid` and wait until they are gone (supervisord has
+    stopped its programs already; what is left was started otherwise)."""
+    deadline = time.monotonic() + wait
+    while True:
+        pids = [int(p.name) for p in Path("/proc").iterdir()
+                if p.name.isdigit() and _owner(p) == uid]
+        if not pids or time.monotonic() > deadline:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
+def _owner(proc: Path) -> int | None:
+    try:
+        return proc.stat().st_uid
+    except OSError:
+        return None
 
 
 # ---- up --system --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ It refuses to install where Opus is installed already: it would overwrite it.
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -66,7 +67,10 @@ class SystemOpus:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        for name in (self.user, f"{self.user}-front"):
+        apps = [e.pw_name for e in pwd.getpwall()
+                if Path(e.pw_dir).parent == self.home / "apps"]
+        for name in (*apps, self.user, f"{self.user}-front"):
+            subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
             subprocess.run(["userdel", name], capture_output=True, check=False)
             subprocess.run(["groupdel", name], capture_output=True, check=False)
 
