@@ -227,7 +227,7 @@ def run_buildpack(settings: Settings, app: str, slug: Path, app_dir: Path,
     buildpack = settings.tools_dir / "buildpacks" / "python"
     env_dir = app_dir / "build-env"
     write_env_dir(env_dir, config)
-    privileged.hand_over(settings, app)
+    privileged.hand_over(settings, app)      # the slug and the ENV dir, in one request
     env = build_environment(settings, app_dir / "home")
     bin_dir = buildpack / "bin"
     detected = privileged.run_step(settings, app, [str(bin_dir / "detect"), str(slug)],

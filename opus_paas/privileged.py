@@ -365,20 +365,21 @@ def _kill_group(pgid: int) -> None:
             os.killpg(pgid, signal.SIGKILL)
 
 
-def make_dir(path: Path, mode: int, *, own: bool) -> None:
-    """Create `path` at `mode` if missing. A directory of Opus's `own` gets its mode
-    again each time; one that is the app's (handed over, see hand_over) is left as it
-    is. A symlink planted in its place is refused, never followed."""
+def make_dir(path: Path, mode: int, *, own: bool) -> bool:
+    """Create `path` at `mode` if missing; True if it was. A directory of Opus's `own`
+    gets its mode again each time; one that is the app's (handed over, see hand_over)
+    is left as it is. A symlink planted in its place is refused, never followed."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    created = False
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
-        own = True           # made just now: Opus's until handed over
+        own = created = True       # made just now: Opus's until handed over
     refused = ServiceError(f"{path.name} in an app's directory is not a plain directory; "
                            "remove it and push again")
     if not own:     # the app's already (maybe not even readable by Opus): only look
         if not stat.S_ISDIR(os.lstat(path).st_mode):
             raise refused
-        return
+        return created
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
@@ -387,6 +388,7 @@ def make_dir(path: Path, mode: int, *, own: bool) -> None:
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
+    return created
 
 
 def make_package_cache(settings: Settings) -> None:
