@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         if settings.system and os.geteuid() == 0 and args[:1] not in ROOT_COMMANDS:
             # What Opus writes must stay the opus user's: root's commands run as it.
             return system.as_system_user(settings, args)
+        if args[:1] != ["install"]:
+            settings_module.check_root_home(settings)
         if not host_only:
             remote = client.find_remote(remote_name, Path.cwd(),
                                         local_opus=settings.db_path.exists())

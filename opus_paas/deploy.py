@@ -440,8 +440,9 @@ def _switch_back(settings: Settings, store: Store, supervisor: Supervisor,
     says."""
     if manager is not None and app.live_port is not None:
         try:
-            manager.switch(app.live_port, new_port)
-            front.write(settings, live_sites(settings, store, store.list_apps()))
+            with locks.host_lock(settings):
+                manager.switch(app.live_port, new_port)
+                front.write(settings, live_sites(settings, store, store.list_apps()))
             return
         except ServiceError:
             pass

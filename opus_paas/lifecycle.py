@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from opus_paas import build, deploy, front, privileged, sshd, system
+from opus_paas import build, deploy, front, locks, privileged, sshd, system
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.settings import Settings, user_ids
 from opus_paas.store import Store
@@ -127,7 +127,8 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
         raise UsageError("this is a system-mode Opus: start it with `opus up --system`")
     store = prepare_home(settings)
     supervisor = Supervisor(settings)
-    front.write(settings, deploy.live_sites(settings, store, store.list_apps()))
+    with locks.host_lock(settings):
+        front.write(settings, deploy.live_sites(settings, store, store.list_apps()))
     if settings.system:
         if not supervisor.is_running():
             raise UsageError("supervisord is not running; start Opus as root with "

@@ -40,9 +40,11 @@ from secureops.layout import Denied, Layout
 
 REAP_POLL_SECONDS = 0.2
 SUDO = "/usr/bin/sudo"
-# The steps running now, by pid (their process group's id), each with whether it runs
-# through sudo (see kill_running_steps).
-_LIVE_GROUPS: dict[int, bool] = {}
+# The steps running now, each with whether it runs through sudo (see kill_running_steps).
+_LIVE_STEPS: dict[subprocess.Popen[bytes], bool] = {}
+# How long output is still read after a step ended and its group was killed: a process
+# that left the group (setsid) may hold the pipe open; the push must not wait for it.
+DRAIN_AFTER_EXIT = 1.0
 _LIVE_LOCK = threading.Lock()
 
 
@@ -222,32 +224,37 @@ def stream(
             proc.stdin.write(how.spec.encode())
         proc.stdin.close()
     with _LIVE_LOCK:
-        _LIVE_GROUPS[proc.pid] = how.through_sudo
+        _LIVE_STEPS[proc] = how.through_sudo
     timed_out = threading.Event()
+    ended = threading.Event()
     stop = cancelled if cancelled is not None else threading.Event()
 
     def reap() -> None:
         deadline = time.monotonic() + timeout
-        while proc.poll() is None:
+        while True:
+            with _LIVE_LOCK:      # (reaping and signalling under one lock: no pid reuse)
+                running = proc.poll() is None
+            if not running:
+                break
             if stop.is_set() or time.monotonic() >= deadline:
                 timed_out.set()
                 break
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(min(REAP_POLL_SECONDS, max(deadline - time.monotonic(), 0.01)))
-        _kill_group(proc.pid)
+            time.sleep(REAP_POLL_SECONDS)
+        _stop(proc)
+        ended.set()
 
     reaper = threading.Thread(target=reap, daemon=True)
     reaper.start()
     assert proc.stdout is not None
     try:
-        yield from bounded_lines(proc.stdout.fileno())
+        yield from bounded_lines(proc.stdout.fileno(), until=ended)
     finally:
         proc.stdout.close()
-        _kill_group(proc.pid)
+        _stop(proc)
         code = proc.wait()
         reaper.join()
         with _LIVE_LOCK:
-            _LIVE_GROUPS.pop(proc.pid, None)
+            _LIVE_STEPS.pop(proc, None)
     if timed_out.is_set() and stop.is_set():
         raise ServiceError("the step was cancelled because the client disconnected")
     if timed_out.is_set():
@@ -286,7 +293,7 @@ def run_in_terminal(settings: Settings, app: str, argv: Sequence[str], *, cwd: P
     finally:
         os.close(child_end)
     with _LIVE_LOCK:
-        _LIVE_GROUPS[proc.pid] = False
+        _LIVE_STEPS[proc] = False
 
     def pump_input() -> None:
         while (data := terminal.read_input()) and proc.poll() is None:
@@ -309,15 +316,15 @@ def run_in_terminal(settings: Settings, app: str, argv: Sequence[str], *, cwd: P
             elif proc.poll() is not None:
                 break   # exited, and nothing more to say (a leftover child may hold on)
             if cancelled.is_set() or time.monotonic() > deadline:
-                _kill_group(proc.pid)
+                _stop(proc)
                 break
         return proc.wait()
     finally:
-        _kill_group(proc.pid)
+        _stop(proc)
         proc.wait()
         os.close(controller)
         with _LIVE_LOCK:
-            _LIVE_GROUPS.pop(proc.pid, None)
+            _LIVE_STEPS.pop(proc, None)
 
 
 def terminal_supported(settings: Settings) -> bool:
@@ -328,10 +335,25 @@ def terminal_supported(settings: Settings) -> bool:
 MAX_LINE = 8 * 1024   # longer lines come out in pieces: a step's output cannot fill memory
 
 
-def bounded_lines(fd: int, max_line: int = MAX_LINE) -> Iterator[str]:
-    """Lines read from `fd` as they come, none longer than `max_line` bytes."""
+def bounded_lines(fd: int, max_line: int = MAX_LINE,
+                  until: threading.Event | None = None) -> Iterator[str]:
+    """Lines read from `fd` as they come, none longer than `max_line` bytes. With
+    `until`: reading also ends DRAIN_AFTER_EXIT seconds after it is set, even if some
+    process still holds the other end open."""
     pending = b""
-    while chunk := os.read(fd, 65536):
+    ended_at: float | None = None
+    while True:
+        if until is not None:
+            ready, _, _ = select.select([fd], [], [], REAP_POLL_SECONDS)
+            if not ready:
+                if until.is_set():
+                    ended_at = ended_at or time.monotonic()
+                    if time.monotonic() - ended_at >= DRAIN_AFTER_EXIT:
+                        break
+                continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
@@ -348,21 +370,27 @@ def kill_running_steps() -> None:
     """Kill every step `stream` is running, with its process group: called when the
     process driving them is told to stop, so no build outlives it."""
     with _LIVE_LOCK:
-        groups = list(_LIVE_GROUPS)
-    for pgid in groups:
-        _kill_group(pgid)
+        steps = list(_LIVE_STEPS)
+    for proc in steps:
+        _stop(proc)
 
 
-def _kill_group(pgid: int) -> None:
-    """Kill a step's process group. A step run through sudo belongs to the app's user,
-    whom Opus may not signal: sudo relays SIGTERM to secureops, which kills the group."""
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a step's process group, unless it was reaped already (its pid could be
+    someone else's by now). A step run through sudo belongs to the app's user, whom
+    Opus may not signal: sudo relays SIGTERM to secureops, which kills the group."""
     with _LIVE_LOCK:
-        through_sudo = _LIVE_GROUPS.get(pgid, False)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        if through_sudo:
-            os.kill(pgid, signal.SIGTERM)
-        else:
-            os.killpg(pgid, signal.SIGKILL)
+        if proc.returncode is not None and _LIVE_STEPS.get(proc, False):
+            return          # sudo is gone: secureops killed the group before it ended
+        through_sudo = _LIVE_STEPS.get(proc, False)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if through_sudo:
+                proc.send_signal(signal.SIGTERM)
+            else:
+                # The group can outlive its leader (a background child): killpg is
+                # still right after the leader was reaped, and the group id cannot be
+                # given out again while any member lives.
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def make_dir(path: Path, mode: int, *, own: bool) -> bool:

@@ -17,7 +17,7 @@ from dulwich.repo import Repo
 
 from opus_paas import build, deploy, privileged, redact, release
 from opus_paas.build import Emit
-from opus_paas.errors import BuildFailed, OpusError
+from opus_paas.errors import BuildFailed, OpusError, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, User
 from opus_paas.supervisor import Supervisor
@@ -47,9 +47,21 @@ def ensure_app_dirs(settings: Settings, app: str) -> None:
         privileged.hand_over(settings, app)
 
 
+# System mode: each app's user is opus-<app>, and a Unix user name has at most 32
+# characters.
+MAX_SYSTEM_APP_NAME = 27
+
+
 def create_app(settings: Settings, store: Store, name: str, owner: User) -> App:
+    if settings.system and len(name) > MAX_SYSTEM_APP_NAME:
+        raise UsageError(f"app names here have at most {MAX_SYSTEM_APP_NAME} characters (each "
+                         f"app gets a Unix user, opus-<app>); choose a shorter name than {name}")
     app = store.create_app(name, owner, new_app_config())
-    ensure_app_dirs(settings, name)
+    try:
+        ensure_app_dirs(settings, name)
+    except BaseException:
+        store.delete_app(app)      # no record without its user and directories
+        raise
     return app
 
 

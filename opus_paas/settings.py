@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import pwd
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -211,9 +212,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     home = Path(env.get("OPUS_HOME") or _default_home(os.geteuid())).absolute()
     values: dict[str, Any] = {}
     config_file = home / "opus.toml"
-    if config_file.is_file():
+    text = _read_config(config_file)
+    if text is not None:
         try:
-            data = tomllib.loads(config_file.read_text())
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{config_file}: {exc}; fix the file or remove it") from None
         for key, value in data.items():
@@ -239,13 +241,28 @@ ROOT_DECIDES = {"mode", "system_user", "apache_bin", "apache_modules"}
 SYSTEM_LAYOUT = SYSTEM_CONFIG_DIR / "secureops.json"
 
 
+def _read_config(path: Path) -> str | None:
+    """opus.toml's text: a regular file (never through a link), at most 64 KiB."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror}; it must be a plain file") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise UsageError(f"{path} is not a regular file; replace it with one")
+        return handle.read(64 * 1024).decode("utf-8", "replace")
+
+
 def _root_decides(home: Path) -> dict[str, str]:
     """Root's own answer for ROOT_DECIDES: from the root-owned secureops config when it
-    names this home (system mode), else embedded mode with the defaults."""
+    names this home (the same directory, however spelled: system mode), else embedded
+    mode with the defaults, in a home root must own (it would run what is in it)."""
     answer = {"mode": "embedded", "system_user": "opus", "apache_bin": Settings.apache_bin,
               "apache_modules": Settings.apache_modules}
     try:
-        fd = os.open(SYSTEM_LAYOUT, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(SYSTEM_LAYOUT, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return answer
     with os.fdopen(fd, "rb") as handle:
@@ -256,10 +273,33 @@ def _root_decides(home: Path) -> dict[str, str]:
             layout = json.loads(handle.read(64 * 1024))
         except ValueError:
             return answer
-    if isinstance(layout, dict) and layout.get("home") == str(home) and \
-            isinstance(layout.get("opus_group"), str):
+    if isinstance(layout, dict) and isinstance(layout.get("home"), str) and \
+            isinstance(layout.get("opus_group"), str) and _same_dir(layout["home"], home):
         answer.update(mode="system", system_user=layout["opus_group"])
     return answer
+
+
+def _same_dir(one: str, other: Path) -> bool:
+    try:
+        a, b = os.stat(one), os.stat(other)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def check_root_home(settings: Settings) -> None:
+    """Root in embedded mode runs what its home holds (supervisor's config, the front's):
+    a home another user owns is refused."""
+    if os.geteuid() != 0 or settings.system:
+        return
+    for path in (settings.home, settings.home / "opus.toml", settings.supervisor_dir):
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if info.st_uid != 0 or stat.S_ISLNK(info.st_mode):
+            raise UsageError(f"{path} is not root's; root runs Opus only from a home of its "
+                             "own (a system-mode home is started with `opus up --system`)")
 
 
 def user_ids(name: str | None) -> tuple[int, int] | None:

@@ -358,6 +358,9 @@ def uninstall(settings: Settings, purge: bool) -> list[str]:
         shutil.rmtree(directory, ignore_errors=True)
     lines = [f"Opus is uninstalled; removed the apps' users: {', '.join(removed_users) or 'none'}."]
     if purge:
+        for name in (settings.system_user, settings.front_user):
+            if _user_exists(name):      # nothing of theirs may run while their files go
+                _kill_processes_of(pwd.getpwnam(name).pw_uid)
         shutil.rmtree(settings.home, ignore_errors=True)
         shutil.rmtree(SYSTEM_LOGS_DIR, ignore_errors=True)
         for name in (settings.system_user, settings.front_user):
@@ -417,7 +420,8 @@ def up(settings: Settings, own_programs: list[supervisor.Program]) -> list[str]:
     else:
         sup.start()
     done = subprocess.run(
-        [RUNUSER, "-u", settings.system_user, "--", str(PYTHON), "-m", "opus_paas", "up"],
+        [RUNUSER, "-u", settings.system_user, "--", str(PYTHON), "-I", "-m", "opus_paas",
+         "up"],
         capture_output=True, text=True, check=False, cwd="/",
         env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
              "OPUS_HOME": str(settings.home), "HOME": str(settings.home)})
@@ -429,11 +433,21 @@ def up(settings: Settings, own_programs: list[supervisor.Program]) -> list[str]:
 
 def as_system_user(settings: Settings, argv: list[str]) -> int:
     """Run an `opus` command as the opus user (root's commands in system mode: what
-    they write must stay the opus user's)."""
+    they write must stay the opus user's), isolated (-I, from /: no module of the
+    directory root stands in is imported). A key file root names is read by root."""
+    stdin_text = None
+    if argv[:1] == ["keys:add"] and len(argv) == 3 and argv[2] != "-":
+        try:
+            stdin_text = Path(argv[2]).read_text()[:64 * 1024]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read {argv[2]}: {exc}; give the path of a .pub "
+                             "file, or - to read the key from standard input") from None
+        argv = [*argv[:2], "-"]
     return subprocess.run(
-        [RUNUSER, "-u", settings.system_user, "--", str(PYTHON), "-m", "opus_paas", *argv],
-        check=False, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-                          "OPUS_HOME": str(settings.home), "HOME": str(settings.home)},
+        [RUNUSER, "-u", settings.system_user, "--", str(PYTHON), "-I", "-m", "opus_paas",
+         *argv], check=False, cwd="/", input=stdin_text, text=stdin_text is not None,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+             "OPUS_HOME": str(settings.home), "HOME": str(settings.home)},
     ).returncode
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import grp
 import os
 import pwd
 import signal
 import stat
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -44,6 +46,8 @@ LISTED_BY_APP = "build-env"
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_DEPTH = 256
 MAX_USER_NAME = 32          # useradd's limit
+# The apps' uids: above ordinary users and the usual subordinate-id ranges of containers.
+FIRST_UID, LAST_UID = 300_000, 399_999
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,13 +112,52 @@ def user_create(request: Request) -> int:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        subprocess.run([USERADD, "--system", "--user-group", "--no-create-home",
-                        "--home-dir", str(request.layout.app_dir(request.app)),
-                        "--shell", NOLOGIN, name], check=True, env={"PATH": SAFE_PATH},
-                       stdout=subprocess.DEVNULL)
+        with _next_uid(request.layout) as uid:
+            subprocess.run([USERADD, "--system", "--user-group", "--no-create-home",
+                            "--uid", str(uid),
+                            "--home-dir", str(request.layout.app_dir(request.app)),
+                            "--shell", NOLOGIN, name], check=True, env={"PATH": SAFE_PATH},
+                           stdout=subprocess.DEVNULL)
         return 0
     app_user(request)      # there already: it must be ours
     return 0
+
+
+@contextlib.contextmanager
+def _next_uid(layout: Layout) -> Iterator[int]:
+    """A uid no user has had from secureops before: a counter root keeps beside the log
+    (locked, so two requests at once never get the same). A deleted app's uid is never
+    given out again: a file it left (in /var/tmp, say) must not pass to another app."""
+    _trusted_dir(layout.log.parent)
+    fd = os.open(layout.log.with_name("secureops.uids"),
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != 0:
+            raise Denied("the uid counter is not a regular file of root's")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        uid = max(int(text) if text.isdigit() else 0, FIRST_UID)
+        while _uid_taken(uid):
+            uid += 1
+        if uid > LAST_UID:
+            raise Denied("no uid is left for a new app's user")
+        yield uid
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{uid + 1}\n".encode(), 0)
+    finally:
+        os.close(fd)
+
+
+def _uid_taken(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        try:
+            grp.getgrgid(uid)
+        except KeyError:
+            return False
+    return True
 
 
 def user_delete(request: Request) -> int:
@@ -122,13 +165,24 @@ def user_delete(request: Request) -> int:
     would pass to the next user given the same uid), no supervisor programs, no process."""
     if request.same_user:
         return 0
+    try:
+        pwd.getpwnam(request.layout.user(request.app))
+    except KeyError:
+        return 0           # gone already (a destroy that was cut off, run again)
     entry = app_user(request)
     if os.path.lexists(request.layout.app_dir(request.app)):
         raise Denied(f"{request.app}'s directory still exists; remove it first")
     if os.path.lexists(request.layout.conf_d / _conf_name(request.app)):
         raise Denied(f"{request.app} still has supervisor programs; programs-remove first")
+    # Its programs are stopped; what is left (a process that left its group) goes too.
+    deadline = time.monotonic() + 5
+    while (left := _processes_of(entry.pw_uid)) and time.monotonic() < deadline:
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
     if _processes_of(entry.pw_uid):
-        raise Denied(f"{entry.pw_name} still runs processes; stop them first")
+        raise Denied(f"{entry.pw_name} still runs processes that would not stop")
     subprocess.run([USERDEL, entry.pw_name], check=True, env={"PATH": SAFE_PATH},
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return 0
@@ -473,7 +527,7 @@ def front_install(request: Request) -> int:
         _trusted_dir(layout.front)
         _root_dir(layout, layout.front, "run", 0o755)
         _root_dir(layout, layout.logs, "front", 0o750)
-    candidate = _replace(layout.front, "httpd.conf.new", text, 0o600)
+    candidate = _replace(layout.front, f"httpd.conf.{os.getpid()}.new", text, 0o600)
     test = subprocess.run([layout.apache_bin, "-t", "-f", str(layout.front / candidate)],
                           env={"PATH": SAFE_PATH, "LANG": "C"}, capture_output=True,
                           text=True, check=False, stdin=subprocess.DEVNULL)
@@ -533,23 +587,30 @@ def run(request: Request) -> int:
         env["HOME"] = env.get("HOME", entry.pw_dir)
     cwd = _open_below(request.layout, request.app, spec.cwd)
     group: list[int] = []
+    stopping: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
+        # Never raises: a signal in the middle of starting the step must not leave it
+        # running without us. Once the step's group is known, it is killed.
+        stopping.append(signum)
         if group:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group[0], signal.SIGKILL)
-        else:
-            raise SystemExit(128 + signum)     # before the step started: nothing to kill
 
     previous = {sig: signal.signal(sig, stop)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
+        if stopping:
+            return 128 + stopping[0]      # told to stop before the step started
         # umask 027: what the step makes, its group may read (Opus, the front), no
         # one else.
         child = subprocess.Popen(spec.argv, cwd=f"/proc/self/fd/{cwd}", pass_fds=(cwd,),
                                  env=env, stdin=subprocess.DEVNULL, start_new_session=True,
                                  umask=0o027, **identity)
         group.append(child.pid)
+        if stopping:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
         # Wait without reaping, so the pid (and so the group id) cannot be reused before
         # what the step left behind is killed.
         os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)

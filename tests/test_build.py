@@ -169,6 +169,13 @@ def test_a_step_cannot_leave_processes_behind_nor_hang_the_push(tmp_path: Path) 
     assert time.monotonic() - start < 2.5
     time.sleep(3.5)
     assert not marker.exists()
+    # A child that leaves the step's process group (setsid) and keeps its output open
+    # does not hold the push either.
+    start = time.monotonic()
+    lines = list(stream(settings, "shop", ["/bin/sh", "-c", "setsid sleep 30 & echo left"],
+                        cwd=slug, env={"PATH": "/usr/bin:/bin"}, timeout=60))
+    assert lines == ["left"] and time.monotonic() - start < 5
+    subprocess.run(["pkill", "-f", "^sleep 30$"], check=False)
     with pytest.raises(ServiceError, match="longer than 1 s"):
         list(stream(settings, "shop", ["/bin/sleep", "30"], cwd=slug,
                     env={"PATH": "/usr/bin:/bin"}, timeout=1))

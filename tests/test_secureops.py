@@ -118,7 +118,7 @@ def hostile_requests(layout: Layout) -> list[tuple[list[str], Any, str]]:
         ([], None, "usage"),
         # a missing user
         (["hand-over", APP], None, "does not exist"),
-        (["user-delete", APP], None, "does not exist"),
+        (["programs-install", APP], web_program(layout, APP), "does not exist"),
         # programs: spec injection
         (["programs-install", APP], "not json", "not JSON"),
         (["programs-install", APP], "x" * (1 << 20) + "x", "larger than"),
@@ -336,7 +336,7 @@ def test_users_are_made_as_opus_expects(apps: tuple[Layout, Path, list[str]]) ->
     layout, config, (app, _other) = apps
     entry = pwd.getpwnam(f"opus-{app}")
     assert entry.pw_dir == str(layout.app_dir(app)) and entry.pw_shell == "/usr/sbin/nologin"
-    assert 0 < entry.pw_uid < 1000
+    assert 300_000 <= entry.pw_uid <= 399_999      # secureops's own range
     assert call(config, "user-create", app).returncode == 0      # again: harmless
     assert run_as(config, layout, app, "/usr/bin/id", "-u").stdout.strip() == \
         str(entry.pw_uid)
@@ -517,9 +517,17 @@ def test_user_delete_removes_only_secureops_users(apps: tuple[Layout, Path, list
     result = call(config, "user-delete", app)
     assert result.returncode == cli.DENIED and "still has supervisor programs" in result.stderr
     assert call(config, "programs-remove", app).returncode == 0
+    old_uid = pwd.getpwnam(f"opus-{app}").pw_uid
     assert call(config, "user-delete", app).returncode == 0
     with pytest.raises(KeyError):
         pwd.getpwnam(f"opus-{app}")
+    assert call(config, "user-delete", app).returncode == 0      # gone already: done
+    # A uid is never given out again: what the old user left must not pass on.
+    layout.app_dir(app).mkdir()
+    assert call(config, "user-create", app).returncode == 0
+    assert pwd.getpwnam(f"opus-{app}").pw_uid > old_uid
+    shutil.rmtree(layout.app_dir(app))
+    assert call(config, "user-delete", app).returncode == 0
     # A user by that name that secureops did not make is left alone.
     subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
                     f"opus-{app}"], check=True)
