@@ -39,10 +39,6 @@ def next_port(settings: Settings, app: App) -> int:
     return green if app.live_port == blue else blue
 
 
-def program_file(app: str) -> str:
-    return f"app-{app}"
-
-
 def web_program_name(app: str, version: int, port: int) -> str:
     """Release and port both: a restart or a rescale runs the same release on the other
     port, beside the old instance, under a name of its own."""
