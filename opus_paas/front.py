@@ -110,21 +110,25 @@ def _installed(settings: Settings) -> Path:
     return settings.home / "front.json"
 
 
+def _installed_spec(settings: Settings) -> object:
+    """The spec the installed config was rendered from (None: unknown)."""
+    try:
+        return json.loads(_installed(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def is_current(settings: Settings, sites: list[Site]) -> bool:
     """True if the config installed (what the front runs, or will on its next reload) is
     exactly what these sites render to."""
-    try:
-        installed = json.loads(_installed(settings).read_text())
-    except (FileNotFoundError, ValueError):
-        return False
-    return bool(installed == spec(settings, sites, manager_token(settings)))
+    return bool(_installed_spec(settings) == spec(settings, sites, manager_token(settings)))
 
 
 def write(settings: Settings, sites: list[Site]) -> bool:
     """Have secureops render, test and install the config; True if it changed. A config
     Apache rejects is never installed (ServiceError says why)."""
     wanted = spec(settings, sites, manager_token(settings))
-    if is_current(settings, sites) and (settings.front_dir / "httpd.conf").exists():
+    if _installed_spec(settings) == wanted and (settings.front_dir / "httpd.conf").exists():
         return False
     _installed(settings).unlink(missing_ok=True)     # unknown until secureops is done
     privileged.install_front(settings, wanted)

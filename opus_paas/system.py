@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from opus_paas import build, names, supervisor
@@ -92,17 +92,10 @@ def _run(argv: list[str], what: str, env: Mapping[str, str] | None = None) -> No
         raise ServiceError(f"{what} failed: {(done.stderr or done.stdout).strip()[-400:]}")
 
 
-def _user_exists(name: str) -> bool:
+def _exists(lookup: Callable[[str], object], name: str) -> bool:
+    """Whether pwd.getpwnam or grp.getgrnam knows `name`."""
     try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _group_exists(name: str) -> bool:
-    try:
-        grp.getgrnam(name)
+        lookup(name)
     except KeyError:
         return False
     return True
@@ -118,11 +111,11 @@ def install(home: Path, user: str, pairs: list[str]) -> list[str]:
         raise UsageError("sudo is not installed; install it (apt-get install sudo): the opus "
                          "user reaches secureops through one sudoers rule")
     _make_users(chosen)
-    _write_config(chosen)
     # Root's own word for what root acts on (the secureops config is not written yet).
     settings = settings_module.load({"OPUS_HOME": str(chosen.home), "OPUS_MODE": "system",
                                      "OPUS_SYSTEM_USER": chosen.user})
     make_system_dirs(settings)
+    _write_config(chosen)
     _install_venv()
     _install_secureops(chosen, settings)
     _install_unit(chosen)
@@ -141,10 +134,10 @@ def install(home: Path, user: str, pairs: list[str]) -> list[str]:
 
 def _make_users(chosen: Plan) -> None:
     nologin = "/usr/sbin/nologin"
-    if not _user_exists(chosen.front_user):
+    if not _exists(pwd.getpwnam, chosen.front_user):
         _run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
               "/nonexistent", "--shell", nologin, chosen.front_user], "making the front's user")
-    if not _user_exists(chosen.user):
+    if not _exists(pwd.getpwnam, chosen.user):
         # Opus reads the slugs it builds (group: the front's) but no app's own files.
         _run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
               str(chosen.home), "--shell", nologin, "--groups", chosen.front_user,
@@ -152,11 +145,9 @@ def _make_users(chosen: Plan) -> None:
 
 
 def _write_config(chosen: Plan) -> None:
-    """OPUS_HOME/opus.toml (the opus user's) with the mode and the chosen settings."""
+    """OPUS_HOME/opus.toml (the opus user's) with the mode and the chosen settings;
+    make_system_dirs made the home."""
     entry = pwd.getpwnam(chosen.user)
-    chosen.home.mkdir(parents=True, exist_ok=True)
-    os.chown(chosen.home, entry.pw_uid, entry.pw_gid)
-    chosen.home.chmod(0o755)
     lines = [f"{key} = {json.dumps(value)}" for key, value in sorted(chosen.settings.items())]
     text = "# Written by opus install --system.\n" + "\n".join(lines) + "\n"
     # The home is the opus user's: root writes there only through descriptors, a fresh
@@ -358,24 +349,23 @@ def uninstall(settings: Settings, purge: bool) -> list[str]:
         shutil.rmtree(directory, ignore_errors=True)
     lines = [f"Opus is uninstalled; removed the apps' users: {', '.join(removed_users) or 'none'}."]
     if purge:
-        for name in (settings.system_user, settings.front_user):
-            if _user_exists(name):      # nothing of theirs may run while their files go
-                _kill_processes_of(pwd.getpwnam(name).pw_uid)
+        users = [n for n in (settings.system_user, settings.front_user)
+                 if _exists(pwd.getpwnam, n)]
+        for name in users:      # nothing of theirs may run while their files go
+            _kill_processes_of(pwd.getpwnam(name).pw_uid)
         shutil.rmtree(settings.home, ignore_errors=True)
         shutil.rmtree(SYSTEM_LOGS_DIR, ignore_errors=True)
         for name in (settings.system_user, settings.front_user):
-            if _user_exists(name):
-                _kill_processes_of(pwd.getpwnam(name).pw_uid)
+            if name in users:
                 _run(["userdel", name], f"removing user {name}")
-            if _group_exists(name):
+            if _exists(grp.getgrnam, name):
                 subprocess.run(["groupdel", name], capture_output=True, check=False)
         lines.append(f"Purged {settings.home}, {SYSTEM_LOGS_DIR} and the users "
                      f"{settings.system_user}, {settings.front_user}.")
     else:
         lines.append(f"Kept {settings.home} (apps, data, database) and {SYSTEM_LOGS_DIR}; "
                      "`opus uninstall --system --purge` removes them too.")
-    with_dirs = [SYSTEM_CONFIG_DIR, PREFIX]
-    for directory in with_dirs:
+    for directory in (SYSTEM_CONFIG_DIR, PREFIX):
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
     return lines

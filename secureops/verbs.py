@@ -391,7 +391,8 @@ def programs_install(request: Request) -> int:
         # supervisord (root) reads conf.d and opens the logs, following links: both
         # must be root's alone.
         _trusted_dir(layout.conf_d)
-        _log_dir(layout, request.app)
+        # logs/<app>: root's, readable by Opus's group only (no app reads another's).
+        _root_dir(layout, layout.logs, request.app, 0o750)
     else:
         (layout.logs / request.app).mkdir(parents=True, exist_ok=True)
     _replace(layout.conf_d, _conf_name(request.app), text, 0o644)
@@ -426,11 +427,6 @@ def _root_dir(layout: Layout, parent: Path, name: str, mode: int) -> None:
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
-
-
-def _log_dir(layout: Layout, app: str) -> None:
-    """logs/<app>: root's, readable by Opus's group only (no app reads another's)."""
-    _root_dir(layout, layout.logs, app, 0o750)
 
 
 def programs_remove(request: Request) -> int:
