@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from opus_paas import metrics
+from opus_paas.run import metrics
 from tests.conftest import Opus, git, make_django_project, make_key, start_opus, stop_opus
 
 APP = "benchdash"

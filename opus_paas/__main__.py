@@ -1,5 +1,5 @@
 import sys
 
-from opus_paas.cli import main
+from opus_paas.control.cli import main
 
 sys.exit(main())

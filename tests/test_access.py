@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from opus_paas import access, keys
+from opus_paas import access
 from opus_paas.access import OPERATOR, Actor
+from opus_paas.control import keys
 from opus_paas.errors import Forbidden, NotFound, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import Store

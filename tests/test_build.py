@@ -9,7 +9,7 @@ import pytest
 from dulwich.objects import Blob, Commit, ObjectID, Tree
 from dulwich.repo import Repo
 
-from opus_paas import build
+from opus_paas.build import buildpack
 from opus_paas.errors import BuildFailed
 
 
@@ -47,7 +47,7 @@ def test_export_writes_files_modes_and_inner_symlinks(repo: Repo, tmp_path: Path
     sha = _commit(repo, [(b"a.txt", 0o100644, b"hello"), (b"run.sh", 0o100755, b"#!/bin/sh"),
                          (b"link", 0o120000, b"a.txt")])
     out = tmp_path / "out"
-    assert build.export_tree(repo, sha, out) == []
+    assert buildpack.export_tree(repo, sha, out) == []
     assert (out / "a.txt").read_text() == "hello"
     assert (out / "run.sh").stat().st_mode & 0o111
     assert (out / "link").readlink() == Path("a.txt")
@@ -62,14 +62,14 @@ def test_hostile_entry_names_are_refused(repo: Repo, tmp_path: Path, name: bytes
     repo.object_store.add_object(tree)
     sha = _commit(repo, [(b"sub", stat.S_IFDIR, tree.id)])
     with pytest.raises(BuildFailed, match="rename it"):
-        build.export_tree(repo, sha, tmp_path / "out")
+        buildpack.export_tree(repo, sha, tmp_path / "out")
 
 
 @pytest.mark.parametrize("target", [b"/etc/passwd", b"../outside", b"a/../../x"])
 def test_symlinks_leaving_the_tree_are_refused(repo: Repo, tmp_path: Path, target: bytes) -> None:
     sha = _commit(repo, [(b"evil", 0o120000, target)])
     with pytest.raises(BuildFailed, match="points outside"):
-        build.export_tree(repo, sha, tmp_path / "out")
+        buildpack.export_tree(repo, sha, tmp_path / "out")
     assert not (tmp_path / "out" / "evil").exists()
 
 
@@ -79,16 +79,17 @@ def test_submodules_are_skipped_with_a_warning(repo: Repo, tmp_path: Path) -> No
     blob = Blob.from_string(b"x")
     repo.object_store.add_object(blob)
     tree.add(b"f", 0o100644, blob.id)
-    warnings = build.export_tree(repo, _commit_tree(repo, tree), tmp_path / "out")
+    warnings = buildpack.export_tree(repo, _commit_tree(repo, tree), tmp_path / "out")
     assert warnings == ["submodule vendor is not included in the build"]
 
 
 def test_env_dir_never_takes_unsafe_variables(tmp_path: Path) -> None:
-    build.write_env_dir(tmp_path / "env", {"SECRET_KEY": "s", "PATH": "/evil", "LD_PRELOAD": "x",
-                                           "OPUS_PYTHON": "/evil", "PYTHONPATH": "/evil",
-                                           "OPUS_AUTO_MIGRATE": "0",
-                                           "OPUS_AUTO_MIGRATEX": "0",
-                                           "OPUS_PACKAGE_CACHE": "/evil"})
+    buildpack.write_env_dir(tmp_path / "env", {
+        "SECRET_KEY": "s", "PATH": "/evil", "LD_PRELOAD": "x",
+        "OPUS_PYTHON": "/evil", "PYTHONPATH": "/evil",
+        "OPUS_AUTO_MIGRATE": "0",
+        "OPUS_AUTO_MIGRATEX": "0",
+        "OPUS_PACKAGE_CACHE": "/evil"})
     # The app's two switches for the Django steps get through; no other OPUS_ name does.
     assert sorted(p.name for p in (tmp_path / "env").iterdir()) == ["OPUS_AUTO_MIGRATE",
                                                                     "SECRET_KEY"]
@@ -96,14 +97,14 @@ def test_env_dir_never_takes_unsafe_variables(tmp_path: Path) -> None:
 
 def test_release_output_parsing() -> None:
     text = "---\ndefault_process_types:\n  release: python manage.py migrate --noinput\n"
-    assert build.parse_release_output(text) == {
+    assert buildpack.parse_release_output(text) == {
         "release": "python manage.py migrate --noinput"}
-    assert build.parse_release_output("---\ndefault_process_types: {}\n") == {}
-    assert build.parse_release_output("addons: []\n") == {}
+    assert buildpack.parse_release_output("---\ndefault_process_types: {}\n") == {}
+    assert buildpack.parse_release_output("addons: []\n") == {}
 
 
 def test_ref_update_lines_are_parsed_and_garbage_skipped() -> None:
-    from opus_paas.hooks import parse_ref_updates
+    from opus_paas.git.hooks import parse_ref_updates
 
     line = f"{'0' * 40} {'a' * 40} refs/heads/main"
     assert parse_ref_updates(f"{line}\ngarbage\n{'1' * 39} {'a' * 40} x\n") == [
@@ -207,7 +208,7 @@ def test_build_json_from_the_run_user_is_checked_before_use(tmp_path: Path,
     supervisor program."""
     import json
 
-    from opus_paas import release
+    from opus_paas.build import release
 
     (tmp_path / ".opus").mkdir()
     good = {"python": "/p", "python_version": "3.11.2", "app_root": "src",

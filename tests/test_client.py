@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from opus_paas import client
+from opus_paas.control import client
 from opus_paas.errors import UsageError
 from tests.conftest import CHECKOUT, Opus, SshKey, git, make_key
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from opus_paas import front, privileged
+from opus_paas import privileged
 from opus_paas.errors import ServiceError
+from opus_paas.front import httpd
 from opus_paas.settings import Settings
 from secureops import front as secureops_front
 from secureops.layout import Denied
@@ -19,16 +20,16 @@ def _settings(tmp_path: Path, **changes: object) -> Settings:
     return Settings(home=tmp_path, http_port=18080, **changes)  # type: ignore[arg-type]
 
 
-def _render(settings: Settings, sites: list[front.Site], token: str = "0" * 32) -> str:
+def _render(settings: Settings, sites: list[httpd.Site], token: str = "0" * 32) -> str:
     """What secureops renders for this spec (same-user mode: no User line)."""
-    spec = front.spec(settings, sites, token)
+    spec = httpd.spec(settings, sites, token)
     return secureops_front.render(privileged.embedded_layout(settings),
                                   secureops_front.check(spec), same_user=True)
 
 
 def test_render_has_one_vhost_per_site_and_a_default(tmp_path: Path) -> None:
-    sites = [front.Site("b", ("b.localhost",), 20002),
-             front.Site("a", ("a.localhost", "a.example.com"), 20000)]
+    sites = [httpd.Site("b", ("b.localhost",), 20002),
+             httpd.Site("a", ("a.localhost", "a.example.com"), 20000)]
     text = _render(_settings(tmp_path), sites)
     assert text.count("<VirtualHost ") == 4      # the default, the dashboard, a and b
     assert text.index("ServerName _default_") < text.index("ServerName a.localhost")
@@ -50,7 +51,7 @@ def test_a_dashboard_host_that_would_break_the_config_is_refused(tmp_path: Path,
                                                                  host: str) -> None:
     settings = _settings(tmp_path, dashboard_host=host)
     with pytest.raises(ServiceError, match="the dashboard's host"):
-        front.write(settings, [])
+        httpd.write(settings, [])
     assert not (tmp_path / "front" / "httpd.conf").exists()
 
 
@@ -58,17 +59,17 @@ def test_a_dashboard_host_that_would_break_the_config_is_refused(tmp_path: Path,
 def test_a_home_that_would_break_the_config_is_refused(tmp_path: Path, bad: str) -> None:
     settings = Settings(home=tmp_path / bad, http_port=18080)
     with pytest.raises(ServiceError, match="cannot go into the Apache config"):
-        front.write(settings, [front.Site("a", ("a.localhost",), 20000)])
+        httpd.write(settings, [httpd.Site("a", ("a.localhost",), 20000)])
 
 
 def test_rendered_config_passes_apaches_own_test(tmp_path: Path) -> None:
     apache = require_tool("/usr/sbin/apache2")
     settings = _settings(tmp_path)
-    site = front.Site("a", ("a.localhost",), 20000)
-    assert front.write(settings, [site]) is True
-    assert front.write(settings, [site]) is False     # unchanged: no reload needed
-    assert front.is_current(settings, [site])
-    assert not front.is_current(settings, [front.Site("a", ("a.localhost",), 20002)])
+    site = httpd.Site("a", ("a.localhost",), 20000)
+    assert httpd.write(settings, [site]) is True
+    assert httpd.write(settings, [site]) is False     # unchanged: no reload needed
+    assert httpd.is_current(settings, [site])
+    assert not httpd.is_current(settings, [httpd.Site("a", ("a.localhost",), 20002)])
     result = subprocess.run([apache, "-t", "-f", str(tmp_path / "front" / "httpd.conf")],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
@@ -77,17 +78,17 @@ def test_rendered_config_passes_apaches_own_test(tmp_path: Path) -> None:
 def test_a_config_failing_apaches_test_never_goes_live(tmp_path: Path) -> None:
     require_tool("/usr/sbin/apache2")
     good = _settings(tmp_path)
-    front.write(good, [])
+    httpd.write(good, [])
     live = (tmp_path / "front" / "httpd.conf").read_text()
     broken = _settings(tmp_path, apache_modules=str(tmp_path / "nowhere"))
     with pytest.raises(ServiceError, match="failed Apache's test"):
-        front.write(broken, [front.Site("a", ("a.localhost",), 20000)])
+        httpd.write(broken, [httpd.Site("a", ("a.localhost",), 20000)])
     assert (tmp_path / "front" / "httpd.conf").read_text() == live
-    assert not front.is_current(broken, [front.Site("a", ("a.localhost",), 20000)])
+    assert not httpd.is_current(broken, [httpd.Site("a", ("a.localhost",), 20000)])
 
 
 def test_both_members_are_rendered_and_only_the_live_one_is_enabled(tmp_path: Path) -> None:
-    site = front.Site("a", ("a.localhost",), 20001, members=(20000, 20001))
+    site = httpd.Site("a", ("a.localhost",), 20001, members=(20000, 20001))
     text = _render(_settings(tmp_path), [site], "f" * 32)
     assert 'BalancerMember "http://127.0.0.1:20000" retry=0 status=+D\n' in text
     assert 'BalancerMember "http://127.0.0.1:20001" retry=0\n' in text
@@ -101,15 +102,15 @@ def test_both_members_are_rendered_and_only_the_live_one_is_enabled(tmp_path: Pa
 
 def test_the_manager_token_is_made_once_and_kept_private(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    token = front.manager_token(settings)
-    assert front.TOKEN.fullmatch(token) and front.manager_token(settings) == token
+    token = httpd.manager_token(settings)
+    assert httpd.TOKEN.fullmatch(token) and httpd.manager_token(settings) == token
     assert (tmp_path / "front.token").stat().st_mode & 0o077 == 0
     (tmp_path / "front.token").write_text("not a token\n")
-    assert front.manager_token(settings) != token       # a damaged one is replaced
+    assert httpd.manager_token(settings) != token       # a damaged one is replaced
 
 
 def test_parse_balancer_manager_page() -> None:
-    from opus_paas import balancer
+    from opus_paas.front import balancer
 
     row = ('<tr>\n<td><a href="/.opus/balancer?b=app-a&amp;w=http://127.0.0.1:{port}&amp;'
            'nonce=abc-1">http://127.0.0.1:{port}</a></td><td></td><td></td><td>1.00</td>'

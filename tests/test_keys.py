@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from opus_paas import keys
 from opus_paas.access import OPERATOR
+from opus_paas.control import keys
 from opus_paas.errors import Conflict, InvalidName, NotFound
 from opus_paas.store import Store
 from tests.conftest import require_tool

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from opus_paas import commands
+from opus_paas.control import commands
 from opus_paas.errors import UsageError
 from tests.conftest import opus_processes, start_opus, stop_opus
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opus_paas import logs
+from opus_paas.run import logs
 
 
 def test_process_lines_keep_their_time_and_continuations_take_the_last() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from opus_paas import metrics
+from opus_paas.run import metrics
 
 NOW = 1_764_553_200.0 + 30          # 2025-12-01T01:40:30Z: half a minute in
 

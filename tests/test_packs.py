@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from opus_paas import packs
 from opus_paas.errors import ProtocolError
-from opus_paas.wire import ChannelReader
+from opus_paas.git import packs
+from opus_paas.git.wire import ChannelReader
 from tests.conftest import require_tool
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@example.com",

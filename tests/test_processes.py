@@ -159,7 +159,7 @@ def _crasher_log(opus: Opus) -> str:
 def test_a_planted_state_file_is_ignored(tmp_path: Path) -> None:
     """The app's user writes the backoff state: a link, a huge file or garbage there is
     ignored, never followed or trusted."""
-    from opus_paas import ps
+    from opus_paas.run import ps
     from opus_paas.settings import Settings
     from opus_paas.store import App
 

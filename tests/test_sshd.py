@@ -14,7 +14,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from opus_paas import sshd
+from opus_paas.control import sshd
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 from tests.conftest import CONNECTIONS_PER_KEY, Opus, SshKey, git, make_key

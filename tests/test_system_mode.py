@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from opus_paas import deploy
+from opus_paas.run import deploy
 from tests import system_opus as system_opus_module
 from tests.conftest import (
     SshKey,
@@ -144,7 +144,7 @@ def test_opus_runs_as_its_user_and_the_front_master_as_root(system_opus: SystemO
     assert "opus-sshd" in status and "RUNNING" in status
     opus_pids = set(_pids_of(system_opus.user))
     commands = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in opus_pids}
-    assert any(b"opus_paas.sshd" in c for c in commands.values())
+    assert any(b"opus_paas.control.sshd" in c for c in commands.values())
     assert any(b"gunicorn" in c for c in commands.values())
     front_children = _pids_of(f"{system_opus.user}-front")
     assert front_children, "the front's children serve as the front's user"

@@ -16,9 +16,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from opus_paas import keys
 from opus_paas import settings as settings_module
 from opus_paas.access import OPERATOR
+from opus_paas.control import keys
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 from web import auth, create_app

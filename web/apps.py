@@ -8,9 +8,12 @@ import time
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from opus_paas import access, apps, deploy, metrics, names, ps, release
-from opus_paas import restart as restart_module
+from opus_paas import access, names
+from opus_paas.build import release
+from opus_paas.control import apps
 from opus_paas.errors import NotFound, OpusError, UsageError
+from opus_paas.run import deploy, metrics, ps
+from opus_paas.run import restart as restart_module
 from opus_paas.store import App
 from web import charts, context, forms
 from web.status import app_status

@@ -28,8 +28,8 @@ from flask import (
 )
 from werkzeug.wrappers import Response as BaseResponse
 
-from opus_paas import keys
 from opus_paas.access import Actor
+from opus_paas.control import keys
 from opus_paas.store import User
 from web import context, forms
 

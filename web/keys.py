@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, render_template, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from opus_paas import keys
+from opus_paas.control import keys
 from web import context, forms
 
 bp = Blueprint("keys", __name__)

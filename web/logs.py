@@ -19,10 +19,11 @@ from flask import (
     session,
 )
 
-from opus_paas import access, logs, names, privileged
+from opus_paas import access, names, privileged
 from opus_paas.access import Actor
 from opus_paas.errors import NotFound, OpusError
-from opus_paas.logs import Entry
+from opus_paas.run import logs
+from opus_paas.run.logs import Entry
 from opus_paas.store import Store
 from web import auth, context
 

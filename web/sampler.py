@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 
-from opus_paas import metrics
+from opus_paas.run import metrics
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 

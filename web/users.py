@@ -6,7 +6,8 @@ from __future__ import annotations
 from flask import Blueprint, render_template, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from opus_paas import access, keys
+from opus_paas import access
+from opus_paas.control import keys
 from opus_paas.errors import UsageError
 from web import auth, context, forms
 

@@ -6,8 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from opus_paas import client, commands, system
 from opus_paas import settings as settings_module
+from opus_paas.control import client, commands, system
 from opus_paas.errors import OpusError
 
 # What root runs itself in system mode; every other command runs as the opus user.

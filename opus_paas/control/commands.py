@@ -18,24 +18,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from opus_paas import (
-    __version__,
-    access,
-    apps,
-    deploy,
-    gitserver,
-    keys,
-    lifecycle,
-    logs,
-    names,
-    privileged,
-    ps,
-    redact,
-    system,
-)
-from opus_paas import restart as restart_module
+from opus_paas import __version__, access, names, privileged, redact
 from opus_paas.access import Actor
+from opus_paas.control import apps, keys, lifecycle, system
 from opus_paas.errors import NotFound, UsageError
+from opus_paas.git import gitserver
+from opus_paas.run import deploy, logs, ps
+from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 

@@ -12,10 +12,11 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from opus_paas import deploy, front, logs
+from opus_paas.front import httpd
+from opus_paas.run import deploy, logs
+from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import Store
-from opus_paas.supervisor import Supervisor
 
 WINDOW_MINUTES = 60
 ACCESS_TAIL_BYTES = 8 << 20     # how far back in the shared access log to read
@@ -43,7 +44,7 @@ class Minute:
 def parse_requests(lines: Iterable[str], hosts: Iterable[str]) -> list[Request]:
     """The requests in access-log `lines` whose vhost is one of `hosts` (pure)."""
     found = []
-    for line in front.log_lines_for(lines, hosts):
+    for line in httpd.log_lines_for(lines, hosts):
         outcome = line.status_and_millis
         if outcome is not None:
             found.append(Request(line.at.timestamp(), *outcome))

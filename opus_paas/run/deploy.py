@@ -17,12 +17,15 @@ import socket
 import time
 from pathlib import Path
 
-from opus_paas import balancer, checks, front, locks, privileged, release
-from opus_paas.build import Emit
+from opus_paas import locks, privileged
+from opus_paas.build import release
+from opus_paas.build.buildpack import Emit
 from opus_paas.errors import BuildFailed, ServiceError
+from opus_paas.front import balancer, httpd
+from opus_paas.run import checks
+from opus_paas.run.supervisor import PROCESS_NUM, Program, Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
-from opus_paas.supervisor import PROCESS_NUM, Program, Supervisor
 
 DRAIN_SECONDS = 1.0    # after a graceful reload of the front
 DRAIN_TIMEOUT = 30.0   # for the requests on an old instance after a balancer switch
@@ -257,10 +260,10 @@ def app_domains(settings: Settings, store: Store, app: App) -> list[str]:
     return [settings.app_domain(app.name), *store.domains(app)]
 
 
-def site_for(settings: Settings, app: App, custom: list[str]) -> front.Site | None:
+def site_for(settings: Settings, app: App, custom: list[str]) -> httpd.Site | None:
     if app.live_port is None:
         return None
-    return front.Site(
+    return httpd.Site(
         app=app.name,
         domains=(settings.app_domain(app.name), *custom),
         port=app.live_port,
@@ -268,7 +271,7 @@ def site_for(settings: Settings, app: App, custom: list[str]) -> front.Site | No
     )
 
 
-def live_sites(settings: Settings, store: Store, apps: list[App]) -> list[front.Site]:
+def live_sites(settings: Settings, store: Store, apps: list[App]) -> list[httpd.Site]:
     """The front's sites: every app that has a live release, with its domains."""
     custom = store.all_domains()
     return [s for s in (site_for(settings, a, custom.get(a.id, [])) for a in apps)
@@ -287,7 +290,7 @@ def refresh_front(settings: Settings, store: Store, supervisor: Supervisor,
 def _refresh_front(settings: Settings, store: Store, supervisor: Supervisor,
                    pending: App | None = None) -> None:
     apps = [pending if pending and a.id == pending.id else a for a in store.list_apps()]
-    changed = front.write(settings, live_sites(settings, store, apps))
+    changed = httpd.write(settings, live_sites(settings, store, apps))
     if changed and supervisor.process_state("opus-front") == "RUNNING":
         supervisor.signal("opus-front", "USR1")
 
@@ -399,7 +402,7 @@ def _manager(settings: Settings, app: App) -> balancer.BalancerManager | None:
     if app.live_port is None:
         return None
     return balancer.BalancerManager(settings.http_port, settings.app_domain(app.name),
-                                    app.name, front.manager_token(settings))
+                                    app.name, httpd.manager_token(settings))
 
 
 def _switch_members(settings: Settings, store: Store, manager: balancer.BalancerManager,
@@ -409,14 +412,14 @@ def _switch_members(settings: Settings, store: Store, manager: balancer.Balancer
     enough (the front's config has other changes to load, or no balancer for the app
     yet): the caller reloads the front instead."""
     assert pending.live_port is not None
-    if not front.is_current(settings, live_sites(settings, store, store.list_apps())):
+    if not httpd.is_current(settings, live_sites(settings, store, store.list_apps())):
         return False     # something else changed too (a domain, say): that needs a reload
     try:
         manager.members()
     except ServiceError:
         return False
     apps = [pending if a.id == pending.id else a for a in store.list_apps()]
-    front.write(settings, live_sites(settings, store, apps))
+    httpd.write(settings, live_sites(settings, store, apps))
     try:
         manager.switch(pending.live_port, old_port)
     except ServiceError:
@@ -425,7 +428,7 @@ def _switch_members(settings: Settings, store: Store, manager: balancer.Balancer
         if old_port is not None:
             with contextlib.suppress(ServiceError):
                 manager.switch(old_port, pending.live_port)
-        front.write(settings, live_sites(settings, store, store.list_apps()))
+        httpd.write(settings, live_sites(settings, store, store.list_apps()))
         raise
     return True
 
@@ -438,7 +441,7 @@ def _switch_back(settings: Settings, store: Store, supervisor: Supervisor,
         try:
             with locks.host_lock(settings):
                 manager.switch(app.live_port, new_port)
-                front.write(settings, live_sites(settings, store, store.list_apps()))
+                httpd.write(settings, live_sites(settings, store, store.list_apps()))
             return
         except ServiceError:
             pass

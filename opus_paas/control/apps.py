@@ -13,13 +13,15 @@ from typing import Any
 
 from dulwich.repo import Repo
 
-from opus_paas import access, checks, deploy, gitserver, locks, names, privileged, push
+from opus_paas import access, locks, names, privileged
 from opus_paas.access import Actor
-from opus_paas.build import Emit
+from opus_paas.build.buildpack import Emit
 from opus_paas.errors import Conflict, OpusError, ServiceError, UsageError
+from opus_paas.git import gitserver
+from opus_paas.run import checks, deploy, push
+from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
-from opus_paas.supervisor import Supervisor
 
 USER_DELETE_WAIT = 10.0   # seconds for an app's last processes to go
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from opus_paas import names, privileged
-from opus_paas.build import Emit
+from opus_paas.build.buildpack import Emit
 from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.settings import Settings
 from opus_paas.store import App

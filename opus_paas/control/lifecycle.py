@@ -11,11 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-from opus_paas import build, deploy, front, locks, privileged, sshd, system
+from opus_paas import locks, privileged
+from opus_paas.build import buildpack
+from opus_paas.control import hostkey, system
 from opus_paas.errors import ServiceError, UsageError
+from opus_paas.front import httpd
+from opus_paas.run import deploy
+from opus_paas.run.supervisor import Program, Supervisor
 from opus_paas.settings import Settings, user_ids
 from opus_paas.store import Store
-from opus_paas.supervisor import Program, Supervisor
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -38,7 +42,7 @@ def own_programs(settings: Settings) -> list[Program]:
     return [
         Program(
             name="opus-sshd",
-            command=[system.python_for_programs(settings), "-m", "opus_paas.sshd"],
+            command=[system.python_for_programs(settings), "-m", "opus_paas.control.sshd"],
             directory=settings.home,
             log_file=settings.logs_dir / "opus-sshd.log",
             environment=env,
@@ -55,7 +59,7 @@ def own_programs(settings: Settings) -> list[Program]:
         ),
         Program(
             name="opus-front",
-            command=front.program_command(settings),
+            command=httpd.program_command(settings),
             directory=settings.front_dir,
             log_file=settings.logs_dir / "front" / "opus-front.log",
         ),
@@ -110,8 +114,8 @@ def prepare_home(settings: Settings) -> Store:
         settings.supervisor_dir.chmod(0o700)
     store = Store(settings.db_path)
     store.init()
-    sshd.load_or_create_host_key(settings.host_key_path)
-    build.install_tools(settings)
+    hostkey.load_or_create_host_key(settings.host_key_path)
+    buildpack.install_tools(settings)
     if not settings.system:
         privileged.make_package_cache(settings)
     return store
@@ -128,7 +132,7 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
     store = prepare_home(settings)
     supervisor = Supervisor(settings)
     with locks.host_lock(settings):
-        front.write(settings, deploy.live_sites(settings, store, store.list_apps()))
+        httpd.write(settings, deploy.live_sites(settings, store, store.list_apps()))
     if settings.system:
         if not supervisor.is_running():
             raise UsageError("supervisord is not running; start Opus as root with "

@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from opus_paas import access, deploy, locks, names, release
+from opus_paas import access, locks, names
 from opus_paas.access import Actor
-from opus_paas.build import Emit
+from opus_paas.build import release
+from opus_paas.build.buildpack import Emit
 from opus_paas.errors import NotFound, OpusError, UsageError
+from opus_paas.run import deploy
+from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Release, Store
-from opus_paas.supervisor import Supervisor
 
 
 def release_build(settings: Settings, store: Store, app: App, *, slug_version: int, sha: str,

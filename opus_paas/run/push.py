@@ -15,12 +15,14 @@ from pathlib import Path
 
 from dulwich.repo import Repo
 
-from opus_paas import build, deploy, privileged, redact, release
-from opus_paas.build import Emit
+from opus_paas import privileged, redact
+from opus_paas.build import buildpack, release
+from opus_paas.build.buildpack import Emit
 from opus_paas.errors import BuildFailed, OpusError, UsageError
+from opus_paas.run import deploy
+from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, User
-from opus_paas.supervisor import Supervisor
 
 
 def new_app_config() -> dict[str, str]:
@@ -86,12 +88,12 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
         emit_and_log = _tee(_redacting(emit, settings, slug), log.write)
         try:
             emit_and_log(f"-----> Building {app.name} from {sha.decode()[:7]}")
-            for warning in build.export_tree(repo, sha, slug):
+            for warning in buildpack.export_tree(repo, sha, slug):
                 emit_and_log(f" !     {warning}")
             config = store.config(app)    # (the buildpack's run hands the slug over)
-            result = build.run_buildpack(settings, app.name, slug,
-                                         release.app_dir(settings, app.name), config,
-                                         emit_and_log, cancelled)
+            result = buildpack.run_buildpack(settings, app.name, slug,
+                                             release.app_dir(settings, app.name), config,
+                                             emit_and_log, cancelled)
             info = release.read_build_info(slug)
             if info is None:
                 raise BuildFailed("the buildpack left no .opus/build.json")

@@ -15,13 +15,15 @@ import threading
 import time
 from typing import Any
 
-from opus_paas import access, deploy, locks, names, privileged, redact, release
+from opus_paas import access, locks, names, privileged, redact
 from opus_paas.access import Actor
-from opus_paas.build import Emit
+from opus_paas.build import release
+from opus_paas.build.buildpack import Emit
 from opus_paas.errors import NotFound, UsageError
+from opus_paas.run import deploy
+from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
-from opus_paas.supervisor import Supervisor
 
 MAX_WEB_PROCESSES = 16
 MAX_TYPE_PROCESSES = 16

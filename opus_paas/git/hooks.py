@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from opus_paas import names, release
+from opus_paas import names
 from opus_paas import settings as settings_module
+from opus_paas.build import release
 from opus_paas.paths import shipped
 from opus_paas.settings import Settings
 from opus_paas.store import Store

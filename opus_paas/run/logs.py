@@ -17,8 +17,10 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from opus_paas import front, names, privileged, redact, release
+from opus_paas import names, privileged, redact
+from opus_paas.build import release
 from opus_paas.errors import NotFound
+from opus_paas.front import httpd
 from opus_paas.settings import Settings
 from opus_paas.store import App
 
@@ -84,7 +86,7 @@ def access_entries(lines: Iterable[str], hosts: Iterable[str]) -> list[Entry]:
     """The front's access log lines for an app's vhost (`hosts`: its ServerName), with
     their time in the same form as the processes' (pure)."""
     return [Entry(line.at.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "front",
-                  f"{line.client} {line.rest}") for line in front.log_lines_for(lines, hosts)]
+                  f"{line.client} {line.rest}") for line in httpd.log_lines_for(lines, hosts)]
 
 
 def merged(groups: Iterable[list[Entry]]) -> list[Entry]:

@@ -40,11 +40,13 @@ from dulwich.server import (
     _ProtocolGraphWalker,
 )
 
-from opus_paas import hooks, locks, names, packs, push, redact
+from opus_paas import locks, names, redact
 from opus_paas.errors import InvalidName, NotFound, OpusError, ProtocolError, ServiceError
+from opus_paas.git import hooks, packs
+from opus_paas.git.wire import ChannelReader
+from opus_paas.run import push
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
-from opus_paas.wire import ChannelReader
 
 log = logging.getLogger("opus.git")
 

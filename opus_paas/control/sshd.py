@@ -21,7 +21,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import paramiko
 from dulwich.errors import GitProtocolError, HangupException
@@ -33,25 +32,17 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
-from opus_paas import (
-    access,
-    apps,
-    commands,
-    gitserver,
-    keys,
-    locks,
-    names,
-    packs,
-    privileged,
-    push,
-    redact,
-)
+from opus_paas import access, locks, names, privileged, redact
 from opus_paas import settings as settings_module
 from opus_paas.access import Actor
+from opus_paas.control import apps, commands, keys
+from opus_paas.control.hostkey import load_or_create_host_key
 from opus_paas.errors import Conflict, OpusError, UsageError
+from opus_paas.git import gitserver, packs
+from opus_paas.git.wire import ChannelReader
+from opus_paas.run import push
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, User
-from opus_paas.wire import ChannelReader
 
 log = logging.getLogger("opus.sshd")
 
@@ -62,19 +53,6 @@ DISCONNECT_POLL_SECONDS = 0.25
 # Environment variables a git client sends on its own; refused quietly (git then speaks
 # protocol v0), every other env request gets a notice.
 QUIET_ENV = frozenset({b"GIT_PROTOCOL", b"LANG", b"LC_ALL"})
-
-
-def load_or_create_host_key(path: Path) -> paramiko.PKey:
-    """The server's host key: generated once, then kept (clients pin it)."""
-    if path.exists():
-        return paramiko.ECDSAKey(filename=str(path))
-    key = paramiko.ECDSAKey.generate(bits=256)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    key.write_private_key_file(str(tmp))
-    tmp.chmod(0o600)
-    tmp.replace(path)
-    return key
 
 
 class KeyLimiter:

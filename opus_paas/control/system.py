@@ -25,10 +25,12 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from opus_paas import build, names, supervisor
+from opus_paas import names
 from opus_paas import settings as settings_module
+from opus_paas.build import buildpack
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.paths import shipped
+from opus_paas.run import supervisor
 from opus_paas.settings import SECUREOPS, SYSTEM_CONFIG_DIR, SYSTEM_LOGS_DIR, Settings
 
 PREFIX = Path("/usr/local/lib/opus")
@@ -195,7 +197,7 @@ def _install_venv() -> None:
     if not HOST_PYTHON.exists():
         raise UsageError("Debian's python3 is missing; install it (apt-get install python3 "
                          "python3-dev python3-venv)")
-    uv = str(build.find_uv())
+    uv = str(buildpack.find_uv())
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(Path.home()),
            "UV_NATIVE_TLS": "1",    # the host's CA store, as builds use
            **{k: v for k, v in os.environ.items() if k in settings_module.NETWORK_VARS}}

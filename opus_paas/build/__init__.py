@@ -1,0 +1,1 @@
+"""From a pushed commit to a slug: the buildpack, the release phase, the runtime environment."""

@@ -1,0 +1,1 @@
+"""Releases live and running: pushes, deploys, supervisor, processes, logs, metrics."""
