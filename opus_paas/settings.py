@@ -100,6 +100,11 @@ class Settings:
         return self.home / "opus.db"
 
     @property
+    def db_backup_path(self) -> Path:
+        """The last good copy of opus.db (SQLite's online backup)."""
+        return self.home / "opus.db.backup"
+
+    @property
     def repos_dir(self) -> Path:
         return self.home / "repos"
 

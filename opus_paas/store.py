@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -196,6 +197,21 @@ class Store:
         finally:
             conn.close()
         self.path.chmod(0o600)
+
+    def backup(self, dest: Path) -> None:
+        """A consistent copy of the database at `dest` (0600), made with SQLite's online
+        backup while others read and write, and renamed into place whole."""
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        source = sqlite3.connect(self.path, timeout=30)
+        target = sqlite3.connect(tmp)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        os.replace(tmp, dest)
 
     # ---- users and keys --------------------------------------------------
     def add_key(self, user: str, fingerprint: str, public_key: str, comment: str) -> User:

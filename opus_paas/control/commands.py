@@ -9,70 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import json
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from opus_paas import __version__, access, names, privileged, redact
-from opus_paas.access import Actor
+from opus_paas import __version__, access, names, redact
 from opus_paas.control import apps, keys, lifecycle, system
+from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity
 from opus_paas.errors import NotFound, UsageError
 from opus_paas.git import gitserver
 from opus_paas.run import deploy, logs, ps
 from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
-from opus_paas.store import Store
-
-Output = Callable[[str], None]
-STDIN_LIMIT = 64 * 1024
-
-
-@dataclasses.dataclass
-class Context:
-    """One command's run: settings, who runs it, where its output goes."""
-
-    settings: Settings
-    actor: Actor
-    out: Output
-    read_stdin: Callable[[int], str]
-    remote: bool = False          # over SSH
-    json: bool = False
-    app: str | None = None        # from --app
-    # Set when the command should stop early (the SSH client went away).
-    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
-    # The client's terminal, when it asked for one (`ssh -t … run …`).
-    terminal: privileged.Terminal | None = None
-
-    @functools.cached_property
-    def store(self) -> Store:
-        store = Store(self.settings.db_path)
-        store.init()
-        return store
-
-    def emit_json(self, value: Any) -> None:
-        self.out(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
-
-
-@dataclasses.dataclass(frozen=True)
-class Command:
-    name: str
-    usage: str
-    summary: str
-    run: Callable[[Context, list[str]], int | None]   # the exit status; None: 0
-    local_only: bool = False     # on the Opus host only (starting and stopping Opus)
-    takes_app: bool = False      # its first argument is APP (filled in from --app)
-
-
-def _arity(usage: str, args: list[str], count: int | tuple[int, int]) -> None:
-    low, high = (count, count) if isinstance(count, int) else count
-    if not low <= len(args) <= high:
-        raise UsageError(f"usage: {usage}")
-
 
 # ---- Opus itself (host only) -----------------------------------------------------------
 
@@ -111,18 +61,18 @@ def cmd_uninstall(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_down(ctx: Context, args: list[str]) -> None:
-    _arity("opus down", args, 0)
+    arity("opus down", args, 0)
     ctx.out(lifecycle.down(ctx.settings))
 
 
 def cmd_status(ctx: Context, args: list[str]) -> None:
-    _arity("opus status", args, 0)
+    arity("opus status", args, 0)
     for line in lifecycle.status(ctx.settings):
         ctx.out(line)
 
 
 def cmd_version(ctx: Context, args: list[str]) -> None:
-    _arity("opus version", args, 0)
+    arity("opus version", args, 0)
     if ctx.json:
         ctx.emit_json({"version": __version__})
     else:
@@ -132,7 +82,7 @@ def cmd_version(ctx: Context, args: list[str]) -> None:
 # ---- apps ------------------------------------------------------------------------------
 
 def cmd_apps(ctx: Context, args: list[str]) -> None:
-    _arity("opus apps", args, 0)
+    arity("opus apps", args, 0)
     listed = access.visible_apps(ctx.store, ctx.actor)
     if ctx.json:
         ctx.emit_json([apps.info(ctx.settings, ctx.store, a) for a in listed])
@@ -146,14 +96,14 @@ def cmd_apps(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_apps_create(ctx: Context, args: list[str]) -> None:
-    _arity("opus apps:create APP", args, 1)
+    arity("opus apps:create APP", args, 1)
     app = apps.create(ctx.settings, ctx.store, ctx.actor, args[0])
     ctx.out(f"Created {app.name}. Push to it: git remote add opus "
             f"{apps.info(ctx.settings, ctx.store, app)['git_url']}")
 
 
 def cmd_apps_info(ctx: Context, args: list[str]) -> None:
-    _arity("opus apps:info APP", args, 1)
+    arity("opus apps:info APP", args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0])
     details = apps.info(ctx.settings, ctx.store, app)
     if ctx.json:
@@ -166,7 +116,7 @@ def cmd_apps_info(ctx: Context, args: list[str]) -> None:
 
 def cmd_apps_destroy(ctx: Context, args: list[str]) -> None:
     usage = "opus apps:destroy APP --confirm APP"
-    _arity(usage, args, (1, 3))
+    arity(usage, args, (1, 3))
     confirm = ""
     if len(args) == 3 and args[1] == "--confirm":
         confirm = args[2]
@@ -179,7 +129,7 @@ def cmd_apps_destroy(ctx: Context, args: list[str]) -> None:
 # ---- config and rollback ---------------------------------------------------------------
 
 def cmd_config(ctx: Context, args: list[str]) -> None:
-    _arity("opus config APP", args, 1)
+    arity("opus config APP", args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0])
     config = ctx.store.config(app)
     if ctx.json:
@@ -194,7 +144,7 @@ def cmd_config(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_config_get(ctx: Context, args: list[str]) -> None:
-    _arity("opus config:get APP KEY", args, 2)
+    arity("opus config:get APP KEY", args, 2)
     app = access.app_for(ctx.store, ctx.actor, args[0])
     config = ctx.store.config(app)
     if args[1] not in config:
@@ -240,7 +190,7 @@ def _config_done(ctx: Context, app: str, keys_: str, verb: str, version: int | N
 
 
 def cmd_rollback(ctx: Context, args: list[str]) -> None:
-    _arity("opus rollback APP [vN]", args, (1, 2))
+    arity("opus rollback APP [vN]", args, (1, 2))
     target = None
     if len(args) == 2:
         text = args[1].removeprefix("v")
@@ -255,7 +205,7 @@ def cmd_rollback(ctx: Context, args: list[str]) -> None:
 # ---- processes -------------------------------------------------------------------------
 
 def cmd_ps(ctx: Context, args: list[str]) -> None:
-    _arity("opus ps APP", args, 1)
+    arity("opus ps APP", args, 1)
     found = ps.processes(ctx.settings, ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json(found)
@@ -338,7 +288,7 @@ def cmd_run(ctx: Context, args: list[str]) -> int:
 # ---- domains ---------------------------------------------------------------------------
 
 def cmd_domains(ctx: Context, args: list[str]) -> None:
-    _arity("opus domains APP", args, 1)
+    arity("opus domains APP", args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0])
     found = deploy.app_domains(ctx.settings, ctx.store, app)
     if ctx.json:
@@ -350,7 +300,7 @@ def cmd_domains(ctx: Context, args: list[str]) -> None:
 
 def _change_domain(ctx: Context, args: list[str], add: bool) -> None:
     verb = "add" if add else "remove"
-    _arity(f"opus domains:{verb} APP DOMAIN", args, 2)
+    arity(f"opus domains:{verb} APP DOMAIN", args, 2)
     version = restart_module.change_domain(ctx.settings, ctx.store, ctx.actor, args[0],
                                            args[1], add=add, emit=ctx.out)
     done = f"{'Added' if add else 'Removed'} {args[1]} {'to' if add else 'from'} {args[0]}"
@@ -374,7 +324,7 @@ def _when(timestamp: float | None) -> str:
 
 
 def cmd_releases(ctx: Context, args: list[str]) -> None:
-    _arity("opus releases APP", args, 1)
+    arity("opus releases APP", args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0])
     listed = ctx.store.list_releases(app)
     if ctx.json:
@@ -391,7 +341,7 @@ def cmd_releases(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_builds(ctx: Context, args: list[str]) -> None:
-    _arity("opus builds APP", args, 1)
+    arity("opus builds APP", args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0])
     listed = ctx.store.list_builds(app)
     if ctx.json:
@@ -403,7 +353,7 @@ def cmd_builds(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_builds_output(ctx: Context, args: list[str]) -> None:
-    _arity("opus builds:output APP [BUILD_ID]   (see `opus builds APP`)", args, (1, 2))
+    arity("opus builds:output APP [BUILD_ID]   (see `opus builds APP`)", args, (1, 2))
     app = access.app_for(ctx.store, ctx.actor, args[0])
     listed = ctx.store.list_builds(app)
     if len(args) == 2:
@@ -435,7 +385,7 @@ def cmd_logs(ctx: Context, args: list[str]) -> None:
                 raise UsageError(f"--ps needs a process type; usage: {usage}")
         else:
             positional.append(item)
-    _arity(usage, positional, 1)
+    arity(usage, positional, 1)
     app = access.app_for(ctx.store, ctx.actor, positional[0])
     found = logs.app_logs(ctx.settings, app, process_type)
     for entry in found.tail(count):
@@ -450,7 +400,7 @@ def cmd_logs(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_apps_rename(ctx: Context, args: list[str]) -> None:
-    _arity("opus apps:rename APP NEW_NAME", args, 2)
+    arity("opus apps:rename APP NEW_NAME", args, 2)
     app = apps.rename(ctx.settings, ctx.store, ctx.actor, args[0], args[1], ctx.out)
     info = apps.info(ctx.settings, ctx.store, app)
     ctx.out(f"Renamed {args[0]} to {app.name}: {info['url']}")
@@ -460,7 +410,7 @@ def cmd_apps_rename(ctx: Context, args: list[str]) -> None:
 # ---- access ----------------------------------------------------------------------------
 
 def cmd_access(ctx: Context, args: list[str]) -> None:
-    _arity("opus access APP", args, 1)
+    arity("opus access APP", args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0])
     people = ctx.store.collaborators(app)
     if ctx.json:
@@ -472,13 +422,13 @@ def cmd_access(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_access_add(ctx: Context, args: list[str]) -> None:
-    _arity("opus access:add APP USER", args, 2)
+    arity("opus access:add APP USER", args, 2)
     app, user = access.add_collaborator(ctx.store, ctx.actor, args[0], args[1])
     ctx.out(f"{user.name} may now push to and manage the config of {app.name}.")
 
 
 def cmd_access_remove(ctx: Context, args: list[str]) -> None:
-    _arity("opus access:remove APP USER", args, 2)
+    arity("opus access:remove APP USER", args, 2)
     app, user = access.remove_collaborator(ctx.store, ctx.actor, args[0], args[1])
     ctx.out(f"{user.name} may no longer use {app.name}.")
 
@@ -486,7 +436,7 @@ def cmd_access_remove(ctx: Context, args: list[str]) -> None:
 # ---- keys and users --------------------------------------------------------------------
 
 def cmd_keys(ctx: Context, args: list[str]) -> None:
-    _arity("opus keys", args, 0)
+    arity("opus keys", args, 0)
     listed = keys.list_keys(ctx.store, ctx.actor)
     if ctx.json:
         ctx.emit_json([{"user": k.user, "fingerprint": k.fingerprint, "name": k.comment}
@@ -500,7 +450,7 @@ def cmd_keys(ctx: Context, args: list[str]) -> None:
 
 def cmd_keys_add(ctx: Context, args: list[str]) -> None:
     usage = "opus keys:add USER FILE|-   (FILE: a .pub file; - reads standard input)"
-    _arity(usage, args, 2)
+    arity(usage, args, 2)
     user, source = args
     if source == "-":
         text = ctx.read_stdin(STDIN_LIMIT)
@@ -525,13 +475,13 @@ def _read_local_file(source: str) -> str:
 
 
 def cmd_keys_remove(ctx: Context, args: list[str]) -> None:
-    _arity("opus keys:remove FINGERPRINT|NAME   (see `opus keys`)", args, 1)
+    arity("opus keys:remove FINGERPRINT|NAME   (see `opus keys`)", args, 1)
     key = keys.remove_key(ctx.store, ctx.actor, args[0])
     ctx.out(f"Removed key {key.fingerprint} of {key.user}.")
 
 
 def cmd_users(ctx: Context, args: list[str]) -> None:
-    _arity("opus users", args, 0)
+    arity("opus users", args, 0)
     access.require_admin(ctx.actor, "list users")
     listed = ctx.store.list_users()
     if ctx.json:
@@ -554,19 +504,19 @@ def cmd_users_add(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_users_remove(ctx: Context, args: list[str]) -> None:
-    _arity("opus users:remove USER", args, 1)
+    arity("opus users:remove USER", args, 1)
     user = keys.remove_user(ctx.store, ctx.actor, args[0])
     ctx.out(f"Removed {user.name} and their keys.")
 
 
 def cmd_users_role(ctx: Context, args: list[str]) -> None:
-    _arity("opus users:role USER admin|developer", args, 2)
+    arity("opus users:role USER admin|developer", args, 2)
     user = keys.set_role(ctx.store, ctx.actor, args[0], args[1])
     ctx.out(f"{user.name} is now {user.role}.")
 
 
 def cmd_users_passwd(ctx: Context, args: list[str]) -> None:
-    _arity("opus users:passwd USER   (the password comes from standard input)", args, 1)
+    arity("opus users:passwd USER   (the password comes from standard input)", args, 1)
     lines = ctx.read_stdin(STDIN_LIMIT).splitlines()
     user = keys.set_password(ctx.store, ctx.actor, args[0], lines[0] if lines else "")
     ctx.out(f"Set the dashboard password of {user.name}.")
@@ -578,7 +528,7 @@ GIT_SETTINGS = ("deploy-branch",)
 
 
 def cmd_checks(ctx: Context, args: list[str]) -> None:
-    _arity("opus checks APP", args, 1)
+    arity("opus checks APP", args, 1)
     check = apps.health_check(ctx.settings, ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json(dataclasses.asdict(check))
@@ -596,7 +546,7 @@ def cmd_checks_set(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_checks_disable(ctx: Context, args: list[str]) -> None:
-    _arity("opus checks:disable APP", args, 1)
+    arity("opus checks:disable APP", args, 1)
     check = apps.set_health_check(ctx.settings, ctx.store, ctx.actor, args[0], None)
     ctx.out(f"Health check of {args[0]} {check.describe(ctx.settings.health_timeout)}; "
             f"`opus checks:set {args[0]} path=/` enables it again.")
@@ -610,7 +560,7 @@ def cmd_git_set(ctx: Context, args: list[str]) -> None:
     ctx.out(f"Pushes to {app.deploy_branch} now deploy {app.name}; other branches are stored.")
 
 
-TABLE: dict[str, Command] = {c.name: c for c in [
+CORE: list[Command] = [
     Command("up", "opus up [--system]", "start Opus and every app (--system: as root, "
             "after install --system)", cmd_up, local_only=True),
     Command("install", "opus install --system [--home DIR] [--user NAME] [--set KEY=VALUE]…",
@@ -698,7 +648,10 @@ TABLE: dict[str, Command] = {c.name: c for c in [
             takes_app=True),
     Command("git:set", "opus git:set APP deploy-branch BRANCH",
             "choose the branch whose pushes deploy", cmd_git_set, takes_app=True),
-]}
+]
+
+# Every command: Opus's core, then each capability's own (its module's COMMANDS list).
+TABLE: dict[str, Command] = {c.name: c for c in [*CORE]}
 
 
 def lookup(name: str) -> Command:

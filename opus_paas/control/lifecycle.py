@@ -33,8 +33,9 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 
 def own_programs(settings: Settings) -> list[Program]:
-    """Opus's SSH server and dashboard (as the opus user in system mode) and the front
-    (its master root's in system mode, to bind port 80; its children unprivileged)."""
+    """Opus's SSH server, dashboard and scheduler (as the opus user in system mode) and
+    the front (its master root's in system mode, to bind port 80; its children
+    unprivileged)."""
     env = settings_environment(settings)
     env.update(settings.network_env)
     env["HOME"] = str(settings.home if settings.system else Path.home())
@@ -53,6 +54,15 @@ def own_programs(settings: Settings) -> list[Program]:
             command=dashboard_command(settings),
             directory=settings.home,
             log_file=settings.logs_dir / "opus-dashboard.log",
+            environment=env,
+            stopwaitsecs=5,
+            user=user,
+        ),
+        Program(
+            name="opus-scheduler",
+            command=[system.python_for_programs(settings), "-m", "opus_paas.control.scheduler"],
+            directory=settings.home,
+            log_file=settings.logs_dir / "opus-scheduler.log",
             environment=env,
             stopwaitsecs=5,
             user=user,

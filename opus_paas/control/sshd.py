@@ -36,6 +36,7 @@ from opus_paas import access, locks, names, privileged, redact
 from opus_paas import settings as settings_module
 from opus_paas.access import Actor
 from opus_paas.control import apps, commands, keys
+from opus_paas.control.context import Context
 from opus_paas.control.hostkey import load_or_create_host_key
 from opus_paas.errors import Conflict, OpusError, UsageError
 from opus_paas.git import gitserver, packs
@@ -291,7 +292,7 @@ def serve_opus_command(server: Server, user: User, text: str, channel: paramiko.
     terminal = None
     if pty is not None and argv[:1] == ["run"]:
         terminal = privileged.Terminal(pty[0], pty[1], _input_reader(channel), channel.sendall)
-    return commands.run(commands.Context(server.settings, Actor(user), out, read_stdin,
+    return commands.run(Context(server.settings, Actor(user), out, read_stdin,
                                          remote=True, cancelled=cancelled,
                                          terminal=terminal), argv)
 
