@@ -20,6 +20,7 @@ from opus_paas.control import apps, keys, lifecycle, system
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity
 from opus_paas.errors import NotFound, UsageError
 from opus_paas.git import gitserver
+from opus_paas.pythons import commands as pythons_commands
 from opus_paas.run import deploy, logs, ps
 from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
@@ -651,7 +652,7 @@ CORE: list[Command] = [
 ]
 
 # Every command: Opus's core, then each capability's own (its module's COMMANDS list).
-TABLE: dict[str, Command] = {c.name: c for c in [*CORE]}
+TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *pythons_commands.COMMANDS]}
 
 
 def lookup(name: str) -> Command:
