@@ -56,7 +56,7 @@ def cmd_pythons(ctx: Context, args: list[str]) -> None:
     rows = [{"version": i.version, "path": i.path, "fetched": i.managed,
              "name": i.install_name(settings.managed_pythons_dir),
              "default": i.path == default, "mod_wsgi": wheels.ready(settings, i, found.mod_wsgi),
-             "used_by": used.get(i.path, {})}
+             "wheelhouse": i.wheelhouse, "used_by": used.get(i.path, {})}
             for i in sorted(found.installed, key=lambda i: tuple(map(int, i.version.split("."))),
                             reverse=True)]
     if ctx.json:

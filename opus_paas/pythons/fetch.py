@@ -30,6 +30,7 @@ from opus_paas.settings import Settings
 
 Emit = Callable[[str], None]
 INDENT = "       "
+SHOWN_ON_FAILURE = 12
 
 
 def uv_binary(settings: Settings) -> Path:
@@ -154,6 +155,8 @@ def fetch(settings: Settings, version: str, emit: Emit,
         raise BuildFailed(f"fetching Python {version} was stopped: {exc.message}") from None
     if code != 0:
         shutil.rmtree(staging, ignore_errors=True)
+        for line in [line for line in lines if line.strip()][-SHOWN_ON_FAILURE:]:
+            emit(INDENT + line)
         raise BuildFailed(versions.failure(version, where, lines))
     try:
         name = _staged_name(staging)

@@ -60,8 +60,8 @@ UNREACHABLE = ("error sending request", "tcp connect error", "dns error", "Conne
 def failure(version: str, source: str, lines: Sequence[str]) -> str:
     """What the operator is told when uv could not provide `version` from `source`."""
     text = "\n".join(lines)
-    causes = [line.strip().removeprefix("cause:").strip() for line in lines
-              if line.strip().startswith(("cause:", "error:"))]
+    causes = [line.strip().removeprefix("cause:").removeprefix("error:").strip()
+              for line in lines if line.strip().startswith(("cause:", "error:"))]
     reason = causes[-1] if causes else (lines[-1].strip() if lines else "no output")
     if "Hash mismatch" in text:
         found = HASH.search(text)
@@ -79,4 +79,5 @@ def failure(version: str, source: str, lines: Sequence[str]) -> str:
                 "python_downloads) to a source it reaches (a local mirror on an air-gapped "
                 f"host), {ON_HOST}; then push again (or `opus pythons:install {version}`).")
     return (f"Python {version} could not be fetched from {source}: {reason}. The operator: "
-            f"see `opus pythons:install {version}` for the whole output, {ON_HOST}.")
+            f"see uv's output above (`opus pythons:install {version}` shows it too), "
+            f"{ON_HOST}.")
