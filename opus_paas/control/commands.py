@@ -17,10 +17,10 @@ from pathlib import Path
 
 from opus_paas import __version__, access, names, redact
 from opus_paas.control import apps, keys, lifecycle, system
+from opus_paas.control import pythons as pythons_commands
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity
 from opus_paas.errors import NotFound, UsageError
 from opus_paas.git import gitserver
-from opus_paas.pythons import commands as pythons_commands
 from opus_paas.run import deploy, logs, ps
 from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings

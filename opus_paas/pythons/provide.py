@@ -34,7 +34,15 @@ def prepare(settings: Settings, build: Path, env: Mapping[str, str], emit: Emit,
             if not wheels.ready(settings, chosen, found.mod_wsgi):
                 emit(f"-----> Building {found.mod_wsgi} for Python {chosen.version} (once "
                      "per interpreter on this host)")
-                wheels.build(settings, chosen, found.mod_wsgi, emit, cancelled)
+                try:
+                    wheels.build(settings, chosen, found.mod_wsgi, emit, cancelled)
+                except BuildFailed as exc:
+                    if cancelled is not None and cancelled.is_set():
+                        raise
+                    # The build may still get it its own way (the app's package index).
+                    for line in ("", f" !     {exc.message}",
+                                 " !     This build installs mod_wsgi itself instead.", ""):
+                        emit(line)
 
 
 def _fetch_for(settings: Settings, env: Mapping[str, str], build: Path,

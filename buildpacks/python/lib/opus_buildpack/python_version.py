@@ -33,8 +33,6 @@ VERSION = re.compile(r"3\.(\d{1,2})(?:\.(\d{1,3}))?\Z")
 RUNTIME_TXT = re.compile(r"python-(3\.\d{1,2}(?:\.\d{1,3})?)\Z")
 VERSION_FILES = (".python-version", "runtime.txt")
 MANAGED = "OPUS_MANAGED_PYTHONS"     # where Opus keeps the interpreters it fetched
-# The minor versions Opus fetches when an app asks for one the host lacks.
-FETCHED_MINORS = range(10, 15)
 HOW_TO_ADD = ("Opus fetches Python 3.10 to 3.14 when an app asks for one (the operator "
               "can run `opus pythons:install 3.X` beforehand); for any other, the "
               "operator installs it (apt-get install python3.X-dev python3.X-venv, or a "
