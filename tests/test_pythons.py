@@ -40,6 +40,7 @@ from tests.conftest import (
     start_opus,
     stop_opus,
 )
+from tests.test_commands import ssh
 
 INSTALL = "cpython-3.13.0-linux-x86_64-gnu"
 
@@ -348,3 +349,22 @@ def test_a_push_asking_for_a_version_the_source_lacks_is_rejected(
             "Python 3.12 for this host. The operator: add one there") in output, output
     assert "pythons:install" in output or "OPUS_PYTHONS" in output
     assert fetching_opus.get("py312.localhost")[0] == 404
+
+
+def test_over_ssh_developers_list_and_only_admins_install_or_remove(
+        fetching_opus: Opus, key: SshKey, tmp_path: Path, pushed: str) -> None:
+    developer = make_key(tmp_path, "pydev")
+    fetching_opus.cli("keys:add", "pydev", str(developer.public))
+    listed = ssh(fetching_opus, developer, "pythons")
+    assert listed.returncode == 0 and "3.13.0    fetched" in listed.stdout, listed.stderr
+    for argv in (["pythons:install", "3.13"], ["pythons:remove", "3.13.0"]):
+        refused = ssh(fetching_opus, developer, *argv)
+        assert refused.returncode == 4 and "only an admin may" in refused.stderr, argv
+    for hostile in ("3.13; id", "../3.13", "3.9", "-rf", "cpython-3.13", "3.13.0/../.."):
+        refused = ssh(fetching_opus, key, "pythons:install", hostile)
+        assert refused.returncode == 2, (hostile, refused.stderr)
+        assert "is not a version Opus fetches; give 3.10 to 3.14" in refused.stderr
+        removal = ssh(fetching_opus, key, "pythons:remove", hostile)
+        assert removal.returncode == 2 and "names no interpreter" in removal.stderr, \
+            (hostile, removal.stderr)
+    assert (fetching_opus.home / "pythons" / INSTALL).is_dir()
