@@ -288,6 +288,8 @@ def _copy_file(src_dir: int, dst_dir: int, name: str, size: int, mode: int,
             if left or os.read(src, 1):
                 raise Denied(f"{name} changed while it was copied; refused")
             os.fchmod(dst, mode)
+            # Bytecode is checked against its source's time: the copy keeps it.
+            os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns))
         finally:
             os.close(dst)
         os.rename(temporary, name, src_dir_fd=dst_dir, dst_dir_fd=dst_dir)

@@ -263,12 +263,22 @@ def test_the_fetched_python_is_readable_by_the_apps_and_writable_by_opus_alone(
         assert info.st_mode & 0o004, path
     if os.geteuid() != 0:
         return      # (as root, apps run as nobody: it runs the interpreter, cannot change it)
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                 str(installed / "bin" / "python3")]
     result = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-         str(installed / "bin" / "python3"), "-c",
-         f"open({str(installed / 'lib' / 'python3.13' / 'os.py')!r}, 'a')"],
+        [*as_nobody, "-c", f"open({str(installed / 'lib' / 'python3.13' / 'os.py')!r}, 'a')"],
         capture_output=True, text=True, check=False)
     assert result.returncode != 0 and "Permission denied" in result.stderr
+    # The standard library's bytecode was compiled before the copy and still matches its
+    # sources (the copy keeps their times): no process has to compile it again.
+    result = subprocess.run([*as_nobody, "-v", "-c", "import json, sysconfig; "
+                             "sysconfig.get_config_vars()"],
+                            capture_output=True, text=True, check=True)
+    assert "bytecode is stale" not in result.stderr
+    assert (f"code object from '{installed}/lib/python3.13/json/__pycache__/"
+            "__init__.cpython-313.pyc'") in result.stderr
+    assert re.search(r"code object from '[^']*/__pycache__/_sysconfigdata_[^']*\.pyc'",
+                     result.stderr)
     listed = json.loads(fetching_opus.cli("pythons", "--json").stdout)
     key = next(row["wheelhouse"] for row in listed if row["fetched"])
     wheels = Path(fetching_opus.env["OPUS_WHEELS_DIR"]) / key

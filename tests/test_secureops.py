@@ -706,6 +706,9 @@ def test_an_interpreter_is_copied_root_owned_and_plain(
                      "lib/python3.13": 0o755, "lib/python3.13/os.py": 0o644,
                      "lib/libpython3.13.so": 0o644}
     assert os.readlink(installed / "bin" / "python3") == "python3.13"
+    staged_source = layout.staging / "pythons" / PYTHON / "lib" / "python3.13" / "os.py"
+    assert (installed / "lib" / "python3.13" / "os.py").stat().st_mtime_ns == \
+        staged_source.stat().st_mtime_ns      # bytecode is checked against it
     assert all(p.lstat().st_uid == 0 for p in [layout.pythons, installed, *installed.rglob("*")])
     assert stat.S_IMODE(layout.pythons.stat().st_mode) == 0o755
     # What the stager changes afterwards does not reach the installed copy.

@@ -145,8 +145,9 @@ def fetch(settings: Settings, version: str, emit: Emit,
     except BuildFailed:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    # Bytecode for the standard library now: no app's user may write it later.
     argv = [str(uv_binary(settings)), "python", "install", "--install-dir", str(staging),
-            "--no-bin", "--no-cache", *sources, version]
+            "--no-bin", "--no-cache", "--compile-bytecode", *sources, version]
     try:
         code, lines = process.run(argv, env=uv_environment(settings, staging), cwd=staging,
                                   timeout=settings.build_timeout, cancelled=cancelled)
@@ -181,9 +182,16 @@ def _staged_name(staging: Path) -> str:
 
 
 def _relocate(staged: Path, installed: Path) -> None:
+    """Name `installed` where uv named `staged`, and compile what changed again."""
     for data in staged.glob("lib/python3*/_sysconfigdata_*.py"):
         if data.is_file() and not data.is_symlink():
             data.write_text(versions.relocate(data.read_text(), str(staged), str(installed)))
+            for stale in data.parent.glob(f"__pycache__/{data.stem}.*.pyc"):
+                stale.unlink()
+            subprocess.run([str(staged / "bin" / "python3"), "-I", "-m", "py_compile",
+                            str(data)], capture_output=True, timeout=60, check=False,
+                           env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                           stdin=subprocess.DEVNULL)
 
 
 def _check_runs(staged: Path, version: str) -> None:
