@@ -280,6 +280,13 @@ def test_the_python_both_apps_ask_for_is_fetched_and_built_for_once(
         result = as_user(f"opus-{app}", "touch", str(installed / "bin" / "planted"))
         assert result.returncode != 0
     assert not any((system_opus.home / "staging").rglob("*.whl"))
+    # Root's `opus pythons` (run as the opus user) sees who uses it; it stays while used.
+    listed = json.loads(system_opus.cli("pythons", "--json").stdout)
+    fetched = [row for row in listed if row["fetched"]]
+    assert [(r["path"], r["used_by"]) for r in fetched] == \
+        [(f"{installed}/bin/python3", {a: [1], b: [1]})], listed
+    refused = system_opus.cli("pythons:remove", "3.13.0", check=False)
+    assert refused.returncode == 5 and "is used by" in refused.stderr
 
 
 def test_the_opus_user_cannot_reach_root_through_secureops(system_opus: SystemOpus,
