@@ -714,8 +714,9 @@ def restore_if_damaged(path: Path, backup: Path) -> str | None:
     """Put the last good copy in place of a damaged, empty or missing database (the
     damaged file is kept beside it); say what was done (None: nothing was wrong)."""
     problem = database_problem(path)
-    if problem is None or (problem == "it is missing" and not backup.exists()):
-        return None        # sound, or a new home
+    if problem is None or (problem in ("it is missing", "it is empty") and
+                           not backup.exists()):
+        return None        # sound, or a new home (never copied yet)
     if not backup.exists() or database_problem(backup) is not None:
         raise ServiceError(f"{path} {problem.removeprefix('it ')}, and there is no good "
                            f"copy of it at {backup}; restore one from your own backups")
