@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from opus_paas import settings as settings_module
-from opus_paas.store import Store
 from opus_paas.tls import certs
 from tests import pebble as pebble_module
 from tests.conftest import (
@@ -83,9 +82,11 @@ class Https:
         try:
             conn.request("GET", path, headers={"Host": host})
             response = conn.getresponse()
-            peer = conn.sock.getpeercert() if isinstance(conn.sock, ssl.SSLSocket) else {}
+            peer: dict[str, object] = {}
+            if isinstance(conn.sock, ssl.SSLSocket):
+                peer = dict(conn.sock.getpeercert() or {})
             return (response.status, dict(response.headers),
-                    response.read().decode("utf-8", "replace"), peer or {})
+                    response.read().decode("utf-8", "replace"), peer)
         finally:
             conn.close()
 
@@ -491,7 +492,7 @@ def test_operator_certificates_are_checked_and_served_with_their_chain(
     # The leaf, its intermediate and the key, in one stream on standard input (as over SSH).
     added = opus.cli("certs:add", APP, "-", input=_pem(leaf, mid, key))
     assert f"for {SECURE}" in added.stdout and "1 chain certificate" in added.stdout
-    status, _headers, body, peer = https.get(SECURE, cafile=operator_ca["root"])
+    status, _headers, body, _peer = https.get(SECURE, cafile=operator_ca["root"])
     assert (status, body) == (200, "scheme=https secure=True")      # the chain was kept
     assert https.status()["source"] == "operator" and https.status()["auto"] is False
     # The app's other names are not on the operator's certificate: http only.
