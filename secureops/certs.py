@@ -31,7 +31,7 @@ from secureops.layout import Denied, Layout
 DASHBOARD_SITE = "opus"
 # The first https vhost: what a name with no certificate of its own gets (a self-signed
 # certificate for "invalid", never an app's).
-FALLBACK_SITE = "fallback"
+FALLBACK_SITE = "_fallback"    # no app can be called so (names start with a letter)
 PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]{1,40})-----\r?\n([A-Za-z0-9+/=\r\n]{1,65536}?)"
                        r"-----END \1-----")
 KEY_LABELS = frozenset({"PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"})

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from secureops.certs import DASHBOARD_SITE, covers
+from secureops.certs import DASHBOARD_SITE, FALLBACK_SITE, covers
 from secureops.checks import _exactly, _number, _text, app_name
 from secureops.layout import Denied, Layout
 
@@ -289,7 +289,7 @@ def render(layout: Layout, spec: FrontSpec, *, same_user: bool) -> str:
         "</VirtualHost>",
     ]
     if tls:
-        fallback = layout.front / "certs" / "fallback"
+        fallback = layout.front / "certs" / FALLBACK_SITE
         lines += [
             "",
             "# First https vhost: a name with no certificate of its own gets this",

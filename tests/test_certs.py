@@ -196,8 +196,8 @@ def test_secureops_serves_https_only_for_what_the_installed_certificate_covers()
     rendered = secureops_front.render(LAYOUT, kept, same_user=True)
     assert "Listen 127.0.0.1:443 https" in rendered
     assert 'SSLCertificateFile "/etc/opus/front/certs/shop/chain.pem"' in rendered
-    assert 'SSLCertificateFile "/etc/opus/front/certs/fallback/chain.pem"' in rendered
-    assert rendered.index("certs/fallback") < rendered.index("certs/shop")   # first: default
+    assert 'SSLCertificateFile "/etc/opus/front/certs/_fallback/chain.pem"' in rendered
+    assert rendered.index("certs/_fallback") < rendered.index("certs/shop")   # first: default
     assert "RewriteCond %{HTTP_HOST} ^(www\\.shop\\.test)(:[0-9]+)?$ [NC]" in rendered
     assert "RewriteRule ^ https://%1%{REQUEST_URI} [R=301,L]" in rendered   # port 443: none
     assert rendered.count('RequestHeader set X-Forwarded-Proto "https"') == 1

@@ -254,6 +254,8 @@ def hostile_requests(layout: Layout) -> list[tuple[list[str], Any, str]]:
         (["cert-install"], cert_spec(chain=EXPIRED[0], key=EXPIRED[1]), "has expired"),
         (["cert-install"], cert_spec(chain=NO_NAME[0], key=NO_NAME[1]), "names no DNS host"),
         (["cert-remove"], {"site": "../../etc"}, "invalid app name"),
+        (["cert-install"], cert_spec(site="_fallback"), "invalid app name"),
+        (["cert-remove"], {"site": "_fallback"}, "invalid app name"),
         (["cert-remove"], {"site": APP, "path": "/"}, "unknown keys"),
         (["cert-remove", APP], {"site": APP}, "usage"),
     ]
@@ -754,7 +756,7 @@ def test_certificates_are_roots_alone_and_only_covered_names_get_https(
     assert f"ServerAlias www.{APP}.example" in https_vhost     # the wildcard covers it
     assert "other.example.org" not in https_vhost               # not on the certificate
     assert 'Strict-Transport-Security "max-age=31536000"' in https_vhost
-    assert (layout.front / "certs" / "fallback" / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert (layout.front / "certs" / "_fallback" / "key.pem").stat().st_mode & 0o777 == 0o600
     # A planted link in place of the site's directory is refused, never followed.
     subprocess.run(["rm", "-r", str(directory)], check=True)
     directory.symlink_to("/etc")

@@ -256,7 +256,9 @@ def describe(settings: Settings, found: Status) -> list[str]:
     if s.source is None:
         lines.append("Certificate:  none; served over http only")
     else:
-        lines += [f"Certificate:  {'ordered from ' + (s.issuer or 'the ACME server') if s.source == 'acme' else 'the operator' + chr(39) + 's'}",  # noqa: E501
+        origin = (f"ordered from {s.issuer or 'the ACME server'}" if s.source == "acme"
+                  else "the operator's own")
+        lines += [f"Certificate:  {origin}",
                   f"  covers      {', '.join(s.domains)}",
                   f"  valid       {_when(s.not_before or 0)} to {_when(s.not_after or 0)}",
                   f"  serial      {s.serial}"]

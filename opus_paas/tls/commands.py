@@ -18,7 +18,7 @@ from opus_paas.tls import certs, pem
 def site_for(ctx: Context, name: str) -> str:
     """The site a command names: an app the caller may use, or (admins) the dashboard."""
     if name == DASHBOARD_SITE:
-        access.require_admin(ctx.actor, "change the dashboard's certificate")
+        access.require_admin(ctx.actor, "see or change the dashboard's certificate")
         return DASHBOARD_SITE
     return access.app_for(ctx.store, ctx.actor, name).name
 
