@@ -357,6 +357,11 @@ def test_chromium_loads_the_app_over_https_with_no_warning(https: Https, shop: S
         shots = Path(__file__).parent / "artifacts" / "https"
         shots.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(shots / "app-over-https.png"))
+        # The control: a name without a certificate gets Chromium's warning, not the app.
+        driver.get(f"https://{APP}.localhost:{https.https_port}/")
+        warned = driver.find_element("tag name", "body").text
+        assert "scheme=" not in warned and "not private" in warned.lower(), warned
+        driver.save_screenshot(str(shots / "no-certificate-warning.png"))
     finally:
         driver.quit()
 

@@ -145,7 +145,8 @@ def issue(settings: Settings, store: Store, site: str, emit: Emit,
         try:
             chain = acme.order(settings, names, key, emit)
             pair = pem.check_pair(chain, key, time.time())
-        except Exception as exc:
+            install(settings, store, site, pair, "acme")
+        except Exception as exc:     # whatever it was, recorded, shown, and tried again later
             state = store.tls_site(site)
             failures = state.failures + 1
             at = time.time() if now is None else now
@@ -154,7 +155,6 @@ def issue(settings: Settings, store: Store, site: str, emit: Emit,
                                   failed_at=at, retry_at=at + retry_delay(failures))
             emit(f"The order failed: {reason}")
             return False
-        install(settings, store, site, pair, "acme")
     emit(f"Installed a certificate for {', '.join(pair.facts.names)}, valid until "
          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(pair.facts.not_after))}")
     return True
