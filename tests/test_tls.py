@@ -512,7 +512,6 @@ def test_operator_certificates_are_checked_and_served_with_their_chain(
         https.presented(SECURE)
     assert not (opus.home / "front" / "certs" / APP).exists()
     assert http_get(https, SECURE)[0] == 200
-    opus.cli("domains:remove", APP, SECURE)
 
 
 def test_the_dashboard_on_https_sets_secure_cookies(https: Https, shop: SshKey,
