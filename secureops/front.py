@@ -9,11 +9,12 @@ Spec:
     {"listen_host": "127.0.0.1", "listen_port": 8080, "scheme": "http",
      "https_port": 8443,
      "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1", "port": 8090,
-                   "tls": false},
+                   "tls": null},
      "token": "<32 hex digits>",
-     "sites": [{"app": "shop", "domains": ["shop.localhost"], "port": 20001,
-                "members": [20000, 20001],
-                "tls": {"domains": ["shop.localhost"], "redirect": false}}]}
+     "sites": [{"app": "shop", "domains": ["shop.localhost", "www.shop.example"],
+                "port": 20001, "members": [20000, 20001],
+                "tls": {"domains": ["www.shop.example"], "redirect": false,
+                        "serial": "4a3f"}}]}
 
 A site's "tls" (optional) asks for https on some of its domains; verbs.front_install
 keeps only the names its installed certificate covers (`with_installed_certs`), so a
@@ -177,6 +178,7 @@ def _tls(value: Any, site: Site) -> Tls:
     body = _exactly(value, {"domains", "redirect", "serial"}, set(), f"{site.app}: tls")
     domains = body["domains"]
     if not isinstance(domains, list) or not 1 <= len(domains) <= MAX_DOMAINS or \
+            not all(isinstance(d, str) for d in domains) or \
             not set(domains) <= set(site.domains) or len(set(domains)) != len(domains):
         raise Denied(f"{site.app}: tls domains must be some of its own domains, each once")
     if not isinstance(body["redirect"], bool):

@@ -229,6 +229,8 @@ def hostile_requests(layout: Layout) -> list[tuple[list[str], Any, str]]:
         (["front-install"], front_spec(https_port="8443\nListen 1"), "whole number"),
         (["front-install"], front_spec(sites=[site(tls=tls(domains=["bank.example"]))]),
          "some of its own domains"),
+        (["front-install"], front_spec(sites=[site(tls=tls(domains=[["x"]]))]),
+         "some of its own domains"),
         (["front-install"], front_spec(sites=[site(tls=tls(redirect="yes"))]),
          "true or false"),
         (["front-install"], front_spec(sites=[site(tls=tls(serial="1\nSSLEngine off"))]),
