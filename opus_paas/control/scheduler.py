@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from opus_paas import settings as settings_module
+from opus_paas.run import recovery
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 from opus_paas.tls import certs
@@ -40,6 +41,13 @@ def backup_database(settings: Settings, store: Store) -> None:
     store.backup(settings.db_backup_path)
 
 
+def recover_deploys(settings: Settings, store: Store) -> None:
+    """End deploys that stopped half-way (a process of Opus killed mid-deploy), for apps
+    no deploy is running on: the host heals without waiting for `opus up`."""
+    for line in recovery.recover_all(settings, store):
+        log.info("%s", line)
+
+
 def order_certificates(settings: Settings, store: Store) -> None:
     """Certificates for new names, renewals, retries after a failed order (their own
     back-off decides); `domains:add` wakes the scheduler for this."""
@@ -49,6 +57,7 @@ def order_certificates(settings: Settings, store: Store) -> None:
 
 JOBS: tuple[Job, ...] = (
     Job("database backup", 3600.0, backup_database),
+    Job("deploy recovery", 60.0, recover_deploys),
     Job("certificates", 60.0, order_certificates, on_wake=True),
 )
 
