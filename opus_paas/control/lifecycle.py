@@ -188,6 +188,7 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
     _wait_for_port(settings.dashboard_host, settings.dashboard_port, "opus-dashboard", settings)
     for program in own_programs(settings):
         supervisor.wait_until_running(program.name)
+    report += deploy.wait_until_serving(settings, store, supervisor)
     host = "localhost" if settings.ssh_host in ("127.0.0.1", "::1") else settings.ssh_host
     return [
         *report,

@@ -336,6 +336,26 @@ def live_program(settings: Settings, app: App) -> Program | None:
                        app.web_processes, app.web_threads)
 
 
+def wait_until_serving(settings: Settings, store: Store, supervisor: Supervisor) -> list[str]:
+    """Wait (one health timeout in all) until every app's live instance answers its
+    health check, as after a deploy; return a line for each that does not."""
+    deadline = time.monotonic() + settings.health_timeout
+    report = []
+    for app in store.list_apps():
+        live = None if app.stopped else live_program(settings, app)
+        if live is None or app.live_port is None:
+            continue
+        check = dataclasses.replace(checks.from_json(app.health_check),
+                                    timeout=max(1.0, deadline - time.monotonic()))
+        try:
+            check_health(settings, settings.app_domain(app.name), app.live_port, live.name,
+                         supervisor, check)
+        except BuildFailed:
+            report.append(f"{app.name} is not answering yet (release v{app.live_version}); "
+                          f"see `opus logs {app.name}` and `opus ps {app.name}`")
+    return report
+
+
 @dataclasses.dataclass
 class Switched:
     """A deploy whose traffic has switched and whose new release is recorded live: what
