@@ -62,7 +62,7 @@ def main() -> None:
                           OPUS_WHEELS_DIR=str(work / "wheels"))
         try:
             settings = settings_module.load(opus.env)
-            env = buildpack.build_environment(settings, settings.staging_dir)
+            env = buildpack.own_environment(settings)
             baseline, provided = [], []
             for _ in range(args.runs):
                 baseline.append(plain_fetch(f"{mirror.url}/{python_mirror.ARCHIVE}", work))

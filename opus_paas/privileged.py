@@ -315,60 +315,72 @@ class Terminal:
 def run_in_terminal(settings: Settings, app: str, argv: Sequence[str], *, cwd: Path,
                     env: Mapping[str, str], terminal: Terminal, timeout: float,
                     cancelled: threading.Event) -> int:
-    """Run `argv` as the run user on a new pseudo-terminal that is its controlling
+    """Run `argv` as the app's user on a new pseudo-terminal that is its controlling
     terminal, relaying the client's keystrokes in and the output out; return its exit
-    status. Timing out or `cancelled` kills its process group, as `stream` does.
-    (Embedded mode only: see terminal_supported.)"""
-    step(settings, app, argv, cwd, env)      # checked as any step is
-    controller, child_end = os.openpty()
-    fcntl.ioctl(child_end, termios.TIOCSWINSZ,
-                struct.pack("HHHH", terminal.rows, terminal.columns, 0, 0))
-    try:
-        # setsid(1) makes the child a session leader (no fork: it is not a group leader
-        # yet) with the terminal as its controlling one; its pid is its group's.
+    status. Timing out or `cancelled` kills its process group, as `stream` does. In
+    system mode secureops opens the terminal (`run-terminal`) and relays through sudo."""
+    how = step(settings, app, argv, cwd, env)      # checked as any step is
+    if settings.system:
+        spec = {**json.loads(how.spec or "{}"), "rows": terminal.rows,
+                "columns": terminal.columns}
         proc = subprocess.Popen(
-            ["/usr/bin/setsid", "--ctty", *argv], cwd=cwd, env=dict(env), stdin=child_end,
-            stdout=child_end, stderr=child_end, **subprocess_identity(settings))
-    finally:
-        os.close(child_end)
+            [SUDO, "-n", str(SECUREOPS), "run-terminal", app], cwd=how.cwd, env=how.env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        os.write(proc.stdin.fileno(), (json.dumps(spec) + "\n").encode())
+        read_from, write_to = proc.stdout.fileno(), proc.stdin.fileno()
+    else:
+        controller, child_end = os.openpty()
+        fcntl.ioctl(child_end, termios.TIOCSWINSZ,
+                    struct.pack("HHHH", terminal.rows, terminal.columns, 0, 0))
+        try:
+            # setsid(1) makes the child a session leader (no fork: it is not a group
+            # leader yet) with the terminal as its controlling one; its pid is its group's.
+            proc = subprocess.Popen(
+                ["/usr/bin/setsid", "--ctty", *argv], cwd=cwd, env=how.env, stdin=child_end,
+                stdout=child_end, stderr=child_end, **subprocess_identity(settings))
+        finally:
+            os.close(child_end)
+        read_from = write_to = controller
     with _LIVE_LOCK:
-        _LIVE_STEPS[proc] = False
-
-    def pump_input() -> None:
-        while (data := terminal.read_input()) and proc.poll() is None:
-            with contextlib.suppress(OSError):
-                os.write(controller, data)
-
-    threading.Thread(target=pump_input, daemon=True).start()
-    deadline = time.monotonic() + timeout
+        _LIVE_STEPS[proc] = settings.system
     try:
-        while True:
-            ready, _, _ = select.select([controller], [], [], REAP_POLL_SECONDS)
-            if ready:
-                try:
-                    data = os.read(controller, 65536)
-                except OSError:   # EIO: every holder of the terminal has gone
-                    data = b""
-                if not data:
-                    break
-                terminal.write_output(data)
-            elif proc.poll() is not None:
-                break   # exited, and nothing more to say (a leftover child may hold on)
-            if cancelled.is_set() or time.monotonic() > deadline:
-                _stop(proc)
-                break
-        return proc.wait()
+        return _relay_terminal(proc, read_from, write_to, terminal, timeout, cancelled)
     finally:
         _stop(proc)
         proc.wait()
-        os.close(controller)
+        if not settings.system:
+            os.close(read_from)
         with _LIVE_LOCK:
             _LIVE_STEPS.pop(proc, None)
 
 
-def terminal_supported(settings: Settings) -> bool:
-    """Whether `opus run` can give a step a terminal: not yet through secureops."""
-    return not settings.system
+def _relay_terminal(proc: subprocess.Popen[bytes], read_from: int, write_to: int,
+                    terminal: Terminal, timeout: float, cancelled: threading.Event) -> int:
+    def pump_input() -> None:
+        while (data := terminal.read_input()) and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.write(write_to, data)
+
+    threading.Thread(target=pump_input, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while True:
+        ready, _, _ = select.select([read_from], [], [], REAP_POLL_SECONDS)
+        if ready:
+            try:
+                data = os.read(read_from, 65536)
+            except OSError:   # EIO: every holder of the terminal has gone
+                data = b""
+            if not data:
+                break
+            terminal.write_output(data)
+        elif proc.poll() is not None:
+            break   # exited, and nothing more to say (a leftover child may hold on)
+        if cancelled.is_set() or time.monotonic() > deadline:
+            _stop(proc)
+            break
+    return proc.wait()
 
 
 MAX_LINE = 8 * 1024   # longer lines come out in pieces: a step's output cannot fill memory

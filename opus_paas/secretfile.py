@@ -1,4 +1,5 @@
-"""Secrets Opus makes once and keeps in a file only its own user reads (0600)."""
+"""Files only Opus's own user reads (0600): secrets it makes once, and the logs of
+builds and pushes (a build prints whatever it likes, credentials included)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from typing import Literal, TextIO
 
 HEX_TOKEN = re.compile(r"[0-9a-f]{32,128}")
 
@@ -28,3 +30,11 @@ def read_or_create(path: Path, nbytes: int = 16) -> str:
         out.write(token + "\n")
     os.replace(tmp, path)
     return token
+
+
+def open_private(path: Path, mode: Literal["w", "a"]) -> TextIO:
+    """`path` opened to write ("w") or append ("a"), made 0600 when new, never through a
+    planted symlink."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if mode == "w" else
+                                                        os.O_APPEND)
+    return open(os.open(path, flags, 0o600), mode, encoding="utf-8")

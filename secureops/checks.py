@@ -169,19 +169,24 @@ class RunSpec:
     argv: list[str]
     cwd: PurePosixPath
     env: dict[str, str]
+    terminal: tuple[int, int] | None = None    # (rows, columns) of its pseudo-terminal
 
 
-def run(layout: Layout, app: str, spec: Any) -> RunSpec:
+def run(layout: Layout, app: str, spec: Any, *, terminal: bool = False) -> RunSpec:
     """A step to run as the app's user: a command by absolute path, in a directory
-    inside the app's tree, with exactly the environment given (checked)."""
-    body = _exactly(spec, {"argv", "cwd", "env"}, set(), "the spec")
+    inside the app's tree, with exactly the environment given (checked); on a terminal,
+    its size too."""
+    size = {"rows", "columns"} if terminal else set()
+    body = _exactly(spec, {"argv", "cwd", "env"} | size, set(), "the spec")
     # A step is exec'd, never written into a config: its arguments and variables may
     # span lines (`python -c` code, a multi-line config var).
     command = argv(body["argv"], "argv", lines=True)
     if not command[0].startswith("/") or ".." in PurePosixPath(command[0]).parts:
         raise Denied("argv[0] must be an absolute path without '..'")
+    rows_columns = (_number(body["rows"], "rows", 1, 9999),
+                    _number(body["columns"], "columns", 1, 9999)) if terminal else None
     return RunSpec(command, inside(layout, app, body["cwd"], "", "cwd"),
-                   environment(body["env"], "env", lines=True))
+                   environment(body["env"], "env", lines=True), rows_columns)
 
 
 def python_name(spec: Any) -> str:

@@ -72,7 +72,9 @@ def request(layout: Layout, argv: list[str], stdin: Any, who: str, *,
                          f"APP), VERB one of {', '.join(TABLE)}")
         if entry.takes_app:
             checks.app_name(app)
-        spec = _read_spec(stdin) if entry.takes_spec else None
+        spec = None
+        if entry.takes_spec:
+            spec = _read_spec_line(stdin) if entry.spec_line else _read_spec(stdin)
         audit.record(layout.log, who, verb, app, "allow")   # unlogged: not done
         status = entry.run(verbs.Request(layout, app, spec, same_user))
     except Denied as exc:
@@ -99,6 +101,31 @@ def _read_spec(stdin: Any) -> Any:
         raw = raw.decode("utf-8", "replace")
     if len(raw) > MAX_SPEC:
         raise Denied(f"the spec is larger than {MAX_SPEC} bytes")
+    return _parse_spec(raw)
+
+
+def _read_spec_line(stdin: Any) -> Any:
+    """The spec on the first line of standard input, read a byte at a time from its
+    descriptor: what follows (keystrokes) stays unread, for the step."""
+    try:
+        fd = stdin.fileno()
+    except (AttributeError, OSError, ValueError):       # in-process: a text stream
+        line = stdin.readline(MAX_SPEC + 1)
+        if len(line) > MAX_SPEC:
+            raise Denied(f"the spec is larger than {MAX_SPEC} bytes") from None
+        return _parse_spec(line)
+    raw = bytearray()
+    while not raw.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        raw += byte
+        if len(raw) > MAX_SPEC:
+            raise Denied(f"the spec is larger than {MAX_SPEC} bytes")
+    return _parse_spec(raw.decode("utf-8", "replace"))
+
+
+def _parse_spec(raw: str) -> Any:
     try:
         return json.loads(raw)
     except ValueError:

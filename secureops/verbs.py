@@ -15,9 +15,12 @@ import fcntl
 import grp
 import os
 import pwd
+import select
 import signal
 import stat
+import struct
 import subprocess
+import termios
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
@@ -38,7 +41,7 @@ NOLOGIN = "/usr/sbin/nologin"
 # what the build adds (static files) is the front's group's to read too.
 TREES = {"releases": (0o2750, 0o640), "env": (0o750, 0o640), "build-env": (0o700, 0o600),
          "home": (0o700, 0o600), "data": (0o700, 0o600), "cache": (0o700, 0o600),
-         "run": (0o770, 0o640)}
+         "run": (0o770, 0o640), "tmp": (0o700, 0o600)}
 KEEP_TOP = frozenset({"releases", "env", "build-env"})
 # build-env/ is listed by the build (one file per variable): its top keeps Opus as owner
 # but takes the app's group, and no one else may list it.
@@ -63,6 +66,8 @@ class Verb:
     run: Callable[[Request], int]
     takes_spec: bool = False
     takes_app: bool = True
+    # The spec is the first line of standard input; the rest is the step's (keystrokes).
+    spec_line: bool = False
 
 
 def app_user(request: Request) -> pwd.struct_passwd:
@@ -395,7 +400,8 @@ def programs_install(request: Request) -> int:
         _root_dir(layout, layout.logs, request.app, 0o750)
     else:
         (layout.logs / request.app).mkdir(parents=True, exist_ok=True)
-    _replace(layout.conf_d, _conf_name(request.app), text, 0o644)
+    # 0600: supervisord (root) reads it; no app reads another's commands and paths.
+    _replace(layout.conf_d, _conf_name(request.app), text, 0o600)
     return 0
 
 
@@ -617,7 +623,19 @@ def run(request: Request) -> int:
     its own. When secureops is told to stop (SIGTERM, SIGINT or SIGHUP: sudo relays these
     from Opus, which may not signal the app's user itself), the whole group is killed,
     so nothing the step started outlives it."""
-    spec = checks.run(request.layout, request.app, request.spec)
+    return _run_step(request, checks.run(request.layout, request.app, request.spec))
+
+
+def run_terminal(request: Request) -> int:
+    """`run` on a pseudo-terminal (`opus run` from `ssh -t`): root opens the terminal,
+    gives its end to the app's user, makes it the step's controlling terminal, and
+    relays secureops's standard input (what follows the spec's line: keystrokes) to it
+    and its output to secureops's standard output."""
+    return _run_step(request, checks.run(request.layout, request.app, request.spec,
+                                         terminal=True))
+
+
+def _run_step(request: Request, spec: checks.RunSpec) -> int:
     env = {"PATH": SAFE_PATH, **spec.env}
     identity: dict[str, Any] = {}
     entry = shared_user(request.layout) if request.same_user else app_user(request)
@@ -625,6 +643,7 @@ def run(request: Request) -> int:
         identity = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         env["HOME"] = env.get("HOME", entry.pw_dir)
     cwd = _open_below(request.layout, request.app, spec.cwd)
+    terminal = _open_terminal(spec.terminal, entry) if spec.terminal else None
     group: list[int] = []
     stopping: list[int] = []
 
@@ -644,17 +663,26 @@ def run(request: Request) -> int:
         # umask 027: what the step makes, its group may read (Opus, the front), no
         # one else.
         guard = _guard_fd()
+        stdio: dict[str, Any] = {"stdin": subprocess.DEVNULL}
+        if terminal is not None:
+            stdio = {"stdin": terminal[1], "stdout": terminal[1], "stderr": terminal[1],
+                     "preexec_fn": _take_terminal}
         try:
             child = subprocess.Popen(
-                [GUARD_PYTHON, "-I", f"/proc/self/fd/{guard}", "--", *spec.argv],
+                [GUARD_PYTHON, "-I", f"/proc/self/fd/{guard}",
+                 *(["--terminal"] if terminal else []), "--", *spec.argv],
                 cwd=f"/proc/self/fd/{cwd}", pass_fds=(cwd, guard), env=env,
-                stdin=subprocess.DEVNULL, start_new_session=True, umask=0o027, **identity)
+                start_new_session=True, umask=0o027, **stdio, **identity)
         finally:
             os.close(guard)
+            if terminal is not None:
+                os.close(terminal[1])
         group.append(child.pid)
         if stopping:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)
+        if terminal is not None:
+            _relay(terminal[0], child.pid)
         # Wait without reaping, so the pid (and so the group id) cannot be reused before
         # what the step left behind is killed.
         os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
@@ -665,7 +693,53 @@ def run(request: Request) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         os.close(cwd)
+        if terminal is not None:
+            os.close(terminal[0])
     return status if status >= 0 else 128 - status
+
+
+def _open_terminal(size: tuple[int, int],
+                   entry: pwd.struct_passwd | None) -> tuple[int, int]:
+    """(controller, the step's end) of a new pseudo-terminal of `size` (rows, columns),
+    its end the app user's as a login's is."""
+    controller, end = os.openpty()
+    fcntl.ioctl(end, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
+    if entry is not None:
+        os.fchown(end, entry.pw_uid, -1)
+    return controller, end
+
+
+def _take_terminal() -> None:
+    """In the step (a session leader already): its standard input becomes its
+    controlling terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _relay(controller: int, pid: int) -> None:
+    """Keystrokes from secureops's standard input to the terminal, the terminal's output
+    to secureops's standard output, until the step and all that hold the terminal have
+    gone (or the step has exited and nothing more comes)."""
+    inputs = [0, controller]
+    while True:
+        ready, _, _ = select.select(inputs, [], [], 0.2)
+        if 0 in ready:
+            data = os.read(0, 65536)
+            if data:
+                with contextlib.suppress(OSError):
+                    os.write(controller, data)
+            else:
+                inputs.remove(0)            # the client closed its input
+        if controller in ready:
+            try:
+                data = os.read(controller, 65536)
+            except OSError:                 # EIO: every holder of the terminal is gone
+                data = b""
+            if not data:
+                return
+            os.write(1, data)
+        elif not ready and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG |
+                                     os.WNOWAIT) is not None:
+            return
 
 
 # The process-tree guard (opus_runtime/guard.py) a step runs under, as the app's user:
@@ -719,4 +793,5 @@ TABLE: dict[str, Verb] = {
     "cert-install": Verb(cert_install, takes_spec=True, takes_app=False),
     "cert-remove": Verb(cert_remove, takes_spec=True, takes_app=False),
     "run": Verb(run, takes_spec=True),
+    "run-terminal": Verb(run_terminal, takes_spec=True, spec_line=True),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -23,6 +24,8 @@ def test_up_twice_is_harmless_and_down_leaves_nothing() -> None:
         again = opus.cli("up")
         assert "Opus is up" in again.stdout
         assert "git remote add opus ssh://git@localhost:" in again.stdout
+        # A user name to type as it is ($USER is empty in a fresh root shell).
+        assert re.search(r"keys:add [a-z][a-z0-9_-]* ~/.ssh/id_ed25519.pub", again.stdout)
         # The host key is generated once and kept (clients pin it).
         assert (opus.home / "ssh_host_key").read_bytes() == host_key
         assert stat.S_IMODE((opus.home / "ssh_host_key").stat().st_mode) == 0o600

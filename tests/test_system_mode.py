@@ -22,6 +22,7 @@ import os
 import pwd
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -37,7 +38,10 @@ from pathlib import Path
 
 import pytest
 
+from opus_paas.control import system
+from opus_paas.errors import UsageError
 from opus_paas.run import deploy
+from opus_paas.store import Store
 from tests import pebble as pebble_module
 from tests import python_mirror
 from tests import system_opus as system_opus_module
@@ -53,6 +57,7 @@ from tests.conftest import (
     set_greeting,
 )
 from tests.system_opus import SystemOpus
+from tests.test_sshd import on_a_terminal, ssh_t
 
 
 def as_user(user: str, *argv: str, input: str | None = None
@@ -63,6 +68,25 @@ def as_user(user: str, *argv: str, input: str | None = None
                            "--init-groups", *argv], input=input, capture_output=True,
                           text=True, timeout=120, check=False, cwd="/",
                           env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+
+
+def test_install_refuses_a_home_holding_an_embedded_opus(tmp_path: Path) -> None:
+    """The README's first command, run as root, makes an embedded Opus in /var/lib/opus;
+    system mode refuses to install over it, before changing anything, and says the two
+    ways forward."""
+    home = tmp_path / "opus"
+    store = Store(home / "opus.db")
+    store.init()
+    owner = store.add_key("root", "SHA256:x", "ssh-ed25519 AAAA", "root")
+    store.create_app("blog", owner, {})
+    chosen = system.plan(home, f"opus{secrets.token_hex(3)}", [])
+    with pytest.raises(UsageError) as refused:
+        system.refuse_foreign_home(chosen)
+    message = refused.value.message
+    assert f"{home} holds an embedded Opus (1 app" in message and "nothing was changed" in message
+    assert f"--home {home}-system" in message and f"move {home} aside" in message
+    # An empty directory, or none, is a home to install into.
+    system.refuse_foreign_home(system.plan(tmp_path / "new", "opus", []))
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +274,7 @@ def test_one_app_reaches_nothing_of_another_or_of_opus(system_opus: SystemOpus,
         result = as_user(f"opus-{a}", "ls", str(listing))
         assert result.returncode != 0, listing
     for writable in (system_opus.home, system_opus.home / "apps", b_dir, b_dir / "releases",
-                     Path("/etc/opus/supervisor/conf.d"), Path("/var/log/opus")):
+                     b_dir / "tmp", Path("/etc/opus/supervisor/conf.d"), Path("/var/log/opus")):
         result = as_user(f"opus-{a}", "touch", str(writable / "planted"))
         assert result.returncode != 0, writable
         assert not (writable / "planted").exists()
@@ -315,6 +339,110 @@ def test_the_python_both_apps_ask_for_is_fetched_and_built_for_once(
         [(f"{installed}/bin/python3", {a: [1], b: [1]})], listed
     refused = system_opus.cli("pythons:remove", "3.13.0", check=False)
     assert refused.returncode == 5 and "is used by" in refused.stderr
+
+
+# Run as the probing app's user: tries each of the other app's paths as told, and says
+# which it could read, list or signal.
+PROBE = """
+import json, os, stat, sys
+reached, checked = [], 0
+for path, how in json.load(sys.stdin):
+    checked += 1
+    try:
+        if how == "signal":
+            os.kill(int(path.rsplit("/", 1)[1]), 0)
+        elif how == "list":
+            os.listdir(path)
+        else:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.read(fd, 1)
+            finally:
+                os.close(fd)
+    except (OSError, ValueError):
+        continue
+    reached.append([path, how])
+print(json.dumps({"checked": checked, "reached": reached}))
+"""
+
+
+def belongings(system_opus: SystemOpus, app: str) -> list[tuple[str, str]]:
+    """Everything of `app`'s on the host, found by walking (as root) Opus's home, its
+    config and logs, /tmp and /proc: each path under one of the app's own places or
+    owned by its user, with what another user must not do to it."""
+    uid = pwd.getpwnam(f"opus-{app}").pw_uid
+    home = system_opus.home
+    own_places = [home / "apps" / app, home / "builds" / app, home / "repos" / f"{app}.git",
+                  home / "locks" / f"{app}.lock", Path("/var/log/opus") / app,
+                  Path("/etc/opus/supervisor/conf.d") / f"app-{app}.conf"]
+    found: list[tuple[str, str]] = []
+    for root in (home, Path("/etc/opus"), Path("/var/log/opus"), Path("/tmp")):
+        for directory, subdirs, files in os.walk(root):
+            for name in [*subdirs, *files]:
+                path = Path(directory) / name
+                try:
+                    info = path.lstat()
+                except OSError:
+                    continue
+                if stat.S_ISLNK(info.st_mode):
+                    continue
+                if info.st_uid == uid or any(path == place or place in path.parents
+                                             for place in own_places):
+                    found.append((str(path), "list" if stat.S_ISDIR(info.st_mode) else "read"))
+    for pid in _pids_of(f"opus-{app}"):
+        found += [(f"/proc/{pid}", "signal"), (f"/proc/{pid}/environ", "read"),
+                  (f"/proc/{pid}/fd", "list"), (f"/proc/{pid}/cwd", "list")]
+    return found
+
+
+def test_nothing_of_one_app_is_readable_listable_or_signalable_by_another(
+        system_opus: SystemOpus, two_apps: tuple[str, str]) -> None:
+    """Generated from the tree, not a hand list: a new directory is covered the day it is
+    added. Each way round: A's user probes everything of B's, and B's everything of A's."""
+    for me, other in (two_apps, tuple(reversed(two_apps))):
+        targets = belongings(system_opus, other)
+        assert len(targets) > 100, "the walk found too little of the app to mean much"
+        probe = as_user(f"opus-{me}", "/usr/bin/python3", "-I", "-c", PROBE,
+                        input=json.dumps(targets))
+        assert probe.returncode == 0, probe.stderr
+        report = json.loads(probe.stdout)
+        print(f"isolation walk, opus-{me} against {other}: {report['checked']} paths "
+              f"checked, {len(report['reached'])} reached")
+        assert report["reached"] == [], report["reached"][:20]
+
+
+def test_each_apps_temporary_files_are_its_own(system_opus: SystemOpus,
+                                               two_apps: tuple[str, str]) -> None:
+    """Builds, release commands, `run` and the app's processes use the app's own TMPDIR,
+    never the host's shared /tmp."""
+    a, _b = two_apps
+    probe = "import tempfile; print(tempfile.gettempdir())"
+    ran = system_opus.cli("run", a, "--", "python", "-c", probe)
+    assert ran.stdout.strip() == str(system_opus.home / "apps" / a / "tmp"), ran.stdout
+    tmp = system_opus.home / "apps" / a / "tmp"
+    assert tmp.stat().st_uid == pwd.getpwnam(f"opus-{a}").pw_uid
+    assert stat.S_IMODE(tmp.stat().st_mode) == 0o700
+    web = [pid for pid in _pids_of(f"opus-{a}")
+           if b"mod_wsgi" in _cmdline(Path(f"/proc/{pid}"))]
+    assert web and all(f"TMPDIR={tmp}".encode() in
+                       Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in web)
+
+
+def test_run_on_a_terminal_in_system_mode(system_opus: SystemOpus, key: SshKey,
+                                          two_apps: tuple[str, str]) -> None:
+    """`ssh -t HOST run APP -- …`: secureops gives the app's user a terminal of its own."""
+    a, _b = two_apps
+    uid = pwd.getpwnam(f"opus-{a}").pw_uid
+    program = ("import os, sys, shutil; print(sys.stdin.isatty(), sys.stdout.isatty(), "
+               f"os.getuid() == {uid}, shutil.get_terminal_size().columns > 0); "
+               "print('you typed', input('name? ').upper()); sys.exit(3)")
+    command = shlex.join(["run", a, "--", "python", "-c", program])
+    status, lines = on_a_terminal(ssh_t(system_opus, key, command),  # type: ignore[arg-type]
+                                  keystrokes=b"opus\r")
+    assert status == 3, lines
+    assert "True True True True" in lines, lines
+    assert any(line.endswith("you typed OPUS") for line in lines), lines
 
 
 def test_the_opus_user_cannot_reach_root_through_secureops(system_opus: SystemOpus,

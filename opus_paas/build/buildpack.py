@@ -181,11 +181,13 @@ def write_env_dir(env_dir: Path, config: Mapping[str, str]) -> None:
                 out.write(value)
 
 
-def build_environment(settings: Settings, home: Path) -> dict[str, str]:
-    """A clean environment for the buildpack: nothing inherited from Opus."""
+def build_environment(settings: Settings, app_dir: Path) -> dict[str, str]:
+    """A clean environment for the buildpack: nothing inherited from Opus; HOME and
+    TMPDIR the app's own (no other app's build can see or plant its temporary files)."""
     env = {
         "PATH": f"{settings.tools_dir / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(home),
+        "HOME": str(app_dir / "home"),
+        "TMPDIR": str(app_dir / "tmp"),
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
@@ -203,6 +205,14 @@ def build_environment(settings: Settings, home: Path) -> dict[str, str]:
     env["OPUS_MANAGED_PYTHONS"] = str(settings.managed_pythons_dir)
     env["OPUS_WHEELHOUSE"] = str(settings.wheelhouse_dir)
     return env
+
+
+def own_environment(settings: Settings) -> dict[str, str]:
+    """The build environment for Opus's own work outside any app (fetching an interpreter,
+    building mod_wsgi for it): HOME and TMPDIR in the staging directory, Opus's."""
+    for name in ("home", "tmp"):
+        (settings.staging_dir / name).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return build_environment(settings, settings.staging_dir)
 
 
 def parse_release_output(text: str) -> dict[str, str]:
@@ -229,7 +239,7 @@ def run_buildpack(settings: Settings, app: str, slug: Path, app_dir: Path,
     """Detect, compile and release `slug` as the app's user, emitting output as it
     comes."""
     buildpack = settings.tools_dir / "buildpacks" / "python"
-    env = build_environment(settings, app_dir / "home")
+    env = build_environment(settings, app_dir)
     # The Python the app asks for, fetched if the host lacks it, and mod_wsgi built for
     # it: Opus's work, before the slug is the app's.
     provide.prepare(settings, slug, env, emit, cancelled)

@@ -35,6 +35,12 @@ def data_dir(settings: Settings, app: str) -> Path:
     return app_dir(settings, app) / "data"
 
 
+def tmp_dir(settings: Settings, app: str) -> Path:
+    """TMPDIR of the app's builds, steps and processes: its own (0700), never the host's
+    shared /tmp, where another app could see or plant files."""
+    return app_dir(settings, app) / "tmp"
+
+
 def home_dir(settings: Settings, app: str) -> Path:
     """HOME of the app's processes: the run user's own, unlike apps/<app> itself."""
     return app_dir(settings, app) / "home"
@@ -102,6 +108,7 @@ def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, s
     env.update({
         "PATH": f"{slug / '.opus' / 'venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(home_dir(settings, app.name)),
+        "TMPDIR": str(tmp_dir(settings, app.name)),
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import os
 import shutil
 import socket
@@ -11,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from opus_paas import locks, privileged
+from opus_paas import locks, names, privileged
 from opus_paas import store as store_module
 from opus_paas.build import buildpack
 from opus_paas.control import hostkey, leftovers, system
@@ -131,6 +132,7 @@ def prepare_home(settings: Settings, report: list[str] | None = None) -> Store:
         path.mkdir(parents=True, exist_ok=True)
     settings.repos_dir.chmod(0o700)
     settings.locks_dir.chmod(0o700)
+    settings.build_logs_dir.chmod(0o700)     # build output can carry anything
     if not settings.system:
         settings.supervisor_dir.chmod(0o700)
     restored = store_module.restore_if_damaged(settings.db_path, settings.db_backup_path)
@@ -196,15 +198,24 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
         "",
         "Next steps:",
         "  1. Register your SSH key:",
-        f"       {_opus_command()} keys:add $USER ~/.ssh/id_ed25519.pub",
+        f"       {_opus_command()} keys:add {_user_name()} ~/.ssh/id_ed25519.pub",
         "  2. In your Django project:",
         f"       git remote add opus ssh://git@{host}:{settings.ssh_port}/myapp.git",
         "       git push opus main",
         f"  3. Open http://myapp.{settings.domain}:{settings.http_port}/",
         "",
         f"The dashboard: http://{settings.dashboard_domain}:{settings.http_port}/ "
-        f"(set a password first: {_opus_command()} users:passwd $USER)",
+        f"(set a password first: {_opus_command()} users:passwd {_user_name()})",
     ]
+
+
+def _user_name() -> str:
+    """A user name to suggest: the invoking one ($USER is empty in a fresh root shell)."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        return "admin"
+    return name if names.USER_NAME.fullmatch(name) else "admin"
 
 
 def _opus_command() -> str:

@@ -16,7 +16,7 @@ from opus_paas.store import Store
 
 
 def _environment(settings: Settings) -> dict[str, str]:
-    return buildpack.build_environment(settings, settings.staging_dir)
+    return buildpack.own_environment(settings)
 
 
 def users(settings: Settings, store: Store) -> dict[str, dict[str, list[int]]]:

@@ -19,6 +19,7 @@ import os
 import pwd
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -117,6 +118,7 @@ def install(home: Path, user: str, pairs: list[str]) -> list[str]:
     """Set up system mode (again: brings an installation up to date); return next steps."""
     _require_root("opus install --system")
     chosen = plan(home, user, pairs)
+    refuse_foreign_home(chosen)
     if not shutil.which("sudo"):
         raise UsageError("sudo is not installed; install it (apt-get install sudo): the opus "
                          "user reaches secureops through one sudoers rule")
@@ -138,8 +140,44 @@ def install(home: Path, user: str, pairs: list[str]) -> list[str]:
         "Start it:",
         "  systemctl start opus          (with systemd)",
         f"  OPUS_HOME={chosen.home} opus up --system    (without)",
-        "Then register a key: opus keys:add $USER ~/.ssh/id_ed25519.pub",
+        "Then register a key: opus keys:add admin ~/.ssh/id_ed25519.pub",
     ]
+
+
+def refuse_foreign_home(chosen: Plan) -> None:
+    """A home that holds an Opus which is not this system installation's (an embedded
+    one, as the README's first command makes as root) is refused before anything
+    changes: system mode would run it as another user, and does not take one over."""
+    database = chosen.home / "opus.db"
+    try:
+        owner = database.stat().st_uid
+    except FileNotFoundError:
+        return
+    if _exists(pwd.getpwnam, chosen.user) and owner == pwd.getpwnam(chosen.user).pw_uid:
+        return          # this installation's own home (installing again, or kept)
+    count = _count_apps(database)
+    raise UsageError(
+        f"{chosen.home} holds an embedded Opus ({count} app{'s' if count != 1 else ''}, "
+        f"its files {_user_of(owner)}'s), "
+        "which system mode does not take over; nothing was changed. Either install system "
+        f"mode into a home of its own (opus install --system --home {chosen.home}-system) "
+        "and push your apps to it, or stop the embedded Opus "
+        f"(OPUS_HOME={chosen.home} opus down), move {chosen.home} aside, and install again")
+
+
+def _count_apps(database: Path) -> int:
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM apps").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def _user_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _make_users(chosen: Plan) -> None:
@@ -303,6 +341,7 @@ def unit_text(home: Path) -> str:
         f"ExecStart={opus} up --system",
         f"ExecStop={opus} down",
         "KillMode=control-group",
+        "PrivateTmp=yes",          # Opus and its apps never see the host's /tmp
         "Restart=on-failure",      # `opus down` is a clean exit: it stays down
         "RestartSec=2",
         "TimeoutStartSec=300",

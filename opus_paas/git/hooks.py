@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from opus_paas import names
+from opus_paas import names, secretfile
 from opus_paas import settings as settings_module
 from opus_paas.build import release
 from opus_paas.paths import shipped
@@ -56,8 +56,8 @@ def post_receive(stdin_text: str, git_dir: str | None = None) -> int:
 def _post_receive(settings: Settings, repo: Path, stdin_text: str) -> None:
     app = names.app_from_repo_path(repo.name)
     log = settings.build_logs_dir / app / "pushes.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a", encoding="utf-8") as out:
+    log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with secretfile.open_private(log, "a") as out:
         for old, new, ref in parse_ref_updates(stdin_text):
             out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {ref} {old} {new}\n")
     prune_releases(settings, Store(settings.db_path), app)

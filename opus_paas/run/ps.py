@@ -273,12 +273,10 @@ def run_one_off(settings: Settings, store: Store, actor: Actor, name: str, argv:
     command = privileged.command_argv(settings, argv, env["PATH"])
     if "/" not in command[0]:
         raise NotFound(f"{argv[0]}: no such command in {app.name}'s release")
-    if terminal is not None and privileged.terminal_supported(settings):
+    if terminal is not None:
         return privileged.run_in_terminal(settings, app.name, command, cwd=slug, env=env,
                                           terminal=terminal, timeout=settings.build_timeout,
                                           cancelled=cancelled)
-    if terminal is not None:
-        emit("(no terminal in system mode yet: running without one)")
     pairs = redact.replacements(settings, slug)
     try:
         for line in privileged.stream(settings, app.name, command, cwd=slug, env=env,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dulwich.repo import Repo
 
-from opus_paas import failpoints, privileged, redact
+from opus_paas import failpoints, privileged, redact, secretfile
 from opus_paas.build import buildpack, release
 from opus_paas.build.buildpack import Emit
 from opus_paas.errors import BuildFailed, OpusError, UsageError
@@ -37,14 +37,16 @@ def ensure_app_dirs(settings: Settings, app: str) -> None:
     corners, handed over by secureops (each request through sudo costs about 0.1 s
     in system mode: only when something was made)."""
     base = release.app_dir(settings, app)
-    created = [privileged.make_dir(base, 0o755, own=True)]
+    # Traversed (by the front, to a release's static files), never listed by others.
+    created = [privileged.make_dir(base, 0o711, own=True)]
     for name in ("releases", "env", "build-env"):
-        created.append(privileged.make_dir(base / name, 0o711 if name != "releases" else 0o755,
-                                           own=True))
+        created.append(privileged.make_dir(base / name, 0o711, own=True))
     for path in (base / "run", base / "cache", release.home_dir(settings, app),
-                 release.data_dir(settings, app)):
+                 release.data_dir(settings, app), release.tmp_dir(settings, app)):
         created.append(privileged.make_dir(path, 0o700, own=False))
-    (settings.build_logs_dir / app).mkdir(parents=True, exist_ok=True)
+    logs = settings.build_logs_dir / app      # Opus's alone: builds print what they like
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    logs.chmod(0o700)
     if any(created):
         privileged.create_app_user(settings, app)
         privileged.hand_over(settings, app)
@@ -89,7 +91,7 @@ class Deployed:
 
     def finish(self, emit: Emit | None = None) -> None:
         """Drain and stop the old instance; lines go to `emit` and the build log."""
-        with self.log_path.open("a", encoding="utf-8") as log:
+        with secretfile.open_private(self.log_path, "a") as log:
             def both(line: str) -> None:
                 log.write(line + "\n")
                 if emit is not None:
@@ -117,7 +119,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
     log_path = settings.build_logs_dir / app.name / f"build-v{version}.log"
     build_id = store.start_build(app, sha.decode(), log_path)
     ok = False
-    with log_path.open("w", encoding="utf-8") as log:
+    with secretfile.open_private(log_path, "w") as log:
         emit_and_log = _tee(_redacting(emit, settings, slug), log.write)
         try:
             emit_and_log(f"-----> Building {app.name} from {sha.decode()[:7]}")

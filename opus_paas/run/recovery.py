@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from opus_paas import access, locks, privileged, repos
+from opus_paas import access, locks, privileged, repos, secretfile
 from opus_paas.build import release
 from opus_paas.errors import BuildFailed, OpusError
 from opus_paas.run import deploy, push
@@ -248,5 +248,5 @@ def _build_log(settings: Settings, app: App, version: int) -> Path:
 
 def _append_to_log(path: Path, note: str) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    with contextlib.suppress(OSError), path.open("a", encoding="utf-8") as out:
+    with contextlib.suppress(OSError), secretfile.open_private(path, "a") as out:
         out.write(f"-----> Recovery ({stamp}): {note}\n")

@@ -91,5 +91,5 @@ NETWORK_VARS = (
 
 def base_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The variables of the caller's clean environment that child processes need."""
-    keep = ("PATH", "HOME", "LANG", *NETWORK_VARS)
+    keep = ("PATH", "HOME", "TMPDIR", "LANG", *NETWORK_VARS)   # TMPDIR: the app's own
     return {name: environ[name] for name in keep if name in environ}

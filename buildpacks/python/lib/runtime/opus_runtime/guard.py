@@ -1,8 +1,9 @@
 """Keeps a process tree together: nothing a command starts outlives it, its wrapper, or
 the supervisor above them.
 
-Usage: ``python guard.py [--grace SECONDS] -- COMMAND [ARGS…]`` (stdlib only). Opus's own
-programs run under it; the apps' wrappers (stamp, supervise) use its functions:
+Usage: ``python guard.py [--grace SECONDS] [--terminal] -- COMMAND [ARGS…]`` (stdlib
+only). Opus's own programs and secureops's steps run under it; the apps' wrappers
+(stamp, supervise) use its functions:
 
 - the wrapper is a child subreaper (``PR_SET_CHILD_SUBREAPER``): whatever of the
   command's tree is orphaned (the children of an Apache master killed with SIGKILL, a
@@ -134,8 +135,16 @@ def kill_all_after(grace: float) -> None:
     timer.start()
 
 
-def run(argv: list[str], grace: float = GRACE) -> int:
-    """Run `argv` guarded; its exit status (128+N for a signal N)."""
+# On a terminal these come from the terminal to the whole foreground group, the command
+# included: passed on again they would reach it twice (and TSTP would stop the guard).
+FROM_TERMINAL = (signal.SIGINT, signal.SIGQUIT, signal.SIGWINCH, signal.SIGTSTP,
+                 signal.SIGTTIN, signal.SIGTTOU)
+
+
+def run(argv: list[str], grace: float = GRACE, *, terminal: bool = False) -> int:
+    """Run `argv` guarded; its exit status (128+N for a signal N). On a `terminal`
+    (the command shares the guard's controlling one), what the terminal sends is left
+    to reach the command by itself."""
     parent = adopt_orphans()
     escalated = False
     child = subprocess.Popen(argv, preexec_fn=dies_with_parent)
@@ -148,23 +157,35 @@ def run(argv: list[str], grace: float = GRACE) -> int:
             escalated = True
             kill_all_after(grace)
 
+    def untouched(_signum: int, _frame: object) -> None:
+        """A handler, not SIG_IGN: nothing the command execs inherits it."""
+
     for signum in FORWARDED:
         signal.signal(signum, forward)
+    if terminal:
+        for signum in FROM_TERMINAL:
+            signal.signal(signum, untouched)
     code = child.wait()
     end_descendants(grace)
     return code if code >= 0 else 128 - code
 
 
 def main(argv: list[str]) -> int:
-    grace = GRACE
-    if argv[:1] == ["--grace"] and len(argv) > 1:
-        grace, argv = float(argv[1]), argv[2:]
+    grace, terminal = GRACE, False
+    while argv[:1] in (["--grace"], ["--terminal"]):
+        if argv[0] == "--terminal":
+            terminal, argv = True, argv[1:]
+        elif len(argv) > 1:
+            grace, argv = float(argv[1]), argv[2:]
+        else:
+            break
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        print("usage: python guard.py [--grace SECONDS] -- COMMAND [ARGS…]", file=sys.stderr)
+        print("usage: python guard.py [--grace SECONDS] [--terminal] -- COMMAND [ARGS…]",
+              file=sys.stderr)
         return 2
-    return run(argv, grace)
+    return run(argv, grace, terminal=terminal)
 
 
 if __name__ == "__main__":
