@@ -14,6 +14,7 @@ from pathlib import Path
 from opus_paas import locks, privileged
 from opus_paas.build import buildpack
 from opus_paas.control import hostkey, system
+from opus_paas.data import server as pg_server
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.front import httpd
 from opus_paas.run import deploy
@@ -73,6 +74,8 @@ def own_programs(settings: Settings) -> list[Program]:
             directory=settings.front_dir,
             log_file=settings.logs_dir / "front" / "opus-front.log",
         ),
+        # The apps' Postgres cluster, once `opus addons:enable postgres` made it.
+        *[Program(**spec) for spec in [pg_server.program(settings)] if spec],
     ]
 
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from opus_paas import settings as settings_module
+from opus_paas.data import backups
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 
@@ -40,6 +41,7 @@ def backup_database(settings: Settings, store: Store) -> None:
 
 JOBS: tuple[Job, ...] = (
     Job("database backup", 3600.0, backup_database),
+    Job("app backups", 60.0, backups.run_schedules),
 )
 
 
