@@ -764,9 +764,11 @@ class Store:
 
     def scheduled_apps(self) -> list[tuple[App, BackupPolicy]]:
         with self._db() as db:
-            rows = db.execute(f"{APP_QUERY} JOIN backup_policies ON backup_policies.app_id ="
-                              " apps.id WHERE minute_of_day IS NOT NULL ORDER BY apps.name"
-                              ).fetchall()
+            rows = db.execute(
+                "SELECT apps.*, users.name AS owner, backup_policies.minute_of_day,"
+                " backup_policies.keep, backup_policies.since FROM apps JOIN users ON"
+                " users.id = apps.owner_id JOIN backup_policies ON backup_policies.app_id ="
+                " apps.id WHERE minute_of_day IS NOT NULL ORDER BY apps.name").fetchall()
         return [(_app(r), BackupPolicy(r["name"], r["minute_of_day"], r["keep"], r["since"]))
                 for r in rows]
 

@@ -64,6 +64,7 @@ def cmd_addons_enable(ctx: Context, args: list[str]) -> None:
     supervisor.apply()
     supervisor.start_program(server.PROGRAM)
     server.wait_ready(server.current(ctx.settings, ctx.store))
+    supervisor.wait_until_running(server.PROGRAM)
     ctx.out(f"Postgres is running ({server.PROGRAM}); `opus pg:create APP` gives an app "
             "a database.")
 

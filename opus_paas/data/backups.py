@@ -193,10 +193,11 @@ def download(settings: Settings, store: Store, actor: Actor, name: str,
 
 def matching_data(store: Store, app: App, target: int, before: int) -> Backup | None:
     """The data release `target` ran with: the backup taken before the first release
-    command after it (up to release `before`)."""
+    command after it (up to release `before`); of a version's tries (a failed push and
+    the one that worked), the last."""
     taken = [b for b in store.backups(app) if b.trigger == "release" and b.status == "done"
              and b.release_version is not None and target < b.release_version <= before]
-    return min(taken, key=lambda b: (b.release_version or 0, b.id), default=None)
+    return min(taken, key=lambda b: (b.release_version or 0, -b.id), default=None)
 
 
 # ---- retention, destroy, schedules ------------------------------------------------------
