@@ -67,7 +67,7 @@ def fill(admin: server.Server, database: str, megabytes: int) -> int:
 def latencies(opus: Opus, count: int, until: threading.Event | None = None) -> list[float]:
     """Milliseconds of sequential GET / through the front (`count`, or while `until` is
     not set)."""
-    found = []
+    found: list[float] = []
     request = urllib.request.Request(f"http://127.0.0.1:{opus.http_port}/",
                                      headers={"Host": f"{APP}.localhost"})
     while (until is None and len(found) < count) or (until is not None and not until.is_set()):
@@ -116,8 +116,10 @@ def main() -> None:
                                        database], pg_env))
             plain_size = target.stat().st_size
             opus_backup.append(timed([*opus_cli, "backups:capture", APP], opus.env))
-            newest = Store(settings.db_path).backups(Store(settings.db_path).get_app(APP)
-                                                     or _missing())[0]
+            store = Store(settings.db_path)
+            app = store.get_app(APP)
+            assert app is not None
+            newest = store.backups(app)[0]
             opus_size = newest.size
             scratch = f"plain_restore_{run}"
             with psycopg.connect(**admin.connect_args(), autocommit=True) as conn:
@@ -163,10 +165,6 @@ def main() -> None:
     print(f"| idle (baseline) | {median(idle):.1f} | {p95(idle):.1f} | {len(idle)} | 1.00 |")
     print(f"| during `backups:capture` ({backup_seconds:.1f} s) | {median(during):.1f} | "
           f"{p95(during):.1f} | {len(during)} | {median(during) / median(idle):.2f} |")
-
-
-def _missing() -> object:
-    raise SystemExit(f"{APP} is missing")
 
 
 if __name__ == "__main__":

@@ -455,6 +455,7 @@ class Store:
             if db.execute("SELECT 1 FROM apps WHERE name = ?", (new,)).fetchone():
                 raise Conflict(f"app {new} already exists; choose another name")
             db.execute("UPDATE apps SET name = ? WHERE id = ?", (new, app.id))
+            db.execute("UPDATE backups SET app_name = ? WHERE app_id = ?", (new, app.id))
             db.execute("UPDATE builds SET log_path = replace(log_path, ?, ?) WHERE app_id = ?",
                        (f"/logs/{app.name}/", f"/logs/{new}/", app.id))
         return dataclasses.replace(app, name=new)

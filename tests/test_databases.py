@@ -28,8 +28,10 @@ import pytest
 
 from opus_paas import settings as settings_module
 from opus_paas.access import OPERATOR
-from opus_paas.control import keys
+from opus_paas.control import commands, keys
+from opus_paas.control.context import Context
 from opus_paas.data import backups, dumps, server
+from opus_paas.errors import OpusError
 from opus_paas.store import Store
 from tests.conftest import (
     Opus,
@@ -54,12 +56,13 @@ class Project:
 
 def ssh(opus: Opus, key: SshKey, command: str, stdout: object = subprocess.PIPE
         ) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
+    done: subprocess.CompletedProcess[bytes] = subprocess.run(
         ["ssh", "-i", str(key.private), "-o", "IdentitiesOnly=yes",
          "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
          "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-p", str(opus.ssh_port),
          "git@127.0.0.1", command], stdout=stdout, stderr=subprocess.PIPE, timeout=120,
         check=False, stdin=subprocess.DEVNULL)  # type: ignore[call-overload]
+    return done
 
 
 def visits(opus: Opus, app: str) -> int:
@@ -345,10 +348,15 @@ def test_a_backup_of_another_app_or_a_damaged_file_is_refused(pg: Opus, shop: Pr
 ])
 def test_hostile_arguments_are_refused_with_a_message(pg: Opus, shop: Project,
                                                       argv: list[str], message: str) -> None:
-    result = pg.cli(*argv, check=False)
-    assert result.returncode != 0 and message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    assert pg.cli("pg:info", shop.name).returncode == 0
+    """Through the command table in-process (the CLI's edge turns an OpusError into its
+    message and exit code; the other tests here go through it)."""
+    said: list[str] = []
+    ctx = Context(settings_module.load(pg.env), OPERATOR, said.append, lambda _n: "",
+                  write_bytes=lambda _b: None)
+    with pytest.raises(OpusError) as refused:
+        commands.run(ctx, argv)
+    assert message in refused.value.message and refused.value.exit_code in (2, 3, 5)
+    assert not said
 
 
 def test_strangers_see_nothing_of_an_apps_data(pg: Opus, shop: Project,
@@ -520,7 +528,6 @@ def test_the_dashboard_shows_backups_captures_and_restores_with_the_name_typed(
     assert reply.status_code == 303
     page = client.get(f"/apps/{shop.name}/data")
     assert page.status_code == 200 and "app_pgshop" in page.text
-    assert "Data and backups" in client.get(f"/apps/{shop.name}").text
     here = f"/apps/{shop.name}/data"
     captured = send(client, f"{here}/capture", {}, page=here)
     found = re.search(r"Backed up pgshop: backup (\d+)", captured.text)
@@ -528,6 +535,7 @@ def test_the_dashboard_shows_backups_captures_and_restores_with_the_name_typed(
     assert f'data-backup="{found.group(1)}"' in captured.text
     download = client.get(f"{here}/download?backup={found.group(1)}")
     assert download.status_code == 200 and download.data.startswith(b"PGDMP")
+    download.close()
     wrong = send(client, f"{here}/restore", {"backup": found.group(1), "confirm": "pgshopx"},
                  page=here)
     assert "type the app&#39;s name in the box" in wrong.text, wrong.text

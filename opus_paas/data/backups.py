@@ -165,16 +165,16 @@ def restore(settings: Settings, store: Store, actor: Actor, name: str,
                        "Postgres now; nothing was changed")
     file = dumps.path(settings, chosen.id, chosen.kind)
     dumps.require_file(file, chosen.size, chosen.sha256, chosen.id)
+    srv = server.current(settings, store) if chosen.kind == "postgres" else None
     with locks.app_lock(settings, app.name):
-        if chosen.kind == "postgres":
-            srv = server.current(settings, store)
+        if srv is not None:
             dumps.check_postgres_dump(srv, file)
         else:
             dumps.check_sqlite(file)
         replaced = capture(settings, store, app, "restore")
         if replaced is not None:
             emit(f"Backed up the data being replaced: backup {replaced.id}")
-        if chosen.kind == "postgres":
+        if srv is not None:
             dumps.restore_postgres(srv, postgres.database_of(store, app).name, file)
         else:
             dumps.restore_sqlite(settings, app.name, file)

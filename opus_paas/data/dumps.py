@@ -21,12 +21,10 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from psycopg import sql
-
 from opus_paas import privileged
 from opus_paas.build import release
 from opus_paas.data import server
-from opus_paas.data.postgres import admin, make_database
+from opus_paas.data.postgres import admin, make_database, sql_module
 from opus_paas.errors import Conflict, NotFound, ServiceError
 from opus_paas.settings import Settings
 
@@ -119,6 +117,7 @@ def check_postgres_dump(srv: server.Server, file: Path) -> None:
 def restore_postgres(srv: server.Server, name: str, file: Path) -> None:
     """Restore `file` into a fresh database, then put it in the place of database
     `name` (its connections are ended). A failed restore leaves `name` as it was."""
+    sql = sql_module()
     check_postgres_dump(srv, file)
     fresh, old = f"{name}_restoring", f"{name}_replaced"
     with admin(srv) as conn:

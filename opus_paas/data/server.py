@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-import psycopg
-
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import Store
@@ -174,6 +172,8 @@ def parse_admin_url(url: str) -> Server:
 
 def wait_ready(server: Server, timeout: float = READY_TIMEOUT) -> None:
     """Until the server takes Opus's connection (it is starting), or ServiceError."""
+    import psycopg  # (see postgres.py: imported where it is used)
+
     deadline = time.monotonic() + timeout
     while True:
         try:
