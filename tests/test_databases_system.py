@@ -121,14 +121,18 @@ def test_psql_and_backups_of_b_show_a_nothing_in_ps(system_opus: SystemOpus,
     (a, _url_a), (b, url_b) = apps.items()
     password_b = _parts(url_b)["PGPASSWORD"]
     slow = subprocess.Popen(
-        ["python3", "-m", "opus_paas", "pg:psql", b, "-c", "SELECT pg_sleep(3)"],
+        ["python3", "-m", "opus_paas", "pg:psql", b, "-c", "SELECT pg_sleep(6)"],
         env=system_opus.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
-        seen = as_user(f"opus-{a}", "/usr/bin/sh", "-c",
-                       "cat /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null | tr '\\0' ' '")
-        assert "pg_sleep" in seen.stdout         # B's psql is running, and A sees its argv…
-        assert password_b not in seen.stdout      # …but never B's password
+        deadline = time.monotonic() + 20
+        while True:
+            seen = as_user(f"opus-{a}", "/usr/bin/sh", "-c", "cat /proc/[0-9]*/cmdline "
+                           "/proc/[0-9]*/environ 2>/dev/null | tr '\\0' ' '")
+            assert password_b not in seen.stdout      # never B's password…
+            if "pg_sleep" in seen.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert "pg_sleep" in seen.stdout      # …while B's psql runs and A sees its argv
     finally:
         out, err = slow.communicate(timeout=60)
     assert slow.returncode == 0, out + err

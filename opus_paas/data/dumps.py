@@ -168,6 +168,9 @@ def _sqlite_step(settings: Settings, app: str, argv: list[str],
 
 def dump_sqlite(settings: Settings, app: str, dest: Path) -> bool:
     """A consistent copy of the app's SQLite database at `dest`; False if it has none."""
+    if not all(p.is_dir() for p in (release.data_dir(settings, app),
+                                     release.home_dir(settings, app))):
+        return False        # (what is inside data/ only the app's user may see)
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         done = _sqlite_step(settings, app, [SQLITE_BACKUP, str(sqlite_path(settings, app))],
