@@ -16,6 +16,7 @@ import re
 import sqlite3
 import struct
 import subprocess
+import sys
 import termios
 import textwrap
 import threading
@@ -374,13 +375,14 @@ def test_strangers_see_nothing_of_an_apps_data(pg: Opus, shop: Project,
     assert refused.returncode != 0 and b"runs on the Opus host only" in refused.stderr
 
 
-def on_a_sized_terminal(argv: list[str], keystrokes: bytes) -> tuple[int, list[str]]:
+def on_a_sized_terminal(argv: list[str], keystrokes: bytes,
+                        env: dict[str, str] | None = None) -> tuple[int, list[str]]:
     """on_a_terminal, on a terminal of 24 rows and 80 columns (psql pages its output
     on one too small for it)."""
     controller, terminal = os.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     proc = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     os.close(terminal)
     time.sleep(2)       # let psql start and ask
     os.write(controller, keystrokes)
@@ -399,6 +401,10 @@ def test_psql_over_ssh_gets_a_terminal(pg: Opus, shop: Project, admin_key: SshKe
     assert status == 0, lines
     assert any(line.strip() == "42" for line in lines), lines
     assert any("app_pgshop=>" in line for line in lines), lines    # its own role, no admin
+    # On the host, `opus pg:psql` takes the operator's own terminal.
+    status, lines = on_a_sized_terminal([sys.executable, "-m", "opus_paas", "pg:psql",
+                                         shop.name], b"SELECT 6 * 7;\n\\q\n", pg.env)
+    assert status == 0 and any(line.strip() == "42" for line in lines), lines
 
 
 def test_a_hand_set_database_url_is_left_alone(pg: Opus) -> None:
