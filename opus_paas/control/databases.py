@@ -218,14 +218,11 @@ def cmd_backups_download(ctx: Context, args: list[str]) -> None:
     if ctx.write_bytes is None:
         raise UsageError("backups:download writes a file to standard output; run it with "
                          "the opus command or over SSH")
-    found, file = backups.download(ctx.settings, ctx.store, ctx.actor, args[0],
-                                   backups.parse_id(args[1]))
-    with open(file, "rb") as handle:
-        while chunk := handle.read(1 << 16):
+    _found, file = backups.download(ctx.settings, ctx.store, ctx.actor, args[0],
+                                    backups.parse_id(args[1]))
+    with file.open("rb") as handle:
+        while (chunk := handle.read(1 << 16)) and not ctx.cancelled.is_set():
             ctx.write_bytes(chunk)
-            if ctx.cancelled.is_set():
-                return
-    del found
 
 
 def cmd_backups_schedule(ctx: Context, args: list[str]) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from opus_paas import access, locks, names
 from opus_paas.access import Actor
@@ -182,7 +183,7 @@ def restore(settings: Settings, store: Store, actor: Actor, name: str,
 
 
 def download(settings: Settings, store: Store, actor: Actor, name: str,
-             backup_id: int) -> tuple[Backup, os.PathLike[str]]:
+             backup_id: int) -> tuple[Backup, Path]:
     """The backup's file, checked against its checksum, for streaming."""
     app = access.app_for(store, actor, name)
     found = of_app(store, app, backup_id)
