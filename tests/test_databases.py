@@ -349,15 +349,24 @@ def test_a_backup_of_another_app_or_a_damaged_file_is_refused(pg: Opus, shop: Pr
 ])
 def test_hostile_arguments_are_refused_with_a_message(pg: Opus, shop: Project,
                                                       argv: list[str], message: str) -> None:
-    """Through the command table in-process (the CLI's edge turns an OpusError into its
-    message and exit code; the other tests here go through it)."""
     said: list[str] = []
-    ctx = Context(settings_module.load(pg.env), OPERATOR, said.append, lambda _n: "",
+    refused = in_process(pg, argv, said)
+    assert refused is not None and message in refused.message
+    assert refused.exit_code in (2, 3, 5) and not said
+
+
+def in_process(opus: Opus, argv: list[str], said: list[str] | None = None) -> OpusError | None:
+    """An `opus` command through the command table in this process, as the host's
+    operator (the CLI's edge only turns an OpusError into its message and exit code;
+    most tests here go through the CLI itself): the error it raised, if any."""
+    ctx = Context(settings_module.load(opus.env), OPERATOR,
+                  (said if said is not None else []).append, lambda _n: "",
                   write_bytes=lambda _b: None)
-    with pytest.raises(OpusError) as refused:
+    try:
         commands.run(ctx, argv)
-    assert message in refused.value.message and refused.value.exit_code in (2, 3, 5)
-    assert not said
+    except OpusError as exc:
+        return exc
+    return None
 
 
 def test_strangers_see_nothing_of_an_apps_data(pg: Opus, shop: Project,
@@ -408,12 +417,14 @@ def test_psql_over_ssh_gets_a_terminal(pg: Opus, shop: Project, admin_key: SshKe
 
 
 def test_a_hand_set_database_url_is_left_alone(pg: Opus) -> None:
-    pg.cli("apps:create", "pgelse")
-    pg.cli("config:set", "pgelse", "DATABASE_URL=postgres://u:p@db.example/x")
-    refused = pg.cli("pg:create", "pgelse", check=False)
-    assert refused.returncode == 5 and "config:unset pgelse DATABASE_URL" in refused.stderr
-    capture = pg.cli("backups:capture", "pgelse", check=False)
-    assert capture.returncode == 2 and "does not manage" in capture.stderr
+    assert in_process(pg, ["apps:create", "pgelse"]) is None
+    assert in_process(pg, ["config:set", "pgelse",
+                           "DATABASE_URL=postgres://u:p@db.example/x"]) is None
+    refused = in_process(pg, ["pg:create", "pgelse"])
+    assert refused and refused.exit_code == 5 and "config:unset pgelse DATABASE_URL" in \
+        refused.message
+    capture = in_process(pg, ["backups:capture", "pgelse"])
+    assert capture and capture.exit_code == 2 and "does not manage" in capture.message
 
 
 # ---- schedules and retention ------------------------------------------------------------
