@@ -12,6 +12,7 @@ import pwd
 import re
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,7 +122,7 @@ def test_psql_and_backups_of_b_show_a_nothing_in_ps(system_opus: SystemOpus,
     (a, _url_a), (b, url_b) = apps.items()
     password_b = _parts(url_b)["PGPASSWORD"]
     slow = subprocess.Popen(
-        ["python3", "-m", "opus_paas", "pg:psql", b, "-c", "SELECT pg_sleep(6)"],
+        [sys.executable, "-m", "opus_paas", "pg:psql", b, "-c", "SELECT pg_sleep(6)"],
         env=system_opus.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
