@@ -67,3 +67,18 @@ class ServiceError(OpusError):
     """A part Opus drives (supervisord, Apache) did not do what was asked."""
 
     exit_code = 7
+
+
+DISK_FULL_ERRNOS = (28, 122)      # ENOSPC, EDQUOT
+
+
+def disk_full(exc: BaseException) -> ServiceError | None:
+    """The error to report when `exc` says the disk (or a quota) is full: whatever was
+    under way stopped before anything went live (None: `exc` is something else)."""
+    full = (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS) or \
+        "database or disk is full" in str(exc)
+    if not full:
+        return None
+    return ServiceError("the disk that holds Opus's data is full, so this stopped before "
+                        "anything changed; the live release keeps serving. Free some space "
+                        "(or ask the operator to) and try again")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -20,27 +21,74 @@ from opus_paas.errors import Conflict, ProtocolError, ServiceError
 from opus_paas.settings import Settings
 
 POLL_SECONDS = 0.1
+log = logging.getLogger("opus.locks")
+
+
+class Held:
+    """A held app lock, which may be handed to a thread that finishes the work (a push's
+    drain, after the client has its answer): the next deploy waits for that thread."""
+
+    def __init__(self, fd: int, app: str) -> None:
+        self.fd = fd
+        self.app = app
+        self.handed_off = False
+
+    def hand_off(self, work: Callable[[], object]) -> None:
+        """Run `work` in a thread of its own, which keeps the lock until it is done."""
+        def run() -> None:
+            try:
+                work()
+            except Exception:
+                log.exception("finishing the deploy of %s failed; `opus up` (or the next "
+                              "deploy) ends it", self.app)
+            finally:
+                os.close(self.fd)
+        self.handed_off = True
+        threading.Thread(target=run, name=f"finish-{self.app}", daemon=True).start()
 
 
 @contextlib.contextmanager
 def app_lock(settings: Settings, app: str, *, on_wait: Callable[[], None] | None = None,
              cancelled: threading.Event | None = None,
-             timeout: float | None = None) -> Iterator[None]:
-    """Hold the deploy lock of `app` for the duration of the `with` block.
+             timeout: float | None = None) -> Iterator[Held]:
+    """Hold the deploy lock of `app` for the duration of the `with` block (or, once
+    handed off, until that work is done).
 
     If another holder has it, call `on_wait` once and wait up to `timeout` seconds
     (default: the deploy_wait_timeout setting); give up early when `cancelled` is set.
     """
-    names.check_app_name(app)
-    settings.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(settings.locks_dir / f"{app}.lock",
-                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = _open_app_lock(settings, app)
+    held = Held(fd, app)
     try:
         _acquire(fd, app, on_wait, cancelled,
                  settings.deploy_wait_timeout if timeout is None else timeout)
-        yield
+        yield held
     finally:
-        os.close(fd)   # closing the descriptor releases the lock
+        if not held.handed_off:
+            os.close(fd)   # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def app_lock_if_free(settings: Settings, app: str) -> Iterator[bool]:
+    """Hold the app's lock if nobody holds it, and say whether it is held: recovery
+    never waits for a deploy that is under way, and never touches it."""
+    fd = _open_app_lock(settings, app)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _open_app_lock(settings: Settings, app: str) -> int:
+    names.check_app_name(app)
+    settings.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return os.open(settings.locks_dir / f"{app}.lock",
+                   os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
+from opus_paas import guard
 from opus_paas.errors import ServiceError
 from opus_paas.settings import SECUREOPS, Settings, user_ids
 from secureops import checks as secureops_checks
@@ -39,6 +40,8 @@ from secureops import cli as secureops_cli
 from secureops.layout import Denied, Layout
 
 REAP_POLL_SECONDS = 0.2
+# In the environment of every process Opus starts (programs, steps): its home.
+INSTANCE_MARKER = "OPUS_INSTANCE"
 SUDO = "/usr/bin/sudo"
 # The steps running now, each with whether it runs through sudo (see kill_running_steps).
 _LIVE_STEPS: dict[subprocess.Popen[bytes], bool] = {}
@@ -161,6 +164,9 @@ def step(settings: Settings, app: str, argv: Sequence[str], cwd: Path,
          env: Mapping[str, str]) -> Step:
     """A build or release step (or `opus run`) as `app`'s user, checked by secureops's
     own rules first. In system mode it goes through secureops's `run` verb."""
+    # OPUS_INSTANCE marks every process of this Opus, so `opus up` finds what a crash
+    # left of an earlier run (control/leftovers.py).
+    env = {**env, INSTANCE_MARKER: str(settings.home)}
     spec = {"argv": list(argv), "cwd": str(cwd), "env": dict(env)}
     layout = embedded_layout(settings) if not settings.system else None
     try:
@@ -171,8 +177,8 @@ def step(settings: Settings, app: str, argv: Sequence[str], cwd: Path,
         raise ServiceError(f"the step was refused: {exc}") from None
     if settings.system:
         return Step([SUDO, "-n", str(SECUREOPS), "run", app], settings.home,
-                    {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, json.dumps(spec) + "\n",
-                    {}, True)
+                    {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+                     INSTANCE_MARKER: str(settings.home)}, json.dumps(spec) + "\n", {}, True)
     return Step(list(argv), cwd, dict(env), None, subprocess_identity(settings), False)
 
 
@@ -213,11 +219,13 @@ def stream(
     is exhausted if it failed.
     """
     how = step(settings, app, argv, cwd, env)
+    # The step dies with the thread that started it (a SIGKILL of the SSH server); what
+    # it started goes to the server's guard, which ends it (opus_runtime/guard.py).
     proc = subprocess.Popen(
         how.argv, cwd=how.cwd, env=how.env,
         stdin=subprocess.PIPE if how.spec else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, **how.identity,
+        start_new_session=True, preexec_fn=guard.dies_with_parent, **how.identity,
     )
     if how.spec and proc.stdin is not None:
         with contextlib.suppress(BrokenPipeError):

@@ -96,6 +96,8 @@ class Settings:
     network_env: tuple[tuple[str, str], ...] = ()
     apache_bin: str = "/usr/sbin/apache2"
     apache_modules: str = "/usr/lib/apache2/modules"
+    # Tests only: "1" lets a test stop Opus at a named point of a deploy (failpoints.py).
+    failpoints: str = ""
 
     # ---- derived paths -------------------------------------------------
     @property

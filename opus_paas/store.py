@@ -10,13 +10,14 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from opus_paas.errors import Conflict, NotFound
+from opus_paas.errors import Conflict, NotFound, ServiceError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -72,6 +73,12 @@ CREATE TABLE IF NOT EXISTS releases (
     created REAL NOT NULL,
     slug_version INTEGER,
     config TEXT NOT NULL DEFAULT '{}',
+    -- pending → (switched →) released, or abandoned; see docs/design-notes.md
+    state TEXT NOT NULL DEFAULT 'released',
+    ref TEXT,                   -- the branch a push release moves (NULL: none)
+    previous_sha TEXT,          -- that branch's commit before the push
+    domains TEXT,               -- the app's custom domains, JSON (NULL: not recorded)
+    note TEXT NOT NULL DEFAULT '',
     UNIQUE (app_id, version)
 );
 CREATE TABLE IF NOT EXISTS formation (
@@ -136,6 +143,10 @@ CREATE TABLE IF NOT EXISTS backup_policies (
 """
 
 
+# A release's record moves pending → released (switched between, for a push, until its
+# branch has moved); recovery ends a pending one as abandoned.
+RELEASE_STATES = ("pending", "switched", "released", "abandoned")
+
 APP_QUERY = "SELECT apps.*, users.name AS owner FROM apps JOIN users ON users.id = apps.owner_id"
 
 
@@ -183,6 +194,15 @@ class Release:
     created: float
     slug_version: int = 0              # the release whose build (slug) this one runs
     config: dict[str, str] = dataclasses.field(default_factory=dict)   # its config vars
+    state: str = "released"            # RELEASE_STATES
+    ref: str | None = None             # the branch a push release moves
+    previous_sha: str | None = None    # that branch's commit before the push
+    domains: tuple[str, ...] | None = None   # the app's custom domains (None: not recorded)
+    note: str = ""                     # what recovery did with it, for `opus releases`
+
+    @property
+    def released(self) -> bool:
+        return self.state == "released"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,20 +285,30 @@ class Store:
             conn.close()
         self.path.chmod(0o600)
 
-    def backup(self, dest: Path) -> None:
+    def backup(self, dest: Path) -> bool:
         """A consistent copy of the database at `dest` (0600), made with SQLite's online
-        backup while others read and write, and renamed into place whole."""
+        backup while others read and write, checked, and renamed into place whole. A
+        damaged database is never copied over the last good copy: False then."""
         tmp = dest.with_name(f".{dest.name}.tmp")
         tmp.unlink(missing_ok=True)
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-        source = sqlite3.connect(self.path, timeout=30)
-        target = sqlite3.connect(tmp)
         try:
-            source.backup(target)
-        finally:
-            target.close()
-            source.close()
+            source = sqlite3.connect(self.path, timeout=30)
+            target = sqlite3.connect(tmp)
+            try:
+                source.backup(target)
+                target.execute("PRAGMA journal_mode = DELETE")   # one file, no -wal beside it
+            finally:
+                target.close()
+                source.close()
+        except sqlite3.DatabaseError:
+            tmp.unlink(missing_ok=True)
+            return False
+        if database_problem(tmp) is not None:
+            tmp.unlink(missing_ok=True)
+            return False
         os.replace(tmp, dest)
+        return True
 
     # ---- users and keys --------------------------------------------------
     def add_key(self, user: str, fingerprint: str, public_key: str, comment: str) -> User:
@@ -532,11 +562,12 @@ class Store:
         return [_app(r) for r in rows]
 
     def set_live(self, app: App, version: int, port: int, slug: int | None = None) -> None:
-        """Record which release serves the app, from which build, on which port."""
+        """Record which release serves the app, from which build, on which port (a
+        deploy runs the app, stopped or not)."""
         with self._db() as db:
-            db.execute("UPDATE apps SET live_version = ?, live_port = ?, live_slug = ?"
-                       " WHERE id = ?", (version, port, version if slug is None else slug,
-                                         app.id))
+            db.execute("UPDATE apps SET live_version = ?, live_port = ?, live_slug = ?,"
+                       " stopped = 0 WHERE id = ?",
+                       (version, port, version if slug is None else slug, app.id))
 
     def config(self, app: App) -> dict[str, str]:
         with self._db() as db:
@@ -586,19 +617,80 @@ class Store:
             ).fetchone()
         return int(row[0]) + 1
 
-    def add_release(self, app: App, version: int, sha: str, description: str, *,
-                    slug_version: int | None = None,
-                    config: dict[str, str] | None = None) -> Release:
+    def begin_release(self, app: App, version: int, sha: str, description: str, *,
+                      slug_version: int | None = None, config: dict[str, str] | None = None,
+                      ref: str | None = None, previous_sha: str | None = None) -> Release:
+        """Record release `version` as pending, before anything of it is switched: a
+        deploy that stops half-way is found (and ended) from this row."""
         now = time.time()
         slug = version if slug_version is None else slug_version
         snapshot = dict(config or {})
         with self._db() as db:
+            domains = tuple(r[0] for r in db.execute(
+                "SELECT domain FROM domains WHERE app_id = ? ORDER BY domain", (app.id,)))
             db.execute(
                 "INSERT INTO releases (app_id, version, sha, description, created,"
-                " slug_version, config) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (app.id, version, sha, description, now, slug, json.dumps(snapshot))
-            )
-        return Release(app.name, version, sha, description, now, slug, snapshot)
+                " slug_version, config, state, ref, previous_sha, domains)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                (app.id, version, sha, description, now, slug, json.dumps(snapshot), ref,
+                 previous_sha, json.dumps(list(domains))))
+        return Release(app.name, version, sha, description, now, slug, snapshot, "pending",
+                       ref, previous_sha, domains)
+
+    def release_went_live(self, app: App, version: int, port: int) -> None:
+        """One transaction once traffic has switched to release `version`: the app serves
+        it (on `port`, from its build), its config becomes the app's, and its record is
+        released, or switched while a push's branch has still to move."""
+        with self._db() as db:
+            row = db.execute("SELECT * FROM releases WHERE app_id = ? AND version = ?",
+                             (app.id, version)).fetchone()
+            if row is None or row["state"] != "pending":
+                raise Conflict(f"release v{version} of {app.name} is not being deployed")
+            db.execute("UPDATE apps SET live_version = ?, live_port = ?, live_slug = ?,"
+                       " stopped = 0 WHERE id = ?",
+                       (version, port, row["slug_version"] or version, app.id))
+            db.execute("UPDATE releases SET state = ? WHERE app_id = ? AND version = ?",
+                       ("switched" if row["ref"] else "released", app.id, version))
+            db.execute("DELETE FROM config WHERE app_id = ?", (app.id,))
+            db.executemany("INSERT INTO config (app_id, key, value) VALUES (?, ?, ?)",
+                           [(app.id, k, v) for k, v in json.loads(row["config"]).items()])
+
+    def end_release(self, app: App, version: int, state: str, note: str = "") -> None:
+        """A release's last state: released (its branch moved) or abandoned (recovery
+        rolled it back), with what happened, for `opus releases`."""
+        assert state in ("released", "abandoned")
+        with self._db() as db:
+            db.execute("UPDATE releases SET state = ?, note = ? WHERE app_id = ? AND"
+                       " version = ?", (state, note, app.id, version))
+
+    def forget_release(self, app: App, version: int) -> None:
+        """Drop the record of a pending release whose deploy failed (and said why)."""
+        with self._db() as db:
+            db.execute("DELETE FROM releases WHERE app_id = ? AND version = ? AND"
+                       " state = 'pending'", (app.id, version))
+
+    def unfinished_releases(self, app: App) -> list[Release]:
+        """Pending and switched releases, oldest first: deploys that stopped half-way
+        (or one under way, for whoever does not hold the app's lock)."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM releases WHERE app_id = ? AND state IN"
+                              " ('pending', 'switched') ORDER BY version", (app.id,)).fetchall()
+        return [_release(app, r) for r in rows]
+
+    def replace_domains(self, app: App, domains: tuple[str, ...]) -> None:
+        """Make `domains` the app's custom domains (recovery puts back a release's)."""
+        with self._db() as db:
+            db.execute("DELETE FROM domains WHERE app_id = ?", (app.id,))
+            for domain in domains:
+                taken = db.execute("SELECT 1 FROM domains WHERE domain = ?",
+                                   (domain,)).fetchone()
+                if taken is None:
+                    db.execute("INSERT INTO domains (domain, app_id) VALUES (?, ?)",
+                               (domain, app.id))
+
+    def unfinished_builds(self, app: App) -> list[Build]:
+        """Builds still marked running (left so by a stop, when nobody holds the lock)."""
+        return [b for b in self.list_builds(app) if b.status == "running"]
 
     def get_release(self, app: App, version: int) -> Release | None:
         with self._db() as db:
@@ -780,9 +872,59 @@ def _backup(row: sqlite3.Row) -> Backup:
                   row["size"], row["sha256"], row["expires"])
 
 
+def database_problem(path: Path) -> str | None:
+    """What is wrong with the database file at `path` (None: a sound Opus database)."""
+    if not path.exists():
+        return "it is missing"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            check = conn.execute("PRAGMA quick_check").fetchone()
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return f"it is damaged ({exc})"
+    if check != ("ok",):
+        return f"it is damaged ({check[0] if check else 'no answer'})"
+    if not {"apps", "users", "releases"} <= tables:
+        return "it is empty"
+    return None
+
+
+def restore_if_damaged(path: Path, backup: Path) -> str | None:
+    """Put the last good copy in place of a damaged, empty or missing database (the
+    damaged file is kept beside it); say what was done (None: nothing was wrong)."""
+    problem = database_problem(path)
+    if problem is None or (problem == "it is missing" and not backup.exists()):
+        return None        # sound, or a new home
+    if not backup.exists() or database_problem(backup) is not None:
+        raise ServiceError(f"{path} {problem.removeprefix('it ')}, and there is no good "
+                           f"copy of it at {backup}; restore one from your own backups")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):   # a stale -wal must never meet the copy
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(f"{path}{suffix}", f"{kept}{suffix}")
+    tmp = path.with_name(f".{path.name}.restoring")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out, backup.open("rb") as source:
+        shutil.copyfileobj(source, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(backup.stat().st_mtime))
+    where = f"; the damaged file is kept as {kept.name}" if problem != "it is missing" else ""
+    return (f"opus.db {problem.removeprefix('it ')}: restored from its copy of {taken} "
+            f"(what changed after that copy is lost){where}")
+
+
 def _release(app: App, row: sqlite3.Row) -> Release:
+    domains = None if row["domains"] is None else tuple(json.loads(row["domains"]))
     return Release(app.name, row["version"], row["sha"], row["description"], row["created"],
-                   row["slug_version"] or row["version"], json.loads(row["config"] or "{}"))
+                   row["slug_version"] or row["version"], json.loads(row["config"] or "{}"),
+                   row["state"], row["ref"], row["previous_sha"], domains, row["note"])
 
 
 def _keep_an_admin(db: sqlite3.Connection, user: User) -> None:
@@ -810,6 +952,12 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "slug_version" not in release_columns:
         conn.execute("ALTER TABLE releases ADD COLUMN slug_version INTEGER")
         conn.execute("ALTER TABLE releases ADD COLUMN config TEXT NOT NULL DEFAULT '{}'")
+    if "state" not in release_columns:
+        conn.execute("ALTER TABLE releases ADD COLUMN state TEXT NOT NULL DEFAULT 'released'")
+        conn.execute("ALTER TABLE releases ADD COLUMN ref TEXT")
+        conn.execute("ALTER TABLE releases ADD COLUMN previous_sha TEXT")
+        conn.execute("ALTER TABLE releases ADD COLUMN domains TEXT")
+        conn.execute("ALTER TABLE releases ADD COLUMN note TEXT NOT NULL DEFAULT ''")
     user_columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
     if "password_hash" not in user_columns:
         conn.execute("ALTER TABLE users ADD COLUMN password_hash TEXT")

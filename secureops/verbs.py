@@ -600,9 +600,14 @@ def run(request: Request) -> int:
             return 128 + stopping[0]      # told to stop before the step started
         # umask 027: what the step makes, its group may read (Opus, the front), no
         # one else.
-        child = subprocess.Popen(spec.argv, cwd=f"/proc/self/fd/{cwd}", pass_fds=(cwd,),
-                                 env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-                                 umask=0o027, **identity)
+        guard = _guard_fd()
+        try:
+            child = subprocess.Popen(
+                [GUARD_PYTHON, "-I", f"/proc/self/fd/{guard}", "--", *spec.argv],
+                cwd=f"/proc/self/fd/{cwd}", pass_fds=(cwd, guard), env=env,
+                stdin=subprocess.DEVNULL, start_new_session=True, umask=0o027, **identity)
+        finally:
+            os.close(guard)
         group.append(child.pid)
         if stopping:
             with contextlib.suppress(ProcessLookupError):
@@ -618,6 +623,30 @@ def run(request: Request) -> int:
             signal.signal(sig, handler)
         os.close(cwd)
     return status if status >= 0 else 128 - status
+
+
+# The process-tree guard (opus_runtime/guard.py) a step runs under, as the app's user:
+# if secureops itself is killed, the guard ends the step's whole tree. Root reads it
+# from where root trusts it (`opus install` puts a copy beside this package; in a
+# checkout it is the buildpack's own) and hands it over in a memory file, so the app's
+# user needs no access to either place.
+_ROOT = Path(__file__).resolve().parent.parent
+GUARDS = (_ROOT / "opus_guard.py",
+          _ROOT / "buildpacks" / "python" / "lib" / "runtime" / "opus_runtime" / "guard.py")
+# The host's own python, which every user may run.
+GUARD_PYTHON = "/usr/bin/python3"
+
+
+def _guard_fd() -> int:
+    """A memory file holding the guard, inheritable by the step."""
+    for guard in GUARDS:
+        if guard.is_file():
+            fd = os.memfd_create("opus-guard", 0)
+            os.write(fd, guard.read_bytes())
+            os.lseek(fd, 0, os.SEEK_SET)
+            return fd
+    raise Denied("the process-tree guard is missing from secureops's installation; run "
+                 "`opus install --system` again")
 
 
 def _open_below(layout: Layout, app: str, path: PurePosixPath) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
 import random
 import shutil
@@ -153,10 +154,12 @@ def wsgi_daemons(port: int) -> int:
     return count
 
 
-def start_opus(**extra_env: str) -> Opus:
+def start_opus(*, under: Path | None = None, **extra_env: str) -> Opus:
+    """A new Opus with a home of its own (in `under`, default /tmp) and these OPUS_*
+    settings on top of the tests' own."""
     for tool in ("git", "ssh", "ssh-keygen", "/usr/sbin/apache2", "apxs"):
         require_tool(tool)
-    home = Path(tempfile.mkdtemp(prefix="opus-test-", dir="/tmp"))
+    home = Path(tempfile.mkdtemp(prefix="opus-test-", dir=under or "/tmp"))
     home.chmod(0o755)   # the run user and the front's children traverse it
     ssh_port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPUS_")}
@@ -254,10 +257,33 @@ def commit_all(project: Path, message: str) -> None:
 
 
 def push_main(project: Path, opus: Opus, key: SshKey) -> str:
-    """`git push opus main`, which must succeed; its whole output."""
+    """`git push opus main`, which must succeed; its whole output. Returns once the deploy
+    is done (the push itself returns once traffic has switched)."""
     result = git(project, "push", "opus", "main", env=key.git_env(opus), check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+    url = git(project, "remote", "get-url", "opus").stdout.strip()
+    wait_for_deploy(opus.home, url.rstrip("/").rsplit("/", 1)[1].removesuffix(".git"))
     return result.stdout + result.stderr
+
+
+def wait_for_deploy(home: Path, app: str, seconds: float = 60) -> None:
+    """Wait until no deploy of `app` runs: the old instance of a push is drained and
+    stopped after the push returns, under the app's lock (locks/<app>.lock)."""
+    lock = home / "locks" / f"{app}.lock"
+    if not lock.exists():
+        return
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"the deploy of {app} never finished"
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
 
 
 VIEWS = '''\

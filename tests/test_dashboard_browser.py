@@ -112,9 +112,15 @@ def test_the_dashboard_in_a_browser(opus: Opus, admin_key: SshKey, browser: Any,
     project = make_django_project(tmp_path / "project", greeting="Dashboard v1")
     git(project, "remote", "add", "opus", f"ssh://git@127.0.0.1:{opus.ssh_port}/{APP}.git")
     push_main(project, opus, admin_key)
-    browser.refresh()
-    row = wait_for(lambda: css(browser, f"tr[data-app={APP}]"), "the pushed app's row")
-    assert "running" in row.text and "v1" in row.text and "web=1" in row.text
+
+    def running_row() -> Any:
+        # The push returns once traffic has switched; supervisor counts the instance as
+        # running a moment later (startsecs).
+        browser.refresh()
+        row = css(browser, f"tr[data-app={APP}]")
+        return row if "running" in row.text else None
+    row = wait_for(running_row, "the pushed app's row, running")
+    assert "v1" in row.text and "web=1" in row.text
     shot(browser, "2-apps")
 
     # Scale web to 3: the page shows 3 processes, and so does the OS.

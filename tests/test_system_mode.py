@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -137,6 +137,9 @@ def test_install_makes_a_root_owned_helper_and_one_sudoers_rule(
     unit = Path("/etc/systemd/system/opus.service").read_text()
     assert f"Environment=OPUS_HOME={system_opus.home}" in unit
     assert "ExecStart=/usr/local/lib/opus/venv/bin/opus up --system" in unit
+    # supervisord dead: systemd ends the whole control group and starts Opus again.
+    assert "KillMode=control-group" in unit and "Restart=on-failure" in unit
+    assert "PIDFile=/etc/opus/supervisor/supervisord.pid" in unit
 
 
 def test_opus_runs_as_its_user_and_the_front_master_as_root(system_opus: SystemOpus) -> None:
@@ -280,18 +283,17 @@ def test_the_opus_user_cannot_reach_root_through_secureops(system_opus: SystemOp
     assert all(entry["caller"] == f"uid {pwd.getpwnam(user).pw_uid}" for entry in denials)
 
 
-def test_stopping_a_step_through_sudo_kills_all_it_started(
-        system_opus: SystemOpus, two_apps: tuple[str, str]) -> None:
-    """Opus may not signal an app's user: it tells sudo (TERM), which tells secureops,
-    which kills the step's whole process group (a disconnected push, a timeout)."""
-    a, _b = two_apps
+def _start_step(system_opus: SystemOpus, app: str,
+                ) -> tuple[subprocess.Popen[str], Callable[[], list[int]]]:
+    """A step through sudo and secureops, as the opus user sends it, that leaves a
+    background child (named by a marker); returns sudo and what finds the child."""
     entry = pwd.getpwnam(system_opus.user)
     marker = f"sleep-{secrets.token_hex(4)}"
     spec = {"argv": ["/bin/bash", "-c", f"exec -a {marker} sleep 300 & wait"],
-            "cwd": str(system_opus.home / "apps" / a / "releases" / "v1"), "env": {}}
+            "cwd": str(system_opus.home / "apps" / app / "releases" / "v1"), "env": {}}
     step = subprocess.Popen(
         ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups",
-         "sudo", "-n", "/usr/local/sbin/opus-secureops", "run", a],
+         "sudo", "-n", "/usr/local/sbin/opus-secureops", "run", app],
         stdin=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"})
     assert step.stdin is not None
     step.stdin.write(json.dumps(spec) + "\n")
@@ -305,15 +307,43 @@ def test_stopping_a_step_through_sudo_kills_all_it_started(
     while not sleepers() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert sleepers(), "the step did not start"
-    assert Path(f"/proc/{sleepers()[0]}").stat().st_uid == pwd.getpwnam(f"opus-{a}").pw_uid
+    assert Path(f"/proc/{sleepers()[0]}").stat().st_uid == pwd.getpwnam(f"opus-{app}").pw_uid
+    return step, sleepers
+
+
+def _gone(sleepers: Callable[[], list[int]], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while sleepers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not sleepers()
+
+
+def test_stopping_a_step_through_sudo_kills_all_it_started(
+        system_opus: SystemOpus, two_apps: tuple[str, str]) -> None:
+    """Opus may not signal an app's user: it tells sudo (TERM), which tells secureops,
+    which kills the step's whole process group (a disconnected push, a timeout)."""
+    step, sleepers = _start_step(system_opus, two_apps[0])
+    entry = pwd.getpwnam(system_opus.user)
     # The opus user signals its own sudo, as privileged.py does.
     subprocess.run(["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}",
                     "--init-groups", "kill", "-TERM", str(step.pid)], check=True)
     step.wait(timeout=20)
-    deadline = time.monotonic() + 10
-    while sleepers() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not sleepers(), "the step's background child outlived it"
+    assert _gone(sleepers, 10), "the step's background child outlived it"
+
+
+def test_a_step_dies_whole_when_secureops_is_killed_mid_request(
+        system_opus: SystemOpus, two_apps: tuple[str, str]) -> None:
+    """SIGKILL of secureops while it runs a step: the step runs under the process-tree
+    guard as the app's user, which ends everything the step started."""
+    step, sleepers = _start_step(system_opus, two_apps[0])
+    helpers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+               and b"opus-secureops" in _cmdline(p) and p.stat().st_uid == 0
+               and b"sudo" not in _cmdline(p).split(b"\0")[0]]
+    assert helpers, "no secureops process"
+    for pid in helpers:
+        os.kill(pid, signal.SIGKILL)
+    step.wait(timeout=20)
+    assert _gone(sleepers, 15), "the step outlived secureops"
 
 
 def test_a_second_push_keeps_serving_and_prunes_as_the_apps_user(

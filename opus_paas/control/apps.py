@@ -158,7 +158,7 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
             repo = Repo(str(settings.repos_dir / f"{new}.git"))
             try:
                 push.deploy_commit(settings, store, store.get_app(new) or renamed, repo,
-                                   live.sha.encode(), emit)
+                                   live.sha.encode(), emit).finish(emit)
             finally:
                 repo.close()
         except BaseException:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from opus_paas import settings as settings_module
 from opus_paas.control import client, commands, system
-from opus_paas.errors import OpusError
+from opus_paas.errors import OpusError, disk_full
 
 # What root runs itself in system mode; every other command runs as the opus user.
 ROOT_COMMANDS = (["install"], ["uninstall"], ["up"], ["down"], ["status"])
@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:   # `opus logs APP | head`
         return 0
     except Exception as exc:   # a bug: one line, not a traceback
+        full = disk_full(exc)
+        if full is not None:
+            print(f"opus: {full.message}", file=sys.stderr)
+            return full.exit_code
         print(f"opus: internal error ({exc.__class__.__name__}); please report it with the "
               "command you ran", file=sys.stderr)
         return 1

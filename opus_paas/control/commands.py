@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from opus_paas import __version__, access, names, redact
-from opus_paas.control import apps, databases, keys, lifecycle, system
+from opus_paas.control import apps, databases, doctor, keys, lifecycle, system
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, UsageError
@@ -332,15 +332,16 @@ def cmd_releases(ctx: Context, args: list[str]) -> None:
     listed = ctx.store.list_releases(app)
     if ctx.json:
         ctx.emit_json([{"version": r.version, "sha": r.sha, "description": r.description,
-                        "created": r.created, "live": r.version == app.live_version}
-                       for r in listed])
+                        "created": r.created, "live": r.version == app.live_version,
+                        "state": r.state, "note": r.note} for r in listed])
         return
     if not listed:
         ctx.out(f"{app.name} has no releases yet; push to deploy one.")
     for rel in listed:
         live = "  (live)" if rel.version == app.live_version else ""
+        note = f"  [{rel.note or rel.state}]" if rel.note or not rel.released else ""
         ctx.out(f"v{rel.version:<5} {rel.sha[:7]}  {_when(rel.created)} UTC  "
-                f"{rel.description}{live}")
+                f"{rel.description}{live}{note}")
 
 
 def cmd_builds(ctx: Context, args: list[str]) -> None:
@@ -654,7 +655,8 @@ CORE: list[Command] = [
 ]
 
 # Every command: Opus's core, then each capability's own (its module's COMMANDS list).
-TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *databases.COMMANDS]}
+TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
+                                                      *databases.COMMANDS]}
 
 
 def lookup(name: str) -> Command:

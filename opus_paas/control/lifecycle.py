@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 from opus_paas import locks, privileged
+from opus_paas import store as store_module
 from opus_paas.build import buildpack
-from opus_paas.control import hostkey, system
+from opus_paas.control import hostkey, leftovers, system
 from opus_paas.data import server as pg_server
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.front import httpd
-from opus_paas.run import deploy
+from opus_paas.run import deploy, recovery
 from opus_paas.run.supervisor import Program, Supervisor
 from opus_paas.settings import Settings, user_ids
 from opus_paas.store import Store
@@ -25,7 +26,7 @@ from opus_paas.store import Store
 
 def settings_environment(settings: Settings) -> dict[str, str]:
     """OPUS_* variables that rebuild exactly these settings in a child process."""
-    env = {"OPUS_HOME": str(settings.home)}
+    env = {"OPUS_HOME": str(settings.home), privileged.INSTANCE_MARKER: str(settings.home)}
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
         if field.name not in ("home", "network_env") and value not in (None, ""):
@@ -44,7 +45,8 @@ def own_programs(settings: Settings) -> list[Program]:
     return [
         Program(
             name="opus-sshd",
-            command=[system.python_for_programs(settings), "-m", "opus_paas.control.sshd"],
+            command=guarded(settings, [system.python_for_programs(settings), "-m",
+                                       "opus_paas.control.sshd"]),
             directory=settings.home,
             log_file=settings.logs_dir / "opus-sshd.log",
             environment=env,
@@ -52,7 +54,7 @@ def own_programs(settings: Settings) -> list[Program]:
         ),
         Program(
             name="opus-dashboard",
-            command=dashboard_command(settings),
+            command=guarded(settings, dashboard_command(settings)),
             directory=settings.home,
             log_file=settings.logs_dir / "opus-dashboard.log",
             environment=env,
@@ -61,7 +63,8 @@ def own_programs(settings: Settings) -> list[Program]:
         ),
         Program(
             name="opus-scheduler",
-            command=[system.python_for_programs(settings), "-m", "opus_paas.control.scheduler"],
+            command=guarded(settings, [system.python_for_programs(settings), "-m",
+                                       "opus_paas.control.scheduler"]),
             directory=settings.home,
             log_file=settings.logs_dir / "opus-scheduler.log",
             environment=env,
@@ -70,13 +73,21 @@ def own_programs(settings: Settings) -> list[Program]:
         ),
         Program(
             name="opus-front",
-            command=httpd.program_command(settings),
+            command=guarded(settings, httpd.program_command(settings)),
             directory=settings.front_dir,
             log_file=settings.logs_dir / "front" / "opus-front.log",
+            environment={privileged.INSTANCE_MARKER: str(settings.home)},
         ),
         # The apps' Postgres cluster, once `opus addons:enable postgres` made it.
         *[Program(**spec) for spec in [pg_server.program(settings)] if spec],
     ]
+
+
+def guarded(settings: Settings, command: list[str]) -> list[str]:
+    """`command` under the process-tree guard: nothing it starts outlives it or
+    supervisord (opus_runtime/guard.py)."""
+    return [system.python_for_programs(settings), "-I", "-m", "opus_paas.guard", "--",
+            *command]
 
 
 def dashboard_command(settings: Settings) -> list[str]:
@@ -111,7 +122,7 @@ def _check_reachable(settings: Settings) -> None:
             )
 
 
-def prepare_home(settings: Settings) -> Store:
+def prepare_home(settings: Settings, report: list[str] | None = None) -> Store:
     settings.home.mkdir(parents=True, exist_ok=True)
     settings.home.chmod(0o755)
     _check_git(settings)
@@ -125,6 +136,9 @@ def prepare_home(settings: Settings) -> Store:
     settings.locks_dir.chmod(0o700)
     if not settings.system:
         settings.supervisor_dir.chmod(0o700)
+    restored = store_module.restore_if_damaged(settings.db_path, settings.db_backup_path)
+    if restored is not None and report is not None:
+        report.append(restored)
     store = Store(settings.db_path)
     store.init()
     hostkey.load_or_create_host_key(settings.host_key_path)
@@ -142,10 +156,16 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
         return system.up(settings, own_programs(settings))
     if settings.system and os.geteuid() == 0:
         raise UsageError("this is a system-mode Opus: start it with `opus up --system`")
-    store = prepare_home(settings)
+    report: list[str] = []
+    store = prepare_home(settings, report)
     supervisor = Supervisor(settings)
+    if not settings.system and not supervisor.is_running():
+        report += leftovers.end(settings)
+        leftovers.forget_front_pid(settings)
+    report += recovery.recover_all(settings, store)
     with locks.host_lock(settings):
-        httpd.write(settings, deploy.live_sites(settings, store, store.list_apps()))
+        front_changed = httpd.write(settings, deploy.live_sites(settings, store,
+                                                                store.list_apps()))
     if settings.system:
         if not supervisor.is_running():
             raise UsageError("supervisord is not running; start Opus as root with "
@@ -159,6 +179,10 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
         else:
             supervisor.start()
     deploy.reconcile(settings, store, supervisor)
+    if front_changed and supervisor.process_state("opus-front") == "RUNNING":
+        # A front that kept running through a crash may still send traffic where an
+        # unfinished deploy had switched it.
+        supervisor.signal("opus-front", "USR1")
     for program in own_programs(settings):
         # The front may have given up before secureops installed its first config.
         supervisor.start_program(program.name)
@@ -169,6 +193,7 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
         supervisor.wait_until_running(program.name)
     host = "localhost" if settings.ssh_host in ("127.0.0.1", "::1") else settings.ssh_host
     return [
+        *report,
         f"Opus is up (OPUS_HOME={settings.home}).",
         "",
         "Next steps:",

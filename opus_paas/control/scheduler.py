@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 
 from opus_paas import settings as settings_module
 from opus_paas.data import backups
+from opus_paas.run import recovery
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 
@@ -39,8 +40,16 @@ def backup_database(settings: Settings, store: Store) -> None:
     store.backup(settings.db_backup_path)
 
 
+def recover_deploys(settings: Settings, store: Store) -> None:
+    """End deploys that stopped half-way (a process of Opus killed mid-deploy), for apps
+    no deploy is running on: the host heals without waiting for `opus up`."""
+    for line in recovery.recover_all(settings, store):
+        log.info("%s", line)
+
+
 JOBS: tuple[Job, ...] = (
     Job("database backup", 3600.0, backup_database),
+    Job("deploy recovery", 60.0, recover_deploys),
     Job("app backups", 60.0, backups.run_schedules),
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import re
 import shlex
@@ -32,16 +33,16 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
-from opus_paas import access, locks, names, privileged, redact
+from opus_paas import access, locks, names, privileged, redact, repos
 from opus_paas import settings as settings_module
 from opus_paas.access import Actor
 from opus_paas.control import apps, commands, keys
 from opus_paas.control.context import TERMINAL_COMMANDS, Context
 from opus_paas.control.hostkey import load_or_create_host_key
-from opus_paas.errors import Conflict, OpusError, UsageError
+from opus_paas.errors import Conflict, OpusError, UsageError, disk_full
 from opus_paas.git import gitserver, packs
 from opus_paas.git.wire import ChannelReader
-from opus_paas.run import push
+from opus_paas.run import push, recovery
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, User
 
@@ -195,7 +196,7 @@ def open_for_push(settings: Settings, store: Store, user: User,
 def forget_if_unused(settings: Settings, store: Store, app: App) -> None:
     """A push that created an app but stored nothing and built nothing (a dry run, a
     refused or broken push) leaves no app behind: names cannot be squatted that way."""
-    repo = gitserver.existing_repo(settings.repos_dir, app.name)
+    repo = repos.existing_repo(settings.repos_dir, app.name)
     stored = any(p.is_file() for p in (repo / "refs").rglob("*")) or \
         (repo / "packed-refs").exists()
     if stored or store.has_builds(app):
@@ -225,9 +226,10 @@ def serve_git(server: Server, user: User, verb: str, app_name: str,
         channel.sendall_stderr(
             f"remote: waiting for the deploy of {app_name} to finish…\n".encode())
 
-    with locks.app_lock(settings, app_name, on_wait=say_waiting, cancelled=cancelled):
+    with locks.app_lock(settings, app_name, on_wait=say_waiting, cancelled=cancelled) as held:
         app, created = open_for_push(settings, store, user, app_name)
         try:
+            recovery.recover_app(settings, store, app.name)
             handler = gitserver.DeployingReceivePackHandler(
                 backend, [repo_arg], proto, settings=settings, store=store, app=app,
                 reader=reader, cancelled=cancelled, request_id=request_id)
@@ -235,7 +237,16 @@ def serve_git(server: Server, user: User, verb: str, app_name: str,
         finally:
             if created:
                 forget_if_unused(settings, store, app)
+        if handler.deployed:
+            # The client has its answer once traffic has switched; the old instance is
+            # drained and stopped after, still under the app's lock.
+            held.hand_off(functools.partial(_finish_deploys, handler.deployed))
     return 0
+
+
+def _finish_deploys(deployed: list[push.Deployed]) -> None:
+    for one in deployed:
+        one.finish()
 
 
 def serve_command(server: Server, user: User, command: bytes, channel: paramiko.Channel,
@@ -356,7 +367,12 @@ def run_exec(server: Server, session: Session, transport: paramiko.Transport,
         _say(channel, "opus: the client broke the git protocol; nothing was changed; "
                       "use a current git")
         return 1, "protocol error"
-    except Exception:
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is not None:
+            log.warning("[%s] %s", request_id, exc)
+            _say(channel, f"opus: {full.message}")
+            return full.exit_code, "disk full"
         log.exception("[%s] command failed", request_id)
         _say(channel, f"opus: internal error (request {request_id}); the operator's log "
                       "has the details")
@@ -446,6 +462,9 @@ def serve(settings: Settings) -> None:
     listener.bind((settings.ssh_host, settings.ssh_port))
     listener.listen(64)
     log.info("listening on %s:%d", settings.ssh_host, settings.ssh_port)
+    # A deploy this server was running when it was killed is ended now, not at the
+    # next `opus up` (apps whose lock another process holds are left to it).
+    threading.Thread(target=_recover, args=(settings, server.store), daemon=True).start()
 
     def serve_one(sock: socket.socket) -> None:
         try:
@@ -470,6 +489,14 @@ def serve(settings: Settings) -> None:
         except RuntimeError:   # no thread to be had
             sock.close()
             slots.release()
+
+
+def _recover(settings: Settings, store: Store) -> None:
+    try:
+        for line in recovery.recover_all(settings, store):
+            log.info("recovery: %s", line)
+    except Exception:
+        log.exception("recovery at start failed; `opus up` or the scheduler tries again")
 
 
 def _stop(signum: int, frame: object) -> None:

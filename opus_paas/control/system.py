@@ -28,6 +28,7 @@ from pathlib import Path
 from opus_paas import names
 from opus_paas import settings as settings_module
 from opus_paas.build import buildpack
+from opus_paas.control import leftovers
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.paths import shipped
 from opus_paas.run import supervisor
@@ -225,6 +226,9 @@ def _install_secureops(chosen: Plan, settings: Settings) -> None:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sudoers", "*.md"))
     shutil.rmtree(package, ignore_errors=True)
     os.replace(fresh, package)
+    # Steps run under the process-tree guard (secureops/verbs.py: _guarded).
+    shutil.copyfile(shipped("buildpacks") / "python" / "lib" / "runtime" / "opus_runtime" /
+                    "guard.py", SECUREOPS_LIB / "opus_guard.py")
     _run(["chown", "-R", "root:root", str(SECUREOPS_LIB)], "owning secureops")
     _run(["chmod", "-R", "u=rwX,go=rX", str(SECUREOPS_LIB)], "securing secureops")
     _write_root_file(SECUREOPS, 0o755, "\n".join([
@@ -273,7 +277,9 @@ def _write_root_file(path: Path, mode: int, text: str) -> None:
 
 def unit_text(home: Path) -> str:
     """The systemd unit (pure): `opus up --system` starts supervisord, which keeps the
-    rest alive; `opus down` stops everything."""
+    rest alive; `opus down` stops everything. If supervisord dies, systemd ends every
+    process left in the unit's control group and starts Opus again (whose `opus up`
+    ends any half-done deploy)."""
     opus = VENV / "bin" / "opus"
     return "\n".join([
         "[Unit]",
@@ -282,11 +288,14 @@ def unit_text(home: Path) -> str:
         "Wants=network-online.target",
         "",
         "[Service]",
-        "Type=oneshot",
-        "RemainAfterExit=yes",
+        "Type=forking",
+        f"PIDFile={SYSTEM_CONFIG_DIR / 'supervisor' / 'supervisord.pid'}",
         f"Environment=OPUS_HOME={home}",
         f"ExecStart={opus} up --system",
         f"ExecStop={opus} down",
+        "KillMode=control-group",
+        "Restart=on-failure",      # `opus down` is a clean exit: it stays down
+        "RestartSec=2",
         "TimeoutStartSec=300",
         "",
         "[Install]",
@@ -407,9 +416,12 @@ def up(settings: Settings, own_programs: list[supervisor.Program]) -> list[str]:
     make_system_dirs(settings)
     sup = supervisor.Supervisor(settings)
     sup.write_programs("opus", own_programs)
+    report: list[str] = []
     if sup.is_running():
         sup.apply()
     else:
+        report = leftovers.end(settings)   # root sees (and may end) every user's process
+        leftovers.forget_front_pid(settings)
         sup.start()
     done = subprocess.run(
         [RUNUSER, "-u", settings.system_user, "--", str(PYTHON), "-I", "-m", "opus_paas",
@@ -420,7 +432,7 @@ def up(settings: Settings, own_programs: list[supervisor.Program]) -> list[str]:
     if done.returncode != 0:
         raise ServiceError(f"`opus up` as {settings.system_user} failed: "
                            f"{(done.stderr or done.stdout).strip().removeprefix('opus: ')}")
-    return done.stdout.splitlines()
+    return [*report, *done.stdout.splitlines()]
 
 
 def as_system_user(settings: Settings, argv: list[str]) -> int:

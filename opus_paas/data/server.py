@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from opus_paas.errors import ServiceError, UsageError
+from opus_paas.privileged import INSTANCE_MARKER
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 
@@ -267,7 +268,9 @@ def program(settings: Settings) -> dict[str, Any] | None:
                     *server_options(settings)],
         "directory": home(settings),
         "log_file": settings.logs_dir / f"{PROGRAM}.log",
-        "environment": {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"},
+        # The marker lets `opus up` find a server left running by a killed supervisord.
+        "environment": {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin",
+                        INSTANCE_MARKER: str(settings.home)},
         "user": settings.system_user if settings.system else cluster_user(settings),
         "startsecs": 2,
         "stopsignal": "INT",        # fast shutdown: roll back open transactions, stop

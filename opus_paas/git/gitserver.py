@@ -40,36 +40,19 @@ from dulwich.server import (
     _ProtocolGraphWalker,
 )
 
-from opus_paas import locks, names, redact
-from opus_paas.errors import InvalidName, NotFound, OpusError, ProtocolError, ServiceError
+from opus_paas import failpoints, locks, names, redact
+from opus_paas.errors import InvalidName, NotFound, OpusError, ProtocolError, disk_full
 from opus_paas.git import hooks, packs
 from opus_paas.git.wire import ChannelReader
+from opus_paas.repos import ZERO_SHA, branch_ref, existing_repo
 from opus_paas.run import push
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 
 log = logging.getLogger("opus.git")
 
-ZERO_SHA = b"0" * 40
 # More ref updates than any real push sends; a client sending more is refused.
 MAX_REF_UPDATES = 1000
-
-
-def branch_ref(branch: str) -> Ref:
-    return Ref(b"refs/heads/" + branch.encode("ascii"))
-
-
-def existing_repo(repos_dir: Path, app: str) -> Path:
-    """repos/<app>.git if it is a real directory (a symlink planted there is refused,
-    never followed); NotFound if the app has no repository yet."""
-    path = repos_dir / f"{app}.git"
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        log.error("repos/%s.git is not a plain directory; refusing to use it", app)
-        raise ServiceError(f"the repository of {app} is damaged; the operator must repair "
-                           f"repos/{app}.git")
-    if not path.is_dir():
-        raise NotFound(f"app {app} has no code yet; push to it first")
-    return path
 
 
 class OpusBackend(Backend):
@@ -146,6 +129,9 @@ class DeployingReceivePackHandler(ReceivePackHandler):
         self.cancelled = cancelled
         self.request_id = request_id
         self.client_gone = False
+        # Releases this push brought live, whose old instances are still to be drained
+        # (the SSH server does that after the client has its answer).
+        self.deployed: list[push.Deployed] = []
 
     def capabilities(self) -> list[bytes]:
         # No `atomic`: each ref's deploy runs before the next ref is looked at, so an
@@ -183,6 +169,7 @@ class DeployingReceivePackHandler(ReceivePackHandler):
                           max_object_bytes=self.settings.max_object_bytes,
                           read_timeout=self.settings.ssh_read_timeout,
                           index_timeout=self.settings.build_timeout, new_tips=new_tips)
+            failpoints.reached(self.settings, "push.received")
         yield (b"unpack", b"ok")
         for old, new, ref in refs:
             try:
@@ -218,28 +205,37 @@ class DeployingReceivePackHandler(ReceivePackHandler):
             if new == ZERO_SHA:
                 return self._status(f"deleting {self.app.deploy_branch}, the deploy branch, is "
                                "refused; push a commit to it instead")
-            refusal = self._deploy(new)
-            if refusal is not None:
-                return refusal
-        elif new != ZERO_SHA:
+            return self._deploy(ref, old, new)
+        if new != ZERO_SHA:
             self._emit(f"-----> {shown} stored; only {self.app.deploy_branch} deploys "
                        f"(opus git:set {self.app.name} deploy-branch BRANCH changes that)")
         return self._move(ref, old, new)
 
-    def _deploy(self, new: bytes) -> bytes | None:
+    def _deploy(self, ref: bytes, old: bytes, new: bytes) -> bytes:
+        """Build and deploy `new`; the ref moves once its release is recorded live."""
+        branch = push.BranchMove(ref.decode("ascii"), old.decode("ascii"),
+                                 lambda: self._move(ref, old, new) == b"ok")
         try:
             assert isinstance(self.repo, Repo)
-            push.deploy_commit(self.settings, self.store, self.app, self.repo, new,
-                               self._emit, cancelled=self.cancelled)
+            deployed = push.deploy_commit(self.settings, self.store, self.app, self.repo, new,
+                                          self._emit, cancelled=self.cancelled, branch=branch)
         except OpusError as exc:
             return self._status(exc.message)
-        except Exception:
+        except Exception as exc:
+            full = disk_full(exc)
+            if full is not None:
+                log.warning("[%s] deploy of %s: %s", self.request_id, self.app.name, exc)
+                self._emit(f" !     {full.message}")
+                return self._status(full.message)
             log.exception("[%s] deploy of %s failed", self.request_id, self.app.name)
             self._emit(" !     Opus hit an internal error; the operator's log has the "
                        f"details (request {self.request_id})")
             return self._status(f"internal error (request {self.request_id}); the "
                                 "operator's log has the details")
-        return None
+        self.deployed.append(deployed)
+        if not deployed.branch_moved:
+            return b"stale info: the branch moved during the push; fetch and push again"
+        return b"ok"
 
     def _status(self, message: str) -> bytes:
         """A ref status fits on one pkt-line and one terminal line, and names no server

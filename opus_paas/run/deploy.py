@@ -11,13 +11,15 @@ import contextlib
 import dataclasses
 import http.client
 import json
+import logging
 import pwd
 import re
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from opus_paas import locks, privileged
+from opus_paas import failpoints, locks, privileged
 from opus_paas.build import release
 from opus_paas.build.buildpack import Emit
 from opus_paas.errors import BuildFailed, ServiceError
@@ -26,6 +28,8 @@ from opus_paas.run import checks
 from opus_paas.run.supervisor import PROCESS_NUM, Program, Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
+
+log = logging.getLogger("opus.deploy")
 
 DRAIN_SECONDS = 1.0    # after a graceful reload of the front
 DRAIN_TIMEOUT = 30.0   # for the requests on an old instance after a balancer switch
@@ -90,6 +94,7 @@ def web_program(settings: Settings, app: str, version: int, port: int,
             "HOME": str(release.home_dir(settings, app)),
             "LANG": "C.UTF-8",
             "OPUS_ENV_FILE": str(release.env_file(settings, app, version)),
+            privileged.INSTANCE_MARKER: str(settings.home),
         },
         startsecs=1,
         stopwaitsecs=15,
@@ -136,8 +141,9 @@ def type_programs(settings: Settings, store: Store, app: App, version: int,
                 "HOME": str(release.home_dir(settings, app.name)),
                 "LANG": "C.UTF-8",
                 "OPUS_ENV_FILE": str(release.env_file(settings, app.name, version)),
+                privileged.INSTANCE_MARKER: str(settings.home),
             },
-                startsecs=1,
+            startsecs=1,
             stopwaitsecs=15,
             numprocs=count,
         ))
@@ -330,14 +336,56 @@ def live_program(settings: Settings, app: App) -> Program | None:
                        app.web_processes, app.web_threads)
 
 
-def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
-           version: int, emit: Emit, slug_version: int | None = None,
-           running: App | None = None) -> None:
-    """Bring release `version` live; on any failure the old release keeps serving.
+@dataclasses.dataclass
+class Switched:
+    """A deploy whose traffic has switched and whose new release is recorded live: what
+    is left is to let the old instance's requests finish, stop it, and run the other
+    process types with the new release. A push does this after it returns, still
+    holding the app's lock; whatever stops it half-way, recovery ends it (reconcile)."""
 
+    settings: Settings
+    store: Store
+    supervisor: Supervisor
+    app: App
+    version: int
+    slug_version: int
+    new: Program
+    manager: balancer.BalancerManager | None
+    old_port: int | None
+
+    def finish(self, emit: Emit) -> None:
+        """Drain and stop the old instance, start the other process types anew, and
+        keep a copy of the database as it is after this deploy."""
+        failpoints.reached(self.settings, "deploy.draining")
+        if self.manager is not None and self.old_port is not None:
+            # Requests already on the old instance finish there before it stops.
+            if not _drained(self.manager, self.old_port):
+                emit("       The old instance still had requests after "
+                     f"{DRAIN_TIMEOUT:.0f} s; stopping it anyway")
+        else:
+            # A graceful reload lets each front child finish its request on the old
+            # config; give them a moment before the old instance goes away.
+            time.sleep(DRAIN_SECONDS)
+        # The other process types follow the release (a new one starts their backoff
+        # afresh).
+        set_programs(self.settings, self.supervisor, self.app.name,
+                     [self.new, *type_programs(self.settings, self.store, self.app,
+                                               self.version, self.slug_version)])
+        self.store.backup(self.settings.db_backup_path)
+
+
+def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
+           version: int, emit: Emit, *, record: Callable[[int], None],
+           slug_version: int | None = None, running: App | None = None) -> Switched:
+    """Bring release `version` live; on any failure before the switch is recorded, the
+    old release keeps serving and the new instance goes.
+
+    `record(port)` writes that the release serves on `port`, in the same host-lock
+    section as the front's switch (docs/design-notes.md: a deploy's order of record).
     `running` is the app as its live instance was started, when `app` already carries
     new settings for the new one (a rescale): the old instance's program must stay
-    exactly as it is, or supervisor would restart it in the middle of the switch."""
+    exactly as it is, or supervisor would restart it in the middle of the switch.
+    Returns what is left to do once traffic has switched (Switched.finish)."""
     port = next_port(settings, app)
     slug_version = version if slug_version is None else slug_version
     new = web_program(settings, app.name, version, port, slug_version, app.web_processes,
@@ -354,10 +402,12 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     manager = _manager(settings, app)
     pending = dataclasses.replace(app, live_version=version, live_port=port)
     try:
+        failpoints.reached(settings, "deploy.started")
         check = checks.from_json(app.health_check)
         check_health(settings, settings.app_domain(app.name), port, new.name, supervisor, check,
                      web_state_file(settings, app.name, version, port))
         check_listener(settings, app.name, port)
+        failpoints.reached(settings, "deploy.healthy")
         emit("       Health check passed; switching traffic" if not check.disabled else
              "       Accepting connections (health check disabled); switching traffic")
         # One lock from the front's render to the database row: another app's deploy
@@ -372,9 +422,8 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
                 manager = None
                 _refresh_front(settings, store, supervisor, pending=pending)
             switched = True
-            release.point_current(settings, app.name, slug_version)
-            store.set_live(app, version, port, slug_version)
-            store.set_stopped(app, False)   # a deploy runs the app, stopped or not
+            failpoints.reached(settings, "deploy.switched")
+            record(port)
     except BaseException:
         # Whatever stopped the deploy (a failed check, the client gone, a bug), the new
         # instance goes and the old one keeps serving.
@@ -382,18 +431,13 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
             _switch_back(settings, store, supervisor, manager, app, port)
         set_programs(settings, supervisor, app.name, ([old] if old else []) + workers)
         raise
-    if manager is not None and app.live_port is not None:
-        # Requests already on the old instance finish there before it stops.
-        if not _drained(manager, app.live_port):
-            emit("       The old instance still had requests after "
-                 f"{DRAIN_TIMEOUT:.0f} s; stopping it anyway")
-    else:
-        # A graceful reload lets each front child finish its request on the old
-        # config; give them a moment before the old instance goes away.
-        time.sleep(DRAIN_SECONDS)
-    # The other process types follow the release (a new one starts their backoff afresh).
-    set_programs(settings, supervisor, app.name,
-                 [new, *type_programs(settings, store, app, version, slug_version)])
+    try:
+        release.point_current(settings, app.name, slug_version)
+    except OSError as exc:     # the record says what is live; recovery points it again
+        log.warning("%s: current not pointed at v%d (%s)", app.name, slug_version, exc)
+    failpoints.reached(settings, "deploy.recorded")
+    return Switched(settings, store, supervisor, store.get_app(app.name) or pending, version,
+                    slug_version, new, manager, app.live_port)
 
 
 def _manager(settings: Settings, app: App) -> balancer.BalancerManager | None:
@@ -456,13 +500,32 @@ def _drained(manager: balancer.BalancerManager, port: int) -> bool:
         return False
 
 
-def reconcile(settings: Settings, store: Store, supervisor: Supervisor) -> None:
-    """Make supervisor's app programs and the front match the database."""
+def expected_programs(settings: Settings, store: Store, app: App) -> list[Program]:
+    """The programs the database says the app runs: its live release's web instance and
+    its other process types at their scale (none while stopped)."""
+    live = None if app.stopped else live_program(settings, app)
+    if live is None:
+        return []
+    return [live, *type_programs(settings, store, app, app.live_version or 0, app.live_slug)]
+
+
+def program_differences(settings: Settings, store: Store, app: App,
+                        running_groups: set[str]) -> list[str]:
+    """How supervisor's groups of `app` differ from what the database says (pure but
+    for reading the release's build info)."""
+    expected = {p.name for p in expected_programs(settings, store, app)}
+    mine = {g for g in running_groups if (program_owner(g) or ("", ""))[0] == app.name}
+    return [*(f"{name} should run and does not" for name in sorted(expected - mine)),
+            *(f"{name} runs, but is not the live release's" for name in sorted(mine - expected))]
+
+
+def reconcile(settings: Settings, store: Store, supervisor: Supervisor,
+              only: str | None = None) -> None:
+    """Make supervisor's app programs (every app's, or `only` this one's) and the front
+    match the database; the front is reloaded if its config changed."""
     with locks.host_lock(settings):
         for app in store.list_apps():
-            live = None if app.stopped else live_program(settings, app)
-            programs = [live, *type_programs(settings, store, app, app.live_version or 0,
-                                             app.live_slug)] if live else []
-            _install_programs(settings, app.name, programs)
+            if only is None or app.name == only:
+                _install_programs(settings, app.name, expected_programs(settings, store, app))
         supervisor.apply()
         _refresh_front(settings, store, supervisor)

@@ -20,7 +20,7 @@ from opus_paas.access import Actor
 from opus_paas.build import release
 from opus_paas.build.buildpack import Emit
 from opus_paas.errors import NotFound, UsageError
-from opus_paas.run import deploy
+from opus_paas.run import deploy, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
@@ -94,8 +94,12 @@ def _live(store: Store, app: App) -> App:
 
 def _run_live(settings: Settings, store: Store, app: App, emit: Emit,
               running: App | None = None) -> None:
-    deploy.deploy(settings, store, Supervisor(settings), app, app.live_version or 0, emit,
-                  slug_version=app.live_slug, running=running)
+    """A new instance of the live release (no new release), switched like a deploy."""
+    version = app.live_version or 0
+    deploy.deploy(settings, store, Supervisor(settings), app, version, emit,
+                  slug_version=app.live_slug, running=running,
+                  record=lambda port: store.set_live(app, version, port, app.live_slug),
+                  ).finish(emit)
 
 
 def restart(settings: Settings, store: Store, actor: Actor, name: str, emit: Emit,
@@ -104,6 +108,7 @@ def restart(settings: Settings, store: Store, actor: Actor, name: str, emit: Emi
     that process type's processes."""
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
+        recovery.settle(settings, store, app, emit)
         app = _live(store, app)
         if kind is None or kind == "web":
             _run_live(settings, store, app, emit)
@@ -141,6 +146,7 @@ def start(settings: Settings, store: Store, actor: Actor, name: str, emit: Emit,
     """Start a stopped app (or process type); False if it was running already."""
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
+        recovery.settle(settings, store, app, emit)
         app = _live(store, app)
         if kind is not None and kind != "web":
             _known_type(settings, app, kind)
@@ -197,7 +203,7 @@ def scale(settings: Settings, store: Store, actor: Actor, name: str, counts: dic
             raise UsageError(f"{kind} takes {low} to {limit} processes{hint}")
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
-        app = access.fresh(store, app)
+        app = recovery.settle(settings, store, app, emit)
         web = counts.get("web")
         others = {k: v for k, v in counts.items() if k != "web"}
         if others:
@@ -236,7 +242,7 @@ def set_web(settings: Settings, store: Store, actor: Actor, name: str, pairs: li
     threads = int(pairs[0].partition("=")[2])
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
-        app = access.fresh(store, app)
+        app = recovery.settle(settings, store, app, emit)
         if _runs_own_web_command(settings, app):
             raise UsageError(f"{app.name}'s web runs its Procfile command as written; set its "
                              "threads with that server's own option")

@@ -6,6 +6,7 @@ rejects the push and leaves the live release untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import threading
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from dulwich.repo import Repo
 
-from opus_paas import privileged, redact
+from opus_paas import failpoints, privileged, redact
 from opus_paas.build import buildpack, release
 from opus_paas.build.buildpack import Emit
 from opus_paas.data import backups
@@ -23,7 +24,7 @@ from opus_paas.errors import BuildFailed, OpusError, UsageError
 from opus_paas.run import deploy
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
-from opus_paas.store import App, Store, User
+from opus_paas.store import App, Release, Store, User
 
 
 def new_app_config() -> dict[str, str]:
@@ -68,9 +69,41 @@ def create_app(settings: Settings, store: Store, name: str, owner: User) -> App:
     return app
 
 
+@dataclasses.dataclass(frozen=True)
+class BranchMove:
+    """The move of the deploy branch a push makes once its release is live."""
+
+    ref: str                       # refs/heads/<branch>
+    previous: str                  # its commit before the push (40 zeros: a new branch)
+    move: Callable[[], bool]       # compare-and-swap; False when it moved meanwhile
+
+
+@dataclasses.dataclass
+class Deployed:
+    """A release that serves: what is left of its deploy (Switched.finish) and how the
+    branch move went."""
+
+    version: int
+    switched: deploy.Switched
+    log_path: Path
+    branch_moved: bool | None = None     # None: no branch to move
+
+    def finish(self, emit: Emit | None = None) -> None:
+        """Drain and stop the old instance; lines go to `emit` and the build log."""
+        with self.log_path.open("a", encoding="utf-8") as log:
+            def both(line: str) -> None:
+                log.write(line + "\n")
+                if emit is not None:
+                    emit(line)
+            self.switched.finish(both)
+
+
 def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: bytes,
-                  emit: Emit, *, cancelled: threading.Event | None = None) -> int:
-    """Build `sha` and bring it live; return the new release version.
+                  emit: Emit, *, cancelled: threading.Event | None = None,
+                  branch: BranchMove | None = None) -> Deployed:
+    """Build `sha` and bring it live, recording each step in the order of record (see
+    docs/design-notes.md); `branch` moves once the release is recorded live. Returns
+    the release, whose old instance is still to be drained (Deployed.finish).
 
     Setting `cancelled` (the client hung up) stops the build and anything before the
     switch; the caller holds the app's deploy lock.
@@ -114,9 +147,8 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
                                             emit_and_log, cancelled)
             if cancelled.is_set():
                 raise BuildFailed("cancelled: the client disconnected before the switch")
-            deploy.deploy(settings, store, Supervisor(settings), app, version, emit_and_log)
-            store.add_release(app, version, sha.decode(), f"Deploy {sha.decode()[:7]}",
-                              config=config)
+            deployed = _release_live(settings, store, app, version, sha.decode(), config,
+                                     branch, log_path, emit_and_log)
             emit_and_log(f"-----> Released v{version} in {time.monotonic() - started:.1f} s")
             emit_and_log(f"       http://{settings.app_domain(app.name)}:{settings.http_port}/")
             ok = True
@@ -131,7 +163,58 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             if not ok and (now is None or now.live_version != version):
                 # A live slug is never removed, whatever failed after the switch.
                 privileged.remove_release(settings, app.name, version)
-    return version
+    return deployed
+
+
+def _release_live(settings: Settings, store: Store, app: App, version: int, sha: str,
+                  config: dict[str, str], branch: BranchMove | None, log_path: Path,
+                  emit: Emit) -> Deployed:
+    """Pending, switched and recorded live, then the branch moved and released: each
+    step durable before the next (a stop anywhere leaves a state recovery can end)."""
+    store.begin_release(app, version, sha, f"Deploy {sha[:7]}", config=config,
+                        ref=branch.ref if branch else None,
+                        previous_sha=branch.previous if branch else None)
+    try:
+        switched = deploy.deploy(settings, store, Supervisor(settings), app, version, emit,
+                                 record=lambda port: store.release_went_live(app, version,
+                                                                             port))
+    except BaseException:
+        store.forget_release(app, version)     # (only while it is still pending)
+        raise
+    deployed = Deployed(version, switched, log_path)
+    note = ""
+    if branch is not None:
+        deployed.branch_moved = branch.move()
+        failpoints.reached(settings, "push.ref_moved")
+        if not deployed.branch_moved:
+            note = f"{branch.ref} had moved meanwhile; it was left as it was"
+            emit(f" !     v{version} is live, but {note}")
+    store.end_release(app, version, "released", note)
+    return deployed
+
+
+def rebuild(settings: Settings, store: Store, app: App, live: Release, emit: Emit) -> None:
+    """Build the live release's commit again into its slug, which went missing, with its
+    config (no release command: that ran when the release was made), and write its
+    config snapshot again. The caller holds the app's lock."""
+    slug_version = live.slug_version
+    slug = release.slug_dir(settings, app.name, slug_version)
+    if os.path.lexists(slug):
+        privileged.remove_release(settings, app.name, slug_version)
+    repo = Repo(str(repo_path(settings, app.name)))
+    try:
+        for warning in buildpack.export_tree(repo, live.sha.encode(), slug):
+            emit(f" !     {warning}")
+    finally:
+        repo.close()
+    buildpack.run_buildpack(settings, app.name, slug, release.app_dir(settings, app.name),
+                            live.config, emit, threading.Event())
+    info = release.read_build_info(slug)
+    if info is None:
+        raise BuildFailed("the buildpack left no .opus/build.json")
+    env = release.runtime_env(settings, app, slug, live.config, info,
+                              deploy.app_domains(settings, store, app))
+    release.write_env_file(settings, app.name, live.version, env)
 
 
 def _redacting(emit: Emit, settings: Settings, slug: Path) -> Emit:

@@ -16,7 +16,7 @@ from opus_paas.build import release
 from opus_paas.build.buildpack import Emit
 from opus_paas.data import postgres
 from opus_paas.errors import NotFound, OpusError, UsageError
-from opus_paas.run import deploy
+from opus_paas.run import deploy, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Release, Store
@@ -35,17 +35,21 @@ def release_build(settings: Settings, store: Store, app: App, *, slug_version: i
     env = release.runtime_env(settings, app, slug, config, info,
                               deploy.app_domains(settings, store, app))
     release.write_env_file(settings, app.name, version, env)
+    store.begin_release(app, version, sha, description, slug_version=slug_version,
+                        config=config)
     try:
-        deploy.deploy(settings, store, Supervisor(settings), app, version, emit,
-                      slug_version=slug_version)
+        switched = deploy.deploy(settings, store, Supervisor(settings), app, version, emit,
+                                 slug_version=slug_version,
+                                 record=lambda port: store.release_went_live(app, version,
+                                                                             port))
     except BaseException:
+        store.forget_release(app, version)       # (only while it is still pending)
         now = store.get_app(app.name)
         if now is None or now.live_version != version:
             release.env_file(settings, app.name, version).unlink(missing_ok=True)
         raise
-    store.add_release(app, version, sha, description, slug_version=slug_version,
-                      config=config)
     emit(f"-----> Released v{version}")
+    switched.finish(emit)
     return version
 
 
@@ -71,7 +75,7 @@ def change_config(settings: Settings, store: Store, actor: Actor, app_name: str,
                              "environment can carry")
     app = access.app_for(store, actor, app_name)
     with locks.app_lock(settings, app.name, on_wait=_say_waiting(app, emit)):
-        app = access.fresh(store, app)
+        app = recovery.settle(settings, store, app, emit)
         config = {k: v for k, v in store.config(app).items() if k not in removals}
         config.update(updates)
         live = _live_release(store, app)
@@ -80,7 +84,8 @@ def change_config(settings: Settings, store: Store, actor: Actor, app_name: str,
             what = "Set " + ", ".join(updates) if updates else "Unset " + ", ".join(removals)
             version = release_build(settings, store, app, slug_version=live.slug_version,
                                     sha=live.sha, config=config, description=what, emit=emit)
-        store.replace_config(app, config)
+        else:
+            store.replace_config(app, config)    # (a release takes its config live with it)
     return version
 
 
@@ -90,25 +95,28 @@ def rollback(settings: Settings, store: Store, actor: Actor, app_name: str,
     its build and its config."""
     app = access.app_for(store, actor, app_name)
     with locks.app_lock(settings, app.name, on_wait=_say_waiting(app, emit)):
-        app = access.fresh(store, app)
+        app = recovery.settle(settings, store, app, emit)
         if app.live_version is None:
             raise NotFound(f"{app.name} has no release to roll back from; push first")
         if target is None:
-            older = [r for r in store.list_releases(app) if r.version < app.live_version]
+            older = [r for r in store.list_releases(app)
+                     if r.version < app.live_version and r.released]
             if not older:
                 raise NotFound(f"{app.name} has no release before v{app.live_version}")
             chosen: Release | None = older[0]
         else:
             chosen = store.get_release(app, target)
+        if chosen is not None and not chosen.released:
+            why = chosen.note or chosen.state
+            raise UsageError(f"v{target} of {app.name} never went live ({why}); choose "
+                             f"another with `opus releases {app.name}`")
         if chosen is None:
             raise NotFound(f"{app.name} has no release v{target}; `opus releases "
                            f"{app.name}` lists them")
         config = postgres.carry_over(store, app, chosen.config)   # its database stays
-        version = release_build(settings, store, app, slug_version=chosen.slug_version,
-                                sha=chosen.sha, config=config,
-                                description=f"Rollback to v{chosen.version}", emit=emit)
-        store.replace_config(app, config)
-    return version
+        return release_build(settings, store, app, slug_version=chosen.slug_version,
+                             sha=chosen.sha, config=config,
+                             description=f"Rollback to v{chosen.version}", emit=emit)
 
 
 def change_domain(settings: Settings, store: Store, actor: Actor, app_name: str,
@@ -126,7 +134,7 @@ def change_domain(settings: Settings, store: Store, actor: Actor, app_name: str,
                          "give a domain of your own")
     app = access.app_for(store, actor, app_name)
     with locks.app_lock(settings, app.name, on_wait=_say_waiting(app, emit)):
-        app = access.fresh(store, app)
+        app = recovery.settle(settings, store, app, emit)
         if add:
             store.add_domain(app, domain)
         elif not store.remove_domain(app, domain):

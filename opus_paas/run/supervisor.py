@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,15 +131,22 @@ class Supervisor:
         self.conf = settings.supervisor_dir / "supervisord.conf"
         self.conf_d = settings.supervisor_dir / "conf.d"
 
-    def _proxy(self) -> Any:
+    @contextlib.contextmanager
+    def _proxy(self) -> Iterator[Any]:
+        """supervisord's XML-RPC interface, its connection closed after (Opus's servers
+        ask often and live long)."""
         transport = SupervisorTransport(None, None, f"unix://{self.socket}")
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+        try:
+            yield xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+        finally:
+            transport.close()
 
     def is_running(self) -> bool:
         if not self.socket.exists():
             return False
         try:
-            return bool(self._proxy().getState()["statename"] == "RUNNING")
+            with self._proxy() as proxy:
+                return bool(proxy.getState()["statename"] == "RUNNING")
         except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
             return False
 
@@ -167,7 +176,8 @@ class Supervisor:
         pid_file = self.settings.supervisor_dir / "supervisord.pid"
         pid = int(pid_file.read_text()) if pid_file.exists() else None
         try:
-            self._proxy().shutdown()
+            with self._proxy() as proxy:
+                proxy.shutdown()
         except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
             return
         if pid is not None:
@@ -183,13 +193,13 @@ class Supervisor:
 
     def apply(self) -> None:
         """Make the running programs match conf.d: add new ones, stop removed ones."""
-        proxy = self._proxy()
-        added, changed, removed = proxy.reloadConfig()[0]
-        for name in removed + changed:
-            self._stop_group(proxy, name)
-            proxy.removeProcessGroup(name)
-        for name in changed + added:
-            proxy.addProcessGroup(name)
+        with self._proxy() as proxy:
+            added, changed, removed = proxy.reloadConfig()[0]
+            for name in removed + changed:
+                self._stop_group(proxy, name)
+                proxy.removeProcessGroup(name)
+            for name in changed + added:
+                proxy.addProcessGroup(name)
 
     def _stop_group(self, proxy: Any, name: str) -> None:
         try:
@@ -202,7 +212,8 @@ class Supervisor:
         if not self.socket.exists():
             return "ABSENT"     # (and no socket is left open by a failed connect)
         try:
-            return str(self._proxy().getProcessInfo(name)["statename"])
+            with self._proxy() as proxy:
+                return str(proxy.getProcessInfo(name)["statename"])
         except xmlrpc.client.Fault:
             return "ABSENT"
         except (OSError, xmlrpc.client.ProtocolError):   # supervisord is not running
@@ -214,27 +225,29 @@ class Supervisor:
                    f"{name} did not reach RUNNING; see {self.settings.logs_dir}")
 
     def processes(self) -> list[dict[str, Any]]:
-        return list(self._proxy().getAllProcessInfo())
+        with self._proxy() as proxy:
+            return list(proxy.getAllProcessInfo())
 
     def restart_group(self, name: str) -> None:
         """Stop then start every process of program group `name`."""
-        proxy = self._proxy()
-        self._stop_group(proxy, name)
-        proxy.startProcessGroup(name)
+        with self._proxy() as proxy:
+            self._stop_group(proxy, name)
+            proxy.startProcessGroup(name)
 
     def start_program(self, name: str) -> None:
         """Start `name` if it is not running (say, it gave up before its config was
         there)."""
         if self.process_state(name) not in ("RUNNING", "STARTING"):
-            proxy = self._proxy()
-            try:
-                proxy.startProcess(name, False)
-            except xmlrpc.client.Fault as fault:
-                if "ALREADY_STARTED" not in fault.faultString:
-                    raise
+            with self._proxy() as proxy:
+                try:
+                    proxy.startProcess(name, False)
+                except xmlrpc.client.Fault as fault:
+                    if "ALREADY_STARTED" not in fault.faultString:
+                        raise
 
     def signal(self, name: str, sig: str) -> None:
-        self._proxy().signalProcess(name, sig)
+        with self._proxy() as proxy:
+            proxy.signalProcess(name, sig)
 
     @staticmethod
     def _wait(predicate: Any, seconds: float, message: str) -> None:

@@ -23,6 +23,10 @@ import time
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 
+if not __package__:     # run as a script (python -I …/opus_runtime/stamp.py)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from opus_runtime import guard
+
 STABLE_SECONDS = 30.0
 MAX_DELAY = 60.0
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
@@ -62,16 +66,22 @@ def write_state(path: str, **state: Any) -> None:
 
 
 def run(argv: list[str], state_file: str | None = None) -> int:
-    """Run `argv` with its output stamped; signals are passed on to it."""
+    """Run `argv` with its output stamped; signals are passed on to it. Its tree is
+    guarded (opus_runtime.guard): nothing of it outlives it, this wrapper or supervisor."""
     stopping = False
+    escalated = False
     child: subprocess.Popen[bytes] | None = None
+    parent = guard.adopt_orphans()
 
     def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, escalated
         if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             stopping = True
         if child is not None and child.poll() is None:
             child.send_signal(signum)
+        if guard.parent_died(parent) and not escalated:
+            escalated = True
+            guard.kill_all_after(guard.GRACE)
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
@@ -87,12 +97,14 @@ def run(argv: list[str], state_file: str | None = None) -> int:
         if stopping:
             return 0
     started = time.monotonic()
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             preexec_fn=guard.dies_with_parent)
     if state_file:
         write_state(state_file, state="running", pid=child.pid, crashes=crashes)
     assert child.stdout is not None
     relay(child.stdout, sys.stdout.buffer)
     code = child.wait()
+    guard.end_descendants()
     if state_file and not stopping:
         record_crash(state_file, "", code, time.monotonic() - started, crashes)
     return code if code >= 0 else 128 - code

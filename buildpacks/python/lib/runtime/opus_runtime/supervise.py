@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 
+from opus_runtime import guard
 from opus_runtime.bootstrap import process_environment
 from opus_runtime.stamp import record_crash, relay, write_state
 
@@ -34,11 +35,14 @@ def main(argv: list[str]) -> int:
         os.chdir(env["OPUS_APP_ROOT"])
     stopping = threading.Event()
     child: subprocess.Popen[bytes] | None = None
+    parent = guard.adopt_orphans()
 
     def stop(signum: int, _frame: object) -> None:
         stopping.set()
         if child is not None and child.poll() is None:
             child.send_signal(signum)
+        if guard.parent_died(parent):
+            guard.kill_all_after(guard.GRACE)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, stop)
@@ -46,11 +50,13 @@ def main(argv: list[str]) -> int:
     while not stopping.is_set():
         started = time.monotonic()
         child = subprocess.Popen(["/bin/bash", "-c", command], env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 preexec_fn=guard.dies_with_parent)
         write_state(state_file, state="running", pid=child.pid, crashes=crashes)
         assert child.stdout is not None
         relay(child.stdout, sys.stdout.buffer)
         code = child.wait()
+        guard.end_descendants()   # what the process left (a daemonized helper)
         if stopping.is_set():
             break
         crashes, delay = record_crash(state_file, name, code, time.monotonic() - started,
