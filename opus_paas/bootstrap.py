@@ -26,11 +26,12 @@ APT_PACKAGES = [
     "python3", "python3-dev", "python3-venv", "build-essential", "curl",
 ]
 # Load for the zero-downtime tests; a headless browser (and a font) for the dashboard's;
-# sudo for system mode's (the opus user reaches secureops through it); PostgreSQL for
-# the databases' (the operator installs it with POSTGRES_PACKAGES when enabling it).
+# sudo for system mode's (the opus user reaches secureops through it); patchelf for the
+# local Python mirror the interpreter tests package (tests/python_mirror.py); PostgreSQL
+# for the databases' (the operator installs it with POSTGRES_PACKAGES when enabling it).
 POSTGRES_PACKAGES = ["postgresql", "postgresql-client"]
 APT_TEST_PACKAGES: list[str] = ["wrk", "chromium", "chromium-driver", "fonts-dejavu-core",
-                                "sudo", *POSTGRES_PACKAGES]
+                                "sudo", "patchelf", *POSTGRES_PACKAGES]
 
 
 def _missing_apt(packages: list[str]) -> list[str]:

@@ -110,6 +110,25 @@ def host_lock(settings: Settings, timeout: float = 120.0) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def tools_lock(settings: Settings, *, on_wait: Callable[[], None] | None = None,
+               cancelled: threading.Event | None = None) -> Iterator[None]:
+    """Held while Opus fetches an interpreter or builds a wheel into the host's shared
+    tools (long: a download, a compile), so two builds never do the same work at once."""
+    settings.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(settings.locks_dir / "_tools.lock",
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            _acquire(fd, "tools", on_wait, cancelled, settings.build_timeout)
+        except Conflict:
+            raise ServiceError(f"another build fetched an interpreter or built a wheel for "
+                               f"over {settings.build_timeout:.0f} s; push again") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def _acquire(fd: int, app: str, on_wait: Callable[[], None] | None,
              cancelled: threading.Event | None, timeout: float) -> None:
     deadline = time.monotonic() + timeout

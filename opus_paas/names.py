@@ -28,6 +28,12 @@ MAX_REF_LENGTH = 255
 # A count or a release number: ASCII digits only (str.isdigit() also takes "²").
 NUMBER = re.compile(r"[0-9]{1,6}")
 
+# A Python version an operator asks Opus to fetch (3.13, or 3.13.1 exactly), and an
+# interpreter Opus fetched, as uv names its installations (cpython-3.13.0-linux-x86_64-gnu).
+PYTHON_VERSION = re.compile(r"3\.([0-9]{1,2})(?:\.[0-9]{1,3})?")
+PYTHON_INSTALL = re.compile(r"cpython-3\.[0-9]{1,2}\.[0-9]{1,3}(?:(?:a|b|rc)[0-9]{1,2})?"
+                            r"(?:\+[a-z]{1,16})?-linux-[a-z0-9_]{1,16}-[a-z]{3,12}")
+
 # Names that would collide with Opus's own programs or hostnames.
 RESERVED_APP_NAMES = frozenset({"opus", "www", "git", "ssh", "front", "supervisor"})
 

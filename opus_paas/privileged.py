@@ -70,7 +70,8 @@ def embedded_layout(settings: Settings) -> Layout:
                   front=settings.front_dir, logs=settings.logs_dir,
                   log=settings.logs_dir / "secureops.log",
                   front_group=grp.getgrgid(gid).gr_name, shared_user=run_user or "",
-                  apache_bin=settings.apache_bin, apache_modules=settings.apache_modules)
+                  apache_bin=settings.apache_bin, apache_modules=settings.apache_modules,
+                  pythons=settings.managed_pythons_dir, wheels=settings.wheelhouse_dir)
 
 
 def secureops(settings: Settings, verb: str, app: str | None = None,
@@ -128,6 +129,25 @@ def install_programs(settings: Settings, app: str, programs: list[dict[str, Any]
 def install_front(settings: Settings, spec: dict[str, Any]) -> None:
     """Render, test and install the front's whole config (secureops's front-install)."""
     secureops(settings, "front-install", None, spec)
+
+
+def install_python(settings: Settings, name: str) -> None:
+    """Copy the interpreter Opus staged (staging/pythons/NAME) to where builds find it,
+    root's and world-readable in system mode."""
+    secureops(settings, "python-install", None, {"name": name})
+
+
+def remove_python(settings: Settings, name: str) -> None:
+    secureops(settings, "python-remove", None, {"name": name})
+
+
+def install_wheels(settings: Settings, key: str) -> None:
+    """Copy the wheels Opus staged (staging/wheels/KEY) into the wheelhouse."""
+    secureops(settings, "wheels-install", None, {"key": key})
+
+
+def remove_wheels(settings: Settings, key: str) -> None:
+    secureops(settings, "wheels-remove", None, {"key": key})
 
 
 def _switch_to(settings: Settings) -> tuple[int, int] | None:

@@ -23,6 +23,10 @@ from opus_paas.errors import UsageError
 SYSTEM_CONFIG_DIR = Path("/etc/opus")
 SYSTEM_LOGS_DIR = Path("/var/log/opus")
 SECUREOPS = Path("/usr/local/sbin/opus-secureops")
+# System mode: the interpreters Opus fetched and the wheels built against them, root's
+# (secureops installs them) and readable by every app's user.
+SYSTEM_PYTHONS_DIR = Path("/usr/local/lib/opus/pythons")
+SYSTEM_WHEELS_DIR = Path("/usr/local/lib/opus/wheels")
 
 
 def _default_home(euid: int) -> Path:
@@ -57,11 +61,20 @@ class Settings:
     # Each app owns two loopback ports (blue/green): base + 2*id and base + 2*id + 1.
     app_port_base: int = 20000
     cache_dir: Path | None = None
+    # Embedded mode: where the wheels built once per interpreter (mod_wsgi) are kept
+    # (system mode: /usr/local/lib/opus/wheels, root's). Several Opus homes may share one.
+    wheels_dir: Path | None = None
     # Interpreter for app virtualenvs when the app names no version; empty: the newest.
     python: str = ""
     # More interpreters builds may choose from (":"-separated absolute paths), besides
     # Debian's /usr/bin/python3.X and pyenv versions under /opt/pyenv or /usr/local/pyenv.
     pythons: str = ""
+    # Where Opus fetches a Python an app asks for and the host lacks (uv python install):
+    # a mirror of python-build-standalone's releases (checked against uv's own checksums),
+    # and/or a list of downloads in uv's JSON format, each with its sha256 (for builds uv
+    # does not know). Empty: uv's defaults.
+    python_mirror: str = ""
+    python_downloads: str = ""
     # The Unix user that app code runs as; empty: the invoking user, or
     # "nobody" when Opus runs as root (Apache will not serve as root).
     run_user: str = ""
@@ -149,6 +162,23 @@ class Settings:
         return self.cache_dir if self.cache_dir is not None else self.home / "cache"
 
     @property
+    def managed_pythons_dir(self) -> Path:
+        """The interpreters Opus fetched (python-build-standalone installations)."""
+        return SYSTEM_PYTHONS_DIR if self.system else self.home / "pythons"
+
+    @property
+    def wheelhouse_dir(self) -> Path:
+        """Wheels built once per interpreter (mod_wsgi), which builds install from."""
+        if self.system:
+            return SYSTEM_WHEELS_DIR
+        return self.wheels_dir if self.wheels_dir is not None else self.home / "wheels"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where Opus prepares an interpreter or a wheel before secureops installs it."""
+        return self.home / "staging"
+
+    @property
     def locks_dir(self) -> Path:
         return self.home / "locks"
 
@@ -189,7 +219,7 @@ _INT_FIELDS = {"ssh_port", "http_port", "dashboard_port", "app_port_base", "keep
                "ssh_max_connections"}
 _FLOAT_FIELDS = {"health_timeout", "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
                  "ssh_idle_timeout", "ssh_session_timeout"}
-_PATH_FIELDS = {"cache_dir"}
+_PATH_FIELDS = {"cache_dir", "wheels_dir"}
 _FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"home", "network_env"}
 NETWORK_VARS = (
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
@@ -201,10 +231,18 @@ _CHOICES = {"app_creators": ("all", "admins"), "public_scheme": ("http", "https"
             "mode": ("embedded", "system")}
 
 
+_URL_FIELDS = {"python_mirror": ("http://", "https://", "file://"),
+               "python_downloads": ("http://", "https://", "file://", "/")}
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     if name in _CHOICES and str(value) not in _CHOICES[name]:
         raise UsageError(f"{source}: {name} = {value!r} is not valid; use one of "
                          f"{', '.join(_CHOICES[name])}")
+    if name in _URL_FIELDS and value and not (str(value).startswith(_URL_FIELDS[name]) and
+                                    str(value).isprintable() and " " not in str(value)):
+        raise UsageError(f"{source}: {name} = {value!r} is not valid; give a URL starting "
+                         f"with {' or '.join(_URL_FIELDS[name])}")
     try:
         if name in _INT_FIELDS:
             return int(value)

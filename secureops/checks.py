@@ -21,6 +21,13 @@ RESERVED = frozenset({"opus", "www", "git", "ssh", "front", "supervisor"})
 FORBIDDEN_ENV = re.compile(r"LD_.*|PYTHONHOME|PYTHONSTARTUP|PYTHONINSPECT|BASH_ENV|ENV|"
                            r"PERL5OPT|PERL5LIB|RUBYOPT|NODE_OPTIONS|GCONV_PATH|IFS")
 SIGNALS = frozenset({"TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2"})
+# An interpreter Opus fetched, named as uv names its installations
+# (cpython-3.13.0-linux-x86_64-gnu), and the wheelhouse directory of one interpreter.
+PYTHON_NAME = re.compile(r"cpython-3\.[0-9]{1,2}\.[0-9]{1,3}(?:(?:a|b|rc)[0-9]{1,2})?"
+                         r"(?:\+[a-z]{1,16})?-linux-[a-z0-9_]{1,16}-[a-z]{3,12}")
+WHEELHOUSE_KEY = re.compile(r"cp3[0-9]{1,2}-[0-9a-f]{16}")
+WHEEL_FILE = re.compile(r"[A-Za-z0-9_]{1,64}-[A-Za-z0-9_.!+]{1,64}(?:-[0-9][A-Za-z0-9_]*)?"
+                        r"-[A-Za-z0-9_.]{1,64}-[A-Za-z0-9_.]{1,64}-[A-Za-z0-9_.]{1,128}\.whl")
 MAX_ARG = 8192
 MAX_VALUE = 32 * 1024     # a config var passed to a step (a PEM key, say)
 MAX_ARGS = 256
@@ -175,3 +182,21 @@ def run(layout: Layout, app: str, spec: Any) -> RunSpec:
         raise Denied("argv[0] must be an absolute path without '..'")
     return RunSpec(command, inside(layout, app, body["cwd"], "", "cwd"),
                    environment(body["env"], "env", lines=True))
+
+
+def python_name(spec: Any) -> str:
+    """The interpreter named in {"name": NAME}."""
+    body = _exactly(spec, {"name"}, set(), "the spec")
+    name = _text(body["name"], "name", 100)
+    if not PYTHON_NAME.fullmatch(name):
+        raise Denied(f"{name!r} is not an interpreter's name (cpython-3.X.Y-linux-ARCH-LIBC)")
+    return name
+
+
+def wheelhouse_key(spec: Any) -> str:
+    """The wheelhouse directory named in {"key": KEY}."""
+    body = _exactly(spec, {"key"}, set(), "the spec")
+    key = _text(body["key"], "key", 100)
+    if not WHEELHOUSE_KEY.fullmatch(key):
+        raise Denied(f"{key!r} is not a wheelhouse key (cp3XY- and 16 hex digits)")
+    return key

@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from secureops import audit, checks, verbs
+from secureops import audit, checks, tools, verbs
 from secureops.layout import DEFAULT_CONFIG, Denied, Layout, load
 
 MAX_SPEC = 1 << 20     # a step's environment carries the app's config
 DENIED = 77        # EX_NOPERM: distinct from any status a step is likely to give
 FAILED = 70        # EX_SOFTWARE
 ELEVATORS = ("SUDO_UID", "DOAS_USER", "PKEXEC_UID")
+TABLE = {**verbs.TABLE, **tools.TABLE}
 
 
 def caller() -> str:
@@ -65,10 +66,10 @@ def request(layout: Layout, argv: list[str], stdin: Any, who: str, *,
     verb = argv[0] if argv else ""
     app = argv[1] if len(argv) > 1 else ""
     try:
-        entry = verbs.TABLE.get(verb)
+        entry = TABLE.get(verb)
         if entry is None or len(argv) != 1 + entry.takes_app:
-            raise Denied(f"usage: secureops VERB APP (front-install: no APP), VERB one of "
-                         f"{', '.join(verbs.TABLE)}")
+            raise Denied(f"usage: secureops VERB APP (front-install, python-*, wheels-*: no "
+                         f"APP), VERB one of {', '.join(TABLE)}")
         if entry.takes_app:
             checks.app_name(app)
         spec = _read_spec(stdin) if entry.takes_spec else None

@@ -4,7 +4,9 @@
     {"home": "/var/lib/opus", "conf_d": "/etc/opus/supervisor/conf.d",
      "front": "/etc/opus/front", "logs": "/var/log/opus",
      "front_user": "opus-front", "front_group": "opus-front", "opus_group": "opus",
-     "log": "/var/log/opus/secureops.log"}
+     "log": "/var/log/opus/secureops.log",
+     "pythons": "/usr/local/lib/opus/pythons", "wheels": "/usr/local/lib/opus/wheels"}
+(the last two are optional: those are their defaults.)
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ USER_PREFIX = "opus-"
 PATH_KEYS = {"home", "conf_d", "front", "logs", "log"}
 NAME_KEYS = {"front_user", "front_group", "opus_group"}
 KEYS = PATH_KEYS | NAME_KEYS
+# The interpreters Opus fetched and the wheels built against them: read by every app's
+# user, written by root alone.
+OPTIONAL_PATH_KEYS = {"pythons", "wheels"}
+PYTHONS = Path("/usr/local/lib/opus/pythons")
+WHEELS = Path("/usr/local/lib/opus/wheels")
 APACHE_BIN = "/usr/sbin/apache2"
 APACHE_MODULES = "/usr/lib/apache2/modules"
 
@@ -42,6 +49,13 @@ class Layout:
     shared_user: str = ""
     apache_bin: str = APACHE_BIN
     apache_modules: str = APACHE_MODULES
+    pythons: Path = PYTHONS      # interpreters Opus fetched, one directory each
+    wheels: Path = WHEELS        # wheels built against them, one directory per interpreter
+
+    @property
+    def staging(self) -> Path:
+        """Where Opus prepares what the verbs above install (its own, in its home)."""
+        return self.home / "staging"
 
     @property
     def apps(self) -> Path:
@@ -74,12 +88,15 @@ def load(path: Path, *, must_be_root_owned: bool) -> Layout:
         data = json.loads(raw)
     except ValueError:
         raise Denied(f"the config {path} is not JSON") from None
-    if not isinstance(data, dict) or set(data) != KEYS or \
+    if not isinstance(data, dict) or not KEYS <= set(data) <= KEYS | OPTIONAL_PATH_KEYS or \
             not all(isinstance(v, str) for v in data.values()):
-        raise Denied(f"the config {path} must hold exactly {sorted(KEYS)}, as strings")
-    paths = {key: Path(data[key]) for key in PATH_KEYS}
+        raise Denied(f"the config {path} must hold exactly {sorted(KEYS)} (and optionally "
+                     f"{sorted(OPTIONAL_PATH_KEYS)}), as strings")
+    paths = {key: Path(data[key]) for key in (PATH_KEYS | OPTIONAL_PATH_KEYS) & set(data)}
     if not all(p.is_absolute() and ".." not in p.parts for p in paths.values()):
-        raise Denied(f"{sorted(PATH_KEYS)} in the config must be absolute paths without '..'")
+        raise Denied(f"{sorted(PATH_KEYS | OPTIONAL_PATH_KEYS)} in the config must be "
+                     "absolute paths without '..'")
     return Layout(home=paths["home"], conf_d=paths["conf_d"], front=paths["front"],
                   logs=paths["logs"], log=paths["log"], front_group=data["front_group"],
-                  front_user=data["front_user"], opus_group=data["opus_group"])
+                  front_user=data["front_user"], opus_group=data["opus_group"],
+                  pythons=paths.get("pythons", PYTHONS), wheels=paths.get("wheels", WHEELS))

@@ -170,6 +170,8 @@ def start_opus(*, under: Path | None = None, **extra_env: str) -> Opus:
         "OPUS_DASHBOARD_PORT": str(free_port()),
         "OPUS_APP_PORT_BASE": str(free_port_block(400)),   # two per app, 200 apps
         "OPUS_CACHE_DIR": str(shared_cache_dir()),
+        # mod_wsgi's wheels, built once per interpreter (path) for every test Opus.
+        "OPUS_WHEELS_DIR": str(shared_cache_dir() / "wheels"),
         # Short, so the failing-health-check scenario stays quick; instances here are
         # ready in about 0.5 s.
         "OPUS_HEALTH_TIMEOUT": "8",

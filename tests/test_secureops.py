@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,7 @@ def web_program(layout: Layout, app: str, **changes: Any) -> dict[str, Any]:
 
 APP = "shop"
 LONG = "a" * 31
+PYTHON = "cpython-3.13.0-linux-x86_64-gnu"
 
 
 def hostile_requests(layout: Layout) -> list[tuple[list[str], Any, str]]:
@@ -218,6 +219,19 @@ def hostile_requests(layout: Layout) -> list[tuple[list[str], Any, str]]:
         (["front-install"], front_spec(sites=[site(port=20005)]), "one of its members"),
         (["front-install"], front_spec(sites=[site(port=80, members=[80])]), "whole number"),
         (["front-install"], front_spec(sites=[site(user="root")]), "unknown keys"),
+        # interpreters and wheels: a name or a key, never a path
+        (["python-install"], {"name": "../../etc"}, "not an interpreter's name"),
+        (["python-install"], {"name": f"{PYTHON}/../../etc"}, "not an interpreter's name"),
+        (["python-install"], {"name": f"{PYTHON}\n"}, "one line of text"),
+        (["python-install"], {"name": PYTHON, "from": "/etc"}, "unknown keys"),
+        (["python-install"], [PYTHON], "must be a JSON object"),
+        (["python-install", APP], {"name": PYTHON}, "usage"),
+        (["python-install"], {"name": "cpython-3.12.9-linux-x86_64-gnu"}, "nothing is staged"),
+        (["python-remove"], {"name": "/usr"}, "not an interpreter's name"),
+        (["python-remove"], {"name": 3}, "one line of text"),
+        (["wheels-install"], {"key": "cp313-../../../etc"}, "not a wheelhouse key"),
+        (["wheels-install"], {"key": "cp313-0123456789ABCDEF"}, "not a wheelhouse key"),
+        (["wheels-remove"], {"key": ""}, "not a wheelhouse key"),
     ]
 
 
@@ -641,3 +655,150 @@ def test_an_app_name_too_long_for_a_unix_user_is_refused(home: tuple[Layout, Pat
     _layout, config = home
     result = call(config, "user-create", "a" * 28)
     assert result.returncode == cli.DENIED and "longer than a Unix user name" in result.stderr
+
+
+# ---- interpreters and wheels: copied in whole, plain, or not at all ----------------------
+
+@pytest.fixture()
+def tools_home(home: tuple[Layout, Path]) -> tuple[Layout, Path]:
+    """`home` whose config puts the interpreters and wheels under its own base (root's)."""
+    layout, config = home
+    if os.geteuid() != 0:
+        message = "secureops installs root-owned copies as root (CI runs as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    lib = layout.home.parent / "lib"
+    lib.mkdir(mode=0o755)
+    data = json.loads(config.read_text())
+    data.update(pythons=str(lib / "pythons"), wheels=str(lib / "wheels"))
+    config.write_text(json.dumps(data))
+    return Layout(**{**layout.__dict__, "pythons": lib / "pythons", "wheels": lib / "wheels"}), \
+        config
+
+
+def stage_python(layout: Layout, name: str = PYTHON) -> Path:
+    """A small interpreter-shaped tree in Opus's staging, as uv would leave one (plus a
+    set-user-ID bit and a world-writable file a careless or hostile stager left)."""
+    top = layout.staging / "pythons" / name
+    (top / "bin").mkdir(parents=True)
+    (top / "lib" / "python3.13").mkdir(parents=True)
+    (top / "bin" / "python3.13").write_text("#!/bin/sh\necho python\n")
+    (top / "bin" / "python3.13").chmod(0o4755)
+    (top / "bin" / "python3").symlink_to("python3.13")
+    (top / "lib" / "python3.13" / "os.py").write_text("# os\n")
+    (top / "lib" / "python3.13" / "os.py").chmod(0o666)
+    (top / "lib" / "libpython3.13.so").write_bytes(b"\x7fELF" + b"\0" * 4096)
+    (top / "lib" / "libpython3.13.so").chmod(0o600)
+    return top
+
+
+def test_an_interpreter_is_copied_root_owned_and_plain(
+        tools_home: tuple[Layout, Path]) -> None:
+    layout, config = tools_home
+    stage_python(layout)
+    result = call(config, "python-install", spec={"name": PYTHON})
+    assert result.returncode == 0, result.stderr
+    installed = layout.pythons / PYTHON
+    modes = {str(p.relative_to(installed)): stat.S_IMODE(p.lstat().st_mode)
+             for p in installed.rglob("*") if not p.is_symlink()}
+    assert modes == {"bin": 0o755, "bin/python3.13": 0o755, "lib": 0o755,
+                     "lib/python3.13": 0o755, "lib/python3.13/os.py": 0o644,
+                     "lib/libpython3.13.so": 0o644}
+    assert os.readlink(installed / "bin" / "python3") == "python3.13"
+    staged_source = layout.staging / "pythons" / PYTHON / "lib" / "python3.13" / "os.py"
+    assert (installed / "lib" / "python3.13" / "os.py").stat().st_mtime_ns == \
+        staged_source.stat().st_mtime_ns      # bytecode is checked against it
+    assert all(p.lstat().st_uid == 0 for p in [layout.pythons, installed, *installed.rglob("*")])
+    assert stat.S_IMODE(layout.pythons.stat().st_mode) == 0o755
+    # What the stager changes afterwards does not reach the installed copy.
+    (layout.staging / "pythons" / PYTHON / "lib" / "python3.13" / "os.py").write_text("evil")
+    assert (installed / "lib" / "python3.13" / "os.py").read_text() == "# os\n"
+    again = call(config, "python-install", spec={"name": PYTHON})
+    assert again.returncode == cli.DENIED and "installed already" in again.stderr
+    assert call(config, "python-remove", spec={"name": PYTHON}).returncode == 0
+    assert not installed.exists()
+    assert call(config, "python-remove", spec={"name": PYTHON}).returncode == 0   # gone: done
+
+
+def hostile_trees(top: Path) -> list[tuple[str, Callable[[], None]]]:
+    def link_out() -> None:
+        (top / "lib" / "escape").symlink_to("../../../../../../etc")
+
+    def link_through_a_link() -> None:
+        (top / "bin" / "up").symlink_to("..")
+        (top / "bin" / "out").symlink_to("up/../..")
+
+    def absolute_link() -> None:
+        (top / "bin" / "python3").unlink()
+        (top / "bin" / "python3").symlink_to("/tmp/planted-python")
+
+    def fifo() -> None:
+        os.mkfifo(top / "lib" / "pipe")
+
+    def someone_elses_file() -> None:
+        os.chown(top / "lib" / "python3.13" / "os.py", pwd.getpwnam("nobody").pw_uid, -1)
+
+    def not_an_interpreter() -> None:
+        (top / "bin" / "python3").unlink()
+
+    def staged_as_a_link() -> None:
+        real = top.parent / "elsewhere"
+        top.rename(real)
+        top.symlink_to(real)
+
+    return [("leads out of the tree", link_out), ("leads out of the tree", link_through_a_link),
+            ("leads out of the tree", absolute_link),
+            ("a device, FIFO or socket", fifo),
+            ("not the Opus home owner's", someone_elses_file),
+            ("has no bin/python3", not_an_interpreter),
+            ("not a plain directory", staged_as_a_link)]
+
+
+def test_a_hostile_staged_interpreter_is_refused_whole(tools_home: tuple[Layout, Path]) -> None:
+    layout, config = tools_home
+    for said, spoil in hostile_trees(layout.staging / "pythons" / PYTHON):
+        top = stage_python(layout)
+        spoil()
+        result = call(config, "python-install", spec={"name": PYTHON})
+        assert result.returncode == cli.DENIED and said in result.stderr, (said, result.stderr)
+        assert not layout.pythons.exists() or list(layout.pythons.iterdir()) == [], said
+        shutil.rmtree(top.parent)
+        assert log_lines(layout)[-1]["outcome"] == "deny"
+
+
+def test_wheels_are_copied_one_whole_file_each(tools_home: tuple[Layout, Path]) -> None:
+    layout, config = tools_home
+    key = "cp313-0123456789abcdef"
+    wheel = "mod_wsgi-6.1.1-cp313-cp313-linux_x86_64.whl"
+    staged = layout.staging / "wheels" / key
+    staged.mkdir(parents=True)
+    (staged / wheel).write_bytes(b"PK" + b"\0" * 100)
+    (staged / wheel).chmod(0o4777)
+    assert call(config, "wheels-install", spec={"key": key}).returncode == 0
+    installed = layout.wheels / key / wheel
+    assert installed.read_bytes() == b"PK" + b"\0" * 100
+    assert stat.S_IMODE(installed.stat().st_mode) == 0o644 and installed.stat().st_uid == 0
+    assert stat.S_IMODE((layout.wheels / key).stat().st_mode) == 0o755
+    makers: list[tuple[str, Callable[[Path], object]]] = [
+        ("install.sh", lambda p: p.write_text("id")), ("sub.whl", lambda p: p.mkdir()),
+        (f"{wheel[:-4]}-link.whl", lambda p: p.symlink_to("/etc/shadow"))]
+    for name, make in makers:
+        make(staged / name)
+        result = call(config, "wheels-install", spec={"key": key})
+        assert result.returncode == cli.DENIED and "not a wheel file" in result.stderr, name
+        assert sorted(p.name for p in (layout.wheels / key).iterdir()) == [wheel]
+        target = staged / name
+        shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+    assert call(config, "wheels-remove", spec={"key": key}).returncode == 0
+    assert not (layout.wheels / key).exists()
+
+
+def test_same_user_mode_copies_for_the_caller(tools_home: tuple[Layout, Path]) -> None:
+    import io
+    layout, _config = tools_home
+    stage_python(layout)
+    assert cli.handle(layout, ["python-install"], io.StringIO(json.dumps({"name": PYTHON})),
+                      "test", same_user=True) == 0
+    installed = layout.pythons / PYTHON / "bin" / "python3.13"
+    assert stat.S_IMODE(installed.stat().st_mode) == 0o755

@@ -3,7 +3,9 @@ pushed over SSH, each built and served as its own Unix user; from inside one app
 nothing of the other's (source, data, env, logs, SQLite, processes) or of Opus's own
 state is reachable; the opus user reaches root only through secureops, which refuses
 what it must; `opus apps:destroy` removes an app's user; `opus uninstall --system
---purge` leaves nothing behind.
+--purge` leaves nothing behind. Both apps ask for Python 3.13, which the host lacks: the
+first push fetches it (from a local mirror) and builds mod_wsgi for it, once, root-owned
+where both apps' users run it and neither can change it.
 
 The installation uses the fixed system paths (/etc/opus, /var/log/opus,
 /usr/local/lib/opus, /usr/local/sbin/opus-secureops, /etc/sudoers.d/opus), so it
@@ -32,9 +34,11 @@ from pathlib import Path
 import pytest
 
 from opus_paas.run import deploy
+from tests import python_mirror
 from tests import system_opus as system_opus_module
 from tests.conftest import (
     SshKey,
+    commit_all,
     git,
     make_django_project,
     make_key,
@@ -56,7 +60,13 @@ def as_user(user: str, *argv: str, input: str | None = None
 
 
 @pytest.fixture(scope="module")
-def system_opus() -> Iterator[SystemOpus]:
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[python_mirror.Mirror]:
+    with python_mirror.serve(tmp_path_factory.mktemp("mirror")) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def system_opus(mirror: python_mirror.Mirror) -> Iterator[SystemOpus]:
     if os.geteuid() != 0:
         message = "system mode installs as root (CI runs as root)"
         if os.environ.get("CI") == "true":
@@ -68,7 +78,7 @@ def system_opus() -> Iterator[SystemOpus]:
     if present is not None:
         pytest.fail(f"Opus is installed on this machine already ({present}); the system "
                     "mode test installs its own and would overwrite it")
-    opus = system_opus_module.install(health_timeout="30")
+    opus = system_opus_module.install(health_timeout="30", python_downloads=mirror.downloads)
     try:
         yield opus
     finally:
@@ -83,16 +93,26 @@ def key(system_opus: SystemOpus, tmp_path_factory: pytest.TempPathFactory) -> Ss
 
 
 @pytest.fixture(scope="module")
-def two_apps(system_opus: SystemOpus, key: SshKey,
+def first_pushes() -> dict[str, str]:
+    """Each app's first push: its output (filled in by two_apps)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def two_apps(system_opus: SystemOpus, key: SshKey, first_pushes: dict[str, str],
              tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """Apps A and B, each pushed once (a visit recorded in each one's SQLite)."""
+    """Apps A and B, each asking for Python 3.13 and pushed once (a visit recorded in
+    each one's SQLite)."""
     names = (f"a{secrets.token_hex(3)}", f"b{secrets.token_hex(3)}")
     for name in names:
         project = make_django_project(tmp_path_factory.mktemp("system-src") / name,
                                       greeting=f"Hello from {name}")
+        (project / ".python-version").write_text("3.13\n")
+        commit_all(project, "ask for Python 3.13")
         git(project, "remote", "add", "opus",
             f"ssh://git@127.0.0.1:{system_opus.ssh_port}/{name}.git")
         output = push_main(project, system_opus, key)    # type: ignore[arg-type]
+        first_pushes[name] = output
         assert "Released v1" in output, output
         status, body = system_opus.get(name)
         assert status == 200 and f"Hello from {name}" in body, body
@@ -228,6 +248,50 @@ def test_one_app_reaches_nothing_of_another_or_of_opus(system_opus: SystemOpus,
     assert system_opus.get(b)[0] == 200
 
 
+def test_the_python_both_apps_ask_for_is_fetched_and_built_for_once(
+        system_opus: SystemOpus, two_apps: tuple[str, str],
+        first_pushes: dict[str, str]) -> None:
+    a, b = two_apps
+    first, second = first_pushes[a], first_pushes[b]
+    assert "-----> Fetching Python 3.13: .python-version asks for it" in first, first
+    assert "-----> Building mod_wsgi==6.1.1 for Python 3.13.0" in first, first
+    for output in (first, second):
+        assert "From the host's wheelhouse (built once for this Python)" in output, output
+        assert "compiling it from source" not in output
+    assert "Fetching Python" not in second and "Building mod_wsgi" not in second, second
+    installed = Path("/usr/local/lib/opus/pythons/cpython-3.13.0-linux-x86_64-gnu")
+    assert f"Using Python 3.13.0 ({installed}/bin/python3)" in second, second
+    for path in [installed.parent, installed, *installed.rglob("*")]:
+        info = path.lstat()
+        assert info.st_uid == 0 and info.st_gid == 0, path
+        if not stat.S_ISLNK(info.st_mode):
+            assert not info.st_mode & (0o022 | stat.S_ISUID | stat.S_ISGID), path
+            assert info.st_mode & 0o004, path
+    wheels = list(Path("/usr/local/lib/opus/wheels").glob("cp313-*/mod_wsgi-6.1.1-*.whl"))
+    assert len(wheels) == 1 and wheels[0].stat().st_uid == 0
+    assert stat.S_IMODE(wheels[0].stat().st_mode) == 0o644
+    for app in two_apps:
+        # Each app's processes run it as the app's own user; neither may change it.
+        ran = system_opus.cli("run", app, "--", "python", "-c",
+                              "import os, sys; print(sys.version.split()[0], os.getuid(), "
+                              "sys.base_prefix)")
+        assert ran.stdout.split() == ["3.13.0", str(pwd.getpwnam(f"opus-{app}").pw_uid),
+                                      str(installed)], ran.stdout + ran.stderr
+        for target in (installed / "lib" / "python3.13" / "os.py", wheels[0]):
+            result = as_user(f"opus-{app}", "python3", "-c", f"open({str(target)!r}, 'a')")
+            assert result.returncode != 0 and "Permission denied" in result.stderr, target
+        result = as_user(f"opus-{app}", "touch", str(installed / "bin" / "planted"))
+        assert result.returncode != 0
+    assert not any((system_opus.home / "staging").rglob("*.whl"))
+    # Root's `opus pythons` (run as the opus user) sees who uses it; it stays while used.
+    listed = json.loads(system_opus.cli("pythons", "--json").stdout)
+    fetched = [row for row in listed if row["fetched"]]
+    assert [(r["path"], r["used_by"]) for r in fetched] == \
+        [(f"{installed}/bin/python3", {a: [1], b: [1]})], listed
+    refused = system_opus.cli("pythons:remove", "3.13.0", check=False)
+    assert refused.returncode == 5 and "is used by" in refused.stderr
+
+
 def test_the_opus_user_cannot_reach_root_through_secureops(system_opus: SystemOpus,
                                                            two_apps: tuple[str, str]) -> None:
     a, b = two_apps
@@ -269,6 +333,11 @@ def test_the_opus_user_cannot_reach_root_through_secureops(system_opus: SystemOp
         (["front-install"], {**front_spec, "token": "' || true || '"}, "token"),
         (["front-install"], {**front_spec, "include": "/tmp/evil.conf"}, "unknown keys"),
         (["hand-over", "../" + a], None, "invalid app name"),
+        (["python-install"], {"name": "cpython-3.13.0-linux-x86_64-gnu/../../../etc"},
+         "not an interpreter's name"),
+        (["python-install"], {"name": "cpython-3.12.9-linux-x86_64-gnu"}, "nothing is staged"),
+        (["python-remove", a], {"name": "cpython-3.13.0-linux-x86_64-gnu"}, "usage"),
+        (["wheels-install"], {"key": "../wheels"}, "not a wheelhouse key"),
     ]
     before = Path("/etc/opus/front/httpd.conf").read_bytes()
     for argv, spec, said in hostile:
@@ -281,6 +350,28 @@ def test_the_opus_user_cannot_reach_root_through_secureops(system_opus: SystemOp
     denials = [entry for entry in log if entry["outcome"] == "deny"]
     assert len(denials) >= len(hostile)
     assert all(entry["caller"] == f"uid {pwd.getpwnam(user).pw_uid}" for entry in denials)
+
+
+def test_secureops_installs_no_interpreter_that_leads_out_of_itself(
+        system_opus: SystemOpus, two_apps: tuple[str, str]) -> None:
+    """The opus user stages a tree whose python3 is a link to where any app's user could
+    write: refused, and nothing is installed."""
+    user = system_opus.user
+    name = "cpython-3.12.9-linux-x86_64-gnu"
+    staged = system_opus.home / "staging" / "pythons" / name
+    link = staged / "bin" / "python3"
+    script = (f"import os; os.makedirs({str(link.parent)!r}); "
+              f"os.symlink('../../../../../../../tmp/planted', {str(link)!r})")
+    assert as_user(user, "python3", "-c", script).returncode == 0
+    try:
+        result = as_user(user, "sudo", "-n", "/usr/local/sbin/opus-secureops",
+                         "python-install", input=json.dumps({"name": name}))
+        assert result.returncode == 77 and "leads out of the tree" in result.stderr, result
+        assert not (Path("/usr/local/lib/opus/pythons") / name).exists()
+        assert not [p for p in Path("/usr/local/lib/opus/pythons").iterdir()
+                    if p.name.startswith(".")]
+    finally:
+        as_user(user, "rm", "-rf", str(staged.parent))
 
 
 def _start_step(system_opus: SystemOpus, app: str,

@@ -21,6 +21,7 @@ from dulwich.repo import Repo
 from opus_paas import names, privileged
 from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.paths import shipped
+from opus_paas.pythons import provide
 from opus_paas.settings import Settings
 
 # Config variables the build never takes from the app (the buildpack filters too).
@@ -198,6 +199,9 @@ def build_environment(settings: Settings, home: Path) -> dict[str, str]:
         env["OPUS_PYTHON"] = settings.python
     if settings.pythons:
         env["OPUS_PYTHONS"] = settings.pythons
+    # The interpreters Opus fetched and the wheels built against them (read-only here).
+    env["OPUS_MANAGED_PYTHONS"] = str(settings.managed_pythons_dir)
+    env["OPUS_WHEELHOUSE"] = str(settings.wheelhouse_dir)
     return env
 
 
@@ -225,10 +229,13 @@ def run_buildpack(settings: Settings, app: str, slug: Path, app_dir: Path,
     """Detect, compile and release `slug` as the app's user, emitting output as it
     comes."""
     buildpack = settings.tools_dir / "buildpacks" / "python"
+    env = build_environment(settings, app_dir / "home")
+    # The Python the app asks for, fetched if the host lacks it, and mod_wsgi built for
+    # it: Opus's work, before the slug is the app's.
+    provide.prepare(settings, slug, env, emit, cancelled)
     env_dir = app_dir / "build-env"
     write_env_dir(env_dir, config)
     privileged.hand_over(settings, app)      # the slug and the ENV dir, in one request
-    env = build_environment(settings, app_dir / "home")
     bin_dir = buildpack / "bin"
     detected = privileged.run_step(settings, app, [str(bin_dir / "detect"), str(slug)],
                                    cwd=slug, env=env)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from opus_paas import __version__, access, names, redact
 from opus_paas.control import apps, databases, doctor, keys, lifecycle, system
+from opus_paas.control import pythons as pythons_commands
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, UsageError
@@ -656,7 +657,8 @@ CORE: list[Command] = [
 
 # Every command: Opus's core, then each capability's own (its module's COMMANDS list).
 TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
-                                                      *databases.COMMANDS]}
+                                                     *pythons_commands.COMMANDS,
+                                                     *databases.COMMANDS]}
 
 
 def lookup(name: str) -> Command:

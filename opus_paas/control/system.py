@@ -32,7 +32,14 @@ from opus_paas.control import leftovers
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.paths import shipped
 from opus_paas.run import supervisor
-from opus_paas.settings import SECUREOPS, SYSTEM_CONFIG_DIR, SYSTEM_LOGS_DIR, Settings
+from opus_paas.settings import (
+    SECUREOPS,
+    SYSTEM_CONFIG_DIR,
+    SYSTEM_LOGS_DIR,
+    SYSTEM_PYTHONS_DIR,
+    SYSTEM_WHEELS_DIR,
+    Settings,
+)
 
 PREFIX = Path("/usr/local/lib/opus")
 VENV = PREFIX / "venv"
@@ -243,7 +250,9 @@ def _install_secureops(chosen: Plan, settings: Settings) -> None:
         "home": str(chosen.home), "conf_d": str(settings.supervisor_dir / "conf.d"),
         "front": str(settings.front_dir), "logs": str(SYSTEM_LOGS_DIR),
         "log": str(SYSTEM_LOGS_DIR / "secureops.log"), "front_user": chosen.front_user,
-        "front_group": chosen.front_user, "opus_group": chosen.user}, indent=1) + "\n")
+        "front_group": chosen.front_user, "opus_group": chosen.user,
+        "pythons": str(SYSTEM_PYTHONS_DIR), "wheels": str(SYSTEM_WHEELS_DIR)},
+        indent=1) + "\n")
     rule = sudoers_rule(chosen.user)
     candidate = SUDOERS.with_name(".opus.new")
     _write_root_file(candidate, 0o440, rule)
@@ -366,15 +375,18 @@ def uninstall(settings: Settings, purge: bool) -> list[str]:
             _kill_processes_of(pwd.getpwnam(name).pw_uid)
         shutil.rmtree(settings.home, ignore_errors=True)
         shutil.rmtree(SYSTEM_LOGS_DIR, ignore_errors=True)
+        for directory in (SYSTEM_PYTHONS_DIR, SYSTEM_WHEELS_DIR):   # the apps' are gone
+            shutil.rmtree(directory, ignore_errors=True)
         for name in (settings.system_user, settings.front_user):
             if name in users:
                 _run(["userdel", name], f"removing user {name}")
             if _exists(grp.getgrnam, name):
                 subprocess.run(["groupdel", name], capture_output=True, check=False)
-        lines.append(f"Purged {settings.home}, {SYSTEM_LOGS_DIR} and the users "
-                     f"{settings.system_user}, {settings.front_user}.")
+        lines.append(f"Purged {settings.home}, {SYSTEM_LOGS_DIR}, the fetched interpreters "
+                     f"and the users {settings.system_user}, {settings.front_user}.")
     else:
-        lines.append(f"Kept {settings.home} (apps, data, database) and {SYSTEM_LOGS_DIR}; "
+        lines.append(f"Kept {settings.home} (apps, data, database), {SYSTEM_LOGS_DIR} and the "
+                     f"interpreters the apps were built on ({SYSTEM_PYTHONS_DIR}); "
                      "`opus uninstall --system --purge` removes them too.")
     for directory in (SYSTEM_CONFIG_DIR, PREFIX):
         if directory.is_dir() and not any(directory.iterdir()):

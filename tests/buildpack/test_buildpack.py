@@ -335,6 +335,70 @@ def test_interpreters_are_discovered_where_the_host_keeps_them(tmp_path: Path) -
         python_version.default_interpreter({"OPUS_PYTHON": "/nope"}, found)
 
 
+def test_interpreters_opus_fetched_count_but_do_not_become_the_default(tmp_path: Path) -> None:
+    """OPUS_MANAGED_PYTHONS: each installation's bin/python3, marked as fetched. An app
+    asking for its version gets it; an app asking for nothing keeps the host's newest."""
+    managed = tmp_path / "pythons"
+    for name in ("cpython-3.13.0-linux-x86_64-gnu", ".cpython-3.12.0-linux-x86_64-gnu.4.tmp"):
+        (managed / name / "bin").mkdir(parents=True)
+    fetched = managed / "cpython-3.13.0-linux-x86_64-gnu" / "bin" / "python3"
+    environ = {"OPUS_MANAGED_PYTHONS": str(managed)}
+    assert python_version.managed_paths(environ) == [fetched]       # a copy in progress: not
+    assert python_version.managed_paths({"OPUS_MANAGED_PYTHONS": "relative"}) == []
+    assert fetched in python_version.candidate_paths(environ, system_bin=tmp_path / "none",
+                                                     pyenv_roots=[])
+    host = Interpreter(Path("/usr/bin/python3.11"), (3, 11, 2))
+    new = Interpreter(fetched, (3, 13, 0), managed=True)
+    choose = python_version.choose
+    assert choose(None, [host, new]) == host
+    assert choose(None, [new]) == new              # a host without its own: the fetched one
+    assert choose(Request((3, 13), ".python-version"), [host, new]) == new
+    assert choose(None, [host, new], default=new) == new      # the operator's OPUS_PYTHON
+    with pytest.raises(BuildError) as missing:
+        choose(Request((3, 9), ".python-version"), [host, new])
+    assert "Opus fetches Python 3.10 to 3.14" in " ".join(missing.value.hints)
+
+
+def test_the_wheelhouse_key_follows_the_interpreters_path() -> None:
+    one = Interpreter(Path("/usr/bin/python3.11"), (3, 11, 2))
+    assert re.fullmatch(r"cp311-[0-9a-f]{16}", one.wheelhouse_key)
+    assert Interpreter(Path("/usr/bin/python3.11"), (3, 11, 9)).wheelhouse_key == \
+        one.wheelhouse_key                       # a patch upgrade keeps its wheels
+    assert Interpreter(Path("/opt/other/python3"), (3, 11, 2)).wheelhouse_key != \
+        one.wheelhouse_key                       # another libpython: wheels of its own
+
+
+@pytest.mark.parametrize(("files", "request_", "chosen", "problem"), [
+    ({}, None, "3.11", None),
+    ({".python-version": "3.11\n"}, {"version": "3.11", "source": ".python-version"},
+     "3.11", None),
+    ({".python-version": "3.13\n"}, {"version": "3.13", "source": ".python-version"},
+     None, "Python 3.13 (from .python-version) is not installed on this Opus host."),
+    ({"runtime.txt": "python-3.12.1"}, {"version": "3.12.1", "source": "runtime.txt"},
+     None, "Python 3.12.1 (from runtime.txt) is not installed on this Opus host."),
+    ({".python-version": "three"}, None, None, "which is not a Python version"),
+])
+def test_bin_interpreter_tells_opus_what_the_build_would_use(
+        tmp_path: Path, files: dict[str, str], request_: dict[str, str] | None,
+        chosen: str | None, problem: str | None) -> None:
+    build = tmp_path / "app"
+    for name, text in files.items():
+        touch(build / name, text)
+    build.mkdir(exist_ok=True)
+    touch(build / "requirements.txt", "django\n")
+    result = run_bin("interpreter", build, env={"PATH": "/usr/bin:/bin",
+                                                "OPUS_PYTHONS": SYSTEM_PYTHON})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["request"] == request_
+    assert (report["chosen"]["version"][:4] if report["chosen"] else None) == chosen
+    assert (problem or "") in (report["problem"] or "") and bool(problem) == bool(
+        report["problem"])
+    assert report["mod_wsgi"] == "mod_wsgi==6.1.1"
+    assert {"path": SYSTEM_PYTHON, "managed": False} .items() <= report["installed"][0].items()
+    assert run_bin("interpreter", build, build, env={"PATH": "/usr/bin:/bin"}).returncode == 2
+
+
 # --- detect and release -------------------------------------------------------------------
 
 
@@ -587,6 +651,7 @@ def test_compile_django_startproject(
     assert info == {
         "python": str(venv_python),
         "python_version": info["python_version"],
+        "interpreter": SYSTEM_PYTHON,
         "framework": "django",
         "manage_py": "manage.py",
         "settings_module": "mysite.settings",

@@ -19,6 +19,7 @@ SAFE_RELATIVE_PATH = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9._-]*/)*manage\.py\Z"
 class BuildInfo:
     python: str
     python_version: str
+    interpreter: str | None = None      # the base interpreter the venv was made from
     framework: str | None = None
     manage_py: str | None = None
     settings_module: str | None = None

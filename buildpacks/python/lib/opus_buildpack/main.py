@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,49 @@ def release_main(argv: Sequence[str], out: Output | None = None) -> int:
         return error.exit_code
     out.lines(text.splitlines())
     return 0
+
+
+def interpreter_main(
+    argv: Sequence[str], out: Output | None = None, environ: Mapping[str, str] = os.environ
+) -> int:
+    """Print, as JSON, which interpreter a build of the build dir would use: what the app
+    asks for, the one chosen (null when none installed fits) and every one installed.
+    Opus runs this before compile to fetch a missing version; a request that cannot be
+    read is only named here (``problem``): compile says what to do about it."""
+    out = out or Output()
+    if len(argv) > 1:
+        return _usage(out, "bin/interpreter [<build-dir>]")
+    installed = python_version.installed_interpreters(environ)
+    report: dict[str, object] = {
+        "request": None, "problem": None, "chosen": None,
+        "installed": [_interpreter_json(i) for i in installed],
+        "mod_wsgi": packages.MOD_WSGI_REQUIREMENT,
+    }
+    try:
+        request = None
+        if argv:
+            build = Path(argv[0])
+            listing = root_listing(build)
+            files = {name: read_small(build / name) for name in VERSION_SOURCES
+                     if (build / name).is_file()}
+            request = python_version.requested_version(files, listing)
+        if request is not None:
+            report["request"] = {"version": request.text, "source": request.source}
+        chosen = python_version.choose(
+            request, installed, python_version.default_interpreter(environ, installed))
+        report["chosen"] = _interpreter_json(chosen)
+    except BuildError as error:
+        report["problem"] = error.message
+    out.lines([json.dumps(report)])
+    return 0
+
+
+VERSION_SOURCES = (".python-version", "runtime.txt", "Pipfile.lock")
+
+
+def _interpreter_json(interpreter: python_version.Interpreter) -> dict[str, object]:
+    return {"path": str(interpreter.path), "version": interpreter.text,
+            "managed": interpreter.managed, "wheelhouse": interpreter.wheelhouse_key}
 
 
 def compile_main(
@@ -116,10 +160,11 @@ def compile_app(
     uv_env = packages.uv_environment(base, config.env, package_cache)
     store = envs.EnvStore(cache)
     venv_python, key, spec = _environment(build, store, manager, python, uv, uv_env,
-                                          config.env, out)
+                                          config.env, out, wheelhouse_dir(environ, python))
 
     info = BuildInfo(python=str(venv_python), python_version=python.text,
-                     app_root=web.app_root, wsgi_module=web.module, wsgi_callable=web.callable,
+                     interpreter=str(python.path), app_root=web.app_root,
+                     wsgi_module=web.module, wsgi_callable=web.callable,
                      web_command=web.command, process_types=types,
                      auto_migrate=not flag_off(config.env, "OPUS_AUTO_MIGRATE"))
     if app is None:
@@ -167,9 +212,21 @@ def _say_python(out: Output, python: python_version.Interpreter,
                    f"  git rm runtime.txt && echo {minor} > .python-version"])
 
 
+def wheelhouse_dir(environ: Mapping[str, str],
+                   python: python_version.Interpreter) -> Path | None:
+    """The host's wheels built against `python` (mod_wsgi), which Opus builds once per
+    interpreter; None when the platform keeps no wheelhouse."""
+    root = environ.get(WHEELHOUSE, "")
+    return Path(root) / python.wheelhouse_key if root.startswith("/") else None
+
+
+WHEELHOUSE = "OPUS_WHEELHOUSE"
+
+
 def _environment(build: Path, store: envs.EnvStore, manager: managers.Manager,
                  python: python_version.Interpreter, uv: str, uv_env: Mapping[str, str],
-                 config: Mapping[str, str], out: Output) -> tuple[Path, str, envs.EnvSpec]:
+                 config: Mapping[str, str], out: Output,
+                 wheelhouse: Path | None = None) -> tuple[Path, str, envs.EnvSpec]:
     """The app's environment: the last build's when its inputs are unchanged, else a new
     one; returns the python of ``BUILD/.opus/venv`` (linked to it), its key and spec."""
     cache = store.root.parent
@@ -193,7 +250,7 @@ def _environment(build: Path, store: envs.EnvStore, manager: managers.Manager,
         packages.install_dependencies(manager.name, uv, venv_python, build, cache, out,
                                       uv_env)
         out.step(f"Installing {packages.MOD_WSGI_REQUIREMENT}")
-        packages.install_mod_wsgi(uv, venv_python, build, out, uv_env)
+        packages.install_mod_wsgi(uv, venv_python, build, out, uv_env, wheelhouse)
         packages.install_runtime(venv_python)
         store.mark_complete(key, spec)
     venv_python = envs.link_into_build(build / ".opus", store.path(key))

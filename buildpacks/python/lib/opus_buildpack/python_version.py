@@ -2,9 +2,12 @@
 
 The app may ask for a version (``.python-version``, ``runtime.txt`` or ``Pipfile.lock``);
 it is chosen among the interpreters installed on the host that the build user can run:
-Debian's ``/usr/bin/python3.X``, pyenv versions under a system-wide pyenv root, and the
-operator's list (``OPUS_PYTHONS``, colon-separated paths). Without a request, the newest
-of them, or ``OPUS_PYTHON`` when the operator set one. Nothing is ever downloaded.
+Debian's ``/usr/bin/python3.X``, pyenv versions under a system-wide pyenv root, the
+operator's list (``OPUS_PYTHONS``, colon-separated paths) and the interpreters Opus fetched
+(``OPUS_MANAGED_PYTHONS``, a directory of python-build-standalone installations). Without a
+request, the newest of the host's own (a fetched one only when the host has none), or
+``OPUS_PYTHON`` when the operator set one. The buildpack downloads nothing: Opus fetches a
+missing version before the build starts (``bin/interpreter`` tells it what is missing).
 
 Reading the request is pure (:func:`requested_version`); discovery runs each candidate once.
 """
@@ -12,6 +15,7 @@ Reading the request is pure (:func:`requested_version`); discovery runs each can
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -28,9 +32,11 @@ VERSIONED_NAME = re.compile(r"python3\.(\d+)\Z")
 VERSION = re.compile(r"3\.(\d{1,2})(?:\.(\d{1,3}))?\Z")
 RUNTIME_TXT = re.compile(r"python-(3\.\d{1,2}(?:\.\d{1,3})?)\Z")
 VERSION_FILES = (".python-version", "runtime.txt")
-HOW_TO_ADD = ("To add one, the operator installs it (apt-get install python3.X-dev "
-              "python3.X-venv, or a pyenv version under /opt/pyenv) or lists its path in "
-              "OPUS_PYTHONS.")
+MANAGED = "OPUS_MANAGED_PYTHONS"     # where Opus keeps the interpreters it fetched
+HOW_TO_ADD = ("Opus fetches Python 3.10 to 3.14 when an app asks for one (the operator "
+              "can run `opus pythons:install 3.X` beforehand); for any other, the "
+              "operator installs it (apt-get install python3.X-dev python3.X-venv, or a "
+              "pyenv version under /opt/pyenv) or lists its path in OPUS_PYTHONS.")
 
 
 @dataclass(frozen=True)
@@ -49,10 +55,18 @@ class Request:
 class Interpreter:
     path: Path
     version: tuple[int, int, int]
+    managed: bool = False           # fetched by Opus, not the host's own
 
     @property
     def text(self) -> str:
         return ".".join(map(str, self.version))
+
+    @property
+    def wheelhouse_key(self) -> str:
+        """The directory of the host's wheelhouse that holds wheels built against this
+        interpreter (mod_wsgi links its libpython by path, so the key is the path's)."""
+        digest = hashlib.sha256(str(self.path).encode()).hexdigest()[:16]
+        return f"cp{self.version[0]}{self.version[1]}-{digest}"
 
 
 # ---- what the app asks for (pure) ---------------------------------------------------
@@ -168,13 +182,15 @@ def requested_version(files: Mapping[str, str], listing: Sequence[str]) -> Reque
 def choose(request: Request | None, installed: Sequence[Interpreter],
            default: Interpreter | None = None) -> Interpreter:
     """The interpreter for `request` among `installed`: exact for 3.X.Y, the newest 3.X.*
-    for 3.X; with no request, `default` or the newest."""
+    for 3.X; with no request, `default` or the newest of the host's own (one Opus fetched
+    for an app that asked for it does not become every other app's)."""
     if not installed:
         raise BuildError(
             "No Python interpreter is installed on this Opus host that the build can run.",
             [HOW_TO_ADD])
     if request is None:
-        return default or max(installed, key=lambda i: i.version)
+        own = [i for i in installed if not i.managed] or list(installed)
+        return default or max(own, key=lambda i: i.version)
     matching = [i for i in installed if i.version[:len(request.version)] == request.version]
     if matching:
         return max(matching, key=lambda i: i.version)
@@ -210,10 +226,24 @@ def candidate_paths(environ: Mapping[str, str], system_bin: Path = SYSTEM_BIN,
         except OSError:
             continue
         paths += [e / "bin" / "python3" for e in entries if VERSION.match(e.name)]
+    paths += managed_paths(environ)
     return list(dict.fromkeys(paths))
 
 
-def probe(path: Path) -> Interpreter | None:
+def managed_paths(environ: Mapping[str, str]) -> list[Path]:
+    """The interpreters Opus fetched: ``bin/python3`` of each installation in
+    ``OPUS_MANAGED_PYTHONS``."""
+    root = environ.get(MANAGED, "")
+    if not root.startswith("/"):
+        return []
+    try:
+        entries = sorted(Path(root).iterdir())
+    except OSError:
+        return []
+    return [e / "bin" / "python3" for e in entries if not e.name.startswith(".")]
+
+
+def probe(path: Path, *, managed: bool = False) -> Interpreter | None:
     """The interpreter at `path` if the build user can run it, with its exact version."""
     if not path.is_absolute() or not os.access(path, os.X_OK) or not path.is_file():
         return None
@@ -228,14 +258,15 @@ def probe(path: Path) -> Interpreter | None:
     if result.returncode != 0 or len(parts) != 3 or not all(p.isdigit() for p in parts):
         return None
     major, minor, micro = (int(p) for p in parts)
-    return Interpreter(path, (major, minor, micro)) if major == 3 else None
+    return Interpreter(path, (major, minor, micro), managed) if major == 3 else None
 
 
 def installed_interpreters(environ: Mapping[str, str], **where: object) -> list[Interpreter]:
     """Every interpreter found that runs, first of each exact version only."""
     found: dict[tuple[int, int, int], Interpreter] = {}
+    managed = set(managed_paths(environ))
     for path in candidate_paths(environ, **where):   # type: ignore[arg-type]
-        interpreter = probe(path)
+        interpreter = probe(path, managed=path in managed)
         if interpreter and interpreter.version not in found:
             found[interpreter.version] = interpreter
     return list(found.values())
