@@ -19,19 +19,24 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parent.parent
 VENV = CHECKOUT / ".venv"
 
-# Debian packages: Apache and its headers (mod_wsgi builds against them), git and the
-# ssh client, and a system Python with headers and venv for the apps' virtualenvs.
+# Debian packages: Apache and its headers (mod_wsgi builds against them; mod_ssl and
+# mod_http2 come with it), git and the ssh client, a system Python with headers and venv
+# for the apps' virtualenvs, and openssl (secureops makes the front's fallback
+# certificate with it).
 APT_PACKAGES = [
     "apache2", "apache2-dev", "apache2-utils", "git", "openssh-client",
-    "python3", "python3-dev", "python3-venv", "build-essential", "curl",
+    "python3", "python3-dev", "python3-venv", "build-essential", "curl", "openssl",
 ]
 # Load for the zero-downtime tests; a headless browser (and a font) for the dashboard's;
 # sudo for system mode's (the opus user reaches secureops through it); patchelf for the
-# local Python mirror the interpreter tests package (tests/python_mirror.py); PostgreSQL
-# for the databases' (the operator installs it with POSTGRES_PACKAGES when enabling it).
+# local Python mirror the interpreter tests package (tests/python_mirror.py); for the
+# HTTPS tests Let's Encrypt's test CA (pebble), NSS's certutil (Chromium's trust store)
+# and h2load (HTTP/2 load); PostgreSQL for the databases' (the operator installs it with
+# POSTGRES_PACKAGES when enabling it).
 POSTGRES_PACKAGES = ["postgresql", "postgresql-client"]
 APT_TEST_PACKAGES: list[str] = ["wrk", "chromium", "chromium-driver", "fonts-dejavu-core",
-                                "sudo", "patchelf", *POSTGRES_PACKAGES]
+                                "sudo", "patchelf", "pebble", "libnss3-tools",
+                                "nghttp2-client", *POSTGRES_PACKAGES]
 
 
 def _missing_apt(packages: list[str]) -> list[str]:

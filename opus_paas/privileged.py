@@ -150,6 +150,17 @@ def remove_wheels(settings: Settings, key: str) -> None:
     secureops(settings, "wheels-remove", None, {"key": key})
 
 
+def install_cert(settings: Settings, site: str, chain_pem: str, key_pem: str) -> None:
+    """Give secureops a site's certificate chain and key (checked, rewritten and kept
+    where root trusts them, 0600); the front uses them from its next render."""
+    secureops(settings, "cert-install", None, {"site": site, "chain": chain_pem,
+                                                "key": key_pem})
+
+
+def remove_cert(settings: Settings, site: str) -> None:
+    secureops(settings, "cert-remove", None, {"site": site})
+
+
 def _switch_to(settings: Settings) -> tuple[int, int] | None:
     """Embedded mode: (uid, gid) app code runs as, or None when no switch is needed
     (the run user is the invoking user, or Opus is not root and cannot switch)."""

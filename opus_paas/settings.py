@@ -52,9 +52,22 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     domain: str = "localhost"
-    # How clients reach the front: "https" when TLS is terminated before it. Apps see it
-    # in X-Forwarded-Proto; the dashboard's session cookie is Secure over https.
+    # How clients reach the front's http port: "https" when TLS is terminated before it
+    # (a balancer of the operator's). Apps see it in X-Forwarded-Proto; the dashboard's
+    # session cookie is Secure over https. The front's own https port (below) always
+    # says https.
     public_scheme: str = "http"
+    # The front's https port (mod_ssl, HTTP/2), opened once a site has a certificate;
+    # 0: 443 in system mode, 8443 embedded.
+    https_port: int = 0
+    # The ACME server certificates are ordered from (RFC 8555); "off": none is ordered
+    # (operator certificates still serve).
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    # The contact address given to the ACME server (expiry notices); empty: none.
+    acme_email: str = ""
+    # A CA file the ACME server's own https certificate is checked against (a private
+    # ACME server); empty: the system's trust store.
+    acme_ca_bundle: str = ""
     # The dashboard (gunicorn) listens here; the front publishes it as opus.<domain>.
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8090
@@ -208,14 +221,28 @@ class Settings:
         return f"opus.{self.domain}"
 
     @property
+    def tls_port(self) -> int:
+        """The front's https port."""
+        return self.https_port or (443 if self.system else 8443)
+
+    @property
+    def acme_enabled(self) -> bool:
+        return self.acme_directory != "off"
+
+    @property
+    def acme_dir(self) -> Path:
+        """The ACME account (its key 0600) and the challenge files the front serves."""
+        return self.home / "acme"
+
+    @property
     def dashboard_dir(self) -> Path:
         """The dashboard's secret key (0600)."""
         return self.home / "dashboard"
 
 
-_INT_FIELDS = {"ssh_port", "http_port", "dashboard_port", "app_port_base", "keep_releases",
-               "destroyed_backup_days",
-               "max_pack_bytes", "max_object_bytes", "ssh_connections_per_key",
+_INT_FIELDS = {"ssh_port", "http_port", "https_port", "dashboard_port", "app_port_base",
+               "keep_releases", "destroyed_backup_days", "max_pack_bytes", "max_object_bytes",
+               "ssh_connections_per_key",
                "ssh_max_connections"}
 _FLOAT_FIELDS = {"health_timeout", "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
                  "ssh_idle_timeout", "ssh_session_timeout"}

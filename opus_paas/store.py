@@ -140,6 +140,24 @@ CREATE TABLE IF NOT EXISTS backup_policies (
     keep INTEGER NOT NULL,      -- captured and scheduled backups kept
     since REAL NOT NULL         -- when the schedule was set
 );
+-- HTTPS: one row per site (an app's name, or "opus" for the dashboard): its switches,
+-- the certificate the front has for it, and the last order's outcome.
+CREATE TABLE IF NOT EXISTS tls_sites (
+    site TEXT PRIMARY KEY,
+    auto INTEGER NOT NULL DEFAULT 1,         -- certificates ordered from the ACME server
+    redirect INTEGER NOT NULL DEFAULT 0,     -- http -> https, and HSTS
+    source TEXT,                             -- 'acme' or 'operator'; NULL: none installed
+    domains TEXT NOT NULL DEFAULT '[]',      -- the names the installed certificate covers
+    not_before REAL,
+    not_after REAL,
+    serial TEXT,
+    issuer TEXT,
+    installed_at REAL,
+    failures INTEGER NOT NULL DEFAULT 0,     -- orders failed in a row
+    last_error TEXT,
+    failed_at REAL,
+    retry_at REAL
+);
 """
 
 
@@ -183,6 +201,29 @@ class App:
     stopped: bool = False         # stopped by `opus ps:stop`: no process runs
     health_check: str = "{}"      # checks.Check as JSON
     web_threads: int = 5          # threads per mod_wsgi daemon process
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsSite:
+    """A site's HTTPS state: an app (by name) or the dashboard ("opus")."""
+
+    site: str
+    auto: bool = True
+    redirect: bool = False
+    source: str | None = None          # "acme" or "operator"; None: no certificate
+    domains: tuple[str, ...] = ()      # what the installed certificate covers
+    not_before: float | None = None
+    not_after: float | None = None
+    serial: str | None = None
+    issuer: str | None = None
+    installed_at: float | None = None
+    failures: int = 0
+    last_error: str | None = None
+    failed_at: float | None = None
+    retry_at: float | None = None
+
+
+TLS_COLUMNS = {f.name for f in dataclasses.fields(TlsSite)} - {"site"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,6 +527,7 @@ class Store:
                 raise Conflict(f"app {new} already exists; choose another name")
             db.execute("UPDATE apps SET name = ? WHERE id = ?", (new, app.id))
             db.execute("UPDATE backups SET app_name = ? WHERE app_id = ?", (new, app.id))
+            db.execute("DELETE FROM tls_sites WHERE site = ?", (app.name,))
             db.execute("UPDATE builds SET log_path = replace(log_path, ?, ?) WHERE app_id = ?",
                        (f"/logs/{app.name}/", f"/logs/{new}/", app.id))
         return dataclasses.replace(app, name=new)
@@ -537,6 +579,7 @@ class Store:
         """Forget the app and everything recorded about it (config, releases, builds)."""
         with self._db() as db:
             db.execute("DELETE FROM apps WHERE id = ?", (app.id,))
+            db.execute("DELETE FROM tls_sites WHERE site = ?", (app.name,))
 
     def has_builds(self, app: App) -> bool:
         with self._db() as db:
@@ -757,6 +800,32 @@ class Store:
                               "ORDER BY at", (app.id, since)).fetchall()
         return [(row[0], row[1]) for row in rows]
 
+    # ---- HTTPS: certificates and their switches ------------------------------------------
+    def tls_site(self, site: str) -> TlsSite:
+        """The site's HTTPS state (the defaults when nothing was recorded yet)."""
+        with self._db() as db:
+            row = db.execute("SELECT * FROM tls_sites WHERE site = ?", (site,)).fetchone()
+        return _tls_site(row) if row else TlsSite(site)
+
+    def tls_sites(self) -> dict[str, TlsSite]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM tls_sites").fetchall()
+        return {row["site"]: _tls_site(row) for row in rows}
+
+    def update_tls_site(self, site: str, **values: object) -> None:
+        """Set some of a site's HTTPS columns (TLS_COLUMNS), making its row if missing."""
+        unknown = set(values) - TLS_COLUMNS
+        if unknown:
+            raise ValueError(f"not HTTPS columns: {sorted(unknown)}")
+        if "domains" in values:
+            values["domains"] = json.dumps(values["domains"])
+        names = sorted(values)
+        with self._db() as db:
+            db.execute("INSERT OR IGNORE INTO tls_sites (site) VALUES (?)", (site,))
+            if names:
+                db.execute(f"UPDATE tls_sites SET {', '.join(f'{n} = ?' for n in names)} "  # noqa: S608
+                           "WHERE site = ?", (*[values[n] for n in names], site))
+
 
     # ---- databases and backups (issue 16) ---------------------------------------------
     def addon(self, name: str) -> dict[str, Any] | None:
@@ -896,8 +965,9 @@ def restore_if_damaged(path: Path, backup: Path) -> str | None:
     """Put the last good copy in place of a damaged, empty or missing database (the
     damaged file is kept beside it); say what was done (None: nothing was wrong)."""
     problem = database_problem(path)
-    if problem is None or (problem == "it is missing" and not backup.exists()):
-        return None        # sound, or a new home
+    if problem is None or (problem in ("it is missing", "it is empty") and
+                           not backup.exists()):
+        return None        # sound, or a new home (never copied yet)
     if not backup.exists() or database_problem(backup) is not None:
         raise ServiceError(f"{path} {problem.removeprefix('it ')}, and there is no good "
                            f"copy of it at {backup}; restore one from your own backups")
@@ -961,6 +1031,13 @@ def _migrate(conn: sqlite3.Connection) -> None:
     user_columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
     if "password_hash" not in user_columns:
         conn.execute("ALTER TABLE users ADD COLUMN password_hash TEXT")
+
+
+def _tls_site(row: sqlite3.Row) -> TlsSite:
+    values = {name: row[name] for name in TLS_COLUMNS}
+    values.update(auto=bool(row["auto"]), redirect=bool(row["redirect"]),
+                  domains=tuple(json.loads(row["domains"] or "[]")))
+    return TlsSite(site=row["site"], **values)
 
 
 def _app(row: sqlite3.Row) -> App:

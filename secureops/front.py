@@ -7,10 +7,18 @@ every directive itself; paths come from the layout.
 
 Spec:
     {"listen_host": "127.0.0.1", "listen_port": 8080, "scheme": "http",
-     "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1", "port": 8090},
+     "https_port": 8443,
+     "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1", "port": 8090,
+                   "tls": null},
      "token": "<32 hex digits>",
-     "sites": [{"app": "shop", "domains": ["shop.localhost"], "port": 20001,
-                "members": [20000, 20001]}]}
+     "sites": [{"app": "shop", "domains": ["shop.localhost", "www.shop.example"],
+                "port": 20001, "members": [20000, 20001],
+                "tls": {"domains": ["www.shop.example"], "redirect": false,
+                        "serial": "4a3f"}}]}
+
+A site's "tls" (optional) asks for https on some of its domains; verbs.front_install
+keeps only the names its installed certificate covers (`with_installed_certs`), so a
+name without a certificate stays on http, never on a wrong certificate.
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ import grp
 import ipaddress
 import pwd
 import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from secureops.certs import DASHBOARD_SITE, FALLBACK_SITE, covers
 from secureops.checks import _exactly, _number, _text, app_name
 from secureops.layout import Denied, Layout
 
@@ -33,6 +44,15 @@ MODULES = [
 DOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
                     r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
 TOKEN = re.compile(r"[0-9a-f]{32}")
+SERIAL = re.compile(r"[0-9a-f]{1,64}")
+TLS_MODULES = ["ssl", "socache_shmcb", "http2", "rewrite"]
+# Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3's are OpenSSL's defaults): forward
+# secrecy and AEAD only.
+TLS12_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                 "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                 "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+HSTS = "max-age=31536000"
+CHALLENGE_PATH = "/.well-known/acme-challenge/"
 MAX_SITES = 5000
 MAX_DOMAINS = 100
 # What opus_paas/balancer.py calls them (repeated on purpose: nothing is imported).
@@ -42,11 +62,19 @@ LOG_FORMAT = '"%v %h %t \\"%r\\" %>s %b %D \\"%{X-Opus-Served-By}o\\""'
 
 
 @dataclasses.dataclass(frozen=True)
+class Tls:
+    domains: tuple[str, ...]      # served over https (covered by the site's certificate)
+    redirect: bool                # http -> https for those names, and HSTS
+    serial: str = ""              # the certificate's (Opus's record: a new one reloads)
+
+
+@dataclasses.dataclass(frozen=True)
 class Site:
     app: str
     domains: tuple[str, ...]
     port: int
     members: tuple[int, ...]
+    tls: Tls | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +87,8 @@ class FrontSpec:
     dashboard_port: int
     token: str
     sites: tuple[Site, ...]
+    https_port: int = 8443
+    dashboard_tls: bool = False
 
 
 def _address(value: Any, what: str) -> str:
@@ -83,8 +113,8 @@ def _domain(value: Any, what: str) -> str:
 def check(spec: Any) -> FrontSpec:
     """The front spec, every value typed and bounded, no host name or port held twice."""
     body = _exactly(spec, {"listen_host", "listen_port", "scheme", "dashboard", "token",
-                           "sites"}, set(), "the front spec")
-    dash = _exactly(body["dashboard"], {"domain", "host", "port"}, set(), "dashboard")
+                           "sites", "https_port"}, set(), "the front spec")
+    dash = _exactly(body["dashboard"], {"domain", "host", "port", "tls"}, set(), "dashboard")
     if body["scheme"] not in ("http", "https"):
         raise Denied("scheme must be http or https")
     if not isinstance(body["token"], str) or not TOKEN.fullmatch(body["token"]):
@@ -98,15 +128,23 @@ def check(spec: Any) -> FrontSpec:
         dashboard_port=_number(dash["port"], "the dashboard's port", 1, 65535),
         token=body["token"],
         sites=_sites(body["sites"]),
+        https_port=_number(body["https_port"], "https_port", 1, 65535),
     )
+    if dash["tls"] is not None:
+        # The dashboard's https: its own name only, always redirected.
+        dashboard = Site(DASHBOARD_SITE, (front.dashboard_domain,), 1024, (1024,))
+        _tls(dash["tls"], dashboard)
+        front = dataclasses.replace(front, dashboard_tls=True)
     hosts = [front.dashboard_domain] + [d for s in front.sites for d in s.domains]
     if len(set(hosts)) != len(hosts):
         raise Denied("a host name is given twice (two apps, or an app and the dashboard)")
     ports = [p for s in front.sites for p in s.members]
     if len(set(ports)) != len(ports):
         raise Denied("a port is given to two apps: an app's vhost may only lead to its own")
-    if {front.listen_port, front.dashboard_port} & set(ports):
+    if {front.listen_port, front.dashboard_port, front.https_port} & set(ports):
         raise Denied("an app's port is the front's or the dashboard's")
+    if front.https_port in (front.listen_port, front.dashboard_port):
+        raise Denied("https_port must differ from the http and the dashboard's ports")
     return front
 
 
@@ -115,7 +153,7 @@ def _sites(value: Any) -> tuple[Site, ...]:
         raise Denied(f"sites must be a list of at most {MAX_SITES}")
     sites = []
     for item in value:
-        entry = _exactly(item, {"app", "domains", "port", "members"}, set(), "a site")
+        entry = _exactly(item, {"app", "domains", "port", "members"}, {"tls"}, "a site")
         app = app_name(_text(entry["app"], "a site's app", 64))
         domains = entry["domains"]
         if not isinstance(domains, list) or not 1 <= len(domains) <= MAX_DOMAINS:
@@ -128,10 +166,47 @@ def _sites(value: Any) -> tuple[Site, ...]:
                     tuple(_number(p, f"{app}: a member", 1024, 65535) for p in members))
         if site.port not in site.members or len(set(site.members)) != len(site.members):
             raise Denied(f"{app}: port must be one of its members, each given once")
+        if entry.get("tls") is not None:
+            site = dataclasses.replace(site, tls=_tls(entry["tls"], site))
         sites.append(site)
     if len({s.app for s in sites}) != len(sites):
         raise Denied("an app has two sites")
     return tuple(sites)
+
+
+def _tls(value: Any, site: Site) -> Tls:
+    body = _exactly(value, {"domains", "redirect", "serial"}, set(), f"{site.app}: tls")
+    domains = body["domains"]
+    if not isinstance(domains, list) or not 1 <= len(domains) <= MAX_DOMAINS or \
+            not all(isinstance(d, str) for d in domains) or \
+            not set(domains) <= set(site.domains) or len(set(domains)) != len(domains):
+        raise Denied(f"{site.app}: tls domains must be some of its own domains, each once")
+    if not isinstance(body["redirect"], bool):
+        raise Denied(f"{site.app}: tls redirect must be true or false")
+    if not isinstance(body["serial"], str) or not SERIAL.fullmatch(body["serial"]):
+        raise Denied(f"{site.app}: tls serial must be 1 to 64 lower-case hex digits")
+    return Tls(tuple(domains), body["redirect"], body["serial"])
+
+
+def with_installed_certs(spec: FrontSpec,
+                         installed: Callable[[str], list[str] | None]) -> FrontSpec:
+    """The spec with https kept only for names a site's installed certificate covers
+    (`installed(site)`: the names, None without a certificate)."""
+    sites = []
+    for site in spec.sites:
+        if site.tls is not None:
+            names = installed(site.app) or []
+            covered = tuple(d for d in site.tls.domains if covers(names, d))
+            site = dataclasses.replace(site, tls=Tls(covered, site.tls.redirect,
+                                                     site.tls.serial) if covered else None)
+        sites.append(site)
+    dashboard = spec.dashboard_tls and covers(installed(DASHBOARD_SITE) or [],
+                                              spec.dashboard_domain)
+    return dataclasses.replace(spec, sites=tuple(sites), dashboard_tls=dashboard)
+
+
+def any_tls(spec: FrontSpec) -> bool:
+    return spec.dashboard_tls or any(site.tls for site in spec.sites)
 
 
 def _path(path: object) -> str:
@@ -158,9 +233,8 @@ def _front_identity(layout: Layout, same_user: bool) -> list[str]:
 def render(layout: Layout, spec: FrontSpec, *, same_user: bool) -> str:
     """httpd.conf for these sites (pure, but for the user database)."""
     front, logs = layout.front, layout.logs / "front"
-    vhost = f"<VirtualHost {spec.listen_host}:{spec.listen_port}>"
-    if ":" in spec.listen_host:
-        vhost = f"<VirtualHost [{spec.listen_host}]:{spec.listen_port}>"
+    tls = any_tls(spec)
+    vhost = _vhost(spec.listen_host, spec.listen_port)
     listen = f"[{spec.listen_host}]" if ":" in spec.listen_host else spec.listen_host
     lines = [
         "# Rendered by secureops from Opus's spec; edits are overwritten.",
@@ -175,8 +249,11 @@ def render(layout: Layout, spec: FrontSpec, *, same_user: bool) -> str:
         "Timeout 60",
         "KeepAlive On",
     ]
+    if tls:
+        lines.append(f"Listen {listen}:{spec.https_port} https")
+    modules = MODULES + (TLS_MODULES if tls else [])
     lines += [f"LoadModule {m}_module {_path(layout.apache_modules + '/mod_' + m + '.so')}"
-              for m in MODULES]
+              for m in modules]
     lines += _front_identity(layout, same_user)
     lines += [
         "TypesConfig /etc/mime.types",
@@ -191,43 +268,135 @@ def render(layout: Layout, spec: FrontSpec, *, same_user: bool) -> str:
         "    AllowOverride None",
         "    Require all denied",
         "</Directory>",
+        # ACME's HTTP-01 challenges: the files Opus writes, on every host name, before
+        # any app or redirect; no link inside is followed.
+        f"Alias {CHALLENGE_PATH} {_path(layout.home / 'acme' / 'challenges')[:-1]}/\"",
+        f"<Directory {_path(layout.home / 'acme' / 'challenges')}>",
+        "    Options None",
+        "    Require all granted",
+        "    ForceType text/plain",
+        "</Directory>",
+    ]
+    if tls:
+        lines += _tls_globals(layout)
+    lines += [
         "",
         "# First vhost: any host name no app has.",
         vhost,
         "    ServerName _default_",
         '    Header always set X-Opus-Served-By "front"',
-        "    RedirectMatch 404 ^",
+        f"    RedirectMatch 404 ^(?!{re.escape(CHALLENGE_PATH)})",
         '    ErrorDocument 404 "No app is deployed at this host name. '
         'Push one with git push opus main."',
         "</VirtualHost>",
-        "",
-        "# The dashboard (gunicorn). Its live logs are a stream: flushed as they come.",
-        vhost,
-        f"    ServerName {spec.dashboard_domain}",
+    ]
+    if tls:
+        fallback = layout.front / "certs" / FALLBACK_SITE
+        lines += [
+            "",
+            "# First https vhost: a name with no certificate of its own gets this",
+            "# self-signed one (for \"invalid\"), never another site's.",
+            _vhost(spec.listen_host, spec.https_port),
+            "    ServerName _default_",
+            *_certificate(fallback),
+            "    RedirectMatch 404 ^",
+            '    ErrorDocument 404 "No certificate for this host name yet: use http."',
+            "</VirtualHost>",
+        ]
+    lines += ["", "# The dashboard (gunicorn). Its live logs are a stream: flushed as they come."]
+    lines += _dashboard(spec, vhost, redirect=spec.dashboard_tls, scheme=spec.scheme)
+    if spec.dashboard_tls:
+        lines += ["", *_dashboard(spec, _vhost(spec.listen_host, spec.https_port),
+                                  redirect=False, scheme="https",
+                                  certificate=layout.front / "certs" / DASHBOARD_SITE)]
+    for site in sorted(spec.sites, key=lambda s: s.app):
+        lines += ["", *_site(layout, spec, site, vhost)]
+        if site.tls is not None:
+            lines += ["", *_site(layout, spec, site, _vhost(spec.listen_host, spec.https_port),
+                                 tls=site.tls)]
+    return "\n".join(lines) + "\n"
+
+
+def _vhost(host: str, port: int) -> str:
+    return f"<VirtualHost [{host}]:{port}>" if ":" in host else f"<VirtualHost {host}:{port}>"
+
+
+def _tls_globals(layout: Layout) -> list[str]:
+    return [
+        "# TLS 1.2 and 1.3 only; HTTP/2 where the client offers it (ALPN).",
+        "Protocols h2 http/1.1",
+        "SSLProtocol -all +TLSv1.2 +TLSv1.3",
+        f"SSLCipherSuite {TLS12_CIPHERS}",
+        "SSLHonorCipherOrder off",
+        "SSLSessionTickets off",
+        "SSLCompression off",
+        f"SSLSessionCache \"shmcb:{layout.front / 'run' / 'ssl_scache'}(512000)\"",
+        "SSLSessionCacheTimeout 300",
+    ]
+
+
+def _certificate(directory: Path) -> list[str]:
+    return [
+        "    SSLEngine on",
+        f"    SSLCertificateFile {_path(directory / 'chain.pem')}",
+        f"    SSLCertificateKeyFile {_path(directory / 'key.pem')}",
+    ]
+
+
+def _redirect(domains: tuple[str, ...], https_port: int) -> list[str]:
+    """http -> https (301) for `domains`, but for ACME's challenges."""
+    port = "" if https_port == 443 else f":{https_port}"
+    names = "|".join(re.escape(d) for d in domains)
+    return [
+        "    RewriteEngine On",
+        f"    RewriteCond %{{REQUEST_URI}} !^{re.escape(CHALLENGE_PATH)}",
+        f"    RewriteCond %{{HTTP_HOST}} ^({names})(:[0-9]+)?$ [NC]",
+        f"    RewriteRule ^ https://%1{port}%{{REQUEST_URI}} [R=301,L]",
+    ]
+
+
+def _dashboard(spec: FrontSpec, vhost: str, *, redirect: bool, scheme: str,
+               certificate: Path | None = None) -> list[str]:
+    lines = [vhost, f"    ServerName {spec.dashboard_domain}"]
+    if certificate is not None:
+        lines += _certificate(certificate)
+    if redirect:
+        lines += _redirect((spec.dashboard_domain,), spec.https_port)
+    lines += [
         "    ProxyPreserveHost On",
-        f'    RequestHeader set X-Forwarded-Proto "{spec.scheme}"',
+        f'    RequestHeader set X-Forwarded-Proto "{scheme}"',
+        f'    ProxyPass "{CHALLENGE_PATH}" !',
         f'    ProxyPass / "http://{_host_port(spec.dashboard_host, spec.dashboard_port)}/" '
         "flushpackets=on retry=0",
         "</VirtualHost>",
     ]
-    for site in sorted(spec.sites, key=lambda s: s.app):
-        lines += ["", *_site(layout, spec, site, vhost)]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str) -> list[str]:
+def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str,
+          tls: Tls | None = None) -> list[str]:
+    """An app's vhost: on http (all its names), or, with `tls`, on https (the names its
+    certificate covers). Each has its own balancer; Opus switches both."""
     static = _path(layout.app_dir(site.app) / "current" / ".opus" / "static")
     balancer = f"balancer://app-{site.app}"
-    lines = [vhost, f"    ServerName {site.domains[0]}"]
-    if len(site.domains) > 1:
-        lines.append(f"    ServerAlias {' '.join(site.domains[1:])}")
+    domains = tls.domains if tls is not None else site.domains
+    lines = [vhost, f"    ServerName {domains[0]}"]
+    if len(domains) > 1:
+        lines.append(f"    ServerAlias {' '.join(domains[1:])}")
+    if tls is not None:
+        lines += _certificate(layout.front / "certs" / site.app)
+        if tls.redirect:
+            lines.append(f'    Header always set Strict-Transport-Security "{HSTS}"')
+    elif site.tls is not None and site.tls.redirect:
+        lines += _redirect(site.tls.domains, spec.https_port)
     lines += [
         "    ProxyPreserveHost On",
-        f'    RequestHeader set X-Forwarded-Proto "{spec.scheme}"',
+        f'    RequestHeader set X-Forwarded-Proto "{"https" if tls else spec.scheme}"',
+        f'    ProxyPass "{CHALLENGE_PATH}" !',
         # Static files come straight from the release's STATIC_ROOT (through the app's
         # `current` symlink), never from the app; no link inside it is followed.
         "    ProxyPass /static/ !",

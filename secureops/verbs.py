@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from secureops import checks, front, render
+from secureops import certs, checks, front, render
 from secureops.layout import Denied, Layout
 
 USERADD = "/usr/sbin/useradd"
@@ -473,7 +473,8 @@ def app_remove(request: Request) -> int:
     supervisor programs (stopped by Opus first)."""
     layout = request.layout
     _unlink(layout.conf_d, _conf_name(request.app))
-    for parent, name in ((layout.logs, request.app), (layout.apps, request.app)):
+    for parent, name in ((layout.logs, request.app), (layout.apps, request.app),
+                         (layout.front / "certs", request.app)):
         try:
             fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -515,7 +516,6 @@ def front_install(request: Request) -> int:
     it into place (never a config that fails its test). Opus reloads the front."""
     layout = request.layout
     spec = front.check(request.spec)
-    text = front.render(layout, spec, same_user=request.same_user)
     if request.same_user:
         for path in (layout.front / "run", layout.logs / "front"):
             path.mkdir(parents=True, exist_ok=True)
@@ -523,6 +523,11 @@ def front_install(request: Request) -> int:
         _trusted_dir(layout.front)
         _root_dir(layout, layout.front, "run", 0o755)
         _root_dir(layout, layout.logs, "front", 0o750)
+    # Only names the installed certificates cover get https (never a wrong certificate).
+    spec = front.with_installed_certs(spec, lambda site: certs.installed_names(layout, site))
+    if front.any_tls(spec):
+        certs.make_fallback(_certs_dir(request) / certs.FALLBACK_SITE)
+    text = front.render(layout, spec, same_user=request.same_user)
     candidate = _replace(layout.front, f"httpd.conf.{os.getpid()}.new", text, 0o600)
     test = subprocess.run([layout.apache_bin, "-t", "-f", str(layout.front / candidate)],
                           env={"PATH": SAFE_PATH, "LANG": "C"}, capture_output=True,
@@ -534,6 +539,44 @@ def front_install(request: Request) -> int:
     fd = os.open(layout.front, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         os.rename(candidate, "httpd.conf", src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+    return 0
+
+
+def _certs_dir(request: Request) -> Path:
+    """<front>/certs: root's alone (0700) in system mode, made here if missing."""
+    directory = request.layout.front / "certs"
+    if request.same_user:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return directory
+    _trusted_dir(request.layout.front)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    _trusted_dir(directory)
+    os.chmod(directory, 0o700)
+    return directory
+
+
+def cert_install(request: Request) -> int:
+    """Install a site's certificate chain and key (PEM, rewritten here), once OpenSSL
+    agrees the key is the leaf's and the leaf is valid now. The front uses it at its next
+    render (front-install)."""
+    cert = certs.check(request.spec)
+    certs.write_pair(_certs_dir(request) / cert.site, cert, time.time())
+    return 0
+
+
+def cert_remove(request: Request) -> int:
+    """Remove a site's certificate (its names go back to http at the next render)."""
+    body = checks._exactly(request.spec, {"site"}, set(), "the spec")
+    site = certs.site_name(body["site"])
+    try:
+        fd = os.open(request.layout.front / "certs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return 0
+    try:
+        _remove(fd, site)
     finally:
         os.close(fd)
     return 0
@@ -673,5 +716,7 @@ TABLE: dict[str, Verb] = {
     "release-remove": Verb(release_remove, takes_spec=True),
     "app-remove": Verb(app_remove),
     "front-install": Verb(front_install, takes_spec=True, takes_app=False),
+    "cert-install": Verb(cert_install, takes_spec=True, takes_app=False),
+    "cert-remove": Verb(cert_remove, takes_spec=True, takes_app=False),
     "run": Verb(run, takes_spec=True),
 }

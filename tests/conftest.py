@@ -161,7 +161,8 @@ def start_opus(*, under: Path | None = None, **extra_env: str) -> Opus:
         require_tool(tool)
     home = Path(tempfile.mkdtemp(prefix="opus-test-", dir=under or "/tmp"))
     home.chmod(0o755)   # the run user and the front's children traverse it
-    ssh_port, http_port = free_port(), free_port()
+    ssh_port = free_port()
+    http_port = int(extra_env.get("OPUS_HTTP_PORT") or free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPUS_")}
     env.update({
         "OPUS_HOME": str(home),
@@ -182,6 +183,9 @@ def start_opus(*, under: Path | None = None, **extra_env: str) -> Opus:
         "OPUS_MAX_PACK_BYTES": str(MAX_PACK_BYTES),
         "OPUS_MAX_OBJECT_BYTES": str(MAX_OBJECT_BYTES),
         "OPUS_SSH_CONNECTIONS_PER_KEY": str(CONNECTIONS_PER_KEY),
+        # No certificates are ordered but by the HTTPS tests, from their own pebble.
+        "OPUS_ACME_DIRECTORY": "off",
+        "OPUS_HTTPS_PORT": str(free_port()),
         "PYTHONPATH": str(CHECKOUT),
         # Set in the operator's shell; no app process may see it.
         "OPERATOR_ONLY_SECRET": "operator-secret-marker",

@@ -87,7 +87,8 @@ def install(**settings: str) -> SystemOpus:
     base = Path(f"/tmp/opus-system-{suffix}")
     base.mkdir()
     base.chmod(0o755)
-    opus = SystemOpus(base, f"ot{suffix}", free_port(), free_port())
+    opus = SystemOpus(base, f"ot{suffix}", free_port(),
+                      int(settings.pop("http_port", "") or free_port()))
     chosen = {"http_host": "127.0.0.1", "http_port": str(opus.http_port),
               "ssh_host": "127.0.0.1", "ssh_port": str(opus.ssh_port),
               "dashboard_port": str(free_port()), "app_port_base": str(free_port_block(40)),

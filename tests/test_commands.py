@@ -51,6 +51,7 @@ FORBIDDEN = f"opus: only cmd-owner (the owner) or an admin may do that to {APP}"
 NO_RELEASE = f"opus: {APP} has no release yet; push to deploy one"
 NO_ROLLBACK = f"opus: {APP} has no release to roll back from; push first"
 NO_BUILD = f"opus: no such build of {APP}; `opus builds {APP}` lists them"
+ADMINS_ONLY = "opus: only an admin may see or change the dashboard's certificate"
 
 # (command, admin, owner, collaborator, stranger): "ok", or the one line of refusal.
 MATRIX = [
@@ -80,6 +81,10 @@ MATRIX = [
     (["checks:set", APP, "path=/"], "ok", "ok", "ok", NOT_FOUND),
     (["checks:disable", APP], "ok", "ok", "ok", NOT_FOUND),
     (["ps:restart", APP, "worker"], NO_RELEASE, NO_RELEASE, NO_RELEASE, NOT_FOUND),
+    (["certs", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["https:redirect", APP, "off"], "ok", "ok", "ok", NOT_FOUND),
+    (["certs:remove", APP], "ok", "ok", "ok", NOT_FOUND),
+    (["certs", "opus"], "ok", ADMINS_ONLY, ADMINS_ONLY, ADMINS_ONLY),
     (["apps:destroy", APP, "--confirm", APP], None, None, FORBIDDEN, NOT_FOUND),
 ]
 

@@ -108,6 +108,8 @@ def test_an_empty_or_missing_database_is_restored_but_a_new_home_is_left_alone(
         tmp_path: Path) -> None:
     db, backup = tmp_path / "opus.db", tmp_path / "opus.db.backup"
     assert restore_if_damaged(db, backup) is None            # a new home: nothing to do
+    db.write_bytes(b"")
+    assert restore_if_damaged(db, backup) is None            # ... even with an empty file
     store = new_store(tmp_path)
     an_app(store)
     store.backup(backup)

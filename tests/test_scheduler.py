@@ -76,3 +76,36 @@ def test_opus_up_runs_the_scheduler_which_backs_up_the_database(opus: Opus) -> N
         assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         tables = {r[0] for r in copy.execute("SELECT name FROM sqlite_master")}
     assert {"apps", "releases", "users", "keys"} <= tables
+
+
+def test_waking_the_scheduler_runs_the_jobs_that_ask_for_it_at_once(tmp_path: Path) -> None:
+    """`domains:add` wakes it (SIGUSR1): a new name's certificate does not wait a minute."""
+    import threading
+    settings = Settings(home=tmp_path)
+    Store(settings.db_path).init()
+    ran: list[str] = []
+    jobs = (Job("eager", 3600.0, lambda s, st: ran.append("eager"), on_wake=True),
+            Job("lazy", 3600.0, lambda s, st: ran.append("lazy")))
+    stop, wake = threading.Event(), threading.Event()
+    thread = threading.Thread(target=scheduler.serve, args=(settings, stop, jobs),
+                              kwargs={"wake": wake})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(ran) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(ran) == ["eager", "lazy"]            # both at once, the first time
+        wake.set()
+        while len(ran) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ran[2:] == ["eager"]                        # woken: only the eager one
+    finally:
+        stop.set()
+        wake.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+def test_the_certificates_job_is_scheduled_every_minute_and_woken() -> None:
+    job = next(j for j in scheduler.JOBS if j.name == "certificates")
+    assert job.every == 60.0 and job.on_wake

@@ -6,6 +6,7 @@ a hostile environment; concurrent calls; and the same checks in same-user mode."
 from __future__ import annotations
 
 import configparser
+import datetime
 import grp
 import json
 import os
@@ -23,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from secureops import cli
 from secureops.layout import Layout
@@ -200,7 +205,8 @@ def hostile_requests(layout: Layout) -> list[tuple[list[str], Any, str]]:
          "not an IP address"),
         (["front-install"], front_spec(listen_port=0), "whole number"),
         (["front-install"], front_spec(dashboard={"domain": "opus.localhost",
-                                                  "host": "127.0.0.1", "port": 70000}),
+                                                  "host": "127.0.0.1", "port": 70000,
+                                                  "tls": None}),
          "whole number"),
         (["front-install"], front_spec(sites=[site(domains=['x" LoadModule'])]),
          "not a host name"),
@@ -232,12 +238,86 @@ def hostile_requests(layout: Layout) -> list[tuple[list[str], Any, str]]:
         (["wheels-install"], {"key": "cp313-../../../etc"}, "not a wheelhouse key"),
         (["wheels-install"], {"key": "cp313-0123456789ABCDEF"}, "not a wheelhouse key"),
         (["wheels-remove"], {"key": ""}, "not a wheelhouse key"),
+        # https: values only; certificates only by name, never a path
+        (["front-install"], front_spec(https_port=8080), "https_port must differ"),
+        (["front-install"], front_spec(https_port="8443\nListen 1"), "whole number"),
+        (["front-install"], front_spec(sites=[site(tls=tls(domains=["bank.example"]))]),
+         "some of its own domains"),
+        (["front-install"], front_spec(sites=[site(tls=tls(domains=[["x"]]))]),
+         "some of its own domains"),
+        (["front-install"], front_spec(sites=[site(tls=tls(redirect="yes"))]),
+         "true or false"),
+        (["front-install"], front_spec(sites=[site(tls=tls(serial="1\nSSLEngine off"))]),
+         "hex digits"),
+        (["front-install"], front_spec(sites=[site(tls=tls(cert="/etc/shadow"))]),
+         "unknown keys"),
+        (["front-install"], front_spec(dashboard={
+            "domain": "opus.localhost", "host": "127.0.0.1", "port": 8090,
+            "tls": tls(domains=[f"{APP}.localhost"])}), "some of its own domains"),
+        (["cert-install", APP], cert_spec(), "usage"),
+        (["cert-install"], cert_spec(site="../etc"), "invalid app name"),
+        (["cert-install"], cert_spec(site="front"), "invalid app name"),
+        (["cert-install"], cert_spec(path="/etc/ssl/private/x.key"), "unknown keys"),
+        (["cert-install"], cert_spec(chain=PAIR[0] + "Include /tmp/evil.conf\n"),
+         "text after the last PEM block"),
+        (["cert-install"], cert_spec(chain=PAIR[0].replace("\n-----END", "!\n-----END")),
+         "text after the last PEM block"),
+        (["cert-install"], cert_spec(key=PAIR[0]), "one unencrypted PEM private key"),
+        (["cert-install"], cert_spec(chain=PAIR[1]), "1 to 8 PEM certificates"),
+        (["cert-install"], cert_spec(chain=PAIR[0] * 9), "1 to 8 PEM certificates"),
+        (["cert-install"], cert_spec(chain="x" * 70000), "at most 65536"),
+        (["cert-install"], cert_spec(key=OTHER[1]), "does not match"),
+        (["cert-install"], cert_spec(chain=EXPIRED[0], key=EXPIRED[1]), "has expired"),
+        (["cert-install"], cert_spec(chain=NO_NAME[0], key=NO_NAME[1]), "names no DNS host"),
+        (["cert-remove"], {"site": "../../etc"}, "invalid app name"),
+        (["cert-install"], cert_spec(site="_fallback"), "invalid app name"),
+        (["cert-remove"], {"site": "_fallback"}, "invalid app name"),
+        (["cert-remove"], {"site": APP, "path": "/"}, "unknown keys"),
+        (["cert-remove", APP], {"site": APP}, "usage"),
     ]
+
+
+def make_pair(names: list[str], days: tuple[int, int] = (-1, 30)) -> tuple[str, str]:
+    """A self-signed certificate for `names` and its key, as PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "x")])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now + datetime.timedelta(days=days[0]))
+               .not_valid_after(now + datetime.timedelta(days=days[1])))
+    if names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode())
+
+
+PAIR = make_pair([f"{APP}.localhost", f"*.{APP}.example"])
+OTHER = make_pair([f"{APP}.localhost"])
+EXPIRED = make_pair([f"{APP}.localhost"], days=(-30, -1))
+NO_NAME = make_pair([])
+
+
+def cert_spec(**changes: Any) -> dict[str, Any]:
+    spec = {"site": APP, "chain": PAIR[0], "key": PAIR[1]}
+    spec.update(changes)
+    return spec
+
+
+def tls(**changes: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"domains": [f"{APP}.localhost"], "redirect": False, "serial": "1"}
+    entry.update(changes)
+    return entry
 
 
 def front_spec(**changes: Any) -> dict[str, Any]:
     spec = {"listen_host": "127.0.0.1", "listen_port": 8080, "scheme": "http",
-            "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1", "port": 8090},
+            "https_port": 8443,
+            "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1", "port": 8090,
+                          "tls": None},
             "token": "0" * 32, "sites": [site()]}
     spec.update(changes)
     return spec
@@ -266,6 +346,8 @@ def test_every_hostile_request_is_refused_and_logged(home: tuple[Layout, Path]) 
         assert logged and logged[-1]["outcome"] == "deny", (argv, logged)
     # Nothing was written for any of them.
     assert list(layout.conf_d.iterdir()) == []
+    certs = layout.front / "certs"
+    assert not certs.exists() or [p.name for p in certs.iterdir()] == []
 
 
 def test_same_user_mode_refuses_the_same_requests(home: tuple[Layout, Path]) -> None:
@@ -802,3 +884,52 @@ def test_same_user_mode_copies_for_the_caller(tools_home: tuple[Layout, Path]) -
                       "test", same_user=True) == 0
     installed = layout.pythons / PYTHON / "bin" / "python3.13"
     assert stat.S_IMODE(installed.stat().st_mode) == 0o755
+
+
+def test_certificates_are_roots_alone_and_only_covered_names_get_https(
+        home: tuple[Layout, Path]) -> None:
+    """As root (system mode): the pair is rewritten, 0600 in a 0700 directory of root's,
+    unreadable by the front's children and the apps; the front serves https only for
+    the names the certificate covers, and a name without one gets the self-signed
+    fallback (apache2 -t passes on all of it)."""
+    layout, config = home
+    (layout.app_dir(APP)).mkdir(parents=True)
+    assert call(config, "cert-install", spec=cert_spec()).returncode == 0
+    directory = layout.front / "certs" / APP
+    for name in ("chain.pem", "key.pem", "names.json"):
+        info = (directory / name).stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600), name
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert json.loads((directory / "names.json").read_text()) == \
+        [f"{APP}.localhost", f"*.{APP}.example"]
+    read = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                           "cat", str(directory / "key.pem")], capture_output=True, text=True,
+                          check=False)
+    assert read.returncode != 0 and "Permission denied" in read.stderr
+    asked = site(domains=[f"{APP}.localhost", f"www.{APP}.example", "other.example.org"],
+                 tls=tls(domains=[f"{APP}.localhost", f"www.{APP}.example",
+                                  "other.example.org"], redirect=True))
+    done = call(config, "front-install", spec=front_spec(sites=[asked]))
+    assert done.returncode == 0, done.stderr
+    front = (layout.front / "httpd.conf").read_text()
+    assert "Listen 127.0.0.1:8443 https" in front and "SSLProtocol -all +TLSv1.2 +TLSv1.3" in front
+    assert "Protocols h2 http/1.1" in front
+    https_vhost = front.split("<VirtualHost 127.0.0.1:8443>")[-1]
+    assert f"ServerName {APP}.localhost" in https_vhost
+    assert f"ServerAlias www.{APP}.example" in https_vhost     # the wildcard covers it
+    assert "other.example.org" not in https_vhost               # not on the certificate
+    assert 'Strict-Transport-Security "max-age=31536000"' in https_vhost
+    assert (layout.front / "certs" / "_fallback" / "key.pem").stat().st_mode & 0o777 == 0o600
+    # A planted link in place of the site's directory is refused, never followed.
+    subprocess.run(["rm", "-r", str(directory)], check=True)
+    directory.symlink_to("/etc")
+    refused = call(config, "cert-install", spec=cert_spec())
+    assert refused.returncode == cli.FAILED or refused.returncode == cli.DENIED
+    assert not Path("/etc/key.pem").exists()
+    directory.unlink()
+    # Removing it: the next render has no https for the app.
+    assert call(config, "cert-install", spec=cert_spec()).returncode == 0
+    assert call(config, "cert-remove", spec={"site": APP}).returncode == 0
+    assert not directory.exists()
+    assert call(config, "front-install", spec=front_spec(sites=[asked])).returncode == 0
+    assert ":8443" not in (layout.front / "httpd.conf").read_text()

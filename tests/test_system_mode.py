@@ -22,10 +22,14 @@ import os
 import pwd
 import re
 import secrets
+import shutil
 import signal
+import socket
+import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -34,11 +38,13 @@ from pathlib import Path
 import pytest
 
 from opus_paas.run import deploy
+from tests import pebble as pebble_module
 from tests import python_mirror
 from tests import system_opus as system_opus_module
 from tests.conftest import (
     SshKey,
     commit_all,
+    free_port,
     git,
     make_django_project,
     make_key,
@@ -66,7 +72,22 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[python_mirror.M
 
 
 @pytest.fixture(scope="module")
-def system_opus(mirror: python_mirror.Mirror) -> Iterator[SystemOpus]:
+def pebble() -> Iterator[tuple[pebble_module.Pebble, int, int]]:
+    """Let's Encrypt's test CA for this Opus (its files readable by the opus user), with
+    the front's http and https ports."""
+    http_port, https_port = free_port(), free_port()
+    directory = Path(tempfile.mkdtemp(prefix="opus-pebble-", dir="/tmp"))
+    running = pebble_module.start(directory, http_port)
+    try:
+        yield running, http_port, https_port
+    finally:
+        running.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def system_opus(mirror: python_mirror.Mirror,
+                pebble: tuple[pebble_module.Pebble, int, int]) -> Iterator[SystemOpus]:
     if os.geteuid() != 0:
         message = "system mode installs as root (CI runs as root)"
         if os.environ.get("CI") == "true":
@@ -78,7 +99,11 @@ def system_opus(mirror: python_mirror.Mirror) -> Iterator[SystemOpus]:
     if present is not None:
         pytest.fail(f"Opus is installed on this machine already ({present}); the system "
                     "mode test installs its own and would overwrite it")
-    opus = system_opus_module.install(health_timeout="30", python_downloads=mirror.downloads)
+    ca, http_port, https_port = pebble
+    opus = system_opus_module.install(health_timeout="30", python_downloads=mirror.downloads,
+                                      http_port=str(http_port), https_port=str(https_port),
+                                      acme_directory=ca.directory,
+                                      acme_ca_bundle=str(ca.listener_ca))
     try:
         yield opus
     finally:
@@ -303,9 +328,9 @@ def test_the_opus_user_cannot_reach_root_through_secureops(system_opus: SystemOp
                   input=json.dumps({"argv": ["/usr/bin/id", "-u"], "cwd": slug, "env": {}}))
     assert ran.returncode == 0 and ran.stdout.strip() == str(pwd.getpwnam(f"opus-{a}").pw_uid)
     front_spec = {"listen_host": "127.0.0.1", "listen_port": system_opus.http_port,
-                  "scheme": "http",
+                  "scheme": "http", "https_port": 8443,
                   "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1",
-                                "port": 8090},
+                                "port": 8090, "tls": None},
                   "token": "0" * 32, "sites": []}
     site = {"app": a, "domains": [f"{a}.localhost"], "port": 40000, "members": [40000]}
     hostile = [
@@ -332,6 +357,15 @@ def test_the_opus_user_cannot_reach_root_through_secureops(system_opus: SystemOp
          "a port is given to two apps"),
         (["front-install"], {**front_spec, "token": "' || true || '"}, "token"),
         (["front-install"], {**front_spec, "include": "/tmp/evil.conf"}, "unknown keys"),
+        (["front-install"], {**front_spec, "sites": [{**site, "tls": {
+            "domains": ["bank.example"], "redirect": False, "serial": "1"}}]},
+         "some of its own domains"),
+        (["cert-install"], {"site": "../../etc/ssl", "chain": "", "key": ""},
+         "invalid app name"),
+        (["cert-install"], {"site": a, "chain": "-----BEGIN CERTIFICATE-----\nAAAA\n"
+                            "-----END CERTIFICATE-----\nSSLEngine off\n", "key": ""},
+         "text after the last PEM block"),
+        (["cert-remove"], {"site": "fallback/../.."}, "invalid app name"),
         (["hand-over", "../" + a], None, "invalid app name"),
         (["python-install"], {"name": "cpython-3.13.0-linux-x86_64-gnu/../../../etc"},
          "not an interpreter's name"),
@@ -512,6 +546,44 @@ def test_listening_uids_reads_the_kernels_table() -> None:
     assert deploy.listening_uids(table, 20002) == set()
 
 
+def test_https_certificates_are_ordered_by_opus_and_kept_by_root(
+        system_opus: SystemOpus, two_apps: tuple[str, str],
+        pebble: tuple[pebble_module.Pebble, int, int]) -> None:
+    """The opus user orders the certificate (its account key its own, 0600), secureops
+    keeps the pair root's (0600 in a 0700 directory): no app's user, nor the front's
+    children, nor Opus can read the key; the app is served over https."""
+    ca, _http_port, https_port = pebble
+    _a, b = two_apps
+    domain = f"{b}.system.test"
+    system_opus.cli("domains:add", b, domain)
+    deadline = time.monotonic() + 60
+    while domain not in json.loads(system_opus.cli("certs", b, "--json").stdout)["https"]:
+        assert time.monotonic() < deadline, system_opus.cli("certs", b).stdout
+        time.sleep(0.5)
+    context = ssl.create_default_context(cafile=str(ca.root))
+    with socket.create_connection(("127.0.0.1", https_port), timeout=30) as raw, \
+            context.wrap_socket(raw, server_hostname=domain) as tls:
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {domain}\r\nConnection: close\r\n\r\n"
+                    .encode())
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and f"Hello from {b}".encode() in answer
+    directory = Path("/etc/opus/front/certs") / b
+    key = directory / "key.pem"
+    assert (key.stat().st_uid, stat.S_IMODE(key.stat().st_mode)) == (0, 0o600)
+    assert (directory.stat().st_uid, stat.S_IMODE(directory.stat().st_mode)) == (0, 0o700)
+    account = system_opus.home / "acme" / "account.key"
+    assert pwd.getpwuid(account.stat().st_uid).pw_name == system_opus.user
+    assert stat.S_IMODE(account.stat().st_mode) == 0o600
+    for user in (f"opus-{b}", f"opus-{_a}", f"{system_opus.user}-front", system_opus.user):
+        for secret in (key, account):
+            if user == system_opus.user and secret == account:
+                continue
+            read = as_user(user, "cat", str(secret))
+            assert read.returncode != 0 and "Permission denied" in read.stderr, (user, secret)
+
+
 def test_destroying_an_app_removes_its_user_and_files(system_opus: SystemOpus,
                                                       two_apps: tuple[str, str]) -> None:
     _a, b = two_apps
@@ -524,6 +596,7 @@ def test_destroying_an_app_removes_its_user_and_files(system_opus: SystemOpus,
     assert not (system_opus.home / "apps" / b).exists()
     assert not (Path("/var/log/opus") / b).exists()
     assert not Path(f"/etc/opus/supervisor/conf.d/app-{b}.conf").exists()
+    assert not Path(f"/etc/opus/front/certs/{b}").exists()
     assert system_opus.get(b)[0] == 404
 
 

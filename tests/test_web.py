@@ -564,3 +564,17 @@ def test_destroying_needs_the_name_typed(app: Flask, home: Settings) -> None:
     done = send(owner, "/apps/shop/destroy", {"confirm": "shop"})
     assert done.request.path == "/" and "Destroyed shop" in done.text
     assert store_of(home).get_app("shop") is None
+
+
+def test_the_app_page_says_why_an_order_failed_and_when_it_retries(
+        app: Flask, home: Settings) -> None:
+    store = store_of(home)
+    store.add_domain(store.get_app("shop"), "www.shop.test")    # type: ignore[arg-type]
+    store.update_tls_site("shop", failures=2, last_error="the challenge failed: <b>x</b>",
+                          failed_at=1_800_000_000.0, retry_at=1_800_000_600.0)
+    page = signed_in(app, "dev1").get("/apps/shop").get_data(as_text=True)
+    assert "<h2>HTTPS</h2>" in page
+    assert "the challenge failed: &lt;b&gt;x&lt;/b&gt;" in page       # escaped
+    assert "(2 in a row)" in page and "Opus tries again at 2027-01-15 08:10:00 UTC" in page
+    assert "Certificate:  none; served over http only" in page
+    assert "opus certs:auto shop on" in page

@@ -16,6 +16,7 @@ from opus_paas.errors import NotFound, OpusError, UsageError
 from opus_paas.run import deploy, metrics, ps
 from opus_paas.run import restart as restart_module
 from opus_paas.store import App
+from opus_paas.tls import certs
 from web import charts, context, forms
 from web.status import app_status
 
@@ -70,6 +71,7 @@ def show(name: str) -> str:
         config=sorted(store.config(app).items()),
         domains=deploy.app_domains(settings, store, app),
         custom_domains=store.domains(app),
+        https=certs.describe(settings, certs.status(settings, store, app.name)),
         builds=store.list_builds(app)[:20],
         collaborators=store.collaborators(app),
         may_manage=access.may_manage(context.actor(), app),

@@ -25,6 +25,7 @@ from opus_paas.git import gitserver
 from opus_paas.run import deploy, logs, ps
 from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
+from opus_paas.tls import commands as tls_commands
 
 # ---- Opus itself (host only) -----------------------------------------------------------
 
@@ -313,6 +314,7 @@ def _change_domain(ctx: Context, args: list[str], add: bool) -> None:
 
 def cmd_domains_add(ctx: Context, args: list[str]) -> None:
     _change_domain(ctx, args, add=True)
+    tls_commands.wake_scheduler(ctx)     # a certificate for the new name, if it may have one
 
 
 def cmd_domains_remove(ctx: Context, args: list[str]) -> None:
@@ -658,6 +660,7 @@ CORE: list[Command] = [
 # Every command: Opus's core, then each capability's own (its module's COMMANDS list).
 TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
                                                      *pythons_commands.COMMANDS,
+                                                     *tls_commands.COMMANDS,
                                                      *databases.COMMANDS]}
 
 

@@ -22,6 +22,7 @@ from opus_paas.data import backups
 from opus_paas.run import recovery
 from opus_paas.settings import Settings
 from opus_paas.store import Store
+from opus_paas.tls import certs
 
 log = logging.getLogger("opus.scheduler")
 LONGEST_SLEEP = 60.0
@@ -32,6 +33,7 @@ class Job:
     name: str
     every: float                                  # seconds from one run to the next
     run: Callable[[Settings, Store], object]
+    on_wake: bool = False        # also run at once when the scheduler is woken (SIGUSR1)
 
 
 def backup_database(settings: Settings, store: Store) -> None:
@@ -47,10 +49,18 @@ def recover_deploys(settings: Settings, store: Store) -> None:
         log.info("%s", line)
 
 
+def order_certificates(settings: Settings, store: Store) -> None:
+    """Certificates for new names, renewals, retries after a failed order (their own
+    back-off decides); `domains:add` wakes the scheduler for this."""
+    for site in certs.run_due(settings, store, emit=lambda line: log.info("%s", line)):
+        log.info("certificate installed for %s", site)
+
+
 JOBS: tuple[Job, ...] = (
     Job("database backup", 3600.0, backup_database),
     Job("deploy recovery", 60.0, recover_deploys),
     Job("app backups", 60.0, backups.run_schedules),
+    Job("certificates", 60.0, order_certificates, on_wake=True),
 )
 
 
@@ -81,20 +91,33 @@ def run_due(settings: Settings, store: Store, jobs: tuple[Job, ...],
 
 
 def serve(settings: Settings, stop: threading.Event,
-          jobs: tuple[Job, ...] = JOBS) -> None:
+          jobs: tuple[Job, ...] = JOBS, wake: threading.Event | None = None) -> None:
+    """Run the jobs until `stop` is set; `wake` (set on SIGUSR1) runs the on_wake jobs
+    at once."""
     store = Store(settings.db_path)
     last: dict[str, float] = {}
+    woken = wake or threading.Event()
     while not stop.is_set():
         run_due(settings, store, jobs, last, time.time())
-        stop.wait(seconds_to_next(jobs, last, time.time()))
+        if woken.wait(seconds_to_next(jobs, last, time.time())):
+            woken.clear()
+            for job in jobs:
+                if job.on_wake:
+                    last.pop(job.name, None)
 
 
 def main() -> None:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
-    serve(settings_module.load(), stop)
+    stop, wake = threading.Event(), threading.Event()
+
+    def stopping(_signum: int, _frame: object) -> None:
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: wake.set())
+    serve(settings_module.load(), stop, wake=wake)
 
 
 if __name__ == "__main__":

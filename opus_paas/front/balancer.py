@@ -16,6 +16,8 @@ import dataclasses
 import html
 import http.client
 import re
+import socket
+import ssl
 import time
 import urllib.parse
 
@@ -67,19 +69,45 @@ def parse_page(page: str, balancer: str) -> tuple[str | None, dict[str, Member]]
     return nonce, members
 
 
-class BalancerManager:
-    """The front's balancer-manager for one app, reached on loopback."""
+def _loopback_tls(host: str, port: int, timeout: float) -> http.client.HTTPConnection:
+    """An https connection to the front on loopback with `host` as its SNI name. The
+    certificate is not checked: this is the front itself, and the token is the proof."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    conn._create_connection = (  # type: ignore[attr-defined]
+        lambda _address, *args, **kwargs: socket.create_connection(("127.0.0.1", port),
+                                                                   *args, **kwargs))
+    return conn
 
-    def __init__(self, port: int, host: str, app: str, token: str, timeout: float = 5.0):
+
+class BalancerManager:
+    """The front's balancer-manager for one app, reached on loopback: in its http vhost,
+    and in its https vhost too when it has one (`tls`: that vhost's port and a name it
+    serves). Each vhost has a balancer of its own; every change is made in both."""
+
+    def __init__(self, port: int, host: str, app: str, token: str, timeout: float = 5.0,
+                 tls: tuple[int, str] | None = None):
         self.port, self.host, self.token, self.timeout = port, host, token, timeout
         self.balancer = balancer_name(app)
+        self.tls = False          # this view speaks https (the https vhost's own)
+        self.https: BalancerManager | None = None
+        if tls is not None:
+            self.https = BalancerManager(tls[0], tls[1], app, token, timeout)
+            self.https.tls = True
+
+    def _views(self) -> list[BalancerManager]:
+        return [self] if self.https is None else [self, self.https]
 
     def _request(self, method: str, body: str | None = None) -> tuple[int, str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        scheme = "https" if self.tls else "http"
+        conn = (_loopback_tls(self.host, self.port, self.timeout) if self.tls else
+                http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout))
         headers = {"Host": self.host, MANAGER_HEADER: self.token}
         if body is not None:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-            headers["Referer"] = f"http://{self.host}{MANAGER_PATH}"
+            headers["Referer"] = f"{scheme}://{self.host}{MANAGER_PATH}"
         try:
             conn.request(method, MANAGER_PATH, body=body, headers=headers)
             response = conn.getresponse()
@@ -91,6 +119,13 @@ class BalancerManager:
             conn.close()
 
     def members(self) -> tuple[str, dict[str, Member]]:
+        """The nonce and members of the http vhost's balancer (the https one's must be
+        there too)."""
+        if self.https is not None:
+            self.https._members()
+        return self._members()
+
+    def _members(self) -> tuple[str, dict[str, Member]]:
         status, page = self._request("GET")
         nonce, members = parse_page(page, self.balancer)
         if status != 200 or nonce is None or not members:
@@ -98,14 +133,18 @@ class BalancerManager:
         return nonce, members
 
     def set_enabled(self, port: int, enabled: bool) -> None:
-        nonce, members = self.members()
+        for view in self._views():
+            view._set_enabled(port, enabled)
+
+    def _set_enabled(self, port: int, enabled: bool) -> None:
+        nonce, members = self._members()
         url = member_url(port)
         if url not in members:
             raise ServiceError(f"the front's balancer has no member {url}")
         form = urllib.parse.urlencode({"b": self.balancer, "w": url, "nonce": nonce,
                                        "w_status_D": "0" if enabled else "1"})
         self._request("POST", form)
-        if self.members()[1][url].enabled != enabled:
+        if self._members()[1][url].enabled != enabled:
             raise ServiceError(f"the front's balancer did not take the change to {url}")
 
     def switch(self, new_port: int, old_port: int | None) -> None:
@@ -115,15 +154,19 @@ class BalancerManager:
             self.set_enabled(old_port, False)
 
     def wait_drained(self, port: int, timeout: float) -> bool:
-        """Wait until no request is in flight on `port`'s member; False on timeout."""
+        """Wait until no request is in flight on `port`'s member, in every vhost; False on
+        timeout."""
         deadline = time.monotonic() + timeout
+        return all(view._wait_drained(port, deadline) for view in self._views())
+
+    def _wait_drained(self, port: int, deadline: float) -> bool:
         while True:
-            member = self.members()[1].get(member_url(port))
+            member = self._members()[1].get(member_url(port))
             if member is None or member.busy == 0:
                 # A front child that picked the member just before the switch counts
                 # its request a moment later: look once more.
                 time.sleep(SETTLE_SECONDS)
-                again = self.members()[1].get(member_url(port))
+                again = self._members()[1].get(member_url(port))
                 if again is None or again.busy == 0:
                     return True
             if time.monotonic() >= deadline:

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from opus_paas import privileged, secretfile
+from opus_paas.front import tls as front_tls
 from opus_paas.settings import Settings
+from opus_paas.store import TlsSite
 
 TOKEN = re.compile(r"[0-9a-f]{32}")
 
@@ -86,16 +88,21 @@ def manager_token(settings: Settings) -> str:
     return secretfile.read_or_create(settings.home / "front.token")
 
 
-def spec(settings: Settings, sites: list[Site], token: str) -> dict[str, Any]:
-    """What secureops renders the front's whole config from (pure): values only."""
+def spec(settings: Settings, sites: list[Site], token: str,
+         tls: dict[str, TlsSite] | None = None) -> dict[str, Any]:
+    """What secureops renders the front's whole config from (pure): values only. `tls`:
+    each site's HTTPS state (front/tls.py), by site name."""
+    known = tls or {}
     return {
         "listen_host": settings.http_host, "listen_port": settings.http_port,
-        "scheme": settings.public_scheme,
+        "scheme": settings.public_scheme, "https_port": settings.tls_port,
         "dashboard": {"domain": settings.dashboard_domain, "host": settings.dashboard_host,
-                      "port": settings.dashboard_port},
+                      "port": settings.dashboard_port,
+                      "tls": front_tls.dashboard_tls(settings, known)},
         "token": token,
         "sites": [{"app": s.app, "domains": list(s.domains), "port": s.port,
-                   "members": list(s.member_ports())}
+                   "members": list(s.member_ports()),
+                   "tls": front_tls.site_tls(known.get(s.app), list(s.domains))}
                   for s in sorted(sites, key=lambda s: s.app)],
     }
 
@@ -121,13 +128,26 @@ def _installed_spec(settings: Settings) -> object:
 def is_current(settings: Settings, sites: list[Site]) -> bool:
     """True if the config installed (what the front runs, or will on its next reload) is
     exactly what these sites render to."""
-    return bool(_installed_spec(settings) == spec(settings, sites, manager_token(settings)))
+    return bool(_installed_spec(settings) == spec(settings, sites, manager_token(settings),
+                                                  front_tls.states(settings)))
+
+
+def tls_vhost(settings: Settings, app: str) -> tuple[int, str] | None:
+    """The port and a host name of the app's https vhost in the installed config, if it
+    has one (its balancer is switched with the http vhost's)."""
+    installed = _installed_spec(settings)
+    if not isinstance(installed, dict):
+        return None
+    for site in installed.get("sites", []):
+        if isinstance(site, dict) and site.get("app") == app and site.get("tls"):
+            return int(installed["https_port"]), str(site["tls"]["domains"][0])
+    return None
 
 
 def write(settings: Settings, sites: list[Site]) -> bool:
     """Have secureops render, test and install the config; True if it changed. A config
     Apache rejects is never installed (ServiceError says why)."""
-    wanted = spec(settings, sites, manager_token(settings))
+    wanted = spec(settings, sites, manager_token(settings), front_tls.states(settings))
     if _installed_spec(settings) == wanted and (settings.front_dir / "httpd.conf").exists():
         return False
     _installed(settings).unlink(missing_ok=True)     # unknown until secureops is done

@@ -446,7 +446,8 @@ def _manager(settings: Settings, app: App) -> balancer.BalancerManager | None:
     if app.live_port is None:
         return None
     return balancer.BalancerManager(settings.http_port, settings.app_domain(app.name),
-                                    app.name, httpd.manager_token(settings))
+                                    app.name, httpd.manager_token(settings),
+                                    tls=httpd.tls_vhost(settings, app.name))
 
 
 def _switch_members(settings: Settings, store: Store, manager: balancer.BalancerManager,
