@@ -31,10 +31,12 @@ APT_PACKAGES = [
 # sudo for system mode's (the opus user reaches secureops through it); patchelf for the
 # local Python mirror the interpreter tests package (tests/python_mirror.py); for the
 # HTTPS tests Let's Encrypt's test CA (pebble), NSS's certutil (Chromium's trust store)
-# and h2load (HTTP/2 load).
+# and h2load (HTTP/2 load); PostgreSQL for the databases' (the operator installs it with
+# POSTGRES_PACKAGES when enabling it).
+POSTGRES_PACKAGES = ["postgresql", "postgresql-client"]
 APT_TEST_PACKAGES: list[str] = ["wrk", "chromium", "chromium-driver", "fonts-dejavu-core",
                                 "sudo", "patchelf", "pebble", "libnss3-tools",
-                                "nghttp2-client"]
+                                "nghttp2-client", *POSTGRES_PACKAGES]
 
 
 def _missing_apt(packages: list[str]) -> list[str]:

@@ -95,6 +95,9 @@ class Settings:
     # A build or release command running longer than this is stopped.
     build_timeout: float = 900.0
     keep_releases: int = 5
+    # A destroyed app's last backup is kept this many days (`backups:restore` brings it
+    # into a new app).
+    destroyed_backup_days: int = 7
     # A push to an app whose deploy is running waits this long for it, then is refused.
     deploy_wait_timeout: float = 600.0
     # The largest pack a push may send, in bytes (default 1 GiB).
@@ -238,7 +241,8 @@ class Settings:
 
 
 _INT_FIELDS = {"ssh_port", "http_port", "https_port", "dashboard_port", "app_port_base",
-               "keep_releases", "max_pack_bytes", "max_object_bytes", "ssh_connections_per_key",
+               "keep_releases", "destroyed_backup_days", "max_pack_bytes", "max_object_bytes",
+               "ssh_connections_per_key",
                "ssh_max_connections"}
 _FLOAT_FIELDS = {"health_timeout", "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
                  "ssh_idle_timeout", "ssh_session_timeout"}

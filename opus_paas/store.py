@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from opus_paas.errors import Conflict, NotFound, ServiceError
 
@@ -107,6 +108,38 @@ CREATE TABLE IF NOT EXISTS memory_samples (
     rss INTEGER NOT NULL        -- bytes, every process of the app together
 );
 CREATE INDEX IF NOT EXISTS memory_samples_app ON memory_samples (app_id, at);
+-- Databases and backups (issue 16).
+CREATE TABLE IF NOT EXISTS addons (
+    name TEXT PRIMARY KEY,      -- 'postgres'
+    config TEXT NOT NULL        -- JSON: {"kind": "embedded"} or {"kind": "external", "url": …}
+);
+CREATE TABLE IF NOT EXISTS app_databases (
+    app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+    name TEXT NOT NULL UNIQUE,  -- the database's and its role's name
+    url TEXT NOT NULL,          -- DATABASE_URL, with the role's password
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS backups (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never given out twice
+    app_name TEXT NOT NULL,
+    app_id INTEGER,             -- NULL once the app is destroyed (ids can be reused)
+    owner TEXT NOT NULL,        -- who may restore it once the app is gone
+    kind TEXT NOT NULL CHECK (kind IN ('postgres', 'sqlite')),
+    trigger TEXT NOT NULL,      -- manual, scheduled, release, restore, destroy
+    release_version INTEGER,    -- the release whose release command ran after it
+    status TEXT NOT NULL CHECK (status IN ('running', 'done')),
+    created REAL NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT NOT NULL DEFAULT '',
+    expires REAL                -- a destroyed app's last backup goes then
+);
+CREATE INDEX IF NOT EXISTS backups_app ON backups (app_id, id);
+CREATE TABLE IF NOT EXISTS backup_policies (
+    app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+    minute_of_day INTEGER,      -- daily at this UTC minute; NULL: no schedule
+    keep INTEGER NOT NULL,      -- captured and scheduled backups kept
+    since REAL NOT NULL         -- when the schedule was set
+);
 -- HTTPS: one row per site (an app's name, or "opus" for the dashboard): its switches,
 -- the certificate the front has for it, and the last order's outcome.
 CREATE TABLE IF NOT EXISTS tls_sites (
@@ -222,6 +255,40 @@ class Build:
     started: float
     finished: float | None
     log_path: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class AppDatabase:
+    """An app's Postgres database on the server Opus runs (or was given)."""
+
+    app: str
+    name: str             # the database's and its role's name
+    url: str              # DATABASE_URL
+    created: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Backup:
+    id: int
+    app: str
+    app_id: int | None     # None: the app was destroyed (kept until `expires`)
+    owner: str
+    kind: str              # postgres or sqlite
+    trigger: str           # manual, scheduled, release, restore, destroy
+    release_version: int | None
+    status: str            # running or done
+    created: float
+    size: int
+    sha256: str
+    expires: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupPolicy:
+    app: str
+    minute_of_day: int | None   # a daily backup at this UTC minute; None: none
+    keep: int
+    since: float
 
 
 class Store:
@@ -459,6 +526,7 @@ class Store:
             if db.execute("SELECT 1 FROM apps WHERE name = ?", (new,)).fetchone():
                 raise Conflict(f"app {new} already exists; choose another name")
             db.execute("UPDATE apps SET name = ? WHERE id = ?", (new, app.id))
+            db.execute("UPDATE backups SET app_name = ? WHERE app_id = ?", (new, app.id))
             db.execute("DELETE FROM tls_sites WHERE site = ?", (app.name,))
             db.execute("UPDATE builds SET log_path = replace(log_path, ?, ?) WHERE app_id = ?",
                        (f"/logs/{app.name}/", f"/logs/{new}/", app.id))
@@ -757,6 +825,120 @@ class Store:
             if names:
                 db.execute(f"UPDATE tls_sites SET {', '.join(f'{n} = ?' for n in names)} "  # noqa: S608
                            "WHERE site = ?", (*[values[n] for n in names], site))
+
+
+    # ---- databases and backups (issue 16) ---------------------------------------------
+    def addon(self, name: str) -> dict[str, Any] | None:
+        with self._db() as db:
+            row = db.execute("SELECT config FROM addons WHERE name = ?", (name,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def set_addon(self, name: str, config: dict[str, Any]) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO addons (name, config) VALUES (?, ?) ON CONFLICT (name)"
+                       " DO UPDATE SET config = excluded.config", (name, json.dumps(config)))
+
+    def app_database(self, app: App) -> AppDatabase | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM app_databases WHERE app_id = ?",
+                             (app.id,)).fetchone()
+        return None if row is None else AppDatabase(app.name, row["name"], row["url"],
+                                                    row["created"])
+
+    def database_named(self, name: str) -> bool:
+        with self._db() as db:
+            return db.execute("SELECT 1 FROM app_databases WHERE name = ?",
+                              (name,)).fetchone() is not None
+
+    def set_app_database(self, app: App, name: str, url: str) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO app_databases (app_id, name, url, created) VALUES"
+                       " (?, ?, ?, ?) ON CONFLICT (app_id) DO UPDATE SET url = excluded.url",
+                       (app.id, name, url, time.time()))
+
+    def remove_app_database(self, app: App) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM app_databases WHERE app_id = ?", (app.id,))
+
+    def start_backup(self, app: App, kind: str, trigger: str,
+                     release_version: int | None) -> int:
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT INTO backups (app_name, app_id, owner, kind, trigger, release_version,"
+                " status, created) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+                (app.name, app.id, app.owner, kind, trigger, release_version, time.time()))
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def finish_backup(self, backup_id: int, size: int, sha256: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE backups SET status = 'done', size = ?, sha256 = ? WHERE id = ?",
+                       (size, sha256, backup_id))
+
+    def delete_backup(self, backup_id: int) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
+
+    def backups(self, app: App) -> list[Backup]:
+        """The app's backups, newest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM backups WHERE app_id = ? AND app_name = ?"
+                              " ORDER BY id DESC", (app.id, app.name)).fetchall()
+        return [_backup(r) for r in rows]
+
+    def get_backup(self, backup_id: int) -> Backup | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM backups WHERE id = ?", (backup_id,)).fetchone()
+        return None if row is None else _backup(row)
+
+    def kept_backups(self) -> list[Backup]:
+        """Destroyed apps' last backups, newest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM backups WHERE app_id IS NULL ORDER BY id DESC"
+                              ).fetchall()
+        return [_backup(r) for r in rows]
+
+    def detach_backups(self, app: App, keep_id: int | None, expires: float) -> list[Backup]:
+        """The app is being destroyed: its backup `keep_id` outlives it until `expires`;
+        the others are forgotten (returned, for their files to go)."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM backups WHERE app_id = ? AND app_name = ? AND"
+                              " id IS NOT ?", (app.id, app.name, keep_id)).fetchall()
+            db.execute("DELETE FROM backups WHERE app_id = ? AND app_name = ? AND id IS NOT ?",
+                       (app.id, app.name, keep_id))
+            db.execute("UPDATE backups SET app_id = NULL, expires = ? WHERE id IS ?",
+                       (expires, keep_id))
+        return [_backup(r) for r in rows]
+
+    def backup_policy(self, app: App) -> BackupPolicy | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM backup_policies WHERE app_id = ?",
+                             (app.id,)).fetchone()
+        return None if row is None else BackupPolicy(app.name, row["minute_of_day"],
+                                                     row["keep"], row["since"])
+
+    def set_backup_policy(self, app: App, minute_of_day: int | None, keep: int) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO backup_policies (app_id, minute_of_day, keep, since)"
+                       " VALUES (?, ?, ?, ?) ON CONFLICT (app_id) DO UPDATE SET"
+                       " minute_of_day = excluded.minute_of_day, keep = excluded.keep,"
+                       " since = excluded.since", (app.id, minute_of_day, keep, time.time()))
+
+    def scheduled_apps(self) -> list[tuple[App, BackupPolicy]]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT apps.*, users.name AS owner, backup_policies.minute_of_day,"
+                " backup_policies.keep, backup_policies.since FROM apps JOIN users ON"
+                " users.id = apps.owner_id JOIN backup_policies ON backup_policies.app_id ="
+                " apps.id WHERE minute_of_day IS NOT NULL ORDER BY apps.name").fetchall()
+        return [(_app(r), BackupPolicy(r["name"], r["minute_of_day"], r["keep"], r["since"]))
+                for r in rows]
+
+
+def _backup(row: sqlite3.Row) -> Backup:
+    return Backup(row["id"], row["app_name"], row["app_id"], row["owner"], row["kind"],
+                  row["trigger"], row["release_version"], row["status"], row["created"],
+                  row["size"], row["sha256"], row["expires"])
 
 
 def database_problem(path: Path) -> str | None:

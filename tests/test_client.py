@@ -116,3 +116,11 @@ def test_in_a_checkout_opus_runs_the_command_on_the_remote_host(
                            capture_output=True, text=True, check=False)
     assert json.loads(local.stdout)["WHERE"] == "over ssh"
     assert not (tmp_path / "no-opus-here").exists()   # client mode made no local Opus
+
+
+def test_a_terminal_is_asked_for_psql_on_a_terminal_only() -> None:
+    remote = client.Remote("opus.example", 2222, "git", "shop")
+    on = client.ssh_argv(remote, ["pg:psql"], {}, terminal=True)
+    assert on[:2] == ["ssh", "-t"] and on[-1] == "pg:psql --app shop"
+    assert "-t" not in client.ssh_argv(remote, ["pg:psql"], {}, terminal=False)
+    assert "-t" not in client.ssh_argv(remote, ["backups:download", "1"], {}, terminal=True)

@@ -134,7 +134,8 @@ def test_a_terminal_is_given_to_run_only_others_are_told(opus: Opus,
     says so."""
     status, lines = on_a_terminal(ssh_t(opus, admin_key, "git-upload-pack 'no-such-app.git'"))
     assert status != 0
-    assert lines == ["opus: a terminal is given to `opus run` only; going on without one",
+    assert lines == ["opus: a terminal is given to `opus run` and `opus pg:psql` only; going "
+                     "on without one",
                      "opus: app no-such-app not found, or you may not use it"]
 
 

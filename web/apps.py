@@ -11,6 +11,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from opus_paas import access, names
 from opus_paas.build import release
 from opus_paas.control import apps
+from opus_paas.data import backups
 from opus_paas.errors import NotFound, OpusError, UsageError
 from opus_paas.run import deploy, metrics, ps
 from opus_paas.run import restart as restart_module
@@ -196,8 +197,9 @@ def destroy(name: str) -> BaseResponse:
     if forms.field("confirm", 64) != app.name:
         raise UsageError(f"destroying {app.name} deletes its code, releases and data for "
                          "good; to go ahead, type its name in the box")
-    apps.destroy(context.settings(), context.store(), context.actor(), app.name, app.name)
-    flash(f"Destroyed {app.name}: its code, releases, data and logs are gone.", "info")
+    kept = apps.destroy(context.settings(), context.store(), context.actor(), app.name,
+                        app.name)
+    flash(backups.destroyed_message(app.name, kept), "info")
     return redirect(url_for("apps.index"), code=303)
 
 

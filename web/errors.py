@@ -33,8 +33,8 @@ def register(app: Flask) -> None:
     def _page_of_form() -> str:
         """The page that holds the form that was sent."""
         args = request.view_args or {}
-        if request.blueprint == "apps" and "name" in args:
-            return url_for("apps.show", name=args["name"])
+        if request.blueprint in ("apps", "databases") and "name" in args:
+            return url_for(f"{request.blueprint}.show", name=args["name"])
         if request.blueprint in ("keys", "users"):
             return url_for(f"{request.blueprint}.index")
         return url_for("apps.index")

@@ -16,12 +16,13 @@ from dulwich.repo import Repo
 from opus_paas import access, locks, names, privileged
 from opus_paas.access import Actor
 from opus_paas.build.buildpack import Emit
+from opus_paas.data import backups
 from opus_paas.errors import Conflict, OpusError, ServiceError, UsageError
 from opus_paas.git import gitserver
 from opus_paas.run import checks, deploy, push
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
-from opus_paas.store import App, Store
+from opus_paas.store import App, Backup, Store
 
 USER_DELETE_WAIT = 10.0   # seconds for an app's last processes to go
 
@@ -80,9 +81,11 @@ def set_health_check(settings: Settings, store: Store, actor: Actor, name: str,
     return changed
 
 
-def destroy(settings: Settings, store: Store, actor: Actor, name: str, confirm: str) -> None:
+def destroy(settings: Settings, store: Store, actor: Actor, name: str,
+            confirm: str) -> Backup | None:
     """Stop the app, take it off the front, and delete its code, releases, data, logs and
-    record. `confirm` must repeat the name: nothing is kept."""
+    record. `confirm` must repeat the name. A last backup of its database is kept for a
+    while (returned), and its Postgres database dropped."""
     app = access.app_for(store, actor, name, manage=True)
     if confirm != app.name:
         raise UsageError(f"destroying {name} deletes its code, releases and data for good; "
@@ -92,10 +95,12 @@ def destroy(settings: Settings, store: Store, actor: Actor, name: str, confirm: 
         supervisor = Supervisor(settings)
         if supervisor.is_running():
             deploy.set_programs(settings, supervisor, app.name, [])
+        kept = backups.keep_on_destroy(settings, store, app)   # with nothing running
         # The files go before the record: a name is never reused onto old code or data.
         remove_files(settings, app.name)
         store.delete_app(app)
         deploy.refresh_front(settings, store, supervisor)
+    return kept
 
 
 def remove_files(settings: Settings, app: str) -> None:

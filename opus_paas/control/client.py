@@ -13,9 +13,11 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from opus_paas.control.context import TERMINAL_COMMANDS
 from opus_paas.errors import UsageError
 
 DEFAULT_REMOTE = "opus"
@@ -92,10 +94,14 @@ def find_remote(name: str | None, cwd: Path, local_opus: bool) -> Remote | None:
     return remote
 
 
-def ssh_argv(remote: Remote, argv: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+def ssh_argv(remote: Remote, argv: Sequence[str], environ: Mapping[str, str],
+             terminal: bool = False) -> list[str]:
     """The ssh command line running `argv` (with --app) on `remote`; GIT_SSH_COMMAND, if
-    set, chooses the ssh program and its options, as it does for git push."""
+    set, chooses the ssh program and its options, as it does for git push. With
+    `terminal`, a command that takes one (`pg:psql`, `run`) asks for it (-t)."""
     ssh = shlex.split(environ.get("GIT_SSH_COMMAND") or "ssh")
+    if terminal and argv and argv[0] in TERMINAL_COMMANDS:
+        ssh.append("-t")
     command = list(argv)
     options = command[:command.index("--")] if "--" in command else command
     named = any(a in ("--app", "-a") or a.startswith("--app=") for a in options)
@@ -107,4 +113,6 @@ def ssh_argv(remote: Remote, argv: Sequence[str], environ: Mapping[str, str]) ->
 
 def run(remote: Remote, argv: Sequence[str]) -> int:
     """Run over SSH with this terminal's input and output; ssh's exit code is ours."""
-    return subprocess.run(ssh_argv(remote, argv, os.environ), check=False).returncode
+    on_terminal = sys.stdin.isatty() and sys.stdout.isatty()
+    return subprocess.run(ssh_argv(remote, argv, os.environ, on_terminal),
+                          check=False).returncode

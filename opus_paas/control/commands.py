@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from opus_paas import __version__, access, names, redact
-from opus_paas.control import apps, doctor, keys, lifecycle, system
+from opus_paas.control import apps, databases, doctor, keys, lifecycle, system
 from opus_paas.control import pythons as pythons_commands
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity
+from opus_paas.data import backups
 from opus_paas.errors import NotFound, UsageError
 from opus_paas.git import gitserver
 from opus_paas.run import deploy, logs, ps
@@ -124,8 +125,8 @@ def cmd_apps_destroy(ctx: Context, args: list[str]) -> None:
         confirm = args[2]
     elif len(args) != 1:
         raise UsageError(f"usage: {usage}")
-    apps.destroy(ctx.settings, ctx.store, ctx.actor, args[0], confirm)
-    ctx.out(f"Destroyed {args[0]}: its code, releases, data and logs are gone.")
+    kept = apps.destroy(ctx.settings, ctx.store, ctx.actor, args[0], confirm)
+    ctx.out(backups.destroyed_message(args[0], kept))
 
 
 # ---- config and rollback ---------------------------------------------------------------
@@ -199,9 +200,11 @@ def cmd_rollback(ctx: Context, args: list[str]) -> None:
         if not names.NUMBER.fullmatch(text):
             raise UsageError(f"{args[1]!r} is not a release; give one such as v3")
         target = int(text)
+    before = access.app_for(ctx.store, ctx.actor, args[0]).live_version
     version = restart_module.rollback(ctx.settings, ctx.store, ctx.actor, args[0], target,
                                       ctx.out)
     ctx.out(f"Rolled {args[0]} back; v{version} is live.")
+    ctx.out(databases.rollback_note(ctx.store, args[0], target, before))
 
 
 # ---- processes -------------------------------------------------------------------------
@@ -657,7 +660,8 @@ CORE: list[Command] = [
 # Every command: Opus's core, then each capability's own (its module's COMMANDS list).
 TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
                                                      *pythons_commands.COMMANDS,
-                                                     *tls_commands.COMMANDS]}
+                                                     *tls_commands.COMMANDS,
+                                                     *databases.COMMANDS]}
 
 
 def lookup(name: str) -> Command:
@@ -723,4 +727,13 @@ def run(ctx: Context, argv: Sequence[str]) -> int:
 
 def local_context(settings: Settings) -> Context:
     """The host's operator at a shell: every power, output to stdout."""
-    return Context(settings, access.OPERATOR, print, sys.stdin.read)
+    return Context(settings, access.OPERATOR, print, sys.stdin.read,
+                   write_bytes=_write_stdout_bytes)
+
+
+def _write_stdout_bytes(data: bytes) -> None:
+    """Binary output (a backup) to standard output, never onto a terminal."""
+    if sys.stdout.isatty():
+        raise UsageError("this writes a binary file: redirect it, e.g. `> backup.dump`")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)

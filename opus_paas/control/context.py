@@ -19,6 +19,8 @@ from opus_paas.store import Store
 
 Output = Callable[[str], None]
 STDIN_LIMIT = 64 * 1024
+# Commands that get the client's terminal when it asks for one (`ssh -t`).
+TERMINAL_COMMANDS = ("run", "pg:psql")
 
 
 @dataclasses.dataclass
@@ -36,6 +38,8 @@ class Context:
     cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
     # The client's terminal, when it asked for one (`ssh -t … run …`).
     terminal: privileged.Terminal | None = None
+    # Where binary output goes (a backup's bytes), when the edge has such a stream.
+    write_bytes: Callable[[bytes], object] | None = None
 
     @functools.cached_property
     def store(self) -> Store:

@@ -16,6 +16,7 @@ from opus_paas import locks, names, privileged
 from opus_paas import store as store_module
 from opus_paas.build import buildpack
 from opus_paas.control import hostkey, leftovers, system
+from opus_paas.data import server as pg_server
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.front import httpd
 from opus_paas.run import deploy, recovery
@@ -78,6 +79,8 @@ def own_programs(settings: Settings) -> list[Program]:
             log_file=settings.logs_dir / "front" / "opus-front.log",
             environment={privileged.INSTANCE_MARKER: str(settings.home)},
         ),
+        # The apps' Postgres cluster, once `opus addons:enable postgres` made it.
+        *[Program(**spec) for spec in [pg_server.program(settings)] if spec],
     ]
 
 

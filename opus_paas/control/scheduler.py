@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from opus_paas import settings as settings_module
+from opus_paas.data import backups
 from opus_paas.run import recovery
 from opus_paas.settings import Settings
 from opus_paas.store import Store
@@ -58,6 +59,7 @@ def order_certificates(settings: Settings, store: Store) -> None:
 JOBS: tuple[Job, ...] = (
     Job("database backup", 3600.0, backup_database),
     Job("deploy recovery", 60.0, recover_deploys),
+    Job("app backups", 60.0, backups.run_schedules),
     Job("certificates", 60.0, order_certificates, on_wake=True),
 )
 

@@ -37,7 +37,7 @@ from opus_paas import access, locks, names, privileged, redact, repos
 from opus_paas import settings as settings_module
 from opus_paas.access import Actor
 from opus_paas.control import apps, commands, keys
-from opus_paas.control.context import Context
+from opus_paas.control.context import TERMINAL_COMMANDS, Context
 from opus_paas.control.hostkey import load_or_create_host_key
 from opus_paas.errors import Conflict, OpusError, UsageError, disk_full
 from opus_paas.git import gitserver, packs
@@ -262,9 +262,9 @@ def serve_command(server: Server, user: User, command: bytes, channel: paramiko.
             f"Hi {user.name}! You are authenticated, but Opus gives no shell. "
             "Push with: git push opus main\n".encode())
         return 1
-    if pty is not None and text.split(maxsplit=1)[:1] != ["run"]:
-        channel.sendall_stderr(b"opus: a terminal is given to `opus run` only; going on "
-                               b"without one\n")
+    if pty is not None and (text.split(maxsplit=1) or [''])[0] not in TERMINAL_COMMANDS:
+        channel.sendall_stderr(b"opus: a terminal is given to `opus run` and `opus pg:psql` "
+                               b"only; going on without one\n")
     match = GIT_COMMAND.fullmatch(text)
     if match:
         verb, path = match.groups()
@@ -301,11 +301,12 @@ def serve_opus_command(server: Server, user: User, text: str, channel: paramiko.
         return data.decode("utf-8", "replace")
 
     terminal = None
-    if pty is not None and argv[:1] == ["run"]:
+    if pty is not None and argv[:1] and argv[0] in TERMINAL_COMMANDS:
         terminal = privileged.Terminal(pty[0], pty[1], _input_reader(channel), channel.sendall)
     return commands.run(Context(server.settings, Actor(user), out, read_stdin,
                                          remote=True, cancelled=cancelled,
-                                         terminal=terminal), argv)
+                                         terminal=terminal, write_bytes=channel.sendall),
+                        argv)
 
 
 def _input_reader(channel: paramiko.Channel) -> Callable[[], bytes]:

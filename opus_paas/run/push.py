@@ -19,6 +19,7 @@ from dulwich.repo import Repo
 from opus_paas import failpoints, privileged, redact, secretfile
 from opus_paas.build import buildpack, release
 from opus_paas.build.buildpack import Emit
+from opus_paas.data import backups
 from opus_paas.errors import BuildFailed, OpusError, UsageError
 from opus_paas.run import deploy
 from opus_paas.run.supervisor import Supervisor
@@ -143,6 +144,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
                                       deploy.app_domains(settings, store, app))
             release.write_env_file(settings, app.name, version, env)
             if types.get("release"):
+                backups.before_release(settings, store, app, version, emit_and_log)
                 release.run_release_command(settings, app.name, slug, types["release"], env,
                                             emit_and_log, cancelled)
             if cancelled.is_set():

@@ -14,6 +14,7 @@ from opus_paas import access, locks, names
 from opus_paas.access import Actor
 from opus_paas.build import release
 from opus_paas.build.buildpack import Emit
+from opus_paas.data import postgres
 from opus_paas.errors import NotFound, OpusError, UsageError
 from opus_paas.run import deploy, recovery
 from opus_paas.run.supervisor import Supervisor
@@ -112,8 +113,9 @@ def rollback(settings: Settings, store: Store, actor: Actor, app_name: str,
         if chosen is None:
             raise NotFound(f"{app.name} has no release v{target}; `opus releases "
                            f"{app.name}` lists them")
+        config = postgres.carry_over(store, app, chosen.config)   # its database stays
         return release_build(settings, store, app, slug_version=chosen.slug_version,
-                             sha=chosen.sha, config=chosen.config,
+                             sha=chosen.sha, config=config,
                              description=f"Rollback to v{chosen.version}", emit=emit)
 
 

@@ -1,0 +1,63 @@
+"""`pg:psql`: psql on the app's database, run as the app's user (psql's `\\!` then
+gives what `opus run` gives, nothing of Opus's), with the role's password in psql's
+environment (never in its arguments, which `ps` shows everyone)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from urllib.parse import unquote, urlsplit
+
+from opus_paas import access, privileged
+from opus_paas.access import Actor
+from opus_paas.build import release
+from opus_paas.build.buildpack import Emit
+from opus_paas.data import credentials, postgres, server
+from opus_paas.errors import UsageError
+from opus_paas.settings import Settings
+from opus_paas.store import Store
+
+
+def environment(settings: Settings, app: str, url: str) -> dict[str, str]:
+    """libpq's variables for the app's role (from its DATABASE_URL)."""
+    parts = urlsplit(url)
+    hostport = parts.netloc.rpartition("@")[2]
+    host, _, port = hostport.rpartition(":")
+    name = unquote(parts.path.lstrip("/"))
+    return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+            "HOME": str(release.home_dir(settings, app)),
+            "PGHOST": unquote(host), "PGPORT": port, "PGUSER": name, "PGDATABASE": name,
+            "PGPASSWORD": credentials.password_of(url), "PGAPPNAME": "opus pg:psql"}
+
+
+def run(settings: Settings, store: Store, actor: Actor, name: str, command: str | None,
+        emit: Emit, cancelled: threading.Event,
+        terminal: privileged.Terminal | None, local_terminal: bool = False) -> int:
+    """psql on the app's database: interactive on the client's terminal (or, on the
+    host, on this process's own: `local_terminal`), or running `command` (-c); its exit
+    status."""
+    app = access.app_for(store, actor, name)
+    database = postgres.database_of(store, app)
+    argv = [server.tool("psql"), "--no-psqlrc", "--set=ON_ERROR_STOP=1"]
+    if command is not None:
+        argv += ["--command", command]
+    env = environment(settings, app.name, database.url)
+    cwd = release.home_dir(settings, app.name)
+    if command is None and local_terminal and privileged.terminal_supported(settings):
+        how = privileged.step(settings, app.name, argv, cwd, env)
+        return subprocess.run(how.argv, cwd=how.cwd, env=how.env, check=False,
+                              **how.identity).returncode
+    if command is None:
+        if terminal is None or not privileged.terminal_supported(settings):
+            raise UsageError("pg:psql without -c needs a terminal: `ssh -t … pg:psql "
+                             f"{app.name}` (or run SQL with `pg:psql {app.name} -c 'SQL'`)")
+        return privileged.run_in_terminal(settings, app.name, argv, cwd=cwd, env=env,
+                                          terminal=terminal, timeout=settings.build_timeout,
+                                          cancelled=cancelled)
+    try:
+        for line in privileged.stream(settings, app.name, argv, cwd=cwd, env=env,
+                                      timeout=settings.build_timeout, cancelled=cancelled):
+            emit(line)
+    except subprocess.CalledProcessError as exc:
+        return exc.returncode if exc.returncode > 0 else 128 - exc.returncode
+    return 0

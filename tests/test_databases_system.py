@@ -1,0 +1,166 @@
+"""Databases in system mode, for real as the apps' own Unix users: Opus's cluster runs
+as the opus user; app A's user can reach A's database and nothing of B's (not its
+database, not its password in Opus's files, the server's log, `ps` or any process's
+environment); a SQLite backup and restore cross users through secureops. Installs its
+own system-mode Opus (no pushes: apps are created, not built), so it runs under the
+machine-wide system-mode lock like tests/test_system_mode.py."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import system_opus as system_opus_module
+from tests.conftest import require_tool
+from tests.system_opus import SystemOpus
+from tests.test_system_mode import as_user
+
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+
+
+@pytest.fixture(scope="module")
+def system_opus() -> Iterator[SystemOpus]:
+    if os.geteuid() != 0:
+        message = "system mode installs as root (CI runs as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    for tool in ("sudo", "visudo", "setpriv", "runuser", PSQL):
+        require_tool(tool)
+    present = system_opus_module.already_installed()
+    if present is not None:
+        pytest.fail(f"Opus is installed on this machine already ({present})")
+    opus = system_opus_module.install()
+    try:
+        yield opus
+    finally:
+        opus.remove()
+
+
+@pytest.fixture(scope="module")
+def apps(system_opus: SystemOpus) -> dict[str, str]:
+    """Apps A and B with a database each (name → DATABASE_URL), and C on SQLite."""
+    system_opus.cli("keys:add", "dev", "-", input=_public_key())
+    enabled = system_opus.cli("addons:enable", "postgres").stdout
+    assert "opus up --system" in enabled, enabled
+    system_opus.cli("up", "--system")
+    deadline = time.monotonic() + 30
+    while "opus-postgres                    RUNNING" not in system_opus.cli("status").stdout:
+        assert time.monotonic() < deadline, system_opus.cli("status").stdout
+        time.sleep(0.3)
+    found = {}
+    suffix = secrets.token_hex(2)
+    for name in (f"pa{suffix}", f"pb{suffix}"):
+        system_opus.cli("apps:create", name)
+        system_opus.cli("pg:create", name)
+        found[name] = system_opus.cli("config:get", name, "DATABASE_URL").stdout.strip()
+    system_opus.cli("apps:create", f"pc{suffix}")
+    return found
+
+
+def _public_key() -> str:
+    return ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG0ysJ8S2lK0tEdtF9yXmW7N1h2r8M5sQyGdY1qk"
+            "uJ1v dev@test\n")
+
+
+def _parts(url: str) -> dict[str, str]:
+    match = re.fullmatch(r"postgres://(app_\w+):([^@]+)@([^:]+):(\d+)/(app_\w+)", url)
+    assert match, url
+    role, password, host, port, database = match.groups()
+    return {"PGUSER": role, "PGPASSWORD": password, "PGHOST": host.replace("%2F", "/"),
+            "PGPORT": port, "PGDATABASE": database}
+
+
+def psql_as(user: str, url: str, **override: str) -> subprocess.CompletedProcess[str]:
+    """psql as the Unix user `user`, with the credentials of `url` (some overridden)."""
+    env = {**_parts(url), **override}
+    assigns = [f"{k}={v}" for k, v in env.items() if v is not None]
+    return as_user(user, "/usr/bin/env", *assigns, PSQL, "--no-psqlrc", "-tAc",
+                   "SELECT current_user, current_database()")
+
+
+def test_an_apps_user_reaches_its_own_database_and_nothing_of_anothers(
+        system_opus: SystemOpus, apps: dict[str, str]) -> None:
+    (a, url_a), (b, url_b) = apps.items()
+    user_a = f"opus-{a}"
+    own = psql_as(user_a, url_a)
+    assert own.returncode == 0 and own.stdout.strip() == f"app_{a}|app_{a}", own.stderr
+    # A's role into B's database; B's role without (or with a wrong) password.
+    into_b = psql_as(user_a, url_a, PGDATABASE=f"app_{b}")
+    assert into_b.returncode != 0 and "no pg_hba.conf entry" in into_b.stderr
+    as_b = psql_as(user_a, url_b, PGPASSWORD="")
+    assert as_b.returncode != 0 and "password" in as_b.stderr
+    guessed = psql_as(user_a, url_b, PGPASSWORD=_parts(url_a)["PGPASSWORD"])
+    assert guessed.returncode != 0 and "password authentication failed" in guessed.stderr
+    admin = psql_as(user_a, url_a, PGUSER="opus_admin", PGDATABASE="postgres")
+    assert admin.returncode != 0
+    # Nowhere A's user can look holds B's password.
+    password_b = _parts(url_b)["PGPASSWORD"]
+    home = system_opus.home
+    for path in (home / "opus.db", home / "postgres" / "admin.password",
+                 home / "postgres" / "data" / "global" / "pg_filenode.map",
+                 Path("/var/log/opus/opus-postgres.log"), home / "backups",
+                 home / "apps" / b / "env", home / "apps" / b / "data"):
+        looked = as_user(user_a, "/usr/bin/cat", str(path))
+        assert looked.returncode != 0 and password_b not in looked.stdout, path
+    grep = as_user(user_a, "/usr/bin/grep", "-rl", "--", password_b, str(home), "/var/log/opus",
+                   "/tmp")
+    assert grep.stdout.strip() == "", grep.stdout
+
+
+def test_psql_and_backups_of_b_show_a_nothing_in_ps(system_opus: SystemOpus,
+                                                     apps: dict[str, str]) -> None:
+    (a, _url_a), (b, url_b) = apps.items()
+    password_b = _parts(url_b)["PGPASSWORD"]
+    slow = subprocess.Popen(
+        [sys.executable, "-m", "opus_paas", "pg:psql", b, "-c", "SELECT pg_sleep(6)"],
+        env=system_opus.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            seen = as_user(f"opus-{a}", "/usr/bin/sh", "-c", "cat /proc/[0-9]*/cmdline "
+                           "/proc/[0-9]*/environ 2>/dev/null | tr '\\0' ' '")
+            assert password_b not in seen.stdout      # never B's password…
+            if "pg_sleep" in seen.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert "pg_sleep" in seen.stdout      # …while B's psql runs and A sees its argv
+    finally:
+        out, err = slow.communicate(timeout=60)
+    assert slow.returncode == 0, out + err
+    captured = system_opus.cli("backups:capture", b).stdout
+    assert "(postgres" in captured, captured
+
+
+def test_sqlite_backup_and_restore_cross_users_through_secureops(
+        system_opus: SystemOpus, apps: dict[str, str]) -> None:
+    c = next(name for name in (p.name for p in (system_opus.home / "apps").iterdir())
+             if name.startswith("pc"))
+    database = system_opus.home / "apps" / c / "data" / "db.sqlite3"
+    connect = f"import sqlite3; db = sqlite3.connect({str(database)!r}); "
+    make = connect + ("db.execute('CREATE TABLE t (x)'); db.executemany('INSERT INTO t "
+                      "VALUES (?)', [(i,) for i in range(50)]); db.commit()")
+    assert as_user(f"opus-{c}", "/usr/bin/python3", "-c", make).returncode == 0
+    captured = system_opus.cli("backups:capture", c).stdout
+    found = re.search(r"backup (\d+) \(sqlite", captured)
+    assert found, captured
+    wipe = connect + "db.execute('DELETE FROM t'); db.commit()"
+    assert as_user(f"opus-{c}", "/usr/bin/python3", "-c", wipe).returncode == 0
+    system_opus.cli("backups:restore", c, found.group(1))
+    count = as_user(f"opus-{c}", "/usr/bin/python3", "-c",
+                    connect + "print(db.execute('SELECT count(*) FROM t').fetchone()[0])")
+    assert count.stdout.strip() == "50", count
+    # The restored file is still the app's own; Opus's backup is Opus's alone.
+    assert database.stat().st_uid == pwd.getpwnam(f"opus-{c}").pw_uid
+    backups_dir = system_opus.home / "backups"
+    assert backups_dir.stat().st_mode & 0o077 == 0
+    assert not list((system_opus.home / "apps" / c / "env").glob(".restore-*"))
