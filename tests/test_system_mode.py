@@ -375,7 +375,11 @@ def belongings(system_opus: SystemOpus, app: str) -> list[tuple[str, str]]:
     home = system_opus.home
     own_places = [home / "apps" / app, home / "builds" / app, home / "repos" / f"{app}.git",
                   home / "locks" / f"{app}.lock", Path("/var/log/opus") / app,
-                  Path("/etc/opus/supervisor/conf.d") / f"app-{app}.conf"]
+                  Path("/etc/opus/supervisor/conf.d") / f"app-{app}.conf",
+                  # Every app's backups, Postgres's data and its admin password are
+                  # Opus's alone (its socket's directory is for every app to connect).
+                  home / "backups", home / "postgres" / "data",
+                  home / "postgres" / "admin.password"]
     found: list[tuple[str, str]] = []
     for root in (home, Path("/etc/opus"), Path("/var/log/opus"), Path("/tmp")):
         for directory, subdirs, files in os.walk(root):
