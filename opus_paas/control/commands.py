@@ -11,14 +11,13 @@ import dataclasses
 import difflib
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from opus_paas import __version__, access, names, redact
 from opus_paas.control import apps, databases, doctor, keys, lifecycle, system
 from opus_paas.control import pythons as pythons_commands
-from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity
+from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity, when
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, UsageError
 from opus_paas.git import gitserver
@@ -323,12 +322,6 @@ def cmd_domains_remove(ctx: Context, args: list[str]) -> None:
 
 # ---- releases, builds, logs ------------------------------------------------------------
 
-def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
-
-
 def cmd_releases(ctx: Context, args: list[str]) -> None:
     arity("opus releases APP", args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0])
@@ -343,7 +336,7 @@ def cmd_releases(ctx: Context, args: list[str]) -> None:
     for rel in listed:
         live = "  (live)" if rel.version == app.live_version else ""
         note = f"  [{rel.note or rel.state}]" if rel.note or not rel.released else ""
-        ctx.out(f"v{rel.version:<5} {rel.sha[:7]}  {_when(rel.created)} UTC  "
+        ctx.out(f"v{rel.version:<5} {rel.sha[:7]}  {when(rel.created)} UTC  "
                 f"{rel.description}{live}{note}")
 
 
@@ -356,7 +349,7 @@ def cmd_builds(ctx: Context, args: list[str]) -> None:
                         "finished": b.finished} for b in listed])
         return
     for build in listed:
-        ctx.out(f"{build.id:<6} {build.sha[:7]}  {build.status:<10} {_when(build.started)} UTC")
+        ctx.out(f"{build.id:<6} {build.sha[:7]}  {build.status:<10} {when(build.started)} UTC")
 
 
 def cmd_builds_output(ctx: Context, args: list[str]) -> None:

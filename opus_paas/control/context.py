@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -65,3 +66,10 @@ def arity(usage: str, args: list[str], count: int | tuple[int, int]) -> None:
     low, high = (count, count) if isinstance(count, int) else count
     if not low <= len(args) <= high:
         raise UsageError(f"usage: {usage}")
+
+
+def when(timestamp: float | None) -> str:
+    """A moment as the commands' tables show it (UTC), or "-" for none."""
+    if timestamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))

@@ -4,23 +4,15 @@
 from __future__ import annotations
 
 import sys
-import time
 
 from opus_paas import access
 from opus_paas.control import lifecycle
-from opus_paas.control.context import Command, Context, arity
+from opus_paas.control.context import Command, Context, arity, when
 from opus_paas.data import backups, postgres, psql, schedule, server
 from opus_paas.errors import Conflict, UsageError
 from opus_paas.run import restart as restart_module
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.store import Backup, Store
-
-
-def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
-
 
 # ---- the add-on -------------------------------------------------------------------------
 
@@ -102,7 +94,7 @@ def cmd_pg_info(ctx: Context, args: list[str]) -> None:
         ctx.emit_json(details)
         return
     details["size"] = backups.size_text(details["size"])
-    details["created"] = _when(details["created"]) + " UTC"
+    details["created"] = when(details["created"]) + " UTC"
     for key, value in details.items():
         ctx.out(f"{key + ':':<13} {value}")
 
@@ -156,7 +148,7 @@ def cmd_pg_rotate(ctx: Context, args: list[str]) -> None:
 def _describe(backup: Backup) -> str:
     trigger = backup.trigger + (f" v{backup.release_version}" if backup.release_version
                                 else "")
-    return (f"{backup.id:<6} {_when(backup.created)} UTC  {backup.kind:<8} "
+    return (f"{backup.id:<6} {when(backup.created)} UTC  {backup.kind:<8} "
             f"{backups.size_text(backup.size):>11}  {trigger}")
 
 
@@ -193,7 +185,7 @@ def cmd_backups_kept(ctx: Context, args: list[str]) -> None:
     if not listed:
         ctx.out("No destroyed app's backup is kept for you.")
     for backup in listed:
-        ctx.out(f"{_describe(backup)}  of {backup.app}, until {_when(backup.expires)} UTC")
+        ctx.out(f"{_describe(backup)}  of {backup.app}, until {when(backup.expires)} UTC")
 
 
 def cmd_backups_capture(ctx: Context, args: list[str]) -> None:
@@ -208,7 +200,7 @@ def cmd_backups_restore(ctx: Context, args: list[str]) -> None:
     backup_id = backups.parse_id(args[1]) if len(args) == 2 else None
     chosen, replaced = backups.restore(ctx.settings, ctx.store, ctx.actor, args[0],
                                        backup_id, ctx.out)
-    ctx.out(f"Restored backup {chosen.id} (of {chosen.app}, {_when(chosen.created)} UTC) "
+    ctx.out(f"Restored backup {chosen.id} (of {chosen.app}, {when(chosen.created)} UTC) "
             f"into {args[0]}." + (f" The data it replaced is backup {replaced.id}."
                                   if replaced else ""))
 

@@ -43,12 +43,13 @@ def run(settings: Settings, store: Store, actor: Actor, name: str, command: str 
         argv += ["--command", command]
     env = environment(settings, app.name, database.url)
     cwd = release.home_dir(settings, app.name)
-    if command is None and local_terminal and privileged.terminal_supported(settings):
+    if command is None and local_terminal and not settings.system:
+        # This process's own terminal; through sudo only `ssh -t` brings one.
         how = privileged.step(settings, app.name, argv, cwd, env)
         return subprocess.run(how.argv, cwd=how.cwd, env=how.env, check=False,
                               **how.identity).returncode
     if command is None:
-        if terminal is None or not privileged.terminal_supported(settings):
+        if terminal is None:
             raise UsageError("pg:psql without -c needs a terminal: `ssh -t … pg:psql "
                              f"{app.name}` (or run SQL with `pg:psql {app.name} -c 'SQL'`)")
         return privileged.run_in_terminal(settings, app.name, argv, cwd=cwd, env=env,
