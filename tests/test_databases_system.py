@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests import system_opus as system_opus_module
-from tests.conftest import require_tool
+from tests.conftest import make_key, require_tool
 from tests.system_opus import SystemOpus
+from tests.test_sshd import on_a_terminal, ssh_t
 from tests.test_system_mode import as_user
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -164,3 +165,16 @@ def test_sqlite_backup_and_restore_cross_users_through_secureops(
     backups_dir = system_opus.home / "backups"
     assert backups_dir.stat().st_mode & 0o077 == 0
     assert not list((system_opus.home / "apps" / c / "env").glob(".restore-*"))
+
+
+def test_pg_psql_on_a_terminal_through_secureops(system_opus: SystemOpus, apps: dict[str, str],
+                                                 tmp_path: Path) -> None:
+    """`ssh -t HOST pg:psql APP`: psql, as the app's user, on a terminal secureops opens."""
+    a = next(iter(apps))
+    key = make_key(tmp_path, "dev")
+    system_opus.cli("keys:add", "dev", "-", input=key.public.read_text())
+    status, lines = on_a_terminal(
+        ssh_t(system_opus, key, f"pg:psql {a}"),  # type: ignore[arg-type]
+        keystrokes=b"SELECT 'connected' || ' as ' || current_user;\r\\q\r")
+    assert status == 0, lines
+    assert any(line.strip() == f"connected as app_{a}" for line in lines), lines
