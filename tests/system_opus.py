@@ -13,6 +13,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,6 +32,7 @@ class SystemOpus:
     def __init__(self, base: Path, user: str, ssh_port: int, http_port: int) -> None:
         self.base, self.home, self.user = base, base / "home", user
         self.ssh_port, self.http_port = ssh_port, http_port
+        self.installed_at = time.time()
         # The host's network set-up (proxies, CA file) reaches the builds, as it would
         # from the operator's shell; nothing else of the caller's environment does.
         network = {k: v for k, v in os.environ.items() if k in NETWORK_VARS}
