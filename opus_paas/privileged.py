@@ -19,6 +19,7 @@ import grp
 import io
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -310,6 +311,17 @@ class Terminal:
     rows: int
     read_input: Callable[[], bytes]          # b"" once the client closes its input
     write_output: Callable[[bytes], object]
+    term: str = "dumb"                       # TERM for the step: the client's terminal type
+
+
+TERM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}")
+
+
+def terminal_type(requested: bytes) -> str:
+    """The TERM a step gets for a client's pty request: the client's own terminal type if
+    it is a plain name (xterm-256color, screen.linux), else "dumb"."""
+    text = requested.decode("ascii", "replace")
+    return text if TERM_NAME.fullmatch(text) else "dumb"
 
 
 def run_in_terminal(settings: Settings, app: str, argv: Sequence[str], *, cwd: Path,
@@ -319,7 +331,7 @@ def run_in_terminal(settings: Settings, app: str, argv: Sequence[str], *, cwd: P
     terminal, relaying the client's keystrokes in and the output out; return its exit
     status. Timing out or `cancelled` kills its process group, as `stream` does. In
     system mode secureops opens the terminal (`run-terminal`) and relays through sudo."""
-    how = step(settings, app, argv, cwd, env)      # checked as any step is
+    how = step(settings, app, argv, cwd, {**env, "TERM": terminal.term})   # checked as any is
     if settings.system:
         spec = {**json.loads(how.spec or "{}"), "rows": terminal.rows,
                 "columns": terminal.columns}

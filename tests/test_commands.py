@@ -528,15 +528,17 @@ def test_run_a_one_off_command_in_the_live_release(opus: Opus, people: dict[str,
 
 def test_run_on_a_terminal_is_interactive(opus: Opus, people: dict[str, SshKey],
                                           live_app: Path) -> None:
-    """`ssh -t HOST run APP -- …` gets a real terminal: input is typed, sizes are known."""
-    program = ("import sys, shutil; print(sys.stdin.isatty(), sys.stdout.isatty(), "
-               "shutil.get_terminal_size().columns > 0); "
+    """`ssh -t HOST run APP -- …` gets a real terminal: input is typed, sizes and the
+    client's terminal type are known."""
+    program = ("import os, sys, shutil; print(sys.stdin.isatty(), sys.stdout.isatty(), "
+               "shutil.get_terminal_size().columns > 0, os.environ['TERM']); "
                "print('you typed', input('name? ').upper()); sys.exit(3)")
     status, lines = on_a_terminal(
-        ssh_t(opus, people["owner"], shlex.join(["run", LIVE, "--", "python", "-c", program])),
+        ["env", "TERM=xterm-256color",
+         *ssh_t(opus, people["owner"], shlex.join(["run", LIVE, "--", "python", "-c", program]))],
         keystrokes=b"opus\r")
     assert status == 3, lines
-    assert "True True True" in lines
+    assert "True True True xterm-256color" in lines, lines
     assert any(line.endswith("you typed OPUS") for line in lines), lines
 
 

@@ -22,7 +22,8 @@ import pytest
 from tests import system_opus as system_opus_module
 from tests.conftest import make_key, require_tool
 from tests.system_opus import SystemOpus
-from tests.test_sshd import on_a_terminal, ssh_t
+from tests.test_databases import on_a_sized_terminal
+from tests.test_sshd import ssh_t
 from tests.test_system_mode import as_user
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -173,8 +174,8 @@ def test_pg_psql_on_a_terminal_through_secureops(system_opus: SystemOpus, apps: 
     a = next(iter(apps))
     key = make_key(tmp_path, "dev")
     system_opus.cli("keys:add", "dev", "-", input=key.public.read_text())
-    status, lines = on_a_terminal(
+    status, lines = on_a_sized_terminal(
         ssh_t(system_opus, key, f"pg:psql {a}"),  # type: ignore[arg-type]
-        keystrokes=b"SELECT 'connected' || ' as ' || current_user;\r\\q\r")
+        b"SELECT 'connected' || ' as ' || current_user;\n\\q\n")
     assert status == 0, lines
     assert any(line.strip() == f"connected as app_{a}" for line in lines), lines

@@ -14,6 +14,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from opus_paas import privileged
 from opus_paas.control import sshd
 from opus_paas.settings import Settings
 from opus_paas.store import Store
@@ -258,3 +259,13 @@ def test_leftovers_of_an_interrupted_push_are_removed_at_start(tmp_path: Path) -
     assert sorted(p.name for p in settings.repos_dir.iterdir()) == ["app.git"]
     assert not list(repo.rglob("*.lock")) and not list(repo.glob("objects/incoming-*"))
     assert (repo / "HEAD").is_file()
+
+
+@pytest.mark.parametrize(("requested", "term"), [
+    (b"xterm-256color", "xterm-256color"), (b"screen.linux", "screen.linux"),
+    (b"", "dumb"), (b"xterm\nLD_PRELOAD=/tmp/x.so", "dumb"), (b"-xterm", "dumb"),
+    (b"x" * 65, "dumb"), (b"../../etc/passwd", "dumb"), (b"xterm\x00", "dumb"),
+    (b"\xff\xfe", "dumb"), (b"vt100 ", "dumb")])
+def test_a_clients_terminal_type_reaches_the_step_only_as_a_plain_name(requested: bytes,
+                                                                       term: str) -> None:
+    assert privileged.terminal_type(requested) == term

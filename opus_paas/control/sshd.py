@@ -102,7 +102,7 @@ class Session(paramiko.ServerInterface):
         self.command: bytes | None = None
         self.notices: list[str] = []
         self.channel_opened = False
-        self.pty: tuple[int, int] | None = None   # (columns, rows) the client asked for
+        self.pty: tuple[int, int, str] | None = None   # (columns, rows, TERM) asked for
         self.ready = threading.Event()
 
     def get_allowed_auths(self, username: str) -> str:
@@ -154,7 +154,8 @@ class Session(paramiko.ServerInterface):
                                   height: int, pixelwidth: int, pixelheight: int,
                                   modes: bytes) -> bool:
         """Granted, but only `opus run` gets a terminal; everything else is told so."""
-        self.pty = (max(1, min(width, 1000)), max(1, min(height, 1000)))
+        self.pty = (max(1, min(width, 1000)), max(1, min(height, 1000)),
+                    privileged.terminal_type(term))
         return True
 
     def check_channel_env_request(self, channel: paramiko.Channel, name: bytes,
@@ -251,7 +252,7 @@ def _finish_deploys(deployed: list[push.Deployed]) -> None:
 
 def serve_command(server: Server, user: User, command: bytes, channel: paramiko.Channel,
                   cancelled: threading.Event, request_id: str,
-                  pty: tuple[int, int] | None = None) -> int:
+                  pty: tuple[int, int, str] | None = None) -> int:
     """Run one exec request on `channel`; return the exit status."""
     try:
         text = command.decode("utf-8")
@@ -274,7 +275,7 @@ def serve_command(server: Server, user: User, command: bytes, channel: paramiko.
 
 
 def serve_opus_command(server: Server, user: User, text: str, channel: paramiko.Channel,
-                       cancelled: threading.Event, pty: tuple[int, int] | None = None) -> int:
+                       cancelled: threading.Event, pty: tuple[int, int, str] | None = None) -> int:
     """`ssh git@host CMD ARGS…`: the same command table as the host's `opus`, as `user`."""
     try:
         argv = shlex.split(text)
@@ -302,7 +303,8 @@ def serve_opus_command(server: Server, user: User, text: str, channel: paramiko.
 
     terminal = None
     if pty is not None and argv[:1] and argv[0] in TERMINAL_COMMANDS:
-        terminal = privileged.Terminal(pty[0], pty[1], _input_reader(channel), channel.sendall)
+        terminal = privileged.Terminal(pty[0], pty[1], _input_reader(channel), channel.sendall,
+                                       pty[2])
     return commands.run(Context(server.settings, Actor(user), out, read_stdin,
                                          remote=True, cancelled=cancelled,
                                          terminal=terminal, write_bytes=channel.sendall),
