@@ -43,6 +43,15 @@ def require_tool(name: str) -> str:
     return path
 
 
+def require_root(why: str) -> None:
+    """Fails the test under CI (which runs as root) and skips it elsewhere unless root."""
+    if os.geteuid() != 0:
+        message = f"{why} (CI runs as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

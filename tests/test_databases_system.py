@@ -7,7 +7,6 @@ machine-wide system-mode lock like tests/test_system_mode.py."""
 
 from __future__ import annotations
 
-import os
 import pwd
 import re
 import secrets
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import system_opus as system_opus_module
-from tests.conftest import make_key, require_tool
+from tests.conftest import make_key, require_root, require_tool
 from tests.system_opus import SystemOpus
 from tests.test_databases import on_a_sized_terminal
 from tests.test_sshd import ssh_t
@@ -31,11 +30,7 @@ PSQL = "/usr/lib/postgresql/15/bin/psql"
 
 @pytest.fixture(scope="module")
 def system_opus() -> Iterator[SystemOpus]:
-    if os.geteuid() != 0:
-        message = "system mode installs as root (CI runs as root)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_root("system mode installs as root")
     for tool in ("sudo", "visudo", "setpriv", "runuser", PSQL):
         require_tool(tool)
     present = system_opus_module.already_installed()

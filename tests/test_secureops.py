@@ -31,6 +31,7 @@ from cryptography.x509.oid import NameOID
 
 from secureops import cli
 from secureops.layout import Layout
+from tests.conftest import require_root
 
 FRONT_GROUP = "nogroup"
 OPUS_GROUP = "daemon"
@@ -411,11 +412,7 @@ def test_config_can_be_chosen_only_by_root_itself(home: tuple[Layout, Path]) -> 
 @pytest.fixture()
 def apps(home: tuple[Layout, Path]) -> Iterator[tuple[Layout, Path, list[str]]]:
     """Two apps with users of their own (unique names; removed afterwards)."""
-    if os.geteuid() != 0:
-        message = "creating users needs root (CI runs as root)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_root("creating users needs root")
     layout, config = home
     names = [f"t{secrets.token_hex(4)}", f"t{secrets.token_hex(4)}"]
     try:
@@ -760,11 +757,7 @@ def test_an_app_name_too_long_for_a_unix_user_is_refused(home: tuple[Layout, Pat
 def tools_home(home: tuple[Layout, Path]) -> tuple[Layout, Path]:
     """`home` whose config puts the interpreters and wheels under its own base (root's)."""
     layout, config = home
-    if os.geteuid() != 0:
-        message = "secureops installs root-owned copies as root (CI runs as root)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_root("secureops installs root-owned copies as root")
     lib = layout.home.parent / "lib"
     lib.mkdir(mode=0o755)
     data = json.loads(config.read_text())

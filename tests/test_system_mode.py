@@ -53,6 +53,7 @@ from tests.conftest import (
     make_django_project,
     make_key,
     push_main,
+    require_root,
     require_tool,
     set_greeting,
 )
@@ -112,11 +113,7 @@ def pebble() -> Iterator[tuple[pebble_module.Pebble, int, int]]:
 @pytest.fixture(scope="module")
 def system_opus(mirror: python_mirror.Mirror,
                 pebble: tuple[pebble_module.Pebble, int, int]) -> Iterator[SystemOpus]:
-    if os.geteuid() != 0:
-        message = "system mode installs as root (CI runs as root)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_root("system mode installs as root")
     for tool in ("sudo", "visudo", "setpriv", "runuser", "/usr/sbin/apache2", "git", "ssh"):
         require_tool(tool)
     present = system_opus_module.already_installed()
