@@ -189,19 +189,21 @@ def run(layout: Layout, app: str, spec: Any, *, terminal: bool = False) -> RunSp
                    environment(body["env"], "env", lines=True), rows_columns)
 
 
+def _one_name(spec: Any, field: str, pattern: re.Pattern[str], what: str) -> str:
+    """The value of {FIELD: VALUE}, if `pattern` matches it whole."""
+    body = _exactly(spec, {field}, set(), "the spec")
+    value = _text(body[field], field, 100)
+    if not pattern.fullmatch(value):
+        raise Denied(f"{value!r} is not {what}")
+    return value
+
+
 def python_name(spec: Any) -> str:
     """The interpreter named in {"name": NAME}."""
-    body = _exactly(spec, {"name"}, set(), "the spec")
-    name = _text(body["name"], "name", 100)
-    if not PYTHON_NAME.fullmatch(name):
-        raise Denied(f"{name!r} is not an interpreter's name (cpython-3.X.Y-linux-ARCH-LIBC)")
-    return name
+    return _one_name(spec, "name", PYTHON_NAME,
+                     "an interpreter's name (cpython-3.X.Y-linux-ARCH-LIBC)")
 
 
 def wheelhouse_key(spec: Any) -> str:
     """The wheelhouse directory named in {"key": KEY}."""
-    body = _exactly(spec, {"key"}, set(), "the spec")
-    key = _text(body["key"], "key", 100)
-    if not WHEELHOUSE_KEY.fullmatch(key):
-        raise Denied(f"{key!r} is not a wheelhouse key (cp3XY- and 16 hex digits)")
-    return key
+    return _one_name(spec, "key", WHEELHOUSE_KEY, "a wheelhouse key (cp3XY- and 16 hex digits)")
