@@ -110,10 +110,18 @@ class Settings:
     ssh_max_connections: int = 256
     # An SSH client that sends nothing for this long while Opus waits for it is cut off.
     ssh_read_timeout: float = 120.0
+    # A connection must log in (banner, key exchange, authentication, a session opened)
+    # within this many seconds from its first byte, however it trickles (LoginGraceTime).
+    ssh_login_timeout: float = 10.0
+    # Connections from one source address that have not logged in yet; more are closed
+    # at once, before any SSH is spoken, so one address cannot fill ssh_max_connections.
+    ssh_unauthenticated_per_source: int = 10
     # An authenticated connection must ask for a command within this many seconds.
     ssh_idle_timeout: float = 30.0
-    # Connections one key may hold open at once.
-    ssh_connections_per_key: int = 8
+    # Connections one user may hold open at once, all their keys together.
+    ssh_connections_per_user: int = 8
+    # SSH keys one user may register.
+    ssh_keys_per_user: int = 20
     git_bin: str = "/usr/bin/git"
     # Who may create apps (by apps:create or a first push): "all" users, or "admins".
     app_creators: str = "all"
@@ -242,10 +250,15 @@ class Settings:
 
 _INT_FIELDS = {"ssh_port", "http_port", "https_port", "dashboard_port", "app_port_base",
                "keep_releases", "destroyed_backup_days", "max_pack_bytes", "max_object_bytes",
-               "ssh_connections_per_key",
-               "ssh_max_connections"}
+               "ssh_connections_per_user", "ssh_unauthenticated_per_source",
+               "ssh_keys_per_user", "ssh_max_connections"}
 _FLOAT_FIELDS = {"health_timeout", "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
-                 "ssh_idle_timeout", "ssh_session_timeout"}
+                 "ssh_idle_timeout", "ssh_login_timeout", "ssh_session_timeout"}
+# Limits below 1 would lock everyone out (or never time out): refused.
+_POSITIVE_FIELDS = {"ssh_connections_per_user", "ssh_unauthenticated_per_source",
+                    "ssh_keys_per_user", "ssh_max_connections", "ssh_login_timeout"}
+# Settings renamed since: their former names are still read.
+_FORMER_NAMES = {"ssh_connections_per_key": "ssh_connections_per_user"}
 _PATH_FIELDS = {"cache_dir", "wheels_dir"}
 _FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"home", "network_env"}
 NETWORK_VARS = (
@@ -271,6 +284,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise UsageError(f"{source}: {name} = {value!r} is not valid; give a URL starting "
                          f"with {' or '.join(_URL_FIELDS[name])}")
     try:
+        if name in _POSITIVE_FIELDS:
+            return _positive(name, float(value) if name in _FLOAT_FIELDS else int(value),
+                             source)
         if name in _INT_FIELDS:
             return int(value)
         if name in _FLOAT_FIELDS:
@@ -280,6 +296,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise UsageError(f"{source}: {name} = {value!r} is not valid; give a number") from None
+
+
+def _positive(name: str, value: float, source: str) -> float:
+    if not 1 <= value < 1e9:   # NaN and inf fail too
+        raise UsageError(f"{source}: {name} = {value!r} is not valid; give a number of "
+                         "at least 1")
+    return value
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -295,6 +318,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{config_file}: {exc}; fix the file or remove it") from None
         for key, value in data.items():
+            key = _FORMER_NAMES.get(key, key)
             if key not in _FIELDS:
                 raise UsageError(
                     f"{config_file}: unknown setting {key!r}; known: {', '.join(sorted(_FIELDS))}"
@@ -302,6 +326,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             values[key] = _coerce(key, value, str(config_file))
     if os.geteuid() == 0:
         values.update(_root_decides(home))
+    for former, name in _FORMER_NAMES.items():
+        raw = env.get("OPUS_" + former.upper())
+        if raw:
+            values[name] = _coerce(name, raw, "OPUS_" + former.upper())
     for name in _FIELDS:
         raw = env.get("OPUS_" + name.upper())
         if raw:

@@ -352,8 +352,10 @@ class Store:
         return True
 
     # ---- users and keys --------------------------------------------------
-    def add_key(self, user: str, fingerprint: str, public_key: str, comment: str) -> User:
-        """Register a key for `user`, creating the user; the first user is admin."""
+    def add_key(self, user: str, fingerprint: str, public_key: str, comment: str,
+                max_keys: int | None = None) -> User:
+        """Register a key for `user`, creating the user; the first user is admin. A user
+        who holds `max_keys` keys already is refused."""
         with self._db() as db:
             if db.execute("SELECT 1 FROM keys WHERE fingerprint = ?", (fingerprint,)).fetchone():
                 raise Conflict(
@@ -361,6 +363,14 @@ class Store:
                     f"with `opus keys:remove {fingerprint}`"
                 )
             row = db.execute("SELECT * FROM users WHERE name = ?", (user,)).fetchone()
+            held = 0 if row is None else db.execute(
+                "SELECT COUNT(*) FROM keys WHERE user_id = ?", (row["id"],)).fetchone()[0]
+            if max_keys is not None and held >= max_keys:
+                raise Conflict(
+                    f"{user} has {held} SSH keys, the most one user may have "
+                    f"(ssh_keys_per_user = {max_keys}); remove one first: `opus keys` "
+                    "lists them, `opus keys:remove FINGERPRINT|NAME` removes one"
+                )
             if row is None:
                 first = db.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
                 role = "admin" if first else "developer"

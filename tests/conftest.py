@@ -28,7 +28,9 @@ import pytest
 CHECKOUT = Path(__file__).resolve().parent.parent
 MAX_PACK_BYTES = 4 << 20
 MAX_OBJECT_BYTES = 2 << 20
-CONNECTIONS_PER_KEY = 6
+CONNECTIONS_PER_USER = 6
+KEYS_PER_USER = 8
+LOGIN_TIMEOUT = 5
 
 
 def require_tool(name: str) -> str:
@@ -191,7 +193,9 @@ def start_opus(*, under: Path | None = None, **extra_env: str) -> Opus:
         "OPUS_DEPLOY_WAIT_TIMEOUT": "8",
         "OPUS_MAX_PACK_BYTES": str(MAX_PACK_BYTES),
         "OPUS_MAX_OBJECT_BYTES": str(MAX_OBJECT_BYTES),
-        "OPUS_SSH_CONNECTIONS_PER_KEY": str(CONNECTIONS_PER_KEY),
+        "OPUS_SSH_CONNECTIONS_PER_USER": str(CONNECTIONS_PER_USER),
+        "OPUS_SSH_KEYS_PER_USER": str(KEYS_PER_USER),
+        "OPUS_SSH_LOGIN_TIMEOUT": str(LOGIN_TIMEOUT),
         # No certificates are ordered but by the HTTPS tests, from their own pebble.
         "OPUS_ACME_DIRECTORY": "off",
         "OPUS_HTTPS_PORT": str(free_port()),

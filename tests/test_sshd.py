@@ -3,7 +3,10 @@ nothing."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import itertools
+import logging
 import os
 import re
 import socket
@@ -15,10 +18,20 @@ import paramiko
 import pytest
 
 from opus_paas import privileged
-from opus_paas.control import sshd
+from opus_paas import settings as settings_module
+from opus_paas.control import keys, sshd
+from opus_paas.errors import UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import Store
-from tests.conftest import CONNECTIONS_PER_KEY, Opus, SshKey, git, make_key
+from tests.conftest import (
+    CONNECTIONS_PER_USER,
+    KEYS_PER_USER,
+    LOGIN_TIMEOUT,
+    Opus,
+    SshKey,
+    git,
+    make_key,
+)
 from tests.gitwire import authenticated, connect, raw_exec
 
 
@@ -186,9 +199,11 @@ def test_a_client_that_never_speaks_ssh_is_dropped(opus: Opus) -> None:
         assert time.monotonic() - started < 20
 
 
-def test_each_key_has_a_connection_cap(opus: Opus, admin_key: SshKey, tmp_path: Path) -> None:
-    key = make_key(tmp_path, "capped")
+def test_each_user_has_one_connection_cap_across_all_their_keys(
+        opus: Opus, admin_key: SshKey, tmp_path: Path) -> None:
+    key, spare = make_key(tmp_path, "capped"), make_key(tmp_path, "capped-spare")
     opus.cli("keys:add", "capped", str(key.public))
+    opus.cli("keys:add", "capped", str(spare.public))
     repo = tmp_path / "repo"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
@@ -197,19 +212,21 @@ def test_each_key_has_a_connection_cap(opus: Opus, admin_key: SshKey, tmp_path: 
     git(repo, "push", f"ssh://git@127.0.0.1:{opus.ssh_port}/capped.git", "HEAD:refs/heads/x",
         env=key.git_env(opus))
     holders = []
+    refusal = (f"opus: too many connections for capped at once, all keys together (limit "
+               f"{CONNECTIONS_PER_USER}); wait for one to finish and try again")
     try:
-        for _ in range(CONNECTIONS_PER_KEY):
-            client = connect(opus, key)
+        for one in itertools.islice(itertools.cycle([key, spare]), CONNECTIONS_PER_USER):
+            client = connect(opus, one)
             channel = client.get_transport().open_session()   # type: ignore[union-attr]
             channel.exec_command("git-upload-pack 'capped.git'")
             channel.settimeout(20)
             assert channel.recv(4)   # the advertisement: this connection holds a slot
             holders.append(client)
-        over = raw_exec(opus, key, "git-upload-pack 'capped.git'")
-        assert over.stderr.strip() == ("opus: too many connections with this key at once "
-                                       f"(limit {CONNECTIONS_PER_KEY}); wait for one to "
-                                       "finish and try again")
-        # Another key is not affected.
+        for one in (key, spare):   # a key of one's own does not get round the cap
+            over = raw_exec(opus, one, "git-upload-pack 'capped.git'")
+            assert over.stderr.strip() == refusal
+            assert over.status == 5
+        # Another user is not affected.
         other = raw_exec(opus, admin_key, "git-upload-pack 'nothing.git'")
         assert "app nothing not found" in other.stderr
     finally:
@@ -217,12 +234,137 @@ def test_each_key_has_a_connection_cap(opus: Opus, admin_key: SshKey, tmp_path: 
             client.close()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if "too many" not in raw_exec(opus, key, "git-upload-pack 'capped.git'",
+        if "too many" not in raw_exec(opus, spare, "git-upload-pack 'capped.git'",
                                       b"0000").stderr:
             break
         time.sleep(0.3)
     else:
         pytest.fail("the slots were not given back")
+
+
+def test_one_address_is_capped_before_the_handshake_and_others_still_get_in(
+        opus: Opus, admin_key: SshKey) -> None:
+    """Idle connections from 127.0.0.1 fill its share of logins; the next one from it
+    is closed at once with one line, while 127.0.0.2 logs in and runs a command."""
+    per_source = Settings.ssh_unauthenticated_per_source
+    held = []
+    try:
+        for _ in range(per_source):
+            sock = socket.create_connection(("127.0.0.1", opus.ssh_port), timeout=10)
+            held.append(sock)
+            assert sock.recv(100).startswith(b"SSH-2.0-")   # admitted, and left idle
+        with socket.create_connection(("127.0.0.1", opus.ssh_port), timeout=10) as over:
+            assert read_to_end(over) == (b"opus: too many connections from your address "
+                                         b"are logging in; try again later\r\n")
+        other = ssh_with(opus, admin_key, "-o", "BindAddress=127.0.0.2", command="apps")
+        assert other.returncode == 0, other.stderr
+        assert all(s.fileno() != -1 for s in held)
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while ssh_with(opus, admin_key, command="apps").returncode != 0:
+        assert time.monotonic() < deadline, "the address's slots were not given back"
+        time.sleep(0.3)
+    log = (opus.home / "logs" / "opus-sshd.log").read_text()
+    assert (f"refused a connection from 127.0.0.1: {per_source} connections from it have "
+            f"not logged in yet (ssh_unauthenticated_per_source = {per_source})") in log
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data
+
+
+def test_a_login_trickled_a_byte_at_a_time_is_cut_at_the_login_deadline(opus: Opus) -> None:
+    """Each byte comes well within every read timeout, but the login as a whole has
+    a deadline."""
+    with socket.create_connection(("127.0.0.1", opus.ssh_port), timeout=10) as sock:
+        assert sock.recv(100).startswith(b"SSH-2.0-")
+        started = time.monotonic()
+        sock.settimeout(1)
+        for byte in itertools.cycle(b"SSH-2.0-slow"):
+            assert time.monotonic() - started < LOGIN_TIMEOUT + 10, "never cut off"
+            try:
+                sock.send(bytes([byte]))
+                if not sock.recv(100):
+                    break
+            except TimeoutError:
+                continue
+            except OSError:   # reset
+                break
+        assert LOGIN_TIMEOUT - 1 < time.monotonic() - started < LOGIN_TIMEOUT + 3
+
+
+def test_keys_add_past_the_users_key_cap_is_refused_with_how_to_remove_one(
+        opus: Opus, tmp_path: Path) -> None:
+    key = make_key(tmp_path, "keyful")
+    opus.cli("keys:add", "keyful", str(key.public))
+    store = Store(opus.home / "opus.db")
+    for i in range(KEYS_PER_USER - 1):
+        blob = b"".join(len(f).to_bytes(4, "big") + f for f in (b"ssh-ed25519",
+                                                                os.urandom(32)))
+        store.add_key("keyful", keys.fingerprint(blob),
+                      "ssh-ed25519 " + base64.b64encode(blob).decode(), f"old-{i}")
+    extra = make_key(tmp_path, "one-too-many").public.read_text()
+
+    def add() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ssh", "-i", str(key.private), "-o", "IdentitiesOnly=yes",
+             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-p", str(opus.ssh_port),
+             "git@127.0.0.1", "keys:add keyful -"],
+            input=extra, capture_output=True, text=True, timeout=60, check=False)
+
+    refused = add()
+    assert refused.returncode == 5
+    assert refused.stderr == (
+        f"opus: keyful has {KEYS_PER_USER} SSH keys, the most one user may have "
+        f"(ssh_keys_per_user = {KEYS_PER_USER}); remove one first: `opus keys` lists them, "
+        "`opus keys:remove FINGERPRINT|NAME` removes one\n")
+    # An admin adding it for them is held to the same cap.
+    assert opus.cli("keys:add", "keyful", "-", input=extra, check=False).returncode == 5
+    assert len([k for k in store.list_keys() if k.user == "keyful"]) == KEYS_PER_USER
+    assert ssh(opus, key, "keys:remove old-0").returncode == 0
+    added = add()
+    assert added.returncode == 0, added.stderr
+
+
+def test_the_ssh_limits_are_settings_with_safe_defaults(tmp_path: Path) -> None:
+    defaults = settings_module.load({"OPUS_HOME": str(tmp_path)})
+    assert defaults.ssh_login_timeout < 30
+    assert (defaults.ssh_unauthenticated_per_source, defaults.ssh_connections_per_user,
+            defaults.ssh_keys_per_user) == (10, 8, 20)
+    (tmp_path / "opus.toml").write_text("ssh_keys_per_user = 5\n"
+                                        "ssh_connections_per_key = 3\n")
+    from_file = settings_module.load({"OPUS_HOME": str(tmp_path)})
+    assert (from_file.ssh_keys_per_user, from_file.ssh_connections_per_user) == (5, 3)
+    from_env = settings_module.load({"OPUS_HOME": str(tmp_path), "OPUS_SSH_KEYS_PER_USER": "7",
+                                     "OPUS_SSH_LOGIN_TIMEOUT": "2.5",
+                                     "OPUS_SSH_UNAUTHENTICATED_PER_SOURCE": "4"})
+    assert (from_env.ssh_keys_per_user, from_env.ssh_login_timeout,
+            from_env.ssh_unauthenticated_per_source) == (7, 2.5, 4)
+    for name, value in [("OPUS_SSH_KEYS_PER_USER", "0"), ("OPUS_SSH_LOGIN_TIMEOUT", "nan"),
+                        ("OPUS_SSH_LOGIN_TIMEOUT", "inf"),
+                        ("OPUS_SSH_UNAUTHENTICATED_PER_SOURCE", "-1"),
+                        ("OPUS_SSH_CONNECTIONS_PER_USER", "many")]:
+        with pytest.raises(UsageError, match=f"{name}: .* is not valid"):
+            settings_module.load({"OPUS_HOME": str(tmp_path), name: value})
+
+
+def test_a_flood_of_refusals_from_one_address_logs_a_few_lines(
+        caplog: pytest.LogCaptureFixture) -> None:
+    limiter = sshd.SourceLimiter(2)
+    assert limiter.admit("192.0.2.1") and limiter.admit("192.0.2.1")
+    with caplog.at_level(logging.WARNING, logger="opus.sshd"):
+        assert not any(limiter.admit("192.0.2.1") for _ in range(1000))
+        assert limiter.admit("192.0.2.2")   # another address is not affected
+    assert len(caplog.records) == 10   # the 1st, 2nd, 4th, … 512th
+    limiter.release("192.0.2.1")
+    assert limiter.admit("192.0.2.1")
 
 
 def test_each_connection_is_logged_with_key_user_command_and_outcome(

@@ -21,7 +21,8 @@ def index() -> str:
 def add() -> BaseResponse:
     user = forms.field("user", 64).strip() or context.actor().name
     owner, key = keys.add_key(context.store(), context.actor(), user,
-                              forms.field("public_key", 16 * 1024))
+                              forms.field("public_key", 16 * 1024),
+                              max_keys=context.settings().ssh_keys_per_user)
     return forms.done(f"Added key {key.fingerprint} for {owner.name}.", [],
                       url_for("keys.index"))
 

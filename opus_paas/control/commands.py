@@ -459,7 +459,8 @@ def cmd_keys_add(ctx: Context, args: list[str]) -> None:
                          f"ssh … keys:add {user} - < KEY.pub")
     else:
         text = _read_local_file(source)
-    owner, key = keys.add_key(ctx.store, ctx.actor, user, text)
+    owner, key = keys.add_key(ctx.store, ctx.actor, user, text,
+                              max_keys=ctx.settings.ssh_keys_per_user)
     ctx.out(f"Added key {key.fingerprint} for {owner.name} ({owner.role}).")
 
 

@@ -15,15 +15,21 @@ from opus_paas.access import Actor
 from opus_paas.errors import InvalidName, NotFound, UsageError
 from opus_paas.store import Key, Store, User
 
-KEY_TYPES = frozenset({
-    "ssh-ed25519",
-    "ssh-rsa",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-})
+# Each key type and the number of length-prefixed fields its blob holds, the type first
+# (RFC 4253, 5656, 8709; PROTOCOL.u2f): ed25519 = type, key; rsa = type, e, n;
+# ecdsa = type, curve, point; the security-key kinds add the application.
+KEY_FIELDS = {
+    "ssh-ed25519": 2,
+    "ssh-rsa": 3,
+    "ecdsa-sha2-nistp256": 3,
+    "ecdsa-sha2-nistp384": 3,
+    "ecdsa-sha2-nistp521": 3,
+    "sk-ssh-ed25519@openssh.com": 3,
+    "sk-ecdsa-sha2-nistp256@openssh.com": 4,
+}
+KEY_TYPES = frozenset(KEY_FIELDS)
+# An RSA key of 16384 bits is about 2 KiB; nothing real comes near this.
+MAX_KEY_BYTES = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,32 +68,55 @@ def parse_public_key(text: str) -> PublicKey:
             f"({', '.join(sorted(KEY_TYPES))}); options such as command= are not accepted"
         )
     key_type, data = fields[0], fields[1]
+    if len(data) > MAX_KEY_BYTES * 4 // 3 + 4:
+        raise InvalidName(f"the key is longer than {MAX_KEY_BYTES} bytes; no public key "
+                          "is that long: give the .pub file (ed25519 keys are the shortest)")
     try:
         blob = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidName("the key's base64 data is damaged; copy the .pub file again") from None
-    # The blob starts with its own type name; it must agree with the line's.
-    try:
-        (length,) = struct.unpack(">I", blob[:4])
-        inner_type = blob[4:4 + length].decode("ascii")
-    except (struct.error, UnicodeDecodeError):
-        inner_type = ""
-    if inner_type != key_type:
-        raise InvalidName("the key's data does not match its type; copy the .pub file again")
+    check_blob(key_type, blob)
     comment = fields[2].strip() if len(fields) == 3 else ""
     if not comment.isprintable():
         raise InvalidName("the key's comment has control characters; edit it out")
     return PublicKey(key_type, blob, comment[:200])
 
 
-def add_key(store: Store, actor: Actor, user: str, text: str) -> tuple[User, PublicKey]:
-    """Register the key in `text` for `user` (created if new; the first user is admin).
-    A developer adds keys for themselves only."""
+def check_blob(key_type: str, blob: bytes) -> None:
+    """The blob is the line's key type followed by exactly that type's fields."""
+    parts = _ssh_strings(blob)
+    if not parts or parts[0] != key_type.encode():
+        raise InvalidName("the key's data does not match its type; copy the .pub file again")
+    if len(parts) != KEY_FIELDS[key_type] or (key_type.endswith("ed25519") and
+                                              len(parts[1]) != 32):
+        raise InvalidName(f"the key's data is not a whole {key_type} key; copy the .pub "
+                          "file again")
+
+
+def _ssh_strings(blob: bytes) -> list[bytes]:
+    """A blob of SSH length-prefixed strings, split; [] if it is not exactly that."""
+    parts, offset = [], 0
+    while offset < len(blob):
+        try:
+            (length,) = struct.unpack_from(">I", blob, offset)
+        except struct.error:
+            return []
+        if offset + 4 + length > len(blob):
+            return []
+        parts.append(blob[offset + 4:offset + 4 + length])
+        offset += 4 + length
+    return parts
+
+
+def add_key(store: Store, actor: Actor, user: str, text: str, *,
+            max_keys: int) -> tuple[User, PublicKey]:
+    """Register the key in `text` for `user` (created if new; the first user is admin),
+    who may hold at most `max_keys` keys. A developer adds keys for themselves only."""
     names.check_user_name(user)
     if actor.name != user:
         access.require_admin(actor, "add keys for another user")
     key = parse_public_key(text)
-    owner = store.add_key(user, key.fingerprint, key.line, key.comment)
+    owner = store.add_key(user, key.fingerprint, key.line, key.comment, max_keys=max_keys)
     return owner, key
 
 

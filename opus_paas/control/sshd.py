@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import paramiko
 from dulwich.errors import GitProtocolError, HangupException
@@ -57,28 +57,74 @@ DISCONNECT_POLL_SECONDS = 0.25
 QUIET_ENV = frozenset({b"GIT_PROTOCOL", b"LANG", b"LC_ALL"})
 
 
-class KeyLimiter:
-    """At most `limit` open connections per key fingerprint."""
+class UserLimiter:
+    """At most `limit` logged-in connections per user, all their keys together."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._open: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    @contextlib.contextmanager
-    def slot(self, fingerprint: str) -> Iterator[None]:
+    def acquire(self, user: str) -> bool:
         with self._lock:
-            if self._open.get(fingerprint, 0) >= self.limit:
-                raise Conflict(f"too many connections with this key at once (limit "
-                               f"{self.limit}); wait for one to finish and try again")
-            self._open[fingerprint] = self._open.get(fingerprint, 0) + 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._open[fingerprint] -= 1
-                if not self._open[fingerprint]:
-                    del self._open[fingerprint]
+            if self._open.get(user, 0) >= self.limit:
+                return False
+            self._open[user] = self._open.get(user, 0) + 1
+            return True
+
+    def release(self, user: str) -> None:
+        with self._lock:
+            self._open[user] -= 1
+            if not self._open[user]:
+                del self._open[user]
+
+
+class SourceLimiter:
+    """At most `limit` connections per source address that have not logged in yet, so
+    that one address cannot fill the server with handshakes it never finishes. A
+    refusal is logged at its 1st, 2nd, 4th, 8th, … time in a row for a source, so
+    a flood cannot fill the log either."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+        self._refused: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, source: str) -> bool:
+        with self._lock:
+            held = self._open.get(source, 0)
+            if held < self.limit:
+                self._open[source] = held + 1
+                return True
+            refused = self._refused[source] = self._refused.get(source, 0) + 1
+        if refused & (refused - 1) == 0:
+            log.warning("refused a connection from %s: %d connections from it have not "
+                        "logged in yet (ssh_unauthenticated_per_source = %d); %d refused "
+                        "since", source, held, self.limit, refused)
+        return False
+
+    def release(self, source: str) -> None:
+        with self._lock:
+            self._open[source] -= 1
+            if not self._open[source]:
+                del self._open[source]
+                self._refused.pop(source, None)
+
+
+class Admission:
+    """A connection's hold on its source's not-yet-logged-in slot, given back once."""
+
+    def __init__(self, limiter: SourceLimiter, source: str) -> None:
+        self.limiter, self.source = limiter, source
+        self._held = True
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held, False
+        if held:
+            self.limiter.release(self.source)
 
 
 @dataclasses.dataclass
@@ -88,7 +134,8 @@ class Server:
     settings: Settings
     store: Store
     host_key: paramiko.PKey
-    limiter: KeyLimiter
+    users: UserLimiter
+    sources: SourceLimiter
 
 
 class Session(paramiko.ServerInterface):
@@ -352,11 +399,10 @@ def run_exec(server: Server, session: Session, transport: paramiko.Transport,
                              time.monotonic() + settings.ssh_session_timeout), daemon=True)
     watcher.start()
     try:
-        with server.limiter.slot(session.fingerprint):
-            for notice in session.notices:
-                channel.sendall_stderr((notice + "\n").encode())
-            status = serve_command(server, session.user, session.command, channel,
-                                   cancelled, request_id, session.pty)
+        for notice in session.notices:
+            channel.sendall_stderr((notice + "\n").encode())
+        status = serve_command(server, session.user, session.command, channel,
+                               cancelled, request_id, session.pty)
         return status, "ok" if status == 0 else "refused"
     except OpusError as exc:
         message = " ".join(redact.redact(exc.message, pairs).split())
@@ -389,27 +435,53 @@ def _say(channel: paramiko.Channel, line: str) -> None:
         channel.sendall_stderr((line + "\n").encode("utf-8", "replace"))
 
 
-def handle_connection(server: Server, sock: socket.socket) -> None:
+def log_in(transport: paramiko.Transport, session: Session,
+           deadline: float) -> paramiko.Channel | None:
+    """The session channel of a client that logged in (banner, key exchange, public-key
+    authentication, the channel opened) by `deadline`; None if it did not."""
+    negotiated = threading.Event()
+    transport.start_server(event=negotiated, server=session)
+    while transport.is_active() and time.monotonic() < deadline:
+        if negotiated.wait(DISCONNECT_POLL_SECONDS):
+            channel = transport.accept(DISCONNECT_POLL_SECONDS)
+            if channel is not None:
+                return channel
+    return None
+
+
+def handle_connection(server: Server, sock: socket.socket, admission: Admission) -> None:
     settings = server.settings
     request_id = uuid.uuid4().hex[:8]
     started = time.monotonic()
     transport = paramiko.Transport(sock)
-    transport.banner_timeout = transport.handshake_timeout = settings.ssh_idle_timeout
-    transport.auth_timeout = settings.ssh_idle_timeout
+    transport.banner_timeout = transport.handshake_timeout = settings.ssh_login_timeout
+    transport.auth_timeout = settings.ssh_login_timeout
     session = Session(server.store, request_id)
     status, outcome = 255, "no command"
+    user_slot = None
     try:
         transport.add_server_key(server.host_key)
-        transport.start_server(server=session)
-        channel = transport.accept(settings.ssh_idle_timeout)
-        if channel is None:
+        channel = log_in(transport, session, started + settings.ssh_login_timeout)
+        if channel is None or session.user is None:
+            if transport.is_active():
+                log.info("[%s] no login from %s within %.0f s; closed", request_id,
+                         admission.source, settings.ssh_login_timeout)
             return
+        if server.users.acquire(session.user.name):
+            user_slot = session.user.name
+            admission.release()
         if not session.ready.wait(settings.ssh_idle_timeout):
             _say(channel, f"opus: no command within {settings.ssh_idle_timeout:.0f} s; "
                           "closing the connection")
             channel.close()
             return
-        status, outcome = run_exec(server, session, transport, channel, request_id)
+        if user_slot is None:
+            status, outcome = Conflict.exit_code, "too many connections for the user"
+            _say(channel, f"opus: too many connections for {session.user.name} at once, "
+                          f"all keys together (limit {settings.ssh_connections_per_user}); "
+                          "wait for one to finish and try again")
+        else:
+            status, outcome = run_exec(server, session, transport, channel, request_id)
         with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
             channel.send_exit_status(status)
             channel.shutdown_write()
@@ -424,6 +496,8 @@ def handle_connection(server: Server, sock: socket.socket) -> None:
         outcome = f"connection ended: {exc.__class__.__name__}"
     finally:
         transport.close()
+        if user_slot is not None:
+            server.users.release(user_slot)
         if session.user is not None:
             log.info("[%s] user=%s key=%s command=%r status=%d outcome=%s seconds=%.1f",
                      request_id, session.user.name, session.fingerprint,
@@ -457,7 +531,8 @@ def serve(settings: Settings) -> None:
     store.init()
     remove_leftovers(settings)
     server = Server(settings, store, load_or_create_host_key(settings.host_key_path),
-                    KeyLimiter(settings.ssh_connections_per_key))
+                    UserLimiter(settings.ssh_connections_per_user),
+                    SourceLimiter(settings.ssh_unauthenticated_per_source))
     slots = threading.BoundedSemaphore(settings.ssh_max_connections)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -468,29 +543,47 @@ def serve(settings: Settings) -> None:
     # next `opus up` (apps whose lock another process holds are left to it).
     threading.Thread(target=_recover, args=(settings, server.store), daemon=True).start()
 
-    def serve_one(sock: socket.socket) -> None:
+    def serve_one(sock: socket.socket, admission: Admission) -> None:
         try:
-            handle_connection(server, sock)
+            handle_connection(server, sock, admission)
         finally:
+            admission.release()
             slots.release()
 
     while True:
         try:
-            sock, _addr = listener.accept()
+            sock, addr = listener.accept()
         except OSError as exc:   # out of descriptors, say: wait, never die
             log.warning("accept failed (%s); retrying in 1 s", exc)
             time.sleep(1)
             continue
+        if not server.sources.admit(addr[0]):
+            refuse(sock, "opus: too many connections from your address are logging in; "
+                         "try again later")
+            continue
+        admission = Admission(server.sources, addr[0])
         if not slots.acquire(blocking=False):
             log.warning("%d connections open; dropped a new one",
                         settings.ssh_max_connections)
+            admission.release()
             sock.close()
             continue
         try:
-            threading.Thread(target=serve_one, args=(sock,), daemon=True).start()
+            threading.Thread(target=serve_one, args=(sock, admission), daemon=True).start()
         except RuntimeError:   # no thread to be had
             sock.close()
+            admission.release()
             slots.release()
+
+
+def refuse(sock: socket.socket, line: str) -> None:
+    """Close a connection before any SSH is spoken, with one line before the protocol
+    banner (RFC 4253 4.2 lets a server send such lines) for a human to read."""
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)
+        sock.send((line + "\r\n").encode())
+        sock.shutdown(socket.SHUT_WR)
+    sock.close()
 
 
 def _recover(settings: Settings, store: Store) -> None:
