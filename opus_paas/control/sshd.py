@@ -100,8 +100,8 @@ class SourceLimiter:
             refused = self._refused[source] = self._refused.get(source, 0) + 1
         if refused & (refused - 1) == 0:
             log.warning("refused a connection from %s: %d connections from it have not "
-                        "logged in yet (ssh_unauthenticated_per_source = %d); %d refused "
-                        "since", source, held, self.limit, refused)
+                        "logged in yet (ssh_unauthenticated_per_source = %d); %d refused in "
+                        "a row", source, held, self.limit, refused)
         return False
 
     def release(self, source: str) -> None:
