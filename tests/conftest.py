@@ -29,6 +29,7 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 MAX_PACK_BYTES = 4 << 20
 MAX_OBJECT_BYTES = 2 << 20
 CONNECTIONS_PER_KEY = 6
+BUILD_LOG_LIMIT = 256 << 10    # far above a test app's build log, below a flooding one's
 
 
 def require_tool(name: str) -> str:
@@ -192,6 +193,7 @@ def start_opus(*, under: Path | None = None, **extra_env: str) -> Opus:
         "OPUS_MAX_PACK_BYTES": str(MAX_PACK_BYTES),
         "OPUS_MAX_OBJECT_BYTES": str(MAX_OBJECT_BYTES),
         "OPUS_SSH_CONNECTIONS_PER_KEY": str(CONNECTIONS_PER_KEY),
+        "OPUS_BUILD_LOG_LIMIT": str(BUILD_LOG_LIMIT),
         # No certificates are ordered but by the HTTPS tests, from their own pebble.
         "OPUS_ACME_DIRECTORY": "off",
         "OPUS_HTTPS_PORT": str(free_port()),
