@@ -20,7 +20,7 @@ HOSTILE_PY = "\\x1b]52;c;cHduZWQ=\\x07 \\x1b]0;owned\\x07 \\x1b[2J\\x1b[1;1H \\x
 KEPT = "tab\there é ✓"
 KEPT_PY = "tab\\there é ✓"
 SHOWN = r"\x1b]52;c;cHduZWQ=\x07 \x1b]0;owned\x07 \x1b[2J\x1b[1;1H \x9b31m "
-FILLER_LINES = 1600      # of 208 bytes: well past the test Opus's BUILD_LOG_LIMIT
+FILLER_LINES = 2000      # of 208 bytes: well past the test Opus's BUILD_LOG_LIMIT
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 PRE_COMPILE = f"""#!/bin/bash
