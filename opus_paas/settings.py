@@ -94,6 +94,9 @@ class Settings:
     health_timeout: float = 30.0
     # A build or release command running longer than this is stopped.
     build_timeout: float = 900.0
+    # A build's log keeps at most this many bytes of its output (and its last lines);
+    # the client still sees all of it live.
+    build_log_limit: int = 10 << 20
     keep_releases: int = 5
     # A destroyed app's last backup is kept this many days (`backups:restore` brings it
     # into a new app).
@@ -251,7 +254,7 @@ class Settings:
 _INT_FIELDS = {"ssh_port", "http_port", "https_port", "dashboard_port", "app_port_base",
                "keep_releases", "destroyed_backup_days", "max_pack_bytes", "max_object_bytes",
                "ssh_connections_per_user", "ssh_unauthenticated_per_source",
-               "ssh_keys_per_user", "ssh_max_connections"}
+               "ssh_keys_per_user", "ssh_max_connections", "build_log_limit"}
 _FLOAT_FIELDS = {"health_timeout", "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
                  "ssh_idle_timeout", "ssh_login_timeout", "ssh_session_timeout"}
 # Limits below 1 would lock everyone out (or never time out): refused.

@@ -492,27 +492,121 @@ def app_remove(request: Request) -> int:
     return 0
 
 
-def _remove(parent_fd: int, name: str, depth: int = 0) -> None:
-    """Remove `name` in `parent_fd`, whatever it is, never following a symlink and never
-    opening anything but a directory (O_DIRECTORY|O_NOFOLLOW|O_NONBLOCK: a FIFO or a
-    device swapped in is refused, not opened)."""
+OPEN_DIRS = 32    # directories _remove holds open at once, however deep the tree
+
+
+@dataclasses.dataclass
+class _Level:
+    """A directory being emptied: its fd (-1 while closed to save fds), its name in
+    its parent, its identity (to know it again by "..") and what is left to remove."""
+
+    fd: int
+    name: str
+    ident: tuple[int, int]
+    left: list[str]
+
+
+def _open_subdir(parent_fd: int, name: str) -> int | None:
+    """`name` in `parent_fd` opened as a directory, never through a symlink and never
+    opening anything else (O_DIRECTORY|O_NOFOLLOW|O_NONBLOCK: a FIFO or a device swapped
+    in is refused, not opened); None when it is not (or no longer) a directory."""
     try:
-        info = os.lstat(name, dir_fd=parent_fd)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(info.st_mode):
-        os.unlink(name, dir_fd=parent_fd)
-        return
-    if depth > MAX_DEPTH:
-        raise Denied(f"the tree is deeper than {MAX_DEPTH} directories")
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK,
-                 dir_fd=parent_fd)
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK,
+                       dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.ENOENT):
+            return None
+        raise
+
+
+def _ident(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def _listing(fd: int) -> list[str]:
+    with os.scandir(fd) as entries:
+        return [entry.name for entry in entries]
+
+
+def _remove(parent_fd: int, name: str) -> None:
+    """Remove `name` in `parent_fd`, whatever it is and however deep, never following a
+    symlink: depth first without recursion, each directory reached from its parent's fd
+    (openat/unlinkat), at most OPEN_DIRS fds held; a directory whose fd was closed is
+    reopened by ".." from its child and must be the same (device, inode), or the tree
+    was moved meanwhile and the removal stops there."""
+    while True:
+        if _unlink_entry(parent_fd, name):
+            return
+        fd = _open_subdir(parent_fd, name)
+        if fd is not None:
+            break                # (else replaced meanwhile by a non-directory)
+    stack = [_Level(fd, name, _ident(fd), _listing(fd))]
     try:
-        for entry in list(os.scandir(fd)):
-            _remove(fd, entry.name, depth + 1)
+        while stack:
+            level = stack[-1]
+            if level.left:
+                child = level.left.pop()
+                if _unlink_entry(level.fd, child):
+                    continue
+                fd = _open_subdir(level.fd, child)
+                if fd is None:
+                    level.left.append(child)          # a non-directory now: unlink it
+                    continue
+                stack.append(_Level(fd, child, _ident(fd), _listing(fd)))
+                _close_far(stack)
+                continue
+            if _listing(level.fd):                    # filled again meanwhile
+                level.left = _listing(level.fd)
+                continue
+            stack.pop()
+            above = parent_fd if not stack else _reopened(stack[-1], level.fd)
+            os.close(level.fd)
+            level.fd = -1
+            os.rmdir(level.name, dir_fd=above)
     finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
+        for level in stack:
+            if level.fd >= 0:
+                os.close(level.fd)
+
+
+def _unlink_entry(dir_fd: int, name: str) -> bool:
+    """Unlink `name` unless it is a directory (True: gone)."""
+    try:
+        info = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return True
+    if stat.S_ISDIR(info.st_mode):
+        return False
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        return False
+    return True
+
+
+def _close_far(stack: list[_Level]) -> None:
+    """Keep the fds of the deepest OPEN_DIRS levels only (the first level's is kept too:
+    it is closed last, by _remove)."""
+    if len(stack) > OPEN_DIRS + 1:
+        far = stack[-OPEN_DIRS - 1]
+        if far.fd >= 0:
+            os.close(far.fd)
+            far.fd = -1
+
+
+def _reopened(level: _Level, child_fd: int) -> int:
+    """`level`'s fd, reopened by ".." from its child's if it was closed: the same
+    directory or a refusal."""
+    if level.fd < 0:
+        fd = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=child_fd)
+        if _ident(fd) != level.ident:
+            os.close(fd)
+            raise Denied(f"{level.name} was moved while it was being removed; refused")
+        level.fd = fd
+    return level.fd
 
 
 # ---- the front ------------------------------------------------------------------------

@@ -31,6 +31,7 @@ MAX_OBJECT_BYTES = 2 << 20
 CONNECTIONS_PER_USER = 6
 KEYS_PER_USER = 8
 LOGIN_TIMEOUT = 5
+BUILD_LOG_LIMIT = 256 << 10    # far above a test app's build log, below a flooding one's
 
 
 def require_tool(name: str) -> str:
@@ -196,6 +197,7 @@ def start_opus(*, under: Path | None = None, **extra_env: str) -> Opus:
         "OPUS_SSH_CONNECTIONS_PER_USER": str(CONNECTIONS_PER_USER),
         "OPUS_SSH_KEYS_PER_USER": str(KEYS_PER_USER),
         "OPUS_SSH_LOGIN_TIMEOUT": str(LOGIN_TIMEOUT),
+        "OPUS_BUILD_LOG_LIMIT": str(BUILD_LOG_LIMIT),
         # No certificates are ordered but by the HTTPS tests, from their own pebble.
         "OPUS_ACME_DIRECTORY": "off",
         "OPUS_HTTPS_PORT": str(free_port()),

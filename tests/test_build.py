@@ -73,6 +73,54 @@ def test_symlinks_leaving_the_tree_are_refused(repo: Repo, tmp_path: Path, targe
     assert not (tmp_path / "out" / "evil").exists()
 
 
+# Each link alone stays inside the tree; followed through the others, each leaves it.
+CHAINS = [
+    [(b"up", b"."), (b"evil", b"up/..")],                              # the tree's parent
+    [(b"d/u", b".."), (b"p1", b"d/u/.."), (b"p2", b"p1/.."), (b"p3", b"p2/.."),
+     (b"evil", b"p3/p3/etc/shadow")],                                  # a chain to /etc
+    [(b"a", b"b"), (b"b", b"c"), (b"c", b"up/../other-app/data"), (b"up", b".")],
+    [(b"loop", b"loop2"), (b"loop2", b"loop")],                        # never ends
+]
+
+
+def _tree_of(repo: Repo, entries: list[tuple[bytes, bytes]]) -> bytes:
+    """A commit of symlinks (path with at most one directory level, target)."""
+    subtrees: dict[bytes, Tree] = {}
+    root = Tree()
+    for path, target in entries:
+        blob = Blob.from_string(target)
+        repo.object_store.add_object(blob)
+        if b"/" in path:
+            directory, name = path.split(b"/")
+            subtrees.setdefault(directory, Tree()).add(name, 0o120000, blob.id)
+        else:
+            root.add(path, 0o120000, blob.id)
+    for directory, tree in subtrees.items():
+        repo.object_store.add_object(tree)
+        root.add(directory, stat.S_IFDIR, tree.id)
+    return _commit_tree(repo, root)
+
+
+@pytest.mark.parametrize("chain", CHAINS, ids=["dot-up", "to-etc", "long", "loop"])
+def test_chained_symlinks_leaving_the_tree_are_refused(
+        repo: Repo, tmp_path: Path, chain: list[tuple[bytes, bytes]]) -> None:
+    (tmp_path / "other-app" / "data").mkdir(parents=True)
+    out = tmp_path / "build" / "out"
+    with pytest.raises(BuildFailed, match=r"outside the repository|more than 40 links"):
+        buildpack.export_tree(repo, _tree_of(repo, chain), out)
+    escaped = [p for p in out.rglob("*") if p.is_symlink()
+               and not p.resolve().is_relative_to(out.resolve())]
+    assert escaped == []
+
+
+def test_chained_symlinks_that_stay_inside_are_kept(repo: Repo, tmp_path: Path) -> None:
+    chain = [(b"d/u", b".."), (b"here", b"d/u/d"), (b"a", b"b"), (b"b", b"here/u/x"),
+             (b"x", b"d/../real")]
+    out = tmp_path / "out"
+    assert buildpack.export_tree(repo, _tree_of(repo, chain), out) == []
+    assert (out / "a").readlink() == Path("b")
+
+
 def test_submodules_are_skipped_with_a_warning(repo: Repo, tmp_path: Path) -> None:
     tree = Tree()
     tree.add(b"vendor", 0o160000, ObjectID(b"1" * 40))

@@ -731,6 +731,34 @@ def test_a_tree_too_deep_is_refused(apps: tuple[Layout, Path, list[str]]) -> Non
     assert result.returncode == cli.DENIED and "deeper than 256" in result.stderr
 
 
+# The app's user builds this in its data/: 600 directories of 20-letter names (paths far
+# past PATH_MAX), at the bottom links to root's files and a FIFO, none to be followed.
+DEEP_TREE = """
+import os
+os.chdir("../../data")
+for _ in range(600):
+    os.mkdir("d" * 20)
+    os.chdir("d" * 20)
+    open("f", "w").write("x")
+os.symlink("/etc", "etc")
+os.symlink("/etc/hostname", "hostname")
+os.mkfifo("fifo")
+"""
+
+
+def test_a_tree_of_any_depth_is_removed_without_following_links(
+        apps: tuple[Layout, Path, list[str]], tmp_path: Path) -> None:
+    layout, config, (app, other) = apps
+    built = run_as(config, layout, app, "/usr/bin/python3", "-I", "-c", DEEP_TREE)
+    assert built.returncode == 0, built.stderr
+    hostname = Path("/etc/hostname").read_bytes()
+    result = call(config, "app-remove", app)
+    assert result.returncode == 0, result.stderr
+    assert not layout.app_dir(app).exists()
+    assert Path("/etc/hostname").read_bytes() == hostname
+    assert (layout.app_dir(other) / "data" / "db.sqlite3").is_file()
+
+
 def test_an_unwritable_log_stops_the_request(home: tuple[Layout, Path]) -> None:
     layout, config = home
     os.mkfifo(layout.log)            # a FIFO cannot hang the helper

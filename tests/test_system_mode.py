@@ -719,7 +719,15 @@ def test_https_certificates_are_ordered_by_opus_and_kept_by_root(
 def test_destroying_an_app_removes_its_user_and_files(system_opus: SystemOpus,
                                                       two_apps: tuple[str, str]) -> None:
     _a, b = two_apps
+    # As its user, the app leaves a data tree deeper than any path can name, with links
+    # out of it: all of it goes, nothing it points at.
+    deep = ("import os\nos.chdir('../../data')\nfor _ in range(600):\n"
+            "    os.mkdir('d' * 20); os.chdir('d' * 20)\n"
+            "os.symlink('/etc', 'etc'); os.mkfifo('fifo')\n")
+    built = system_opus.cli("run", b, "--", "python", "-c", deep)
+    assert built.returncode == 0, built.stdout + built.stderr
     system_opus.cli("apps:destroy", b, "--confirm", b)
+    assert Path("/etc/passwd").is_file()
     deadline = time.monotonic() + 10
     with pytest.raises(KeyError):
         while time.monotonic() < deadline:

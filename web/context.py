@@ -34,5 +34,6 @@ def get_app(name: str, *, manage: bool = False) -> App:
 
 
 def shown(text: str) -> str:
-    """`text` with no absolute server path in it, as every client is shown things."""
-    return redact.redact(text, redact.replacements(settings()))
+    """`text` with no absolute server path (and no terminal control) in it, as every
+    client is shown things."""
+    return redact.shown(text, redact.replacements(settings()))

@@ -117,6 +117,39 @@ def _check_symlink(target: str, link_rel: PurePosixPath) -> None:
                               "replace it with a relative link or a copy")
 
 
+MAX_LINK_HOPS = 40    # the kernel's own limit (ELOOP) on links followed in one lookup
+
+
+def resolve_inside(links: Mapping[PurePosixPath, str], link: PurePosixPath) -> None:
+    """Follow `link` as the kernel would, through every link of the tree (`links`: each
+    link's path to its target), and refuse it if it ever leaves the tree: each link
+    checked alone passes `a -> .` and `b -> a/..`, yet b is the tree's parent (pure)."""
+    pending = [*link.parent.parts, *PurePosixPath(links[link]).parts]
+    at: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not at:
+                raise BuildFailed(
+                    f"symlink {link} leads outside the repository through other links "
+                    f"(it points at {links[link]}); replace it with a link straight to "
+                    "its target inside the repository, or a copy")
+            at.pop()
+            continue
+        at.append(part)
+        target = links.get(PurePosixPath(*at))
+        if target is not None:
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                raise BuildFailed(f"symlink {link} goes through more than {MAX_LINK_HOPS} "
+                                  "links (a loop?); replace it with a plain link or a copy")
+            at.pop()
+            pending[:0] = PurePosixPath(target).parts
+
+
 def export_tree(repo: Repo, commit_sha: bytes, dest: Path) -> list[str]:
     """Write the commit's tree into the empty directory `dest`; return warnings."""
     commit = repo[commit_sha]
@@ -125,15 +158,38 @@ def export_tree(repo: Repo, commit_sha: bytes, dest: Path) -> list[str]:
     warnings: list[str] = []
     dest.mkdir(parents=True)
     dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    links: dict[PurePosixPath, str] = {}
     try:
-        _export(repo, commit.tree, dest_fd, PurePosixPath(), warnings)
+        _export(repo, commit.tree, dest_fd, PurePosixPath(), warnings, links)
+        refused: list[BuildFailed] = []
+        for link in links:
+            try:
+                resolve_inside(links, link)
+            except BuildFailed as exc:
+                refused.append(exc)
+                _unlink_at(dest_fd, link)      # no one follows it out, even by mistake
+        if refused:
+            raise refused[0]
     finally:
         os.close(dest_fd)
     return warnings
 
 
+def _unlink_at(top_fd: int, path: PurePosixPath) -> None:
+    """Remove the link at `path` under `top_fd`, through directories only."""
+    fd = os.dup(top_fd)
+    try:
+        for part in path.parent.parts:
+            sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        os.unlink(path.name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
 def _export(repo: Repo, tree_id: bytes, dir_fd: int, rel: PurePosixPath,
-            warnings: list[str]) -> None:
+            warnings: list[str], links: dict[PurePosixPath, str]) -> None:
     tree = repo[tree_id]
     assert isinstance(tree, Tree)
     for entry in tree.items():
@@ -144,7 +200,7 @@ def _export(repo: Repo, tree_id: bytes, dir_fd: int, rel: PurePosixPath,
             os.mkdir(name, 0o755, dir_fd=dir_fd)
             sub_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
             try:
-                _export(repo, sha, sub_fd, path, warnings)
+                _export(repo, sha, sub_fd, path, warnings, links)
             finally:
                 os.close(sub_fd)
         elif mode == S_IFGITLINK:
@@ -155,6 +211,7 @@ def _export(repo: Repo, tree_id: bytes, dir_fd: int, rel: PurePosixPath,
             target = blob.as_raw_string().decode("utf-8", "surrogateescape")
             _check_symlink(target, path)
             os.symlink(target, name, dir_fd=dir_fd)
+            links[path] = target
         else:
             blob = repo[sha]
             assert isinstance(blob, Blob)

@@ -21,7 +21,7 @@ from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity, when
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, UsageError
 from opus_paas.git import gitserver
-from opus_paas.run import deploy, logs, ps
+from opus_paas.run import buildlog, deploy, logs, ps
 from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
 from opus_paas.tls import commands as tls_commands
@@ -353,18 +353,36 @@ def cmd_builds(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_builds_output(ctx: Context, args: list[str]) -> None:
-    arity("opus builds:output APP [BUILD_ID]   (see `opus builds APP`)", args, (1, 2))
+    usage = "opus builds:output APP [BUILD_ID] [-n LINES]   (see `opus builds APP`)"
+    args, count = _option_number(args, ("-n", "--num"), usage)
+    arity(usage, args, (1, 2))
     app = access.app_for(ctx.store, ctx.actor, args[0])
     listed = ctx.store.list_builds(app)
     if len(args) == 2:
         listed = [b for b in listed if str(b.id) == args[1]]
     if not listed:
         raise NotFound(f"no such build of {app.name}; `opus builds {app.name}` lists them")
-    path = listed[0].log_path
-    if not path.is_file():
-        raise NotFound(f"the output of build {listed[0].id} is gone")
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        ctx.out(redact.redact(line, redact.replacements(ctx.settings)))
+    pairs = redact.replacements(ctx.settings)
+    try:
+        for line in buildlog.lines(listed[0].log_path, count):
+            ctx.out(redact.shown(line, pairs))
+    except FileNotFoundError:
+        raise NotFound(f"the output of build {listed[0].id} is gone") from None
+
+
+def _option_number(args: list[str], flags: tuple[str, ...],
+                   usage: str) -> tuple[list[str], int | None]:
+    """`args` without one `FLAG NUMBER` pair, and the number (None: not given)."""
+    rest, number, items = [], None, iter(args)
+    for item in items:
+        if item in flags:
+            value = next(items, "")
+            if not names.NUMBER.fullmatch(value):
+                raise UsageError(f"{item} needs a number of lines; usage: {usage}")
+            number = int(value)
+        else:
+            rest.append(item)
+    return rest, number
 
 
 def cmd_logs(ctx: Context, args: list[str]) -> None:
@@ -613,7 +631,7 @@ CORE: list[Command] = [
     Command("releases", "opus releases APP", "list an app's releases", cmd_releases,
             takes_app=True),
     Command("builds", "opus builds APP", "list an app's builds", cmd_builds, takes_app=True),
-    Command("builds:output", "opus builds:output APP [BUILD_ID]",
+    Command("builds:output", "opus builds:output APP [BUILD_ID] [-n LINES]",
             "show a build's output (the latest by default)", cmd_builds_output,
             takes_app=True),
     Command("logs", "opus logs APP [-n LINES] [-t] [--ps TYPE]",

@@ -152,8 +152,8 @@ class AppLogs:
     redactions: list[tuple[str, str]]
 
     def shown(self, entry: Entry) -> Entry:
-        """`entry` with no absolute server path in it."""
-        return dataclasses.replace(entry, text=redact.redact(entry.text, self.redactions))
+        """`entry` with no absolute server path and no terminal control in it."""
+        return dataclasses.replace(entry, text=redact.shown(entry.text, self.redactions))
 
     def tail(self, count: int) -> list[Entry]:
         return [self.shown(e) for e in tail(self.paths, count, self.access_log, self.hosts)]

@@ -21,7 +21,7 @@ from opus_paas.build import buildpack, release
 from opus_paas.build.buildpack import Emit
 from opus_paas.data import backups
 from opus_paas.errors import BuildFailed, OpusError, UsageError
-from opus_paas.run import deploy
+from opus_paas.run import buildlog, deploy
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Release, Store, User
@@ -121,7 +121,8 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
     build_id = store.start_build(app, sha.decode(), log_path)
     ok = False
     with secretfile.open_private(log_path, "w") as log:
-        emit_and_log = _tee(_redacting(emit, settings, slug), log.write)
+        capped = buildlog.CappedLog(log, settings.build_log_limit)
+        emit_and_log = _tee(_redacting(emit, settings, slug), capped.write)
         try:
             emit_and_log(f"-----> Building {app.name} from {sha.decode()[:7]}")
             for warning in buildpack.export_tree(repo, sha, slug):
@@ -160,6 +161,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             emit_and_log("")
             raise
         finally:
+            capped.close()
             store.finish_build(build_id, ok)
             now = store.get_app(app.name)
             if not ok and (now is None or now.live_version != version):
@@ -220,11 +222,12 @@ def rebuild(settings: Settings, store: Store, app: App, live: Release, emit: Emi
 
 
 def _redacting(emit: Emit, settings: Settings, slug: Path) -> Emit:
-    """The client sees no absolute server path: the slug reads as /app."""
+    """The client sees no absolute server path (the slug reads as /app) and no terminal
+    control sequence a build step printed."""
     pairs = redact.replacements(settings, slug)
 
     def redacted(line: str) -> None:
-        emit(redact.redact(line, pairs))
+        emit(redact.shown(line, pairs))
     return redacted
 
 

@@ -850,3 +850,30 @@ def test_other_web_commands_run_as_written(command: str) -> None:
     from opus_buildpack import procfile
 
     assert procfile.wsgi_target(command) is None
+
+
+def test_bin_interpreter_follows_no_link_chain_out_of_the_build(tmp_path: Path) -> None:
+    """Opus runs bin/interpreter on the pushed tree as itself: a chain of links (each
+    inside the tree on its own) must not show it a file of another app or the host's."""
+    secret = touch(tmp_path / "other-app" / "secret", "3.12 other-apps-secret-token\n")
+    build = tmp_path / "app"
+    touch(build / "requirements.txt", "django\n")
+    (build / "d").mkdir()
+    (build / "d" / "u").symlink_to("..")
+    (build / "p1").symlink_to("d/u/..")
+    (build / ".python-version").symlink_to("p1/other-app/secret")
+    assert (build / ".python-version").read_text() == secret.read_text()   # the kernel would
+    result = run_bin("interpreter", build, env={"PATH": "/usr/bin:/bin",
+                                                "OPUS_PYTHONS": SYSTEM_PYTHON})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert "other-apps-secret-token" not in result.stdout
+    assert report["problem"].startswith(
+        ".python-version is a link that leads outside the app's repository.")
+    # A link that stays inside is read as before.
+    (build / ".python-version").unlink()
+    touch(build / "config" / "python-version", "3.11\n")
+    (build / ".python-version").symlink_to("d/u/config/python-version")
+    inside = json.loads(run_bin("interpreter", build, env={
+        "PATH": "/usr/bin:/bin", "OPUS_PYTHONS": SYSTEM_PYTHON}).stdout)
+    assert inside["request"] == {"version": "3.11", "source": ".python-version"}

@@ -75,8 +75,7 @@ def interpreter_main(
         if argv:
             build = Path(argv[0])
             listing = root_listing(build)
-            files = {name: read_small(build / name) for name in VERSION_SOURCES
-                     if (build / name).is_file()}
+            files = read_root_files(build, VERSION_SOURCES)
             request = python_version.requested_version(files, listing)
         if request is not None:
             report["request"] = {"version": request.text, "source": request.source}
@@ -137,7 +136,7 @@ def compile_app(
             ["Opus makes the environment itself. Remove it from git and ignore it:",
              f"  git rm -r --cached {venv_dir} && echo '{venv_dir}/' >> .gitignore",
              "then commit and push again."])
-    files = {name: read_small(build / name) for name in TEXT_FILES if (build / name).is_file()}
+    files = read_root_files(build, TEXT_FILES)
     request = python_version.requested_version(files, listing)
     manager = managers.choose_manager(listing, files)
     types = procfile.parse(files["Procfile"]) if "Procfile" in files else {}
@@ -182,6 +181,26 @@ def compile_app(
 
 TEXT_FILES = (".python-version", "runtime.txt", "Pipfile.lock", "pyproject.toml", "Procfile")
 MAX_TEXT = 1 << 20
+
+
+def read_root_files(build: Path, names: Sequence[str]) -> dict[str, str]:
+    """The text of each of `names` at the build's root that is a file. A link is followed
+    only while it stays inside the build dir (Opus reads these before the tree is the
+    app's: a chain of links must not show it another app's files or the host's)."""
+    top = Path(os.path.realpath(build))
+    found = {}
+    for name in names:
+        path = build / name
+        if not os.path.lexists(path):
+            continue
+        real = Path(os.path.realpath(path))
+        if real != top and top not in real.parents:
+            raise BuildError(f"{name} is a link that leads outside the app's repository.",
+                             [f"Replace {name} with the file itself (git rm {name}, add "
+                              "the file, push again)."])
+        if real.is_file():
+            found[name] = read_small(real)
+    return found
 
 
 def read_small(path: Path) -> str:
