@@ -56,7 +56,8 @@ def home(tmp_path: Path) -> Iterator[tuple[Layout, Path]]:
     config.write_text(json.dumps({
         "home": str(home), "conf_d": str(layout.conf_d), "front": str(layout.front),
         "logs": str(layout.logs), "log": str(log), "front_group": FRONT_GROUP,
-        "front_user": "nobody", "opus_group": OPUS_GROUP}))
+        "front_user": "nobody", "opus_group": OPUS_GROUP,
+        "port_rules": "off"}))    # the host's nftables rules are system mode's tests
     config.chmod(0o644)
     try:
         yield layout, config
@@ -331,7 +332,7 @@ def tls(**changes: Any) -> dict[str, Any]:
 
 def front_spec(**changes: Any) -> dict[str, Any]:
     spec = {"listen_host": "127.0.0.1", "listen_port": 8080, "scheme": "http",
-            "https_port": 8443,
+            "https_port": 8443, "manager_port": 19998, "manager_tls_port": 19999,
             "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1", "port": 8090,
                           "tls": None},
             "token": "0" * 32, "sites": [site()]}
@@ -922,7 +923,7 @@ def test_certificates_are_roots_alone_and_only_covered_names_get_https(
     front = (layout.front / "httpd.conf").read_text()
     assert "Listen 127.0.0.1:8443 https" in front and "SSLProtocol -all +TLSv1.2 +TLSv1.3" in front
     assert "Protocols h2 http/1.1" in front
-    https_vhost = front.split("<VirtualHost 127.0.0.1:8443>")[-1]
+    https_vhost = front.split("<VirtualHost 127.0.0.1:8443 127.0.0.1:19999>")[-1]
     assert f"ServerName {APP}.localhost" in https_vhost
     assert f"ServerAlias www.{APP}.example" in https_vhost     # the wildcard covers it
     assert "other.example.org" not in https_vhost               # not on the certificate
