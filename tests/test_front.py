@@ -125,3 +125,48 @@ def test_parse_balancer_manager_page() -> None:
     assert members["http://127.0.0.1:1"].enabled and members["http://127.0.0.1:1"].busy == 2
     assert not members["http://127.0.0.1:2"].enabled
     assert balancer.parse_page("<html>nothing</html>", "app-a") == (None, {})
+
+
+def test_the_manager_answers_only_on_its_own_port(tmp_path: Path) -> None:
+    """Each app vhost listens on the manager's loopback port too, and the manager checks
+    the port the connection came in on (not the Host header's: UseCanonicalName On and
+    the physical port), loopback and the token."""
+    settings = _settings(tmp_path, app_port_base=30000)
+    site = httpd.Site("a", ("a.localhost",), 30003, members=(30002, 30003))
+    assert httpd.manager_ports(settings) == (30000, 30001)
+    text = _render(settings, [site], "f" * 32)
+    assert "Listen 127.0.0.1:30000\n" in text
+    assert "<VirtualHost 127.0.0.1:18080 127.0.0.1:30000>\n    ServerName a.localhost" in text
+    location = text.split('<Location "/.opus/balancer">')[1].split("</Location>")[0]
+    assert "UseCanonicalName On" in location and "UseCanonicalPhysicalPort On" in location
+    assert ("Require expr \"%{SERVER_PORT} == '30000' && %{REMOTE_ADDR} == '127.0.0.1' && "
+            "%{HTTP:X-Opus-Token} == '" + "f" * 32 + "'\"") in location
+    # The dashboard's vhost is not on the manager's port.
+    assert "<VirtualHost 127.0.0.1:18080>\n    ServerName opus.localhost" in text
+    spec = httpd.spec(settings, [site], "f" * 32)
+    for hostile in ({"manager_port": 30002}, {"manager_port": 18080},
+                    {"manager_tls_port": 30000}, {"manager_port": 8090},
+                    {"manager_port": "30000\nListen 1"}, {"manager_port": 80}):
+        with pytest.raises(Denied):
+            secureops_front.check({**spec, **hostile})
+
+
+def test_the_front_record_keeps_no_token_and_a_new_token_rerenders(tmp_path: Path) -> None:
+    require_tool("/usr/sbin/apache2")
+    settings = _settings(tmp_path)
+    site = httpd.Site("a", ("a.localhost",), 20002)
+    assert httpd.write(settings, [site]) is True
+    token = httpd.manager_token(settings)
+    record = tmp_path / "front.json"
+    assert token not in record.read_text()
+    assert record.stat().st_mode & 0o777 == 0o600
+    assert httpd.is_current(settings, [site])
+    assert f"== '{token}'" in (tmp_path / "front" / "httpd.conf").read_text()
+    # A new token (each `opus up`) is a new config.
+    fresh = httpd.rotate_manager_token(settings)
+    assert fresh != token and httpd.manager_token(settings) == fresh
+    assert (tmp_path / "front.token").stat().st_mode & 0o777 == 0o600
+    assert not httpd.is_current(settings, [site])
+    assert httpd.write(settings, [site]) is True
+    assert f"== '{fresh}'" in (tmp_path / "front" / "httpd.conf").read_text()
+    assert fresh not in record.read_text() and record.stat().st_mode & 0o777 == 0o600

@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from secureops import cli
-from secureops.layout import Layout
-from tests.conftest import require_root
+from secureops import cli, firewall
+from secureops.layout import Denied, Layout
+from tests.conftest import require_root, require_tool
 
 FRONT_GROUP = "nogroup"
 OPUS_GROUP = "daemon"
@@ -942,3 +942,33 @@ def test_certificates_are_roots_alone_and_only_covered_names_get_https(
     assert not directory.exists()
     assert call(config, "front-install", spec=front_spec(sites=[asked])).returncode == 0
     assert ":8443" not in (layout.front / "httpd.conf").read_text()
+
+
+def test_port_rules_keep_each_port_to_its_owner() -> None:
+    """The nftables table (pure): per guarded set of ports, a reset for a connection from
+    anyone but its clients, a drop for what anyone but its owner sends from it; the
+    whole table replaced in one transaction. nft itself accepts it (in a network
+    namespace of its own: the host's rules are untouched)."""
+    guards = [firewall.Guard("the balancer-manager", (20000, 20001), frozenset({0, 998}), 0),
+              firewall.Guard("app shop", (20002, 20003),
+                             frozenset({0, 998, 997, 300001}), 300001)]
+    text = firewall.render(guards)
+    assert text.index("add table inet opus") < text.index("delete table inet opus") < \
+        text.index("table inet opus {")
+    assert ("tcp dport { 20002, 20003 } meta skuid != { 0, 997, 998, 300001 } "
+            "reject with tcp reset") in text
+    assert "tcp sport { 20002, 20003 } meta skuid != 300001 drop" in text
+    assert "tcp sport { 20000, 20001 } meta skuid != 0 drop" in text
+    for hostile in (firewall.Guard("x\n}", (1,), frozenset({0}), 0),
+                    firewall.Guard("x", (), frozenset({0}), 0),
+                    firewall.Guard("x", (1,), frozenset({-1}), 0)):
+        with pytest.raises(Denied):
+            firewall.render([hostile])
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    require_tool(nft)
+    require_root("nft loads rules in a network namespace of its own")
+    loaded = subprocess.run(["unshare", "--net", "sh", "-c",
+                             f"{nft} -f - && {nft} list table inet opus"], input=text,
+                            capture_output=True, text=True, check=False)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "meta skuid != 300001 drop" in loaded.stdout
