@@ -14,7 +14,9 @@ the uid of the socket's owner (`meta skuid`; a SYN-ACK counts as its listener's)
 - to the dashboard's port only root, the opus user and the front's user may connect,
   and only the opus user (gunicorn) may answer from it;
 - to the balancer-manager's ports only root and the opus user may connect, and only
-  root (the front's master made those sockets) may answer from them.
+  root (the front's master made the listening socket: the handshake) and the front's
+  user (its children accept the connections: the kernel gives an accepted socket to
+  the user who accepts it) may answer from them.
 
 A refused connection gets a reset at once (no timeout). Nothing else is touched: the
 table's chain accepts what no rule names.
@@ -35,12 +37,12 @@ APT_HINT = "apt-get install nftables"
 
 @dataclasses.dataclass(frozen=True)
 class Guard:
-    """Ports that only `clients` may connect to and only `owner` may answer from."""
+    """Ports that only `clients` may connect to and only `owners` may answer from."""
 
     what: str                   # a comment: whose ports
     ports: tuple[int, ...]
     clients: frozenset[int]
-    owner: int
+    owners: frozenset[int]
 
 
 def _set(values: Iterable[int]) -> str:
@@ -71,7 +73,7 @@ def render(guards: list[Guard]) -> str:
             f"        # {guard.what}",
             f"        tcp dport {ports} meta skuid != {_set(guard.clients)} "
             "reject with tcp reset",
-            f"        tcp sport {ports} meta skuid != {_set([guard.owner])} drop",
+            f"        tcp sport {ports} meta skuid != {_set(guard.owners)} drop",
         ]
     lines += ["    }", "}"]
     return "\n".join(lines) + "\n"

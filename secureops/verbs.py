@@ -562,20 +562,21 @@ def front_install(request: Request) -> int:
 def port_guards(layout: Layout, spec: front.FrontSpec) -> list[firewall.Guard]:
     """Who may connect to, and who may answer from, each loopback port Opus hands out:
     an app's instance ports are its own user's (Opus, the front and root may connect),
-    the dashboard's the opus user's, the balancer-manager's root's (only Opus and root
-    may connect). Users are looked up here, never taken from the request."""
+    the dashboard's the opus user's, the balancer-manager's the front's (only Opus and
+    root may connect). Users are looked up here, never taken from the request."""
     opus = _uid(layout.opus_group, "the opus user")
     front_user = _uid(layout.front_user, "the front's user")
     guards = [
+        # Its master (root) listens, its children (the front's user) accept.
         firewall.Guard("the balancer-manager", (spec.manager_port, spec.manager_tls_port),
-                       frozenset({0, opus}), 0),
+                       frozenset({0, opus}), frozenset({0, front_user})),
         firewall.Guard("the dashboard", (spec.dashboard_port,),
-                       frozenset({0, opus, front_user}), opus),
+                       frozenset({0, opus, front_user}), frozenset({opus})),
     ]
     for site in spec.sites:
         uid = app_user(Request(layout, site.app, None, same_user=False)).pw_uid
         guards.append(firewall.Guard(f"app {site.app}", site.members,
-                                     frozenset({0, opus, front_user, uid}), uid))
+                                     frozenset({0, opus, front_user, uid}), frozenset({uid})))
     return guards
 
 

@@ -949,19 +949,21 @@ def test_port_rules_keep_each_port_to_its_owner() -> None:
     anyone but its clients, a drop for what anyone but its owner sends from it; the
     whole table replaced in one transaction. nft itself accepts it (in a network
     namespace of its own: the host's rules are untouched)."""
-    guards = [firewall.Guard("the balancer-manager", (20000, 20001), frozenset({0, 998}), 0),
+    guards = [firewall.Guard("the balancer-manager", (20000, 20001), frozenset({0, 998}),
+                             frozenset({0, 997})),
               firewall.Guard("app shop", (20002, 20003),
-                             frozenset({0, 998, 997, 300001}), 300001)]
+                             frozenset({0, 998, 997, 300001}), frozenset({300001}))]
     text = firewall.render(guards)
     assert text.index("add table inet opus") < text.index("delete table inet opus") < \
         text.index("table inet opus {")
     assert ("tcp dport { 20002, 20003 } meta skuid != { 0, 997, 998, 300001 } "
             "reject with tcp reset") in text
     assert "tcp sport { 20002, 20003 } meta skuid != 300001 drop" in text
-    assert "tcp sport { 20000, 20001 } meta skuid != 0 drop" in text
-    for hostile in (firewall.Guard("x\n}", (1,), frozenset({0}), 0),
-                    firewall.Guard("x", (), frozenset({0}), 0),
-                    firewall.Guard("x", (1,), frozenset({-1}), 0)):
+    assert "tcp sport { 20000, 20001 } meta skuid != { 0, 997 } drop" in text
+    for hostile in (firewall.Guard("x\n}", (1,), frozenset({0}), frozenset({0})),
+                    firewall.Guard("x", (), frozenset({0}), frozenset({0})),
+                    firewall.Guard("x", (1,), frozenset({-1}), frozenset({0})),
+                    firewall.Guard("x", (1,), frozenset({0}), frozenset())):
         with pytest.raises(Denied):
             firewall.render([hostile])
     nft = shutil.which("nft") or "/usr/sbin/nft"

@@ -802,6 +802,8 @@ def test_a_second_push_keeps_serving_and_prunes_as_the_apps_user(
     git(project, "remote", "add", "opus", f"ssh://git@127.0.0.1:{system_opus.ssh_port}/{a}.git")
     output = push_main(project, system_opus, key)    # type: ignore[arg-type]
     assert "Released v2" in output, output
+    # Through the manager's own port, which only Opus may reach (no graceful reload).
+    assert "Switched through the front's balancer" in output, output
     status, body = system_opus.get(a)
     assert status == 200 and "Second release" in body
     visits = int(re.search(r"visits: ([0-9]+)", body).group(1))   # type: ignore[union-attr]
