@@ -22,11 +22,14 @@ VENV = CHECKOUT / ".venv"
 # Debian packages: Apache and its headers (mod_wsgi builds against them; mod_ssl and
 # mod_http2 come with it), git and the ssh client, a system Python with headers and venv
 # for the apps' virtualenvs, and openssl (secureops makes the front's fallback
-# certificate with it).
+# certificate with it). System mode also needs sudo and nftables (SYSTEM_PACKAGES).
 APT_PACKAGES = [
     "apache2", "apache2-dev", "apache2-utils", "git", "openssh-client",
     "python3", "python3-dev", "python3-venv", "build-essential", "curl", "openssl",
 ]
+# The opus user reaches secureops through sudo; nftables keeps each app's loopback ports
+# to the app's own user.
+SYSTEM_PACKAGES = ["sudo", "nftables"]
 # Load for the zero-downtime tests; a headless browser (and a font) for the dashboard's;
 # sudo for system mode's (the opus user reaches secureops through it); patchelf for the
 # local Python mirror the interpreter tests package (tests/python_mirror.py); for the
@@ -36,7 +39,7 @@ APT_PACKAGES = [
 POSTGRES_PACKAGES = ["postgresql", "postgresql-client"]
 APT_TEST_PACKAGES: list[str] = ["wrk", "chromium", "chromium-driver", "fonts-dejavu-core",
                                 "sudo", "patchelf", "pebble", "libnss3-tools",
-                                "nghttp2-client", *POSTGRES_PACKAGES]
+                                "nghttp2-client", "nftables", *POSTGRES_PACKAGES]
 
 
 def _missing_apt(packages: list[str]) -> list[str]:
@@ -89,7 +92,7 @@ def main(argv: list[str]) -> int:
         python = install_python_packages("")
         return subprocess.run([str(python), "-m", "opus_paas", "up"], check=False).returncode
     if argv[0] == "system":
-        install_system_packages([*APT_PACKAGES, "sudo"])
+        install_system_packages([*APT_PACKAGES, *SYSTEM_PACKAGES])
         python = install_python_packages("")
         opus = [str(python), "-m", "opus_paas"]
         installed = subprocess.run([*opus, "install", "--system", *argv[1:]], check=False)

@@ -21,15 +21,26 @@ def read_or_create(path: Path, nbytes: int = 16) -> str:
         token = ""
     if HEX_TOKEN.fullmatch(token) and len(token) == 2 * nbytes:
         return token
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return replace(path, nbytes)
+
+
+def replace(path: Path, nbytes: int = 16) -> str:
+    """A new hex secret in `path` (0600, written whole), whatever was there."""
     token = secrets.token_hex(nbytes)
+    write_private(path, token + "\n")
+    return token
+
+
+def write_private(path: Path, text: str) -> None:
+    """`path` holding exactly `text`, 0600, or left as it was: a fresh temporary file
+    (never through a planted symlink) renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as out:
-        out.write(token + "\n")
+        out.write(text)
     os.replace(tmp, path)
-    return token
 
 
 def open_private(path: Path, mode: Literal["w", "a"]) -> TextIO:

@@ -7,7 +7,7 @@ every directive itself; paths come from the layout.
 
 Spec:
     {"listen_host": "127.0.0.1", "listen_port": 8080, "scheme": "http",
-     "https_port": 8443,
+     "https_port": 8443, "manager_port": 20000, "manager_tls_port": 20001,
      "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1", "port": 8090,
                    "tls": null},
      "token": "<32 hex digits>",
@@ -19,6 +19,13 @@ Spec:
 A site's "tls" (optional) asks for https on some of its domains; verbs.front_install
 keeps only the names its installed certificate covers (`with_installed_certs`), so a
 name without a certificate stays on http, never on a wrong certificate.
+
+The balancer-manager answers only on its own loopback ports (manager_port, and
+manager_tls_port for the https vhosts): each app's vhosts listen there too, and the
+manager's `Require` checks the port the connection really came in on (Apache's
+SERVER_PORT, made the physical port: by default it is the Host header's), the token and
+loopback. In system mode nftables lets only root and the opus user connect to those
+ports (firewall.py), so an app's user holding the token still cannot use it.
 """
 
 from __future__ import annotations
@@ -89,6 +96,8 @@ class FrontSpec:
     sites: tuple[Site, ...]
     https_port: int = 8443
     dashboard_tls: bool = False
+    manager_port: int = 0          # the manager's own loopback ports (http, https)
+    manager_tls_port: int = 0
 
 
 def _address(value: Any, what: str) -> str:
@@ -113,7 +122,8 @@ def _domain(value: Any, what: str) -> str:
 def check(spec: Any) -> FrontSpec:
     """The front spec, every value typed and bounded, no host name or port held twice."""
     body = _exactly(spec, {"listen_host", "listen_port", "scheme", "dashboard", "token",
-                           "sites", "https_port"}, set(), "the front spec")
+                           "sites", "https_port", "manager_port", "manager_tls_port"},
+                    set(), "the front spec")
     dash = _exactly(body["dashboard"], {"domain", "host", "port", "tls"}, set(), "dashboard")
     if body["scheme"] not in ("http", "https"):
         raise Denied("scheme must be http or https")
@@ -129,6 +139,8 @@ def check(spec: Any) -> FrontSpec:
         token=body["token"],
         sites=_sites(body["sites"]),
         https_port=_number(body["https_port"], "https_port", 1, 65535),
+        manager_port=_number(body["manager_port"], "manager_port", 1024, 65535),
+        manager_tls_port=_number(body["manager_tls_port"], "manager_tls_port", 1024, 65535),
     )
     if dash["tls"] is not None:
         # The dashboard's https: its own name only, always redirected.
@@ -141,10 +153,17 @@ def check(spec: Any) -> FrontSpec:
     ports = [p for s in front.sites for p in s.members]
     if len(set(ports)) != len(ports):
         raise Denied("a port is given to two apps: an app's vhost may only lead to its own")
-    if {front.listen_port, front.dashboard_port, front.https_port} & set(ports):
-        raise Denied("an app's port is the front's or the dashboard's")
+    own = [front.listen_port, front.dashboard_port, front.https_port, front.manager_port,
+           front.manager_tls_port]
+    if set(own) & set(ports):
+        raise Denied("an app's port is the front's or the dashboard's, or the "
+                     "balancer-manager's")
     if front.https_port in (front.listen_port, front.dashboard_port):
         raise Denied("https_port must differ from the http and the dashboard's ports")
+    if len(set(own)) != len(own) and not (front.listen_port == front.dashboard_port and
+                                          len(set(own)) == len(own) - 1):
+        raise Denied("the balancer-manager's two ports must differ from each other and "
+                     "from the front's and the dashboard's")
     return front
 
 
@@ -235,6 +254,8 @@ def render(layout: Layout, spec: FrontSpec, *, same_user: bool) -> str:
     front, logs = layout.front, layout.logs / "front"
     tls = any_tls(spec)
     vhost = _vhost(spec.listen_host, spec.listen_port)
+    app_vhost = _vhost(spec.listen_host, spec.listen_port, spec.manager_port)
+    tls_vhost = _vhost(spec.listen_host, spec.https_port, spec.manager_tls_port)
     listen = f"[{spec.listen_host}]" if ":" in spec.listen_host else spec.listen_host
     lines = [
         "# Rendered by secureops from Opus's spec; edits are overwritten.",
@@ -242,6 +263,8 @@ def render(layout: Layout, spec: FrontSpec, *, same_user: bool) -> str:
         f"PidFile {_path(front / 'httpd.pid')}",
         f"DefaultRuntimeDir {_path(front / 'run')}",
         f"Listen {listen}:{spec.listen_port}",
+        # The balancer-manager's own port (each app's vhost listens there too).
+        f"Listen 127.0.0.1:{spec.manager_port}",
         "ServerName localhost",
         "ServerTokens Prod",
         "ServerSignature Off",
@@ -251,6 +274,7 @@ def render(layout: Layout, spec: FrontSpec, *, same_user: bool) -> str:
     ]
     if tls:
         lines.append(f"Listen {listen}:{spec.https_port} https")
+        lines.append(f"Listen 127.0.0.1:{spec.manager_tls_port} https")
     modules = MODULES + (TLS_MODULES if tls else [])
     lines += [f"LoadModule {m}_module {_path(layout.apache_modules + '/mod_' + m + '.so')}"
               for m in modules]
@@ -282,7 +306,7 @@ def render(layout: Layout, spec: FrontSpec, *, same_user: bool) -> str:
     lines += [
         "",
         "# First vhost: any host name no app has.",
-        vhost,
+        app_vhost,
         "    ServerName _default_",
         '    Header always set X-Opus-Served-By "front"',
         f"    RedirectMatch 404 ^(?!{re.escape(CHALLENGE_PATH)})",
@@ -296,7 +320,7 @@ def render(layout: Layout, spec: FrontSpec, *, same_user: bool) -> str:
             "",
             "# First https vhost: a name with no certificate of its own gets this",
             "# self-signed one (for \"invalid\"), never another site's.",
-            _vhost(spec.listen_host, spec.https_port),
+            tls_vhost,
             "    ServerName _default_",
             *_certificate(fallback),
             "    RedirectMatch 404 ^",
@@ -310,15 +334,16 @@ def render(layout: Layout, spec: FrontSpec, *, same_user: bool) -> str:
                                   redirect=False, scheme="https",
                                   certificate=layout.front / "certs" / DASHBOARD_SITE)]
     for site in sorted(spec.sites, key=lambda s: s.app):
-        lines += ["", *_site(layout, spec, site, vhost)]
+        lines += ["", *_site(layout, spec, site, app_vhost)]
         if site.tls is not None:
-            lines += ["", *_site(layout, spec, site, _vhost(spec.listen_host, spec.https_port),
-                                 tls=site.tls)]
+            lines += ["", *_site(layout, spec, site, tls_vhost, tls=site.tls)]
     return "\n".join(lines) + "\n"
 
 
-def _vhost(host: str, port: int) -> str:
-    return f"<VirtualHost [{host}]:{port}>" if ":" in host else f"<VirtualHost {host}:{port}>"
+def _vhost(host: str, port: int, manager_port: int | None = None) -> str:
+    """A VirtualHost line: the front's address, and the manager's when given."""
+    extra = f" 127.0.0.1:{manager_port}" if manager_port is not None else ""
+    return f"<VirtualHost {_host_port(host, port)}{extra}>"
 
 
 def _tls_globals(layout: Layout) -> list[str]:
@@ -383,6 +408,7 @@ def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str,
     certificate covers). Each has its own balancer; Opus switches both."""
     static = _path(layout.app_dir(site.app) / "current" / ".opus" / "static")
     balancer = f"balancer://app-{site.app}"
+    manager = spec.manager_tls_port if tls is not None else spec.manager_port
     domains = tls.domains if tls is not None else site.domains
     lines = [vhost, f"    ServerName {domains[0]}"]
     if len(domains) > 1:
@@ -425,7 +451,12 @@ def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str,
         f'    ProxyPass "{MANAGER_PATH}" !',
         f'    <Location "{MANAGER_PATH}">',
         "        SetHandler balancer-manager",
-        f"        Require expr \"%{{REMOTE_ADDR}} == '127.0.0.1' && "
+        # SERVER_PORT is the port the connection came in on (by default it is the Host
+        # header's, which a client chooses): only the manager's own port will do.
+        "        UseCanonicalName On",
+        "        UseCanonicalPhysicalPort On",
+        f"        Require expr \"%{{SERVER_PORT}} == '{manager}' && "
+        f"%{{REMOTE_ADDR}} == '127.0.0.1' && "
         f"%{{HTTP:{MANAGER_HEADER}}} == '{spec.token}'\"",
         "    </Location>",
         f"    ProxyPass / {balancer}/",

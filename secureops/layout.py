@@ -6,7 +6,10 @@
      "front_user": "opus-front", "front_group": "opus-front", "opus_group": "opus",
      "log": "/var/log/opus/secureops.log",
      "pythons": "/usr/local/lib/opus/pythons", "wheels": "/usr/local/lib/opus/wheels"}
-(the last two are optional: those are their defaults.)
+(the last two are optional: those are their defaults), and optionally
+    "port_rules": "nftables" (the default: front-install keeps each loopback port Opus
+    hands out to its owner, firewall.py) or "off" (secureops's own tests, which must not
+    change the host's rules).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ KEYS = PATH_KEYS | NAME_KEYS
 # The interpreters Opus fetched and the wheels built against them: read by every app's
 # user, written by root alone.
 OPTIONAL_PATH_KEYS = {"pythons", "wheels"}
+PORT_RULES = ("nftables", "off")
 PYTHONS = Path("/usr/local/lib/opus/pythons")
 WHEELS = Path("/usr/local/lib/opus/wheels")
 APACHE_BIN = "/usr/sbin/apache2"
@@ -51,6 +55,7 @@ class Layout:
     apache_modules: str = APACHE_MODULES
     pythons: Path = PYTHONS      # interpreters Opus fetched, one directory each
     wheels: Path = WHEELS        # wheels built against them, one directory per interpreter
+    port_rules: str = "nftables"  # system mode's loopback port rules, or "off"
 
     @property
     def staging(self) -> Path:
@@ -88,10 +93,13 @@ def load(path: Path, *, must_be_root_owned: bool) -> Layout:
         data = json.loads(raw)
     except ValueError:
         raise Denied(f"the config {path} is not JSON") from None
-    if not isinstance(data, dict) or not KEYS <= set(data) <= KEYS | OPTIONAL_PATH_KEYS or \
+    optional = OPTIONAL_PATH_KEYS | {"port_rules"}
+    if not isinstance(data, dict) or not KEYS <= set(data) <= KEYS | optional or \
             not all(isinstance(v, str) for v in data.values()):
         raise Denied(f"the config {path} must hold exactly {sorted(KEYS)} (and optionally "
-                     f"{sorted(OPTIONAL_PATH_KEYS)}), as strings")
+                     f"{sorted(optional)}), as strings")
+    if data.get("port_rules", PORT_RULES[0]) not in PORT_RULES:
+        raise Denied(f"port_rules in the config {path} must be one of {', '.join(PORT_RULES)}")
     paths = {key: Path(data[key]) for key in (PATH_KEYS | OPTIONAL_PATH_KEYS) & set(data)}
     if not all(p.is_absolute() and ".." not in p.parts for p in paths.values()):
         raise Denied(f"{sorted(PATH_KEYS | OPTIONAL_PATH_KEYS)} in the config must be "
@@ -99,4 +107,5 @@ def load(path: Path, *, must_be_root_owned: bool) -> Layout:
     return Layout(home=paths["home"], conf_d=paths["conf_d"], front=paths["front"],
                   logs=paths["logs"], log=paths["log"], front_group=data["front_group"],
                   front_user=data["front_user"], opus_group=data["opus_group"],
-                  pythons=paths.get("pythons", PYTHONS), wheels=paths.get("wheels", WHEELS))
+                  pythons=paths.get("pythons", PYTHONS), wheels=paths.get("wheels", WHEELS),
+                  port_rules=data.get("port_rules", PORT_RULES[0]))

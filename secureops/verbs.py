@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from secureops import certs, checks, front, render
+from secureops import certs, checks, firewall, front, render
 from secureops.layout import Denied, Layout
 
 USERADD = "/usr/sbin/useradd"
@@ -628,6 +628,9 @@ def front_install(request: Request) -> int:
     if front.any_tls(spec):
         certs.make_fallback(_certs_dir(request) / certs.FALLBACK_SITE)
     text = front.render(layout, spec, same_user=request.same_user)
+    # System mode: the ports' rules, for every app of the spec (each must have its user).
+    rules = None if request.same_user or layout.port_rules == "off" else \
+        firewall.render(port_guards(layout, spec))
     candidate = _replace(layout.front, f"httpd.conf.{os.getpid()}.new", text, 0o600)
     test = subprocess.run([layout.apache_bin, "-t", "-f", str(layout.front / candidate)],
                           env={"PATH": SAFE_PATH, "LANG": "C"}, capture_output=True,
@@ -636,12 +639,46 @@ def front_install(request: Request) -> int:
         _unlink(layout.front, candidate)
         raise Denied("the new front config failed Apache's test and was not installed: "
                      + " ".join(test.stderr.split())[:400])
+    if rules is not None:
+        try:
+            firewall.apply(rules)
+        except BaseException:
+            _unlink(layout.front, candidate)
+            raise
     fd = os.open(layout.front, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         os.rename(candidate, "httpd.conf", src_dir_fd=fd, dst_dir_fd=fd)
     finally:
         os.close(fd)
     return 0
+
+
+def port_guards(layout: Layout, spec: front.FrontSpec) -> list[firewall.Guard]:
+    """Who may connect to, and who may answer from, each loopback port Opus hands out:
+    an app's instance ports are its own user's (Opus, the front and root may connect),
+    the dashboard's the opus user's, the balancer-manager's the front's (only Opus and
+    root may connect). Users are looked up here, never taken from the request."""
+    opus = _uid(layout.opus_group, "the opus user")
+    front_user = _uid(layout.front_user, "the front's user")
+    guards = [
+        # Its master (root) listens, its children (the front's user) accept.
+        firewall.Guard("the balancer-manager", (spec.manager_port, spec.manager_tls_port),
+                       frozenset({0, opus}), frozenset({0, front_user})),
+        firewall.Guard("the dashboard", (spec.dashboard_port,),
+                       frozenset({0, opus, front_user}), frozenset({opus})),
+    ]
+    for site in spec.sites:
+        uid = app_user(Request(layout, site.app, None, same_user=False)).pw_uid
+        guards.append(firewall.Guard(f"app {site.app}", site.members,
+                                     frozenset({0, opus, front_user, uid}), frozenset({uid})))
+    return guards
+
+
+def _uid(name: str, what: str) -> int:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        raise Denied(f"{what} ({name}) does not exist") from None
 
 
 def _certs_dir(request: Request) -> Path:

@@ -69,6 +69,8 @@ class SystemOpus:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+        subprocess.run(["nft", "delete", "table", "inet", "opus"], capture_output=True,
+                       check=False)
         apps = [e.pw_name for e in pwd.getpwall()
                 if Path(e.pw_dir).parent == self.home / "apps"]
         for name in (*apps, self.user, f"{self.user}-front"):

@@ -176,6 +176,7 @@ LAYOUT = Layout(home=Path("/var/lib/opus"), conf_d=Path("/etc/opus/supervisor/co
 def spec(**site_tls: object) -> secureops_front.FrontSpec:
     return secureops_front.check({
         "listen_host": "127.0.0.1", "listen_port": 80, "scheme": "http", "https_port": 443,
+        "manager_port": 19998, "manager_tls_port": 19999,
         "dashboard": {"domain": "opus.example.com", "host": "127.0.0.1", "port": 8090,
                       "tls": None},
         "token": "0" * 32,

@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from secureops import cli
-from secureops.layout import Layout
-from tests.conftest import require_root
+from secureops import cli, firewall
+from secureops.layout import Denied, Layout
+from tests.conftest import require_root, require_tool
 
 FRONT_GROUP = "nogroup"
 OPUS_GROUP = "daemon"
@@ -56,7 +56,8 @@ def home(tmp_path: Path) -> Iterator[tuple[Layout, Path]]:
     config.write_text(json.dumps({
         "home": str(home), "conf_d": str(layout.conf_d), "front": str(layout.front),
         "logs": str(layout.logs), "log": str(log), "front_group": FRONT_GROUP,
-        "front_user": "nobody", "opus_group": OPUS_GROUP}))
+        "front_user": "nobody", "opus_group": OPUS_GROUP,
+        "port_rules": "off"}))    # the host's nftables rules are system mode's tests
     config.chmod(0o644)
     try:
         yield layout, config
@@ -331,7 +332,7 @@ def tls(**changes: Any) -> dict[str, Any]:
 
 def front_spec(**changes: Any) -> dict[str, Any]:
     spec = {"listen_host": "127.0.0.1", "listen_port": 8080, "scheme": "http",
-            "https_port": 8443,
+            "https_port": 8443, "manager_port": 19998, "manager_tls_port": 19999,
             "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1", "port": 8090,
                           "tls": None},
             "token": "0" * 32, "sites": [site()]}
@@ -950,7 +951,7 @@ def test_certificates_are_roots_alone_and_only_covered_names_get_https(
     front = (layout.front / "httpd.conf").read_text()
     assert "Listen 127.0.0.1:8443 https" in front and "SSLProtocol -all +TLSv1.2 +TLSv1.3" in front
     assert "Protocols h2 http/1.1" in front
-    https_vhost = front.split("<VirtualHost 127.0.0.1:8443>")[-1]
+    https_vhost = front.split("<VirtualHost 127.0.0.1:8443 127.0.0.1:19999>")[-1]
     assert f"ServerName {APP}.localhost" in https_vhost
     assert f"ServerAlias www.{APP}.example" in https_vhost     # the wildcard covers it
     assert "other.example.org" not in https_vhost               # not on the certificate
@@ -969,3 +970,35 @@ def test_certificates_are_roots_alone_and_only_covered_names_get_https(
     assert not directory.exists()
     assert call(config, "front-install", spec=front_spec(sites=[asked])).returncode == 0
     assert ":8443" not in (layout.front / "httpd.conf").read_text()
+
+
+def test_port_rules_keep_each_port_to_its_owner() -> None:
+    """The nftables table (pure): per guarded set of ports, a reset for a connection from
+    anyone but its clients, a drop for what anyone but its owner sends from it; the
+    whole table replaced in one transaction. nft itself accepts it (in a network
+    namespace of its own: the host's rules are untouched)."""
+    guards = [firewall.Guard("the balancer-manager", (20000, 20001), frozenset({0, 998}),
+                             frozenset({0, 997})),
+              firewall.Guard("app shop", (20002, 20003),
+                             frozenset({0, 998, 997, 300001}), frozenset({300001}))]
+    text = firewall.render(guards)
+    assert text.index("add table inet opus") < text.index("delete table inet opus") < \
+        text.index("table inet opus {")
+    assert ("tcp dport { 20002, 20003 } meta skuid != { 0, 997, 998, 300001 } "
+            "reject with tcp reset") in text
+    assert "tcp sport { 20002, 20003 } meta skuid != 300001 drop" in text
+    assert "tcp sport { 20000, 20001 } meta skuid != { 0, 997 } drop" in text
+    for hostile in (firewall.Guard("x\n}", (1,), frozenset({0}), frozenset({0})),
+                    firewall.Guard("x", (), frozenset({0}), frozenset({0})),
+                    firewall.Guard("x", (1,), frozenset({-1}), frozenset({0})),
+                    firewall.Guard("x", (1,), frozenset({0}), frozenset())):
+        with pytest.raises(Denied):
+            firewall.render([hostile])
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    require_tool(nft)
+    require_root("nft loads rules in a network namespace of its own")
+    loaded = subprocess.run(["unshare", "--net", "sh", "-c",
+                             f"{nft} -f - && {nft} list table inet opus"], input=text,
+                            capture_output=True, text=True, check=False)
+    assert loaded.returncode == 0, loaded.stderr
+    assert "meta skuid != 300001 drop" in loaded.stdout

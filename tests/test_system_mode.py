@@ -290,8 +290,29 @@ def test_one_app_reaches_nothing_of_another_or_of_opus(system_opus: SystemOpus,
              "except PermissionError:\n    print('denied')\n")
     ran = system_opus.cli("run", a, "--", "python", "-c", probe)
     assert ran.stdout.split().count("denied") == 3, ran.stdout + ran.stderr
+    # Connecting to B's instances (both ports: the idle one is refused before B binds
+    # it), the dashboard, or supervisor's socket is refused: no request reaches them but
+    # through the front, which sets X-Forwarded-Proto itself.
+    settings = tomllib.loads((system_opus.home / "opus.toml").read_text())
+    b_ports = _app_ports(system_opus, b)
+    sockets: list[list[object]] = [
+        ["tcp", ["127.0.0.1", port]] for port in (*b_ports, int(settings["dashboard_port"]))]
+    sockets.append(["unix", "/etc/opus/supervisor/supervisor.sock"])
+    connected = as_user(f"opus-{a}", "/usr/bin/python3", "-I", "-c", SOCKET_PROBE,
+                        input=json.dumps(sockets))
+    assert json.loads(connected.stdout) == {"checked": len(sockets), "reached": []}, \
+        connected
     # B is unharmed.
     assert system_opus.get(b)[0] == 200
+
+
+def _app_ports(system_opus: SystemOpus, app: str) -> tuple[int, int]:
+    """The app's blue and green ports (from its web program's name)."""
+    base = int(tomllib.loads((system_opus.home / "opus.toml").read_text())["app_port_base"])
+    conf = Path(f"/etc/opus/supervisor/conf.d/app-{app}.conf").read_text()
+    live = int(re.search(rf"\[program:{app}-web-v[0-9]+-p([0-9]+)\]", conf).group(1))  # type: ignore[union-attr]
+    blue = live if (live - base) % 2 == 0 else live - 1
+    return blue, blue + 1
 
 
 def test_the_python_both_apps_ask_for_is_fetched_and_built_for_once(
@@ -415,6 +436,172 @@ def test_nothing_of_one_app_is_readable_listable_or_signalable_by_another(
         assert report["reached"] == [], report["reached"][:20]
 
 
+# Run as the probing app's user: connects to each TCP port or Unix socket as told, and
+# says which it reached (a connection, or any answer, counts).
+SOCKET_PROBE = """
+import json, socket, sys
+reached, checked = [], 0
+for kind, where in json.load(sys.stdin):
+    checked += 1
+    family = socket.AF_INET if kind == "tcp" else socket.AF_INET6 if kind == "tcp6" else \
+        socket.AF_UNIX
+    address = (where[0], where[1]) if kind != "unix" else \
+        ("\\0" + where[1:] if where.startswith("@") else where)
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(3)
+            s.connect(address)
+    except (OSError, ValueError):
+        continue
+    reached.append([kind, where])
+print(json.dumps({"checked": checked, "reached": reached}))
+"""
+
+
+def _socket_owners() -> dict[int, int]:
+    """Each socket inode held open by a process: the uid of (one) process holding it."""
+    owners: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            uid = proc.stat().st_uid
+            for fd in (proc / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    owners.setdefault(int(link[8:-1]), uid)
+        except OSError:
+            continue
+    return owners
+
+
+def listening_sockets(uids: set[int]) -> list[tuple[str, object]]:
+    """Every TCP socket listening on this host (from /proc/net/tcp and tcp6) and every
+    Unix socket listening (from /proc/net/unix) that a user of `uids` owns, as targets
+    for SOCKET_PROBE."""
+    found: list[tuple[str, object]] = []
+    for kind, table in (("tcp", "/proc/net/tcp"), ("tcp6", "/proc/net/tcp6")):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or int(fields[7]) not in uids:
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)
+            if kind == "tcp":
+                host = socket.inet_ntop(socket.AF_INET, raw[::-1])
+            else:
+                host = socket.inet_ntop(socket.AF_INET6, b"".join(
+                    raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+            found.append((kind, (host, int(port, 16))))
+    owners = _socket_owners()
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        # Listening (flags 00010000), with a name (an unnamed one cannot be reached).
+        if len(fields) < 8 or int(fields[3], 16) & 0x10000 == 0:
+            continue
+        if owners.get(int(fields[6])) in uids:
+            found.append(("unix", fields[7]))
+    return sorted(set(found), key=str)
+
+
+def test_no_socket_of_another_app_or_of_opus_answers_an_app(
+        system_opus: SystemOpus, two_apps: tuple[str, str]) -> None:
+    """Generated from the kernel's tables: every TCP and Unix socket listening as the
+    other app's user, the opus user or the front's (the dashboard, supervisor's socket,
+    the other app's instances and its mod_wsgi daemons' sockets), and the front's
+    balancer-manager ports, refuse a connection from an app. Only the front's public
+    ports and Opus's SSH server answer, as they answer anyone."""
+    public = {system_opus.http_port, system_opus.ssh_port, *_https_port(system_opus)}
+    user = pwd.getpwnam(system_opus.user).pw_uid
+    front_user = pwd.getpwnam(f"{system_opus.user}-front").pw_uid
+    manager = _manager_ports(system_opus)
+    for me, other in (two_apps, tuple(reversed(two_apps))):
+        theirs = {pwd.getpwnam(f"opus-{other}").pw_uid, user, front_user}
+        targets = [t for t in listening_sockets(theirs)
+                   if not (t[0] != "unix" and t[1][1] in public)]     # type: ignore[index]
+        targets += [("tcp", ("127.0.0.1", port)) for port in manager]
+        # Root's Unix sockets in Opus's places (supervisord's).
+        targets += [t for t in listening_sockets({0}) if t[0] == "unix" and
+                    str(t[1]).startswith(("/etc/opus/", f"{system_opus.home}/"))]
+        kinds = {kind for kind, _where in targets}
+        assert "tcp" in kinds and "unix" in kinds, targets
+        probe = as_user(f"opus-{me}", "/usr/bin/python3", "-I", "-c", SOCKET_PROBE,
+                        input=json.dumps(targets))
+        assert probe.returncode == 0, probe.stderr
+        report = json.loads(probe.stdout)
+        print(f"socket walk, opus-{me} against {other} and Opus: {report['checked']} "
+              f"sockets checked, {len(report['reached'])} reached")
+        assert report["reached"] == [], report["reached"]
+    # The walk is not vacuous: the opus user reaches the dashboard and the manager.
+    reached = as_user(system_opus.user, "/usr/bin/python3", "-I", "-c", SOCKET_PROBE,
+                      input=json.dumps([["tcp", ["127.0.0.1", manager[0]]]]))
+    assert json.loads(reached.stdout)["reached"], reached
+
+
+def _https_port(system_opus: SystemOpus) -> list[int]:
+    settings = tomllib.loads((system_opus.home / "opus.toml").read_text())
+    return [int(settings["https_port"])] if "https_port" in settings else [443]
+
+
+def _manager_ports(system_opus: SystemOpus) -> tuple[int, int]:
+    base = int(tomllib.loads((system_opus.home / "opus.toml").read_text())["app_port_base"])
+    return base, base + 1
+
+
+def _manager_request(port: int, host: str, token: str | None) -> str:
+    """A script that asks the balancer-manager for its page and prints the outcome."""
+    headers = {"Host": host, **({"X-Opus-Token": token} if token is not None else {})}
+    return ("import http.client\n"
+            "try:\n"
+            f"    c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=5)\n"
+            f"    c.request('GET', '/.opus/balancer', headers={headers!r})\n"
+            "    r = c.getresponse(); body = r.read().decode()\n"
+            "    print(r.status, 'app-' in body)\n"
+            "except OSError as exc:\n"
+            "    print('refused', type(exc).__name__)\n")
+
+
+def test_the_front_state_and_manager_are_opus_alone(system_opus: SystemOpus,
+                                                    two_apps: tuple[str, str]) -> None:
+    """front.json (0600, no token in it) and front.token are unreadable by an app; the
+    balancer-manager refuses an app's user with no token, a wrong one, or the real one
+    (read as root), on its own port (nftables) and through the front's public port
+    (whatever port the Host header names); the token is new after each `opus up`."""
+    a, b = two_apps
+    token_file, record = system_opus.home / "front.token", system_opus.home / "front.json"
+    token = token_file.read_text().strip()
+    assert token and token not in record.read_text()
+    assert json.loads(record.read_text())["token_sha256"]
+    for path in (token_file, record):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        read = as_user(f"opus-{a}", "cat", str(path))
+        assert read.returncode != 0 and "Permission denied" in read.stderr, path
+    manager, _tls = _manager_ports(system_opus)
+    host = f"{b}.localhost"
+    for attempt in (None, "0" * 32, token):
+        ran = as_user(f"opus-{a}", "/usr/bin/python3", "-I", "-c",
+                      _manager_request(manager, host, attempt))
+        assert ran.stdout.startswith("refused ConnectionRefusedError"), (attempt, ran)
+        for spoofed in (host, f"{host}:{manager}"):
+            ran = as_user(f"opus-{a}", "/usr/bin/python3", "-I", "-c",
+                          _manager_request(system_opus.http_port, spoofed, attempt))
+            assert ran.stdout.startswith("403"), (attempt, spoofed, ran)
+    # Opus itself is served (so the refusals above are not a broken manager).
+    ran = as_user(system_opus.user, "/usr/bin/python3", "-I", "-c",
+                  _manager_request(manager, host, token))
+    assert ran.stdout.strip() == "200 True", ran
+    # A restart makes a new token; the old one is refused even to Opus.
+    system_opus.cli("up", "--system")
+    fresh = token_file.read_text().strip()
+    assert fresh != token
+    for attempt, said in ((token, "403"), (fresh, "200 True")):
+        ran = as_user(system_opus.user, "/usr/bin/python3", "-I", "-c",
+                      _manager_request(manager, host, attempt))
+        assert ran.stdout.startswith(said), (attempt, ran)
+    assert system_opus.get(b)[0] == 200
+
+
 def test_each_apps_temporary_files_are_its_own(system_opus: SystemOpus,
                                                two_apps: tuple[str, str]) -> None:
     """Builds, release commands, `run` and the app's processes use the app's own TMPDIR,
@@ -460,7 +647,8 @@ def test_the_opus_user_cannot_reach_root_through_secureops(system_opus: SystemOp
                   input=json.dumps({"argv": ["/usr/bin/id", "-u"], "cwd": slug, "env": {}}))
     assert ran.returncode == 0 and ran.stdout.strip() == str(pwd.getpwnam(f"opus-{a}").pw_uid)
     front_spec = {"listen_host": "127.0.0.1", "listen_port": system_opus.http_port,
-                  "scheme": "http", "https_port": 8443,
+                  "scheme": "http", "https_port": 8443, "manager_port": 19998,
+                  "manager_tls_port": 19999,
                   "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1",
                                 "port": 8090, "tls": None},
                   "token": "0" * 32, "sites": []}
@@ -614,6 +802,8 @@ def test_a_second_push_keeps_serving_and_prunes_as_the_apps_user(
     git(project, "remote", "add", "opus", f"ssh://git@127.0.0.1:{system_opus.ssh_port}/{a}.git")
     output = push_main(project, system_opus, key)    # type: ignore[arg-type]
     assert "Released v2" in output, output
+    # Through the manager's own port, which only Opus may reach (no graceful reload).
+    assert "Switched through the front's balancer" in output, output
     status, body = system_opus.get(a)
     assert status == 200 and "Second release" in body
     visits = int(re.search(r"visits: ([0-9]+)", body).group(1))   # type: ignore[union-attr]
@@ -649,6 +839,12 @@ def test_an_app_squatting_anothers_idle_port_does_not_get_its_traffic(
             time.sleep(0.2)
         assert deploy.listening_uids(Path("/proc/net/tcp").read_text(), idle) == \
             {pwd.getpwnam(f"opus-{a}").pw_uid}
+        # Neither the front's children nor Opus complete a connection to the squatter
+        # (its answers are dropped): no request of B's reaches it.
+        for user in (f"{system_opus.user}-front", system_opus.user):
+            probe = as_user(user, "/usr/bin/python3", "-I", "-c", SOCKET_PROBE,
+                            input=json.dumps([["tcp", ["127.0.0.1", idle]]]))
+            assert json.loads(probe.stdout)["reached"] == [], (user, probe)
         project = tmp_path / b
         git(tmp_path, "clone", "-q", f"ssh://git@127.0.0.1:{system_opus.ssh_port}/{b}.git",
             str(project), env=key.git_env(system_opus))    # type: ignore[arg-type]
@@ -750,6 +946,9 @@ def test_uninstall_leaves_nothing_behind(system_opus: SystemOpus,
     for name in (user, f"{user}-front", f"opus-{a}"):
         with pytest.raises(KeyError):
             pwd.getpwnam(name)
+    listed = subprocess.run(["nft", "list", "table", "inet", "opus"], capture_output=True,
+                            check=False)
+    assert listed.returncode != 0, "the port rules outlived the installation"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and

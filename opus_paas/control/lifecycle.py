@@ -166,6 +166,8 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
         leftovers.forget_front_pid(settings)
     report += recovery.recover_all(settings, store)
     with locks.host_lock(settings):
+        # A new balancer-manager token each start (the front reloads with it below).
+        httpd.rotate_manager_token(settings)
         front_changed = httpd.write(settings, deploy.live_sites(settings, store,
                                                                 store.list_apps()))
     if settings.system:

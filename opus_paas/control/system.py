@@ -52,6 +52,10 @@ UNIT = Path("/etc/systemd/system/opus.service")
 OPUS_LINK = Path("/usr/local/bin/opus")
 HOST_PYTHON = Path("/usr/bin/python3")
 RUNUSER = "/usr/sbin/runuser"
+# nftables keeps each app's loopback ports its own (secureops/firewall.py renders the
+# table at each front-install); uninstall drops the table.
+NFT = Path("/usr/sbin/nft")
+NFT_TABLE = ("inet", "opus")
 DEFAULT_HOME = Path("/var/lib/opus")
 SYSTEM_DEFAULTS = {"http_host": "0.0.0.0", "http_port": "80", "ssh_host": "0.0.0.0"}
 
@@ -122,6 +126,9 @@ def install(home: Path, user: str, pairs: list[str]) -> list[str]:
     if not shutil.which("sudo"):
         raise UsageError("sudo is not installed; install it (apt-get install sudo): the opus "
                          "user reaches secureops through one sudoers rule")
+    if not NFT.exists():
+        raise UsageError("nftables is not installed; install it (apt-get install nftables): "
+                         "system mode keeps each app's ports to the app's own user with it")
     _make_users(chosen)
     # Root's own word for what root acts on (the secureops config is not written yet).
     settings = settings_module.load({"OPUS_HOME": str(chosen.home), "OPUS_MODE": "system",
@@ -402,6 +409,7 @@ def uninstall(settings: Settings, purge: bool) -> list[str]:
             removed_users.append(entry.pw_name)
     for path in (SUDOERS, SECUREOPS, LAYOUT, UNIT):
         path.unlink(missing_ok=True)
+    remove_port_rules()
     if OPUS_LINK.is_symlink() and OPUS_LINK.readlink() == VENV / "bin" / "opus":
         OPUS_LINK.unlink()
     for directory in (SECUREOPS_LIB, VENV, settings.supervisor_dir, settings.front_dir):
@@ -431,6 +439,13 @@ def uninstall(settings: Settings, purge: bool) -> list[str]:
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
     return lines
+
+
+def remove_port_rules() -> None:
+    """Drop the nftables table that guards the apps' ports (none there: nothing to do)."""
+    if NFT.exists():
+        subprocess.run([str(NFT), "delete", "table", *NFT_TABLE], capture_output=True,
+                       check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
 
 def _kill_processes_of(uid: int, wait: float = 10.0) -> None:

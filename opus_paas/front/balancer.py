@@ -4,8 +4,11 @@ balancer-manager, without a graceful restart (which resets connections).
 Each app's vhost has a balancer with two members, its blue and green ports; the front's
 config marks the one not serving as disabled. A deploy enables the new member, disables
 the old one (requests already on it finish there) and waits until the old one has no
-request left before it is stopped. The manager answers only on loopback, only with the
-front's token, and (Apache's rule) only to a POST whose Referer is the manager's page.
+request left before it is stopped. The manager answers only on its own loopback ports
+(httpd.manager_ports: in system mode nftables lets only root and the opus user connect
+to them; on the front's public port it refuses, whatever Host says), only with the
+front's token (new at every `opus up`), and (Apache's rule) only to a POST whose Referer
+is the manager's page.
 
 Parsing the manager's page is pure (`parse_page`); `BalancerManager` does the HTTP.
 """
@@ -83,9 +86,10 @@ def _loopback_tls(host: str, port: int, timeout: float) -> http.client.HTTPConne
 
 
 class BalancerManager:
-    """The front's balancer-manager for one app, reached on loopback: in its http vhost,
-    and in its https vhost too when it has one (`tls`: that vhost's port and a name it
-    serves). Each vhost has a balancer of its own; every change is made in both."""
+    """The front's balancer-manager for one app, reached on its loopback port (`port`):
+    in its http vhost, and in its https vhost too when it has one (`tls`: the manager's
+    https port and a name that vhost serves). Each vhost has a balancer of its own;
+    every change is made in both."""
 
     def __init__(self, port: int, host: str, app: str, token: str, timeout: float = 5.0,
                  tls: tuple[int, str] | None = None):

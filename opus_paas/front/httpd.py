@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -83,9 +83,23 @@ class Site:
 
 
 def manager_token(settings: Settings) -> str:
-    """The secret the balancer-manager asks of Opus, made once (OPUS_HOME/front.token,
-    0600: Opus's own, in system mode too; the front's config gets it from secureops)."""
+    """The secret the balancer-manager asks of Opus (OPUS_HOME/front.token, 0600: Opus's
+    own, in system mode too; the front's config gets it from secureops). Made anew by
+    every `opus up` (rotate_manager_token): one seen once is no use after a restart."""
     return secretfile.read_or_create(settings.home / "front.token")
+
+
+def rotate_manager_token(settings: Settings) -> str:
+    """A new manager token, replacing the old one (the front takes it at its next
+    render, which the new token forces)."""
+    return secretfile.replace(settings.home / "front.token")
+
+
+def manager_ports(settings: Settings) -> tuple[int, int]:
+    """The loopback ports the balancer-manager answers on (http, https): the first pair
+    of the apps' port block, which no app has (app ids start at 1). In system mode only
+    root and the opus user may connect to them (secureops's nftables rules)."""
+    return settings.app_port_base, settings.app_port_base + 1
 
 
 def spec(settings: Settings, sites: list[Site], token: str,
@@ -93,9 +107,11 @@ def spec(settings: Settings, sites: list[Site], token: str,
     """What secureops renders the front's whole config from (pure): values only. `tls`:
     each site's HTTPS state (front/tls.py), by site name."""
     known = tls or {}
+    manager, manager_tls = manager_ports(settings)
     return {
         "listen_host": settings.http_host, "listen_port": settings.http_port,
         "scheme": settings.public_scheme, "https_port": settings.tls_port,
+        "manager_port": manager, "manager_tls_port": manager_tls,
         "dashboard": {"domain": settings.dashboard_domain, "host": settings.dashboard_host,
                       "port": settings.dashboard_port,
                       "tls": front_tls.dashboard_tls(settings, known)},
@@ -107,52 +123,63 @@ def spec(settings: Settings, sites: list[Site], token: str,
     }
 
 
+def record(wanted: dict[str, Any]) -> dict[str, Any]:
+    """What Opus keeps of a spec it installed (pure): the token only as its sha256, so
+    the record says when a new token needs a new render without holding the secret."""
+    kept = {k: v for k, v in wanted.items() if k != "token"}
+    kept["token_sha256"] = hashlib.sha256(str(wanted["token"]).encode()).hexdigest()
+    return kept
+
+
 def program_command(settings: Settings) -> list[str]:
     """The supervisor command that runs the front in the foreground."""
     return [settings.apache_bin, "-f", str(settings.front_dir / "httpd.conf"), "-DFOREGROUND"]
 
 
 def _installed(settings: Settings) -> Path:
-    """Opus's copy of the spec the front's config was last rendered from."""
+    """Opus's record of the spec the front's config was last rendered from (0600, no
+    token in it)."""
     return settings.home / "front.json"
 
 
 def _installed_spec(settings: Settings) -> object:
-    """The spec the installed config was rendered from (None: unknown)."""
+    """The record of the spec the installed config was rendered from (None: unknown)."""
     try:
         return json.loads(_installed(settings).read_text())
     except (FileNotFoundError, ValueError):
         return None
 
 
+def _wanted(settings: Settings, sites: list[Site]) -> dict[str, Any]:
+    return spec(settings, sites, manager_token(settings), front_tls.states(settings))
+
+
 def is_current(settings: Settings, sites: list[Site]) -> bool:
     """True if the config installed (what the front runs, or will on its next reload) is
     exactly what these sites render to."""
-    return bool(_installed_spec(settings) == spec(settings, sites, manager_token(settings),
-                                                  front_tls.states(settings)))
+    return bool(_installed_spec(settings) == record(_wanted(settings, sites)))
 
 
 def tls_vhost(settings: Settings, app: str) -> tuple[int, str] | None:
-    """The port and a host name of the app's https vhost in the installed config, if it
-    has one (its balancer is switched with the http vhost's)."""
+    """The manager's https port and a host name of the app's https vhost in the
+    installed config, if it has one (its balancer is switched with the http vhost's)."""
     installed = _installed_spec(settings)
-    if not isinstance(installed, dict):
+    if not isinstance(installed, dict) or not installed.get("manager_tls_port"):
         return None
     for site in installed.get("sites", []):
         if isinstance(site, dict) and site.get("app") == app and site.get("tls"):
-            return int(installed["https_port"]), str(site["tls"]["domains"][0])
+            return int(installed["manager_tls_port"]), str(site["tls"]["domains"][0])
     return None
 
 
 def write(settings: Settings, sites: list[Site]) -> bool:
     """Have secureops render, test and install the config; True if it changed. A config
     Apache rejects is never installed (ServiceError says why)."""
-    wanted = spec(settings, sites, manager_token(settings), front_tls.states(settings))
-    if _installed_spec(settings) == wanted and (settings.front_dir / "httpd.conf").exists():
+    wanted = _wanted(settings, sites)
+    if _installed_spec(settings) == record(wanted) and \
+            (settings.front_dir / "httpd.conf").exists():
         return False
     _installed(settings).unlink(missing_ok=True)     # unknown until secureops is done
     privileged.install_front(settings, wanted)
-    tmp = _installed(settings).with_name(".front.json.tmp")
-    tmp.write_text(json.dumps(wanted, sort_keys=True))
-    os.replace(tmp, _installed(settings))
+    secretfile.write_private(_installed(settings), json.dumps(record(wanted), sort_keys=True))
     return True

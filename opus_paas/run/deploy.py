@@ -467,7 +467,8 @@ def _manager(settings: Settings, app: App) -> balancer.BalancerManager | None:
     adds its vhost with a graceful reload instead)."""
     if app.live_port is None:
         return None
-    return balancer.BalancerManager(settings.http_port, settings.app_domain(app.name),
+    return balancer.BalancerManager(httpd.manager_ports(settings)[0],
+                                    settings.app_domain(app.name),
                                     app.name, httpd.manager_token(settings),
                                     tls=httpd.tls_vhost(settings, app.name))
 
