@@ -147,6 +147,9 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
                 backups.before_release(settings, store, app, version, emit_and_log)
                 release.run_release_command(settings, app.name, slug, types["release"], env,
                                             emit_and_log, cancelled)
+            # After the release command (which could still add to the slug): what the
+            # front will serve is copied now, before traffic moves.
+            release.copy_static(settings, app.name, version, emit_and_log)
             if cancelled.is_set():
                 raise BuildFailed("cancelled: the client disconnected before the switch")
             deployed = _release_live(settings, store, app, version, sha.decode(), config,
@@ -217,6 +220,7 @@ def rebuild(settings: Settings, store: Store, app: App, live: Release, emit: Emi
     env = release.runtime_env(settings, app, slug, live.config, info,
                               deploy.app_domains(settings, store, app))
     release.write_env_file(settings, app.name, live.version, env)
+    release.copy_static(settings, app.name, slug_version, emit)
 
 
 def _redacting(emit: Emit, settings: Settings, slug: Path) -> Emit:
