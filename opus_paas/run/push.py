@@ -38,7 +38,7 @@ def ensure_app_dirs(settings: Settings, app: str) -> None:
     corners, handed over by secureops (each request through sudo costs about 0.1 s
     in system mode: only when something was made)."""
     base = release.app_dir(settings, app)
-    # Traversed (by the front, to a release's static files), never listed by others.
+    # Traversed (by the app's user, to its corners), never listed by others.
     created = [privileged.make_dir(base, 0o711, own=True)]
     for name in ("releases", "env", "build-env"):
         created.append(privileged.make_dir(base / name, 0o711, own=True))
