@@ -327,6 +327,8 @@ def test_the_front_serves_a_copy_of_static_files_and_reads_no_app_source(
     info = copy.resolve().stat()
     assert info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o750
     assert as_user(user, "ls", str(copy)).returncode != 0
+    # Opus (a member of the front's group) sees which copy is served: nothing to repair.
+    assert "No problems found" in system_opus.cli("doctor").stdout
 
 
 def test_the_python_both_apps_ask_for_is_fetched_and_built_for_once(
