@@ -76,8 +76,9 @@ def embedded_layout(settings: Settings) -> Layout:
 
 
 def secureops(settings: Settings, verb: str, app: str | None = None,
-              spec: object | None = None) -> None:
-    """One secureops request; ServiceError with its reason if it is refused or fails."""
+              spec: object | None = None) -> list[str]:
+    """One secureops request; ServiceError with its reason if it is refused or fails.
+    Returns what the verb said when done (its notes, one a line)."""
     argv = [verb] if app is None else [verb, app]
     text = "" if spec is None else json.dumps(spec) + "\n"
     if settings.system:
@@ -93,6 +94,7 @@ def secureops(settings: Settings, verb: str, app: str | None = None,
     if status != 0:
         reason = message.removeprefix("secureops: ").replace(str(settings.home), "$OPUS_HOME")
         raise ServiceError(f"{verb} was not done: {reason or f'exit status {status}'}")
+    return message.splitlines()
 
 
 def create_app_user(settings: Settings, app: str) -> None:
@@ -112,6 +114,13 @@ def hand_over(settings: Settings, app: str) -> None:
 def remove_release(settings: Settings, app: str, version: int) -> None:
     """Remove release `version`'s slug and env file (the app's user owns them)."""
     secureops(settings, "release-remove", app, {"version": version})
+
+
+def copy_static(settings: Settings, app: str, version: int, *, live: bool) -> list[str]:
+    """Have secureops copy release `version`'s static files to where the front serves
+    them (a copy the app cannot change; made once per release), and with `live` make it
+    the one served. Returns what the copy said (entries skipped, its size)."""
+    return secureops(settings, "static-install", app, {"version": version, "live": live})
 
 
 def remove_app(settings: Settings, app: str) -> None:

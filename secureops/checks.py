@@ -164,6 +164,15 @@ def release(spec: Any) -> int:
     return _number(body["version"], "version", 1, 999_999_999)
 
 
+def static_release(spec: Any) -> tuple[int, bool]:
+    """The release version in {"version": N, "live": true|false}, and whether the front
+    is to serve its static files from now on."""
+    body = _exactly(spec, {"version", "live"}, set(), "the spec")
+    if not isinstance(body["live"], bool):
+        raise Denied("live must be true or false")
+    return _number(body["version"], "version", 1, 999_999_999), body["live"]
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     argv: list[str]

@@ -15,14 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from secureops import audit, checks, tools, verbs
+from secureops import audit, checks, static, tools, verbs
 from secureops.layout import DEFAULT_CONFIG, Denied, Layout, load
 
 MAX_SPEC = 1 << 20     # a step's environment carries the app's config
 DENIED = 77        # EX_NOPERM: distinct from any status a step is likely to give
 FAILED = 70        # EX_SOFTWARE
 ELEVATORS = ("SUDO_UID", "DOAS_USER", "PKEXEC_UID")
-TABLE = {**verbs.TABLE, **tools.TABLE}
+TABLE = {**verbs.TABLE, **tools.TABLE, **static.TABLE}
 
 
 def caller() -> str:
@@ -62,7 +62,8 @@ def handle(layout: Layout, argv: list[str], stdin: Any, who: str, *, same_user: 
 
 def request(layout: Layout, argv: list[str], stdin: Any, who: str, *,
             same_user: bool) -> tuple[int, str]:
-    """Check and do one request: (exit status, what to say when it was not done)."""
+    """Check and do one request: (exit status, what to say: why it was not done, or
+    the verb's notes when it was)."""
     verb = argv[0] if argv else ""
     app = argv[1] if len(argv) > 1 else ""
     try:
@@ -76,7 +77,8 @@ def request(layout: Layout, argv: list[str], stdin: Any, who: str, *,
         if entry.takes_spec:
             spec = _read_spec_line(stdin) if entry.spec_line else _read_spec(stdin)
         audit.record(layout.log, who, verb, app, "allow")   # unlogged: not done
-        status = entry.run(verbs.Request(layout, app, spec, same_user))
+        done = verbs.Request(layout, app, spec, same_user)
+        status = entry.run(done)
     except Denied as exc:
         _record_quietly(layout, who, verb, app, "deny", str(exc))
         return DENIED, f"secureops: refused: {exc}"
@@ -85,7 +87,7 @@ def request(layout: Layout, argv: list[str], stdin: Any, who: str, *,
     except Exception as exc:   # fail closed, and say what failed
         _record_quietly(layout, who, verb, app, "error", f"{type(exc).__name__}: {exc}")
         return FAILED, f"secureops: {verb} {app} failed: {type(exc).__name__}"
-    return status, ""
+    return status, "\n".join(done.notes)
 
 
 def _record_quietly(layout: Layout, who: str, verb: str, app: str, outcome: str,

@@ -406,7 +406,7 @@ def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str,
           tls: Tls | None = None) -> list[str]:
     """An app's vhost: on http (all its names), or, with `tls`, on https (the names its
     certificate covers). Each has its own balancer; Opus switches both."""
-    static = _path(layout.app_dir(site.app) / "current" / ".opus" / "static")
+    static = _path(layout.static / site.app / "current")
     balancer = f"balancer://app-{site.app}"
     manager = spec.manager_tls_port if tls is not None else spec.manager_port
     domains = tls.domains if tls is not None else site.domains
@@ -423,17 +423,11 @@ def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str,
         "    ProxyPreserveHost On",
         f'    RequestHeader set X-Forwarded-Proto "{"https" if tls else spec.scheme}"',
         f'    ProxyPass "{CHALLENGE_PATH}" !',
-        # Static files come straight from the release's STATIC_ROOT (through the app's
-        # `current` symlink), never from the app; no link inside it is followed.
+        # Static files come from secureops's copy of the live release's STATIC_ROOT
+        # (static.py: root's, through its own `current` link), never from the app's
+        # tree, which the app can change; the front reads nothing of the app's.
         "    ProxyPass /static/ !",
         f"    Alias /static/ {static[:-1]}/\"",
-        # Apache follows a link as the Options of the directory holding it say: below
-        # the release (`current` itself is followed), none is, so a link at .opus or
-        # static cannot lead the front into another app's release.
-        f"    <Directory {_path(layout.app_dir(site.app) / 'current')}>",
-        "        Options None",
-        "        AllowOverride None",
-        "    </Directory>",
         f"    <Directory {static}>",
         "        Options None",
         "        Require all granted",

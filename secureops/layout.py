@@ -63,6 +63,12 @@ class Layout:
         return self.home / "staging"
 
     @property
+    def static(self) -> Path:
+        """The front's copies of the apps' static files (secureops/static.py): in the
+        front's own directory, root's alone in system mode, never in an app's tree."""
+        return self.front / "static"
+
+    @property
     def apps(self) -> Path:
         return self.home / "apps"
 

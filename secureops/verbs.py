@@ -33,12 +33,12 @@ USERADD = "/usr/sbin/useradd"
 USERDEL = "/usr/sbin/userdel"
 NOLOGIN = "/usr/sbin/nologin"
 # What the app owns in its directory, and how open each tree is: releases are read by
-# the front's children (static files) and Opus (a member of the front's group), run/
-# (process states) by Opus, the rest by the app alone. env/ (each release's config)
-# stays Opus's: its files only take the app's group, to be read.
+# Opus (its group), run/ (process states) too, the rest by the app alone; the front
+# reads none of it (it serves a copy of the static files: static.py). env/ (each
+# release's config) stays Opus's: its files only take the app's group, to be read.
 # Opus keeps the top of releases/, env/ and build-env/ (it adds and removes entries
 # there); the app gets what is inside. A release's directories are set-group-ID, so
-# what the build adds (static files) is the front's group's to read too.
+# what the build adds is Opus's group's to read too.
 TREES = {"releases": (0o2750, 0o640), "env": (0o750, 0o640), "build-env": (0o700, 0o600),
          "home": (0o700, 0o600), "data": (0o700, 0o600), "cache": (0o700, 0o600),
          "run": (0o770, 0o640), "tmp": (0o700, 0o600)}
@@ -59,6 +59,8 @@ class Request:
     app: str
     spec: Any
     same_user: bool
+    # What the verb tells the caller once done (a file it skipped, say): standard error.
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,8 +210,8 @@ def _processes_of(uid: int) -> list[int]:
 # ---- files ----------------------------------------------------------------------------
 
 def hand_over(request: Request) -> int:
-    """Give the app's trees to its user (releases readable by the front's group, run/
-    writable by Opus's), dirs and files at their modes, never following a symlink: each
+    """Give the app's trees to its user (releases readable by Opus's group, run/
+    writable by it), dirs and files at their modes, never following a symlink: each
     directory is opened by descriptor, relative to its parent's, with O_NOFOLLOW. What
     the app's user owns already is left as it is (only its user can have put anything
     inside it), which keeps a hand-over after each push short."""
@@ -236,7 +238,7 @@ def hand_over(request: Request) -> int:
                 fd = _open_dir(top, tree)
             except FileNotFoundError:
                 continue
-            gid = {"releases": front_gid, "run": opus_gid}.get(tree, app_gid)
+            gid = opus_gid if tree in ("releases", "run") else app_gid
             # The release's config stays Opus's (the app may read it, not grow it).
             owner = Owner(-1 if tree == "env" else uid, gid, dir_mode, file_mode, chown)
             if not chown:      # all the caller's already: the tops' modes are enough
@@ -247,12 +249,32 @@ def hand_over(request: Request) -> int:
                 if tree == LISTED_BY_APP:
                     os.fchown(fd, -1, app_gid)
                     os.fchmod(fd, 0o750)
+                elif tree == "releases" and front_gid != opus_gid:
+                    _regroup(fd, uid, front_gid, opus_gid)
                 _walk_children(fd, owner)
             else:
                 _walk(fd, owner)
     finally:
         os.close(top)
     return 0
+
+
+def _regroup(releases: int, uid: int, old_gid: int, new_gid: int) -> None:
+    """Each release the app's user owns that an earlier Opus gave the front's group
+    (to serve static files from it): Opus's group instead, so the front reads none of
+    the app's sources. The release itself only (its files are unreachable below it);
+    releases/ is Opus's, so the name cannot be swapped under this."""
+    for entry in os.scandir(releases):
+        try:
+            fd = _open_dir(releases, entry.name)
+        except (Denied, FileNotFoundError):
+            continue
+        try:
+            info = os.fstat(fd)
+            if info.st_uid == uid and info.st_gid == old_gid:
+                os.fchown(fd, -1, new_gid)
+        finally:
+            os.close(fd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,8 +326,9 @@ def _open_dir(parent_fd: int, name: str) -> int:
 def _walk_children(top: int, owner: Owner) -> None:
     """Hand over what is inside `top` (which this closes), not `top` itself."""
     try:
+        steady = not _changeable(os.fstat(top), owner)
         for entry in os.scandir(top):
-            fd = _take(top, entry, owner)
+            fd = _take(top, entry, owner, steady)
             if fd is not None:
                 _walk(fd, owner, 1)
     finally:
@@ -314,35 +337,52 @@ def _walk_children(top: int, owner: Owner) -> None:
 
 def _walk(top: int, owner: Owner, depth: int = 0) -> None:
     """Own and chmod `top` (which this closes) and everything below it, depth first
-    without recursion; deeper than MAX_DEPTH is refused (after what came before)."""
-    pending = [(top, depth)]
+    without recursion; deeper than MAX_DEPTH is refused (after what came before).
+
+    A directory is handed over after everything in it: while its entries are owned, it
+    is not the app's yet, so the app cannot swap one of them (a hard link in place of a
+    symlink about to be chowned by name) under the walk."""
+    pending = [(top, depth, False)]
     try:
         while pending:
-            fd, level = pending.pop()
-            try:
-                _own(fd, owner, owner.dir_mode)
-                for entry in os.scandir(fd):
-                    if level + 1 > MAX_DEPTH and entry.is_dir(follow_symlinks=False):
-                        raise Denied(f"the tree is deeper than {MAX_DEPTH} directories")
-                    child = _take(fd, entry, owner)
-                    if child is not None:
-                        pending.append((child, level + 1))
-            finally:
-                os.close(fd)
+            fd, level, listed = pending.pop()
+            if listed:
+                try:
+                    _own(fd, owner, owner.dir_mode)
+                finally:
+                    os.close(fd)
+                continue
+            pending.append((fd, level, True))
+            steady = not _changeable(os.fstat(fd), owner)
+            for entry in os.scandir(fd):
+                if level + 1 > MAX_DEPTH and entry.is_dir(follow_symlinks=False):
+                    raise Denied(f"the tree is deeper than {MAX_DEPTH} directories")
+                child = _take(fd, entry, owner, steady)
+                if child is not None:
+                    pending.append((child, level + 1, False))
     finally:
-        for fd, _level in pending:
+        for fd, _level, _listed in pending:
             os.close(fd)
 
 
-def _take(dir_fd: int, entry: os.DirEntry[str], owner: Owner) -> int | None:
-    """One entry of a directory being handed over: a file or a symlink is owned (the
-    link never followed); a directory comes back opened, for the caller to walk. What
-    the app's user owns already is left alone."""
+def _changeable(info: os.stat_result, owner: Owner) -> bool:
+    """Whether the app's user (or anyone but its owner) can change this directory's
+    entries: the app's own already (a tree's top it was given before), or writable by
+    a group or by others."""
+    return owner.has(info) or bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _take(dir_fd: int, entry: os.DirEntry[str], owner: Owner, steady: bool) -> int | None:
+    """One entry of a directory being handed over: a file is owned through a descriptor
+    opened without following a link; a symlink is owned by name (lchown), only in a
+    `steady` directory (one the app cannot change yet: in any other, the name could be
+    a hard link by the time it is chowned); a directory comes back opened, for the
+    caller to walk. What the app's user owns already is left alone."""
     info = entry.stat(follow_symlinks=False)
     if owner.has(info):
         return None
     if stat.S_ISLNK(info.st_mode):
-        if owner.chown:
+        if owner.chown and steady:
             os.chown(entry.name, owner.uid, owner.gid, dir_fd=dir_fd, follow_symlinks=False)
     elif stat.S_ISDIR(info.st_mode):
         try:
@@ -471,7 +511,19 @@ def release_remove(request: Request) -> int:
                 os.close(parent)
     finally:
         os.close(top)
+    _remove_in(request.layout.static / request.app, f"v{version}")   # the front's copy
     return 0
+
+
+def _remove_in(directory: Path, name: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    try:
+        _remove(fd, name)
+    finally:
+        os.close(fd)
 
 
 def app_remove(request: Request) -> int:
@@ -480,7 +532,7 @@ def app_remove(request: Request) -> int:
     layout = request.layout
     _unlink(layout.conf_d, _conf_name(request.app))
     for parent, name in ((layout.logs, request.app), (layout.apps, request.app),
-                         (layout.front / "certs", request.app)):
+                         (layout.front / "certs", request.app), (layout.static, request.app)):
         try:
             fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except FileNotFoundError:

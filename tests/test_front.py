@@ -42,7 +42,9 @@ def test_render_has_one_vhost_per_site_and_a_default(tmp_path: Path) -> None:
     assert "ProxyPass / balancer://app-a/" in text
     assert 'BalancerMember "http://127.0.0.1:20004" retry=0\n' in text
     assert "ProxyPass /static/ !" in text
-    assert f'Alias /static/ "{tmp_path}/apps/a/current/.opus/static/"' in text
+    # From secureops's copy of the live release's static files, never the app's tree.
+    assert f'Alias /static/ "{tmp_path}/front/static/a/current/"' in text
+    assert f"{tmp_path}/apps" not in text
     assert "inet_http_server" not in text
 
 

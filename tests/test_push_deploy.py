@@ -242,6 +242,9 @@ def test_post_receive_hook_prunes_old_releases_but_never_the_live_one(opus: Opus
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert sorted(p.name for p in releases.iterdir()) == ["v2"]
     assert not (opus.home / "apps" / APP / "env" / "v1.json").exists()
+    # The front's copy of its static files goes with it; the live one's stays.
+    copies = opus.home / "front" / "static" / APP
+    assert sorted(p.name for p in copies.iterdir()) == ["current", "v2"]
     assert opus.get(opus.app_host(APP))[0] == 200
 
 

@@ -6,6 +6,7 @@ a hostile environment; concurrent calls; and the same checks in same-user mode."
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import datetime
 import grp
 import json
@@ -209,6 +210,28 @@ def hostile_requests(layout: Layout) -> list[tuple[list[str], Any, str]]:
         (["release-remove", APP], {"version": "../../etc"}, "whole number"),
         (["release-remove", APP], {"version": 0}, "whole number"),
         (["release-remove", APP], {"version": 1, "path": "/etc"}, "unknown keys"),
+        # the front's copy of static files: an app name and a version, never a path
+        (["static-install", "../etc"], {"version": 1, "live": True}, "invalid app name"),
+        (["static-install", "shop/../other"], {"version": 1, "live": True},
+         "invalid app name"),
+        (["static-install"], {"version": 1, "live": True}, "usage"),
+        (["static-install", APP, "v1"], {"version": 1, "live": True}, "usage"),
+        (["static-install", APP], "not json", "not JSON"),
+        (["static-install", APP], {"version": "1", "live": True}, "whole number"),
+        (["static-install", APP], {"version": "../../etc", "live": True}, "whole number"),
+        (["static-install", APP], {"version": 0, "live": False}, "whole number"),
+        (["static-install", APP], {"version": -1, "live": False}, "whole number"),
+        (["static-install", APP], {"version": 10**12, "live": False}, "whole number"),
+        (["static-install", APP], {"version": True, "live": False}, "whole number"),
+        (["static-install", APP], {"version": 1, "live": "yes"}, "true or false"),
+        (["static-install", APP], {"version": 1, "live": 1}, "true or false"),
+        (["static-install", APP], {"version": 1}, "missing keys"),
+        (["static-install", APP], {"version": 1, "live": True, "from": "/etc"},
+         "unknown keys"),
+        (["static-install", APP], {"version": 1, "live": True, "path": "/etc/opus/front"},
+         "unknown keys"),
+        (["static-install", APP], [1, True], "must be a JSON object"),
+        (["static-install", APP], {"version": 1, "live": False}, "does not exist"),
         (["app-remove", "../etc"], None, "invalid app name"),
         (["app-remove"], None, "usage"),
         # the front: values only, every directive secureops's own
@@ -461,7 +484,9 @@ def test_hand_over_sets_owners_and_modes(apps: tuple[Layout, Path, list[str]]) -
     data = (top / "data").stat()
     database = (top / "data" / "db.sqlite3").stat()
     assert (code.st_uid, stat.S_IMODE(code.st_mode)) == (entry.pw_uid, 0o640)
-    assert code.st_gid == 65534                     # nogroup: the front's children read
+    # Opus's group reads the release; the front's (nogroup here) reads none of it.
+    assert code.st_gid == grp.getgrnam(OPUS_GROUP).gr_gid
+    assert (top / "releases" / "v1").stat().st_gid == grp.getgrnam(OPUS_GROUP).gr_gid
     assert (data.st_uid, stat.S_IMODE(data.st_mode)) == (entry.pw_uid, 0o700)
     assert (database.st_uid, stat.S_IMODE(database.st_mode)) == (entry.pw_uid, 0o600)
     assert stat.S_IMODE((top / "releases" / "v1").stat().st_mode) == 0o2750
@@ -1002,3 +1027,146 @@ def test_port_rules_keep_each_port_to_its_owner() -> None:
                             capture_output=True, text=True, check=False)
     assert loaded.returncode == 0, loaded.stderr
     assert "meta skuid != 300001 drop" in loaded.stdout
+
+
+# ---- the front's copy of static files -------------------------------------------------------
+
+def static_release(layout: Layout, version: int, css: str) -> Path:
+    """releases/vN of APP with a collected static file and a source file."""
+    slug = layout.app_dir(APP) / "releases" / f"v{version}"
+    (slug / ".opus" / "static" / "pages").mkdir(parents=True)
+    (slug / ".opus" / "static" / "pages" / "site.css").write_text(css)
+    (slug / "manage.py").write_text("source\n")
+    return slug / ".opus" / "static"
+
+
+def in_process(layout: Layout, *argv: str, spec: Any = None) -> tuple[int, str]:
+    import io
+    return cli.request(layout, list(argv), io.StringIO(json.dumps(spec)), "test",
+                       same_user=True)
+
+
+def test_static_files_are_copied_for_the_front_never_through_a_link(
+        home: tuple[Layout, Path], tmp_path: Path) -> None:
+    layout = dataclasses.replace(home[0], front_group=grp.getgrgid(os.getegid()).gr_name)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("another app's\n")
+    static = static_release(layout, 1, "v1\n")
+    (static / "leak.txt").symlink_to(secret)
+    (static / "elsewhere").symlink_to(tmp_path)
+    os.mkfifo(static / "pipe")
+    status, said = in_process(layout, "static-install", APP, spec={"version": 1, "live": False})
+    assert status == 0, said
+    copy = layout.static / APP / "v1"
+    assert (copy / "pages" / "site.css").read_text() == "v1\n"
+    assert sorted(p.name for p in copy.iterdir()) == ["pages"]      # no link, no FIFO
+    for name in ("'leak.txt': a symlink", "'elsewhere': a symlink", "'pipe': a FIFO"):
+        assert f"skipped static/{name}" in said, said
+    assert said.startswith("copied 2 entries")
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o750
+    assert stat.S_IMODE((copy / "pages" / "site.css").stat().st_mode) == 0o640
+    assert not (layout.static / APP / "current").exists()        # not live yet
+    assert in_process(layout, "static-install", APP, spec={"version": 1, "live": True})[0] == 0
+    served = layout.static / APP / "current"
+    assert os.readlink(served) == "v1"
+    # What the app changes in its release afterwards never reaches the copy.
+    (static / "pages" / "site.css").write_text("changed\n")
+    shutil.rmtree(static / "pages")
+    (static / "pages").symlink_to(tmp_path)
+    assert in_process(layout, "static-install", APP, spec={"version": 1, "live": True})[0] == 0
+    assert (served / "pages" / "site.css").read_text() == "v1\n"
+    # A new release goes live, then back (a rollback): each serves its own copy.
+    static_release(layout, 2, "v2\n")
+    assert in_process(layout, "static-install", APP, spec={"version": 2, "live": True})[0] == 0
+    assert (served / "pages" / "site.css").read_text() == "v2\n"
+    assert in_process(layout, "static-install", APP, spec={"version": 1, "live": True})[0] == 0
+    assert (served / "pages" / "site.css").read_text() == "v1\n"
+    # A release without static files gets an empty copy; a missing one is refused; a
+    # static directory swapped for a link is refused, and nothing is copied.
+    (layout.app_dir(APP) / "releases" / "v3").mkdir()
+    assert in_process(layout, "static-install", APP, spec={"version": 3, "live": False})[0] == 0
+    assert list((layout.static / APP / "v3").iterdir()) == []
+    status, said = in_process(layout, "static-install", APP, spec={"version": 9, "live": True})
+    assert status == cli.DENIED and "release v9 has no build" in said
+    linked = layout.app_dir(APP) / "releases" / "v4" / ".opus"
+    linked.mkdir(parents=True)
+    (linked / "static").symlink_to(tmp_path)
+    status, said = in_process(layout, "static-install", APP, spec={"version": 4, "live": True})
+    assert status == cli.DENIED and "not a plain directory" in said
+    assert sorted(p.name for p in (layout.static / APP).iterdir()) == \
+        ["current", "v1", "v2", "v3"]
+    # Pruned with its release; all of it with the app.
+    assert in_process(layout, "release-remove", APP, spec={"version": 2})[0] == 0
+    assert not (layout.static / APP / "v2").exists()
+    assert in_process(layout, "app-remove", APP)[0] == 0
+    assert not (layout.static / APP).exists() and secret.exists()
+
+
+def test_too_many_static_files_are_refused_with_what_to_do(
+        home: tuple[Layout, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from secureops import static as static_module
+    layout = dataclasses.replace(home[0], front_group=grp.getgrgid(os.getegid()).gr_name)
+    static = static_release(layout, 1, "v1\n")
+    for number in range(5):
+        (static / f"f{number}.js").write_text("x")
+    monkeypatch.setattr(static_module, "MAX_ENTRIES", 4)
+    status, said = in_process(layout, "static-install", APP, spec={"version": 1, "live": True})
+    assert status == cli.DENIED and "more than 4 entries" in said and "collect fewer" in said
+    assert list((layout.static / APP).iterdir()) == []       # nothing half-copied
+
+
+def test_hand_over_never_chowns_a_name_the_app_can_already_swap(
+        apps: tuple[Layout, Path, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's user races the hand-over: the moment it could change a directory, it
+    swaps the symlink about to be chowned by name for a hard link to a file it may write
+    but does not own. Handed over, directories come last, and a symlink in a directory
+    the app already owns is left alone: the file stays root's."""
+    import io
+    layout, _config, (app, _other) = apps
+    entry = pwd.getpwnam(f"opus-{app}")
+    victim = layout.home / "victim"
+    victim.write_text("root's\n")
+    victim.chmod(0o666)
+    fresh = layout.app_dir(app) / "releases" / "v2" / "assets"
+    fresh.mkdir(parents=True)
+    for number in range(3):
+        (fresh / f"link{number}").symlink_to("target")
+    planted = layout.app_dir(app) / "data" / "planted"      # data/ is the app's already
+    planted.symlink_to("target")
+    os.lchown(planted, 0, 0)
+    real_chown = os.chown
+    swapped = []
+
+    def racing_chown(path: Any, uid: int, gid: int, *, dir_fd: int | None = None,
+                     follow_symlinks: bool = True) -> None:
+        if dir_fd is not None and os.fstat(dir_fd).st_uid == entry.pw_uid:
+            os.unlink(path, dir_fd=dir_fd)          # what the app's user could do now
+            os.link(victim, path, dst_dir_fd=dir_fd)
+            swapped.append(path)
+        real_chown(path, uid, gid, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+
+    monkeypatch.setattr(os, "chown", racing_chown)
+    status, said = cli.request(layout, ["hand-over", app], io.StringIO(""), "test",
+                               same_user=False)
+    assert status == 0, said
+    assert swapped == [] and victim.stat().st_uid == 0
+    for number in range(3):
+        assert (fresh / f"link{number}").lstat().st_uid == entry.pw_uid
+    assert fresh.stat().st_uid == entry.pw_uid
+    assert planted.lstat().st_uid == 0          # in the app's own directory: left alone
+
+
+def test_hand_over_takes_the_front_off_an_earlier_release(
+        apps: tuple[Layout, Path, list[str]]) -> None:
+    """A release an earlier Opus gave the front's group (to serve static files from it)
+    becomes Opus's group's: the front reads no app's sources."""
+    layout, config, (app, _other) = apps
+    slug = layout.app_dir(app) / "releases" / "v1"
+    os.chown(slug, -1, grp.getgrnam(FRONT_GROUP).gr_gid)
+    assert call(config, "hand-over", app).returncode == 0
+    assert slug.stat().st_gid == grp.getgrnam(OPUS_GROUP).gr_gid
+    assert slug.stat().st_uid == pwd.getpwnam(f"opus-{app}").pw_uid
+    front = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            "cat", str(slug / "app.py")], capture_output=True, text=True,
+                           check=False)
+    assert front.returncode != 0 and "Permission denied" in front.stderr

@@ -315,6 +315,43 @@ def _app_ports(system_opus: SystemOpus, app: str) -> tuple[int, int]:
     return blue, blue + 1
 
 
+def test_the_front_serves_a_copy_of_static_files_and_reads_no_app_source(
+        system_opus: SystemOpus, two_apps: tuple[str, str]) -> None:
+    """The app's user owns its release and changes its static files, swaps them for a
+    link into the other app's release: the front still serves its own copy. The front's
+    user reads no app's sources."""
+    a, b = two_apps
+    user = f"opus-{a}"
+    front_user = f"{system_opus.user}-front"
+
+    def served() -> str:
+        status, body = system_opus.get(a, "/static/pages/site.css")
+        assert status == 200, body
+        return body
+
+    original = served()
+    assert "rebeccapurple" in original
+    static = system_opus.home / "apps" / a / "current" / ".opus" / "static"
+    script = (f"import os, shutil; p = {str(static / 'pages')!r}; "
+              "open(os.path.join(p, 'site.css'), 'w').write('changed'); shutil.rmtree(p); "
+              f"os.symlink({str(system_opus.home / 'apps' / b / 'current')!r}, p)")
+    result = as_user(user, "/usr/bin/python3", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert served() == original
+    for app in two_apps:
+        for source in (system_opus.home / "apps" / app / "current" / "manage.py",
+                       system_opus.home / "apps" / app / "releases" / "v1" / "manage.py"):
+            read = as_user(front_user, "cat", str(source))
+            assert read.returncode != 0 and "Permission denied" in read.stderr, source
+    # The copy is root's, the front's group's to read, and no app's user's.
+    copy = Path("/etc/opus/front/static") / a / "current"
+    info = copy.resolve().stat()
+    assert info.st_uid == 0 and stat.S_IMODE(info.st_mode) == 0o750
+    assert as_user(user, "ls", str(copy)).returncode != 0
+    # Opus (a member of the front's group) sees which copy is served: nothing to repair.
+    assert "No problems found" in system_opus.cli("doctor").stdout
+
+
 def test_the_python_both_apps_ask_for_is_fetched_and_built_for_once(
         system_opus: SystemOpus, two_apps: tuple[str, str],
         first_pushes: dict[str, str]) -> None:

@@ -163,13 +163,36 @@ def run_release_command(settings: Settings, app: str, slug: Path, command: str,
                           "fix it, or change `release:` in your Procfile") from None
 
 
+def copy_static(settings: Settings, app: str, version: int, emit: Emit) -> None:
+    """Copy the release's collected static files for the front (secureops: a copy the
+    app cannot change; links and special files are skipped, and said)."""
+    emit("-----> Copying static files for the front")
+    try:
+        notes = privileged.copy_static(settings, app, version, live=False)
+    except ServiceError as exc:
+        raise BuildFailed(f"the static files could not be copied for the front: "
+                          f"{exc.message}") from None
+    for note in notes:
+        emit((" !     " if note.startswith("skipped") else "       ") + note)
+
+
 def point_current(settings: Settings, app: str, version: int) -> None:
-    """Swap apps/<app>/current to releases/v<version> atomically (rename(2))."""
+    """Swap apps/<app>/current to releases/v<version> atomically (rename(2)), and the
+    front's static files to that release's copy (made now if it has none yet)."""
     base = app_dir(settings, app)
     tmp = base / ".current.new"
     tmp.unlink(missing_ok=True)
     os.symlink(Path("releases") / f"v{version}", tmp)
     os.replace(tmp, base / "current")
+    privileged.copy_static(settings, app, version, live=True)
+
+
+def static_pointed(settings: Settings, app: str) -> str | None:
+    """The release whose static files the front serves ("v3"), None if none."""
+    try:
+        return os.readlink(settings.front_dir / "static" / app / "current")
+    except OSError:
+        return None
 
 
 def prune(settings: Settings, app: str, keep_versions: set[int], keep: int) -> list[int]:

@@ -165,6 +165,7 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
             _undo_rename(settings, store, app, new, supervisor)
             raise
         shutil.rmtree(settings.apps_dir / app.name, ignore_errors=True)
+        shutil.rmtree(settings.front_dir / "static" / app.name, ignore_errors=True)
         deploy.refresh_front(settings, store, supervisor)
         return store.get_app(new) or renamed
 

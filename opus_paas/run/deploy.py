@@ -455,7 +455,8 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
         raise
     try:
         release.point_current(settings, app.name, slug_version)
-    except OSError as exc:     # the record says what is live; recovery points it again
+    except (OSError, ServiceError) as exc:   # the record says what is live; recovery
+        # points it again
         log.warning("%s: current not pointed at v%d (%s)", app.name, slug_version, exc)
     failpoints.reached(settings, "deploy.recorded")
     return Switched(settings, store, supervisor, store.get_app(app.name) or pending, version,

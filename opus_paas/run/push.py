@@ -38,7 +38,7 @@ def ensure_app_dirs(settings: Settings, app: str) -> None:
     corners, handed over by secureops (each request through sudo costs about 0.1 s
     in system mode: only when something was made)."""
     base = release.app_dir(settings, app)
-    # Traversed (by the front, to a release's static files), never listed by others.
+    # Traversed (by the app's user, to its corners), never listed by others.
     created = [privileged.make_dir(base, 0o711, own=True)]
     for name in ("releases", "env", "build-env"):
         created.append(privileged.make_dir(base / name, 0o711, own=True))
@@ -148,6 +148,9 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
                 backups.before_release(settings, store, app, version, emit_and_log)
                 release.run_release_command(settings, app.name, slug, types["release"], env,
                                             emit_and_log, cancelled)
+            # After the release command (which could still add to the slug): what the
+            # front will serve is copied now, before traffic moves.
+            release.copy_static(settings, app.name, version, emit_and_log)
             if cancelled.is_set():
                 raise BuildFailed("cancelled: the client disconnected before the switch")
             deployed = _release_live(settings, store, app, version, sha.decode(), config,
@@ -219,6 +222,7 @@ def rebuild(settings: Settings, store: Store, app: App, live: Release, emit: Emi
     env = release.runtime_env(settings, app, slug, live.config, info,
                               deploy.app_domains(settings, store, app))
     release.write_env_file(settings, app.name, live.version, env)
+    release.copy_static(settings, app.name, slug_version, emit)
 
 
 def _redacting(emit: Emit, settings: Settings, slug: Path) -> Emit:

@@ -207,6 +207,15 @@ def _live_files(settings: Settings, store: Store, app: App) -> list[Finding]:
             return f"current points at {wanted} again"
         found.append(Finding(app.name, f"current points at {pointed or 'nothing'}, not "
                              f"{wanted}", f"point it at {wanted}", point))
+    else:
+        served = release.static_pointed(settings, app.name)
+        if served != f"v{slug_version}":
+            def serve_static() -> str:
+                privileged.copy_static(settings, app.name, slug_version, live=True)
+                return f"the front serves the static files of v{slug_version} again"
+            found.append(Finding(app.name, f"the front serves the static files of "
+                                 f"{served or 'no release'}, not v{slug_version}'s",
+                                 "copy them for the front", serve_static))
     return found
 
 
