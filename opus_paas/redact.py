@@ -105,7 +105,7 @@ def logged_command(text: str, limit: int = 200) -> str:
     try:
         words = shlex.split(text)
     except ValueError:
-        words = text.split()[:1] + [HIDDEN]
+        words = [*text.split()[:1], HIDDEN]
     shown = " ".join(w if _BARE.fullmatch(w) else shlex.quote(w) for w in command_line(words))
     return shown[:limit]
 

@@ -269,3 +269,28 @@ def test_leftovers_of_an_interrupted_push_are_removed_at_start(tmp_path: Path) -
 def test_a_clients_terminal_type_reaches_the_step_only_as_a_plain_name(requested: bytes,
                                                                        term: str) -> None:
     assert privileged.terminal_type(requested) == term
+
+
+def test_the_log_names_config_keys_but_never_their_values(opus: Opus,
+                                                         admin_key: SshKey) -> None:
+    """opus-sshd.log records each command; values that may be secrets (config values,
+    `pg:psql -c` SQL, a mistyped command's arguments) are `***` there, and in no log."""
+    value, sql, typo = "cfg-value-7f3a9", "SELECT 'sql-value-7f3a9'", "typo-value-7f3a9"
+    assert ssh(opus, admin_key, "apps:create logsecret").returncode == 0
+    done = ssh(opus, admin_key, f"config:set logsecret LOGGED_KEY={value} --no-restart")
+    assert done.returncode == 0, done.stderr
+    ssh(opus, admin_key, f'pg:psql logsecret -c "{sql}"')
+    ssh(opus, admin_key, f"config:sett logsecret OTHER={typo}")
+    log = opus.home / "logs" / "opus-sshd.log"
+    deadline = time.monotonic() + 10
+    while "config:sett" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = log.read_text()
+    assert "command='config:set logsecret LOGGED_KEY=*** --no-restart'" in text, text[-2000:]
+    assert "command='pg:psql logsecret -c ***'" in text
+    assert "command='config:sett *** ***'" in text
+    for path in (opus.home / "logs").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in (value, "sql-value", typo):
+                assert secret.encode() not in data, (path, secret)
