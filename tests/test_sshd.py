@@ -294,3 +294,26 @@ def test_the_log_names_config_keys_but_never_their_values(opus: Opus,
             data = path.read_bytes()
             for secret in (value, "sql-value", typo):
                 assert secret.encode() not in data, (path, secret)
+
+
+@pytest.mark.parametrize(("command", "logged"), [
+    ("config:set shop A=s3cret B='two words' --no-restart",
+     "config:set shop A=*** B=*** --no-restart"),
+    ("config:set shop 'A=x\nB=s3cret'", "config:set shop A=***"),
+    ("config:set shop s3cret", "config:set shop ***"),
+    ("config:set shop 'unclosed s3cret", "config:set ***"),
+    ("pg:psql shop -c 'SELECT s3cret'", "pg:psql shop -c ***"),
+    ("pg:psql shop --command='SELECT s3cret'", "pg:psql shop --command=***"),
+    ("pg:psql shop -c\"SELECT s3cret\"", "pg:psql shop -c***"),
+    ("addons:enable postgres --url postgres://opus:s3cret@db/x",
+     "addons:enable postgres --url ***"),
+    ("certs:add shop '-----BEGIN s3cret' x", "certs:add shop *** ***"),
+    ("config:sett shop A=s3cret", "config:sett *** ***"),
+    ("$(s3cret) a", "*** ***"),
+    ("ps:scale shop web=2", "ps:scale shop web=2"),
+    ("git-receive-pack 'shop.git'", "git-receive-pack shop.git"),
+])
+def test_logged_commands_keep_names_and_hide_values(command: str, logged: str) -> None:
+    from opus_paas import redact
+    assert redact.logged_command(command) == logged
+    assert "s3cret" not in redact.logged_command(command)
