@@ -70,8 +70,10 @@ class Browser:
 
 
 @pytest.fixture(scope="module")
-def people(opus: Opus, tmp_path_factory: pytest.TempPathFactory) -> dict[str, SshKey]:
-    """httpadmin (an admin) and httpdev, who collaborates on httpapp (httpadmin's)."""
+def people(opus: Opus, admin_key: SshKey,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, SshKey]:
+    """httpadmin (an admin) and httpdev, who collaborates on httpapp (httpadmin's). (The
+    session's first user, admin_key's, is made first: it becomes an admin.)"""
     keys = tmp_path_factory.mktemp("http-keys")
     made = {}
     for name, role in (("httpadmin", "admin"), ("httpdev", "developer")):

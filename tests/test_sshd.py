@@ -242,7 +242,7 @@ def test_each_connection_is_logged_with_key_user_command_and_outcome(
             break
         time.sleep(0.2)
     assert re.search(rf"user=admin key={re.escape(fingerprint)} "
-                     r"command=b\"git-upload-pack 'logged-app.git'\" status=3 "
+                     r"command='git-upload-pack logged-app.git' status=3 "
                      r"outcome=NotFound: app logged-app not found", log), log[-2000:]
     assert f"auth refused: unregistered key {stranger_fp}" in log
 
