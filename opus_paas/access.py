@@ -67,6 +67,17 @@ def fresh(store: Store, app: App) -> App:
     return now
 
 
+def still_may_use(store: Store, actor: Actor, app: App) -> bool:
+    """Asked again while a stream (`logs -t`) goes on: may `actor`, as opus.db has them
+    now, still use `app`?"""
+    if actor.user is None:
+        return True
+    user = store.get_user(actor.user.name)
+    now = store.get_app(app.name)
+    return (user is not None and user.id == actor.user.id and now is not None
+            and now.id == app.id and may_use(Actor(user), now, store.collaborators(now)))
+
+
 def visible_apps(store: Store, actor: Actor) -> list[App]:
     return [a for a in store.list_apps() if may_use(actor, a, store.collaborators(a))]
 

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import IO, Any, TypedDict
 
 from opus_paas import guard
 from opus_paas.errors import ServiceError
@@ -202,9 +202,10 @@ class Step:
 
 
 def step(settings: Settings, app: str, argv: Sequence[str], cwd: Path,
-         env: Mapping[str, str]) -> Step:
+         env: Mapping[str, str], *, reads_input: bool = False) -> Step:
     """A build or release step (or `opus run`) as `app`'s user, checked by secureops's
-    own rules first. In system mode it goes through secureops's `run` verb."""
+    own rules first. In system mode it goes through secureops's `run` verb (`run-input`
+    when the step reads what is written after the spec: `reads_input`)."""
     # OPUS_INSTANCE marks every process of this Opus, so `opus up` finds what a crash
     # left of an earlier run (control/leftovers.py).
     env = {**env, INSTANCE_MARKER: str(settings.home)}
@@ -217,7 +218,8 @@ def step(settings: Settings, app: str, argv: Sequence[str], cwd: Path,
     except Denied as exc:
         raise ServiceError(f"the step was refused: {exc}") from None
     if settings.system:
-        return Step([SUDO, "-n", str(SECUREOPS), "run", app], settings.home,
+        verb = "run-input" if reads_input else "run"
+        return Step([SUDO, "-n", str(SECUREOPS), verb, app], settings.home,
                     {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
                      INSTANCE_MARKER: str(settings.home)}, json.dumps(spec) + "\n", {}, True)
     return Step(list(argv), cwd, dict(env), None, subprocess_identity(settings), False)
@@ -250,8 +252,11 @@ def stream(
     env: Mapping[str, str],
     timeout: float,
     cancelled: threading.Event | None = None,
+    input: str | None = None,
 ) -> Iterator[str]:
-    """Run `argv` as the app's run user and yield its output line by line as it comes.
+    """Run `argv` as the app's run user and yield its output line by line as it comes;
+    `input`, if given, is its standard input (what must stay out of its arguments,
+    which every local user can read in /proc).
 
     The child gets its own process group. When it exits, after `timeout` seconds, or
     once `cancelled` is set, whatever is left of that group is killed, so a background
@@ -259,19 +264,20 @@ def stream(
     CalledProcessError, or ServiceError when timed out or cancelled, once the output
     is exhausted if it failed.
     """
-    how = step(settings, app, argv, cwd, env)
+    how = step(settings, app, argv, cwd, env, reads_input=input is not None)
+    written = (how.spec or "") + (input or "")
     # The step dies with the thread that started it (a SIGKILL of the SSH server); what
     # it started goes to the server's guard, which ends it (opus_runtime/guard.py).
     proc = subprocess.Popen(
         how.argv, cwd=how.cwd, env=how.env,
-        stdin=subprocess.PIPE if how.spec else subprocess.DEVNULL,
+        stdin=subprocess.PIPE if written else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True, preexec_fn=guard.dies_with_parent, **how.identity,
     )
-    if how.spec and proc.stdin is not None:
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(how.spec.encode())
-        proc.stdin.close()
+    if written and proc.stdin is not None:
+        # From a thread: a step may answer before it has read all of its input.
+        threading.Thread(target=_write_and_close, args=(proc.stdin, written.encode()),
+                         daemon=True).start()
     with _LIVE_LOCK:
         _LIVE_STEPS[proc] = how.through_sudo
     timed_out = threading.Event()
@@ -310,6 +316,13 @@ def stream(
         raise ServiceError(f"the step took longer than {timeout:.0f} s and was stopped")
     if code != 0:
         raise subprocess.CalledProcessError(code, list(argv))
+
+
+def _write_and_close(pipe: IO[bytes], data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+        pipe.write(data)
+    with contextlib.suppress(BrokenPipeError, OSError):
+        pipe.close()
 
 
 @dataclasses.dataclass

@@ -98,10 +98,17 @@ CREATE TABLE IF NOT EXISTS builds (
     log_path TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS signin_failures (
-    key TEXT NOT NULL,          -- "user:NAME" or "ip:ADDRESS"
+    key TEXT NOT NULL,          -- "pair:ADDRESS|NAME" or "ip:ADDRESS"
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS signin_failures_key ON signin_failures (key, at);
+-- The dashboard's signed-in sessions: a cookie names one (by the sha256 of its id);
+-- signing out deletes it, so a copied cookie stops working too.
+CREATE TABLE IF NOT EXISTS dashboard_sessions (
+    id_hash TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS memory_samples (
     app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
     at REAL NOT NULL,
@@ -795,6 +802,23 @@ class Store:
     def clear_signin_failures(self, key: str) -> None:
         with self._db() as db:
             db.execute("DELETE FROM signin_failures WHERE key = ?", (key,))
+
+    def open_dashboard_session(self, id_hash: str, user: User, at: float,
+                               expired_before: float) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM dashboard_sessions WHERE created < ?", (expired_before,))
+            db.execute("INSERT INTO dashboard_sessions (id_hash, user_id, created) "
+                       "VALUES (?, ?, ?)", (id_hash, user.id, at))
+
+    def dashboard_session_open(self, id_hash: str, user: User, since: float) -> bool:
+        with self._db() as db:
+            return db.execute("SELECT 1 FROM dashboard_sessions WHERE id_hash = ? AND "
+                              "user_id = ? AND created >= ?",
+                              (id_hash, user.id, since)).fetchone() is not None
+
+    def close_dashboard_session(self, id_hash: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM dashboard_sessions WHERE id_hash = ?", (id_hash,))
 
     def add_memory_samples(self, samples: dict[int, int], at: float, keep_since: float) -> None:
         """Record each app's memory (app id → bytes) at `at`; forget samples before

@@ -809,6 +809,13 @@ def run(request: Request) -> int:
     return _run_step(request, checks.run(request.layout, request.app, request.spec))
 
 
+def run_input(request: Request) -> int:
+    """`run`, the step's standard input being secureops's after the spec's line: what
+    must not be in its arguments, which every local user can read (`pg:psql -c` SQL)."""
+    return _run_step(request, checks.run(request.layout, request.app, request.spec),
+                     keep_input=True)
+
+
 def run_terminal(request: Request) -> int:
     """`run` on a pseudo-terminal (`opus run` from `ssh -t`): root opens the terminal,
     gives its end to the app's user, makes it the step's controlling terminal, and
@@ -818,7 +825,7 @@ def run_terminal(request: Request) -> int:
                                          terminal=True))
 
 
-def _run_step(request: Request, spec: checks.RunSpec) -> int:
+def _run_step(request: Request, spec: checks.RunSpec, *, keep_input: bool = False) -> int:
     env = {"PATH": SAFE_PATH, **spec.env}
     identity: dict[str, Any] = {}
     entry = shared_user(request.layout) if request.same_user else app_user(request)
@@ -846,7 +853,7 @@ def _run_step(request: Request, spec: checks.RunSpec) -> int:
         # umask 027: what the step makes, its group may read (Opus, the front), no
         # one else.
         guard = _guard_fd()
-        stdio: dict[str, Any] = {"stdin": subprocess.DEVNULL}
+        stdio: dict[str, Any] = {"stdin": 0 if keep_input else subprocess.DEVNULL}
         if terminal is not None:
             stdio = {"stdin": terminal[1], "stdout": terminal[1], "stderr": terminal[1],
                      "preexec_fn": _take_terminal}
@@ -976,5 +983,6 @@ TABLE: dict[str, Verb] = {
     "cert-install": Verb(cert_install, takes_spec=True, takes_app=False),
     "cert-remove": Verb(cert_remove, takes_spec=True, takes_app=False),
     "run": Verb(run, takes_spec=True),
+    "run-input": Verb(run_input, takes_spec=True, spec_line=True),
     "run-terminal": Verb(run_terminal, takes_spec=True, spec_line=True),
 }

@@ -564,3 +564,50 @@ def test_the_dashboard_shows_backups_captures_and_restores_with_the_name_typed(
     hostile = send(client, f"{here}/restore", {"backup": "1; DROP", "confirm": shop.name},
                    page=here)
     assert "is not a backup id" in hostile.text
+
+
+def _cmdlines(skip: int) -> Iterator[bytes]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != skip:
+            with contextlib.suppress(OSError):
+                yield (entry / "cmdline").read_bytes()
+
+
+def test_psql_c_keeps_the_sql_out_of_every_processs_arguments(pg: Opus,
+                                                               admin_key: SshKey) -> None:
+    """/proc/PID/cmdline is every local user's to read: the SQL of `pg:psql -c` goes to
+    psql on its standard input. (The ssh client's own arguments are the client's.)"""
+    pg.cli("apps:create", "psqlargv")
+    pg.cli("pg:create", "psqlargv")
+    marker = f"argv-marker-{os.getpid()}"
+    seen: list[bytes] = []
+    psql_ran = threading.Event()
+    stop = threading.Event()
+    client = subprocess.Popen(
+        ["ssh", "-i", str(admin_key.private), "-o", "IdentitiesOnly=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-p", str(pg.ssh_port),
+         "git@127.0.0.1", f"pg:psql psqlargv -c \"SELECT pg_sleep(2), '{marker}' AS m\""],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+    def watch() -> None:
+        while not stop.is_set():
+            for cmdline in _cmdlines(client.pid):
+                if marker.encode() in cmdline:
+                    seen.append(cmdline)
+                if b"--no-psqlrc" in cmdline:
+                    psql_ran.set()
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        out, err = client.communicate(timeout=60)
+    finally:
+        stop.set()
+        watcher.join()
+    assert client.returncode == 0, err
+    assert psql_ran.is_set() and not seen, seen
+    assert re.search(rf"\|\s*{marker}", out) and "(1 row)" in out, out
+    failed = pg.cli("pg:psql", "psqlargv", "-c", "SELECT 1/0", check=False)
+    assert failed.returncode != 0 and "division by zero" in failed.stdout + failed.stderr

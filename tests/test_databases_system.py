@@ -127,10 +127,11 @@ def test_psql_and_backups_of_b_show_a_nothing_in_ps(system_opus: SystemOpus,
             seen = as_user(f"opus-{a}", "/usr/bin/sh", "-c", "cat /proc/[0-9]*/cmdline "
                            "/proc/[0-9]*/environ 2>/dev/null | tr '\\0' ' '")
             assert password_b not in seen.stdout      # never B's password…
-            if "pg_sleep" in seen.stdout or time.monotonic() > deadline:
+            assert "pg_sleep" not in seen.stdout      # …nor B's SQL (psql reads it on stdin)…
+            if "--no-psqlrc" in seen.stdout or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
-        assert "pg_sleep" in seen.stdout      # …while B's psql runs and A sees its argv
+        assert "--no-psqlrc" in seen.stdout      # …while B's psql runs and A sees its argv
     finally:
         out, err = slow.communicate(timeout=60)
     assert slow.returncode == 0, out + err

@@ -378,3 +378,23 @@ def test_over_ssh_developers_list_and_only_admins_install_or_remove(
         assert removal.returncode == 2 and "names no interpreter" in removal.stderr, \
             (hostile, removal.stderr)
     assert (fetching_opus.home / "pythons" / INSTALL).is_dir()
+
+
+def test_pythons_names_to_a_developer_only_the_apps_they_may_use(
+        opus: Opus, admin_key: SshKey, tmp_path: Path) -> None:
+    """On the session's Opus: an app's kept release built on the host's Python is named
+    to its owner and to admins, never to another developer."""
+    owner, stranger = make_key(tmp_path, "pyowner"), make_key(tmp_path, "pystranger")
+    for name, made in (("pyowner", owner), ("pystranger", stranger)):
+        opus.cli("keys:add", name, str(made.public))
+    assert ssh(opus, owner, "apps:create", "pyhidden").returncode == 0
+    slug = opus.home / "apps" / "pyhidden" / "releases" / "v1"
+    (slug / ".opus").mkdir(parents=True)
+    (slug / ".opus" / "build.json").write_text(json.dumps(
+        {"process_types": {}, "interpreter": "/usr/bin/python3.11"}))
+    for key, sees in ((owner, True), (admin_key, True), (stranger, False)):
+        listed = ssh(opus, key, "pythons", "--json")
+        assert listed.returncode == 0, listed.stderr
+        used = {app for row in json.loads(listed.stdout) for app in row["used_by"]}
+        assert ("pyhidden" in used) is sees, (key.private.name, used)
+        assert ("pyhidden" in ssh(opus, key, "pythons").stdout) is sees

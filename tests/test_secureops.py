@@ -1170,3 +1170,18 @@ def test_hand_over_takes_the_front_off_an_earlier_release(
                             "cat", str(slug / "app.py")], capture_output=True, text=True,
                            check=False)
     assert front.returncode != 0 and "Permission denied" in front.stderr
+
+
+def test_run_input_gives_the_step_what_follows_the_spec_line(
+        apps: tuple[Layout, Path, list[str]]) -> None:
+    """`run-input` (pg:psql -c's SQL, kept out of argv): the step reads secureops's
+    standard input after the spec's line; `run` gives its step nothing."""
+    layout, config, (app, _other) = apps
+    spec = json.dumps({"argv": ["/usr/bin/cat"], "env": {},
+                       "cwd": str(layout.app_dir(app) / "releases" / "v1")})
+    given = call(config, "run-input", app, raw=spec + "\nSELECT 'from stdin';\n")
+    assert given.returncode == 0 and given.stdout == "SELECT 'from stdin';\n", given.stderr
+    plain = call(config, "run", app, raw=spec)
+    assert plain.returncode == 0 and plain.stdout == "", plain.stderr
+    two_lines = call(config, "run-input", app, raw=spec.replace(", ", ",\n") + "\nx\n")
+    assert two_lines.returncode == cli.DENIED

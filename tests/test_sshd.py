@@ -384,7 +384,7 @@ def test_each_connection_is_logged_with_key_user_command_and_outcome(
             break
         time.sleep(0.2)
     assert re.search(rf"user=admin key={re.escape(fingerprint)} "
-                     r"command=b\"git-upload-pack 'logged-app.git'\" status=3 "
+                     r"command='git-upload-pack logged-app.git' status=3 "
                      r"outcome=NotFound: app logged-app not found", log), log[-2000:]
     assert f"auth refused: unregistered key {stranger_fp}" in log
 
@@ -411,3 +411,51 @@ def test_leftovers_of_an_interrupted_push_are_removed_at_start(tmp_path: Path) -
 def test_a_clients_terminal_type_reaches_the_step_only_as_a_plain_name(requested: bytes,
                                                                        term: str) -> None:
     assert privileged.terminal_type(requested) == term
+
+
+def test_the_log_names_config_keys_but_never_their_values(opus: Opus,
+                                                         admin_key: SshKey) -> None:
+    """opus-sshd.log records each command; values that may be secrets (config values,
+    `pg:psql -c` SQL, a mistyped command's arguments) are `***` there, and in no log."""
+    value, sql, typo = "cfg-value-7f3a9", "SELECT 'sql-value-7f3a9'", "typo-value-7f3a9"
+    assert ssh(opus, admin_key, "apps:create logsecret").returncode == 0
+    done = ssh(opus, admin_key, f"config:set logsecret LOGGED_KEY={value} --no-restart")
+    assert done.returncode == 0, done.stderr
+    ssh(opus, admin_key, f'pg:psql logsecret -c "{sql}"')
+    ssh(opus, admin_key, f"config:sett logsecret OTHER={typo}")
+    log = opus.home / "logs" / "opus-sshd.log"
+    deadline = time.monotonic() + 10
+    while "config:sett" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = log.read_text()
+    assert "command='config:set logsecret LOGGED_KEY=*** --no-restart'" in text, text[-2000:]
+    assert "command='pg:psql logsecret -c ***'" in text
+    assert "command='config:sett *** ***'" in text
+    for path in (opus.home / "logs").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in (value, "sql-value", typo):
+                assert secret.encode() not in data, (path, secret)
+
+
+@pytest.mark.parametrize(("command", "logged"), [
+    ("config:set shop A=s3cret B='two words' --no-restart",
+     "config:set shop A=*** B=*** --no-restart"),
+    ("config:set shop 'A=x\nB=s3cret'", "config:set shop A=***"),
+    ("config:set shop s3cret", "config:set shop ***"),
+    ("config:set shop 'unclosed s3cret", "config:set ***"),
+    ("pg:psql shop -c 'SELECT s3cret'", "pg:psql shop -c ***"),
+    ("pg:psql shop --command='SELECT s3cret'", "pg:psql shop --command=***"),
+    ("pg:psql shop -c\"SELECT s3cret\"", "pg:psql shop -c***"),
+    ("addons:enable postgres --url postgres://opus:s3cret@db/x",
+     "addons:enable postgres --url ***"),
+    ("certs:add shop '-----BEGIN s3cret' x", "certs:add shop *** ***"),
+    ("config:sett shop A=s3cret", "config:sett *** ***"),
+    ("$(s3cret) a", "*** ***"),
+    ("ps:scale shop web=2", "ps:scale shop web=2"),
+    ("git-receive-pack 'shop.git'", "git-receive-pack shop.git"),
+])
+def test_logged_commands_keep_names_and_hide_values(command: str, logged: str) -> None:
+    from opus_paas import redact
+    assert redact.logged_command(command) == logged
+    assert "s3cret" not in redact.logged_command(command)

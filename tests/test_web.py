@@ -116,12 +116,14 @@ def test_wrong_passwords_are_refused_alike_and_then_throttled(app: Flask) -> Non
                                           "csrf_token": token})
     assert unknown.status_code == wrong.status_code == 401
     assert "Wrong user name or password" in unknown.text and "Wrong user name" in wrong.text
-    for _ in range(auth.MAX_USER_FAILURES - 1):
+    for _ in range(auth.FREE_FAILURES - 1):
         client.post("/signin", data={"user": "dev1", "password": "wrong", "csrf_token": token})
-    # Locked now, even with the right password; another user is not.
+    # Slowed down now from this address, even with the right password; another user is
+    # not.
     locked = client.post("/signin", data={"user": "dev1", "password": PASSWORD,
                                           "csrf_token": token})
     assert locked.status_code == 429 and "Too many failed sign-ins" in locked.text
+    assert "try again in 2 seconds" in locked.text
     assert client.get("/").status_code == 302
     signed_in(app, "dev2")
 
@@ -404,7 +406,7 @@ def test_attempts_sent_at_once_are_all_counted(app: Flask) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert codes.count(401) <= auth.MAX_USER_FAILURES and codes.count(429) >= 7
+    assert codes.count(401) <= auth.FREE_FAILURES and codes.count(429) >= 7
 
 
 def test_a_successful_sign_in_does_not_count_against_the_address(app: Flask) -> None:
@@ -578,3 +580,39 @@ def test_the_app_page_says_why_an_order_failed_and_when_it_retries(
     assert "(2 in a row)" in page and "Opus tries again at 2027-01-15 08:10:00 UTC" in page
     assert "Certificate:  none; served over http only" in page
     assert "opus certs:auto shop on" in page
+
+
+@pytest.mark.parametrize(("pair", "address", "wait"), [
+    ([100.0] * 5, [100.0] * 5, 0),                          # the free failures
+    ([100.0] * 6, [100.0] * 6, 2),                          # then 2 s after the last…
+    ([*[98.0] * 5, 100.0], [100.0] * 6, 0),
+    ([*[90.0] * 5, 100.0, 100.0], [100.0] * 7, 4),          # …4 s, 8 s, …
+    ([*[0.0] * 15, 100.0, 100.0], [100.0] * 7, 15 * 60),    # at most the window
+    ([100.0], [*[99.0] * 20, 100.0], 899),                  # a busy address waits
+    ([100.0], [99.0] * 20, 0),
+])
+def test_the_backoff_grows_per_address_and_user(pair: list[float], address: list[float],
+                                                wait: int) -> None:
+    assert auth.wait_before(pair, address, 100.0) == wait
+
+
+def test_the_right_password_gets_in_after_the_backoff(app: Flask,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "BACKOFF_BASE", 0.3)
+    client = app.test_client()
+    token = csrf(client)
+    for _ in range(auth.FREE_FAILURES + 1):
+        client.post("/signin", data={"user": "root", "password": "wrong", "csrf_token": token})
+    time.sleep(0.7)
+    signed_in(app, "root")
+
+
+def test_signing_out_ends_the_session_for_a_copied_cookie_too(app: Flask) -> None:
+    client = signed_in(app, "root")
+    cookie = client.get_cookie("opus_session")
+    assert cookie is not None
+    thief = app.test_client()
+    thief.set_cookie("opus_session", cookie.value)
+    assert thief.get("/").status_code == 200
+    assert client.post("/signout", data={"csrf_token": csrf(client, "/")}).status_code == 303
+    assert thief.get("/").status_code == 302

@@ -14,6 +14,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    current_app,
     render_template,
     request,
     session,
@@ -34,6 +35,9 @@ TAIL_LINES = 200
 # stream, finds a client that has gone (through the front, at the second heartbeat after
 # it went: only then is its slot free), and is when the session is checked again.
 HEARTBEAT_SECONDS = 2.0
+# However busy the stream, the session and the user's access are checked this often: a
+# user signed out, removed, or taken off the app stops receiving within it.
+ACCESS_CHECK_SECONDS = 2.0
 STREAM_SECONDS = 30 * 60.0     # then the browser reconnects (EventSource does it itself)
 MAX_STREAMS = 16               # of gunicorn's 32 threads (lifecycle.dashboard_command)
 MAX_STREAMS_PER_USER = 6
@@ -73,7 +77,7 @@ def stream(name: str) -> Response:
     if not _streams.open(user):
         abort(503, f"{MAX_STREAMS_PER_USER} live log streams are open for you already (or "
                    f"{MAX_STREAMS} in all); close a log tab and reload.")
-    still_allowed = _still_allowed(session.get("stamp"), user, app.name)
+    still_allowed = _still_allowed(session.get("sid"), session.get("stamp"), user, app.name)
     # The stream needs nothing of the request once it has begun: no request context
     # is kept for it.
     response = Response(_events(found, still_allowed), mimetype="text/event-stream")
@@ -110,15 +114,17 @@ class _Streams:
 _streams = _Streams()
 
 
-def _still_allowed(stamp: object, user: str, app: str) -> Callable[[], bool]:
-    """Asked at every heartbeat: may this session still read this app's logs (the user
-    is still there with the same password, and may still use the app)?"""
+def _still_allowed(sid: object, stamp: object, user: str, app: str) -> Callable[[], bool]:
+    """Asked every ACCESS_CHECK_SECONDS: may this session still read this app's logs (it
+    is still open, its user still there with the same password, and may still use the
+    app)?"""
     settings = context.settings()
+    lifetime = current_app.permanent_session_lifetime.total_seconds()
 
     def check() -> bool:
         store = Store(settings.db_path)
         found = store.get_user(user)
-        if found is None or stamp != auth.password_stamp(store.password_hash(found)):
+        if found is None or not auth.still_open(store, found, sid, stamp, lifetime):
             return False
         try:
             access.app_for(store, Actor(found), app)
@@ -144,14 +150,19 @@ def _events(found: logs.AppLogs, still_allowed: Callable[[], bool]) -> Iterator[
 
     threading.Thread(target=follow, daemon=True).start()
     deadline = time.monotonic() + STREAM_SECONDS
+    checked = time.monotonic()
     try:
         yield "retry: 2000\n\n"
         while time.monotonic() < deadline:
             try:
                 entry = entries.get(timeout=HEARTBEAT_SECONDS)
             except queue.Empty:
+                entry = None
+            if entry is None or time.monotonic() - checked >= ACCESS_CHECK_SECONDS:
                 if not still_allowed():
                     return
+                checked = time.monotonic()
+            if entry is None:
                 yield ": still here\n\n"
                 continue
             yield f"data: {json.dumps(_entry_json(entry))}\n\n"

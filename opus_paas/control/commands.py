@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -409,12 +410,17 @@ def cmd_logs(ctx: Context, args: list[str]) -> None:
     for entry in found.tail(count):
         ctx.out(entry.render(app.name))
     if follow_:
+        # Access is asked again as the stream goes on: a collaborator taken off the app
+        # (or a removed user) stops receiving it.
+        allowed = functools.partial(access.still_may_use, ctx.store, ctx.actor, app)
         try:
-            for entry in found.follow(ctx.cancelled):
+            for entry in found.follow(ctx.cancelled, allowed):
                 ctx.out(entry.render(app.name))
         except NotFound:
             raise NotFound(f"{app.name} has no logs yet; they start with its first deploy") \
                 from None
+        if not ctx.cancelled.is_set() and not allowed():
+            raise access.not_found(app.name)
 
 
 def cmd_apps_rename(ctx: Context, args: list[str]) -> None:

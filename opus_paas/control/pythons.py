@@ -4,7 +4,7 @@ uses."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from opus_paas import access, locks, privileged
 from opus_paas.build import buildpack, release
@@ -12,24 +12,24 @@ from opus_paas.control.context import Command, Context, arity
 from opus_paas.errors import Conflict, NotFound, OpusError, UsageError
 from opus_paas.pythons import fetch, provide, report, versions, wheels
 from opus_paas.settings import Settings
-from opus_paas.store import Store
+from opus_paas.store import App
 
 
 def _environment(settings: Settings) -> dict[str, str]:
     return buildpack.own_environment(settings)
 
 
-def users(settings: Settings, store: Store) -> dict[str, dict[str, list[int]]]:
-    """For each interpreter path: the apps whose kept releases were built on it, and
+def users(settings: Settings, apps: Iterable[App]) -> dict[str, dict[str, list[int]]]:
+    """For each interpreter path: which of `apps` have kept releases built on it, and
     those releases (a rollback would need it)."""
     used: dict[str, dict[str, list[int]]] = {}
-    for app, version, interpreter in _kept_builds(settings, store):
+    for app, version, interpreter in _kept_builds(settings, apps):
         used.setdefault(interpreter, {}).setdefault(app, []).append(version)
     return used
 
 
-def _kept_builds(settings: Settings, store: Store) -> Iterator[tuple[str, int, str]]:
-    for app in store.list_apps():
+def _kept_builds(settings: Settings, apps: Iterable[App]) -> Iterator[tuple[str, int, str]]:
+    for app in apps:
         releases = release.app_dir(settings, app.name) / "releases"
         try:
             slugs = sorted(releases.iterdir())
@@ -51,7 +51,8 @@ def cmd_pythons(ctx: Context, args: list[str]) -> None:
     arity("opus pythons", args, 0)
     settings = ctx.settings
     found = report.read(settings, _environment(settings))
-    used = users(settings, ctx.store)
+    # Names only the apps the caller may use: a developer learns nothing of the others.
+    used = users(settings, access.visible_apps(ctx.store, ctx.actor))
     default = found.chosen.path if found.chosen else None
     rows = [{"version": i.version, "path": i.path, "fetched": i.managed,
              "name": i.install_name(settings.managed_pythons_dir),
@@ -93,7 +94,7 @@ def cmd_pythons_remove(ctx: Context, args: list[str]) -> None:
     target = _fetched(found, settings, args[0])
     name = target.install_name(settings.managed_pythons_dir)
     assert name is not None
-    apps = users(settings, ctx.store).get(target.path, {})
+    apps = users(settings, ctx.store.list_apps()).get(target.path, {})
     if apps:
         listed = ", ".join(f"{app} ({', '.join(f'v{v}' for v in sorted(kept))})"
                            for app, kept in sorted(apps.items()))

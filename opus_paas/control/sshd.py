@@ -499,9 +499,11 @@ def handle_connection(server: Server, sock: socket.socket, admission: Admission)
         if user_slot is not None:
             server.users.release(user_slot)
         if session.user is not None:
+            # Values that may be secrets (config values, SQL, passwords) are not logged.
             log.info("[%s] user=%s key=%s command=%r status=%d outcome=%s seconds=%.1f",
                      request_id, session.user.name, session.fingerprint,
-                     (session.command or b"")[:200], status, outcome,
+                     redact.logged_command((session.command or b"").decode("utf-8", "replace")),
+                     status, outcome,
                      time.monotonic() - started)
 
 

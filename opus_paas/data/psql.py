@@ -1,6 +1,7 @@
 """`pg:psql`: psql on the app's database, run as the app's user (psql's `\\!` then
 gives what `opus run` gives, nothing of Opus's), with the role's password in psql's
-environment (never in its arguments, which `ps` shows everyone)."""
+environment and the SQL of `-c` on its standard input (never in its arguments, which
+`ps` shows everyone)."""
 
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ def run(settings: Settings, store: Store, actor: Actor, name: str, command: str 
     status."""
     app = access.app_for(store, actor, name)
     database = postgres.database_of(store, app)
+    # SQL given with -c reaches psql on its standard input, never in its arguments
+    # (every local user can read those in /proc).
     argv = [server.tool("psql"), "--no-psqlrc", "--set=ON_ERROR_STOP=1"]
-    if command is not None:
-        argv += ["--command", command]
     env = environment(settings, app.name, database.url)
     cwd = release.home_dir(settings, app.name)
     if command is None and local_terminal and not settings.system:
@@ -57,7 +58,8 @@ def run(settings: Settings, store: Store, actor: Actor, name: str, command: str 
                                           cancelled=cancelled)
     try:
         for line in privileged.stream(settings, app.name, argv, cwd=cwd, env=env,
-                                      timeout=settings.build_timeout, cancelled=cancelled):
+                                      timeout=settings.build_timeout, cancelled=cancelled,
+                                      input=command + "\n"):
             emit(line)
     except subprocess.CalledProcessError as exc:
         return exc.returncode if exc.returncode > 0 else 128 - exc.returncode

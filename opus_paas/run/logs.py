@@ -13,8 +13,9 @@ import datetime
 import os
 import re
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from opus_paas import names, privileged, redact
@@ -25,6 +26,8 @@ from opus_paas.settings import Settings
 from opus_paas.store import App
 
 FOLLOW_POLL_SECONDS = 0.3
+# How often a follower asks whether its reader may still read (see `follow`).
+ACCESS_CHECK_SECONDS = 2.0
 MAX_LINES = 10_000
 READ_LIMIT = 1 << 20   # bytes a follower reads per file per round
 
@@ -121,12 +124,19 @@ def last_lines(path: Path, size: int) -> list[str]:
 
 
 def follow(paths: list[Path], stop: threading.Event, access_log: Path | None = None,
-           hosts: Iterable[str] = ()) -> Iterator[Entry]:
-    """Entries appended from now on, each round's in time order, until `stop` is set."""
+           hosts: Iterable[str] = (),
+           allowed: Callable[[], bool] | None = None) -> Iterator[Entry]:
+    """Entries appended from now on, each round's in time order, until `stop` is set
+    or, asked every ACCESS_CHECK_SECONDS, `allowed()` is false."""
     watched = [*paths, *([access_log] if access_log is not None else [])]
     positions = {path: _end(path) for path in watched}
     last_at = {path: "" for path in watched}
+    checked = time.monotonic()
     while not stop.is_set():
+        if allowed is not None and time.monotonic() - checked >= ACCESS_CHECK_SECONDS:
+            if not allowed():
+                return
+            checked = time.monotonic()
         groups = []
         for path in watched:
             positions[path], new = _read_new(path, positions[path])
@@ -158,10 +168,11 @@ class AppLogs:
     def tail(self, count: int) -> list[Entry]:
         return [self.shown(e) for e in tail(self.paths, count, self.access_log, self.hosts)]
 
-    def follow(self, stop: threading.Event) -> Iterator[Entry]:
+    def follow(self, stop: threading.Event,
+               allowed: Callable[[], bool] | None = None) -> Iterator[Entry]:
         if not self.paths:
             raise NotFound("no logs yet; they start with the first deploy")
-        for entry in follow(self.paths, stop, self.access_log, self.hosts):
+        for entry in follow(self.paths, stop, self.access_log, self.hosts, allowed):
             yield self.shown(entry)
 
 
