@@ -229,7 +229,8 @@ def run_step(settings: Settings, app: str, argv: Sequence[str], *, cwd: Path,
     """Run a short step as the app's user and collect its output."""
     how = step(settings, app, argv, cwd, env)
     return subprocess.run(how.argv, cwd=how.cwd, env=how.env, input=how.spec or "",
-                          capture_output=True, text=True, check=False, **how.identity)
+                          capture_output=True, text=True, check=False,
+                          preexec_fn=guard.default_signals, **how.identity)
 
 
 def stream(
@@ -257,7 +258,7 @@ def stream(
         how.argv, cwd=how.cwd, env=how.env,
         stdin=subprocess.PIPE if how.spec else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=guard.dies_with_parent, **how.identity,
+        start_new_session=True, preexec_fn=guard.prepare_child, **how.identity,
     )
     if how.spec and proc.stdin is not None:
         with contextlib.suppress(BrokenPipeError):
@@ -351,7 +352,8 @@ def run_in_terminal(settings: Settings, app: str, argv: Sequence[str], *, cwd: P
             # leader yet) with the terminal as its controlling one; its pid is its group's.
             proc = subprocess.Popen(
                 ["/usr/bin/setsid", "--ctty", *argv], cwd=cwd, env=how.env, stdin=child_end,
-                stdout=child_end, stderr=child_end, **subprocess_identity(settings))
+                stdout=child_end, stderr=child_end, preexec_fn=guard.default_signals,
+                **subprocess_identity(settings))
         finally:
             os.close(child_end)
         read_from = write_to = controller

@@ -172,7 +172,8 @@ def compile_app(
     else:
         info = _django_steps(build, app, venv_python, info, config.env, base, out)
     hooks.run_hook(build, "post_compile", out,
-                   {**app_env, "PATH": f"{venv_python.parent}:{base.get('PATH', '')}"})
+                   {**app_env, "VIRTUAL_ENV": str(venv_python.parent.parent),
+                    "PATH": f"{venv_python.parent}:{base.get('PATH', '')}"})
     write_build_info(build, info)
     # Only a build that got this far counts as a use: environments of failed builds go
     # at the next prune, and never push out one a release still runs on.
