@@ -49,6 +49,8 @@ _LIVE_STEPS: dict[subprocess.Popen[bytes], bool] = {}
 # How long output is still read after a step ended and its group was killed: a process
 # that left the group (setsid) may hold the pipe open; the push must not wait for it.
 DRAIN_AFTER_EXIT = 1.0
+# How long a step whose output has ended is given to exit before its group is killed.
+EXIT_AFTER_OUTPUT = 5.0
 _LIVE_LOCK = threading.Lock()
 
 
@@ -289,6 +291,10 @@ def stream(
     assert proc.stdout is not None
     try:
         yield from bounded_lines(proc.stdout.fileno(), until=ended)
+        # The output ended: the step is exiting. Its status is its own, not that of the
+        # SIGKILL below, which would otherwise reach it between its last write and its
+        # exit (a release command failed as "killed by signal 9" after it had succeeded).
+        ended.wait(EXIT_AFTER_OUTPUT)
     finally:
         proc.stdout.close()
         _stop(proc)

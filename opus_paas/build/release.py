@@ -161,9 +161,14 @@ def run_release_command(settings: Settings, app: str, slug: Path, command: str,
             emit("       " + line)
     except ServiceError as exc:
         raise BuildFailed(f"the release command was stopped: {exc.message}") from None
-    except (subprocess.CalledProcessError, OSError) as exc:
-        raise BuildFailed(f"the release command failed ({exc.__class__.__name__}); "
-                          "fix it, or change `release:` in your Procfile") from None
+    except subprocess.CalledProcessError as exc:
+        code = exc.returncode
+        how = f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
+        raise BuildFailed(f"the release command failed ({how}); fix it, or change "
+                          "`release:` in your Procfile") from None
+    except OSError as exc:
+        raise BuildFailed(f"the release command could not start ({exc.strerror}); fix "
+                          "`release:` in your Procfile") from None
 
 
 def point_current(settings: Settings, app: str, version: int) -> None:
