@@ -108,8 +108,9 @@ def bakery(opus313: Opus, admin_key: SshKey,
     # Wagtail's search index on Postgres needs it under Django 6 (postgres.E005): the
     # one line a Wagtail site moving to Postgres adds, on Heroku too.
     base = project / "bakery" / "settings" / "base.py"
+    staticfiles = '"django.contrib.staticfiles",'
     base.write_text(base.read_text().replace(
-        '"django.contrib.staticfiles",', '"django.contrib.staticfiles",\n    "django.contrib.postgres",'))
+        staticfiles, f'{staticfiles}\n    "django.contrib.postgres",'))
     remote(project, opus313, "bakery")
     opus313.cli("addons:enable", "postgres")
     opus313.cli("apps:create", "bakery")
@@ -147,11 +148,12 @@ def test_a_wagtail_site_shaped_like_bakerydemo_deploys_on_postgres(
 
 # ---- Django served by daphne (ASGI), run as written through bash --------------------------
 
-ASGI_PROCFILE = """\
-release: python manage.py migrate --noinput && grep -E '^Sig(Ign|Blk)' /proc/self/status
-web: bash -c "grep -E '^Sig(Ign|Blk)' /proc/self/status; exec daphne -b 127.0.0.1 -p $PORT chat.asgi:application"
-worker: env GREETING=hi bash -c 'echo "$GREETING from $DYNO in $VIRTUAL_ENV"; grep -E "^Sig(Ign|Blk)" /proc/self/status; exec sleep 600'
-"""
+SHOW = "grep -E '^Sig(Ign|Blk)' /proc/self/status"
+ASGI_PROCFILE = (
+    f"release: python manage.py migrate --noinput && {SHOW}\n"
+    f'web: bash -c "{SHOW}; exec daphne -b 127.0.0.1 -p $PORT chat.asgi:application"\n'
+    """worker: env GREETING=hi bash -c 'echo "$GREETING from $DYNO in $VIRTUAL_ENV"; """
+    f"""{SHOW.replace("'", '"')}; exec sleep 600'\n""")
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +206,76 @@ def test_an_asgi_app_runs_as_written_on_port_with_default_signals(
                       "/proc/self/status")
     assert sorted(STATUS.findall(ran.stdout)) == CLEAN, ran.stdout
     opus313.cli("ps:scale", "chat", "worker=0")
+
+
+# ---- settings split base/production, gunicorn.conf.py, pyproject.toml + uv.lock -----------
+
+GUNICORN_CONF = """\
+import os
+
+bind = f"127.0.0.1:{os.environ.get('PORT', '8000')}"
+wsgi_app = "config.wsgi:application"
+workers = 2
+accesslog = "-"
+"""
+PYPROJECT = """\
+[project]
+name = "ledger"
+version = "0.1.0"
+requires-python = ">=3.12"
+dependencies = ["Django>=6,<6.1", "gunicorn>=23"]
+"""
+
+
+def split_settings(project: Path) -> None:
+    """config/settings.py as a package: base.py (startproject's) and production.py,
+    which manage.py and wsgi.py name."""
+    package = project / "config" / "settings"
+    package.mkdir()
+    base = (project / "config" / "settings.py").read_text()
+    (project / "config" / "settings.py").unlink()
+    (package / "__init__.py").write_text("")
+    (package / "base.py").write_text(base.replace(
+        "Path(__file__).resolve().parent.parent", "Path(__file__).resolve().parent.parent.parent"))
+    (package / "production.py").write_text(
+        "from .base import *  # noqa: F403\n\nDEBUG = False\nALLOWED_HOSTS = ['example.com']\n")
+    for name in ("manage.py", "config/wsgi.py", "config/asgi.py"):
+        path = project / name
+        text = path.read_text()
+        for quote in "'\"":
+            text = text.replace(f"{quote}config.settings{quote}",
+                                f"{quote}config.settings.production{quote}")
+        path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def ledger(opus313: Opus, admin_key: SshKey,
+           tmp_path_factory: pytest.TempPathFactory) -> str:
+    project = tmp_path_factory.mktemp("real") / "ledger"
+    project.mkdir()
+    subprocess.run([sys.executable, "-m", "django", "startproject", "config", str(project)],
+                   check=True, timeout=60)
+    split_settings(project)
+    (project / "gunicorn.conf.py").write_text(GUNICORN_CONF)
+    (project / "Procfile").write_text("web: gunicorn -c gunicorn.conf.py\n")
+    (project / "pyproject.toml").write_text(PYPROJECT)
+    (project / ".python-version").write_text("3.13.0\n")
+    python = next((opus313.home / "pythons").glob("cpython-3.13.*/bin/python3"))
+    subprocess.run([sys.executable, "-m", "uv", "lock", "--python", str(python)],
+                   cwd=project, check=True, timeout=120,
+                   env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"})
+    remote(project, opus313, "ledger")
+    return push_main(project, opus313, admin_key)
+
+
+def test_split_settings_gunicorn_conf_and_a_uv_lock_deploy(opus313: Opus, ledger: str) -> None:
+    assert "Installing dependencies with uv (uv.lock)" in ledger, ledger
+    assert "Django app: manage.py, settings config.settings.production" in ledger
+    assert "The Procfile's web: command runs as written, listening on $PORT" in ledger
+    # No release: line: Opus migrates a Django app itself.
+    assert "Applying auth.0001_initial... OK" in ledger, ledger
+    host = opus313.app_host("ledger")
+    status, _headers, body = opus313.get(host, "/admin/login/")
+    assert status == 200 and "Django administration" in body, body[:500]
+    status, _headers, css = opus313.get(host, "/static/admin/css/base.css")
+    assert status == 200 and "body" in css
