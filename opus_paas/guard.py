@@ -4,7 +4,9 @@ wrappers use) for Opus's own side:
 - `python -m opus_paas.guard -- COMMAND…` runs one of Opus's own programs (the front,
   the SSH server, the dashboard, the scheduler) under it, from the Opus installation
   that runs this (root's own in system mode);
-- `dies_with_parent` is the preexec_fn of the steps Opus starts itself (embedded mode).
+- `prepare_child` is the preexec_fn of the steps Opus starts itself (embedded mode):
+  default signal dispositions, nothing blocked, and death with its parent;
+  `default_signals` the first two alone.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ _RUNTIME = _load()
 def dies_with_parent() -> None:
     """SIGTERM to this (child) process when the process that started it dies."""
     _RUNTIME.dies_with_parent()
+
+
+def default_signals() -> None:
+    """Every signal at its default action and none blocked (before an exec)."""
+    _RUNTIME.default_signals()
+
+
+def prepare_child() -> None:
+    """default_signals, then dies_with_parent: for a step's preexec_fn."""
+    _RUNTIME.prepare_child()
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ _LIVE_STEPS: dict[subprocess.Popen[bytes], bool] = {}
 # How long output is still read after a step ended and its group was killed: a process
 # that left the group (setsid) may hold the pipe open; the push must not wait for it.
 DRAIN_AFTER_EXIT = 1.0
+# How long a step whose output has ended is given to exit before its group is killed.
+EXIT_AFTER_OUTPUT = 5.0
 _LIVE_LOCK = threading.Lock()
 
 
@@ -240,7 +242,8 @@ def run_step(settings: Settings, app: str, argv: Sequence[str], *, cwd: Path,
     """Run a short step as the app's user and collect its output."""
     how = step(settings, app, argv, cwd, env)
     return subprocess.run(how.argv, cwd=how.cwd, env=how.env, input=how.spec or "",
-                          capture_output=True, text=True, check=False, **how.identity)
+                          capture_output=True, text=True, check=False,
+                          preexec_fn=guard.default_signals, **how.identity)
 
 
 def stream(
@@ -272,7 +275,7 @@ def stream(
         how.argv, cwd=how.cwd, env=how.env,
         stdin=subprocess.PIPE if written else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=guard.dies_with_parent, **how.identity,
+        start_new_session=True, preexec_fn=guard.prepare_child, **how.identity,
     )
     if written and proc.stdin is not None:
         # From a thread: a step may answer before it has read all of its input.
@@ -303,6 +306,10 @@ def stream(
     assert proc.stdout is not None
     try:
         yield from bounded_lines(proc.stdout.fileno(), until=ended)
+        # The output ended: the step is exiting. Its status is its own, not that of the
+        # SIGKILL below, which would otherwise reach it between its last write and its
+        # exit (a release command failed as "killed by signal 9" after it had succeeded).
+        ended.wait(EXIT_AFTER_OUTPUT)
     finally:
         proc.stdout.close()
         _stop(proc)
@@ -373,7 +380,8 @@ def run_in_terminal(settings: Settings, app: str, argv: Sequence[str], *, cwd: P
             # leader yet) with the terminal as its controlling one; its pid is its group's.
             proc = subprocess.Popen(
                 ["/usr/bin/setsid", "--ctty", *argv], cwd=cwd, env=how.env, stdin=child_end,
-                stdout=child_end, stderr=child_end, **subprocess_identity(settings))
+                stdout=child_end, stderr=child_end, preexec_fn=guard.default_signals,
+                **subprocess_identity(settings))
         finally:
             os.close(child_end)
         read_from = write_to = controller

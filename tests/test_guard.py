@@ -4,11 +4,14 @@ command starts outlives the command, the guard, or the guard's parent."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from opus_paas.guard import GUARD
 
@@ -72,3 +75,39 @@ def test_signals_reach_the_command_and_its_status_comes_back() -> None:
     time.sleep(0.5)
     guarded.send_signal(signal.SIGUSR1)
     assert guarded.wait(timeout=20) == 7
+
+
+# A parent as hostile as they come: `nohup`-like ignored signals, Python's own ignored
+# SIGPIPE, a blocked mask; exec passes all of these on.
+HOSTILE_PARENT = (
+    "import os, signal, sys\n"
+    "for s in (signal.SIGHUP, signal.SIGPIPE, signal.SIGUSR2, signal.SIGXFSZ, signal.SIGINT):\n"
+    "    signal.signal(s, signal.SIG_IGN)\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGALRM})\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n")
+# `yes` ends only by SIGPIPE once `head` has gone; then the process shows what it got.
+PIPE_AND_STATUS = "yes yes | head -c 4 >/dev/null; grep -E '^Sig(Ign|Blk)' /proc/self/status"
+RUNTIME = GUARD.parent.parent
+
+
+def status_lines(output: str) -> dict[str, str]:
+    return dict(re.findall(r"(Sig(?:Ign|Blk)):\s+([0-9a-f]+)", output))
+
+
+@pytest.mark.parametrize("wrapper", ["guard", "stamp", "web"])
+def test_commands_start_with_default_signals_whatever_the_parent_had(wrapper: str) -> None:
+    """Every wrapper that starts an app's command (the guard of steps and Opus's programs,
+    stamp for web instances, web for a web: run as written) hands it default
+    dispositions and an empty mask: the `yes | …` pipe ends, SigIgn and SigBlk are 0."""
+    argv = {
+        "guard": [str(GUARD), "--", "/bin/bash", "-c", PIPE_AND_STATUS],
+        "stamp": [str(RUNTIME / "opus_runtime" / "stamp.py"), "/bin/bash", "-c",
+                  PIPE_AND_STATUS],
+        "web": ["-m", "opus_runtime.web", "8000", PIPE_AND_STATUS],
+    }[wrapper]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(RUNTIME)}
+    done = subprocess.run([sys.executable, "-c", HOSTILE_PARENT, sys.executable,
+                           *(["-I"] if wrapper != "web" else []), *argv],
+                          env=env, capture_output=True, text=True, timeout=20, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert status_lines(done.stdout) == {"SigIgn": "0" * 16, "SigBlk": "0" * 16}, done.stdout

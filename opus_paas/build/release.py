@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import threading
 from collections.abc import Mapping
@@ -105,8 +104,11 @@ def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, s
     overlay at the app's data, static files and host names) win.
     """
     env = dict(config)
+    venv = slug / ".opus" / "venv"
     env.update({
-        "PATH": f"{slug / '.opus' / 'venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        # As an activated virtualenv has them (a uwsgi.ini's virtualenv=$(VIRTUAL_ENV)).
+        "VIRTUAL_ENV": str(venv),
+        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
         "HOME": str(home_dir(settings, app.name)),
         "TMPDIR": str(tmp_dir(settings, app.name)),
         "LANG": "C.UTF-8",
@@ -149,8 +151,9 @@ def write_env_file(settings: Settings, app: str, version: int, env: Mapping[str,
 def run_release_command(settings: Settings, app: str, slug: Path, command: str,
                         env: Mapping[str, str], emit: Emit,
                         cancelled: threading.Event | None = None) -> None:
-    """Run the release phase (e.g. migrate) as the app's user; failure rejects the push."""
-    argv = privileged.command_argv(settings, shlex.split(command), env["PATH"])
+    """Run the release phase (e.g. migrate) as the app's user; failure rejects the push.
+    The Procfile line is shell syntax, as on Heroku: bash runs it (pipes, `&&`, `$VAR`)."""
+    argv = ["/bin/bash", "-c", command]
     emit(f"-----> Running release command: {command}")
     try:
         for line in privileged.stream(settings, app, argv, cwd=slug, env=env,
@@ -158,9 +161,14 @@ def run_release_command(settings: Settings, app: str, slug: Path, command: str,
             emit("       " + line)
     except ServiceError as exc:
         raise BuildFailed(f"the release command was stopped: {exc.message}") from None
-    except (subprocess.CalledProcessError, OSError) as exc:
-        raise BuildFailed(f"the release command failed ({exc.__class__.__name__}); "
-                          "fix it, or change `release:` in your Procfile") from None
+    except subprocess.CalledProcessError as exc:
+        code = exc.returncode
+        how = f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
+        raise BuildFailed(f"the release command failed ({how}); fix it, or change "
+                          "`release:` in your Procfile") from None
+    except OSError as exc:
+        raise BuildFailed(f"the release command could not start ({exc.strerror}); fix "
+                          "`release:` in your Procfile") from None
 
 
 def copy_static(settings: Settings, app: str, version: int, emit: Emit) -> None:

@@ -844,7 +844,7 @@ def test_wsgi_targets_of_known_servers(command: str, expected: tuple[object, ...
     "uvicorn main:app --port $PORT", "daphne -p $PORT mysite.asgi:application",
     "gunicorn 'app:create_app()'", "gunicorn -c gunicorn.conf.py", "waitress-serve --call a:f",
     "gunicorn a:b c:d", "gunicorn ../x:app", "gunicorn 'x;id:app'", "gunicorn \"unclosed",
-    "uwsgi --ini uwsgi.ini", "python app.py", "",
+    "uwsgi --ini uwsgi.ini", "uwsgi ./etc/uwsgi.ini", "python app.py", "",
 ])
 def test_other_web_commands_run_as_written(command: str) -> None:
     from opus_buildpack import procfile
@@ -877,3 +877,59 @@ def test_bin_interpreter_follows_no_link_chain_out_of_the_build(tmp_path: Path) 
     inside = json.loads(run_bin("interpreter", build, env={
         "PATH": "/usr/bin:/bin", "OPUS_PYTHONS": SYSTEM_PYTHON}).stdout)
     assert inside["request"] == {"version": "3.11", "source": ".python-version"}
+
+
+# The shape of a real one (Wagtail's bakerydemo serves itself this way on Heroku).
+UWSGI_INI = """\
+; served by uwsgi on Heroku
+[uwsgi]
+http-socket=:$(PORT)
+master=true
+virtualenv=$(VIRTUAL_ENV)
+static-map=/media/=/code/site/media/
+wsgi-file=site/wsgi.py
+
+[other]
+module = elsewhere.wsgi
+"""
+
+
+@pytest.mark.parametrize(("command", "files", "expected"), [
+    ("uwsgi ./etc/uwsgi.ini", {"etc/uwsgi.ini": UWSGI_INI},
+     ("site.wsgi", "application", None, ("static-map", "virtualenv"))),
+    ("uwsgi --ini etc/uwsgi.ini:other", {"etc/uwsgi.ini": UWSGI_INI},
+     ("elsewhere.wsgi", "application", None, ())),
+    ("uwsgi --ini=u.ini", {"u.ini": "[uwsgi]\nchdir = src\nmodule = %(proj).wsgi:app\n"
+                                    "proj=$(NOT_SET)x\nenv = A=1\n"},
+     (".wsgi", None, None, None)),       # %(proj) is not set yet where module= reads it
+    ("uwsgi --ini=u.ini", {"u.ini": "[uwsgi]\nproj = $(PROJECT)\nchdir = /code\n"
+                                    "module = %(proj).wsgi:app\nenv = A=1\n"},
+     ("mysite.wsgi", "app", None, ("env",))),
+    ("uwsgi u.ini", {"u.ini": "[uwsgi]\nchdir=src\nwsgi-file = ../x.py\n"}, None),
+    ("uwsgi u.ini", {"u.ini": "[uwsgi]\nmodule = x;id\n"}, None),
+    ("uwsgi missing.ini", {}, None),
+    ("uwsgi u.ini", {"u.ini": "module = top.wsgi\n"}, None),   # outside any section
+])
+def test_a_uwsgi_ini_file_gives_the_target(command: str, files: dict[str, str],
+                                           expected: tuple[object, ...] | None) -> None:
+    from opus_buildpack import procfile
+
+    target = procfile.wsgi_target(command, files.get, {"PROJECT": "mysite"})
+    if expected is None or expected[1] is None:
+        assert target is None
+    else:
+        assert (target.module, target.callable, target.chdir, target.ignored) == expected
+
+
+def test_the_ini_reader_reads_plain_repository_files_only(tmp_path: Path) -> None:
+    from opus_buildpack.main import repo_reader
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "uwsgi.ini").write_text(UWSGI_INI)
+    (tmp_path / "linked").symlink_to(tmp_path / "etc")
+    (tmp_path / "passwd.ini").symlink_to("/etc/passwd")
+    read = repo_reader(tmp_path)
+    assert read("./etc/uwsgi.ini") == read("etc/uwsgi.ini") == UWSGI_INI
+    for hostile in ("linked/uwsgi.ini", "passwd.ini", "/etc/passwd", "../x.ini",
+                    "etc/../etc/uwsgi.ini", "etc", "nothing.ini", "etc/uwsgi.ini\n"):
+        assert read(hostile) is None, hostile

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def compile_app(
     python = python_version.choose(
         request, installed, python_version.default_interpreter(environ, installed))
     _say_python(out, python, request)
-    web = choose_web(build, app, types, out)
+    web = choose_web(build, app, types, out, config.env)
 
     app_env = {**config.env, **base}
     hooks.run_hook(build, "pre_compile", out, app_env)
@@ -171,7 +172,8 @@ def compile_app(
     else:
         info = _django_steps(build, app, venv_python, info, config.env, base, out)
     hooks.run_hook(build, "post_compile", out,
-                   {**app_env, "PATH": f"{venv_python.parent}:{base.get('PATH', '')}"})
+                   {**app_env, "VIRTUAL_ENV": str(venv_python.parent.parent),
+                    "PATH": f"{venv_python.parent}:{base.get('PATH', '')}"})
     write_build_info(build, info)
     # Only a build that got this far counts as a use: environments of failed builds go
     # at the next prune, and never push out one a release still runs on.
@@ -288,19 +290,42 @@ class Web:
     command: str | None = None
 
 
+REPO_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*\Z")
+
+
+def repo_reader(build: Path) -> Callable[[str], str | None]:
+    """Reads a small file the Procfile names (a uwsgi ini), relative to the repository
+    root: a plain path, no link followed on the way, else None."""
+    def read(path: str) -> str | None:
+        relative = path.removeprefix("./")
+        if not REPO_FILE.match(relative) or ".." in relative.split("/"):
+            return None
+        here = build
+        for part in relative.split("/"):
+            here = here / part
+            if here.is_symlink():
+                return None
+        return read_small(here) if here.is_file() else None
+    return read
+
+
 def choose_web(build: Path, app: django.DjangoApp | None, types: Mapping[str, str],
-               out: Output) -> Web:
+               out: Output, app_env: Mapping[str, str] | None = None) -> Web:
     """The Procfile's WSGI server target, else Django's WSGI_APPLICATION, else a wsgi.py."""
     app_root = "." if app is None else app.manage_py.parent.relative_to(build).as_posix()
     command = types.get("web")
     if command:
-        target = procfile.wsgi_target(command)
+        target = procfile.wsgi_target(command, repo_reader(build), app_env or {})
         if target is not None:
             root = target.chdir.strip("/") if target.chdir else app_root
             if django.SAFE_PATH.match(root) and \
                     django.module_file(build / root, target.module) is not None:
                 out.step(f"Serving {target.module}:{target.callable} under mod_wsgi "
                          f"(the Procfile's web: runs {target.server} on it)")
+                if target.ignored:
+                    out.detail(f"Its {', '.join(target.ignored)} options are Opus's own "
+                               "business: config vars (opus config:set), static files "
+                               "served by the front, the release's virtualenv")
                 return Web(root, target.module, target.callable)
             out.alert(f"The Procfile's web: runs {target.server} on {target.module}, which "
                       "is not a module in the repository; running the command as written.",

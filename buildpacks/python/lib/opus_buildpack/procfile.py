@@ -3,14 +3,17 @@
 ``parse`` gives ``{type: command}`` or a BuildError naming the line. ``wsgi_target``
 reads a ``web:`` command that runs a known WSGI server (gunicorn, uwsgi, waitress-serve,
 mod_wsgi-express) and returns the module and callable it serves, so Opus can serve that
-same target under mod_wsgi; any other command runs as written.
+same target under mod_wsgi; any other command runs as written. A uwsgi command that
+names an ini file (``uwsgi ./etc/uwsgi.ini``, ``--ini FILE[:SECTION]``) is read through
+the ``read`` function given (the caller does the I/O), with ``uwsgi_ini``.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from opus_buildpack.errors import BuildError
 
@@ -46,6 +49,7 @@ class WsgiTarget:
     callable: str
     server: str                  # which server the Procfile runs
     chdir: str | None = None     # gunicorn --chdir: where the module is found
+    ignored: tuple[str, ...] = field(default=())   # ini options Opus does otherwise
 
 
 def parse(text: str) -> dict[str, str]:
@@ -123,8 +127,11 @@ def _file_module(path: str) -> str | None:
     return module if TARGET.match(module) else None
 
 
-def wsgi_target(command: str) -> WsgiTarget | None:
-    """The WSGI module and callable a ``web:`` command serves, if it runs a known server."""
+def wsgi_target(command: str, read: Callable[[str], str | None] | None = None,
+                environ: Mapping[str, str] | None = None) -> WsgiTarget | None:
+    """The WSGI module and callable a ``web:`` command serves, if it runs a known server.
+    `read(path)` gives the text of a file the command names (None if there is none);
+    `environ` expands ``$(VAR)`` in it."""
     words = _words(command)
     if not words:
         return None
@@ -143,24 +150,13 @@ def wsgi_target(command: str) -> WsgiTarget | None:
             return None   # --call: a factory, which mod_wsgi cannot call
         return _target(positional[0], "waitress-serve")
     if program in ("uwsgi", "uwsgi-core"):
-        _, options = _positional(args, _options(
+        positional, options = _positional(args, _options(
             "--module -w --wsgi --wsgi-file --file --http --http-socket --socket -s "
             "--processes -p --threads --master --chdir --callable --ini --env"))
-        if "--ini" in options:
-            return None
-        callable_ = options.get("--callable") or None
-        for name in ("--module", "-w", "--wsgi"):
-            if options.get(name):
-                found = _target(options[name], "uwsgi", options.get("--chdir") or None)
-                if found and callable_ and ":" not in options[name]:
-                    found = WsgiTarget(found.module, callable_, found.server, found.chdir)
-                return found
-        for name in ("--wsgi-file", "--file"):
-            module = _file_module(options.get(name, ""))
-            if module:
-                return WsgiTarget(module, callable_ or "application", "uwsgi",
-                                  options.get("--chdir") or None)
-        return None
+        ini = options.get("--ini") or next((p for p in positional if p.endswith(".ini")), "")
+        if ini:
+            return _uwsgi_ini_target(ini, read, environ or {})
+        return _uwsgi_target({name.lstrip("-"): [value] for name, value in options.items()})
     if program == "mod_wsgi-express":
         positional, options = _positional(args, _options(
             "--port --host --application-type --callable-object --processes --threads "
@@ -176,3 +172,73 @@ def wsgi_target(command: str) -> WsgiTarget | None:
         module = _file_module(positional[0])
         return WsgiTarget(module, callable_, "mod_wsgi-express") if module else None
     return None
+
+
+def _uwsgi_target(options: Mapping[str, list[str]]) -> WsgiTarget | None:
+    """The target of uwsgi options (from its command line or an ini section)."""
+    def first(*names: str) -> str | None:
+        return next((options[n][-1] for n in names if options.get(n) and options[n][-1]),
+                    None)
+    callable_ = first("callable")
+    chdir = first("chdir")
+    if chdir and chdir.startswith("/"):
+        chdir = None      # a path in a container image (/code): the repository is the root
+    ignored = tuple(sorted(n for n in UWSGI_DONE_OTHERWISE if options.get(n)))
+    module = first("module", "w", "wsgi")
+    if module:
+        found = _target(module, "uwsgi", chdir)
+        if found and callable_ and ":" not in module:
+            found = WsgiTarget(found.module, callable_, found.server, found.chdir)
+        return found and WsgiTarget(found.module, found.callable, "uwsgi", found.chdir, ignored)
+    wsgi_file = _file_module(first("wsgi-file", "file") or "")
+    if wsgi_file:
+        return WsgiTarget(wsgi_file, callable_ or "application", "uwsgi", chdir, ignored)
+    return None
+
+
+# ini options whose work Opus does its own way: the environment is the app's config,
+# static and media files are served by the front, the virtualenv is the release's.
+UWSGI_DONE_OTHERWISE = ("env", "static-map", "virtualenv", "home", "venv", "pythonpath")
+INI_SECTION = re.compile(r"\[\s*([^\]]*?)\s*\]\Z")
+INI_OPTION = re.compile(r"([A-Za-z0-9_.-]+)\s*=\s*(.*)\Z")
+INI_VARIABLE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)|%\(([A-Za-z0-9_-]+)\)")
+
+
+def _uwsgi_ini_target(spec: str, read: Callable[[str], str | None] | None,
+                      environ: Mapping[str, str]) -> WsgiTarget | None:
+    path, _, section = spec.partition(":")
+    if read is None or not path.endswith(".ini"):
+        return None
+    text = read(path.removeprefix("./"))
+    if text is None:
+        return None
+    return _uwsgi_target(uwsgi_ini(text, environ, section or "uwsgi"))
+
+
+def uwsgi_ini(text: str, environ: Mapping[str, str],
+              section: str = "uwsgi") -> dict[str, list[str]]:
+    """The options of one section of a uwsgi ini file, each with its values in order (a
+    key may repeat: ``env``, ``static-map``): ``$(VAR)`` from `environ`, ``%(option)``
+    from an option set above, as uwsgi expands them (an unknown one becomes empty)."""
+    options: dict[str, list[str]] = {}
+    current: str | None = None
+
+    def expand(match: re.Match[str]) -> str:
+        if match.group(1):
+            return environ.get(match.group(1), "")
+        values = options.get(match.group(2))
+        return values[-1] if values else ""
+
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith((";", "#")):
+            continue
+        header = INI_SECTION.match(line)
+        if header:
+            current = header.group(1)
+            continue
+        option = INI_OPTION.match(line)
+        if option and current == section:
+            value = INI_VARIABLE.sub(expand, option.group(2).strip())
+            options.setdefault(option.group(1), []).append(value)
+    return options

@@ -12,7 +12,12 @@ only). Opus's own programs and secureops's steps run under it; the apps' wrapper
   (``PR_SET_PDEATHSIG``): a SIGKILL of supervisord ends every program instead of
   leaving it running, holding its port;
 - a wrapper whose parent died sends SIGKILL to what is left after a grace (nobody
-  else is left to), and a wrapper whose command ended ends what the command left.
+  else is left to), and a wrapper whose command ended ends what the command left;
+- the command starts with every signal at its default action and none blocked
+  (``prepare_child``), as under a login shell: Python ignores SIGPIPE and SIGXFSZ and
+  subprocess restores only those, while an ignored signal (``nohup``'s SIGHUP) or a
+  blocked one would pass through every exec to the app (``yes | migrate`` never ends
+  when ``yes`` ignores SIGPIPE).
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
 
 # Loaded once, here: a preexec_fn (between fork and exec) must not load libraries.
 _LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.signal.restype = ctypes.c_void_p
+_LIBC.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_LIBC.sigprocmask.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_EMPTY_SIGSET = ctypes.create_string_buffer(128)     # a sigset_t with no signal in it
+_SIG_SETMASK = 2
+_UNCATCHABLE = (signal.SIGKILL, signal.SIGSTOP)
 
 
 def _prctl(option: int, value: int) -> None:
@@ -47,6 +58,24 @@ def dies_with_parent() -> None:
     """SIGTERM when the parent dies: for a command's preexec_fn (after any change of
     user, which would clear it)."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def default_signals() -> None:
+    """Every signal to its default action (SIG_DFL) and an empty blocked mask, for the
+    process that is about to exec a command: handlers go at exec anyway, but ignored
+    signals and the mask would be inherited. Safe between fork and exec (libc calls
+    only; the C library's own real-time signals refuse the change, which is right)."""
+    for signum in range(1, signal.NSIG):
+        if signum not in _UNCATCHABLE:
+            _LIBC.signal(signum, None)          # NULL is SIG_DFL
+    _LIBC.sigprocmask(_SIG_SETMASK, ctypes.addressof(_EMPTY_SIGSET), None)
+
+
+def prepare_child() -> None:
+    """The preexec_fn of every command a wrapper starts: default signals, nothing
+    blocked, SIGTERM when the parent dies."""
+    default_signals()
+    dies_with_parent()
 
 
 def adopt_orphans() -> int:
@@ -147,7 +176,7 @@ def run(argv: list[str], grace: float = GRACE, *, terminal: bool = False) -> int
     to reach the command by itself."""
     parent = adopt_orphans()
     escalated = False
-    child = subprocess.Popen(argv, preexec_fn=dies_with_parent)
+    child = subprocess.Popen(argv, preexec_fn=prepare_child)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal escalated

@@ -98,7 +98,7 @@ def run(argv: list[str], state_file: str | None = None) -> int:
             return 0
     started = time.monotonic()
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             preexec_fn=guard.dies_with_parent)
+                             preexec_fn=guard.prepare_child)
     if state_file:
         write_state(state_file, state="running", pid=child.pid, crashes=crashes)
     assert child.stdout is not None

@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         child = subprocess.Popen(["/bin/bash", "-c", command], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 preexec_fn=guard.dies_with_parent)
+                                 preexec_fn=guard.prepare_child)
         write_state(state_file, state="running", pid=child.pid, crashes=crashes)
         assert child.stdout is not None
         relay(child.stdout, sys.stdout.buffer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+from opus_runtime import guard
 from opus_runtime.bootstrap import process_environment
 
 
@@ -18,7 +19,9 @@ def main(argv: list[str]) -> None:
     env = process_environment(os.environ, PORT=argv[0])
     if env.get("OPUS_APP_ROOT"):
         os.chdir(env["OPUS_APP_ROOT"])
-    # The Procfile line is shell syntax on Heroku too: bash runs it, as the app user.
+    # The Procfile line is shell syntax on Heroku too: bash runs it, as the app user,
+    # with default signals (this Python ignores SIGPIPE, which exec would pass on).
+    guard.default_signals()
     os.execve("/bin/bash", ["bash", "-c", argv[1]], env)  # noqa: S606
 
 
