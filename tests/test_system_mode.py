@@ -71,6 +71,22 @@ def as_user(user: str, *argv: str, input: str | None = None
                           env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
 
 
+def test_roots_secret_words_reach_the_opus_user_in_its_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root's command re-run as the opus user: words that may be secret (pg:psql -c SQL,
+    config values) travel in the environment, which only the process's owner reads, not
+    in its arguments, which every local user reads; hostile hand-overs are refused."""
+    words = ["pg:psql", "shop", "-c", "SELECT 'secret'"]
+    monkeypatch.setenv(system.ARGV_VARIABLE, json.dumps(words))
+    assert system.handed_over_argv([system.ARGV_FROM_ENVIRONMENT]) == words
+    assert system.ARGV_VARIABLE not in os.environ       # taken out: no child inherits it
+    assert system.handed_over_argv(["apps"]) == ["apps"]
+    for hostile in ('{"a": 1}', '["ok", 3]', '"pg:psql"', '["unclosed'):
+        monkeypatch.setenv(system.ARGV_VARIABLE, hostile)
+        with pytest.raises(UsageError):
+            system.handed_over_argv([system.ARGV_FROM_ENVIRONMENT])
+
+
 def test_install_refuses_a_home_holding_an_embedded_opus(tmp_path: Path) -> None:
     """The README's first command, run as root, makes an embedded Opus in /var/lib/opus;
     system mode refuses to install over it, before changing anything, and says the two

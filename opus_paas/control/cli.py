@@ -17,7 +17,7 @@ ROOT_COMMANDS = (["install"], ["uninstall"], ["up"], ["down"], ["status"])
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
-        args, remote_name = client.take_remote_option(args)
+        args, remote_name = client.take_remote_option(system.handed_over_argv(args))
         settings = settings_module.load()
         host_only = bool(args) and args[0] in commands.TABLE and \
             commands.TABLE[args[0]].local_only

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from opus_paas import names
+from opus_paas import names, redact
 from opus_paas import settings as settings_module
 from opus_paas.build import buildpack
 from opus_paas.control import leftovers
@@ -513,12 +513,35 @@ def as_system_user(settings: Settings, argv: list[str]) -> int:
             raise UsageError(f"cannot read {argv[2]}: {exc}; give the path of a .pub "
                              "file, or - to read the key from standard input") from None
         argv = [*argv[:2], "-"]
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+           "OPUS_HOME": str(settings.home), "HOME": str(settings.home)}
+    if redact.command_line(argv) != argv:
+        # A secret among the words (pg:psql -c SQL, config values): every local user reads
+        # a process's arguments, only its owner its environment.
+        env[ARGV_VARIABLE] = json.dumps(argv)
+        argv = [ARGV_FROM_ENVIRONMENT]
     return subprocess.run(
         [RUNUSER, "-u", settings.system_user, "--", str(PYTHON), "-I", "-m", "opus_paas",
          *argv], check=False, cwd="/", input=stdin_text, text=stdin_text is not None,
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-             "OPUS_HOME": str(settings.home), "HOME": str(settings.home)},
-    ).returncode
+        env=env).returncode
+
+
+# How as_system_user hands over words that must not be in a process's arguments.
+ARGV_FROM_ENVIRONMENT = "--argv-from-environment"
+ARGV_VARIABLE = "OPUS_ARGV"
+
+
+def handed_over_argv(args: list[str]) -> list[str]:
+    """The words as_system_user put in the environment, taken out of it; else `args`."""
+    if args != [ARGV_FROM_ENVIRONMENT] or ARGV_VARIABLE not in os.environ:
+        return args
+    try:
+        words = json.loads(os.environ.pop(ARGV_VARIABLE))
+    except ValueError:
+        words = None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise UsageError(f"{ARGV_VARIABLE} must hold a JSON list of words")
+    return words
 
 
 def python_for_programs(settings: Settings) -> str:
