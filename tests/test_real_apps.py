@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from opus_paas.store import Store
 from tests import python_mirror
 from tests.conftest import (
     Opus,
@@ -320,16 +321,15 @@ def shop(postgres: Opus, admin_key: SshKey,
     postgres.cli("config:set", "shop", *COOKIECUTTER_CONFIG)
     started = time.monotonic()
     output = push_main(project, postgres, admin_key)
-    took = time.monotonic() - started
-    print(f"shop: pushed in {took:.1f} s")
-    return project, output, took
+    return project, output, time.monotonic() - started
 
 
-def live_version(opus: Opus, app: str) -> int:
-    listing = opus.cli("releases", app).stdout
-    found = re.search(r"^\s*v(\d+)\b.*\blive\b", listing, re.M | re.I)
-    assert found, listing
-    return int(found.group(1))
+def live_state(opus: Opus, app: str) -> tuple[int | None, dict[str, str]]:
+    """The app's live release and its stored config, as Opus's database has them."""
+    store = Store(opus.home / "opus.db")
+    found = store.get_app(app)
+    assert found is not None
+    return found.live_version, store.config(found)
 
 
 def test_a_cookiecutter_django_project_deploys_unchanged(
@@ -367,7 +367,7 @@ def test_a_settings_module_config_var_the_repo_lacks_stops_the_build(
         postgres: Opus, admin_key: SshKey, shop: tuple[Path, str, float]) -> None:
     project, _output, _took = shop
     host = postgres.app_host("shop")
-    live = live_version(postgres, "shop")
+    live, _config = live_state(postgres, "shop")
     # Set for the next push only: that push lacks the module, so it is not deployed.
     postgres.cli("config:set", "shop", "DJANGO_SETTINGS_MODULE=config.settings.staging",
                  "--no-restart")
@@ -386,7 +386,7 @@ def test_a_settings_module_config_var_the_repo_lacks_stops_the_build(
     finally:
         postgres.cli("config:set", "shop", "DJANGO_SETTINGS_MODULE=config.settings.production",
                      "--no-restart")
-    assert live_version(postgres, "shop") == live
+    assert live_state(postgres, "shop")[0] == live
     assert postgres.get(host, "/hidden-admin/login/")[0] == 200
 
 
@@ -395,7 +395,7 @@ def test_a_settings_module_config_var_naming_a_link_is_refused_by_the_live_relea
     """config:set makes a release from the live build, without building: Opus checks the
     module there itself (other hostile values: tests/test_build.py), and changes nothing
     when it is not a plain file: here a link (to production.py, inside the tree)."""
-    live = live_version(postgres, "shop")
+    before = live_state(postgres, "shop")
     refused = postgres.cli("config:set", "shop", "DJANGO_SETTINGS_MODULE=config.settings.linked",
                            check=False)
     assert refused.returncode != 0
@@ -403,9 +403,8 @@ def test_a_settings_module_config_var_naming_a_link_is_refused_by_the_live_relea
     assert "names config.settings.linked, which this release does not have as a plain " \
         "file" in message, message
     assert "opus config:unset shop DJANGO_SETTINGS_MODULE" in message, message
-    assert live_version(postgres, "shop") == live
-    config = postgres.cli("config", "shop").stdout
-    assert "config.settings.production" in config and "linked" not in config, config
+    assert live_state(postgres, "shop") == before
+    assert before[1]["DJANGO_SETTINGS_MODULE"] == "config.settings.production"
 
 
 def listening_sockets(pids: list[int]) -> set[tuple[str, int]]:
@@ -451,24 +450,28 @@ def app_processes(app: str, word: str) -> list[tuple[int, dict[str, str]]]:
     return found
 
 
-def test_gunicorn_run_as_written_listens_on_loopback(
-        postgres: Opus, admin_key: SshKey, shop: tuple[Path, str, float]) -> None:
-    """cookiecutter-django's async Procfile: gunicorn with uvicorn's worker class, which
-    mod_wsgi cannot stand in for, runs as written; without -b, gunicorn would listen on
-    0.0.0.0:$PORT ($PORT set): Opus's GUNICORN_CMD_ARGS keeps it on loopback."""
+@pytest.fixture(scope="module")
+def shop_async(postgres: Opus, admin_key: SshKey, shop: tuple[Path, str, float]) -> str:
+    """The project made with cookiecutter-django's use_async (gunicorn with uvicorn's
+    worker class), pushed with the config var now naming local.py, which this push has."""
     project, _output, _took = shop
     procfile = project / "Procfile"
     procfile.write_text(procfile.read_text().replace(
         "web: gunicorn config.wsgi:application\n", ASYNC_WEB))
     commit_all(project, "use_async: uvicorn's worker under gunicorn")
-    output = push_main(project, postgres, admin_key)
-    assert "The Procfile's web: command runs as written, listening on $PORT" in output, output
-    assert "Reusing the environment of an earlier build" in output, output
-    host = postgres.app_host("shop")
-    status, _headers, body = postgres.get(host)
+    postgres.cli("config:set", "shop", "DJANGO_SETTINGS_MODULE=config.settings.local",
+                 "--no-restart")
+    return push_main(project, postgres, admin_key)
+
+
+def test_gunicorn_run_as_written_listens_on_loopback(postgres: Opus, shop_async: str) -> None:
+    """gunicorn with uvicorn's worker class, which mod_wsgi cannot stand in for, runs as
+    written; without -b, gunicorn would listen on 0.0.0.0:$PORT ($PORT set): Opus's
+    GUNICORN_CMD_ARGS keeps it on loopback, behind the front."""
+    assert "The Procfile's web: command runs as written, listening on $PORT" in shop_async
+    assert "Reusing the environment of an earlier build" in shop_async, shop_async
+    status, _headers, body = postgres.get(postgres.app_host("shop"))
     assert status == 200 and "laid out as cookiecutter-django" in body, body[:500]
-    status, _headers, body = postgres.get(host, "/hidden-admin/login/")
-    assert status == 200 and "Django administration" in body, body[:500]
     gunicorns = app_processes("shop", "uvicorn_worker.UvicornWorker")
     assert gunicorns, "no gunicorn of the app is running"
     ports = {env.get("PORT") for _pid, env in gunicorns}
@@ -480,13 +483,13 @@ def test_gunicorn_run_as_written_listens_on_loopback(
 
 
 def test_a_settings_module_config_var_is_honoured_if_the_release_has_it(
-        postgres: Opus, shop: tuple[Path, str, float]) -> None:
-    """A config change (no build) to another settings module of the release: local.py,
-    which keeps base.py's admin/ (and manage.py's own choice: unset gives the same)."""
+        postgres: Opus, shop_async: str) -> None:
+    """Changed to local.py (which keeps base.py's admin/), the release serves it: the
+    build and the release both took the config var (a change without a build is checked
+    the same way: the link test above, tests/test_build.py)."""
+    assert "settings config.settings.local (the DJANGO_SETTINGS_MODULE config var)" in \
+        shop_async, shop_async
     host = postgres.app_host("shop")
-    before = live_version(postgres, "shop")
-    postgres.cli("config:set", "shop", "DJANGO_SETTINGS_MODULE=config.settings.local")
-    assert live_version(postgres, "shop") == before + 1
     status, _headers, body = postgres.get(host, "/admin/login/")
     assert status == 200 and "Django administration" in body, body[:500]
     assert postgres.get(host, "/hidden-admin/login/")[0] == 404
