@@ -655,6 +655,7 @@ def test_compile_django_startproject(
         "framework": "django",
         "manage_py": "manage.py",
         "settings_module": "mysite.settings",
+        "default_settings_module": "mysite.settings",
         "wsgi_module": "mysite.wsgi",
         "wsgi_callable": "application",
         "static_root": str(build / ".opus" / "static"),
