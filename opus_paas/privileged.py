@@ -527,6 +527,27 @@ def make_package_cache(settings: Settings) -> None:
             os.close(fd)
 
 
+def is_run_user_file(top: Path, relative: str) -> bool:
+    """True if `relative` under `top` (a tree the run user could have changed) is a
+    regular file reached through real directories: no component is a link. Nothing is
+    read (O_PATH), so a file the run user made unreadable still counts."""
+    parts = Path(relative).parts
+    if not parts or any(part in ("", ".", "..", "/") for part in parts):
+        return False
+    fds: list[int] = []
+    flags = os.O_PATH | os.O_NOFOLLOW
+    try:
+        fds.append(os.open(top, flags | os.O_DIRECTORY))
+        for part in parts[:-1]:
+            fds.append(os.open(part, flags | os.O_DIRECTORY, dir_fd=fds[-1]))
+        return stat.S_ISREG(os.stat(parts[-1], dir_fd=fds[-1], follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
+
+
 def read_run_user_file(top: Path, relative: str, limit: int = 1 << 20) -> bytes | None:
     """Read a file the run user could have planted (e.g. in a slug): every component
     opened without following symlinks, regular files only, at most `limit` bytes.
