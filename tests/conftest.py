@@ -182,6 +182,9 @@ def start_opus(*, under: Path | None = None, **extra_env: str) -> Opus:
         "OPUS_HTTP_PORT": str(http_port),
         "OPUS_DASHBOARD_PORT": str(free_port()),
         "OPUS_APP_PORT_BASE": str(free_port_block(400)),   # two per app, 200 apps
+        "OPUS_REDIS_PORT_BASE": str(free_port_block(200)),  # one per app's Redis
+        # Small, so the Redis tests reach it quickly (the default is 64mb).
+        "OPUS_REDIS_MAXMEMORY": "8mb",
         "OPUS_CACHE_DIR": str(shared_cache_dir()),
         # mod_wsgi's wheels, built once per interpreter (path) for every test Opus.
         "OPUS_WHEELS_DIR": str(shared_cache_dir() / "wheels"),

@@ -96,6 +96,7 @@ def install(**settings: str) -> SystemOpus:
     chosen = {"http_host": "127.0.0.1", "http_port": str(opus.http_port),
               "ssh_host": "127.0.0.1", "ssh_port": str(opus.ssh_port),
               "dashboard_port": str(free_port()), "app_port_base": str(free_port_block(40)),
+              "redis_port_base": str(free_port_block(20)),
               **settings}
     sets = [a for k, v in chosen.items() for a in ("--set", f"{k}={v}")]
     try:
