@@ -6,6 +6,7 @@ a restart; redis:destroy and apps:destroy leave nothing; hostile names and argum
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -18,8 +19,12 @@ import pytest
 
 from opus_paas import settings as settings_module
 from opus_paas.data import redis
-from opus_paas.errors import ServiceError
+from opus_paas.errors import ServiceError, UsageError
 from opus_paas.run.supervisor import Supervisor
+from opus_paas.store import Store
+from secureops import firewall, front
+from secureops import redis as redis_conf
+from secureops.layout import Denied, Layout
 from tests.conftest import (
     Opus,
     SshKey,
@@ -29,7 +34,7 @@ from tests.conftest import (
     push_main,
     require_tool,
 )
-from tests.test_databases import ssh
+from tests.test_databases import in_process, ssh
 
 APP = "redisweb"
 # The app: a stdlib web server that counts its visits in Redis and shows a greeting
@@ -81,13 +86,22 @@ def cli(opus: Opus, app: str, command: str, check: bool = True
     return opus.cli("redis:cli", app, "-c", command, check=check)
 
 
+def here(opus: Opus, *argv: str) -> str:
+    """A read-only command in this process (the CLI's start-up costs 0.6 s): its output;
+    AssertionError if it failed."""
+    said: list[str] = []
+    refused = in_process(opus, list(argv), said)
+    assert refused is None, refused
+    return "\n".join(said) + "\n"
+
+
 @pytest.fixture(scope="module")
 def enabled(opus: Opus) -> Opus:
     require_tool(redis.REDIS_SERVER)
     require_tool(redis.REDIS_CLI)
     done = opus.cli("addons:enable", "redis")
     assert "Redis enabled" in done.stdout, done.stdout
-    assert "redis      enabled" in opus.cli("addons").stdout
+    assert "redis      enabled" in here(opus, "addons")
     return opus
 
 
@@ -107,7 +121,7 @@ def web(enabled: Opus, admin_key: SshKey, tmp_path_factory: pytest.TempPathFacto
     created = enabled.cli("redis:create", APP).stdout
     assert f"Started {APP}'s Redis ({APP}-redis)" in created and "v2 is live" in created, \
         created
-    url = enabled.cli("config:get", APP, "REDIS_URL").stdout.strip()
+    url = here(enabled, "config:get", APP, "REDIS_URL").strip()
     assert URL.fullmatch(url), url
     return url
 
@@ -131,12 +145,12 @@ def test_an_app_reads_and_writes_its_own_redis_through_redis_url(enabled: Opus,
     assert cli(enabled, APP, 'SET greeting "hello from redis:cli"').stdout.strip() == "OK"
     second, greeting = page(enabled)
     assert second == first + 1 and greeting == "hello from redis:cli"
-    assert cli(enabled, APP, "GET hits").stdout.strip() == f'"{second}"'
+    assert here(enabled, "redis:cli", APP, "-c", "GET hits").strip() == f'"{second}"'
     # An error reply is an exit status; no option reaches redis-cli through -c.
     refused = cli(enabled, APP, "-h 10.0.0.1 NOSUCH", check=False)
     assert refused.returncode == 1 and "(error) ERR unknown command" in refused.stdout
 
-    info = enabled.cli("redis:info", APP).stdout
+    info = here(enabled, "redis:info", APP)
     assert re.search(rf"^port:\s+{port}$", info, re.M), info
     assert re.search(r"^state:\s+RUNNING$", info, re.M), info
     assert re.search(r"^keys:\s+2$", info, re.M), info
@@ -159,7 +173,7 @@ def test_an_app_reads_and_writes_its_own_redis_through_redis_url(enabled: Opus,
     # Listening on loopback only, as the program Opus's supervisor runs.
     with socket.create_connection(("127.0.0.1", int(port)), timeout=2):
         pass
-    assert re.search(rf"{APP}-redis\s+RUNNING", enabled.cli("status").stdout)
+    assert re.search(rf"{APP}-redis\s+RUNNING", here(enabled, "status"))
     # Nowhere else: not in any process's arguments, nor in any log.
     assert password.encode() not in _processes_text()
     for path in (enabled.home / "logs").rglob("*"):
@@ -193,64 +207,182 @@ def test_writes_past_maxmemory_are_refused_and_the_data_survives_a_restart(
     again, greeting = page(enabled)
     assert again == hits + 1 and greeting == "hello from redis:cli"
 
+    # `opus doctor` notices a stopped server; `opus up`'s reconcile starts it, and
+    # rewrites its config from the settings (restarting it when that changed).
+    with supervisor._proxy() as proxy:
+        proxy.stopProcess(f"{APP}-redis")
+    said: list[str] = []
+    assert in_process(enabled, ["doctor"], said) is None
+    assert f"{APP}: its Redis ({APP}-redis) is not running; `opus up` will start it" in said
+    settings = settings_module.load(enabled.env)
+    store = Store(settings.db_path)
+    assert redis.reconcile(settings, store, supervisor) == []
+    assert supervisor.process_state(f"{APP}-redis") == "RUNNING"
+    conf = enabled.home / "apps" / APP / "run" / "redis" / "redis.conf"
+    bigger = dataclasses.replace(settings, redis_maxmemory="9mb")
+    assert redis.reconcile(bigger, store, supervisor) == []
+    assert "maxmemory 9437184\n" in conf.read_text()
+    assert redis.ask(port, password, "CONFIG", "GET", "maxmemory") == ["maxmemory", "9437184"]
+    assert redis.reconcile(settings, store, supervisor) == []
+    assert redis.ask(port, password, "CONFIG", "GET", "maxmemory") == ["maxmemory", "8388608"]
+    assert page(enabled)[0] == again + 1
+
 
 def test_redis_commands_refuse_hostile_names_arguments_and_strangers(
         enabled: Opus, web: str, tmp_path: Path) -> None:
-    for name in ("../x", "a;b", "-c", "Redisweb", "x" * 40, "opus", "a\nb"):
+    for name in ("../x", "a;b", "-c", "Redisweb", "x" * 40, "opus", "a\nb", ""):
         for args in (["redis:create", name], ["redis:info", name],
                      ["redis:cli", name, "-c", "PING"],
                      ["redis:destroy", name, "--confirm", name]):
-            done = enabled.cli(*args, check=False)
-            assert done.returncode != 0 and "invalid app name" in done.stderr, (args, done)
+            refused = in_process(enabled, args)
+            assert refused is not None and "invalid app name" in refused.message, args
     for args, said in (
             (["redis:cli", APP, "-c", "GET a\nFLUSHALL"], "one command on one line"),
             (["redis:cli", APP, "-c", "GET a\rFLUSHALL"], "one command on one line"),
-            (["redis:cli", APP, "-c", ""], "one command on one line"),
+            (["redis:cli", APP, "-c", "GET a\0"], "one command on one line"),
+            (["redis:cli", APP, "-c", " "], "one command on one line"),
+            (["redis:cli", APP, "-c", "GET " + "a" * 70000], "one command on one line"),
             (["redis:cli", APP, "PING"], "usage: opus redis:cli"),
             (["redis:cli", APP, "-x", "PING"], "usage: opus redis:cli"),
             (["redis:destroy", APP], "usage: opus redis:destroy"),
             (["redis:destroy", APP, "--confirm", "other"], "repeat its name"),
             (["redis:create", APP], "has a Redis server already"),
             (["addons:enable", "redis", "--url", "x"], "usage: opus addons:enable")):
-        done = enabled.cli(*args, check=False)
-        assert done.returncode != 0 and said in done.stderr, (args, done.stderr)
-    assert enabled.cli("redis:info", APP).returncode == 0    # nothing was flushed
-    assert page(enabled)[1] == "hello from redis:cli"
+        refused = in_process(enabled, args)
+        assert refused is not None and said in refused.message, (args, refused)
+    assert page(enabled)[1] == "hello from redis:cli"      # nothing was flushed
     # Someone else's app is missing to a stranger; enabling is the host's own business.
     stranger = make_key(tmp_path, "redisstranger")
     enabled.cli("keys:add", "redisstranger", str(stranger.public))
     for command in (f"redis:info {APP}", f"redis:cli {APP} -c PING",
                     f"redis:create {APP}", f"redis:destroy {APP} --confirm {APP}"):
         done = ssh(enabled, stranger, command)
-        assert done.returncode != 0 and b"not found, or you may not use it" in done.stderr
-    assert b"only on the Opus host" in ssh(enabled, stranger, "addons:enable redis").stderr \
-        or ssh(enabled, stranger, "addons:enable redis").returncode != 0
+        assert done.returncode == 3 and b"not found, or you may not use it" in done.stderr
+    refused_ssh = ssh(enabled, stranger, "addons:enable redis")
+    assert refused_ssh.returncode != 0 and b"runs on the Opus host only" in refused_ssh.stderr
 
 
 def test_redis_destroy_and_apps_destroy_leave_nothing(enabled: Opus, web: str) -> None:
     # An app with no release gets REDIS_URL for its first push; apps:destroy takes it all.
     enabled.cli("apps:create", "redisbare")
     assert "the app's next push takes it" in enabled.cli("redis:create", "redisbare").stdout
-    bare = enabled.cli("config:get", "redisbare", "REDIS_URL").stdout.strip()
+    bare = here(enabled, "config:get", "redisbare", "REDIS_URL").strip()
     bare_port = int(URL.fullmatch(bare).group(2))  # type: ignore[union-attr]
-    assert cli(enabled, "redisbare", "SET k v").stdout.strip() == "OK"
+    assert here(enabled, "redis:cli", "redisbare", "-c", "SET k v").strip() == "OK"
     conf_d = enabled.home / "supervisor" / "conf.d"
     assert (conf_d / "redis-redisbare.conf").exists()
     enabled.cli("apps:destroy", "redisbare", "--confirm", "redisbare")
     assert not (conf_d / "redis-redisbare.conf").exists()
     assert not (enabled.home / "apps" / "redisbare").exists()
-    assert "redisbare" not in enabled.cli("status").stdout
+    assert "redisbare" not in here(enabled, "status")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", bare_port), timeout=2).close()
 
     port = int(URL.fullmatch(web).group(2))  # type: ignore[union-attr]
     done = enabled.cli("redis:destroy", APP, "--confirm", APP).stdout
     assert "REDIS_URL is unset (v3 is live)" in done, done
-    assert enabled.cli("config:get", APP, "REDIS_URL", check=False).returncode != 0
+    assert "REDIS_URL" not in here(enabled, "config", APP)
     assert not (enabled.home / "apps" / APP / "run" / "redis").exists()
     assert not (conf_d / f"redis-{APP}.conf").exists()
-    assert f"{APP}-redis" not in enabled.cli("status").stdout
+    assert f"{APP}-redis" not in here(enabled, "status")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    gone = enabled.cli("redis:info", APP, check=False)
-    assert gone.returncode != 0 and f"redis:create {APP}" in gone.stderr
+    gone = in_process(enabled, ["redis:info", APP])
+    assert gone is not None and f"redis:create {APP}" in gone.message
+
+
+# ---- pure parts: what secureops takes and renders ---------------------------------------
+
+def _layout(tmp_path: Path) -> Layout:
+    return Layout(home=tmp_path / "home", conf_d=tmp_path / "conf.d", front=tmp_path / "front",
+                  logs=tmp_path / "logs", log=tmp_path / "log", front_group="root")
+
+
+@pytest.mark.parametrize("spec, said", [
+    ({"port": 30001, "maxmemory": 1 << 26}, "missing keys"),
+    ({"port": 30001, "maxmemory": 1 << 26, "password_sha256": "0" * 64, "user": "root"},
+     "unknown keys"),
+    ({"port": 80, "maxmemory": 1 << 26, "password_sha256": "0" * 64}, "port must be"),
+    ({"port": "30001", "maxmemory": 1 << 26, "password_sha256": "0" * 64}, "port must be"),
+    ({"port": 30001, "maxmemory": 10, "password_sha256": "0" * 64}, "maxmemory must be"),
+    ({"port": 30001, "maxmemory": True, "password_sha256": "0" * 64}, "maxmemory must be"),
+    ({"port": 30001, "maxmemory": 1 << 26, "password_sha256": "0" * 63 + "\n"},
+     "64 lower-case hex"),
+    ({"port": 30001, "maxmemory": 1 << 26, "password_sha256": "plain password"},
+     "64 lower-case hex"),
+    ([], "must be a JSON object"),
+])
+def test_secureops_refuses_a_hostile_redis_spec(spec: object, said: str) -> None:
+    with pytest.raises(Denied, match=said):
+        redis_conf.check(spec)
+
+
+def test_the_redis_config_and_program_are_rendered_from_typed_values(tmp_path: Path) -> None:
+    layout = _layout(tmp_path)
+    spec = redis_conf.check({"port": 30007, "maxmemory": 1 << 26,
+                             "password_sha256": "ab" * 32})
+    text = redis_conf.render_conf(layout, "shop", spec)
+    assert "bind 127.0.0.1\nport 30007\n" in text
+    assert f"dir {layout.home}/apps/shop/run/redis\n" in text
+    assert "maxmemory 67108864\nmaxmemory-policy noeviction\n" in text
+    assert "appendonly yes\nappendfsync everysec\n" in text
+    assert text.endswith(f"user default on #{'ab' * 32} ~* &* +@all\n")
+    assert "requirepass" not in text
+    program = redis_conf.render_program(layout, "shop", user="opus-shop",
+                                        guard=Path("/usr/local/lib/opus/opus_guard.py"),
+                                        guard_python="/usr/bin/python3", marker="/var/lib/opus")
+    assert "[program:shop-redis]\n" in program and "user=opus-shop\n" in program
+    assert (f"command=/usr/bin/python3 -I /usr/local/lib/opus/opus_guard.py -- "
+            f"/usr/bin/redis-server {layout.home}/apps/shop/run/redis/redis.conf\n") in program
+    assert f"stdout_logfile={layout.logs}/shop/redis.log\n" in program
+    with pytest.raises(Denied):
+        redis_conf.render_program(layout, "shop", user=None, guard=Path("/x;y #z"),
+                                  guard_python="/usr/bin/python3", marker="/h")
+
+
+FRONT = {"listen_host": "127.0.0.1", "listen_port": 8080, "scheme": "http",
+         "https_port": 8443, "manager_port": 20000, "manager_tls_port": 20001,
+         "dashboard": {"domain": "opus.localhost", "host": "127.0.0.1", "port": 8090,
+                       "tls": None},
+         "token": "0" * 32,
+         "sites": [{"app": "shop", "domains": ["shop.localhost"], "port": 20002,
+                    "members": [20002, 20003]}]}
+
+
+@pytest.mark.parametrize("redis_list, said", [
+    ([{"app": "../x", "port": 30001}], "invalid app name"),
+    ([{"app": "shop", "port": 30001, "user": "root"}], "unknown keys"),
+    ([{"app": "shop", "port": 22}], "Redis port must be"),
+    ([{"app": "shop", "port": 30001}, {"app": "shop", "port": 30002}], "two Redis"),
+    ([{"app": "shop", "port": 30001}, {"app": "blog", "port": 30001}], "two Redis"),
+    ([{"app": "shop", "port": 20003}], "a Redis port is an app instance's"),
+    ([{"app": "shop", "port": 8090}], "a Redis port is an app instance's"),
+    ({"shop": 30001}, "redis must be a list"),
+])
+def test_the_front_spec_refuses_hostile_redis_ports(redis_list: object, said: str) -> None:
+    with pytest.raises(Denied, match=said):
+        front.check({**FRONT, "redis": redis_list})
+
+
+def test_the_front_spec_carries_redis_ports_to_the_port_rules() -> None:
+    spec = front.check({**FRONT, "redis": [{"app": "shop", "port": 30001}]})
+    assert spec.redis == (front.RedisPort("shop", 30001),)
+    assert front.check(FRONT).redis == ()         # (a spec from before: none)
+    rules = firewall.render([firewall.Guard("redis of shop", (30001,),
+                                            frozenset({0, 999, 300001}), frozenset({300001}))])
+    assert "tcp dport 30001 meta skuid != { 0, 999, 300001 } reject with tcp reset" in rules
+    assert "tcp sport 30001 meta skuid != 300001 drop" in rules
+
+
+@pytest.mark.parametrize("size, expected", [("64mb", 64 << 20), ("1gb", 1 << 30),
+                                            ("512KB", 512 << 10), ("1048576", 1 << 20),
+                                            (" 8mb ", 8 << 20)])
+def test_maxmemory_sizes(size: str, expected: int) -> None:
+    assert redis.maxmemory_bytes(size) == expected
+
+
+@pytest.mark.parametrize("size", ["64 mb", "-1mb", "1tb", "mb", "1e9", "64mb; rm"])
+def test_a_maxmemory_that_is_no_size_is_refused(size: str) -> None:
+    with pytest.raises(UsageError, match="redis_maxmemory"):
+        settings_module.load({"OPUS_HOME": "/nonexistent-opus-home",
+                              "OPUS_REDIS_MAXMEMORY": size})
