@@ -14,7 +14,11 @@ Spec:
      "sites": [{"app": "shop", "domains": ["shop.localhost", "www.shop.example"],
                 "port": 20001, "members": [20000, 20001],
                 "tls": {"domains": ["www.shop.example"], "redirect": false,
-                        "serial": "4a3f"}}]}
+                        "serial": "4a3f"}}],
+     "redis": [{"app": "shop", "port": 30005}]}
+
+"redis" (optional) lists the apps' own Redis servers: no vhost, only their ports' rules
+(verbs.port_guards: the app's user alone may answer from its port).
 
 A site's "tls" (optional) asks for https on some of its domains; verbs.front_install
 keeps only the names its installed certificate covers (`with_installed_certs`), so a

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from opus_paas import redact
 from opus_paas import settings as settings_module
 from opus_paas.data import redis
 from opus_paas.errors import ServiceError, UsageError
@@ -386,3 +387,11 @@ def test_a_maxmemory_that_is_no_size_is_refused(size: str) -> None:
     with pytest.raises(UsageError, match="redis_maxmemory"):
         settings_module.load({"OPUS_HOME": "/nonexistent-opus-home",
                               "OPUS_REDIS_MAXMEMORY": size})
+
+
+def test_opus_logs_a_redis_cli_command_without_its_words() -> None:
+    assert redact.command_line(["redis:cli", "shop", "-c", "SET token s3cret"]) == \
+        ["redis:cli", "shop", "-c", redact.HIDDEN]
+    assert "s3cret" not in redact.logged_command("redis:cli shop --command='SET t s3cret'")
+    assert redact.command_line(["redis:destroy", "shop", "--confirm", "shop"]) == \
+        ["redis:destroy", "shop", "--confirm", "shop"]
