@@ -28,7 +28,7 @@ from opus_paas import access, locks, privileged, redact
 from opus_paas.access import Actor
 from opus_paas.build import release
 from opus_paas.build.buildpack import Emit
-from opus_paas.errors import NotFound, ServiceError, UsageError
+from opus_paas.errors import Conflict, NotFound, ServiceError, UsageError
 from opus_paas.run import deploy
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import MEMORY_SIZE, Settings
@@ -203,6 +203,13 @@ def port_for(settings: Settings, store: Store, app: App) -> int:
         raise UsageError(f"{app.name}'s Redis port would be {port}, which is not free for "
                          "it (outside 1024-65535, or an app's or Opus's own port); set "
                          "redis_port_base (OPUS_REDIS_PORT_BASE) to a block of free ports")
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise ServiceError(f"{app.name}'s Redis port {port} is in use by another "
+                               "process; free it (or set redis_port_base to a block of free "
+                               "ports) and try again") from None
     return port
 
 
@@ -234,6 +241,9 @@ def create(settings: Settings, store: Store, app: App) -> AppRedis:
     config and program installed, running and answering. Undone whole if a step fails."""
     require_enabled(store)
     require_installed()
+    if store.app_redis(app) is not None:
+        raise Conflict(f"{app.name} has a Redis server already; `opus redis:info {app.name}` "
+                       "shows it")
     port = port_for(settings, store, app)
     password = secrets.token_urlsafe(PASSWORD_BYTES)
     digest = hashlib.sha256(password.encode()).hexdigest()
