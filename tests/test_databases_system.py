@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from opus_paas.store import Store
 from tests import system_opus as system_opus_module
 from tests.conftest import make_key, require_root, require_tool
 from tests.system_opus import SystemOpus
@@ -188,13 +189,17 @@ def test_an_apps_user_reaches_its_own_redis_and_not_anothers(system_opus: System
     a, b = list(apps)
     assert "Redis enabled" in system_opus.cli("addons:enable", "redis").stdout
     found = {}
+    store = Store(system_opus.home / "opus.db")      # (root reads Opus's database)
     for name in (a, b):
         assert "Started" in system_opus.cli("redis:create", name).stdout
-        url = system_opus.cli("config:get", name, "REDIS_URL").stdout.strip()
-        match = re.fullmatch(r"redis://:([A-Za-z0-9_-]+)@127\.0\.0\.1:(\d+)/0", url)
-        assert match, url
+        app = store.get_app(name)
+        assert app is not None and store.config(app)["REDIS_URL"] == \
+            (store.app_redis(app) or pytest.fail("no record")).url
+        match = re.fullmatch(r"redis://:([A-Za-z0-9_-]+)@127\.0\.0\.1:(\d+)/0",
+                             store.config(app)["REDIS_URL"])
+        assert match, store.config(app)
         found[name] = match.groups()
-    (password_a, port_a), (password_b, _port_b) = found[a], found[b]
+    (password_a, port_a), (password_b, port_b) = found[a], found[b]
 
     def ping(user: str, password: str, port: str) -> subprocess.CompletedProcess[str]:
         return as_user(user, "/usr/bin/env", f"REDISCLI_AUTH={password}",
@@ -218,11 +223,14 @@ def test_an_apps_user_reaches_its_own_redis_and_not_anothers(system_opus: System
     # redis:cli goes through secureops as A's user; nobody sees a password in `ps`.
     said = system_opus.cli("redis:cli", a, "-c", "SET k from-a")
     assert said.stdout.strip() == "OK", said
-    assert system_opus.cli("redis:cli", a, "-c", "GET k").stdout.strip() == '"from-a"'
     seen = as_user(f"opus-{b}", "/usr/bin/sh", "-c", "cat /proc/[0-9]*/cmdline 2>/dev/null")
     assert password_a not in seen.stdout and password_b not in seen.stdout
+    logged = subprocess.run(["grep", "-rlF", "--", password_a, "/var/log/opus"],
+                            capture_output=True, text=True, check=False)
+    assert logged.stdout == "", logged.stdout       # not in secureops's log, nor Redis's
     # apps:destroy takes its Redis, its data and its port rule.
     system_opus.cli("apps:destroy", b, "--confirm", b)
     rules = subprocess.run(["nft", "list", "table", "inet", "opus"], capture_output=True,
                            text=True, check=False).stdout
-    assert f"redis of {a}" in rules and f"redis of {b}" not in rules, rules
+    assert f"tcp sport {port_a} meta skuid != {pwd.getpwnam(f'opus-{a}').pw_uid} drop" \
+        in rules and f" {port_b} " not in rules, rules
