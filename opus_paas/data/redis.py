@@ -231,7 +231,8 @@ def start(settings: Settings, supervisor: Supervisor, server: AppRedis,
         supervisor.restart_group(name)
     else:
         supervisor.start_program(name)
-    supervisor.wait_until_running(name)
+    # Answering PING as the app's own is the test (supervisor's RUNNING comes a
+    # second later, after startsecs).
     wait_ready(server.port, password_of(server.url))
     check_listener(settings, server.app, server.port)
 
