@@ -175,6 +175,9 @@ def test_an_app_reads_and_writes_its_own_redis_through_redis_url(enabled: Opus,
     with socket.create_connection(("127.0.0.1", int(port)), timeout=2):
         pass
     assert re.search(rf"{APP}-redis\s+RUNNING", here(enabled, "status"))
+    # Its log: with `--ps redis` (unstamped, so not merged into the app's own).
+    assert "Ready to accept connections" in here(enabled, "logs", APP, "--ps", "redis")
+    assert "Ready to accept connections" not in here(enabled, "logs", APP)
     # Nowhere else: not in any process's arguments, nor in any log.
     assert password.encode() not in _processes_text()
     for path in (enabled.home / "logs").rglob("*"):
