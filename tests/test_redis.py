@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import re
 import socket
@@ -404,3 +405,17 @@ def test_opus_logs_a_redis_cli_command_without_its_words() -> None:
     assert "s3cret" not in redact.logged_command("redis:cli shop --command='SET t s3cret'")
     assert redact.command_line(["redis:destroy", "shop", "--confirm", "shop"]) == \
         ["redis:destroy", "shop", "--confirm", "shop"]
+
+
+@pytest.mark.parametrize("answer", [b"$999999999\r\n", b"*5000\r\n", b"*1\r\n" * 6 + b":1\r\n",
+                                    b"?what\r\n", b":12x\r\n", b"+no end", b""])
+def test_opus_takes_no_oversized_or_malformed_reply_from_an_apps_server(answer: bytes) -> None:
+    """The server runs as the app's user, who may change it: what Opus reads is bounded."""
+    with pytest.raises(ServiceError):
+        redis._reply(io.BytesIO(answer))
+
+
+def test_opus_reads_a_servers_replies() -> None:
+    reader = io.BytesIO(b"+PONG\r\n:7\r\n$5\r\nhello\r\n$-1\r\n*2\r\n$1\r\na\r\n:1\r\n-ERR x\r\n")
+    assert [redis._reply(reader) for _ in range(6)] == ["PONG", 7, "hello", None, ["a", 1],
+                                                         "ERR x"]

@@ -114,24 +114,33 @@ def _encode(words: tuple[str, ...]) -> bytes:
     return b"".join(parts)
 
 
-def _reply(reader: Any) -> Any:
-    line = reader.readline(1 << 20)
+# What Opus reads of a reply: the server runs as the app's user, which may change it.
+MAX_REPLY_BYTES = 8 << 20
+MAX_REPLY_ITEMS = 1024
+
+
+def _reply(reader: Any, depth: int = 0) -> Any:
+    line = reader.readline(1 << 16)
     if not line.endswith(b"\r\n"):
         raise ServiceError("the Redis server closed the connection")
     kind, body = line[:1], line[1:-2].decode("utf-8", "replace")
-    if kind == b"+":
-        return body
-    if kind == b"-":
-        return RedisError(body)
-    if kind == b":":
-        return int(body)
-    if kind == b"$":
-        size = int(body)
-        return None if size < 0 else reader.read(size + 2)[:-2].decode("utf-8", "replace")
-    if kind == b"*":
-        count = int(body)
-        return None if count < 0 else [_reply(reader) for _ in range(count)]
-    raise ServiceError("the Redis server answered in a way Opus does not know")
+    try:
+        if kind == b"+":
+            return body
+        if kind == b"-":
+            return RedisError(body)
+        if kind == b":":
+            return int(body)
+        if kind == b"$" and int(body) <= MAX_REPLY_BYTES:
+            size = int(body)
+            return None if size < 0 else reader.read(size + 2)[:-2].decode("utf-8", "replace")
+        if kind == b"*" and int(body) <= MAX_REPLY_ITEMS and depth < 4:
+            count = int(body)
+            return None if count < 0 else [_reply(reader, depth + 1) for _ in range(count)]
+    except ValueError:
+        pass
+    raise ServiceError("the Redis server answered in a way Opus does not take (a malformed "
+                       "or oversized reply)")
 
 
 def wait_ready(port: int, password: str, timeout: float = READY_TIMEOUT) -> None:
