@@ -419,3 +419,12 @@ def test_opus_reads_a_servers_replies() -> None:
     reader = io.BytesIO(b"+PONG\r\n:7\r\n$5\r\nhello\r\n$-1\r\n*2\r\n$1\r\na\r\n:1\r\n-ERR x\r\n")
     assert [redis._reply(reader) for _ in range(6)] == ["PONG", 7, "hello", None, ["a", 1],
                                                          "ERR x"]
+
+
+def test_enabling_without_redis_installed_says_how_to_install_it(
+        opus: Opus, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis, "REDIS_SERVER", "/nonexistent/redis-server")
+    refused = in_process(opus, ["addons:enable", "redis"])
+    assert refused is not None and refused.exit_code == 2
+    assert "apt-get install -y --no-install-recommends redis-server" in refused.message
+    assert "/nonexistent/redis-server missing" in refused.message
