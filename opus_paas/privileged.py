@@ -138,6 +138,21 @@ def install_programs(settings: Settings, app: str, programs: list[dict[str, Any]
         secureops(settings, "programs-remove", app)
 
 
+def install_redis(settings: Settings, app: str, port: int, maxmemory: int,
+                  password_sha256: str) -> bool:
+    """Have secureops write the app's Redis config (the password's SHA-256 only) and
+    supervisor program; True if the config changed (the server must restart)."""
+    notes = secureops(settings, "redis-install", app,
+                      {"port": port, "maxmemory": maxmemory,
+                       "password_sha256": password_sha256})
+    return "changed" in notes
+
+
+def remove_redis(settings: Settings, app: str, *, data: bool) -> None:
+    """Remove the app's Redis program; with `data`, its directory too (stopped first)."""
+    secureops(settings, "redis-remove", app, {"data": data})
+
+
 def install_front(settings: Settings, spec: dict[str, Any]) -> None:
     """Render, test and install the front's whole config (secureops's front-install)."""
     secureops(settings, "front-install", None, spec)

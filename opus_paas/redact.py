@@ -65,11 +65,13 @@ PLAIN = frozenset({
     "pythons:install", "pythons:remove", "doctor", "addons", "pg:create", "pg:info",
     "pg:destroy", "pg:credentials:rotate", "backups", "backups:capture", "backups:restore",
     "backups:download", "backups:schedule", "backups:kept", "certs", "certs:auto",
-    "certs:remove", "https:redirect", "status", "version", "help",
+    "certs:remove", "https:redirect", "status", "version", "help", "redis:create",
+    "redis:info", "redis:destroy",
     "git-receive-pack", "git-upload-pack",
 })
 # Options whose value is secret, per command.
-SECRET_OPTIONS = {"pg:psql": ("-c", "--command"), "addons:enable": ("--url",),
+SECRET_OPTIONS = {"pg:psql": ("-c", "--command"), "redis:cli": ("-c", "--command"),
+                  "addons:enable": ("--url",),
                   "install": ("--set",)}
 
 
