@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from dulwich.refs import Ref
@@ -42,7 +43,8 @@ def parse_args(args: list[str]) -> tuple[str, str | None]:
 
 
 def create_from(settings: Settings, store: Store, actor: Actor, name: str, text: str,
-                emit: Emit, resolver: sources.Resolver = sources.system_resolver) -> App:
+                emit: Emit, resolver: sources.Resolver = sources.system_resolver,
+                cancelled: threading.Event | None = None) -> App:
     """Create `name` from the source `text` and deploy it; the new app, live."""
     names.check_app_name(name)
     if not access.may_create(settings, actor):
@@ -71,7 +73,7 @@ def create_from(settings: Settings, store: Store, actor: Actor, name: str, text:
                                     max_bytes=settings.max_pack_bytes,
                                     max_object_bytes=settings.max_object_bytes,
                                     timeout=settings.build_timeout)
-                deployed = _deploy(settings, store, app, repo_dir, sha, emit)
+                deployed = _deploy(settings, store, app, repo_dir, sha, emit, cancelled)
             except BaseException:
                 if _forget(settings, store, name):
                     emit(f" !     {name} was not kept; fix what is said above and run the "
@@ -104,13 +106,14 @@ def _check_app_json(clone: Path, name: str) -> None:
 
 
 def _deploy(settings: Settings, store: Store, app: App, repo_dir: Path, sha: bytes,
-            emit: Emit) -> push.Deployed:
+            emit: Emit, cancelled: threading.Event | None) -> push.Deployed:
     repo = Repo(str(repo_dir))
     try:
         ref = branch_ref(app.deploy_branch)
         move = push.BranchMove(ref.decode(), "0" * 40,
                                lambda: bool(repo.refs.add_if_new(Ref(ref), sha)))  # type: ignore[arg-type]
-        return push.deploy_commit(settings, store, app, repo, sha, emit, branch=move)
+        return push.deploy_commit(settings, store, app, repo, sha, emit, branch=move,
+                                  cancelled=cancelled)
     finally:
         repo.close()
 

@@ -101,7 +101,8 @@ def cmd_apps(ctx: Context, args: list[str]) -> None:
 def cmd_apps_create(ctx: Context, args: list[str]) -> None:
     name, source = appfrom.parse_args(args)
     if source is not None:
-        app = appfrom.create_from(ctx.settings, ctx.store, ctx.actor, name, source, ctx.out)
+        app = appfrom.create_from(ctx.settings, ctx.store, ctx.actor, name, source, ctx.out,
+                                  cancelled=ctx.cancelled)
     else:
         app = apps.create(ctx.settings, ctx.store, ctx.actor, name)
     ctx.out(f"Created {app.name}. Push to it: git remote add opus "
