@@ -6,6 +6,7 @@ deploys a local repository for an admin and refuses hostile sources."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.conftest import (
     make_django_project,
     make_key,
     push_main,
+    require_tool,
     wsgi_daemons,
 )
 
@@ -117,9 +119,13 @@ def test_apps_create_from_a_local_repository_and_hostile_sources(
     source = tmp_path_factory.mktemp("from") / "site"
     git(project.parent, "clone", "-q", str(project), str(source))
     (source / "app.json").write_text(json.dumps(
-        {"env": {"GREETING_WORD": "from a source"},
+        {"env": {"GREETING_WORD": "from a source"}, "addons": ["heroku-postgresql"],
          "scripts": {"postdeploy": "echo fetched-and-deployed"}}))
+    (source / "requirements.txt").write_text("django>=5.2,<5.3\npsycopg[binary]>=3.2\n")
     commit_all(source, "no required variable")
+    for tool in ("initdb", "postgres"):
+        require_tool(str(Path("/usr/lib/postgresql/15/bin") / tool))
+    opus.cli("addons:enable", "postgres")     # (as test_databases does; once a session)
 
     developer = make_key(tmp_path_factory.mktemp("from-keys"), "ajdev")
     opus.cli("keys:add", "ajdev", str(developer.public))
@@ -155,8 +161,16 @@ def test_apps_create_from_a_local_repository_and_hostile_sources(
     assert "GREETING_WORD: set from app.json" in out and "Released v1" in out, out
     assert "fetched-and-deployed" in out
     assert "Created ajfrom." in out
-    assert config(opus, "ajfrom")["GREETING_WORD"] == "from a source"
-    assert opus.get(opus.app_host("ajfrom"))[0] == 200
+    assert "Created the Postgres database app_ajfrom (DATABASE_URL)" in out
+    values = config(opus, "ajfrom")
+    assert values["GREETING_WORD"] == "from a source"
+    assert values["DATABASE_URL"].startswith("postgres")
+    status, _headers, body = opus.get(opus.app_host("ajfrom"))
+    seen = re.search(r"\(visits: (\d+)\)", body)
+    assert status == 200 and seen, body
+    # Migrated and written on Postgres (the health check's visit is counted too).
+    tables = opus.cli("pg:psql", "ajfrom", "-c", "SELECT count(*) FROM pages_visit").stdout
+    assert re.search(rf"^\s*{seen.group(1)}\s*$", tables, re.M), tables
     log = git(opus.home / "repos" / "ajfrom.git", "log", "--format=%P|%an|%B", "main").stdout
     parents, author, message = log.split("|", 2)
     assert parents == "" and author == "Test"
