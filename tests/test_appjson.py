@@ -4,15 +4,21 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
+from dulwich.repo import Repo
 
 from opus_paas import redact
 from opus_paas.build import appjson
 from opus_paas.build.appjson import AppJsonError
 from opus_paas.control import appfrom
-from opus_paas.errors import Forbidden, UsageError
+from opus_paas.errors import BuildFailed, Forbidden, UsageError
 from opus_paas.git import sources
+from opus_paas.run import appsetup
+from opus_paas.settings import Settings
+from opus_paas.store import App, Store
 
 
 def parse(document: object) -> appjson.AppJson:
@@ -240,3 +246,79 @@ def test_apps_create_words_and_their_log_line() -> None:
     assert logged == ["apps:create", "shop", "--from", redact.HIDDEN]
     assert "tok" not in " ".join(redact.command_line(
         ["apps:create", "shop", "--from=https://u:tok@x/r"]))
+
+
+# ---- applying it (a real Store and a real repository; no server) -----------------------
+
+def _store(tmp_path: Path) -> tuple[Store, App]:
+    store = Store(tmp_path / "opus.db")
+    store.init()
+    owner = store.create_user("ann", "admin")
+    return store, store.create_app("shop", owner, {"SECRET_KEY": "k" * 60,
+                                                   "ALREADY": "mine"})
+
+
+def test_before_build_sets_generates_keeps_and_refuses(tmp_path: Path) -> None:
+    store, app = _store(tmp_path)
+    settings = Settings(home=tmp_path)
+    lines: list[str] = []
+    spec = parse({"env": {"ALREADY": "theirs", "PLAIN": "v", "TOKEN": {"generator": "secret"},
+                          "NEEDED": {"description": "a must"}, "MAYBE": {"required": False}}})
+    with pytest.raises(BuildFailed) as refused:
+        appsetup.before_build(settings, store, app, spec, lines.append)
+    assert "run `opus config:set shop NEEDED=…`, then push again" in refused.value.message
+    assert "       NEEDED is required: a must" in lines
+    assert set(store.config(app)) == {"SECRET_KEY", "ALREADY"}     # nothing changed
+
+    store.replace_config(app, {**store.config(app), "NEEDED": "given"})
+    appsetup.before_build(settings, store, app, spec, lines.append)
+    config = store.config(app)
+    assert config["ALREADY"] == "mine" and config["PLAIN"] == "v"
+    assert len(config["TOKEN"]) >= 60 and "MAYBE" not in config
+    assert config["TOKEN"] not in "\n".join(lines)
+
+
+def test_postgres_is_refused_before_anything_when_the_host_has_none(tmp_path: Path) -> None:
+    store, app = _store(tmp_path)
+    spec = parse({"env": {"PLAIN": "v"}, "addons": ["heroku-postgresql:essential-0"]})
+    with pytest.raises(BuildFailed) as refused:
+        appsetup.before_build(Settings(home=tmp_path), store, app, spec, lambda line: None)
+    assert "`opus addons:enable postgres`" in refused.value.message
+    assert "PLAIN" not in store.config(app)
+    assert set(appsetup.PROVIDERS) == {"postgres"}
+
+
+def test_app_json_is_read_from_the_commit_and_must_be_a_plain_file(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    run = ["git", "-C", str(work), "-c", "user.name=T", "-c", "user.email=t@e"]
+    subprocess.run([*run, "init", "-q", "-b", "main"], check=True)
+
+    def commit(message: str) -> bytes:
+        subprocess.run([*run, "add", "-A"], check=True)
+        subprocess.run([*run, "commit", "-q", "--allow-empty", "-m", message], check=True)
+        return subprocess.run([*run, "rev-parse", "HEAD"], check=True, capture_output=True
+                              ).stdout.strip()
+
+    (work / "readme").write_text("x")
+    none = commit("no app.json")
+    (work / "app.json").write_text('{"env": {"A": "1"}}')
+    plain = commit("app.json")
+    (work / "app.json").unlink()
+    (work / "app.json").symlink_to("/etc/passwd")
+    linked = commit("a link")
+    (work / "app.json").unlink()
+    (work / "app.json").mkdir()
+    (work / "app.json" / "x").write_text("{}")
+    directory = commit("a directory")
+    repo = Repo(str(work))
+    try:
+        assert appsetup.read(repo, none) is None
+        found = appsetup.read(repo, plain)
+        assert found is not None and found.env[0].value == "1"
+        for sha in (linked, directory):
+            with pytest.raises(AppJsonError) as refused:
+                appsetup.read(repo, sha)
+            assert "is a link or a directory" in refused.value.message
+    finally:
+        repo.close()
