@@ -322,3 +322,34 @@ def test_app_json_is_read_from_the_commit_and_must_be_a_plain_file(tmp_path: Pat
             assert "is a link or a directory" in refused.value.message
     finally:
         repo.close()
+
+
+def test_a_local_clone_is_capped_and_admitted_as_one_commit(tmp_path: Path) -> None:
+    work = tmp_path / "upstream"
+    work.mkdir()
+    run = ["git", "-C", str(work), "-c", "user.name=Up", "-c", "user.email=up@e"]
+    subprocess.run([*run, "init", "-q", "-b", "main"], check=True)
+    for n in range(2):
+        (work / "f.txt").write_text(f"v{n}\n" * 1000)
+        subprocess.run([*run, "add", "-A"], check=True)
+        subprocess.run([*run, "commit", "-q", "-m", f"commit {n}"], check=True)
+    source = sources.parse(f"file://{work}")
+    with pytest.raises(UsageError) as refused:
+        sources.clone("/usr/bin/git", source, None, tmp_path / "small", max_bytes=100,
+                      timeout=60)
+    assert "is larger than 100 bytes (the operator sets max_pack_bytes)" in \
+        refused.value.message
+    clone = tmp_path / "clone"
+    sources.clone("/usr/bin/git", source, None, clone, max_bytes=1 << 20, timeout=60)
+    assert (clone / ".git" / "shallow").exists()
+    bare = tmp_path / "app.git"
+    Repo.init_bare(str(bare), mkdir=True, default_branch=b"main").close()
+    sha = sources.admit("/usr/bin/git", clone, bare, source, max_bytes=1 << 20,
+                        max_object_bytes=1 << 20, timeout=60)
+    shown = subprocess.run(["git", "--git-dir", str(bare), "log", "--format=%P|%an|%B",
+                            sha.decode()], check=True, capture_output=True, text=True).stdout
+    assert shown.startswith("|Up|commit 1\n\nImported by Opus from " + str(work))
+    assert not (bare / "shallow").exists()
+    with pytest.raises(Exception, match="over the limit"):
+        sources.admit("/usr/bin/git", clone, tmp_path / "app.git", source,
+                      max_bytes=1 << 20, max_object_bytes=100, timeout=60)

@@ -60,7 +60,8 @@ def create_from(settings: Settings, store: Store, actor: Actor, name: str, text:
         emit(f"-----> Fetching {source.shown}")
         clone = scratch / "source"
         sources.clone(settings.git_bin, source, address, clone,
-                      max_bytes=settings.max_pack_bytes, timeout=settings.build_timeout)
+                      max_bytes=settings.max_pack_bytes, timeout=settings.build_timeout,
+                      cancelled=cancelled)
         _check_app_json(clone, name)
         with locks.app_lock(settings, name):
             if store.get_app(name) is not None:

@@ -17,8 +17,11 @@ import dataclasses
 import ipaddress
 import os
 import re
+import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -156,33 +159,41 @@ def clone_argv(git: str, source: Source, address: str | None, dest: Path) -> lis
 
 
 def clone(git: str, source: Source, address: str | None, dest: Path, *,
-          max_bytes: int, timeout: float) -> None:
+          max_bytes: int, timeout: float, cancelled: threading.Event | None = None) -> None:
     """Clone `source` into `dest` (which must not exist); stopped when its files pass
-    `max_bytes` or it takes `timeout` seconds."""
+    `max_bytes`, it takes `timeout` seconds or `cancelled` is set."""
     protocol = "https" if source.kind == "https" else "file"
     home = dest.parent
-    proc = subprocess.Popen(clone_argv(git, source, address, dest), cwd=home,
-                            env=git_env(home, protocol), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.monotonic() + timeout
-    why = ""
-    try:
-        while proc.poll() is None:
-            time.sleep(POLL)
-            if time.monotonic() > deadline:
-                why = f"took more than {timeout:.0f} s"
-            elif _size(dest) > max_bytes:
-                why = f"is larger than {max_bytes >> 20} MiB (the operator sets max_pack_bytes)"
-            if why:
-                proc.kill()
-                break
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _out, err = proc.communicate()
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(clone_argv(git, source, address, dest), cwd=home,
+                                env=git_env(home, protocol), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=errors,
+                                start_new_session=True)
+        deadline = time.monotonic() + timeout
+        why = ""
+        try:
+            while proc.poll() is None:
+                time.sleep(POLL)
+                if cancelled is not None and cancelled.is_set():
+                    why = "was cancelled (the client went away)"
+                elif time.monotonic() > deadline:
+                    why = f"took more than {timeout:.0f} s"
+                elif _size(dest) > max_bytes:
+                    why = (f"is larger than {packs.size_text(max_bytes)} (the operator "
+                           "sets max_pack_bytes)")
+                if why:
+                    break
+        finally:
+            if proc.poll() is None:
+                # git and its helpers (git-remote-https): a process group of their own.
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        errors.seek(0)
+        err = errors.read(1 << 16)
+    if not why and _size(dest) > max_bytes:
+        why = f"is larger than {packs.size_text(max_bytes)} (the operator sets max_pack_bytes)"
     if why:
-        raise UsageError(f"cloning {source.shown} was stopped: it {why}")
+        raise UsageError(f"cloning {source.shown} was stopped: it {why}; nothing was kept")
     if proc.returncode != 0:
         detail = _git_reason(err.decode("utf-8", "replace"), source)
         raise UsageError(f"git could not clone {source.shown}: {detail}")
