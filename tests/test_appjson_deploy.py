@@ -134,13 +134,11 @@ def test_apps_create_from_a_local_repository_and_hostile_sources(
             (["apps:create", "ajdev1", "--from", str(source)], "only admins may"),
             (["apps:create", "ajdev1", "--from", "https://127.0.0.1/x.git"],
              "127.0.0.1, a private, loopback or reserved address"),
+            (["apps:create", "ajdev1", "--from", "ext::sh -c id"], "takes no spaces"),
             (["apps:create", "ajdev1", "--from", "https://localhost/x.git"],
              "a private, loopback or reserved address"),
-            (["apps:create", "ajdev1", "--from", "ext::sh -c id"], "takes no spaces"),
-            (["apps:create", "ajdev1", "--from", "ext::sh"], "transport helper"),
             (["apps:create", "ajdev1", "--from", "-uhttps://x"], "must not start with '-'"),
-            (["apps:create", "ajdev1", "--from", "git@h:x/y.git"], "scp-style"),
-            (["apps:create", "ajdev1", "--from", "ssh://h/x.git"], "uses ssh://")):
+            (["apps:create", "ajdev1", "--from", "ext::sh"], "transport helper")):
         refused = ssh(opus, developer, *argv)
         assert refused.returncode != 0 and said in refused.stderr, (argv, refused.stderr)
     # Split by the SSH command line, `ext::sh -c id` is more words than apps:create takes.
