@@ -56,7 +56,7 @@ def shown(text: str, pairs: list[tuple[str, str]]) -> str:
 HIDDEN = "***"
 # Commands whose every argument is a name, a number or a switch.
 PLAIN = frozenset({
-    "apps", "apps:create", "apps:info", "apps:destroy", "apps:rename", "config",
+    "apps", "apps:info", "apps:destroy", "apps:rename", "config",
     "config:get", "config:unset", "ps", "ps:scale", "ps:set", "ps:restart", "ps:stop",
     "ps:start", "run", "domains", "domains:add", "domains:remove", "rollback", "releases",
     "builds", "builds:output", "logs", "access", "access:add", "access:remove", "keys",
@@ -70,8 +70,9 @@ PLAIN = frozenset({
     "git-receive-pack", "git-upload-pack",
 })
 # Options whose value is secret, per command.
+# (apps:create's --from: a git URL may carry a user and token.)
 SECRET_OPTIONS = {"pg:psql": ("-c", "--command"), "redis:cli": ("-c", "--command"),
-                  "addons:enable": ("--url",),
+                  "addons:enable": ("--url",), "apps:create": ("--from",),
                   "install": ("--set",)}
 
 
