@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from opus_paas import __version__, access, names, redact
+from opus_paas.builder import command as builder_command
 from opus_paas.control import apps, databases, doctor, keys, lifecycle, system
 from opus_paas.control import pythons as pythons_commands
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity, when
@@ -679,7 +680,8 @@ CORE: list[Command] = [
 TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
                                                      *pythons_commands.COMMANDS,
                                                      *tls_commands.COMMANDS,
-                                                     *databases.COMMANDS]}
+                                                     *databases.COMMANDS,
+                                                     *builder_command.COMMANDS]}
 
 
 def lookup(name: str) -> Command:
