@@ -228,6 +228,13 @@ def builder_user(opus: Opus, admin_key: SshKey,
     return "builderdev"
 
 
+@pytest.fixture(scope="module")
+def signed_in(opus: Opus, builder_user: str) -> Browser:
+    browser = Browser(opus)
+    assert browser.sign_in(builder_user, PASSWORD) == 303
+    return browser
+
+
 def test_the_new_project_page_deploys_and_streams_the_push(opus: Opus,
                                                            builder_user: str) -> None:
     browser = Browser(opus)
@@ -269,10 +276,9 @@ def test_the_new_project_page_deploys_and_streams_the_push(opus: Opus,
     {"app": "initbad", "with": "auth", "db": "mysql"}, {"app": "opus", "with": "auth"},
     {"app": "initbad", "with": "x" * 5000},
 ])
-def test_hostile_new_project_forms_are_refused(opus: Opus, builder_user: str,
+def test_hostile_new_project_forms_are_refused(opus: Opus, signed_in: Browser,
                                                form: dict[str, str]) -> None:
-    browser = Browser(opus)
-    assert browser.sign_in(builder_user, PASSWORD) == 303
+    browser = signed_in
     status, _page = browser.request("POST", "/new", {"csrf_token": browser.token("/new"),
                                                      **form})
     assert status == 303
@@ -282,9 +288,7 @@ def test_hostile_new_project_forms_are_refused(opus: Opus, builder_user: str,
 
 
 def test_a_new_project_form_without_its_token_is_refused(opus: Opus,
-                                                         builder_user: str) -> None:
-    browser = Browser(opus)
-    assert browser.sign_in(builder_user, PASSWORD) == 303
-    status, _page = browser.request("POST", "/new", {"app": "initcsrf", "with": "auth"})
+                                                         signed_in: Browser) -> None:
+    status, _page = signed_in.request("POST", "/new", {"app": "initcsrf", "with": "auth"})
     assert status == 400
     assert opus.cli("apps:info", "initcsrf", check=False).returncode != 0

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from flask import Blueprint, Response, render_template, request, url_for
+from flask import Blueprint, Response, render_template, request, stream_with_context, url_for
 from markupsafe import escape
 
 from opus_paas import access, names
@@ -79,7 +79,7 @@ def create() -> Response:
         finally:
             cancelled.set()   # the browser went away: the push is cancelled
 
-    response = Response(generate(), mimetype="text/html")
+    response = Response(stream_with_context(generate()), mimetype="text/html")
     response.headers["X-Accel-Buffering"] = "no"
     return response
 
