@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -19,11 +20,12 @@ from pathlib import Path
 import pytest
 
 from opus_paas import settings as settings_module
-from opus_paas.access import OPERATOR
-from opus_paas.builder import catalogue, deploy, make
+from opus_paas.access import OPERATOR, Actor
+from opus_paas.builder import catalogue, deploy, make, receive
 from opus_paas.control import commands
 from opus_paas.control.context import Context
 from opus_paas.errors import OpusError, UsageError
+from opus_paas.store import User
 from tests.conftest import Opus, SshKey, make_key, require_tool, shared_cache_dir
 from tests.test_dashboard_http import Browser
 
@@ -292,3 +294,24 @@ def test_a_new_project_form_without_its_token_is_refused(opus: Opus,
     status, _page = signed_in.request("POST", "/new", {"app": "initcsrf", "with": "auth"})
     assert status == 400
     assert opus.cli("apps:info", "initcsrf", check=False).returncode != 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["--user", "x;rm -rf /", "/app.git"], ["--user", "admin", "/../etc.git"],
+    ["--user", "admin", "/app.git; rm"], ["--user", "-oProxy", "/app.git"],
+    ["--user", "admin"], ["/app.git"], ["--user", "admin", "/app.git", "extra"],
+])
+def test_the_hosts_receive_pack_refuses_hostile_arguments(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert receive.main(argv) == 2
+    said = capsys.readouterr().err
+    assert said.startswith(("opus: invalid", "usage:")), said
+
+
+def test_the_receive_pack_command_line_is_quoted() -> None:
+    actor = Actor(User(1, "dev-1", "developer"))
+    line = deploy.receive_pack_command(actor, "/opt/my python/bin/python3")
+    assert shlex.split(line) == ["/opt/my python/bin/python3", "-m",
+                                 "opus_paas.builder.receive", "--user", "dev-1"]
+    with pytest.raises(UsageError):
+        deploy.receive_pack_command(OPERATOR)

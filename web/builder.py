@@ -103,7 +103,7 @@ def _build(settings: Settings, actor: Actor, app: str, choice: catalogue.Choice,
     try:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch),
                "LANG": "C.UTF-8", "GIT_CONFIG_NOSYSTEM": "1",
-               "GIT_CONFIG_GLOBAL": os.devnull}
+               "GIT_CONFIG_GLOBAL": os.devnull, **dict(settings.network_env)}
         project = scratch / app
         make.make(project, app, choice, lines.put, env=env,
                   identity=(actor.name, f"{actor.name}@{settings.domain}"))

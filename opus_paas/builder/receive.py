@@ -17,11 +17,12 @@ import uuid
 from typing import cast
 
 import paramiko
+from dulwich.errors import GitProtocolError, HangupException
 
 from opus_paas import names
 from opus_paas import settings as settings_module
 from opus_paas.control import sshd
-from opus_paas.errors import NotFound, OpusError, UsageError
+from opus_paas.errors import NotFound, OpusError
 from opus_paas.store import Store
 
 USAGE = "usage: python -m opus_paas.builder.receive --user USER /APP.git"
@@ -78,13 +79,12 @@ def main(argv: list[str]) -> int:
         status = sshd.serve_git_as(settings, store, user, "git-receive-pack", app,
                                    cast(paramiko.Channel, channel), threading.Event(),
                                    uuid.uuid4().hex[:8])
-    except UsageError as exc:
-        print(f"opus: {exc.message}", file=sys.stderr)
-        return exc.exit_code
     except OpusError as exc:
         print(f"opus: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    sys.stdout.flush()
+    except (HangupException, GitProtocolError, BrokenPipeError):
+        print("opus: the push ended early; nothing was changed", file=sys.stderr)
+        return 1
     # The old instance is drained after the client has its answer, in a thread that
     # holds the app's lock: wait for it before going.
     for thread in threading.enumerate():
