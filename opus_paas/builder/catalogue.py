@@ -90,7 +90,7 @@ ENTRIES: dict[str, Entry] = {e.key: e for e in [
         files=(("templates/registration/login.html", LOGIN_TEMPLATE),),
     ),
     Entry(
-        "blog", "a blog at /blog/ (django-blog-core), written in the admin",
+        "blog", "blogs at /blog/SLUG/ (django-blog-core), written in the admin",
         requirements=("django-blog-core>=0.1.7,<0.2",),
         installed_apps=("blog_core",),
         urls=('path("blog/", include("blog_core.urls")),',),

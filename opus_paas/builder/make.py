@@ -43,7 +43,8 @@ BASE_TEMPLATE = """\
 </body>
 </html>
 """
-LINKS = {"auth": ("/accounts/login/", "Sign in"), "blog": ("/blog/", "The blog"),
+LINKS = {"auth": ("/accounts/login/", "Sign in"),
+         "blog": ("/admin/blog_core/", "The blog's admin (each blog is at /blog/SLUG/)"),
          "api": ("/api/", "The REST API")}
 GITIGNORE = "__pycache__/\n*.py[cod]\n.venv/\nvenv/\ndb.sqlite3\nstaticfiles/\nmedia/\n.env\n"
 
