@@ -14,6 +14,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from opus_paas.builder import catalogue, deploy, make, receive
 from opus_paas.control import commands
 from opus_paas.control.context import Context
 from opus_paas.errors import OpusError, UsageError
-from opus_paas.store import User
+from opus_paas.store import Store, User
 from tests.conftest import Opus, SshKey, require_tool, shared_cache_dir
 from tests.test_dashboard_http import Browser
 
@@ -319,3 +320,34 @@ def test_the_receive_pack_command_line_is_quoted() -> None:
                                  "opus_paas.builder.receive", "--user", "dev-1"]
     with pytest.raises(UsageError):
         deploy.receive_pack_command(OPERATOR)
+
+
+def test_a_refused_dashboard_push_keeps_the_project_on_a_branch(
+        opus: Opus, builder_user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy_here as the dashboard calls it, for a project whose build fails: the app
+    stays without a release and the project waits on its opus-init branch."""
+    for key, value in opus.env.items():
+        if key.startswith("OPUS_"):
+            monkeypatch.setenv(key, value)
+    settings = settings_module.load()
+    store = Store(settings.db_path)
+    user = store.get_user(builder_user)
+    assert user is not None
+    project = tmp_path / "initfail"
+    make.make(project, "initfail", catalogue.choose([]), lambda _line: None)
+    (project / ".python-version").write_text("2.7\n")   # no Opus builds that
+    subprocess.run(["git", "-C", str(project), "-c", "user.name=T", "-c",
+                    "user.email=t@example.com", "commit", "-qam", "ask for 2.7"], check=True)
+    lines: list[str] = []
+    with pytest.raises(OpusError) as refused:
+        deploy.deploy_here(settings, store, Actor(user), project, "initfail", "sqlite",
+                           lines.append, threading.Event(), commands.run)
+    assert "git clone -b opus-init" in refused.value.message
+    assert any("2.7" in line for line in lines), lines
+    repo = opus.home / "repos" / "initfail.git"
+    kept = subprocess.run(["git", "--git-dir", str(repo), "rev-parse", "opus-init"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    mine = subprocess.run(["git", "-C", str(project), "rev-parse", "main"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert kept == mine
+    assert json.loads(opus.cli("apps:info", "initfail", "--json").stdout)["release"] is None
