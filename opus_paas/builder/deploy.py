@@ -162,7 +162,8 @@ def deploy_here(settings: Settings, store: Store, actor: Actor, directory: Path,
     emit("-----> git push (as you, to this host's Opus)")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory),
            "LANG": "C.UTF-8", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
-           **{k: v for k, v in os.environ.items() if k.startswith("OPUS_")}}
+           **{k: v for k, v in os.environ.items() if k.startswith("OPUS_")},
+           "OPUS_HOME": str(settings.home)}   # the receive-pack serves this very Opus
     status = stream(["git", "-C", str(directory), "push",
                      f"--receive-pack={receive_pack_command(actor)}", f"/{app}.git",
                      "main:refs/heads/main"], emit, env=env, cancelled=cancelled)
