@@ -39,7 +39,8 @@ def index() -> str:
             "url": apps.info(context.settings(), context.store(), app)["url"],
             "deployed": releases[0].created if releases else None,
         })
-    return render_template("apps/index.html", rows=rows)
+    return render_template("apps/index.html", rows=rows,
+                           may_create=access.may_create(context.settings(), context.actor()))
 
 
 def _scale_text(app: App) -> str:

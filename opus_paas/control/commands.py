@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from opus_paas import __version__, access, names, redact
+from opus_paas.builder import command as builder_command
 from opus_paas.control import appfrom, apps, databases, doctor, keys, lifecycle, system
 from opus_paas.control import pythons as pythons_commands
 from opus_paas.control import redis as redis_commands
@@ -687,7 +688,8 @@ TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
                                                      *pythons_commands.COMMANDS,
                                                      *tls_commands.COMMANDS,
                                                      *databases.COMMANDS,
-                                                     *redis_commands.COMMANDS]}
+                                                     *redis_commands.COMMANDS,
+                                                     *builder_command.COMMANDS]}
 
 
 def lookup(name: str) -> Command:
