@@ -87,8 +87,13 @@ HOSTILE: list[tuple[object, str]] = [
     ({"env": {"A": "v" * (appjson.MAX_VALUE + 1)}}, "has 32769 characters"),
     ({"env": {f"K{i}": "v" for i in range(appjson.MAX_ENV + 1)}}, "has 201 variables"),
     ({"addons": "heroku-postgresql"}, "addons is a string, not a list"),
-    ({"addons": ["heroku-redis"]}, 'addons[0] ("heroku-redis") is an add-on Opus does not'),
-    ({"addons": ["sendgrid:starter"]}, "Opus provides heroku-postgresql"),
+    ({"addons": ["heroku-kafka"]}, 'addons[0] ("heroku-kafka") is an add-on Opus does not'),
+    ({"addons": ["sendgrid:starter"]}, "Opus provides heroku-postgresql and heroku-redis"),
+    ({"addons": [{"plan": "heroku-redis:mini", "as": "DATABASE"}]},
+     "names an attachment other than REDIS"),
+    ({"addons": [{"plan": "heroku-postgresql", "as": "REDIS"}]},
+     "names an attachment other than DATABASE"),
+    ({"addons": ["redis", "heroku-redis:mini"]}, "asks for heroku-redis a second"),
     ({"addons": [1]}, "addons[0] is a number, not a string"),
     ({"addons": [{"plan": 1}]}, "addons[0].plan is a number"),
     ({"addons": [{}]}, "addons[0].plan is null"),
@@ -285,7 +290,18 @@ def test_postgres_is_refused_before_anything_when_the_host_has_none(tmp_path: Pa
         appsetup.before_build(Settings(home=tmp_path), store, app, spec, lambda line: None)
     assert "`opus addons:enable postgres`" in refused.value.message
     assert "PLAIN" not in store.config(app)
-    assert set(appsetup.PROVIDERS) == {"postgres"}
+    assert set(appsetup.PROVIDERS) == {"postgres", "redis"}
+
+
+def test_redis_is_refused_before_anything_when_the_host_has_none(tmp_path: Path) -> None:
+    store, app = _store(tmp_path)
+    spec = parse({"env": {"PLAIN": "v"}, "addons": [{"plan": "heroku-redis:mini",
+                                                     "as": "REDIS"}]})
+    assert spec.addons == (appjson.Addon("redis", "heroku-redis:mini"),)
+    with pytest.raises(BuildFailed) as refused:
+        appsetup.before_build(Settings(home=tmp_path), store, app, spec, lambda line: None)
+    assert "`opus addons:enable redis`" in refused.value.message
+    assert "PLAIN" not in store.config(app) and store.app_redis(app) is None
 
 
 def test_app_json_is_read_from_the_commit_and_must_be_a_plain_file(tmp_path: Path) -> None:

@@ -119,13 +119,17 @@ def test_apps_create_from_a_local_repository_and_hostile_sources(
     source = tmp_path_factory.mktemp("from") / "site"
     git(project.parent, "clone", "-q", str(project), str(source))
     (source / "app.json").write_text(json.dumps(
-        {"env": {"GREETING_WORD": "from a source"}, "addons": ["heroku-postgresql"],
+        {"env": {"GREETING_WORD": "from a source"},
+         "addons": ["heroku-postgresql", {"plan": "heroku-redis:mini", "as": "REDIS"}],
          "scripts": {"postdeploy": "echo fetched-and-deployed"}}))
     (source / "requirements.txt").write_text("django>=5.2,<5.3\npsycopg[binary]>=3.2\n")
     commit_all(source, "no required variable")
     for tool in ("initdb", "postgres"):
         require_tool(str(Path("/usr/lib/postgresql/15/bin") / tool))
     opus.cli("addons:enable", "postgres")     # (as test_databases does; once a session)
+    for tool in ("/usr/bin/redis-server", "/usr/bin/redis-cli"):
+        require_tool(tool)
+    opus.cli("addons:enable", "redis")
 
     developer = make_key(tmp_path_factory.mktemp("from-keys"), "ajdev")
     opus.cli("keys:add", "ajdev", str(developer.public))
@@ -163,6 +167,10 @@ def test_apps_create_from_a_local_repository_and_hostile_sources(
     values = config(opus, "ajfrom")
     assert values["GREETING_WORD"] == "from a source"
     assert values["DATABASE_URL"].startswith("postgres")
+    assert "Started the app's Redis (ajfrom-redis, REDIS_URL)" in out, out
+    assert values["REDIS_URL"].startswith("redis://:") and "@127.0.0.1:" in values["REDIS_URL"]
+    pong = opus.cli("redis:cli", "ajfrom", "-c", "PING")
+    assert "PONG" in pong.stdout, pong.stdout + pong.stderr
     status, _headers, body = opus.get(opus.app_host("ajfrom"))
     seen = re.search(r"\(visits: (\d+)\)", body)
     assert status == 200 and seen, body

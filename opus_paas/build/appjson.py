@@ -27,9 +27,13 @@ MAX_WEB_PROCESSES = 16
 MAX_TYPE_PROCESSES = 16
 
 POSTGRES = "postgres"
+REDIS = "redis"
 # app.json add-on service names → the provider Opus sets up for them.
 ADDON_SERVICES = {"heroku-postgresql": POSTGRES, "postgres": POSTGRES,
-                  "postgresql": POSTGRES}
+                  "postgresql": POSTGRES, "heroku-redis": REDIS, "redis": REDIS}
+# The config var (Heroku's attachment name, `as`) each provider sets: NAME_URL.
+ATTACHMENTS = {POSTGRES: "DATABASE", REDIS: "REDIS"}
+PROVIDED = "heroku-postgresql and heroku-redis"
 # Heroku's fields Opus reads but does not apply (said on the push).
 IGNORED_TOP = ("repository", "logo", "keywords", "website", "success_url", "buildpacks",
                "stack", "image", "environments", "cron")
@@ -197,7 +201,7 @@ def _addons(value: object, notes: list[str]) -> tuple[Addon, ...]:
         raise _fail("addons", f"is {_kind(value)}, not a list", "write it as [...]")
     if len(value) > MAX_ADDONS:
         raise _fail("addons", f"lists {len(value)} add-ons, more than {MAX_ADDONS}",
-                    "keep the ones Opus provides (heroku-postgresql)")
+                    f"keep the ones Opus provides ({PROVIDED})")
     found: list[Addon] = []
     for number, entry in enumerate(value):
         field = f"addons[{number}]"
@@ -206,9 +210,6 @@ def _addons(value: object, notes: list[str]) -> tuple[Addon, ...]:
             if unknown:
                 raise _fail(f"{field}.{unknown[0][:40]}", "is not a field of an add-on",
                             "use plan (and as, options)")
-            if "as" in entry and entry["as"] != "DATABASE":
-                raise _fail(f"{field}.as", "names an attachment other than DATABASE",
-                            "remove it: Opus sets DATABASE_URL")
             if entry.get("options"):
                 _object(entry["options"], f"{field}.options")
                 notes.append(f"{field}.options is not used by Opus")
@@ -220,7 +221,11 @@ def _addons(value: object, notes: list[str]) -> tuple[Addon, ...]:
         if provider is None:
             raise _fail(f"{field} ({json.dumps(plan[:60])})", "is an add-on Opus does not "
                         "provide", "remove it and set its config vars yourself with "
-                        "`opus config:set`; Opus provides heroku-postgresql")
+                        f"`opus config:set`; Opus provides {PROVIDED}")
+        attachment = ATTACHMENTS[provider]
+        if isinstance(entry, dict) and "as" in entry and entry["as"] != attachment:
+            raise _fail(f"{field}.as", f"names an attachment other than {attachment}",
+                        f"remove it: Opus sets {attachment}_URL")
         if any(a.provider == provider for a in found):
             raise _fail(field, f"asks for {service} a second time", "list it once")
         found.append(Addon(provider, plan))

@@ -63,9 +63,33 @@ def _postgres_setup(settings: Settings, store: Store, app: App,
     return {"DATABASE_URL": database.url}
 
 
+def _redis_check(settings: Settings, store: Store, app: App) -> None:
+    from opus_paas.data import redis
+
+    if store.addon(redis.ADDON) is None:
+        raise BuildFailed(f"app.json asks for heroku-redis and this host has no Redis yet: "
+                          "an admin enables it on the Opus host with `opus addons:enable "
+                          f"redis` (or `opus config:set {app.name} REDIS_URL=…` names a "
+                          "server of yours); then push again")
+
+
+def _redis_setup(settings: Settings, store: Store, app: App, emit: Emit) -> dict[str, str]:
+    from opus_paas.data import redis
+
+    if store.app_redis(app) is not None:
+        return {}
+    if store.config(app).get("REDIS_URL"):
+        emit("       REDIS_URL is set already; no Redis server made")
+        return {}
+    server = redis.create(settings, store, app)
+    emit(f"       Started the app's Redis ({redis.program_name(app.name)}, REDIS_URL)")
+    return {"REDIS_URL": server.url}
+
+
 # app.json's add-ons (appjson.ADDON_SERVICES names them) → how Opus provides each.
 PROVIDERS: dict[str, Provider] = {
     appjson.POSTGRES: Provider(_postgres_check, _postgres_setup),
+    appjson.REDIS: Provider(_redis_check, _redis_setup),
 }
 
 
