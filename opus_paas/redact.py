@@ -65,7 +65,8 @@ PLAIN = frozenset({
     "pythons:install", "pythons:remove", "doctor", "addons", "pg:create", "pg:info",
     "pg:destroy", "pg:credentials:rotate", "backups", "backups:capture", "backups:restore",
     "backups:download", "backups:schedule", "backups:kept", "certs", "certs:auto",
-    "certs:remove", "https:redirect", "status", "version", "help",
+    "certs:remove", "https:redirect", "previews", "previews:enable", "previews:disable",
+    "status", "version", "help",
     "git-receive-pack", "git-upload-pack",
 })
 # Options whose value is secret, per command.
