@@ -1009,7 +1009,9 @@ class Store:
     def previews(self, parent: App) -> list[tuple[str, App]]:
         """(branch, preview app) of each of `parent`'s previews, by branch."""
         with self._db() as db:
-            rows = db.execute(f"{APP_QUERY} JOIN previews ON previews.app_id = apps.id"
+            rows = db.execute("SELECT apps.*, users.name AS owner, previews.branch AS branch"
+                              " FROM apps JOIN users ON users.id = apps.owner_id"
+                              " JOIN previews ON previews.app_id = apps.id"
                               " WHERE previews.parent_id = ? ORDER BY previews.branch",
                               (parent.id,)).fetchall()
         return [(r["branch"], _app(r)) for r in rows]
