@@ -27,6 +27,7 @@ from tests.conftest import (
     make_django_project,
     make_key,
     push_main,
+    require_tool,
     set_greeting,
     wait_for_deploy,
 )
@@ -176,27 +177,26 @@ def test_a_failed_preview_build_rejects_the_branch_and_leaves_the_parent(
     assert opus.get(opus.app_host(APP))[2].startswith("On main")
 
 
-def _raw_push(opus: Opus, key: SshKey, ref: bytes, sha: str) -> bytes:
-    """Point `ref` at `sha` (a commit the server has) with the wire protocol, past any
-    check a git client would make; returns what the server answered."""
-    pack = subprocess.run(["git", "pack-objects", "--stdout", "-q"], input=b"",
-                          capture_output=True, check=True).stdout       # an empty pack
-    return raw_exec(opus, key, f"git-receive-pack '{APP}.git'",
-                    update_commands((ZERO, sha, ref)) + pack).stdout
-
-
-@pytest.mark.parametrize("ref", [
+HOSTILE_REFS = [
     b"refs/heads/../../x", b"refs/heads/-rf", b"refs/heads/HEAD", b"refs/heads/caf\xc3\xa9",
     b"refs/heads/a;id", b"refs/heads/" + b"x" * 300,
-], ids=lambda r: repr(r)[2:-1][:30])
-def test_hostile_branch_names_make_no_preview(opus: Opus, admin_key: SshKey, project: Path,
-                                              ref: bytes) -> None:
-    before = set(_app_names(opus))
-    sha = _remote_refs(opus, APP)["refs/heads/main"]
-    answer = _raw_push(opus, admin_key, ref, sha)
-    assert b"ng " + ref in answer, answer[-300:]
+]
+
+
+def test_hostile_branch_names_make_no_preview(opus: Opus, admin_key: SshKey,
+                                              project: Path) -> None:
+    """Each ref points at a commit the server has, sent with the wire protocol past any
+    check a git client would make; each is refused and nothing is made."""
+    before, refs_before = set(_app_names(opus)), _remote_refs(opus, APP)
+    sha = refs_before["refs/heads/main"]
+    pack = subprocess.run(["git", "pack-objects", "--stdout", "-q"], input=b"",
+                          capture_output=True, check=True).stdout       # an empty pack
+    answer = raw_exec(opus, admin_key, f"git-receive-pack '{APP}.git'",
+                      update_commands(*[(ZERO, sha, ref) for ref in HOSTILE_REFS]) + pack)
+    for ref in HOSTILE_REFS:
+        assert b"ng " + ref in answer.stdout, (ref, answer.stdout[-600:])
     assert set(_app_names(opus)) == before
-    assert ref.decode("utf-8", "replace") not in _remote_refs(opus, APP)
+    assert _remote_refs(opus, APP) == refs_before
     assert not any(p.name.startswith(".") for p in (opus.home / "repos").iterdir())
 
 
@@ -248,6 +248,52 @@ def test_a_stranger_may_not_enable_or_list_previews(opus: Opus, stranger: SshKey
     for command in (f"previews {APP}", f"previews:enable {APP}", f"previews:disable {APP}"):
         result = _ssh(opus, stranger, command)
         assert result.returncode != 0 and f"app {APP} not found" in result.stderr
+
+
+def test_a_preview_of_a_postgres_app_gets_a_copy_and_goes_with_its_parent(
+        opus: Opus, admin_key: SshKey, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The parent's newest backup restored into the preview's own database, migrated by
+    the release command; destroying the parent destroys the preview and its database."""
+    for tool in ("initdb", "postgres", "pg_dump", "pg_restore"):
+        require_tool(str(Path("/usr/lib/postgresql/15/bin") / tool))
+    assert "Postgres is running" in opus.cli("addons:enable", "postgres").stdout
+    path = make_django_project(tmp_path_factory.mktemp("pvpg") / "proj", greeting="Shop")
+    (path / "requirements.txt").write_text("django>=5.2,<5.3\npsycopg[binary]>=3.2\n")
+    commit_all(path, "psycopg")
+    git(path, "remote", "add", "opus", f"ssh://git@127.0.0.1:{opus.ssh_port}/pvpg.git")
+    opus.cli("apps:create", "pvpg")
+    opus.cli("pg:create", "pvpg")
+    push_main(path, opus, admin_key)
+    for _ in range(4):
+        saved = _visits(opus, "pvpg")
+    assert saved >= 4
+    opus.cli("backups:capture", "pvpg")
+    opus.cli("previews:enable", "pvpg")
+    result = _push(path, opus, admin_key, "main:copy")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"Database restored from pvpg's backup \d+", result.stderr)
+    assert "Running release command" in result.stderr
+    assert _visits(opus, "pvpg-copy") > saved      # the rows copied, and its own
+    assert _visits(opus, "pvpg") == saved + 1       # the parent's rows are its own
+    store = Store(opus.home / "opus.db")
+    preview = store.get_app("pvpg-copy")
+    assert preview is not None
+    own = store.app_database(preview)
+    assert own is not None and own.name != "app_pvpg"
+    assert store.config(preview)["DATABASE_URL"] == own.url
+
+    opus.cli("apps:destroy", "pvpg", "--confirm", "pvpg")
+    assert {"pvpg", "pvpg-copy"}.isdisjoint(_app_names(opus))
+    assert not store.database_named(own.name)
+    status, _headers, _body = opus.get(opus.app_host("pvpg-copy"))
+    assert status == 404
+
+
+def _visits(opus: Opus, app: str) -> int:
+    status, _headers, body = opus.get(opus.app_host(app))
+    found = re.search(r"visits: (\d+)", body)
+    assert status == 200 and found, body
+    return int(found.group(1))
 
 
 # ---- the pure parts -----------------------------------------------------------------------

@@ -27,7 +27,7 @@ from opus_paas.data import dumps, postgres, server
 from opus_paas.errors import Conflict, NotFound, UsageError
 from opus_paas.git import hooks
 from opus_paas.repos import ZERO_SHA, branch_ref, existing_repo, move_branch
-from opus_paas.run import deploy, push
+from opus_paas.run import deploy, push, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
@@ -122,7 +122,9 @@ def deploy_branch(settings: Settings, store: Store, parent: App, parent_repo: Re
     with locks.app_lock(settings, where.name, cancelled=cancelled):
         preview = where.app if where.app is None else store.get_app(where.name)
         made = preview is None
-        if preview is None:
+        if preview is not None:         # a deploy of it cut off earlier is ended first
+            recovery.recover_app(settings, store, preview.name)
+        else:
             emit(f"-----> Creating {where.name}, the preview of {parent.name}'s {branch}")
             preview = _create(settings, store, parent, branch, where.name, emit)
         try:
