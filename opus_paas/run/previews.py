@@ -126,7 +126,7 @@ def deploy_branch(settings: Settings, store: Store, parent: App, parent_repo: Re
             recovery.recover_app(settings, store, preview.name)
         else:
             emit(f"-----> Creating {where.name}, the preview of {parent.name}'s {branch}")
-            preview = _create(settings, store, parent, branch, where.name, emit)
+            preview = create(settings, store, parent, branch, where.name, emit)
         try:
             preview_repo = Repo(str(existing_repo(settings.repos_dir, preview.name)))
             try:
@@ -153,10 +153,11 @@ def _move_own(settings: Settings, app: str, old: bytes, new: bytes) -> bool:
                        old.decode(), new.decode())
 
 
-def _create(settings: Settings, store: Store, parent: App, branch: str, name: str,
-            emit: Emit) -> App:
-    """The preview app: the parent's owner, a copy of its config (but its database URL
-    and SECRET_KEY), its own database when the parent has Postgres."""
+def create(settings: Settings, store: Store, parent: App, branch: str, name: str,
+           emit: Emit) -> App:
+    """The preview app `name` of `branch`, not deployed yet: the parent's owner, a copy
+    of its config (but its database URL and SECRET_KEY), its own database when the
+    parent has Postgres. The caller holds the parent's lock and the preview's."""
     owner = store.get_user(parent.owner)
     if owner is None:
         raise NotFound(f"{parent.name}'s owner {parent.owner} is gone; an admin must give "
