@@ -46,11 +46,11 @@ def enable(settings: Settings, store: Store, actor: Actor, name: str,
     if store.preview_of(app) is not None:
         raise UsageError(f"{app.name} is itself a preview app; enable previews on its "
                          "parent instead")
-    chosen = settings.preview_limit if limit is None else limit
+    chosen = min(settings.preview_limit, MAX_LIMIT) if limit is None else limit
     if not 1 <= chosen <= MAX_LIMIT:
         raise UsageError(f"--limit takes 1 to {MAX_LIMIT} previews, not {chosen}")
     names.preview_app_name(app.name, "x", _max_name(settings))   # room for previews?
-    store.set_preview_limit(app, min(chosen, MAX_LIMIT))
+    store.set_preview_limit(app, chosen)
     return app, chosen
 
 
