@@ -12,6 +12,7 @@ The caller holds the parent's deploy lock; the preview's own lock is taken insid
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import threading
 import time
@@ -31,6 +32,8 @@ from opus_paas.run import deploy, push, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
+
+log = logging.getLogger("opus.previews")
 
 MAX_LIMIT = 20
 PREVIEW_BRANCH = "main"        # the preview's own deploy branch, in its own repository
@@ -120,7 +123,11 @@ def deploy_branch(settings: Settings, store: Store, parent: App, parent_repo: Re
     failure raises, and a preview made by this push goes again."""
     where = target(settings, store, parent, branch)
     with locks.app_lock(settings, where.name, cancelled=cancelled):
-        preview = where.app if where.app is None else store.get_app(where.name)
+        preview = store.get_app(where.name)
+        if (preview.id if preview else None) != (where.app.id if where.app else None):
+            # Destroyed, made or remade while this push waited for its lock: never
+            # deploy a branch onto an app that is not its preview.
+            raise Conflict(f"{where.name} changed while this push waited; push again")
         made = preview is None
         if preview is not None:         # a deploy of it cut off earlier is ended first
             recovery.recover_app(settings, store, preview.name)
@@ -138,12 +145,17 @@ def deploy_branch(settings: Settings, store: Store, parent: App, parent_repo: Re
                 lambda: _move_own(settings, preview.name, old, sha) and move_parent())
             deployed = push.deploy_commit(settings, store, preview, parent_repo, sha, emit,
                                           cancelled=cancelled, branch=move)
-            deployed.finish(emit)
         except BaseException:
             if made:
                 emit(f"       {preview.name} is removed again: its first build failed")
                 destroy_app(settings, store, preview)
             raise
+        # Live and recorded: what is left (the old instance, old releases) fails nothing.
+        try:
+            deployed.finish(emit)
+            hooks.prune_releases(settings, store, preview.name)
+        except Exception:
+            log.exception("finishing the deploy of %s failed", preview.name)
     emit(f"-----> Preview of {parent.name} ({branch}): {url(settings, preview.name)}")
     return deployed
 
