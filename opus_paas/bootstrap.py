@@ -37,9 +37,12 @@ SYSTEM_PACKAGES = ["sudo", "nftables"]
 # and h2load (HTTP/2 load); PostgreSQL for the databases' (the operator installs it with
 # POSTGRES_PACKAGES when enabling it).
 POSTGRES_PACKAGES = ["postgresql", "postgresql-client"]
+# Redis for the Redis add-on's tests (the operator installs it when enabling it).
+REDIS_PACKAGES = ["redis-server"]
 APT_TEST_PACKAGES: list[str] = ["wrk", "chromium", "chromium-driver", "fonts-dejavu-core",
                                 "sudo", "patchelf", "pebble", "libnss3-tools",
-                                "nghttp2-client", "nftables", *POSTGRES_PACKAGES]
+                                "nghttp2-client", "nftables", *POSTGRES_PACKAGES,
+                                *REDIS_PACKAGES]
 
 
 def _missing_apt(packages: list[str]) -> list[str]:

@@ -138,6 +138,21 @@ def install_programs(settings: Settings, app: str, programs: list[dict[str, Any]
         secureops(settings, "programs-remove", app)
 
 
+def install_redis(settings: Settings, app: str, port: int, maxmemory: int,
+                  password_sha256: str) -> bool:
+    """Have secureops write the app's Redis config (the password's SHA-256 only) and
+    supervisor program; True if the config changed (the server must restart)."""
+    notes = secureops(settings, "redis-install", app,
+                      {"port": port, "maxmemory": maxmemory,
+                       "password_sha256": password_sha256})
+    return "changed" in notes
+
+
+def remove_redis(settings: Settings, app: str, *, data: bool) -> None:
+    """Remove the app's Redis program; with `data`, its directory too (stopped first)."""
+    secureops(settings, "redis-remove", app, {"data": data})
+
+
 def install_front(settings: Settings, spec: dict[str, Any]) -> None:
     """Render, test and install the front's whole config (secureops's front-install)."""
     secureops(settings, "front-install", None, spec)
@@ -524,6 +539,27 @@ def make_package_cache(settings: Settings) -> None:
         try:
             os.fchown(fd, *ids)
         finally:
+            os.close(fd)
+
+
+def is_run_user_file(top: Path, relative: str) -> bool:
+    """True if `relative` under `top` (a tree the run user could have changed) is a
+    regular file reached through real directories: no component is a link. Nothing is
+    read (O_PATH), so a file the run user made unreadable still counts."""
+    parts = Path(relative).parts
+    if not parts or any(part in ("", ".", "..", "/") for part in parts):
+        return False
+    fds: list[int] = []
+    flags = os.O_PATH | os.O_NOFOLLOW
+    try:
+        fds.append(os.open(top, flags | os.O_DIRECTORY))
+        for part in parts[:-1]:
+            fds.append(os.open(part, flags | os.O_DIRECTORY, dir_fd=fds[-1]))
+        return stat.S_ISREG(os.stat(parts[-1], dir_fd=fds[-1], follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+    finally:
+        for fd in reversed(fds):
             os.close(fd)
 
 

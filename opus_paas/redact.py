@@ -56,7 +56,7 @@ def shown(text: str, pairs: list[tuple[str, str]]) -> str:
 HIDDEN = "***"
 # Commands whose every argument is a name, a number or a switch.
 PLAIN = frozenset({
-    "apps", "apps:create", "apps:info", "apps:destroy", "apps:rename", "config",
+    "apps", "apps:info", "apps:destroy", "apps:rename", "config",
     "config:get", "config:unset", "ps", "ps:scale", "ps:set", "ps:restart", "ps:stop",
     "ps:start", "run", "domains", "domains:add", "domains:remove", "rollback", "releases",
     "builds", "builds:output", "logs", "access", "access:add", "access:remove", "keys",
@@ -65,12 +65,14 @@ PLAIN = frozenset({
     "pythons:install", "pythons:remove", "doctor", "addons", "pg:create", "pg:info",
     "pg:destroy", "pg:credentials:rotate", "backups", "backups:capture", "backups:restore",
     "backups:download", "backups:schedule", "backups:kept", "certs", "certs:auto",
-    "certs:remove", "https:redirect", "previews", "previews:enable", "previews:disable",
-    "status", "version", "help",
+    "certs:remove", "https:redirect", "status", "version", "help", "redis:create",
+    "redis:info", "redis:destroy", "init", "previews", "previews:enable", "previews:disable",
     "git-receive-pack", "git-upload-pack",
 })
 # Options whose value is secret, per command.
-SECRET_OPTIONS = {"pg:psql": ("-c", "--command"), "addons:enable": ("--url",),
+# (apps:create's --from: a git URL may carry a user and token.)
+SECRET_OPTIONS = {"pg:psql": ("-c", "--command"), "redis:cli": ("-c", "--command"),
+                  "addons:enable": ("--url",), "apps:create": ("--from",),
                   "install": ("--set",)}
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import pwd
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -73,6 +74,11 @@ class Settings:
     dashboard_port: int = 8090
     # Each app owns two loopback ports (blue/green): base + 2*id and base + 2*id + 1.
     app_port_base: int = 20000
+    # Each app's own Redis (`redis:create`) listens on loopback at base + the app's id,
+    # holding at most redis_maxmemory (a number of bytes, or with kb, mb or gb); writes
+    # past it are refused (noeviction).
+    redis_port_base: int = 30000
+    redis_maxmemory: str = "64mb"
     cache_dir: Path | None = None
     # Embedded mode: where the wheels built once per interpreter (mod_wsgi) are kept
     # (system mode: /usr/local/lib/opus/wheels, root's). Several Opus homes may share one.
@@ -254,6 +260,7 @@ class Settings:
 
 
 _INT_FIELDS = {"ssh_port", "http_port", "https_port", "dashboard_port", "app_port_base",
+               "redis_port_base",
                "keep_releases", "destroyed_backup_days", "max_pack_bytes", "max_object_bytes",
                "ssh_connections_per_user", "ssh_unauthenticated_per_source",
                "ssh_keys_per_user", "ssh_max_connections", "build_log_limit",
@@ -278,6 +285,8 @@ _CHOICES = {"app_creators": ("all", "admins"), "public_scheme": ("http", "https"
             "mode": ("embedded", "system")}
 
 
+# A memory size as Redis takes it: bytes, or with a unit (1kb = 1024 bytes).
+MEMORY_SIZE = re.compile(r"([0-9]{1,12})(b|kb|mb|gb)?")
 _URL_FIELDS = {"python_mirror": ("http://", "https://", "file://"),
                "python_downloads": ("http://", "https://", "file://", "/")}
 
@@ -290,6 +299,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                                     str(value).isprintable() and " " not in str(value)):
         raise UsageError(f"{source}: {name} = {value!r} is not valid; give a URL starting "
                          f"with {' or '.join(_URL_FIELDS[name])}")
+    if name == "redis_maxmemory" and not MEMORY_SIZE.fullmatch(str(value).strip().lower()):
+        raise UsageError(f"{source}: {name} = {value!r} is not valid; give a size such as "
+                         "64mb (a number of bytes, or with kb, mb or gb)")
     try:
         if name in _POSITIVE_FIELDS:
             return _positive(name, float(value) if name in _FLOAT_FIELDS else int(value),

@@ -126,6 +126,15 @@ CREATE TABLE IF NOT EXISTS app_databases (
     url TEXT NOT NULL,          -- DATABASE_URL, with the role's password
     created REAL NOT NULL
 );
+-- Each app's own Redis server (redis:create): its port, its password's sha256 (what its
+-- config holds) and REDIS_URL (with the password, as config vars hold it).
+CREATE TABLE IF NOT EXISTS app_redis (
+    app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+    port INTEGER NOT NULL UNIQUE,
+    password_sha256 TEXT NOT NULL,
+    url TEXT NOT NULL,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS backups (
     id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never given out twice
     app_name TEXT NOT NULL,
@@ -284,6 +293,17 @@ class AppDatabase:
     app: str
     name: str             # the database's and its role's name
     url: str              # DATABASE_URL
+    created: float
+
+
+@dataclasses.dataclass(frozen=True)
+class AppRedis:
+    """An app's own Redis server."""
+
+    app: str
+    port: int
+    password_sha256: str  # what the server's config holds (never the password)
+    url: str              # REDIS_URL, with the password
     created: float
 
 
@@ -908,6 +928,35 @@ class Store:
     def remove_app_database(self, app: App) -> None:
         with self._db() as db:
             db.execute("DELETE FROM app_databases WHERE app_id = ?", (app.id,))
+
+    def app_redis(self, app: App) -> AppRedis | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM app_redis WHERE app_id = ?", (app.id,)).fetchone()
+        return None if row is None else AppRedis(app.name, row["port"], row["password_sha256"],
+                                                 row["url"], row["created"])
+
+    def redis_servers(self) -> list[AppRedis]:
+        """Every app's Redis, by app name."""
+        with self._db() as db:
+            rows = db.execute("SELECT app_redis.*, apps.name FROM app_redis JOIN apps ON "
+                              "apps.id = app_redis.app_id ORDER BY apps.name").fetchall()
+        return [AppRedis(row["name"], row["port"], row["password_sha256"], row["url"],
+                         row["created"]) for row in rows]
+
+    def add_app_redis(self, app: App, port: int, password_sha256: str, url: str) -> None:
+        with self._db() as db:
+            if db.execute("SELECT 1 FROM app_redis WHERE app_id = ?", (app.id,)).fetchone():
+                raise Conflict(f"{app.name} has a Redis server already; `opus redis:info "
+                               f"{app.name}` shows it")
+            if db.execute("SELECT 1 FROM app_redis WHERE port = ?", (port,)).fetchone():
+                raise Conflict(f"port {port} is another app's Redis port already")
+            db.execute("INSERT INTO app_redis (app_id, port, password_sha256, url, created)"
+                       " VALUES (?, ?, ?, ?, ?)",
+                       (app.id, port, password_sha256, url, time.time()))
+
+    def remove_app_redis(self, app: App) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM app_redis WHERE app_id = ?", (app.id,))
 
     def start_backup(self, app: App, kind: str, trigger: str,
                      release_version: int | None) -> int:

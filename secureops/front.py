@@ -14,7 +14,11 @@ Spec:
      "sites": [{"app": "shop", "domains": ["shop.localhost", "www.shop.example"],
                 "port": 20001, "members": [20000, 20001],
                 "tls": {"domains": ["www.shop.example"], "redirect": false,
-                        "serial": "4a3f"}}]}
+                        "serial": "4a3f"}}],
+     "redis": [{"app": "shop", "port": 30005}]}
+
+"redis" (optional) lists the apps' own Redis servers: no vhost, only their ports' rules
+(verbs.port_guards: the app's user alone may answer from its port).
 
 A site's "tls" (optional) asks for https on some of its domains; verbs.front_install
 keeps only the names its installed certificate covers (`with_installed_certs`), so a
@@ -85,6 +89,14 @@ class Site:
 
 
 @dataclasses.dataclass(frozen=True)
+class RedisPort:
+    """An app's own Redis server's loopback port (no vhost: its port rule only)."""
+
+    app: str
+    port: int
+
+
+@dataclasses.dataclass(frozen=True)
 class FrontSpec:
     listen_host: str
     listen_port: int
@@ -98,6 +110,7 @@ class FrontSpec:
     dashboard_tls: bool = False
     manager_port: int = 0          # the manager's own loopback ports (http, https)
     manager_tls_port: int = 0
+    redis: tuple[RedisPort, ...] = ()
 
 
 def _address(value: Any, what: str) -> str:
@@ -123,7 +136,7 @@ def check(spec: Any) -> FrontSpec:
     """The front spec, every value typed and bounded, no host name or port held twice."""
     body = _exactly(spec, {"listen_host", "listen_port", "scheme", "dashboard", "token",
                            "sites", "https_port", "manager_port", "manager_tls_port"},
-                    set(), "the front spec")
+                    {"redis"}, "the front spec")
     dash = _exactly(body["dashboard"], {"domain", "host", "port", "tls"}, set(), "dashboard")
     if body["scheme"] not in ("http", "https"):
         raise Denied("scheme must be http or https")
@@ -141,6 +154,7 @@ def check(spec: Any) -> FrontSpec:
         https_port=_number(body["https_port"], "https_port", 1, 65535),
         manager_port=_number(body["manager_port"], "manager_port", 1024, 65535),
         manager_tls_port=_number(body["manager_tls_port"], "manager_tls_port", 1024, 65535),
+        redis=_redis(body.get("redis", [])),
     )
     if dash["tls"] is not None:
         # The dashboard's https: its own name only, always redirected.
@@ -158,6 +172,9 @@ def check(spec: Any) -> FrontSpec:
     if set(own) & set(ports):
         raise Denied("an app's port is the front's or the dashboard's, or the "
                      "balancer-manager's")
+    if {r.port for r in front.redis} & (set(own) | set(ports)):
+        raise Denied("a Redis port is an app instance's, the front's, the dashboard's or "
+                     "the balancer-manager's")
     if front.https_port in (front.listen_port, front.dashboard_port):
         raise Denied("https_port must differ from the http and the dashboard's ports")
     if len(set(own)) != len(own) and not (front.listen_port == front.dashboard_port and
@@ -191,6 +208,20 @@ def _sites(value: Any) -> tuple[Site, ...]:
     if len({s.app for s in sites}) != len(sites):
         raise Denied("an app has two sites")
     return tuple(sites)
+
+
+def _redis(value: Any) -> tuple[RedisPort, ...]:
+    """The apps' Redis ports: [{"app": NAME, "port": N}], each app and port once."""
+    if not isinstance(value, list) or len(value) > MAX_SITES:
+        raise Denied(f"redis must be a list of at most {MAX_SITES}")
+    found = []
+    for item in value:
+        entry = _exactly(item, {"app", "port"}, set(), "a Redis server")
+        app = app_name(_text(entry["app"], "a Redis server's app", 64))
+        found.append(RedisPort(app, _number(entry["port"], f"{app}: Redis port", 1024, 65535)))
+    if len({r.app for r in found}) != len(found) or len({r.port for r in found}) != len(found):
+        raise Denied("an app or a port is given two Redis servers")
+    return tuple(found)
 
 
 def _tls(value: Any, site: Site) -> Tls:

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from secureops import certs, checks, firewall, front, render
+from secureops import redis as redis_conf
 from secureops.layout import Denied, Layout
 
 USERADD = "/usr/sbin/useradd"
@@ -179,7 +180,8 @@ def user_delete(request: Request) -> int:
     entry = app_user(request)
     if os.path.lexists(request.layout.app_dir(request.app)):
         raise Denied(f"{request.app}'s directory still exists; remove it first")
-    if os.path.lexists(request.layout.conf_d / _conf_name(request.app)):
+    if os.path.lexists(request.layout.conf_d / _conf_name(request.app)) or \
+            os.path.lexists(request.layout.conf_d / redis_conf.conf_name(request.app)):
         raise Denied(f"{request.app} still has supervisor programs; programs-remove first")
     # Its programs are stopped; what is left (a process that left its group) goes too.
     deadline = time.monotonic() + 5
@@ -493,6 +495,132 @@ def _unlink(directory: Path, name: str) -> None:
         os.close(fd)
 
 
+# ---- an app's Redis -------------------------------------------------------------------
+
+def redis_install(request: Request) -> int:
+    """Make the app's Redis directory (run/redis, 0700) and config (0600), both its
+    user's, and its supervisor program (conf.d/redis-<app>.conf, root's), all rendered
+    here from the spec's typed values. Notes "changed" when the config is new or
+    differs (the server must restart to take it)."""
+    layout = request.layout
+    spec = redis_conf.check(request.spec)
+    text = redis_conf.render_conf(layout, request.app, spec)
+    if request.same_user:
+        shared = shared_user(layout)
+        ids = (shared.pw_uid, shared.pw_gid) if shared else None
+        user = shared.pw_name if shared else None
+    else:
+        entry = app_user(request)
+        ids, user = (entry.pw_uid, entry.pw_gid), entry.pw_name
+        _trusted_dir(layout.conf_d)
+        _root_dir(layout, layout.logs, request.app, 0o750)
+    if request.same_user:
+        (layout.logs / request.app).mkdir(parents=True, exist_ok=True)
+    directory = _redis_dir(layout, request.app, ids)
+    try:
+        if _read_small(directory, redis_conf.CONF) != text.encode():
+            _write_owned(directory, redis_conf.CONF, text, ids)
+            request.notes.append("changed")
+    finally:
+        os.close(directory)
+    guard = next((g for g in GUARDS if g.is_file()), None)
+    if guard is None:
+        raise Denied("the process-tree guard is missing from secureops's installation; run "
+                     "`opus install --system` again")
+    program = redis_conf.render_program(layout, request.app, user=user, guard=guard,
+                                        guard_python=GUARD_PYTHON, marker=str(layout.home))
+    _replace(layout.conf_d, redis_conf.conf_name(request.app), program, 0o600)
+    return 0
+
+
+def _redis_dir(layout: Layout, app: str, ids: tuple[int, int] | None) -> int:
+    """apps/<app>/run/redis opened (made if missing), never through a symlink, owned by
+    the app's user (`ids`; None: the caller) at 0700."""
+    top = open_app_dir(layout, app)
+    try:
+        run_fd = _open_dir(top, "run")
+    finally:
+        os.close(top)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir("redis", 0o700, dir_fd=run_fd)
+        fd = _open_dir(run_fd, "redis")
+    finally:
+        os.close(run_fd)
+    try:
+        info = os.fstat(fd)
+        if ids is not None and info.st_uid not in (0, ids[0], os.geteuid()):
+            raise Denied("run/redis belongs to someone else; refused")
+        if ids is not None:
+            os.fchown(fd, *ids)
+        os.fchmod(fd, 0o700)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_small(dir_fd: int, name: str) -> bytes | None:
+    """A regular file's first 64 KiB, opened without following a link; None if it is
+    missing or anything but a regular file."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+
+
+def _write_owned(dir_fd: int, name: str, text: str, ids: tuple[int, int] | None) -> None:
+    """`name` in the directory `dir_fd` replaced whole by a new file (0600, owned by
+    `ids`), made fresh with O_EXCL|O_NOFOLLOW and renamed over the old name."""
+    temporary = f".{name}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary, dir_fd=dir_fd)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                 dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "w") as out:
+            if ids is not None:
+                os.fchown(out.fileno(), *ids)
+            os.fchmod(out.fileno(), 0o600)
+            out.write(text)
+        os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary, dir_fd=dir_fd)
+        raise
+
+
+def redis_remove(request: Request) -> int:
+    """{"data": false}: remove the app's Redis program (Opus stops it next); {"data":
+    true}: its directory and data too (once it is stopped)."""
+    body = checks._exactly(request.spec, {"data"}, set(), "the spec")
+    if not isinstance(body["data"], bool):
+        raise Denied("data must be true or false")
+    _unlink(request.layout.conf_d, redis_conf.conf_name(request.app))
+    if body["data"]:
+        try:
+            top = open_app_dir(request.layout, request.app)
+        except FileNotFoundError:
+            return 0
+        try:
+            run_fd = _open_dir(top, "run")
+        except FileNotFoundError:
+            return 0
+        finally:
+            os.close(top)
+        try:
+            _remove(run_fd, "redis")
+        finally:
+            os.close(run_fd)
+    return 0
+
+
 # ---- removing what an app leaves ------------------------------------------------------
 
 def release_remove(request: Request) -> int:
@@ -531,6 +659,7 @@ def app_remove(request: Request) -> int:
     supervisor programs (stopped by Opus first)."""
     layout = request.layout
     _unlink(layout.conf_d, _conf_name(request.app))
+    _unlink(layout.conf_d, redis_conf.conf_name(request.app))
     for parent, name in ((layout.logs, request.app), (layout.apps, request.app),
                          (layout.front / "certs", request.app), (layout.static, request.app)):
         try:
@@ -723,6 +852,13 @@ def port_guards(layout: Layout, spec: front.FrontSpec) -> list[firewall.Guard]:
         uid = app_user(Request(layout, site.app, None, same_user=False)).pw_uid
         guards.append(firewall.Guard(f"app {site.app}", site.members,
                                      frozenset({0, opus, front_user, uid}), frozenset({uid})))
+    for server in spec.redis:
+        # An app's Redis: its own user (and Opus, which starts it and asks it for
+        # redis:info) may connect; only the app's user may answer (no other app can bind
+        # the port while it is down and read the password a client sends).
+        uid = app_user(Request(layout, server.app, None, same_user=False)).pw_uid
+        guards.append(firewall.Guard(f"redis of {server.app}", (server.port,),
+                                     frozenset({0, opus, uid}), frozenset({uid})))
     return guards
 
 
@@ -980,6 +1116,8 @@ TABLE: dict[str, Verb] = {
     "release-remove": Verb(release_remove, takes_spec=True),
     "app-remove": Verb(app_remove),
     "front-install": Verb(front_install, takes_spec=True, takes_app=False),
+    "redis-install": Verb(redis_install, takes_spec=True),
+    "redis-remove": Verb(redis_remove, takes_spec=True),
     "cert-install": Verb(cert_install, takes_spec=True, takes_app=False),
     "cert-remove": Verb(cert_remove, takes_spec=True, takes_app=False),
     "run": Verb(run, takes_spec=True),

@@ -176,12 +176,16 @@ def start_opus(*, under: Path | None = None, **extra_env: str) -> Opus:
     ssh_port = free_port()
     http_port = int(extra_env.get("OPUS_HTTP_PORT") or free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPUS_")}
+    ports = free_port_block(600)    # one block: the apps' ports and their Redis ports apart
     env.update({
         "OPUS_HOME": str(home),
         "OPUS_SSH_PORT": str(ssh_port),
         "OPUS_HTTP_PORT": str(http_port),
         "OPUS_DASHBOARD_PORT": str(free_port()),
-        "OPUS_APP_PORT_BASE": str(free_port_block(400)),   # two per app, 200 apps
+        "OPUS_APP_PORT_BASE": str(ports),          # two per app, 200 apps
+        "OPUS_REDIS_PORT_BASE": str(ports + 400),  # then one per app's Redis
+        # Small, so the Redis tests reach it quickly (the default is 64mb).
+        "OPUS_REDIS_MAXMEMORY": "8mb",
         "OPUS_CACHE_DIR": str(shared_cache_dir()),
         # mod_wsgi's wheels, built once per interpreter (path) for every test Opus.
         "OPUS_WHEELS_DIR": str(shared_cache_dir() / "wheels"),

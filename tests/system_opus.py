@@ -93,9 +93,11 @@ def install(**settings: str) -> SystemOpus:
     base.chmod(0o755)
     opus = SystemOpus(base, f"ot{suffix}", free_port(),
                       int(settings.pop("http_port", "") or free_port()))
+    ports = free_port_block(60)      # the apps' ports (two each), then their Redis ports
     chosen = {"http_host": "127.0.0.1", "http_port": str(opus.http_port),
               "ssh_host": "127.0.0.1", "ssh_port": str(opus.ssh_port),
-              "dashboard_port": str(free_port()), "app_port_base": str(free_port_block(40)),
+              "dashboard_port": str(free_port()), "app_port_base": str(ports),
+              "redis_port_base": str(ports + 40),
               **settings}
     sets = [a for k, v in chosen.items() for a in ("--set", f"{k}={v}")]
     try:

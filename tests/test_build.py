@@ -269,3 +269,97 @@ def test_build_json_from_the_run_user_is_checked_before_use(tmp_path: Path,
     (tmp_path / ".opus" / "build.json").write_text("[]")
     with pytest.raises(BuildFailed):
         release.read_build_info(tmp_path)
+
+
+def settings_slug(slug: Path) -> Path:
+    for name in ("config/__init__.py", "config/settings/__init__.py",
+                 "config/settings/local.py", "config/settings/production.py",
+                 "config/settings/heroku/__init__.py"):
+        (slug / name).parent.mkdir(parents=True, exist_ok=True)
+        (slug / name).write_text("")
+    return slug
+
+
+def test_a_settings_module_config_var_is_honoured_if_the_release_has_it(tmp_path: Path) -> None:
+    """What the release's processes load: the config var's module, checked in the slug
+    by Opus itself (a config change makes a release without building); else manage.py's."""
+    from opus_paas.build import release
+
+    slug = settings_slug(tmp_path / "slug")
+    info: dict[str, object] = {"framework": "django",
+                               "settings_module": "config.settings.production",
+                               "default_settings_module": "config.settings.local"}
+    production = {"DJANGO_SETTINGS_MODULE": "config.settings.production"}
+    assert release.settings_module(slug, info, production) == "config.settings.production"
+    assert release.settings_module(slug, info, {}) == "config.settings.local"
+    assert release.settings_module(slug, info, {"DJANGO_SETTINGS_MODULE": ""}) == \
+        "config.settings.local"
+    assert release.settings_module(slug, info, {"DJANGO_SETTINGS_MODULE":
+                                                "config.settings.heroku"}) == \
+        "config.settings.heroku"
+    # A build from before the config var was read: its settings_module is manage.py's.
+    assert release.settings_module(slug, {"settings_module": "config.settings.local"}, {}) \
+        == "config.settings.local"
+    with pytest.raises(BuildFailed, match=r"manage\.py names no settings module"):
+        release.settings_module(slug, {**info, "default_settings_module": None}, {})
+    # Beside manage.py when it is in a subdirectory (app_root).
+    nested = settings_slug(tmp_path / "nested" / "src").parent
+    assert release.settings_module(nested, {**info, "app_root": "src"}, production) == \
+        "config.settings.production"
+    with pytest.raises(BuildFailed):
+        release.settings_module(nested, info, production)
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("config.settings.staging", "names config.settings.staging, which this release does not "
+                                "have as a plain file"),
+    ("config.settings.linked", "names config.settings.linked"),       # a link in the tree
+    ("config.settings.outside", "names config.settings.outside"),     # a link out of it
+    ("elsewhere.local", "names elsewhere.local"),                     # through a dir link
+    ("config.settings.fifo", "names config.settings.fifo"),
+    ("config.settings.dir", "names config.settings.dir"),             # dir.py/, a directory
+    ("os.system", "names os.system"),                                 # the stdlib's, not the app's
+    ("opus_runtime.settings", "names opus_runtime.settings"),         # nor the platform's
+    ("../x", "is not a Python module name ('../x')"),
+    ("/etc/passwd", "is not a Python module name"),
+    ("config.settings.production\nX=1", "is not a Python module name"),
+    ("config..settings", "is not a Python module name"),
+    ("config.class", "is not a Python module name"),
+    ("config.settings.\u0435", "is not a Python module name"),
+    ("x" * 200, "names xxxxx"),
+])
+def test_a_settings_module_config_var_the_release_lacks_is_refused(
+        tmp_path: Path, value: str, says: str) -> None:
+    import os
+
+    from opus_paas.build import release
+
+    slug = settings_slug(tmp_path / "slug")
+    settings_dir = slug / "config" / "settings"
+    (settings_dir / "linked.py").symlink_to("production.py")
+    (tmp_path / "secret.py").write_text("SECRET = 1\n")
+    (settings_dir / "outside.py").symlink_to(tmp_path / "secret.py")
+    (slug / "elsewhere").symlink_to(settings_dir)
+    os.mkfifo(settings_dir / "fifo.py")
+    (settings_dir / "dir.py").mkdir()
+    (slug / "config" / "class.py").write_text("")
+    info = {"framework": "django", "default_settings_module": "config.settings.local"}
+    with pytest.raises(BuildFailed) as refused:
+        release.settings_module(slug, info, {"DJANGO_SETTINGS_MODULE": value}, "shop")
+    assert says in refused.value.message, refused.value.message
+    assert "opus config:unset shop DJANGO_SETTINGS_MODULE" in refused.value.message
+    assert "x" * 100 not in refused.value.message
+
+
+def test_is_run_user_file_follows_no_link(tmp_path: Path) -> None:
+    from opus_paas.privileged import is_run_user_file
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "c.py").write_text("")
+    (tmp_path / "a" / "b" / "c.py").chmod(0)       # unreadable still counts: nothing is read
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    (tmp_path / "a" / "l.py").symlink_to("b/c.py")
+    assert is_run_user_file(tmp_path, "a/b/c.py")
+    for hostile in ("link/b/c.py", "a/l.py", "a/b", "a/../a/b/c.py", "",
+                    "/etc/passwd", "a/b/missing.py"):
+        assert not is_run_user_file(tmp_path, hostile), hostile

@@ -190,3 +190,10 @@ def test_the_dashboard_in_a_browser(opus: Opus, admin_key: SshKey, browser: Any,
     browser.get(f"{base}/users")
     assert css(browser, "tr[data-user=admin]")
     shot(browser, "6-users")
+
+    # New project: the builder's form, reached from the app list.
+    browser.get(base + "/")
+    css(browser, "a.new-project").click()
+    wait_for(lambda: css(browser, "h1").text == "New project", "the New project page")
+    assert len(all_css(browser, "input[name=with]")) == 5
+    shot(browser, "7-new-project")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from opus_paas.store import Store
 from tests import system_opus as system_opus_module
 from tests.conftest import make_key, require_root, require_tool
 from tests.system_opus import SystemOpus
@@ -178,3 +179,58 @@ def test_pg_psql_on_a_terminal_through_secureops(system_opus: SystemOpus, apps: 
         b"SELECT 'connected' || ' as ' || current_user;\n\\q\n")
     assert status == 0, lines
     assert any(line.strip() == f"connected as app_{a}" for line in lines), lines
+
+
+def test_an_apps_user_reaches_its_own_redis_and_not_anothers(system_opus: SystemOpus,
+                                                             apps: dict[str, str]) -> None:
+    """Each app's Redis runs as its own user; nftables keeps its port to that user (and
+    Opus): B's user, even with A's password, is refused at A's port."""
+    require_tool("/usr/bin/redis-server")
+    a, b = list(apps)
+    assert "Redis enabled" in system_opus.cli("addons:enable", "redis").stdout
+    found = {}
+    store = Store(system_opus.home / "opus.db")      # (root reads Opus's database)
+    for name in (a, b):
+        assert "Started" in system_opus.cli("redis:create", name).stdout
+        app = store.get_app(name)
+        assert app is not None and store.config(app)["REDIS_URL"] == \
+            (store.app_redis(app) or pytest.fail("no record")).url
+        match = re.fullmatch(r"redis://:([A-Za-z0-9_-]+)@127\.0\.0\.1:(\d+)/0",
+                             store.config(app)["REDIS_URL"])
+        assert match, store.config(app)
+        found[name] = match.groups()
+    (password_a, port_a), (password_b, port_b) = found[a], found[b]
+
+    def ping(user: str, password: str, port: str) -> subprocess.CompletedProcess[str]:
+        return as_user(user, "/usr/bin/env", f"REDISCLI_AUTH={password}",
+                       "/usr/bin/redis-cli", "--no-raw", "-h", "127.0.0.1", "-p", port,
+                       "PING")
+
+    own = ping(f"opus-{a}", password_a, port_a)
+    assert own.returncode == 0 and own.stdout.strip() == "PONG", own
+    theirs = ping(f"opus-{b}", password_a, port_a)
+    assert "PONG" not in theirs.stdout and "Connection refused" in theirs.stdout + \
+        theirs.stderr, theirs
+    # The server runs as A's user, from A's own directory, which B cannot read.
+    server = subprocess.run(["pgrep", "-u", f"opus-{a}", "-f", "redis-server"],
+                            capture_output=True, text=True, check=False)
+    assert server.returncode == 0, server
+    conf = system_opus.home / "apps" / a / "run" / "redis" / "redis.conf"
+    assert conf.stat().st_uid == pwd.getpwnam(f"opus-{a}").pw_uid
+    assert password_a not in conf.read_text()
+    looked = as_user(f"opus-{b}", "/usr/bin/cat", str(conf))
+    assert looked.returncode != 0
+    # redis:cli goes through secureops as A's user; nobody sees a password in `ps`.
+    said = system_opus.cli("redis:cli", a, "-c", "SET k from-a")
+    assert said.stdout.strip() == "OK", said
+    seen = as_user(f"opus-{b}", "/usr/bin/sh", "-c", "cat /proc/[0-9]*/cmdline 2>/dev/null")
+    assert password_a not in seen.stdout and password_b not in seen.stdout
+    logged = subprocess.run(["grep", "-rlF", "--", password_a, "/var/log/opus"],
+                            capture_output=True, text=True, check=False)
+    assert logged.stdout == "", logged.stdout       # not in secureops's log, nor Redis's
+    # apps:destroy takes its Redis, its data and its port rule.
+    system_opus.cli("apps:destroy", b, "--confirm", b)
+    rules = subprocess.run(["nft", "list", "table", "inet", "opus"], capture_output=True,
+                           text=True, check=False).stdout
+    assert f"tcp sport {port_a} meta skuid != {pwd.getpwnam(f'opus-{a}').pw_uid} drop" \
+        in rules and f" {port_b} " not in rules, rules

@@ -379,6 +379,6 @@ def test_copied_config_leaves_out_the_database_and_secret_key(tmp_path: Path) ->
     app = store.create_app("shop", owner, {"SECRET_KEY": "s", "FLAG": "1"})
     url = "postgres://app_shop:pw@/app_shop?host=/run"
     store.set_app_database(app, "app_shop", url)
-    store.change_config(app, {"DATABASE_URL": url, "OTHER_DB": url,
-                              "REDIS_URL": "redis://x"}, [])
-    assert previews.copied_config(store, app) == {"FLAG": "1", "REDIS_URL": "redis://x"}
+    store.change_config(app, {"DATABASE_URL": url, "OTHER_DB": url, "REDIS_URL": "redis://x",
+                              "CACHE_URL": "memcache://y"}, [])
+    assert previews.copied_config(store, app) == {"FLAG": "1", "CACHE_URL": "memcache://y"}

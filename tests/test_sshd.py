@@ -453,6 +453,8 @@ def test_the_log_names_config_keys_but_never_their_values(opus: Opus,
     ("config:sett shop A=s3cret", "config:sett *** ***"),
     ("$(s3cret) a", "*** ***"),
     ("ps:scale shop web=2", "ps:scale shop web=2"),
+    ("apps:create shop --from https://me:s3cret@example.com/r.git",
+     "apps:create shop --from ***"),
     ("git-receive-pack 'shop.git'", "git-receive-pack shop.git"),
 ])
 def test_logged_commands_keep_names_and_hide_values(command: str, logged: str) -> None:

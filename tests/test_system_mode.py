@@ -182,9 +182,16 @@ def two_apps(system_opus: SystemOpus, key: SshKey, first_pushes: dict[str, str],
 
 
 def _pids_of(user: str) -> list[int]:
+    """The processes running as `user` now (one that exits while /proc is read is left out)."""
     uid = pwd.getpwnam(user).pw_uid
-    return [int(p.name) for p in Path("/proc").iterdir()
-            if p.name.isdigit() and p.stat().st_uid == uid]
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                pids.append(int(entry.name))
+        except FileNotFoundError:
+            continue
+    return pids
 
 
 # ---- what install made ------------------------------------------------------------------
@@ -835,7 +842,7 @@ def test_a_step_dies_whole_when_secureops_is_killed_mid_request(
     guard as the app's user, which ends everything the step started."""
     step, sleepers = _start_step(system_opus, two_apps[0])
     helpers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-               and b"opus-secureops" in _cmdline(p) and p.stat().st_uid == 0
+               and b"opus-secureops" in _cmdline(p) and _owner(p) == 0
                and b"sudo" not in _cmdline(p).split(b"\0")[0]]
     assert helpers, "no secureops process"
     for pid in helpers:
@@ -1010,6 +1017,14 @@ def test_uninstall_leaves_nothing_behind(system_opus: SystemOpus,
             break
         time.sleep(0.2)
     assert not left, "processes left after uninstall"
+
+
+def _owner(proc: Path) -> int:
+    """The uid a process runs as, or -1 once it has exited."""
+    try:
+        return proc.stat().st_uid
+    except FileNotFoundError:
+        return -1
 
 
 def _cmdline(proc: Path) -> bytes:

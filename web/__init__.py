@@ -19,7 +19,7 @@ from opus_paas import secretfile
 from opus_paas import settings as settings_module
 from opus_paas.settings import Settings
 from opus_paas.store import Store
-from web import apps, auth, databases, errors, keys, logs, sampler, users
+from web import apps, auth, builder, databases, errors, keys, logs, sampler, users
 from web.session import ProxiedSessionInterface
 
 # No script or style from anywhere but the dashboard itself; no framing.
@@ -49,7 +49,8 @@ def create_app(settings: Settings | None = None,
     # The front is the one proxy in front of the dashboard: trust its one hop.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
     app.session_interface = ProxiedSessionInterface()
-    for blueprint in (auth.bp, apps.bp, logs.bp, keys.bp, users.bp, databases.bp):
+    for blueprint in (auth.bp, apps.bp, logs.bp, keys.bp, users.bp, databases.bp,
+                      builder.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
     app.jinja_env.filters["when"] = _when

@@ -41,7 +41,8 @@ def index() -> str:
             "deployed": releases[0].created if releases else None,
             "preview_of": parents.get(app.id),
         })
-    return render_template("apps/index.html", rows=rows)
+    return render_template("apps/index.html", rows=rows,
+                           may_create=access.may_create(context.settings(), context.actor()))
 
 
 def _scale_text(app: App) -> str:

@@ -35,6 +35,8 @@ def register(app: Flask) -> None:
         args = request.view_args or {}
         if request.blueprint in ("apps", "databases") and "name" in args:
             return url_for(f"{request.blueprint}.show", name=args["name"])
+        if request.blueprint == "builder":
+            return url_for("builder.new")
         if request.blueprint in ("keys", "users"):
             return url_for(f"{request.blueprint}.index")
         return url_for("apps.index")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import keyword
 import os
 import re
 import subprocess
@@ -66,7 +67,8 @@ def read_build_info(slug: Path) -> dict[str, object] | None:
         and SAFE_APP_ROOT.fullmatch(str(info.get("app_root", ".")))
         and all(info.get(k) is None or isinstance(info[k], str)
                 for k in ("web_command", "wsgi_module", "wsgi_callable", "manage_py",
-                          "settings_module", "static_root", "framework"))
+                          "settings_module", "default_settings_module", "static_root",
+                          "framework"))
     )
     if not valid:
         raise BuildFailed("the buildpack's .opus/build.json has fields Opus cannot use; "
@@ -96,6 +98,48 @@ def app_root(slug: Path, info: Mapping[str, object]) -> Path:
     return slug / Path(str(manage_py)).parent if manage_py else slug
 
 
+SETTINGS_VAR = "DJANGO_SETTINGS_MODULE"
+# A dotted name of identifiers (ASCII): nothing else can name a module of the release.
+MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", re.ASCII)
+
+
+def settings_module(slug: Path, info: Mapping[str, object], config: Mapping[str, str],
+                    app: str = "APP") -> str:
+    """The Django settings module the release's processes load (under Opus's overlay):
+    the DJANGO_SETTINGS_MODULE config var's when set, as on Heroku, once it is checked to
+    be a plain file of the release (``a/b.py`` or ``a/b/__init__.py`` beside manage.py,
+    no link followed); else the one manage.py names. BuildFailed says what to do."""
+    configured = config.get(SETTINGS_VAR, "")
+    if not configured:
+        if "default_settings_module" in info:      # (builds before it: settings_module)
+            default = info.get("default_settings_module")
+        else:
+            default = info.get("settings_module")
+        if default:
+            return str(default)
+        raise BuildFailed(f"manage.py names no settings module this release has; set one: "
+                          f"opus config:set {app} {SETTINGS_VAR}=mysite.settings")
+    hint = (f"set {SETTINGS_VAR} to a settings module of the app's repository "
+            f"(opus config:set {app} {SETTINGS_VAR}=mysite.settings.production), "
+            f"or unset it (opus config:unset {app} {SETTINGS_VAR})")
+    shown = configured if len(configured) <= 80 else configured[:77] + "..."
+    if not MODULE_NAME.fullmatch(configured) or \
+            any(keyword.iskeyword(part) for part in configured.split(".")):
+        raise BuildFailed(f"the config var {SETTINGS_VAR} is not a Python module name "
+                          f"({shown!r}); {hint}")
+    root = app_root(slug, info).relative_to(slug)
+    path = configured.replace(".", "/")
+    candidates = [root / f"{path}.py", root / path / "__init__.py"]
+    if not any(privileged.is_run_user_file(slug, str(c)) for c in candidates):
+        shown_path = shown.replace(".", "/")
+        raise BuildFailed(f"the config var {SETTINGS_VAR} names {shown}, which this "
+                          f"release does not have as a plain file ({shown_path}.py or "
+                          f"{shown_path}/__init__.py beside manage.py, no link); {hint} (with "
+                          "--no-restart if only your next push has it); the running "
+                          "release is unchanged")
+    return configured
+
+
 def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, str],
                 info: Mapping[str, object], domains: list[str]) -> dict[str, str]:
     """The environment every process of this release runs with.
@@ -123,7 +167,7 @@ def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, s
         env["OPUS_STATIC_ROOT"] = str(info["static_root"])
     if info.get("framework") == "django":
         env["DJANGO_SETTINGS_MODULE"] = "opus_runtime.settings"
-        env["OPUS_USER_SETTINGS_MODULE"] = str(info["settings_module"])
+        env["OPUS_USER_SETTINGS_MODULE"] = settings_module(slug, info, config, app.name)
     if info.get("wsgi_module"):
         env["OPUS_WSGI_MODULE"] = str(info["wsgi_module"])
         env["OPUS_WSGI_CALLABLE"] = str(info.get("wsgi_callable") or "application")

@@ -16,7 +16,7 @@ from dulwich.repo import Repo
 from opus_paas import access, locks, names, privileged
 from opus_paas.access import Actor
 from opus_paas.build.buildpack import Emit
-from opus_paas.data import backups
+from opus_paas.data import backups, redis
 from opus_paas.errors import Conflict, OpusError, ServiceError, UsageError
 from opus_paas.git import gitserver
 from opus_paas.run import checks, deploy, previews, push
@@ -97,6 +97,7 @@ def destroy(settings: Settings, store: Store, actor: Actor, name: str,
         app = access.fresh(store, app)
         previews.destroy_all(settings, store, app)   # a parent's previews go with it
         supervisor = Supervisor(settings)
+        redis.stop_for_destroy(settings, store, app)   # stopped with the app's programs
         if supervisor.is_running():
             deploy.set_programs(settings, supervisor, app.name, [])
         kept = backups.keep_on_destroy(settings, store, app)   # with nothing running
@@ -141,6 +142,10 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
         raise UsageError("apps:rename is not available in system mode yet (each app has a "
                          f"Unix user of its own); create {new}, push to it, then destroy "
                          f"{old}")
+    if store.app_redis(app) is not None:
+        raise UsageError(f"apps:rename does not move an app's Redis yet; `opus redis:destroy "
+                         f"{app.name} --confirm {app.name}` first (its data goes), or keep "
+                         "the name")
     first, second = sorted([app.name, new])
     with locks.app_lock(settings, first), locks.app_lock(settings, second):
         app = access.fresh(store, app)

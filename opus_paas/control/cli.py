@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, remote_name = client.take_remote_option(system.handed_over_argv(args))
         settings = settings_module.load()
+        if args[:1] == ["init"]:
+            # It writes a project where it is typed, as whoever types it: never over
+            # SSH, never handed to the opus user.
+            return commands.run(commands.local_context(settings), args)
         host_only = bool(args) and args[0] in commands.TABLE and \
             commands.TABLE[args[0]].local_only
         if settings.system and os.geteuid() == 0 and args[:1] not in ROOT_COMMANDS:

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from opus_paas import __version__, access, names, redact
-from opus_paas.control import apps, databases, doctor, keys, lifecycle, system
+from opus_paas.builder import command as builder_command
+from opus_paas.control import appfrom, apps, databases, doctor, keys, lifecycle, system
 from opus_paas.control import previews as previews_commands
 from opus_paas.control import pythons as pythons_commands
+from opus_paas.control import redis as redis_commands
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity, when
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, UsageError
@@ -102,8 +104,12 @@ def cmd_apps(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_apps_create(ctx: Context, args: list[str]) -> None:
-    arity("opus apps:create APP", args, 1)
-    app = apps.create(ctx.settings, ctx.store, ctx.actor, args[0])
+    name, source = appfrom.parse_args(args)
+    if source is not None:
+        app = appfrom.create_from(ctx.settings, ctx.store, ctx.actor, name, source, ctx.out,
+                                  cancelled=ctx.cancelled)
+    else:
+        app = apps.create(ctx.settings, ctx.store, ctx.actor, name)
     ctx.out(f"Created {app.name}. Push to it: git remote add opus "
             f"{apps.info(ctx.settings, ctx.store, app)['git_url']}")
 
@@ -602,7 +608,9 @@ CORE: list[Command] = [
     Command("status", "opus status", "show Opus's processes", cmd_status, local_only=True),
     Command("version", "opus version", "show Opus's version", cmd_version),
     Command("apps", "opus apps", "list the apps you may use", cmd_apps),
-    Command("apps:create", "opus apps:create APP", "create an app", cmd_apps_create,
+    Command("apps:create", "opus apps:create APP [--from SOURCE]",
+            "create an app (from a git URL: its first deploy, app.json applied)",
+            cmd_apps_create,
             takes_app=True),
     Command("apps:info", "opus apps:info APP", "show an app", cmd_apps_info, takes_app=True),
     Command("apps:destroy", "opus apps:destroy APP --confirm APP",
@@ -683,6 +691,8 @@ TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
                                                      *pythons_commands.COMMANDS,
                                                      *tls_commands.COMMANDS,
                                                      *databases.COMMANDS,
+                                                     *redis_commands.COMMANDS,
+                                                     *builder_command.COMMANDS,
                                                      *previews_commands.COMMANDS]}
 
 

@@ -8,7 +8,7 @@ import sys
 from opus_paas import access
 from opus_paas.control import lifecycle
 from opus_paas.control.context import Command, Context, arity, when
-from opus_paas.data import backups, postgres, psql, schedule, server
+from opus_paas.data import backups, postgres, psql, redis, schedule, server
 from opus_paas.errors import Conflict, UsageError
 from opus_paas.run import restart as restart_module
 from opus_paas.run.supervisor import Supervisor
@@ -26,10 +26,21 @@ def cmd_addons(ctx: Context, args: list[str]) -> None:
         ctx.out(f"postgres   enabled: the server at {srv.host}:{srv.port}")
     else:
         ctx.out(f"postgres   enabled: Opus's own cluster ({server.PROGRAM})")
+    if ctx.store.addon(redis.ADDON) is None:
+        ctx.out("redis      not enabled (`opus addons:enable redis`)")
+    else:
+        ctx.out("redis      enabled: one server per app (`opus redis:create APP`)")
 
 
 def cmd_addons_enable(ctx: Context, args: list[str]) -> None:
-    usage = "opus addons:enable postgres [--url postgres://USER:PASSWORD@HOST/DATABASE]"
+    usage = ("opus addons:enable postgres [--url postgres://USER:PASSWORD@HOST/DATABASE]"
+             " | opus addons:enable redis")
+    if args == ["redis"]:
+        access.require_admin(ctx.actor, "enable add-ons")
+        redis.enable(ctx.store)
+        ctx.out("Redis enabled: `opus redis:create APP` gives an app a Redis server of its "
+                "own (REDIS_URL).")
+        return
     if args[:1] != ["postgres"] or len(args) not in (1, 3) or \
             (len(args) == 3 and args[1] != "--url"):
         raise UsageError(f"usage: {usage}")
@@ -253,10 +264,10 @@ def rollback_note(store: Store, name: str, target: int | None, before: int | Non
 
 
 COMMANDS: list[Command] = [
-    Command("addons", "opus addons", "list the add-ons (Postgres)", cmd_addons),
-    Command("addons:enable", "opus addons:enable postgres [--url URL]",
-            "run Opus's own Postgres (or use a server given by URL)", cmd_addons_enable,
-            local_only=True),
+    Command("addons", "opus addons", "list the add-ons (Postgres, Redis)", cmd_addons),
+    Command("addons:enable", "opus addons:enable postgres [--url URL] | redis",
+            "run Opus's own Postgres (or use a server given by URL), or let apps have "
+            "Redis", cmd_addons_enable, local_only=True),
     Command("pg:create", "opus pg:create APP", "give an app a Postgres database "
             "(DATABASE_URL, one new release)", cmd_pg_create, takes_app=True),
     Command("pg:info", "opus pg:info APP", "show an app's database", cmd_pg_info,

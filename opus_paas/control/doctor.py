@@ -7,6 +7,7 @@ from opus_paas import locks
 from opus_paas import store as store_module
 from opus_paas.control import leftovers
 from opus_paas.control.context import Command, Context, arity
+from opus_paas.data import redis
 from opus_paas.front import httpd
 from opus_paas.run import deploy, recovery
 from opus_paas.run.supervisor import Supervisor
@@ -47,6 +48,11 @@ def findings(settings: Settings) -> list[str]:
                 lines += [f"{app.name}: {difference}; `opus up` will start or stop it"
                           for difference in deploy.program_differences(settings, store, app,
                                                                        groups)]
+    if running:
+        states = {p["name"]: p["statename"] for p in supervisor.processes()}
+        lines += [f"{server.app}: its Redis ({redis.program_name(server.app)}) is not running; "
+                  "`opus up` will start it" for server in store.redis_servers()
+                  if states.get(redis.program_name(server.app)) != "RUNNING"]
     if not httpd.is_current(settings, deploy.live_sites(settings, store, apps)):
         lines.append("the front's config does not match the apps and their domains; "
                      "`opus up` will render it again")

@@ -16,6 +16,7 @@ from opus_paas import locks, names, privileged
 from opus_paas import store as store_module
 from opus_paas.build import buildpack
 from opus_paas.control import hostkey, leftovers, system
+from opus_paas.data import redis
 from opus_paas.data import server as pg_server
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.front import httpd
@@ -183,6 +184,7 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
         else:
             supervisor.start()
     deploy.reconcile(settings, store, supervisor)
+    report += redis.reconcile(settings, store, supervisor)
     if front_changed and supervisor.process_state("opus-front") == "RUNNING":
         # A front that kept running through a crash may still send traffic where an
         # unfinished deploy had switched it.

@@ -255,7 +255,15 @@ def forget_if_unused(settings: Settings, store: Store, app: App) -> None:
 
 def serve_git(server: Server, user: User, verb: str, app_name: str,
               channel: paramiko.Channel, cancelled: threading.Event, request_id: str) -> int:
-    settings, store = server.settings, server.store
+    return serve_git_as(server.settings, server.store, user, verb, app_name, channel,
+                        cancelled, request_id)
+
+
+def serve_git_as(settings: Settings, store: Store, user: User, verb: str, app_name: str,
+                 channel: paramiko.Channel, cancelled: threading.Event,
+                 request_id: str) -> int:
+    """Serve one git request as `user` on `channel` (an SSH channel, or standard input
+    and output for a push made on the host: opus_paas.builder.receive)."""
     reader = ChannelReader(channel, settings.ssh_read_timeout)
     proto = Protocol(reader.read, channel.sendall)
     backend = gitserver.OpusBackend(settings.repos_dir)

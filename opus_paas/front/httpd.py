@@ -20,7 +20,7 @@ from typing import Any
 from opus_paas import privileged, secretfile
 from opus_paas.front import tls as front_tls
 from opus_paas.settings import Settings
-from opus_paas.store import TlsSite
+from opus_paas.store import Store, TlsSite
 
 TOKEN = re.compile(r"[0-9a-f]{32}")
 
@@ -103,9 +103,11 @@ def manager_ports(settings: Settings) -> tuple[int, int]:
 
 
 def spec(settings: Settings, sites: list[Site], token: str,
-         tls: dict[str, TlsSite] | None = None) -> dict[str, Any]:
+         tls: dict[str, TlsSite] | None = None,
+         redis: list[tuple[str, int]] | None = None) -> dict[str, Any]:
     """What secureops renders the front's whole config from (pure): values only. `tls`:
-    each site's HTTPS state (front/tls.py), by site name."""
+    each site's HTTPS state (front/tls.py), by site name; `redis`: each app's Redis
+    port (system mode keeps it to the app's user, as it does instance ports)."""
     known = tls or {}
     manager, manager_tls = manager_ports(settings)
     return {
@@ -120,6 +122,7 @@ def spec(settings: Settings, sites: list[Site], token: str,
                    "members": list(s.member_ports()),
                    "tls": front_tls.site_tls(known.get(s.app), list(s.domains))}
                   for s in sorted(sites, key=lambda s: s.app)],
+        "redis": [{"app": app, "port": port} for app, port in sorted(redis or [])],
     }
 
 
@@ -151,7 +154,15 @@ def _installed_spec(settings: Settings) -> object:
 
 
 def _wanted(settings: Settings, sites: list[Site]) -> dict[str, Any]:
-    return spec(settings, sites, manager_token(settings), front_tls.states(settings))
+    return spec(settings, sites, manager_token(settings), front_tls.states(settings),
+                _redis_ports(settings))
+
+
+def _redis_ports(settings: Settings) -> list[tuple[str, int]]:
+    """Every app's Redis port, from the database (none before it exists)."""
+    if not settings.db_path.exists():
+        return []
+    return [(r.app, r.port) for r in Store(settings.db_path).redis_servers()]
 
 
 def is_current(settings: Settings, sites: list[Site]) -> bool:

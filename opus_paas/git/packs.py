@@ -147,7 +147,7 @@ def _pump(source: PackSource, proc: subprocess.Popen[bytes], max_bytes: int,
             total += len(chunk)
             if total > max_bytes:
                 raise ProtocolError(
-                    f"the push is larger than the limit of {_size(max_bytes)}; nothing was "
+                    f"the push is larger than the limit of {size_text(max_bytes)}; nothing was "
                     "stored (the operator sets max_pack_bytes)")
             try:
                 proc.stdin.write(chunk)
@@ -178,8 +178,8 @@ def _check_sizes(git: str, env: dict[str, str], pack_dir: Path, max_object_bytes
         largest = max((int(n) for n in sizes.stdout.split()), default=0)
         if largest > max_object_bytes:
             raise ProtocolError(
-                f"the push holds a file of {_size(largest)}, over the limit of "
-                f"{_size(max_object_bytes)}; nothing was stored (the operator sets "
+                f"the push holds a file of {size_text(largest)}, over the limit of "
+                f"{size_text(max_object_bytes)}; nothing was stored (the operator sets "
                 "max_object_bytes)")
 
 
@@ -193,7 +193,7 @@ def _git_reason(detail: str) -> str:
     return "git could not read it"
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
             return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"

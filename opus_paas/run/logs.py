@@ -46,8 +46,10 @@ def log_files(settings: Settings, app: str, process_type: str | None) -> list[Pa
         return found
     if not directory.is_dir():
         return []
+    # The app's Redis writes its own unstamped lines: shown with `--ps redis` only, so the
+    # merged view stays in time order.
     return sorted(p for p in directory.glob("*.log")
-                  if p.is_file() and p.name not in ("pushes.log",)
+                  if p.is_file() and p.name not in ("pushes.log", "redis.log")
                   and not p.name.startswith("build-"))
 
 

@@ -12,6 +12,7 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
+from opus_paas.data import redis
 from opus_paas.front import httpd
 from opus_paas.run import deploy, logs
 from opus_paas.run.supervisor import Supervisor
@@ -140,10 +141,12 @@ def app_roots(processes: Iterable[dict[str, object]]) -> dict[str, list[int]]:
     """app → the pids of its supervisor processes (pure; supervisor's process list)."""
     roots: dict[str, list[int]] = {}
     for process in processes:
-        owner = deploy.program_owner(str(process["group"]))
+        group = str(process["group"])
+        owner = deploy.program_owner(group)
+        app = owner[0] if owner is not None else redis.app_of_program(group)  # its Redis too
         pid = process.get("pid")
-        if owner is not None and isinstance(pid, int) and pid > 0:
-            roots.setdefault(owner[0], []).append(pid)
+        if app is not None and isinstance(pid, int) and pid > 0:
+            roots.setdefault(app, []).append(pid)
     return roots
 
 

@@ -24,7 +24,7 @@ from dulwich.repo import Repo
 from opus_paas import locks, names
 from opus_paas.access import Actor, app_for
 from opus_paas.build.buildpack import Emit
-from opus_paas.data import dumps, postgres, server
+from opus_paas.data import dumps, postgres, redis, server
 from opus_paas.errors import Conflict, NotFound, UsageError
 from opus_paas.git import hooks
 from opus_paas.repos import ZERO_SHA, branch_ref, existing_repo, move_branch
@@ -37,7 +37,7 @@ log = logging.getLogger("opus.previews")
 
 MAX_LIMIT = 20
 PREVIEW_BRANCH = "main"        # the preview's own deploy branch, in its own repository
-NOT_COPIED = frozenset({"DATABASE_URL", "SECRET_KEY"})
+NOT_COPIED = frozenset({"DATABASE_URL", "REDIS_URL", "SECRET_KEY"})
 
 
 # ---- commands' cores ------------------------------------------------------------------
@@ -207,11 +207,12 @@ def _init_repo(settings: Settings, name: str) -> Path:
 
 
 def copied_config(store: Store, parent: App) -> dict[str, str]:
-    """The parent's config a preview starts with: not DATABASE_URL, not any variable
-    holding the parent's database URL (an add-on's), not its SECRET_KEY."""
-    database = store.app_database(parent)
+    """The parent's config a preview starts with: not DATABASE_URL or REDIS_URL, not any
+    variable holding one of the parent's add-on URLs, not its SECRET_KEY."""
+    addon_urls = {found.url for found in (store.app_database(parent), store.app_redis(parent))
+                  if found is not None}
     return {k: v for k, v in store.config(parent).items()
-            if k not in NOT_COPIED and (database is None or v != database.url)}
+            if k not in NOT_COPIED and v not in addon_urls}
 
 
 def _database(settings: Settings, store: Store, parent: App, app: App, emit: Emit) -> None:
@@ -265,6 +266,7 @@ def destroy_app(settings: Settings, store: Store, app: App) -> None:
     holds its lock."""
     from opus_paas.control.apps import remove_files  # (apps imports this module)
     supervisor = Supervisor(settings)
+    redis.stop_for_destroy(settings, store, app)    # (app.json may have given it one)
     if supervisor.is_running():
         deploy.set_programs(settings, supervisor, app.name, [])
     for gone in store.detach_backups(app, None, time.time()):

@@ -21,7 +21,7 @@ from opus_paas.build import buildpack, release
 from opus_paas.build.buildpack import Emit
 from opus_paas.data import backups
 from opus_paas.errors import BuildFailed, OpusError, UsageError
-from opus_paas.run import buildlog, deploy
+from opus_paas.run import appsetup, buildlog, deploy
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Release, Store, User
@@ -127,6 +127,9 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             emit_and_log(f"-----> Building {app.name} from {sha.decode()[:7]}")
             for warning in buildpack.export_tree(repo, sha, slug):
                 emit_and_log(f" !     {warning}")
+            spec = appsetup.read(repo, sha) if appsetup.is_first_deploy(store, app) else None
+            if spec is not None:
+                appsetup.before_build(settings, store, app, spec, emit_and_log)
             config = store.config(app)    # (the buildpack's run hands the slug over)
             result = buildpack.run_buildpack(settings, app.name, slug,
                                              release.app_dir(settings, app.name), config,
@@ -141,6 +144,9 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             if idle:
                 emit_and_log(f"       Scaled to 0: {', '.join(idle)} (run one with `opus "
                              f"ps:scale {app.name} {idle[0]}=1`)")
+            if spec is not None and spec.formation:
+                app = appsetup.apply_formation(store, app, spec, types,
+                                               bool(info.get("web_command")), emit_and_log)
             env = release.runtime_env(settings, app, slug, config, info,
                                       deploy.app_domains(settings, store, app))
             release.write_env_file(settings, app.name, version, env)
@@ -155,9 +161,12 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
                 raise BuildFailed("cancelled: the client disconnected before the switch")
             deployed = _release_live(settings, store, app, version, sha.decode(), config,
                                      branch, log_path, emit_and_log)
+            ok = True
             emit_and_log(f"-----> Released v{version} in {time.monotonic() - started:.1f} s")
             emit_and_log(f"       http://{settings.app_domain(app.name)}:{settings.http_port}/")
-            ok = True
+            if spec is not None and spec.postdeploy:
+                appsetup.run_postdeploy(settings, app, slug, spec.postdeploy, env,
+                                        emit_and_log, cancelled)
         except OpusError as exc:
             emit_and_log("")
             emit_and_log(f" !     {exc.message}")

@@ -14,7 +14,7 @@ from opus_paas import access, locks, names
 from opus_paas.access import Actor
 from opus_paas.build import release
 from opus_paas.build.buildpack import Emit
-from opus_paas.data import postgres
+from opus_paas.data import postgres, redis
 from opus_paas.errors import NotFound, OpusError, UsageError
 from opus_paas.run import deploy, recovery
 from opus_paas.run.supervisor import Supervisor
@@ -114,6 +114,7 @@ def rollback(settings: Settings, store: Store, actor: Actor, app_name: str,
             raise NotFound(f"{app.name} has no release v{target}; `opus releases "
                            f"{app.name}` lists them")
         config = postgres.carry_over(store, app, chosen.config)   # its database stays
+        config = redis.carry_over(store, app, config)             # and its Redis
         return release_build(settings, store, app, slug_version=chosen.slug_version,
                              sha=chosen.sha, config=config,
                              description=f"Rollback to v{chosen.version}", emit=emit)

@@ -655,6 +655,7 @@ def test_compile_django_startproject(
         "framework": "django",
         "manage_py": "manage.py",
         "settings_module": "mysite.settings",
+        "default_settings_module": "mysite.settings",
         "wsgi_module": "mysite.wsgi",
         "wsgi_callable": "application",
         "static_root": str(build / ".opus" / "static"),
@@ -933,3 +934,237 @@ def test_the_ini_reader_reads_plain_repository_files_only(tmp_path: Path) -> Non
     for hostile in ("linked/uwsgi.ini", "passwd.ini", "/etc/passwd", "../x.ini",
                     "etc/../etc/uwsgi.ini", "etc", "nothing.ini", "etc/uwsgi.ini\n"):
         assert read(hostile) is None, hostile
+
+
+# --- a DJANGO_SETTINGS_MODULE config var (cookiecutter-django's production settings) ------
+
+
+def settings_tree(root: Path, manage_names: str | None = "config.settings.local") -> Path:
+    """manage.py and config/settings/{base,local,production}.py, as cookiecutter-django
+    lays them out; manage.py names `manage_names` (None: no such line)."""
+    line = (f'os.environ.setdefault("DJANGO_SETTINGS_MODULE", "{manage_names}")\n'
+            if manage_names else "")
+    touch(root / "manage.py", f"import os\n{line}")
+    for name in ("__init__", "base", "local", "production"):
+        touch(root / "config" / "settings" / f"{name}.py")
+    touch(root / "config" / "__init__.py")
+    touch(root / "config" / "wsgi.py")
+    return root
+
+
+def test_a_settings_module_config_var_chooses_the_settings(tmp_path: Path) -> None:
+    root = settings_tree(tmp_path)
+    out = Output(stream=io.StringIO())
+    app = main.find_django_app(root, out, {"DJANGO_SETTINGS_MODULE":
+                                           "config.settings.production"})
+    assert app is not None
+    assert (app.settings_module, app.default_settings, app.wsgi_module) == (
+        "config.settings.production", "config.settings.local", "config.wsgi")
+    assert "settings config.settings.production (the DJANGO_SETTINGS_MODULE config var)" \
+        in out.stream.getvalue()  # type: ignore[attr-defined]
+    unset = main.find_django_app(root, out, {"DJANGO_SETTINGS_MODULE": ""})
+    assert unset is not None and unset.settings_module == "config.settings.local"
+    # A package's __init__.py counts; manage.py need not name any module then.
+    touch(root / "config" / "settings" / "heroku" / "__init__.py")
+    lone = settings_tree(tmp_path / "lone", manage_names=None)
+    touch(lone / "config" / "settings" / "heroku" / "__init__.py")
+    app = main.find_django_app(lone, out, {"DJANGO_SETTINGS_MODULE": "config.settings.heroku"})
+    assert app is not None and (app.settings_module, app.default_settings) == (
+        "config.settings.heroku", None)
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("config.settings.staging", "names config.settings.staging, which this push does not "
+                                "have: no config/settings/staging.py"),
+    ("os.system", "names os.system, which this push does not have"),   # not the repo's
+    ("config.settings.linked", "names config.settings.linked"),        # a link
+    ("config.settings.outside", "names config.settings.outside"),      # a link out
+    ("elsewhere.production", "names elsewhere.production"),            # through a dir link
+    ("config.class", "names config.class"),                            # a keyword
+    ("../x", "is not a Python module name: '../x'"),
+    ("/etc/passwd", "is not a Python module name"),
+    ("config.settings.production\nX=1", "is not a Python module name"),
+    ("config..settings", "is not a Python module name"),
+    ("config.settings.", "is not a Python module name"),
+    ("configs\u0435ttings", "is not a Python module name"),                # Cyrillic e
+    ("x" * 200, "names xxxxx"),
+])
+def test_a_settings_module_config_var_the_repo_lacks_stops_the_build_early(
+        tmp_path: Path, value: str, says: str) -> None:
+    root = settings_tree(tmp_path / "app")
+    (root / "config" / "settings" / "linked.py").symlink_to("production.py")
+    secret = touch(tmp_path / "other" / "settings.py", "SECRET = 1\n")
+    (root / "config" / "settings" / "outside.py").symlink_to(secret)
+    (root / "elsewhere").symlink_to(root / "config" / "settings")
+    touch(root / "config" / "class.py")
+    with pytest.raises(BuildError) as refused:
+        main.find_django_app(root, Output(stream=io.StringIO()),
+                             {"DJANGO_SETTINGS_MODULE": value})
+    assert says in refused.value.message, refused.value.message
+    assert "x" * 100 not in refused.value.message     # a long value is cut, not echoed
+    assert "  opus config:unset APP DJANGO_SETTINGS_MODULE" in refused.value.hints
+    assert any("config.settings.local" in hint for hint in refused.value.hints)
+
+
+def test_module_in_tree_follows_no_link(tmp_path: Path) -> None:
+    root = settings_tree(tmp_path)
+    assert django.module_in_tree(root, "config.settings.base") == \
+        root / "config" / "settings" / "base.py"
+    assert django.module_in_tree(root, "config.settings") == \
+        root / "config" / "settings" / "__init__.py"
+    (root / "linked").symlink_to(root / "config")
+    (root / "config" / "dir.py").mkdir()
+    for module in ("linked.settings.base", "config.dir", "config.nothing", "config.def", "",
+                   "config/settings"):
+        assert django.module_in_tree(root, module) is None, module
+
+
+# --- gunicorn worker classes: WSGI ones map to mod_wsgi, others run as written ------------
+
+
+@pytest.mark.parametrize(("command", "mapped"), [
+    ("gunicorn config.wsgi:application", True),
+    ("gunicorn config.wsgi:application --worker-class gthread --threads 4", True),
+    ("gunicorn -k gevent config.wsgi", True),
+    ("gunicorn -kgthread config.wsgi", True),
+    ("gunicorn -k egg:gunicorn#sync config.wsgi", True),
+    ("gunicorn --worker-class=gunicorn.workers.gthread.ThreadWorker config.wsgi", True),
+    ("gunicorn config.asgi:application -k uvicorn_worker.UvicornWorker", False),
+    ("gunicorn config.asgi:application -k uvicorn.workers.UvicornWorker", False),
+    ("gunicorn config.asgi:application --worker-class=uvicorn_worker.UvicornWorker", False),
+    ("gunicorn config.asgi:application --worker-cl=uvicorn_worker.UvicornWorker", False),
+    ("gunicorn -kuvicorn_worker.UvicornWorker config.asgi:application", False),
+    ("gunicorn -k asgi config.asgi:application", False),        # gunicorn 24+'s own ASGI
+    ("gunicorn -k tornado app:application", False),
+    ("gunicorn -k '' config.wsgi", False),
+])
+def test_a_non_wsgi_gunicorn_worker_class_runs_as_written(command: str, mapped: bool) -> None:
+    from opus_buildpack import procfile
+
+    assert (procfile.wsgi_target(command) is not None) is mapped
+
+
+def test_a_worker_class_in_gunicorn_cmd_args_counts_too() -> None:
+    from opus_buildpack import procfile
+
+    asgi = {"GUNICORN_CMD_ARGS": "--workers=3 -k uvicorn_worker.UvicornWorker"}
+    assert procfile.wsgi_target("gunicorn config.asgi:application", environ=asgi) is None
+    wsgi = {"GUNICORN_CMD_ARGS": "--workers=3 --worker-class=gthread"}
+    assert procfile.wsgi_target("gunicorn config.wsgi", environ=wsgi) is not None
+    assert procfile.wsgi_target("gunicorn config.wsgi",
+                                environ={"GUNICORN_CMD_ARGS": "'unclosed"}) is not None
+
+
+# --- GUNICORN_CMD_ARGS of a web command run as written ------------------------------------
+
+
+@pytest.mark.parametrize(("own", "expected"), [
+    (None, "--bind=127.0.0.1:5000"),
+    ("", "--bind=127.0.0.1:5000"),
+    ("--workers=3", "--bind=127.0.0.1:5000 --workers=3"),
+    ("--workers 3 --access-logfile -", "--bind=127.0.0.1:5000 --workers 3 --access-logfile -"),
+    ("-b 0.0.0.0:5000", "-b 0.0.0.0:5000"),                 # the app's own bind stays
+    ("-b0.0.0.0:5000", "-b0.0.0.0:5000"),
+    ("--bind=unix:/tmp/x.sock", "--bind=unix:/tmp/x.sock"),
+    ("--bind 0.0.0.0:80 -w 2", "--bind 0.0.0.0:80 -w 2"),
+    ("--bin=[::]:5000", "--bin=[::]:5000"),                 # argparse takes abbreviations
+    ("--backlog=64", "--bind=127.0.0.1:5000 --backlog=64"),
+    ("'unclosed", "'unclosed"),                              # gunicorn says what is wrong
+])
+def test_gunicorn_cmd_args_bind_loopback_unless_the_app_binds(
+        own: str | None, expected: str) -> None:
+    from opus_runtime.bootstrap import gunicorn_cmd_args
+
+    environ = {} if own is None else {"GUNICORN_CMD_ARGS": own}
+    assert gunicorn_cmd_args(environ, "5000") == expected
+
+
+# --- the overlay keeps how the project uses its database ----------------------------------
+
+
+def test_the_overlay_keeps_the_users_database_options() -> None:
+    user: dict[str, Any] = {"DATABASES": {"default": {
+        "ENGINE": "django.db.backends.sqlite3", "NAME": "/dev/db.sqlite3", "HOST": "devhost",
+        "ATOMIC_REQUESTS": True, "AUTOCOMMIT": False, "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True, "TIME_ZONE": "Europe/Paris",
+        "OPTIONS": {"timeout": 20}, "TEST": {"NAME": "t"}}}}
+    kept = {"ATOMIC_REQUESTS": True, "AUTOCOMMIT": False, "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True, "TIME_ZONE": "Europe/Paris"}
+    o = build_overrides({"DATABASE_URL": "postgres://u:p@db:5433/shop?sslmode=require"}, user)
+    assert o["DATABASES"]["default"] == {
+        **kept, "ENGINE": PG, "NAME": "shop", "USER": "u", "PASSWORD": "p", "HOST": "db",
+        "PORT": "5433", "OPTIONS": {"sslmode": "require"}}
+    # The app's data (no DATABASE_URL): its options kept too, the dev connection not.
+    o = build_overrides({"OPUS_DATA_DIR": "/d"}, user)
+    assert o["DATABASES"]["default"] == {
+        **kept, "ENGINE": "django.db.backends.sqlite3", "NAME": "/d/db.sqlite3"}
+    assert user["DATABASES"]["default"]["NAME"] == "/dev/db.sqlite3"    # not mutated
+    # A connection's own keys always come from DATABASE_URL, never the user's.
+    assert build_overrides({"DATABASE_URL": "sqlite:////d/x.db"}, {"DATABASES": {
+        "default": {"NAME": "old", "ENGINE": "x", "ATOMIC_REQUESTS": True}}})[
+        "DATABASES"]["default"] == {"ENGINE": "django.db.backends.sqlite3", "NAME": "/d/x.db",
+                                    "ATOMIC_REQUESTS": True}
+    for odd in ({"DATABASES": {"default": "not a dict"}}, {"DATABASES": {}}, {}):
+        assert build_overrides({"DATABASE_URL": "sqlite:////d/x.db"}, odd)[
+            "DATABASES"]["default"] == {"ENGINE": "django.db.backends.sqlite3",
+                                        "NAME": "/d/x.db"}
+
+
+def tcp_listeners(port: int) -> set[str]:
+    """The addresses with a TCP socket listening on `port` (IPv4 and IPv6)."""
+    import socket
+
+    found = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].split(":")
+            if fields[3] == "0A" and int(hex_port, 16) == port:     # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(socket.inet_ntop(family, raw))
+    return found
+
+
+def listening_address(tmp_path: Path, argv: list[str], port: int,
+                      env: dict[str, str]) -> set[str]:
+    """Start `argv`, wait until something listens on `port`, stop it: where it listened."""
+    import time
+
+    log = tmp_path / "server.log"
+    with log.open("wb") as out, subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=out,
+                                                 stderr=subprocess.STDOUT) as process:
+        try:
+            deadline = time.monotonic() + 20
+            while not (found := tcp_listeners(port)) and time.monotonic() < deadline:
+                assert process.poll() is None, log.read_text()
+                time.sleep(0.05)
+            return found
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+
+
+def test_gunicorn_run_as_written_binds_loopback_unless_told_otherwise(tmp_path: Path) -> None:
+    """gunicorn's own default with $PORT set is 0.0.0.0:$PORT; opus_runtime.web's
+    GUNICORN_CMD_ARGS makes it 127.0.0.1:$PORT, over a config file's bind too (gunicorn
+    reads the variable after the file); a -b on the command line is the app's choice."""
+    from tests.conftest import free_port
+
+    touch(tmp_path / "hello.py", "def application(environ, start_response):\n"
+          "    start_response('200 OK', [])\n    return [b'hi']\n")
+    touch(tmp_path / "conf.py", "import os\nbind = f\"0.0.0.0:{os.environ['PORT']}\"\n")
+    venv_bin = str(Path(sys.executable).parent)
+    runtime = str(Path(main.__file__).resolve().parents[1] / "runtime")
+    env = {"PATH": f"{venv_bin}:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": runtime,
+           "OPUS_APP_ROOT": str(tmp_path), "HOME": str(tmp_path)}
+    port = free_port()
+    plain = listening_address(tmp_path, [f"{venv_bin}/gunicorn", "hello:application"], port,
+                              {**env, "PORT": str(port)})
+    assert plain == {"0.0.0.0"}          # gunicorn alone, $PORT set: every interface
+    for command, expected in (("gunicorn hello:application", {"127.0.0.1"}),
+                              ("gunicorn -c conf.py hello:application", {"127.0.0.1"}),
+                              ("gunicorn -b 0.0.0.0:$PORT hello:application", {"0.0.0.0"})):
+        port = free_port()
+        argv = [sys.executable, "-m", "opus_runtime.web", str(port), command]
+        assert listening_address(tmp_path, argv, port, env) == expected, command

@@ -22,7 +22,8 @@ class BuildInfo:
     interpreter: str | None = None      # the base interpreter the venv was made from
     framework: str | None = None
     manage_py: str | None = None
-    settings_module: str | None = None
+    settings_module: str | None = None  # the one the build used (a config var's, maybe)
+    default_settings_module: str | None = None   # manage.py's, when the repo has it
     wsgi_module: str | None = None
     static_root: str | None = None
     app_root: str = "."                 # where the app's modules are, relative to BUILD

@@ -6,8 +6,10 @@ is validated here, so nothing odd from it reaches build.json or a command line.
 
 from __future__ import annotations
 
+import keyword
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,8 +48,9 @@ class DjangoApp:
 
     manage_py: Path
     relative: str
-    settings_module: str
+    settings_module: str                # the one the build uses
     wsgi_module: str | None
+    default_settings: str | None = None  # the one manage.py names, if the repo has it
 
 
 def _skip(directory: Path, name: str) -> bool:
@@ -174,6 +177,31 @@ def parse_wsgi_application(settings_text: str) -> tuple[str, str] | None:
         return None
     module, _, name = match.group("path").rpartition(".")
     return module, name
+
+
+def module_in_tree(root: Path, module: str) -> Path | None:
+    """The source of `module` under `root` as a regular file reached through real
+    directories only (``a/b.py`` or ``a/b/__init__.py``; no link followed on the way),
+    or None. `module` must be a dotted name of identifiers, none a keyword."""
+    if not MODULE_NAME.match(module) or any(keyword.iskeyword(p) for p in module.split(".")):
+        return None
+    *packages, last = module.split(".")
+    here = root
+    for name in packages:
+        here = here / name
+        if not _is(here, stat.S_ISDIR):
+            return None
+    if _is(here / f"{last}.py", stat.S_ISREG):
+        return here / f"{last}.py"
+    package = here / last / "__init__.py"
+    return package if _is(here / last, stat.S_ISDIR) and _is(package, stat.S_ISREG) else None
+
+
+def _is(path: Path, kind: Callable[[int], bool]) -> bool:
+    try:
+        return kind(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def module_file(root: Path, module: str) -> Path | None:

@@ -141,7 +141,7 @@ def compile_app(
     request = python_version.requested_version(files, listing)
     manager = managers.choose_manager(listing, files)
     types = procfile.parse(files["Procfile"]) if "Procfile" in files else {}
-    app = find_django_app(build, out)
+    app = find_django_app(build, out, config.env)
     base = base_environment(environ)
     installed = python_version.installed_interpreters(environ)
     python = python_version.choose(
@@ -359,31 +359,76 @@ def _django_wsgi(build: Path, app: django.DjangoApp) -> tuple[str, str] | None:
     return (app.wsgi_module, "application") if app.wsgi_module else None
 
 
-def find_django_app(build: Path, out: Output) -> django.DjangoApp | None:
-    """Read manage.py, settings and WSGI module before anything is installed, to fail fast."""
+def find_django_app(build: Path, out: Output,
+                    app_env: Mapping[str, str] | None = None) -> django.DjangoApp | None:
+    """Read manage.py, settings and WSGI module before anything is installed, to fail fast.
+    A DJANGO_SETTINGS_MODULE config var chooses the settings module (as on Heroku, where
+    manage.py's line is only a default), when the repository has it."""
     manage_py = django.find_manage_py(build)
     if manage_py is None:
         return None
     relative = manage_py.relative_to(build).as_posix()
-    settings_module = django.parse_settings_module(
+    named = django.parse_settings_module(
         manage_py.read_text(encoding="utf-8", errors="replace")
     )
-    if settings_module is None:
+    if named is not None and django.settings_file(manage_py.parent, named) is None:
+        named_missing = named
+        named = None
+    else:
+        named_missing = None
+    configured = (app_env or {}).get(SETTINGS_VAR, "")
+    if configured:
+        settings_module = configured_settings(manage_py, relative, configured, named)
+        source = f" (the {SETTINGS_VAR} config var)"
+    elif named is not None:
+        settings_module, source = named, ""
+    elif named_missing is not None:
+        path = named_missing.replace(".", "/")
+        raise BuildError(
+            f"{relative} names the settings module {named_missing}, but there is no "
+            f"{path}.py beside it.",
+            ["Fix DJANGO_SETTINGS_MODULE in manage.py, or commit the settings file,",
+             "or name a settings module the repository has in a config var:",
+             f"  opus config:set APP {SETTINGS_VAR}=mysite.settings"])
+    else:
         raise BuildError(
             f"Could not find DJANGO_SETTINGS_MODULE in {relative}.",
             ["Opus reads it from the line Django generates in manage.py:",
              '    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")',
-             "Restore that line with your settings module."],
+             "Restore that line with your settings module, or set it as a config var:",
+             f"  opus config:set APP {SETTINGS_VAR}=mysite.settings"],
         )
-    if django.settings_file(manage_py.parent, settings_module) is None:
-        path = settings_module.replace(".", "/")
-        raise BuildError(
-            f"{relative} names the settings module {settings_module}, but there is no "
-            f"{path}.py beside it.",
-            ["Fix DJANGO_SETTINGS_MODULE in manage.py, or commit the settings file."])
     wsgi_module = django.find_wsgi_module(manage_py.parent, settings_module)
-    out.detail(f"Django app: {relative}, settings {settings_module}")
-    return django.DjangoApp(manage_py, relative, settings_module, wsgi_module)
+    out.detail(f"Django app: {relative}, settings {settings_module}{source}")
+    return django.DjangoApp(manage_py, relative, settings_module, wsgi_module, named)
+
+
+SETTINGS_VAR = "DJANGO_SETTINGS_MODULE"
+
+
+def configured_settings(manage_py: Path, relative: str, configured: str,
+                        named: str | None) -> str:
+    """The config var's settings module, if it is a module name and a plain file of the
+    repository beside manage.py (no link followed); else a BuildError saying what to do."""
+    shown = configured if len(configured) <= 80 else configured[:77] + "..."
+    instead = [f"  opus config:set APP {SETTINGS_VAR}=mysite.settings.production",
+               f"or unset it, to use the one {relative} names ({named}):" if named else
+               "or unset it:",
+               f"  opus config:unset APP {SETTINGS_VAR}"]
+    if not django.MODULE_NAME.match(configured):
+        raise BuildError(
+            f"The config var {SETTINGS_VAR} is not a Python module name: {shown!r}.",
+            ["Set it to the dotted name of a settings module in your repository:", *instead])
+    if django.module_in_tree(manage_py.parent, configured) is None:
+        path = shown.replace(".", "/")
+        raise BuildError(
+            f"The config var {SETTINGS_VAR} names {shown}, which this push does not "
+            f"have: no {path}.py (or {path}/__init__.py) beside {relative}, as a plain file "
+            "(links are not followed). Nothing was deployed; the running release is "
+            "unchanged.",
+            ["Commit that settings module and push again, or name one the repository has",
+             "(add --no-restart when only the next push has it):", *instead])
+    return configured
 
 
 def _django_steps(
@@ -409,6 +454,7 @@ def _django_steps(
         out.detail(f"Collected static files in {time.monotonic() - started:.1f} s")
         static_root = str(root)
     return replace(
-        info, framework="django", manage_py=app.relative, settings_module=app.settings_module,
+        info, framework="django", manage_py=app.relative,
+        settings_module=app.settings_module, default_settings_module=app.default_settings,
         static_root=static_root,
     )

@@ -112,6 +112,34 @@ def _positional(words: list[str], valued: frozenset[str]) -> tuple[list[str], di
     return positional, options
 
 
+# gunicorn's own worker classes that serve a WSGI callable, as mod_wsgi does (its
+# tornado worker can serve a Tornado application, its asgi worker an ASGI one).
+WSGI_WORKERS = frozenset({
+    "sync", "gthread", "eventlet", "gevent", "gevent_wsgi", "gevent_pywsgi",
+    "gunicorn.workers.sync.SyncWorker", "gunicorn.workers.gthread.ThreadWorker",
+    "gunicorn.workers.geventlet.EventletWorker", "gunicorn.workers.ggevent.GeventWorker",
+    "gunicorn.workers.ggevent.GeventPyWSGIWorker",
+})
+
+
+def is_wsgi_worker(worker_class: str) -> bool:
+    """True for a gunicorn worker class that serves WSGI (``sync``, ``gthread``, …, also
+    as ``egg:gunicorn#sync``); False for any other (``uvicorn_worker.UvicornWorker``)."""
+    name = worker_class.removeprefix("egg:gunicorn#")
+    return name in WSGI_WORKERS
+
+
+def worker_classes(options: Mapping[str, str]) -> list[str]:
+    """The worker classes gunicorn options name (``-k X``, ``--worker-class=X``, ``-kX``,
+    an abbreviation argparse takes such as ``--worker-cl X``)."""
+    found = [value for name, value in options.items()
+             if name == "-k" or (name.startswith("--worker-cl")    # (abbreviations too)
+                                 and "--worker-class".startswith(name))]
+    found += [name[2:] for name in options if name.startswith("-k") and len(name) > 2
+              and not name.startswith("--")]
+    return found
+
+
 def _target(text: str, server: str, chdir: str | None = None) -> WsgiTarget | None:
     match = TARGET.match(text)
     if not match:
@@ -142,6 +170,11 @@ def wsgi_target(command: str, read: Callable[[str], str | None] | None = None,
         if len(positional) != 1 or "--paste" in options or "-c" in options \
                 or "--config" in options:
             return None
+        env_words = _words("gunicorn " + (environ or {}).get("GUNICORN_CMD_ARGS", "")) or []
+        _env_positional, env_options = _positional(env_words[1:], GUNICORN_VALUED)
+        if not all(is_wsgi_worker(k) for k in (*worker_classes(options),
+                                                 *worker_classes(env_options))):
+            return None     # an ASGI worker (uvicorn's), tornado's: run as written
         chdir = options.get("--chdir") or None
         return _target(positional[0], "gunicorn", chdir)
     if program == "waitress-serve":

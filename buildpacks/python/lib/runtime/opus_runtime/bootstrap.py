@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
+import shlex
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 
@@ -50,3 +51,26 @@ def process_environment(environ: MutableMapping[str, str], **extra: str) -> dict
         env.update(load_env_file(env["OPUS_ENV_FILE"]))
     env.update(extra)
     return env
+
+
+def gunicorn_cmd_args(environ: Mapping[str, str], port: str) -> str:
+    """``GUNICORN_CMD_ARGS`` for a web command run as written: ``--bind=127.0.0.1:PORT``
+    first, so a gunicorn without ``-b`` listens on loopback, behind the front (with
+    ``$PORT`` set, gunicorn's own default is 0.0.0.0:$PORT, every interface). The app's
+    own value follows; one that binds somewhere itself is left as it is, and so is a
+    ``-b`` on the command line, which gunicorn puts over both."""
+    own = environ.get("GUNICORN_CMD_ARGS", "")
+    try:
+        words = shlex.split(own)
+    except ValueError:
+        return own          # gunicorn will say what is wrong with it
+    if any(_names_bind(word) for word in words):
+        return own
+    return " ".join([f"--bind=127.0.0.1:{port}", own]).strip()
+
+
+def _names_bind(word: str) -> bool:
+    """``-b``, ``-bHOST``, ``--bind``/``--bind=…`` and argparse's abbreviations of it."""
+    name = word.split("=", 1)[0]
+    return (word.startswith("-b") and not word.startswith("--")) or \
+        (len(name) >= 4 and "--bind".startswith(name))

@@ -109,6 +109,21 @@ def _sqlite(rest: str) -> dict[str, Any]:
     return {"ENGINE": "django.db.backends.sqlite3", "NAME": name}
 
 
+# What a project says about how it uses its database, not where the database is: kept
+# when the connection comes from DATABASE_URL or the app's data (cookiecutter-django's
+# ATOMIC_REQUESTS = True, CONN_MAX_AGE = 60, ...).
+KEPT_DATABASE_OPTIONS = ("ATOMIC_REQUESTS", "AUTOCOMMIT", "CONN_MAX_AGE",
+                         "CONN_HEALTH_CHECKS", "TIME_ZONE")
+
+
+def kept_options(entry: object) -> dict[str, Any]:
+    """The options of the user's ``DATABASES["default"]`` that the overlay keeps."""
+    if not isinstance(entry, Mapping):
+        return {}
+    return {name: copy.deepcopy(entry[name]) for name in KEPT_DATABASE_OPTIONS
+            if name in entry}
+
+
 def logging_config() -> dict[str, Any]:
     """Django's and the root logger's records to stdout at INFO, where the platform reads them."""
     return {
@@ -144,12 +159,13 @@ def build_overrides(environ: Mapping[str, str], user: Mapping[str, Any]) -> dict
     if database_url or data_dir:
         databases = copy.deepcopy(dict(user.get("DATABASES", {})))
         if database_url:
-            databases["default"] = parse_database_url(database_url)
+            connection = parse_database_url(database_url)
         else:
-            databases["default"] = {
+            connection = {
                 "ENGINE": "django.db.backends.sqlite3",
                 "NAME": f"{data_dir.rstrip('/')}/db.sqlite3",
             }
+        databases["default"] = {**kept_options(databases.get("default")), **connection}
         o["DATABASES"] = databases
     o["STATIC_URL"] = "/static/"
     if environ.get("OPUS_STATIC_ROOT"):
