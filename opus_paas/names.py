@@ -5,6 +5,7 @@ A name that does not match is rejected with a message, never "cleaned".
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from opus_paas.errors import InvalidName
@@ -128,3 +129,25 @@ def app_from_repo_path(path: str) -> str:
             "push to ssh://git@HOST:PORT/APP.git where APP is the app's name",
         )
     return check_app_name(match.group(1))
+
+
+def preview_app_name(parent: str, branch: str, max_length: int = 30, *,
+                     suffix: bool = False) -> str:
+    """The preview app of `parent` for `branch`: `parent-branch` in app-name rules, '/'
+    read as '-' (feature/x → parent-feature-x). Any other change (upper case, other
+    characters, truncation), or `suffix` (the plain name is taken), adds a short hash of
+    the branch, so two branches never share a name by accident. InvalidName if `parent`
+    leaves no room for one."""
+    check_app_name(parent)
+    check_branch_name(branch)
+    slug = re.sub(r"[^a-z0-9]+", "-", branch.lower()).strip("-")
+    room = max_length - len(parent) - 1
+    if slug == branch.replace("/", "-") and len(slug) <= room and not suffix:
+        return check_app_name(f"{parent}-{slug}")
+    digest = hashlib.sha256(branch.encode("ascii")).hexdigest()[:6]
+    room -= len(digest) + 1
+    if room < 0:
+        raise _reject("app name", parent, f"previews are named {parent}-BRANCH within "
+                      f"{max_length} characters; rename the app to a shorter name to have them")
+    slug = slug[:room].strip("-")
+    return check_app_name(f"{parent}-{slug}-{digest}" if slug else f"{parent}-{digest}")

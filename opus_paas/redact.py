@@ -66,7 +66,7 @@ PLAIN = frozenset({
     "pg:destroy", "pg:credentials:rotate", "backups", "backups:capture", "backups:restore",
     "backups:download", "backups:schedule", "backups:kept", "certs", "certs:auto",
     "certs:remove", "https:redirect", "status", "version", "help", "redis:create",
-    "redis:info", "redis:destroy", "init",
+    "redis:info", "redis:destroy", "init", "previews", "previews:enable", "previews:disable",
     "git-receive-pack", "git-upload-pack",
 })
 # Options whose value is secret, per command.

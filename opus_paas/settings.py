@@ -104,6 +104,8 @@ class Settings:
     # the client still sees all of it live.
     build_log_limit: int = 10 << 20
     keep_releases: int = 5
+    # How many preview apps an app may have at once unless `previews:enable --limit` says.
+    preview_limit: int = 3
     # A destroyed app's last backup is kept this many days (`backups:restore` brings it
     # into a new app).
     destroyed_backup_days: int = 7
@@ -261,12 +263,14 @@ _INT_FIELDS = {"ssh_port", "http_port", "https_port", "dashboard_port", "app_por
                "redis_port_base",
                "keep_releases", "destroyed_backup_days", "max_pack_bytes", "max_object_bytes",
                "ssh_connections_per_user", "ssh_unauthenticated_per_source",
-               "ssh_keys_per_user", "ssh_max_connections", "build_log_limit"}
+               "ssh_keys_per_user", "ssh_max_connections", "build_log_limit",
+               "preview_limit"}
 _FLOAT_FIELDS = {"health_timeout", "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
                  "ssh_idle_timeout", "ssh_login_timeout", "ssh_session_timeout"}
 # Limits below 1 would lock everyone out (or never time out): refused.
 _POSITIVE_FIELDS = {"ssh_connections_per_user", "ssh_unauthenticated_per_source",
-                    "ssh_keys_per_user", "ssh_max_connections", "ssh_login_timeout"}
+                    "ssh_keys_per_user", "ssh_max_connections", "ssh_login_timeout",
+                    "preview_limit"}
 # Settings renamed since: their former names are still read.
 _FORMER_NAMES = {"ssh_connections_per_key": "ssh_connections_per_user"}
 _PATH_FIELDS = {"cache_dir", "wheels_dir"}

@@ -174,6 +174,19 @@ CREATE TABLE IF NOT EXISTS tls_sites (
     failed_at REAL,
     retry_at REAL
 );
+-- Preview apps (docs/previews.md): which apps have them (and how many at most), and
+-- each preview's parent and branch. A preview is an app of its own besides.
+CREATE TABLE IF NOT EXISTS preview_policies (
+    app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+    max_previews INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS previews (
+    app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+    parent_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    branch TEXT NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE (parent_id, branch)
+);
 """
 
 
@@ -493,10 +506,12 @@ class Store:
 
     # ---- access ------------------------------------------------------------
     def collaborators(self, app: App) -> list[str]:
+        """Who collaborates on `app`; a preview app's are its parent's, as they are now."""
         with self._db() as db:
             rows = db.execute("SELECT users.name FROM access JOIN users ON users.id ="
-                              " access.user_id WHERE app_id = ? ORDER BY users.name",
-                              (app.id,)).fetchall()
+                              " access.user_id WHERE app_id = COALESCE((SELECT parent_id"
+                              " FROM previews WHERE app_id = ?), ?) ORDER BY users.name",
+                              (app.id, app.id)).fetchall()
         return [r[0] for r in rows]
 
     def grant(self, app: App, user: User) -> None:
@@ -1016,6 +1031,54 @@ class Store:
                 " apps.id WHERE minute_of_day IS NOT NULL ORDER BY apps.name").fetchall()
         return [(_app(r), BackupPolicy(r["name"], r["minute_of_day"], r["keep"], r["since"]))
                 for r in rows]
+
+
+    # ---- preview apps ----------------------------------------------------------
+    def preview_limit(self, app: App) -> int | None:
+        """How many previews `app` may have at once; None: previews are off."""
+        with self._db() as db:
+            row = db.execute("SELECT max_previews FROM preview_policies WHERE app_id = ?",
+                             (app.id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_preview_limit(self, app: App, limit: int | None) -> None:
+        with self._db() as db:
+            if limit is None:
+                db.execute("DELETE FROM preview_policies WHERE app_id = ?", (app.id,))
+            else:
+                db.execute("INSERT INTO preview_policies (app_id, max_previews) VALUES (?, ?)"
+                           " ON CONFLICT (app_id) DO UPDATE SET max_previews = excluded"
+                           ".max_previews", (app.id, limit))
+
+    def add_preview(self, parent: App, branch: str, app: App) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO previews (app_id, parent_id, branch, created)"
+                       " VALUES (?, ?, ?, ?)", (app.id, parent.id, branch, time.time()))
+
+    def previews(self, parent: App) -> list[tuple[str, App]]:
+        """(branch, preview app) of each of `parent`'s previews, by branch."""
+        with self._db() as db:
+            rows = db.execute("SELECT apps.*, users.name AS owner, previews.branch AS branch"
+                              " FROM apps JOIN users ON users.id = apps.owner_id"
+                              " JOIN previews ON previews.app_id = apps.id"
+                              " WHERE previews.parent_id = ? ORDER BY previews.branch",
+                              (parent.id,)).fetchall()
+        return [(r["branch"], _app(r)) for r in rows]
+
+    def preview_of(self, app: App) -> tuple[str, str] | None:
+        """(parent's name, branch) if `app` is a preview app."""
+        with self._db() as db:
+            row = db.execute("SELECT apps.name, previews.branch FROM previews JOIN apps ON"
+                             " apps.id = previews.parent_id WHERE previews.app_id = ?",
+                             (app.id,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def preview_parents(self) -> dict[int, str]:
+        """Every preview app's id → its parent's name."""
+        with self._db() as db:
+            rows = db.execute("SELECT previews.app_id, apps.name FROM previews JOIN apps ON"
+                              " apps.id = previews.parent_id").fetchall()
+        return {r[0]: r[1] for r in rows}
 
 
 def _backup(row: sqlite3.Row) -> Backup:

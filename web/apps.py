@@ -30,6 +30,7 @@ def index() -> str:
     rows = []
     listed = access.visible_apps(context.store(), context.actor())
     running = ps.visible_processes(context.settings(), context.store(), context.actor(), listed)
+    parents = context.store().preview_parents()
     for app in listed:
         releases = context.store().list_releases(app)
         rows.append({
@@ -38,6 +39,7 @@ def index() -> str:
             "scale": _scale_text(app),
             "url": apps.info(context.settings(), context.store(), app)["url"],
             "deployed": releases[0].created if releases else None,
+            "preview_of": parents.get(app.id),
         })
     return render_template("apps/index.html", rows=rows,
                            may_create=access.may_create(context.settings(), context.actor()))
@@ -75,6 +77,9 @@ def show(name: str) -> str:
         https=certs.describe(settings, certs.status(settings, store, app.name)),
         builds=store.list_builds(app)[:20],
         collaborators=store.collaborators(app),
+        previews=[{"branch": b, "app": p, "url": apps.info(settings, store, p)["url"]}
+                  for b, p in store.previews(app)],
+        preview_limit=store.preview_limit(app),
         may_manage=access.may_manage(context.actor(), app),
         charts=_charts(app),
         max_web=ps.MAX_WEB_PROCESSES,

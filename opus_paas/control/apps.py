@@ -19,7 +19,7 @@ from opus_paas.build.buildpack import Emit
 from opus_paas.data import backups, redis
 from opus_paas.errors import Conflict, OpusError, ServiceError, UsageError
 from opus_paas.git import gitserver
-from opus_paas.run import checks, deploy, push
+from opus_paas.run import checks, deploy, previews, push
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Backup, Store
@@ -52,8 +52,10 @@ def _first_admin(store: Store) -> Any:
 
 def info(settings: Settings, store: Store, app: App) -> dict[str, Any]:
     """What `apps:info` shows (and `--json` prints)."""
+    parent = store.preview_of(app)
     return {
         "name": app.name,
+        "preview_of": {"app": parent[0], "branch": parent[1]} if parent else None,
         "owner": app.owner,
         "collaborators": store.collaborators(app),
         "release": f"v{app.live_version}" if app.live_version else None,
@@ -85,13 +87,15 @@ def destroy(settings: Settings, store: Store, actor: Actor, name: str,
             confirm: str) -> Backup | None:
     """Stop the app, take it off the front, and delete its code, releases, data, logs and
     record. `confirm` must repeat the name. A last backup of its database is kept for a
-    while (returned), and its Postgres database dropped."""
+    while (returned), and its Postgres database dropped. Its preview apps are destroyed
+    first (without a last backup: their data is a copy)."""
     app = access.app_for(store, actor, name, manage=True)
     if confirm != app.name:
         raise UsageError(f"destroying {name} deletes its code, releases and data for good; "
                          f"to go ahead, repeat its name: --confirm {name}")
     with locks.app_lock(settings, app.name):
         app = access.fresh(store, app)
+        previews.destroy_all(settings, store, app)   # a parent's previews go with it
         supervisor = Supervisor(settings)
         redis.stop_for_destroy(settings, store, app)   # stopped with the app's programs
         if supervisor.is_running():

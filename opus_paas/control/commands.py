@@ -18,6 +18,7 @@ from pathlib import Path
 from opus_paas import __version__, access, names, redact
 from opus_paas.builder import command as builder_command
 from opus_paas.control import appfrom, apps, databases, doctor, keys, lifecycle, system
+from opus_paas.control import previews as previews_commands
 from opus_paas.control import pythons as pythons_commands
 from opus_paas.control import redis as redis_commands
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity, when
@@ -94,10 +95,12 @@ def cmd_apps(ctx: Context, args: list[str]) -> None:
         return
     if not listed:
         ctx.out("No apps yet; push one with `git push opus main`.")
+    parents = ctx.store.preview_parents()
     for app in listed:
         live = f"v{app.live_version}" if app.live_version else "not deployed"
+        mark = f"  (preview of {parents[app.id]})" if app.id in parents else ""
         ctx.out(f"{app.name:<30} {live:<14} http://{ctx.settings.app_domain(app.name)}:"
-                f"{ctx.settings.http_port}/")
+                f"{ctx.settings.http_port}/{mark}")
 
 
 def cmd_apps_create(ctx: Context, args: list[str]) -> None:
@@ -689,7 +692,8 @@ TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
                                                      *tls_commands.COMMANDS,
                                                      *databases.COMMANDS,
                                                      *redis_commands.COMMANDS,
-                                                     *builder_command.COMMANDS]}
+                                                     *builder_command.COMMANDS,
+                                                     *previews_commands.COMMANDS]}
 
 
 def lookup(name: str) -> Command:

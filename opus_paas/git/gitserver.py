@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from dulwich.errors import GitProtocolError
@@ -45,7 +45,7 @@ from opus_paas.errors import InvalidName, NotFound, OpusError, ProtocolError, di
 from opus_paas.git import hooks, packs
 from opus_paas.git.wire import ChannelReader
 from opus_paas.repos import ZERO_SHA, branch_ref, existing_repo
-from opus_paas.run import push
+from opus_paas.run import previews, push
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 
@@ -206,6 +206,15 @@ class DeployingReceivePackHandler(ReceivePackHandler):
                 return self._status(f"deleting {self.app.deploy_branch}, the deploy branch, is "
                                "refused; push a commit to it instead")
             return self._deploy(ref, old, new)
+        if ref.startswith(b"refs/heads/"):
+            branch = shown[len("refs/heads/"):]
+            if new == ZERO_SHA:
+                status = self._move(ref, old, new)
+                if status == b"ok":
+                    self._destroy_preview(branch)
+                return status
+            if self.store.preview_limit(self.app) is not None:
+                return self._preview(ref, old, new, branch)
         if new != ZERO_SHA:
             self._emit(f"-----> {shown} stored; only {self.app.deploy_branch} deploys "
                        f"(opus git:set {self.app.name} deploy-branch BRANCH changes that)")
@@ -215,10 +224,53 @@ class DeployingReceivePackHandler(ReceivePackHandler):
         """Build and deploy `new`; the ref moves once its release is recorded live."""
         branch = push.BranchMove(ref.decode("ascii"), old.decode("ascii"),
                                  lambda: self._move(ref, old, new) == b"ok")
+        assert isinstance(self.repo, Repo)
+        repo = self.repo
+        deployed = self._deploying(lambda: push.deploy_commit(
+            self.settings, self.store, self.app, repo, new, self._emit,
+            cancelled=self.cancelled, branch=branch))
+        if isinstance(deployed, bytes):
+            return deployed
+        self.deployed.append(deployed)
+        if not deployed.branch_moved:
+            return b"stale info: the branch moved during the push; fetch and push again"
+        return b"ok"
+
+    def _preview(self, ref: bytes, old: bytes, new: bytes, branch: str) -> bytes:
+        """Deploy `branch` as the app's preview; the branch moves once it is live. A
+        branch that may have no preview (limit, name) is stored all the same."""
         try:
-            assert isinstance(self.repo, Repo)
-            deployed = push.deploy_commit(self.settings, self.store, self.app, self.repo, new,
-                                          self._emit, cancelled=self.cancelled, branch=branch)
+            previews.target(self.settings, self.store, self.app, branch)
+        except OpusError as exc:
+            self._emit(f" !     {branch} stored, without a preview: {exc.message}")
+            return self._move(ref, old, new)
+        assert isinstance(self.repo, Repo)
+        repo = self.repo
+        deployed = self._deploying(lambda: previews.deploy_branch(
+            self.settings, self.store, self.app, repo, branch, new, self._emit,
+            self.cancelled, lambda: self._move(ref, old, new) == b"ok"))
+        if isinstance(deployed, bytes):
+            return deployed
+        if not deployed.branch_moved:
+            return b"stale info: the branch moved during the push; fetch and push again"
+        return b"ok"
+
+    def _destroy_preview(self, branch: str) -> None:
+        """The branch is gone: so is its preview app. A failure is said and logged (the
+        branch is deleted all the same; `apps:destroy` finishes the job)."""
+        try:
+            previews.destroy_branch(self.settings, self.store, self.app, branch, self._emit)
+        except Exception as exc:
+            log.exception("[%s] destroying the preview of %s failed", self.request_id, branch)
+            message = exc.message if isinstance(exc, OpusError) else \
+                f"internal error (request {self.request_id})"
+            self._emit(f" !     {branch} is deleted, but its preview app could not be "
+                       f"destroyed: {message}; `opus apps:destroy` it")
+
+    def _deploying(self, work: Callable[[], push.Deployed]) -> push.Deployed | bytes:
+        """Run a deploy; an error becomes the ref's status (bytes)."""
+        try:
+            return work()
         except OpusError as exc:
             return self._status(exc.message)
         except Exception as exc:
@@ -232,10 +284,6 @@ class DeployingReceivePackHandler(ReceivePackHandler):
                        f"details (request {self.request_id})")
             return self._status(f"internal error (request {self.request_id}); the "
                                 "operator's log has the details")
-        self.deployed.append(deployed)
-        if not deployed.branch_moved:
-            return b"stale info: the branch moved during the push; fetch and push again"
-        return b"ok"
 
     def _status(self, message: str) -> bytes:
         """A ref status fits on one pkt-line and one terminal line, and names no server
