@@ -181,6 +181,10 @@ def start_opus(*, under: Path | None = None, **extra_env: str) -> Opus:
         "OPUS_SSH_PORT": str(ssh_port),
         "OPUS_HTTP_PORT": str(http_port),
         "OPUS_DASHBOARD_PORT": str(free_port()),
+        "OPUS_WAKER_PORT": str(free_port()),
+        # Sleeping apps fall asleep after 2 s idle, checked every second.
+        "OPUS_AUTOSLEEP_MIN_SECONDS": "2",
+        "OPUS_AUTOSLEEP_CHECK_SECONDS": "1",
         "OPUS_APP_PORT_BASE": str(free_port_block(400)),   # two per app, 200 apps
         "OPUS_CACHE_DIR": str(shared_cache_dir()),
         # mod_wsgi's wheels, built once per interpreter (path) for every test Opus.

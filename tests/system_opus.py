@@ -95,7 +95,9 @@ def install(**settings: str) -> SystemOpus:
                       int(settings.pop("http_port", "") or free_port()))
     chosen = {"http_host": "127.0.0.1", "http_port": str(opus.http_port),
               "ssh_host": "127.0.0.1", "ssh_port": str(opus.ssh_port),
-              "dashboard_port": str(free_port()), "app_port_base": str(free_port_block(40)),
+              "dashboard_port": str(free_port()), "waker_port": str(free_port()),
+              "autosleep_min_seconds": "2", "autosleep_check_seconds": "1",
+              "app_port_base": str(free_port_block(40)),
               **settings}
     sets = [a for k, v in chosen.items() for a in ("--set", f"{k}={v}")]
     try:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from opus_paas import __version__, access, names, redact
-from opus_paas.control import apps, databases, doctor, keys, lifecycle, system
+from opus_paas.control import apps, databases, doctor, keys, lifecycle, sleeping, system
 from opus_paas.control import pythons as pythons_commands
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity, when
 from opus_paas.data import backups
@@ -216,7 +216,11 @@ def cmd_ps(ctx: Context, args: list[str]) -> None:
         ctx.emit_json(found)
         return
     app = access.app_for(ctx.store, ctx.actor, args[0])
-    if not found:
+    asleep = ctx.store.is_asleep(app)
+    if asleep:
+        ctx.out(f"web.1  asleep    (no request for a while; the next one wakes it: "
+                f"`opus ps:autosleep {app.name}`)")
+    elif not found:
         ctx.out(f"{app.name} has no processes" + (" (stopped; `opus ps:start` starts it)"
                                                    if app.stopped else ""))
     for proc in found:
@@ -679,7 +683,8 @@ CORE: list[Command] = [
 TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
                                                      *pythons_commands.COMMANDS,
                                                      *tls_commands.COMMANDS,
-                                                     *databases.COMMANDS]}
+                                                     *databases.COMMANDS,
+                                                     *sleeping.COMMANDS]}
 
 
 def lookup(name: str) -> Command:
