@@ -114,8 +114,8 @@ def main() -> None:
     mib = 1 << 20
     print(f"| measure ({args.apps} Django apps, {args.runs} wakes) | value |")
     print("|---|---|")
-    print(f"| first request to a sleeping app (median; min–max) | {wake * 1000:.0f} ms "
-          f"({min(wakes) * 1000:.0f}–{max(wakes) * 1000:.0f} ms) |")
+    print(f"| first request to a sleeping app (median; min to max) | {wake * 1000:.0f} ms "
+          f"({min(wakes) * 1000:.0f} to {max(wakes) * 1000:.0f} ms) |")
     print(f"| a request to the app awake (median of 20) | {warm * 1000:.1f} ms |")
     print(f"| wake / awake request | {wake / warm:.0f}x |")
     print(f"| memory of the {args.apps} apps awake (RSS sum) | {awake_rss / mib:.0f} MiB "

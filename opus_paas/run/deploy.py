@@ -350,7 +350,7 @@ def wait_until_serving(settings: Settings, store: Store, supervisor: Supervisor)
     report = []
     for app in store.list_apps():
         live = None if app.stopped else live_program(settings, app)
-        if live is None or app.live_port is None:
+        if live is None or app.live_port is None or store.is_asleep(app):
             continue
         check = dataclasses.replace(checks.from_json(app.health_check),
                                     timeout=max(1.0, deadline - time.monotonic()))
