@@ -15,7 +15,7 @@ import pytest
 
 from opus_paas.control import sleeping
 from opus_paas.errors import UsageError
-from opus_paas.run import sleep
+from opus_paas.run import sleep, waker
 from opus_paas.store import Store
 from tests.conftest import Opus, SshKey, commit_all, git, push_main, require_tool
 
@@ -201,3 +201,47 @@ def test_a_push_wakes_a_sleeping_app(opus: Opus, admin_key: SshKey, project: Pat
     opus.cli("ps:autosleep", APP, "off")
     status, headers, body = get(opus, opus.app_host(APP))
     assert (status, body) == (200, "sleepy, pushed\n") and "X-Opus-Waker" not in headers
+
+
+def test_the_front_and_the_waker_make_the_same_proof() -> None:
+    from secureops import front
+
+    for app in ("a", "sleepy", "x-1"):
+        assert front.wake_proof("f" * 32, app) == sleep.wake_proof("f" * 32, app)
+    assert sleep.wake_proof("f" * 32, "a") != sleep.wake_proof("f" * 32, "b")
+    assert sleep.wake_proof("f" * 32, "a") != sleep.wake_proof("e" * 32, "a")
+
+
+def test_the_waker_reads_the_app_from_the_host_alone() -> None:
+    domains = {"shop.localhost": "shop", "www.shop.example": "shop"}
+    assert waker.host_app("shop.localhost:8080", domains) == "shop"
+    assert waker.host_app("WWW.Shop.Example.", domains) == "shop"
+    for hostile in (None, "", "blog.localhost", "shop.localhost.evil", "[::1]:80",
+                    "shop.localhost\r\nX: y", "shop", "x@shop.localhost"):
+        assert waker.host_app(hostile, domains) is None
+
+
+def test_idle_apps_count_from_the_latest_sign_of_life() -> None:
+    from opus_paas.store import App
+
+    a, b, c = (App(i, n, "o", 1, 20000 + i) for i, n in enumerate("abc", 1))
+    seen = {"a": 100.0, "b": 195.0}
+    sleepers = [(a, 60, 0.0), (b, 60, 0.0), (c, 60, 150.0)]
+    assert waker.idle_apps(200.0, 0.0, seen, sleepers) == [a]        # c changed at 150
+    assert waker.idle_apps(200.0, 180.0, seen, sleepers) == []       # the waker just started
+    assert waker.idle_apps(300.0, 0.0, seen, sleepers) == [a, b, c]
+
+
+def test_the_access_log_is_read_once_and_whole_lines_only(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_text("old line\n")
+    reader = waker.AccessLog(log)
+    assert reader.new_lines() == []                       # what was there before
+    with log.open("a") as handle:
+        handle.write("one\ntw")
+    assert reader.new_lines() == ["one"]
+    with log.open("a") as handle:
+        handle.write("o\n")
+    assert reader.new_lines() == ["two"]
+    log.write_text("rotated\n")                           # shorter: read from the start
+    assert reader.new_lines() == ["rotated"]
