@@ -637,7 +637,9 @@ def test_only_the_front_and_opus_may_reach_the_waker(system_opus: SystemOpus,
     port = int(tomllib.loads((system_opus.home / "opus.toml").read_text())["waker_port"])
     rules = subprocess.run(["nft", "list", "table", "inet", "opus"], capture_output=True,
                            text=True, check=True).stdout
-    assert "the waker" in rules and f"tcp dport {port} " in rules
+    opus = pwd.getpwnam(system_opus.user).pw_uid
+    assert f"tcp dport {port} meta skuid != " in rules, rules
+    assert f"tcp sport {port} meta skuid != {opus} drop" in rules, rules
     probe = ("import http.client\n"
              "try:\n"
              f"    c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=5)\n"

@@ -245,7 +245,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:
             response = None
-            for attempt in range(20):       # the instance may be a moment from listening
+            for attempt in range(10):       # the instance may be a moment from listening
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     response = conn.getresponse()
