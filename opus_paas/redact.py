@@ -58,7 +58,8 @@ HIDDEN = "***"
 PLAIN = frozenset({
     "apps", "apps:info", "apps:destroy", "apps:rename", "config",
     "config:get", "config:unset", "ps", "ps:scale", "ps:set", "ps:restart", "ps:stop",
-    "ps:start", "run", "domains", "domains:add", "domains:remove", "rollback", "releases",
+    "ps:start", "ps:autosleep", "run",
+    "domains", "domains:add", "domains:remove", "rollback", "releases",
     "builds", "builds:output", "logs", "access", "access:add", "access:remove", "keys",
     "keys:add", "keys:remove", "users", "users:add", "users:remove", "users:role",
     "users:passwd", "checks", "checks:set", "checks:disable", "git:set", "pythons",

@@ -72,6 +72,13 @@ class Settings:
     # The dashboard (gunicorn) listens here; the front publishes it as opus.<domain>.
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8090
+    # Sleeping apps (`opus ps:autosleep`): the waker (opus-waker) answers the front on
+    # this loopback port for an app whose instance sleeps, and starts it.
+    waker_port: int = 8091
+    # The shortest idle period an app may sleep after, in seconds.
+    autosleep_min_seconds: int = 60
+    # How often the waker reads the front's access log to find idle apps, in seconds.
+    autosleep_check_seconds: float = 30.0
     # Each app owns two loopback ports (blue/green): base + 2*id and base + 2*id + 1.
     app_port_base: int = 20000
     # Each app's own Redis (`redis:create`) listens on loopback at base + the app's id,
@@ -260,15 +267,17 @@ class Settings:
 
 
 _INT_FIELDS = {"ssh_port", "http_port", "https_port", "dashboard_port", "app_port_base",
-               "redis_port_base",
+               "redis_port_base", "waker_port", "autosleep_min_seconds",
                "keep_releases", "destroyed_backup_days", "max_pack_bytes", "max_object_bytes",
                "ssh_connections_per_user", "ssh_unauthenticated_per_source",
                "ssh_keys_per_user", "ssh_max_connections", "build_log_limit",
                "preview_limit"}
-_FLOAT_FIELDS = {"health_timeout", "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
+_FLOAT_FIELDS = {"autosleep_check_seconds", "health_timeout", "build_timeout",
+                 "deploy_wait_timeout", "ssh_read_timeout",
                  "ssh_idle_timeout", "ssh_login_timeout", "ssh_session_timeout"}
 # Limits below 1 would lock everyone out (or never time out): refused.
-_POSITIVE_FIELDS = {"ssh_connections_per_user", "ssh_unauthenticated_per_source",
+_POSITIVE_FIELDS = {"autosleep_min_seconds", "autosleep_check_seconds",
+                    "ssh_connections_per_user", "ssh_unauthenticated_per_source",
                     "ssh_keys_per_user", "ssh_max_connections", "ssh_login_timeout",
                     "preview_limit"}
 # Settings renamed since: their former names are still read.

@@ -156,6 +156,14 @@ CREATE TABLE IF NOT EXISTS backup_policies (
     keep INTEGER NOT NULL,      -- captured and scheduled backups kept
     since REAL NOT NULL         -- when the schedule was set
 );
+-- Sleeping apps (`opus ps:autosleep`): idle this long, the web instance stops until a
+-- request wakes it.
+CREATE TABLE IF NOT EXISTS autosleep (
+    app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+    period INTEGER NOT NULL,    -- seconds without a request
+    asleep INTEGER NOT NULL DEFAULT 0,
+    changed REAL NOT NULL       -- when it was set, or last went to sleep or woke
+);
 -- HTTPS: one row per site (an app's name, or "opus" for the dashboard): its switches,
 -- the certificate the front has for it, and the last order's outcome.
 CREATE TABLE IF NOT EXISTS tls_sites (
@@ -230,6 +238,17 @@ class App:
     stopped: bool = False         # stopped by `opus ps:stop`: no process runs
     health_check: str = "{}"      # checks.Check as JSON
     web_threads: int = 5          # threads per mod_wsgi daemon process
+
+
+@dataclasses.dataclass(frozen=True)
+class Autosleep:
+    """An app that sleeps when idle: after `period` seconds without a request its web
+    instance stops (`asleep`) until a request or a deploy wakes it."""
+
+    app: str
+    period: int
+    asleep: bool
+    changed: float      # when it was set, or last fell asleep or woke
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1021,6 +1040,39 @@ class Store:
                        " VALUES (?, ?, ?, ?) ON CONFLICT (app_id) DO UPDATE SET"
                        " minute_of_day = excluded.minute_of_day, keep = excluded.keep,"
                        " since = excluded.since", (app.id, minute_of_day, keep, time.time()))
+
+    def autosleep(self, app: App) -> Autosleep | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM autosleep WHERE app_id = ?", (app.id,)).fetchone()
+        return None if row is None else Autosleep(app.name, row["period"],
+                                                  bool(row["asleep"]), row["changed"])
+
+    def sleepers(self) -> dict[int, Autosleep]:
+        """Every app that may sleep, by app id."""
+        with self._db() as db:
+            rows = db.execute("SELECT autosleep.*, apps.name FROM autosleep JOIN apps ON"
+                              " apps.id = autosleep.app_id").fetchall()
+        return {r["app_id"]: Autosleep(r["name"], r["period"], bool(r["asleep"]), r["changed"])
+                for r in rows}
+
+    def set_autosleep(self, app: App, period: int | None) -> None:
+        """Sleep after `period` idle seconds; None: never (the row goes)."""
+        with self._db() as db:
+            if period is None:
+                db.execute("DELETE FROM autosleep WHERE app_id = ?", (app.id,))
+            else:
+                db.execute("INSERT INTO autosleep (app_id, period, changed) VALUES (?, ?, ?)"
+                           " ON CONFLICT (app_id) DO UPDATE SET period = excluded.period",
+                           (app.id, period, time.time()))
+
+    def set_asleep(self, app: App, asleep: bool) -> None:
+        with self._db() as db:
+            db.execute("UPDATE autosleep SET asleep = ?, changed = ? WHERE app_id = ?",
+                       (int(asleep), time.time(), app.id))
+
+    def is_asleep(self, app: App) -> bool:
+        found = self.autosleep(app)
+        return found is not None and found.asleep
 
     def scheduled_apps(self) -> list[tuple[App, BackupPolicy]]:
         with self._db() as db:

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import grp
+import hashlib
+import hmac
 import ipaddress
 import pwd
 import re
@@ -69,6 +71,9 @@ MAX_DOMAINS = 100
 # What opus_paas/balancer.py calls them (repeated on purpose: nothing is imported).
 MANAGER_PATH = "/.opus/balancer"
 MANAGER_HEADER = "X-Opus-Token"
+# A sleeping app's vhost tells the waker which app it is, with a proof only the front's
+# token makes (opus_paas/run/sleep.py checks it the same way).
+WAKE_HEADER = "X-Opus-Wake"
 LOG_FORMAT = '"%v %h %t \\"%r\\" %>s %b %D \\"%{X-Opus-Served-By}o\\""'
 
 
@@ -86,6 +91,13 @@ class Site:
     port: int
     members: tuple[int, ...]
     tls: Tls | None = None
+    sleeps: bool = False          # its instance may sleep: the waker is its hot standby
+
+
+def wake_proof(token: str, app: str) -> str:
+    """What a sleeping app's vhost sends the waker: an HMAC of the app's name under the
+    front's token, so no app can ask the waker to wake another (pure)."""
+    return hmac.new(token.encode(), b"opus-waker\0" + app.encode(), hashlib.sha256).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +123,7 @@ class FrontSpec:
     manager_port: int = 0          # the manager's own loopback ports (http, https)
     manager_tls_port: int = 0
     redis: tuple[RedisPort, ...] = ()
+    waker_port: int = 0            # the waker's loopback port (0: none)
 
 
 def _address(value: Any, what: str) -> str:
@@ -136,7 +149,7 @@ def check(spec: Any) -> FrontSpec:
     """The front spec, every value typed and bounded, no host name or port held twice."""
     body = _exactly(spec, {"listen_host", "listen_port", "scheme", "dashboard", "token",
                            "sites", "https_port", "manager_port", "manager_tls_port"},
-                    {"redis"}, "the front spec")
+                    {"redis", "waker_port"}, "the front spec")
     dash = _exactly(body["dashboard"], {"domain", "host", "port", "tls"}, set(), "dashboard")
     if body["scheme"] not in ("http", "https"):
         raise Denied("scheme must be http or https")
@@ -155,7 +168,12 @@ def check(spec: Any) -> FrontSpec:
         manager_port=_number(body["manager_port"], "manager_port", 1024, 65535),
         manager_tls_port=_number(body["manager_tls_port"], "manager_tls_port", 1024, 65535),
         redis=_redis(body.get("redis", [])),
+        waker_port=_number(body.get("waker_port", 0), "waker_port", 0, 65535),
     )
+    if front.waker_port and front.waker_port < 1024:
+        raise Denied("waker_port must be a port from 1024 to 65535")
+    if any(s.sleeps for s in front.sites) and not front.waker_port:
+        raise Denied("a site sleeps, but the spec names no waker_port")
     if dash["tls"] is not None:
         # The dashboard's https: its own name only, always redirected.
         dashboard = Site(DASHBOARD_SITE, (front.dashboard_domain,), 1024, (1024,))
@@ -169,6 +187,9 @@ def check(spec: Any) -> FrontSpec:
         raise Denied("a port is given to two apps: an app's vhost may only lead to its own")
     own = [front.listen_port, front.dashboard_port, front.https_port, front.manager_port,
            front.manager_tls_port]
+    if front.waker_port and front.waker_port in [*own, *ports]:
+        raise Denied("the waker's port is an app's, the front's, the dashboard's or the "
+                     "balancer-manager's")
     if set(own) & set(ports):
         raise Denied("an app's port is the front's or the dashboard's, or the "
                      "balancer-manager's")
@@ -189,7 +210,8 @@ def _sites(value: Any) -> tuple[Site, ...]:
         raise Denied(f"sites must be a list of at most {MAX_SITES}")
     sites = []
     for item in value:
-        entry = _exactly(item, {"app", "domains", "port", "members"}, {"tls"}, "a site")
+        entry = _exactly(item, {"app", "domains", "port", "members"}, {"tls", "sleeps"},
+                         "a site")
         app = app_name(_text(entry["app"], "a site's app", 64))
         domains = entry["domains"]
         if not isinstance(domains, list) or not 1 <= len(domains) <= MAX_DOMAINS:
@@ -204,6 +226,9 @@ def _sites(value: Any) -> tuple[Site, ...]:
             raise Denied(f"{app}: port must be one of its members, each given once")
         if entry.get("tls") is not None:
             site = dataclasses.replace(site, tls=_tls(entry["tls"], site))
+        if not isinstance(entry.get("sleeps", False), bool):
+            raise Denied(f"{app}: sleeps must be true or false")
+        site = dataclasses.replace(site, sleeps=entry.get("sleeps", False))
         sites.append(site)
     if len({s.app for s in sites}) != len(sites):
         raise Denied("an app has two sites")
@@ -453,6 +478,9 @@ def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str,
     lines += [
         "    ProxyPreserveHost On",
         f'    RequestHeader set X-Forwarded-Proto "{"https" if tls else spec.scheme}"',
+        # Set on every request (a client's own is replaced): the waker's proof.
+        *([f'    RequestHeader set {WAKE_HEADER} "{wake_proof(spec.token, site.app)}"']
+          if site.sleeps else []),
         f'    ProxyPass "{CHALLENGE_PATH}" !',
         # Static files come from secureops's copy of the live release's STATIC_ROOT
         # (static.py: root's, through its own `current` link), never from the app's
@@ -468,9 +496,16 @@ def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str,
         # them through the balancer-manager (no graceful restart).
         f'    <Proxy "{balancer}">',
     ]
+    # A sleeping app's members are retried a second after a refused connection (with
+    # retry=0 Apache picks the dead member again instead of its hot standby); meanwhile
+    # requests go to the waker, which wakes the app or hands them to it.
+    retry = 1 if site.sleeps else 0
     for port in site.members:
         disabled = "" if port == site.port else " status=+D"
-        lines.append(f'        BalancerMember "http://127.0.0.1:{port}" retry=0{disabled}')
+        lines.append(f'        BalancerMember "http://127.0.0.1:{port}" retry={retry}{disabled}')
+    if site.sleeps:
+        lines.append(f'        BalancerMember "http://127.0.0.1:{spec.waker_port}" retry=0 '
+                     "status=+H")
     lines += [
         "    </Proxy>",
         f'    ProxyPass "{MANAGER_PATH}" !',

@@ -837,8 +837,8 @@ def front_install(request: Request) -> int:
 def port_guards(layout: Layout, spec: front.FrontSpec) -> list[firewall.Guard]:
     """Who may connect to, and who may answer from, each loopback port Opus hands out:
     an app's instance ports are its own user's (Opus, the front and root may connect),
-    the dashboard's the opus user's, the balancer-manager's the front's (only Opus and
-    root may connect). Users are looked up here, never taken from the request."""
+    the dashboard's and the waker's the opus user's, the balancer-manager's the front's
+    (only Opus and root may connect). Users are looked up here, never taken from the request."""
     opus = _uid(layout.opus_group, "the opus user")
     front_user = _uid(layout.front_user, "the front's user")
     guards = [
@@ -848,6 +848,11 @@ def port_guards(layout: Layout, spec: front.FrontSpec) -> list[firewall.Guard]:
         firewall.Guard("the dashboard", (spec.dashboard_port,),
                        frozenset({0, opus, front_user}), frozenset({opus})),
     ]
+    if spec.waker_port:
+        # The waker (the opus user's) answers the front for sleeping apps: no app may
+        # ask it anything, nor answer in its place.
+        guards.append(firewall.Guard("the waker", (spec.waker_port,),
+                                     frozenset({0, opus, front_user}), frozenset({opus})))
     for site in spec.sites:
         uid = app_user(Request(layout, site.app, None, same_user=False)).pw_uid
         guards.append(firewall.Guard(f"app {site.app}", site.members,

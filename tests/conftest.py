@@ -186,6 +186,10 @@ def start_opus(*, under: Path | None = None, **extra_env: str) -> Opus:
         "OPUS_REDIS_PORT_BASE": str(ports + 400),  # then one per app's Redis
         # Small, so the Redis tests reach it quickly (the default is 64mb).
         "OPUS_REDIS_MAXMEMORY": "8mb",
+        "OPUS_WAKER_PORT": str(free_port()),
+        # Sleeping apps fall asleep after 2 s idle, checked every second.
+        "OPUS_AUTOSLEEP_MIN_SECONDS": "2",
+        "OPUS_AUTOSLEEP_CHECK_SECONDS": "1",
         "OPUS_CACHE_DIR": str(shared_cache_dir()),
         # mod_wsgi's wheels, built once per interpreter (path) for every test Opus.
         "OPUS_WHEELS_DIR": str(shared_cache_dir() / "wheels"),

@@ -97,7 +97,8 @@ def install(**settings: str) -> SystemOpus:
     chosen = {"http_host": "127.0.0.1", "http_port": str(opus.http_port),
               "ssh_host": "127.0.0.1", "ssh_port": str(opus.ssh_port),
               "dashboard_port": str(free_port()), "app_port_base": str(ports),
-              "redis_port_base": str(ports + 40),
+              "redis_port_base": str(ports + 40), "waker_port": str(free_port()),
+              "autosleep_min_seconds": "2", "autosleep_check_seconds": "1",
               **settings}
     sets = [a for k, v in chosen.items() for a in ("--set", f"{k}={v}")]
     try:

@@ -172,3 +172,86 @@ def test_the_front_record_keeps_no_token_and_a_new_token_rerenders(tmp_path: Pat
     assert httpd.write(settings, [site]) is True
     assert f"== '{fresh}'" in (tmp_path / "front" / "httpd.conf").read_text()
     assert fresh not in record.read_text() and record.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_sleeping_site_sends_to_its_own_waker_url_only(tmp_path: Path) -> None:
+    """A sleeping app's balancer has the waker as its hot standby and tells it, with a
+    proof under the front's token, which app it is; an app that may not sleep never
+    reaches the waker. Then the real front: with the apps' instances down, the sleeping
+    app's request reaches the waker carrying its own proof (a client's forged one is
+    replaced), the other app's does not."""
+    import http.server
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from opus_paas.run import sleep
+    from tests.conftest import free_port, free_port_block
+
+    apache = require_tool("/usr/sbin/apache2")
+    base = free_port_block(8)
+    settings = Settings(home=tmp_path, http_port=free_port(), app_port_base=base,
+                        waker_port=free_port(), dashboard_port=free_port())
+    sites = [httpd.Site("a", ("a.localhost",), base + 3, (base + 2, base + 3), sleeps=True),
+             httpd.Site("b", ("b.localhost",), base + 5, (base + 4, base + 5))]
+    token = httpd.manager_token(settings)
+    text = _render(settings, sites, token)
+    vhost_a = text.split("ServerName a.localhost")[1].split("</VirtualHost>")[0]
+    vhost_b = text.split("ServerName b.localhost")[1].split("</VirtualHost>")[0]
+    waker = f'BalancerMember "http://127.0.0.1:{settings.waker_port}" retry=0 status=+H'
+    assert vhost_a.count(waker) == 1 and text.count(waker) == 1
+    assert f'RequestHeader set X-Opus-Wake "{sleep.wake_proof(token, "a")}"' in vhost_a
+    assert "X-Opus-Wake" not in vhost_b and "retry=1" not in vhost_b
+    assert f'BalancerMember "http://127.0.0.1:{base + 3}" retry=1\n' in vhost_a
+    spec = httpd.spec(settings, sites, token)
+    for hostile in ({"waker_port": base + 2}, {"waker_port": settings.http_port},
+                    {"waker_port": 80}, {"waker_port": "1\nListen 1"}, {"waker_port": 0}):
+        with pytest.raises(Denied):
+            secureops_front.check({**spec, **hostile})
+    with pytest.raises(Denied, match="sleeps must be"):
+        secureops_front.check({**spec, "sites": [{**spec["sites"][0], "sleeps": "yes"}]})
+
+    seen: list[tuple[str | None, str | None]] = []
+
+    class Waker(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.headers.get("Host"), self.headers.get("X-Opus-Wake")))
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"awake")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", settings.waker_port), Waker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    assert httpd.write(settings, sites)
+    front = subprocess.Popen([apache, "-f", str(tmp_path / "front" / "httpd.conf"),
+                              "-DFOREGROUND"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        def get(host: str) -> int:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{settings.http_port}/",
+                headers={"Host": host, "X-Opus-Wake": sleep.wake_proof(token, "b")})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            except urllib.error.URLError:
+                return 0
+        deadline = time.monotonic() + 10
+        while get("a.localhost") != 200:
+            assert time.monotonic() < deadline, "the front never answered"
+            time.sleep(0.2)
+        assert [get("a.localhost") for _ in range(5)] == [200] * 5
+        assert get("b.localhost") == 503
+        assert set(seen) == {("a.localhost", sleep.wake_proof(token, "a"))}
+    finally:
+        front.terminate()
+        front.wait(timeout=15)
+        server.shutdown()
+        server.server_close()

@@ -30,9 +30,10 @@ def test_up_twice_is_harmless_and_down_leaves_nothing() -> None:
         assert (opus.home / "ssh_host_key").read_bytes() == host_key
         assert stat.S_IMODE((opus.home / "ssh_host_key").stat().st_mode) == 0o600
         status = opus.cli("status").stdout
-        for program in ("opus-sshd", "opus-front", "opus-dashboard", "opus-scheduler"):
+        for program in ("opus-sshd", "opus-front", "opus-dashboard", "opus-scheduler",
+                        "opus-waker"):
             assert program in status
-        assert status.count("RUNNING") == 4
+        assert status.count("RUNNING") == 5
         # The front publishes the dashboard at opus.<domain>.
         code, _headers, page = opus.get("opus.localhost", "/signin")
         assert code == 200 and "Sign in to Opus" in page

@@ -599,6 +599,67 @@ def test_no_socket_of_another_app_or_of_opus_answers_an_app(
     assert json.loads(reached.stdout)["reached"], reached
 
 
+def _asleep(system_opus: SystemOpus, app: str) -> bool:
+    return bool(json.loads(system_opus.cli("ps:autosleep", app, "--json").stdout)["asleep"])
+
+
+def _port_owners(port: int) -> set[int]:
+    tables = "".join(Path(name).read_text() for name in ("/proc/net/tcp", "/proc/net/tcp6"))
+    return deploy.listening_uids(tables, port)
+
+
+def test_a_sleeping_app_is_woken_by_its_request_as_its_own_user(
+        system_opus: SystemOpus, two_apps: tuple[str, str]) -> None:
+    """Idle, the app's instance stops (no process of its user is left); its next request
+    is held by the front while the waker (the opus user's) starts the instance again,
+    through supervisor, as the app's own user, and is answered."""
+    a, _b = two_apps
+    app = Store(system_opus.home / "opus.db").get_app(a)
+    assert app is not None and app.live_port is not None
+    system_opus.cli("ps:autosleep", a, "2s")
+    deadline = time.monotonic() + 30
+    while not _asleep(system_opus, a) or _port_owners(app.live_port):
+        assert time.monotonic() < deadline, "the app never fell asleep"
+        time.sleep(0.3)
+    system_opus.cli("ps:autosleep", a, "1h")     # once woken, it stays awake
+    assert "web.1  asleep" in system_opus.cli("ps", a).stdout
+    start = time.monotonic()
+    status, body = system_opus.get(a)
+    woke = time.monotonic() - start
+    print(f"system mode: {a} woke and answered in {woke:.2f} s")
+    assert status == 200 and f"Hello from {a}" in body, body
+    assert _port_owners(app.live_port) == {pwd.getpwnam(f"opus-{a}").pw_uid}
+    assert not _asleep(system_opus, a)
+    waker = [pid for pid in _pids_of(system_opus.user)
+             if b"opus_paas.run.waker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert waker, "the waker runs as the opus user"
+    system_opus.cli("ps:autosleep", a, "off")
+
+
+def test_only_the_front_and_opus_may_reach_the_waker(system_opus: SystemOpus,
+                                                      two_apps: tuple[str, str]) -> None:
+    """nftables refuses an app's user a connection to the waker's port; the opus user
+    connects (and, without the front's proof, is refused by the waker itself)."""
+    a, _b = two_apps
+    port = int(tomllib.loads((system_opus.home / "opus.toml").read_text())["waker_port"])
+    rules = subprocess.run(["nft", "list", "table", "inet", "opus"], capture_output=True,
+                           text=True, check=True).stdout
+    opus = pwd.getpwnam(system_opus.user).pw_uid
+    assert f"tcp dport {port} meta skuid != " in rules, rules
+    assert f"tcp sport {port} meta skuid != {opus} drop" in rules, rules
+    probe = ("import http.client\n"
+             "try:\n"
+             f"    c = http.client.HTTPConnection('127.0.0.1', {port}, timeout=5)\n"
+             f"    c.request('GET', '/', headers={{'Host': '{a}.localhost'}})\n"
+             "    print(c.getresponse().status)\n"
+             "except OSError as exc:\n"
+             "    print('refused', type(exc).__name__)\n")
+    ran = as_user(f"opus-{a}", "/usr/bin/python3", "-I", "-c", probe)
+    assert ran.stdout.startswith("refused ConnectionRefusedError"), ran
+    ran = as_user(system_opus.user, "/usr/bin/python3", "-I", "-c", probe)
+    assert ran.stdout.strip() == "403", ran
+
+
 def _https_port(system_opus: SystemOpus) -> list[int]:
     settings = tomllib.loads((system_opus.home / "opus.toml").read_text())
     return [int(settings["https_port"])] if "https_port" in settings else [443]

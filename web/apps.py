@@ -35,7 +35,8 @@ def index() -> str:
         releases = context.store().list_releases(app)
         rows.append({
             "app": app,
-            "status": app_status(app, running.get(app.name, [])),
+            "status": app_status(app, running.get(app.name, []),
+                                 context.store().is_asleep(app)),
             "scale": _scale_text(app),
             "url": apps.info(context.settings(), context.store(), app)["url"],
             "deployed": releases[0].created if releases else None,
@@ -67,7 +68,7 @@ def show(name: str) -> str:
         "apps/show.html",
         app=app,
         info=apps.info(settings, store, app),
-        status=app_status(app, found),
+        status=app_status(app, found, store.is_asleep(app)),
         processes=found,
         types=[{"name": t, "count": formation.get(t, (0, False))[0]} for t in types],
         releases=store.list_releases(app),

@@ -10,11 +10,13 @@ from opus_paas.store import App
 TROUBLE = {"CRASHED", "FATAL", "BACKOFF", "EXITED"}
 
 
-def app_status(app: App, processes: Sequence[dict[str, Any]]) -> str:
+def app_status(app: App, processes: Sequence[dict[str, Any]], asleep: bool = False) -> str:
     if app.live_version is None:
         return "not deployed"
     if app.stopped:
         return "stopped"
+    if asleep:
+        return "asleep"
     web = [p for p in processes if p["type"] == "web"]
     if any(p["state"] in TROUBLE for p in processes):
         return "crashed"

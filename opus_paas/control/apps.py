@@ -155,6 +155,7 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
         supervisor = Supervisor(settings)
         if live is not None and supervisor.is_running():
             deploy.set_programs(settings, supervisor, app.name, [])
+        store.set_asleep(app, False)       # (its rebuild, or the undo, starts it)
         renamed = store.rename_app(app, new)
         _move(settings, app.name, new)
         if live is None:

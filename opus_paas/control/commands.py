@@ -17,7 +17,16 @@ from pathlib import Path
 
 from opus_paas import __version__, access, names, redact
 from opus_paas.builder import command as builder_command
-from opus_paas.control import appfrom, apps, databases, doctor, keys, lifecycle, system
+from opus_paas.control import (
+    appfrom,
+    apps,
+    databases,
+    doctor,
+    keys,
+    lifecycle,
+    sleeping,
+    system,
+)
 from opus_paas.control import previews as previews_commands
 from opus_paas.control import pythons as pythons_commands
 from opus_paas.control import redis as redis_commands
@@ -225,7 +234,11 @@ def cmd_ps(ctx: Context, args: list[str]) -> None:
         ctx.emit_json(found)
         return
     app = access.app_for(ctx.store, ctx.actor, args[0])
-    if not found:
+    asleep = ctx.store.is_asleep(app)
+    if asleep:
+        ctx.out(f"web.1  asleep    (no request for a while; the next one wakes it: "
+                f"`opus ps:autosleep {app.name}`)")
+    elif not found:
         ctx.out(f"{app.name} has no processes" + (" (stopped; `opus ps:start` starts it)"
                                                    if app.stopped else ""))
     for proc in found:
@@ -693,7 +706,8 @@ TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
                                                      *databases.COMMANDS,
                                                      *redis_commands.COMMANDS,
                                                      *builder_command.COMMANDS,
-                                                     *previews_commands.COMMANDS]}
+                                                     *previews_commands.COMMANDS,
+                                                     *sleeping.COMMANDS]}
 
 
 def lookup(name: str) -> Command:

@@ -37,7 +37,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 
 def own_programs(settings: Settings) -> list[Program]:
-    """Opus's SSH server, dashboard and scheduler (as the opus user in system mode) and
+    """Opus's SSH server, dashboard, scheduler and waker (as the opus user in system mode) and
     the front (its master root's in system mode, to bind port 80; its children
     unprivileged)."""
     env = settings_environment(settings)
@@ -69,6 +69,16 @@ def own_programs(settings: Settings) -> list[Program]:
                                        "opus_paas.control.scheduler"]),
             directory=settings.home,
             log_file=settings.logs_dir / "opus-scheduler.log",
+            environment=env,
+            stopwaitsecs=5,
+            user=user,
+        ),
+        Program(
+            name="opus-waker",
+            command=guarded(settings, [system.python_for_programs(settings), "-m",
+                                       "opus_paas.run.waker"]),
+            directory=settings.home,
+            log_file=settings.logs_dir / "opus-waker.log",
             environment=env,
             stopwaitsecs=5,
             user=user,

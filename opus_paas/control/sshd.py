@@ -42,7 +42,7 @@ from opus_paas.control.hostkey import load_or_create_host_key
 from opus_paas.errors import Conflict, OpusError, UsageError, disk_full
 from opus_paas.git import gitserver, packs
 from opus_paas.git.wire import ChannelReader
-from opus_paas.run import push, recovery
+from opus_paas.run import push, recovery, sleep
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, User
 
@@ -286,6 +286,10 @@ def serve_git_as(settings: Settings, store: Store, user: User, verb: str, app_na
         app, created = open_for_push(settings, store, user, app_name)
         try:
             recovery.recover_app(settings, store, app.name)
+            # A sleeping app serves again while its push builds (its deploy would start
+            # it anyway; requests meanwhile would wait for this lock).
+            sleep.wake_quietly(settings, store, app, lambda line: channel.sendall_stderr(
+                f"remote: {line}\n".encode()))
             handler = gitserver.DeployingReceivePackHandler(
                 backend, [repo_arg], proto, settings=settings, store=store, app=app,
                 reader=reader, cancelled=cancelled, request_id=request_id)

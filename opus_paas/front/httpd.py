@@ -77,6 +77,7 @@ class Site:
     domains: tuple[str, ...]
     port: int
     members: tuple[int, ...] = ()
+    sleeps: bool = False     # it may sleep: the waker is its balancer's hot standby
 
     def member_ports(self) -> tuple[int, ...]:
         return self.members or (self.port,)
@@ -118,8 +119,9 @@ def spec(settings: Settings, sites: list[Site], token: str,
                       "port": settings.dashboard_port,
                       "tls": front_tls.dashboard_tls(settings, known)},
         "token": token,
+        "waker_port": settings.waker_port,
         "sites": [{"app": s.app, "domains": list(s.domains), "port": s.port,
-                   "members": list(s.member_ports()),
+                   "members": list(s.member_ports()), "sleeps": s.sleeps,
                    "tls": front_tls.site_tls(known.get(s.app), list(s.domains))}
                   for s in sorted(sites, key=lambda s: s.app)],
         "redis": [{"app": app, "port": port} for app, port in sorted(redis or [])],

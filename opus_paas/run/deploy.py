@@ -268,7 +268,8 @@ def app_domains(settings: Settings, store: Store, app: App) -> list[str]:
     return [settings.app_domain(app.name), *store.domains(app)]
 
 
-def site_for(settings: Settings, app: App, custom: list[str]) -> httpd.Site | None:
+def site_for(settings: Settings, app: App, custom: list[str],
+             sleeps: bool = False) -> httpd.Site | None:
     if app.live_port is None:
         return None
     return httpd.Site(
@@ -276,13 +277,17 @@ def site_for(settings: Settings, app: App, custom: list[str]) -> httpd.Site | No
         domains=(settings.app_domain(app.name), *custom),
         port=app.live_port,
         members=ports(settings, app),
+        sleeps=sleeps,
     )
 
 
 def live_sites(settings: Settings, store: Store, apps: list[App]) -> list[httpd.Site]:
-    """The front's sites: every app that has a live release, with its domains."""
+    """The front's sites: every app that has a live release, with its domains (and the
+    waker as the hot standby of those that may sleep)."""
     custom = store.all_domains()
-    return [s for s in (site_for(settings, a, custom.get(a.id, [])) for a in apps)
+    sleepers = store.sleepers()
+    return [s for s in (site_for(settings, a, custom.get(a.id, []), a.id in sleepers)
+                        for a in apps)
             if s is not None]
 
 
@@ -345,7 +350,7 @@ def wait_until_serving(settings: Settings, store: Store, supervisor: Supervisor)
     report = []
     for app in store.list_apps():
         live = None if app.stopped else live_program(settings, app)
-        if live is None or app.live_port is None:
+        if live is None or app.live_port is None or store.is_asleep(app):
             continue
         check = dataclasses.replace(checks.from_json(app.health_check),
                                     timeout=max(1.0, deadline - time.monotonic()))
@@ -412,7 +417,9 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     slug_version = version if slug_version is None else slug_version
     new = web_program(settings, app.name, version, port, slug_version, app.web_processes,
                       app.web_threads)
-    old = None if app.stopped else live_program(settings, running or app)
+    # A sleeping app's instance is not running: the new one is its wake.
+    old = None if app.stopped or store.is_asleep(app) else \
+        live_program(settings, running or app)
     workers = [] if app.stopped or app.live_version is None else \
         type_programs(settings, store, app, app.live_version, app.live_slug)
     # A new instance starts with no crash behind it (an earlier one of the same name
@@ -446,6 +453,7 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
             switched = True
             failpoints.reached(settings, "deploy.switched")
             record(port)
+            store.set_asleep(app, False)    # (if it may sleep: awake, idle from now)
     except BaseException:
         # Whatever stopped the deploy (a failed check, the client gone, a bug), the new
         # instance goes and the old one keeps serving.
@@ -526,12 +534,14 @@ def _drained(manager: balancer.BalancerManager, port: int) -> bool:
 
 
 def expected_programs(settings: Settings, store: Store, app: App) -> list[Program]:
-    """The programs the database says the app runs: its live release's web instance and
-    its other process types at their scale (none while stopped)."""
+    """The programs the database says the app runs: its live release's web instance
+    (not while it sleeps) and its other process types at their scale (none while
+    stopped)."""
     live = None if app.stopped else live_program(settings, app)
     if live is None:
         return []
-    return [live, *type_programs(settings, store, app, app.live_version or 0, app.live_slug)]
+    others = type_programs(settings, store, app, app.live_version or 0, app.live_slug)
+    return others if store.is_asleep(app) else [live, *others]
 
 
 def program_differences(settings: Settings, store: Store, app: App,

@@ -133,6 +133,8 @@ def stop(settings: Settings, store: Store, actor: Actor, name: str,
         app = _live(store, app)
         if kind is None:
             store.set_stopped(app, True)
+            if store.is_asleep(app):      # stopped: not asleep (a start deploys it)
+                store.set_asleep(app, False)
         elif kind == "web":
             raise UsageError("web is the app: `opus ps:stop APP` stops it all")
         else:
@@ -155,7 +157,7 @@ def start(settings: Settings, store: Store, actor: Actor, name: str, emit: Emit,
             store.set_type_stopped(app, kind, False)
             _apply_types(settings, store, access.fresh(store, app))
             return True
-        if not app.stopped:
+        if not app.stopped and not store.is_asleep(app):
             return False
         _run_live(settings, store, app, emit)
         return True
@@ -173,10 +175,8 @@ def _apply_types(settings: Settings, store: Store, app: App) -> None:
     supervisor = Supervisor(settings)
     if not supervisor.is_running():
         return
-    live = None if app.stopped else deploy.live_program(settings, app)
-    programs = [live, *deploy.type_programs(settings, store, app, app.live_version or 0,
-                                            app.live_slug)] if live else []
-    deploy.set_programs(settings, supervisor, app.name, programs)
+    deploy.set_programs(settings, supervisor, app.name,
+                        deploy.expected_programs(settings, store, app))
 
 
 def parse_scale(pairs: list[str]) -> dict[str, int]:
