@@ -3,19 +3,23 @@
 The catalogue's checks meet hostile specs; each entry's project (made with
 `--no-deploy`) passes `manage.py check` in one shared environment; `opus init --with
 auth,api` deploys to the session's Opus over real SSH and serves its home page, its
-sign-in page and DRF's /api/; the dashboard's /new makes, creates and pushes an app and
-streams the push, and refuses hostile form values.
+sign-in page and DRF's /api/; `opus init --with blog,cms,celery` deploys in one push
+with its own Redis (app.json) and a worker that runs a task through it; the dashboard's
+/new makes, creates and pushes an app and streams the push, and refuses hostile form values.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,7 @@ from opus_paas.access import OPERATOR, Actor
 from opus_paas.builder import catalogue, deploy, make, receive
 from opus_paas.control import commands
 from opus_paas.control.context import Context
+from opus_paas.data import redis
 from opus_paas.errors import OpusError, UsageError
 from opus_paas.store import Store, User
 from tests.conftest import Opus, SshKey, require_tool, shared_cache_dir
@@ -74,11 +79,19 @@ def test_good_specs_become_requirement_lines() -> None:
         catalogue.choose(["pip:a"] * 21)
 
 
-def test_the_procfile_and_python_version() -> None:
+def test_the_procfile_app_json_and_python_version() -> None:
     celery = catalogue.choose(["celery"])
-    procfile = make.project_files("w", celery, "3.12")["Procfile"]
-    assert procfile == ("release: python manage.py migrate --noinput\n"
-                        "worker: celery -A config worker --loglevel=info\n")
+    files = make.project_files("w", celery, "3.12")
+    assert files["Procfile"] == ("release: python manage.py migrate --noinput\n"
+                                 "worker: celery -A config worker --loglevel=info "
+                                 "--concurrency=2\n")
+    spec = json.loads(files["app.json"])
+    assert spec["addons"] == ["heroku-redis"]
+    assert spec["formation"] == {"web": {"quantity": 1}, "worker": {"quantity": 1}}
+    assert {"addons", "formation"} & set(json.loads(make.project_files(
+        "w", catalogue.choose(["auth"]), "3.12")["app.json"])) == {"formation"}
+    # Wagtail's catch-all goes after every other entry's urls, whatever the order given.
+    assert catalogue.choose(["cms,celery,blog"]).keys == ["blog", "celery", "cms"]
     assert make.python_version((3, 9)) == "3.14" and make.python_version((3, 12)) == "3.12"
     assert "templates/home.html" not in make.project_files("w", catalogue.choose(["cms"]),
                                                           "3.12")
@@ -216,6 +229,76 @@ def test_opus_init_with_auth_and_api_deploys_and_serves(opus: Opus, admin_key: S
     remote = subprocess.run(["git", "-C", str(tmp_path / "initapi"), "remote", "get-url",
                              "opus"], capture_output=True, text=True, check=True)
     assert remote.stdout.strip() == f"ssh://git@127.0.0.1:{opus.ssh_port}/initapi.git"
+
+
+def _post_form(opus: Opus, host: str, path: str, fields: dict[str, str]
+               ) -> tuple[int, str]:
+    """GET `path`'s form for its CSRF token and cookie, POST `fields` with them; the
+    status and Location (redirects are not followed)."""
+    status, headers, page = opus.get(host, path)
+    assert status == 200, page[:500]
+    cookie = headers["Set-Cookie"].split(";", 1)[0]
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert token and cookie.startswith("csrftoken="), (headers, page[:500])
+    body = urllib.parse.urlencode({"csrfmiddlewaretoken": token.group(1), **fields})
+    conn = http.client.HTTPConnection("127.0.0.1", opus.http_port, timeout=30)
+    try:
+        conn.request("POST", path, body, {
+            "Host": host, "Cookie": cookie,
+            "Content-Type": "application/x-www-form-urlencoded"})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("Location") or ""
+    finally:
+        conn.close()
+
+
+def test_opus_init_with_blog_cms_and_celery_deploys_a_worker_on_its_own_redis(
+        opus: Opus, admin_key: SshKey, tmp_path: Path) -> None:
+    """One push: app.json gives the app its Redis (REDIS_URL) and a worker; the blog's
+    admin, Wagtail's pages and editor answer; a task goes through Redis to the worker
+    and its result comes back."""
+    require_tool(redis.REDIS_SERVER)
+    assert "Redis enabled" in opus.cli("addons:enable", "redis").stdout
+    env = {**admin_key.git_env(opus), **{k: v for k, v in opus.env.items()
+                                         if k.startswith("OPUS_")}}
+    started = time.monotonic()
+    done = init("initall", "--with", "cms,celery,blog", "--server",
+                f"ssh://git@127.0.0.1:{opus.ssh_port}", cwd=tmp_path, env=env)
+    pushed = time.monotonic() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "remote: -----> Released v1" in out, out
+    assert "Started the app's Redis (initall-redis, REDIS_URL)" in out, out
+    assert "Scale worker=1 (app.json's formation)" in out and "Scaled to 0" not in out, out
+    print(f"opus init --with blog,cms,celery: made and deployed in {pushed:.1f} s")
+    host = opus.app_host("initall")
+    status, _headers, page = opus.get(host, "/admin/blog_core/")  # to the admin's sign-in
+    assert status == 200 and "csrfmiddlewaretoken" in page and "Django" in page, page[:500]
+    status, _headers, page = opus.get(host, "/cms/login/")
+    assert status == 200 and "wagtail" in page.lower() and "csrfmiddlewaretoken" in page, \
+        page[:500]
+    status, _headers, page = opus.get(host, "/")
+    assert status == 200 and "Wagtail" in page, page[:500]
+    status, location = _post_form(opus, host, "/tasks/", {"x": "2", "y": "40"})
+    assert status == 302 and location.startswith("/tasks/"), (status, location)
+    deadline = time.monotonic() + 15
+    answer: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        status, _headers, page = opus.get(host, location)
+        assert status == 200, page[:500]
+        answer = json.loads(page)
+        if answer["state"] == "SUCCESS":
+            break
+        time.sleep(0.3)
+    assert answer == {"state": "SUCCESS", "result": 42}, answer
+    forged = location.rstrip("/")[:-3] + "AAA/"
+    assert opus.get(host, forged)[0] == 404, "only a result this app's view signed is read"
+    assert _post_form(opus, host, "/tasks/", {"x": "2", "y": "1e99"})[0] == 400
+    processes = opus.cli("ps", "initall").stdout
+    assert re.search(r"^worker\.1  RUNNING ", processes, re.M), processes
+    url = opus.cli("config:get", "initall", "REDIS_URL").stdout.strip()
+    assert re.fullmatch(r"redis://:[A-Za-z0-9_-]{43}@127\.0\.0\.1:\d+/0", url), url
 
 
 # ---- the dashboard's New project page -----------------------------------------------------

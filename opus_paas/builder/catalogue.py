@@ -33,6 +33,8 @@ class Entry:
     procfile: tuple[str, ...] = ()
     files: tuple[tuple[str, str], ...] = ()   # (path in the project, text)
     owns_root: bool = False                   # serves `/` itself (no generated home page)
+    addons: tuple[str, ...] = ()              # app.json add-ons made on the first deploy
+    formation: tuple[tuple[str, int], ...] = ()   # app.json formation (Procfile types)
 
 
 LOGIN_TEMPLATE = """\
@@ -51,7 +53,8 @@ LOGIN_TEMPLATE = """\
 CELERY_APP = """\
 \"\"\"The Celery app: `celery -A config worker` (the Procfile's worker: line).
 
-The broker is CELERY_BROKER_URL, else REDIS_URL (what a Redis add-on sets).
+The broker and the result backend are CELERY_BROKER_URL and CELERY_RESULT_BACKEND,
+else REDIS_URL (what Opus's Redis add-on sets; app.json asks for it).
 \"\"\"
 
 import os
@@ -60,9 +63,79 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-app = Celery("config")
+app = Celery("config", include=["config.tasks"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+"""
+
+CELERY_TASKS = """\
+\"\"\"Tasks the worker runs; /tasks/ enqueues `add` and shows its result.\"\"\"
+
+from celery import shared_task
+
+
+@shared_task
+def add(x, y):
+    return x + y
+"""
+
+CELERY_VIEWS = """\
+\"\"\"/tasks/: a form that enqueues `add`, and /tasks/TOKEN/ with its state and result.
+
+TOKEN is the task's id signed with SECRET_KEY, so only results of tasks enqueued
+here can be read, not those of any other task in the result backend.
+\"\"\"
+
+from celery.result import AsyncResult
+from django.core import signing
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from config.tasks import add
+
+SALT = "config.task_views"
+
+
+@require_http_methods(["GET", "POST"])
+def start(request):
+    if request.method == "GET":
+        return render(request, "tasks.html")
+    try:
+        x, y = (int(request.POST.get(name, "")) for name in ("x", "y"))
+    except ValueError:
+        return render(request, "tasks.html", {"error": "x and y are whole numbers"},
+                      status=400)
+    if not all(-10**9 <= n <= 10**9 for n in (x, y)):
+        return render(request, "tasks.html", {"error": "x and y are at most 10^9"},
+                      status=400)
+    task = add.delay(x, y)
+    return redirect("task-result", token=signing.dumps(task.id, salt=SALT))
+
+
+def result(request, token):
+    try:
+        task_id = signing.loads(token, salt=SALT)
+    except signing.BadSignature:
+        raise Http404("no such task") from None
+    found = AsyncResult(task_id)
+    done = found.successful()
+    return JsonResponse({"state": found.state, "result": found.result if done else None})
+"""
+
+TASKS_TEMPLATE = """\
+{% extends "base.html" %}
+{% block content %}
+<h1>A Celery task</h1>
+<p>The worker (the Procfile's <code>worker:</code>) adds two numbers through Redis.</p>
+{% if error %}<p>{{ error }}</p>{% endif %}
+<form method="post">
+  {% csrf_token %}
+  <input name="x" value="2" inputmode="numeric"> +
+  <input name="y" value="3" inputmode="numeric">
+  <button type="submit">Add them on the worker</button>
+</form>
+{% endblock %}
 """
 
 CELERY_INIT = """\
@@ -130,13 +203,23 @@ ENTRIES: dict[str, Entry] = {e.key: e for e in [
         owns_root=True,
     ),
     Entry(
-        "celery", "Celery workers (the Procfile's worker:), broker from REDIS_URL",
+        "celery", "a Celery worker on the app's own Redis (app.json), a task at /tasks/",
         requirements=("celery[redis]>=5.4,<6",),
         settings=('CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or '
                   'os.environ.get("REDIS_URL", "redis://localhost:6379/0")\n'
-                  "CELERY_TASK_IGNORE_RESULT = True\n"),
-        procfile=(f"worker: celery -A {PROJECT} worker --loglevel=info",),
-        files=((f"{PROJECT}/celery.py", CELERY_APP),),
+                  'CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or '
+                  "CELERY_BROKER_URL\n"
+                  "CELERY_RESULT_EXPIRES = 3600\n"
+                  "CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True\n"),
+        url_imports=(f"from {PROJECT} import task_views",),
+        urls=('path("tasks/", task_views.start, name="tasks"),',
+              'path("tasks/<str:token>/", task_views.result, name="task-result"),'),
+        procfile=(f"worker: celery -A {PROJECT} worker --loglevel=info --concurrency=2",),
+        files=((f"{PROJECT}/celery.py", CELERY_APP), (f"{PROJECT}/tasks.py", CELERY_TASKS),
+               (f"{PROJECT}/task_views.py", CELERY_VIEWS),
+               ("templates/tasks.html", TASKS_TEMPLATE)),
+        addons=("heroku-redis",),
+        formation=(("worker", 1),),
     ),
 ]}
 
@@ -218,8 +301,9 @@ def choose(specs: list[str], database: str = "sqlite") -> Choice:
                 entries.append(found)
         elif found not in extra:
             extra.append(found)
-    # A fixed order, whatever the order given: Wagtail's catch-all urls go last.
-    entries.sort(key=lambda e: list(ENTRIES).index(e.key))
+    # A fixed order, whatever the order given; an entry that serves `/` (Wagtail's
+    # catch-all urls) goes last.
+    entries.sort(key=lambda e: (e.owns_root, list(ENTRIES).index(e.key)))
     return Choice(tuple(entries), tuple(extra), database)
 
 

@@ -45,7 +45,8 @@ BASE_TEMPLATE = """\
 """
 LINKS = {"auth": ("/accounts/login/", "Sign in"),
          "blog": ("/admin/blog_core/", "The blog's admin (each blog is at /blog/SLUG/)"),
-         "api": ("/api/", "The REST API")}
+         "api": ("/api/", "The REST API"),
+         "celery": ("/tasks/", "A Celery task, run by the worker")}
 GITIGNORE = "__pycache__/\n*.py[cod]\n.venv/\nvenv/\ndb.sqlite3\nstaticfiles/\nmedia/\n.env\n"
 
 
@@ -135,12 +136,21 @@ def project_files(app: str, choice: Choice, python: str) -> dict[str, str]:
 
 
 def app_json(app: str, choice: Choice) -> dict[str, object]:
-    """Heroku's app.json: what the app is. (Its database, when Postgres, is made by the
-    builder's `pg:create`, so no add-on is listed to be made twice.)"""
+    """Heroku's app.json: what the app is, the add-ons its entries need (celery: its own
+    Redis, so REDIS_URL is set before the first build) and their processes' scale (a
+    worker running from the first release). Its database, when Postgres, is made by the
+    builder's `pg:create`, so it is not listed to be made twice."""
     made_with = ", ".join(choice.keys) or "Django alone"
-    return {"name": app,
-            "description": f"A Django project made by `opus init` with {made_with}",
-            "formation": {"web": {"quantity": 1}}}
+    spec: dict[str, object] = {
+        "name": app, "description": f"A Django project made by `opus init` with {made_with}"}
+    addons = [a for e in choice.entries for a in e.addons]
+    if addons:
+        spec["addons"] = list(dict.fromkeys(addons))
+    formation: dict[str, object] = {"web": {"quantity": 1}}
+    formation.update({kind: {"quantity": quantity} for e in choice.entries
+                      for kind, quantity in e.formation})
+    spec["formation"] = formation
+    return spec
 
 
 def edit_settings(path: Path, app: str, choice: Choice) -> None:

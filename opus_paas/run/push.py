@@ -138,15 +138,15 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             if info is None:
                 raise BuildFailed("the buildpack left no .opus/build.json")
             types = {**result.process_types, **release.process_types(info)}
+            if spec is not None and spec.formation:
+                app = appsetup.apply_formation(store, app, spec, types,
+                                               bool(info.get("web_command")), emit_and_log)
             formation = store.formation(app)
             idle = sorted(k for k in set(types) - {"web", "release"}
                           if formation.get(k, (0, False))[0] == 0)
             if idle:
                 emit_and_log(f"       Scaled to 0: {', '.join(idle)} (run one with `opus "
                              f"ps:scale {app.name} {idle[0]}=1`)")
-            if spec is not None and spec.formation:
-                app = appsetup.apply_formation(store, app, spec, types,
-                                               bool(info.get("web_command")), emit_and_log)
             env = release.runtime_env(settings, app, slug, config, info,
                                       deploy.app_domains(settings, store, app))
             release.write_env_file(settings, app.name, version, env)
