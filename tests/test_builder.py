@@ -34,6 +34,7 @@ from opus_paas.errors import OpusError, UsageError
 from opus_paas.store import Store, User
 from tests.conftest import Opus, SshKey, require_tool, shared_cache_dir
 from tests.test_dashboard_http import Browser
+from tests.test_databases import in_process
 
 PASSWORD = "builder test password"
 
@@ -85,6 +86,8 @@ def test_the_procfile_app_json_and_python_version() -> None:
     assert files["Procfile"] == ("release: python manage.py migrate --noinput\n"
                                  "worker: celery -A config worker --loglevel=info "
                                  "--concurrency=2\n")
+    assert 'href="/tasks/"' in files["templates/home.html"]
+    assert "signing.loads(token" in files["config/task_views.py"]
     spec = json.loads(files["app.json"])
     assert spec["addons"] == ["heroku-redis"]
     assert spec["formation"] == {"web": {"quantity": 1}, "worker": {"quantity": 1}}
@@ -259,7 +262,9 @@ def test_opus_init_with_blog_cms_and_celery_deploys_a_worker_on_its_own_redis(
     admin, Wagtail's pages and editor answer; a task goes through Redis to the worker
     and its result comes back."""
     require_tool(redis.REDIS_SERVER)
-    assert "Redis enabled" in opus.cli("addons:enable", "redis").stdout
+    said: list[str] = []   # (read-only and add-on commands in this process: no CLI start-up)
+    assert in_process(opus, ["addons:enable", "redis"], said) is None and \
+        "Redis enabled" in said[0], said
     env = {**admin_key.git_env(opus), **{k: v for k, v in opus.env.items()
                                          if k.startswith("OPUS_")}}
     started = time.monotonic()
@@ -295,9 +300,12 @@ def test_opus_init_with_blog_cms_and_celery_deploys_a_worker_on_its_own_redis(
     forged = location.rstrip("/")[:-3] + "AAA/"
     assert opus.get(host, forged)[0] == 404, "only a result this app's view signed is read"
     assert _post_form(opus, host, "/tasks/", {"x": "2", "y": "1e99"})[0] == 400
-    processes = opus.cli("ps", "initall").stdout
-    assert re.search(r"^worker\.1  RUNNING ", processes, re.M), processes
-    url = opus.cli("config:get", "initall", "REDIS_URL").stdout.strip()
+    said.clear()
+    assert in_process(opus, ["ps", "initall"], said) is None
+    assert any(re.match(r"worker\.1  RUNNING ", line) for line in said), said
+    said.clear()
+    assert in_process(opus, ["config:get", "initall", "REDIS_URL"], said) is None
+    url = said[0].strip()
     assert re.fullmatch(r"redis://:[A-Za-z0-9_-]{43}@127\.0\.0\.1:\d+/0", url), url
 
 
