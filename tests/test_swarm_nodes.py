@@ -1,0 +1,120 @@
+"""The scale-out spike: 3 real dockerd nodes on this machine form a Docker Swarm and run
+a host-network service the host reaches over HTTP; a killed node is reported Down.
+How the nodes are built: tests/swarm_nodes.py and docs/scale-out.md."""
+from __future__ import annotations
+
+import functools
+import io
+import shutil
+import tarfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import require_root, require_tool
+from tests.swarm_nodes import DOCKER, DOCKERD, Swarm, swarm_nodes
+
+BUSYBOX = "/bin/busybox"   # Debian's busybox-static
+PORT = 8080                # in each node's own network namespace: never taken
+CGI = b"#!/bin/sh\necho 'Content-Type: text/plain'\necho\nhostname\n"
+
+
+def _rootfs_tar(path: Path) -> None:
+    """A registry-free base: static busybox, its sh, a page and a CGI naming the node."""
+    def add(name: str, data: bytes | None = None, mode: int = 0o755,
+            kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
+        info = tarfile.TarInfo(name)
+        info.mode, info.type, info.linkname = mode, kind, link
+        info.size = len(data) if data is not None else 0
+        tar.addfile(info, io.BytesIO(data) if data is not None else None)
+
+    with tarfile.open(path, "w") as tar:
+        for directory in ("bin", "www", "www/cgi-bin"):
+            add(directory, kind=tarfile.DIRTYPE)
+        add("bin/busybox", Path(BUSYBOX).read_bytes())
+        add("bin/sh", kind=tarfile.SYMTYPE, link="busybox")
+        add("bin/hostname", kind=tarfile.SYMTYPE, link="busybox")
+        add("www/index.html", b"opus swarm spike\n", mode=0o644)
+        add("www/cgi-bin/node", CGI)
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def _answers_200(url: str) -> bool:
+    return _get(url)[0] == 200
+
+
+def _until(probe: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not probe():
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def _running_tasks(swarm: Swarm) -> int:
+    out = swarm.manager.docker("service", "ps", "web", "--filter", "desired-state=running",
+                               "--format", "{{.CurrentState}}").stdout
+    return sum(line.startswith("Running") for line in out.splitlines())
+
+
+def test_three_nodes_form_a_swarm_serve_http_and_report_a_dead_node(tmp_path: Path) -> None:
+    require_root("the swarm nodes need network and mount namespaces")
+    for tool in (DOCKERD, DOCKER, BUSYBOX, shutil.which("ip") or "ip", "nsenter", "unshare"):
+        require_tool(tool)
+    rootfs = tmp_path / "rootfs.tar"
+    _rootfs_tar(rootfs)
+
+    with swarm_nodes(3) as swarm:
+        states = swarm.node_states()
+        assert sorted(states) == sorted(n.address for n in swarm.nodes)
+        assert all(state == ("ready", "active") for state in states.values()), states
+        assert "Leader" in swarm.manager.docker("node", "ls").stdout
+
+        started = time.monotonic()
+        image = swarm.load_image(rootfs, "opus-spike/httpd:1")
+        swarm.timings["image on 3 nodes"] = time.monotonic() - started
+        assert image.startswith("sha256:")
+
+        started = time.monotonic()
+        swarm.manager.docker(
+            "service", "create", "--name", "web", "--mode", "global", "--network", "host",
+            "--no-resolve-image", "--read-only", "--cap-drop", "ALL",
+            "--user", "65534:65534", "--limit-memory", "32M", "--stop-grace-period", "1s",
+            "--hostname", "{{.Node.Hostname}}", "--detach",
+            "opus-spike/httpd:1", "/bin/busybox", "httpd", "-f", "-p", str(PORT), "-h", "/www")
+        for node in swarm.nodes:
+            url = f"http://{node.address}:{PORT}/"
+            _until(functools.partial(_answers_200, url), 20, f"HTTP 200 from {url}")
+        swarm.timings["service converged"] = time.monotonic() - started
+        assert _running_tasks(swarm) == 3
+        for node in swarm.nodes:
+            assert _get(f"http://{node.address}:{PORT}/") == (200, "opus swarm spike\n")
+            # Each address reaches that node's own task (the address exists in one netns only).
+            assert _get(f"http://{node.address}:{PORT}/cgi-bin/node") == (
+                200, f"{node.hostname}\n")
+        spec = swarm.manager.docker(
+            "service", "inspect", "web", "-f",
+            "{{.Spec.TaskTemplate.ContainerSpec.ReadOnly}} "
+            "{{.Spec.TaskTemplate.ContainerSpec.User}} "
+            "{{.Spec.TaskTemplate.ContainerSpec.CapabilityDrop}}").stdout.split()
+        assert spec == ["true", "65534:65534", "[ALL]"]
+
+        dead = swarm.nodes[2]
+        started = time.monotonic()
+        dead.kill()
+        swarm.timings["node reported down"] = _until(
+            lambda: swarm.node_states()[dead.address][0] == "down", 20,
+            f"the manager to report node {dead.index} down")
+        alive = {addr for addr, (state, _) in swarm.node_states().items() if state == "ready"}
+        assert alive == {swarm.nodes[0].address, swarm.nodes[1].address}
+        assert "Down" in swarm.manager.docker("node", "ls").stdout
+        print("swarm spike timings (s):",
+              {name: round(seconds, 2) for name, seconds in swarm.timings.items()})
