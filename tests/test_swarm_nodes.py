@@ -93,8 +93,9 @@ def test_three_nodes_form_a_swarm_serve_http_and_report_a_dead_node(tmp_path: Pa
         for node in swarm.nodes:
             url = f"http://{node.address}:{PORT}/"
             _until(functools.partial(_answers_200, url), 20, f"HTTP 200 from {url}")
+        # The manager hears of a task's Running state a moment after it serves.
+        _until(lambda: _running_tasks(swarm) == 3, 10, "the manager to see 3 running tasks")
         swarm.timings["service converged"] = time.monotonic() - started
-        assert _running_tasks(swarm) == 3
         for node in swarm.nodes:
             assert _get(f"http://{node.address}:{PORT}/") == (200, "opus swarm spike\n")
             # Each address reaches that node's own task (the address exists in one netns only).
