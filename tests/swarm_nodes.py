@@ -233,16 +233,27 @@ def _netns_pids(netns: str) -> list[int]:
 
 def _teardown(swarm: Swarm) -> None:
     """Best effort at every step, so one failure never leaves the rest behind."""
-    for node in reversed(swarm.nodes):
-        if node.process is not None and node.process.poll() is None:
-            with contextlib.suppress(Exception):
-                node.docker("swarm", "leave", "--force", check=False, timeout=5)
-            node.process.send_signal(signal.SIGTERM)
-            try:
-                node.process.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                node.process.kill()
-                node.process.wait(timeout=10)
+    alive = [n for n in swarm.nodes if n.process is not None and n.process.poll() is None]
+    # Leave the swarm and stop the dockerds all at once (a worker's leave takes ~1.7 s).
+    leaving = [subprocess.Popen([DOCKER, "-H", f"unix://{n.socket}", "swarm", "leave",
+                                 "--force"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for n in alive]
+    for leave in leaving:
+        try:
+            leave.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            leave.kill()
+            leave.wait()
+    for node in alive:
+        assert node.process is not None
+        node.process.send_signal(signal.SIGTERM)
+    for node in alive:
+        assert node.process is not None
+        try:
+            node.process.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait(timeout=10)
     for node in swarm.nodes:
         # containerd, shims and task processes outlive a killed dockerd: every process
         # still in the node's network namespace is one this helper started.
