@@ -1,5 +1,6 @@
 """The scale-out spike: 3 real dockerd nodes on this machine form a Docker Swarm and run
-a host-network service the host reaches over HTTP; a killed node is reported Down.
+a host-network service the host reaches over HTTP; a killed node is reported Down and
+its task rescheduled.
 How the nodes are built: tests/swarm_nodes.py and docs/scale-out.md."""
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import require_root, require_tool
-from tests.swarm_nodes import DOCKER, DOCKERD, Swarm, swarm_nodes
+from tests.swarm_nodes import DOCKER, DOCKERD, Node, Swarm, swarm_nodes
 
 BUSYBOX = "/bin/busybox"   # Debian's busybox-static
-PORT = 8080                # in each node's own network namespace: never taken
+# Task N listens on BASE_PORT + N (its slot) in its node's network namespace, so two
+# tasks of a service can share a node after a reschedule.
+BASE_PORT = 8080
 CGI = b"#!/bin/sh\necho 'Content-Type: text/plain'\necho\nhostname\n"
 
 
@@ -58,13 +61,24 @@ def _until(probe: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
-def _running_tasks(swarm: Swarm) -> int:
+def _placement(swarm: Swarm) -> dict[int, str]:
+    """Task slot -> hostname of the node the manager sees it Running on."""
     out = swarm.manager.docker("service", "ps", "web", "--filter", "desired-state=running",
-                               "--format", "{{.CurrentState}}").stdout
-    return sum(line.startswith("Running") for line in out.splitlines())
+                               "--format", "{{.Name}} {{.Node}} {{.CurrentState}}").stdout
+    placement = {}
+    for line in out.splitlines():
+        name, node, state = line.split(" ", 2)
+        if state.startswith("Running"):
+            placement[int(name.rsplit(".", 1)[1])] = node
+    return placement
 
 
-def test_three_nodes_form_a_swarm_serve_http_and_report_a_dead_node(tmp_path: Path) -> None:
+def _node(swarm: Swarm, hostname: str) -> Node:
+    [node] = [n for n in swarm.nodes if n.hostname == hostname]
+    return node
+
+
+def test_three_nodes_form_a_swarm_serve_http_and_survive_a_dead_node(tmp_path: Path) -> None:
     require_root("the swarm nodes need network and mount namespaces")
     for tool in (DOCKERD, DOCKER, BUSYBOX, "ip", "nsenter", "unshare"):
         require_tool(tool)
@@ -84,22 +98,25 @@ def test_three_nodes_form_a_swarm_serve_http_and_report_a_dead_node(tmp_path: Pa
 
         started = time.monotonic()
         swarm.manager.docker(
-            "service", "create", "--name", "web", "--mode", "global", "--network", "host",
+            "service", "create", "--name", "web", "--replicas", "3", "--network", "host",
             "--no-resolve-image", "--read-only", "--cap-drop", "ALL",
-            "--user", "65534:65534", "--limit-memory", "32M", "--stop-grace-period", "1s",
-            "--hostname", "{{.Node.Hostname}}", "--detach",
-            "opus-spike/httpd:1", "/bin/busybox", "httpd", "-f", "-p", str(PORT), "-h", "/www")
-        for node in swarm.nodes:
-            url = f"http://{node.address}:{PORT}/"
-            _until(functools.partial(_answers_200, url), 20, f"HTTP 200 from {url}")
-        # The manager hears of a task's Running state a moment after it serves.
-        _until(lambda: _running_tasks(swarm) == 3, 10, "the manager to see 3 running tasks")
+            "--user", "65534:65534", "--limit-memory", "32M",
+            "--stop-grace-period", "1s", "--restart-delay", "1s",   # Swarm's default: 5 s
+            "--hostname", "{{.Node.Hostname}}", "--env", "SLOT={{.Task.Slot}}",
+            "--env", f"BASE={BASE_PORT}", "--detach", "opus-spike/httpd:1",
+            "/bin/sh", "-c", 'exec /bin/busybox httpd -f -p "$((BASE + SLOT))" -h /www')
+        _until(lambda: len(_placement(swarm)) == 3, 20, "3 running tasks")
+        placement = _placement(swarm)
+        assert sorted(placement.values()) == ["node1", "node2", "node3"], placement
+        for slot, hostname in placement.items():
+            url = f"http://{_node(swarm, hostname).address}:{BASE_PORT + slot}/"
+            _until(functools.partial(_answers_200, url), 10, f"HTTP 200 from {url}")
         swarm.timings["service converged"] = time.monotonic() - started
-        for node in swarm.nodes:
-            assert _get(f"http://{node.address}:{PORT}/") == (200, "opus swarm spike\n")
-            # Each address reaches that node's own task (the address exists in one netns only).
-            assert _get(f"http://{node.address}:{PORT}/cgi-bin/node") == (
-                200, f"{node.hostname}\n")
+        for slot, hostname in placement.items():
+            url = f"http://{_node(swarm, hostname).address}:{BASE_PORT + slot}"
+            assert _get(f"{url}/") == (200, "opus swarm spike\n")
+            # The address exists in that node's namespace only, and the task names its node.
+            assert _get(f"{url}/cgi-bin/node") == (200, f"{hostname}\n")
         spec = swarm.manager.docker(
             "service", "inspect", "web", "-f",
             "{{.Spec.TaskTemplate.ContainerSpec.ReadOnly}} "
@@ -108,6 +125,7 @@ def test_three_nodes_form_a_swarm_serve_http_and_report_a_dead_node(tmp_path: Pa
         assert spec == ["true", "65534:65534", "[ALL]"]
 
         dead = swarm.nodes[2]
+        [dead_slot] = [slot for slot, host in placement.items() if host == dead.hostname]
         started = time.monotonic()
         dead.kill()
         swarm.timings["node reported down"] = _until(
@@ -118,6 +136,16 @@ def test_three_nodes_form_a_swarm_serve_http_and_report_a_dead_node(tmp_path: Pa
         assert "Down" in swarm.manager.docker("node", "ls").stdout
         # A dead dockerd's task lives on and serves until its node comes back (the front
         # must drop a Down node's members itself: docs/scale-out.md, failure modes).
-        assert _get(f"http://{dead.address}:{PORT}/")[0] == 200
+        assert _get(f"http://{dead.address}:{BASE_PORT + dead_slot}/")[0] == 200
+
+        # Swarm reschedules the lost slot onto a live node; its port (BASE + slot) is free
+        # there, whichever slots that node already runs.
+        _until(lambda: _placement(swarm).get(dead_slot, dead.hostname) != dead.hostname,
+               30, f"slot {dead_slot} to be rescheduled")
+        moved_to = _node(swarm, _placement(swarm)[dead_slot])
+        url = f"http://{moved_to.address}:{BASE_PORT + dead_slot}/"
+        _until(functools.partial(_answers_200, url), 10, f"HTTP 200 from {url}")
+        swarm.timings["3 tasks serving again"] = time.monotonic() - started
+        assert moved_to is not dead and len(_placement(swarm)) == 3
         print("swarm spike timings (s):",
               {name: round(seconds, 2) for name, seconds in swarm.timings.items()})
