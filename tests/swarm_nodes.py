@@ -8,7 +8,8 @@ block tears everything down (swarm, dockerds and every process left in a node's
 namespace, cgroups, netns, veths, bridge, temp dirs), whatever happened inside.
 
 Names carry a random run id, and the subnet (10.77.X.0/24) is one no interface on the
-host uses, so a stale run left by a killed test never breaks the next.
+host uses, so a stale run left by a killed test never breaks the next; and the next run
+sweeps it (`sweep_stale`: runs whose owning process is gone).
 """
 from __future__ import annotations
 
@@ -184,9 +185,11 @@ def _answers(node: Node) -> bool:
 @contextlib.contextmanager
 def swarm_nodes(count: int = 3, heartbeat: str = "1s") -> Iterator[Swarm]:
     """Starts `count` node dockerds, forms a swarm, yields it, and tears it all down."""
+    sweep_stale()
     run = secrets.token_hex(3)
     base = Path(tempfile.mkdtemp(prefix=f"opus-swarm-{run}-"))
     base.chmod(0o700)
+    (base / "owner").write_text(f"{os.getpid()}\n")
     swarm = Swarm(run=run, base=base, bridge=f"osb{run}", gateway="", nodes=[])
     try:
         started = time.monotonic()
@@ -224,6 +227,30 @@ def swarm_nodes(count: int = 3, heartbeat: str = "1s") -> Iterator[Swarm]:
         yield swarm
     finally:
         _teardown(swarm)
+
+
+def sweep_stale() -> list[str]:
+    """Tears down the runs whose owning process is gone (a test killed before its
+    teardown): their dockerds, namespaces, links and temp dirs. Returns their run ids."""
+    swept = []
+    netns = _ip("netns", "list", check=False).stdout.split()
+    for base in Path(tempfile.gettempdir()).glob("opus-swarm-*-*"):
+        try:
+            owner = int((base / "owner").read_text())
+            os.kill(owner, 0)
+            continue                      # still running (or its pid was reused: keep)
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue
+        run = base.name.split("-")[2]
+        nodes = [Node(index=int(name.rsplit("-n", 1)[1]), netns=name,
+                      veth=f"osv{run}n{name.rsplit('-n', 1)[1]}", address="",
+                      root=base / f"n{name.rsplit('-n', 1)[1]}")
+                 for name in netns if name.startswith(f"opus-swarm-{run}-n")]
+        _teardown(Swarm(run=run, base=base, bridge=f"osb{run}", gateway="", nodes=nodes))
+        swept.append(run)
+    return swept
 
 
 def _netns_pids(netns: str) -> list[int]:
