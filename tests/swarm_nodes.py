@@ -152,7 +152,7 @@ def _wait(what: str, probe: Callable[[], bool], timeout: float,
 def _start_node(node: Node) -> None:
     etc = node.root / "etc-docker"
     for sub in ("data", "exec", "etc-docker"):
-        (node.root / sub).mkdir(parents=True)
+        (node.root / sub).mkdir(parents=True, exist_ok=True)
     (etc / "daemon.json").write_text("{}\n")
     log = open(node.root / "dockerd.log", "wb")  # noqa: SIM115 (dockerd keeps it)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
