@@ -41,9 +41,13 @@ def _rootfs_tar(path: Path) -> None:
         add("www/cgi-bin/node", CGI)
 
 
+# Straight to the node: never through a proxy the environment may name.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _get(url: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with _OPENER.open(url, timeout=2) as response:
             return response.status, response.read().decode()
     except OSError:
         return 0, ""
