@@ -41,7 +41,8 @@ POSTGRES_PACKAGES = ["postgresql", "postgresql-client"]
 REDIS_PACKAGES = ["redis-server"]
 # Docker Swarm from Debian's docker.io for the scale-out tests (tests/swarm_nodes.py runs
 # three dockerd nodes in namespaces of their own; iproute2's ip and util-linux's unshare
-# and nsenter build them) and a static busybox for their registry-free image.
+# and nsenter build them) and a static busybox for their registry-free image (it
+# replaces and provides Debian's dynamic busybox).
 SWARM_PACKAGES = ["docker.io", "busybox-static", "iproute2"]
 APT_TEST_PACKAGES: list[str] = ["wrk", "chromium", "chromium-driver", "fonts-dejavu-core",
                                 "sudo", "patchelf", "pebble", "libnss3-tools",
