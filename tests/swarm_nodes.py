@@ -1,11 +1,12 @@
 """N Docker Swarm "nodes" on this one machine, for the scale-out tests (docs/scale-out.md).
 
 Each node is a real dockerd (Debian's docker.io) in a network namespace of its own,
-joined to the host by a veth pair on a bridge the helper creates, and in a mount
-namespace of its own (a private tmpfs on /run, its own /etc/docker). Node 1 is the
-manager, the others join it as workers. `swarm_nodes(3)` yields a `Swarm`; leaving the
-block tears everything down (swarm, dockerds and every process left in a node's
-namespace, cgroups, netns, veths, bridge, temp dirs), whatever happened inside.
+joined to the host by a veth pair on a bridge the helper creates, in a mount namespace
+of its own (a private tmpfs on /run, its own /etc/docker) and a UTS one (hostname
+nodeK). Node 1 is the manager, the others join it as workers. `swarm_nodes(3)` yields
+a `Swarm`; leaving the block tears everything down (swarm, dockerds and every process
+left in a node's namespace, cgroups, netns, veths, bridge, temp dirs), whatever happened
+inside.
 
 Names carry a random run id, and the subnet (10.77.X.0/24) is one no interface on the
 host uses, so a stale run left by a killed test never breaks the next; and the next run
@@ -219,8 +220,13 @@ def swarm_nodes(count: int = 3, heartbeat: str = "1s") -> Iterator[Swarm]:
                              "--dispatcher-heartbeat", heartbeat)
         token = swarm.manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
         for node in swarm.nodes[1:]:
-            node.docker("swarm", "join", "--token", token, "--advertise-addr",
-                        node.address, f"{swarm.manager.address}:2377")
+            try:
+                node.docker("swarm", "join", "--token", token, "--advertise-addr",
+                            node.address, f"{swarm.manager.address}:2377")
+            except SwarmError as error:
+                raise SwarmError(f"{error}\n(nodes talk across bridge {swarm.bridge}: with "
+                                 "br_netfilter loaded, iptables' FORWARD chain must accept "
+                                 "that traffic)") from error
         _wait(f"{count} Ready nodes", lambda: sum(
             state == "ready" for state, _ in swarm.node_states().values()) == count, 30, 0.2)
         swarm.timings["swarm up"] = time.monotonic() - started
