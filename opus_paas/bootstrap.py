@@ -39,10 +39,15 @@ SYSTEM_PACKAGES = ["sudo", "nftables"]
 POSTGRES_PACKAGES = ["postgresql", "postgresql-client"]
 # Redis for the Redis add-on's tests (the operator installs it when enabling it).
 REDIS_PACKAGES = ["redis-server"]
+# Docker Swarm from Debian's docker.io for the scale-out tests (tests/swarm_nodes.py runs
+# three dockerd nodes in namespaces of their own; iproute2's ip and util-linux's unshare
+# and nsenter build them) and a static busybox for their registry-free image (it
+# replaces and provides Debian's dynamic busybox).
+SWARM_PACKAGES = ["docker.io", "busybox-static", "iproute2"]
 APT_TEST_PACKAGES: list[str] = ["wrk", "chromium", "chromium-driver", "fonts-dejavu-core",
                                 "sudo", "patchelf", "pebble", "libnss3-tools",
                                 "nghttp2-client", "nftables", *POSTGRES_PACKAGES,
-                                *REDIS_PACKAGES]
+                                *REDIS_PACKAGES, *SWARM_PACKAGES]
 
 
 def _missing_apt(packages: list[str]) -> list[str]:

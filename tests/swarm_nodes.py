@@ -1,0 +1,316 @@
+"""N Docker Swarm "nodes" on this one machine, for the scale-out tests (docs/scale-out.md).
+
+Each node is a real dockerd (Debian's docker.io) in a network namespace of its own,
+joined to the host by a veth pair on a bridge the helper creates, in a mount namespace
+of its own (a private tmpfs on /run, its own /etc/docker) and a UTS one (hostname
+nodeK). Node 1 is the manager, the others join it as workers. `swarm_nodes(3)` yields
+a `Swarm`; leaving the block tears everything down (swarm, dockerds and every process
+left in a node's namespace, cgroups, netns, veths, bridge, temp dirs), whatever happened
+inside.
+
+Names carry a random run id, and the subnet (10.77.X.0/24) is one no interface on the
+host uses, so a stale run left by a killed test never breaks the next; and the next run
+sweeps it (`sweep_stale`: runs whose owning process is gone).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+DOCKER = "/usr/bin/docker"     # docker.io's client (another may come first on PATH)
+DOCKERD = "/usr/sbin/dockerd"
+
+# Runs inside `nsenter --net=/run/netns/NS unshare --mount --uts --propagation private`
+# (not `ip netns exec`, whose fresh /sys has no cgroup mounts for dockerd): the node's
+# own hostname, /run (dockerd looks for a system containerd and plugins there) and
+# /etc/docker (the engine's key.json and ID), then dockerd (exec: the pid is dockerd's).
+_LAUNCH = ('hostname "$1" && mount -t tmpfs -o mode=0755 opus-node /run && '
+           'mount --bind "$2" /etc/docker && shift 2 && exec "$@"')
+
+
+class SwarmError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass
+class Node:
+    index: int
+    netns: str
+    veth: str
+    address: str
+    root: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "docker.sock"
+
+    @property
+    def hostname(self) -> str:
+        return f"node{self.index}"
+
+    @property
+    def cgroup_parent(self) -> str:
+        return f"/{self.netns}"
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 60,
+               input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        """Runs the docker client against this node's dockerd (from the host)."""
+        result = subprocess.run(
+            [DOCKER, "-H", f"unix://{self.socket}", *args], capture_output=True,
+            timeout=timeout, check=False, input=input)
+        out = subprocess.CompletedProcess(
+            result.args, result.returncode, result.stdout.decode(errors="replace"),
+            result.stderr.decode(errors="replace"))
+        if check and out.returncode != 0:
+            raise SwarmError(f"node {self.index}: docker {' '.join(args)}: "
+                             f"{out.stderr.strip() or out.stdout.strip()}")
+        return out
+
+    def kill(self) -> None:
+        """SIGKILLs this node's dockerd, as a crash would (its containers live on)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@dataclasses.dataclass
+class Swarm:
+    run: str
+    base: Path
+    bridge: str
+    gateway: str
+    nodes: list[Node]
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def manager(self) -> Node:
+        return self.nodes[0]
+
+    def node_states(self) -> dict[str, tuple[str, str]]:
+        """`docker node ls` on the manager: address -> (status, availability)."""
+        ids = self.manager.docker("node", "ls", "-q").stdout.split()
+        raw = self.manager.docker("node", "inspect", *ids).stdout
+        return {n["Status"]["Addr"]: (n["Status"]["State"], n["Spec"]["Availability"])
+                for n in json.loads(raw)}
+
+    def load_image(self, tar: Path, tag: str) -> str:
+        """`docker import`s the rootfs tar on the manager, then `save | load`s it on every
+        other node (no registry), so the image ID is the same everywhere; returns it."""
+        self.manager.docker("import", str(tar), tag)
+        image_id = self.manager.docker("image", "inspect", "-f", "{{.Id}}",
+                                       tag).stdout.strip()
+        saved = self.base / "image.tar"
+        self.manager.docker("save", "-o", str(saved), tag)
+        for node in self.nodes[1:]:
+            node.docker("load", "-i", str(saved))
+            got = node.docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
+            if got != image_id:
+                raise SwarmError(f"node {node.index} loaded {got}, expected {image_id}")
+        return image_id
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False,
+                            timeout=30)
+    if check and result.returncode != 0:
+        raise SwarmError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+    return result
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A 10.77.X.0/24 that no address on the host is in (a stale run's bridge keeps its)."""
+    used = [ipaddress.ip_interface(word) for line in _ip("-o", "-4", "addr").stdout.splitlines()
+            for word in line.split()[3:4]]
+    for third in range(secrets.randbelow(200) + 1, 256):
+        net = ipaddress.IPv4Network(f"10.77.{third}.0/24")
+        if not any(iface.network.overlaps(net) for iface in used):
+            return net
+    raise SwarmError("no free 10.77.X.0/24 subnet: remove stale opus bridges (ip link)")
+
+
+def _wait(what: str, probe: Callable[[], bool], timeout: float,
+          interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise SwarmError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _start_node(node: Node) -> None:
+    etc = node.root / "etc-docker"
+    for sub in ("data", "exec", "etc-docker"):
+        (node.root / sub).mkdir(parents=True, exist_ok=True)
+    (etc / "daemon.json").write_text("{}\n")
+    log = open(node.root / "dockerd.log", "wb")  # noqa: SIM115 (dockerd keeps it)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+           # Swarm pulls a service's image before each task; the nodes have no registry
+           # and the image is loaded on each of them.
+           "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
+    node.process = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{node.netns}",
+         "unshare", "--mount", "--uts", "--propagation", "private",
+         "sh", "-c", _LAUNCH, "opus-node", node.hostname, str(etc),
+         DOCKERD, "--config-file", str(etc / "daemon.json"),
+         "--data-root", str(node.root / "data"), "--exec-root", str(node.root / "exec"),
+         "--pidfile", str(node.root / "dockerd.pid"), "-H", f"unix://{node.socket}",
+         "--iptables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none",
+         "--cgroup-parent", node.cgroup_parent, "--shutdown-timeout", "2",
+         "--storage-driver", "overlay2", "--log-level", "warn"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+
+
+def _answers(node: Node) -> bool:
+    if node.process is not None and node.process.poll() is not None:
+        tail = (node.root / "dockerd.log").read_text(errors="replace")[-2000:]
+        raise SwarmError(f"node {node.index}: dockerd exited "
+                         f"({node.process.returncode}):\n{tail}")
+    return node.socket.exists() and node.docker("version", check=False,
+                                                timeout=5).returncode == 0
+
+
+@contextlib.contextmanager
+def swarm_nodes(count: int = 3, heartbeat: str = "1s") -> Iterator[Swarm]:
+    """Starts `count` node dockerds, forms a swarm, yields it, and tears it all down."""
+    sweep_stale()
+    run = secrets.token_hex(3)
+    base = Path(tempfile.mkdtemp(prefix=f"opus-swarm-{run}-"))
+    base.chmod(0o700)
+    (base / "owner").write_text(f"{os.getpid()}\n")
+    swarm = Swarm(run=run, base=base, bridge=f"osb{run}", gateway="", nodes=[])
+    try:
+        started = time.monotonic()
+        net = _free_subnet()
+        hosts = list(net.hosts())
+        swarm.gateway = str(hosts[0])
+        _ip("link", "add", swarm.bridge, "type", "bridge")
+        _ip("addr", "add", f"{swarm.gateway}/24", "dev", swarm.bridge)
+        _ip("link", "set", swarm.bridge, "up")
+        for i in range(1, count + 1):
+            node = Node(index=i, netns=f"opus-swarm-{run}-n{i}", veth=f"osv{run}n{i}",
+                        address=str(hosts[9 + i]), root=base / f"n{i}")
+            swarm.nodes.append(node)
+            _ip("netns", "add", node.netns)
+            _ip("link", "add", node.veth, "type", "veth", "peer", "name", "eth0",
+                "netns", node.netns)
+            _ip("link", "set", node.veth, "master", swarm.bridge, "up")
+            for args in (("addr", "add", f"{node.address}/24", "dev", "eth0"),
+                         ("link", "set", "eth0", "up"), ("link", "set", "lo", "up"),
+                         ("route", "add", "default", "via", swarm.gateway)):
+                _ip("-n", node.netns, *args)
+            _start_node(node)
+        for node in swarm.nodes:
+            _wait(f"node {node.index}'s dockerd", functools.partial(_answers, node), 30)
+        swarm.timings["dockerds up"] = time.monotonic() - started
+        swarm.manager.docker("swarm", "init", "--advertise-addr", swarm.manager.address,
+                             "--dispatcher-heartbeat", heartbeat)
+        token = swarm.manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
+        for node in swarm.nodes[1:]:
+            try:
+                node.docker("swarm", "join", "--token", token, "--advertise-addr",
+                            node.address, f"{swarm.manager.address}:2377")
+            except SwarmError as error:
+                raise SwarmError(f"{error}\n(nodes talk across bridge {swarm.bridge}: with "
+                                 "br_netfilter loaded, iptables' FORWARD chain must accept "
+                                 "that traffic)") from error
+        _wait(f"{count} Ready nodes", lambda: sum(
+            state == "ready" for state, _ in swarm.node_states().values()) == count, 30, 0.2)
+        swarm.timings["swarm up"] = time.monotonic() - started
+        yield swarm
+    finally:
+        _teardown(swarm)
+
+
+def sweep_stale() -> list[str]:
+    """Tears down the runs whose owning process is gone (a test killed before its
+    teardown): their dockerds, namespaces, links and temp dirs. Returns their run ids."""
+    swept = []
+    netns = _ip("netns", "list", check=False).stdout.split()
+    for base in Path(tempfile.gettempdir()).glob("opus-swarm-*-*"):
+        try:
+            owner = int((base / "owner").read_text())
+            os.kill(owner, 0)
+            continue                      # still running (or its pid was reused: keep)
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue
+        run = base.name.split("-")[2]
+        nodes = [Node(index=int(name.rsplit("-n", 1)[1]), netns=name,
+                      veth=f"osv{run}n{name.rsplit('-n', 1)[1]}", address="",
+                      root=base / f"n{name.rsplit('-n', 1)[1]}")
+                 for name in netns if name.startswith(f"opus-swarm-{run}-n")]
+        _teardown(Swarm(run=run, base=base, bridge=f"osb{run}", gateway="", nodes=nodes))
+        swept.append(run)
+    return swept
+
+
+def _netns_pids(netns: str) -> list[int]:
+    result = _ip("netns", "pids", netns, check=False)
+    return [int(p) for p in result.stdout.split() if p.isdigit()]
+
+
+def _teardown(swarm: Swarm) -> None:
+    """Best effort at every step, so one failure never leaves the rest behind."""
+    alive = [n for n in swarm.nodes if n.process is not None and n.process.poll() is None]
+    # Leave the swarm and stop the dockerds all at once (a worker's leave takes ~1.7 s).
+    leaving = [subprocess.Popen([DOCKER, "-H", f"unix://{n.socket}", "swarm", "leave",
+                                 "--force"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for n in alive]
+    for leave in leaving:
+        try:
+            leave.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            leave.kill()
+            leave.wait()
+    for node in alive:
+        assert node.process is not None
+        node.process.send_signal(signal.SIGTERM)
+    for node in alive:
+        assert node.process is not None
+        try:
+            node.process.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait(timeout=10)
+    for node in swarm.nodes:
+        # containerd, shims and task processes outlive a killed dockerd: every process
+        # still in the node's network namespace is one this helper started.
+        for _ in range(50):
+            pids = _netns_pids(node.netns)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        _remove_cgroups(node.cgroup_parent)
+        _ip("netns", "del", node.netns, check=False)
+        _ip("link", "del", node.veth, check=False)   # gone with the netns, normally
+    if swarm.bridge:
+        _ip("link", "del", swarm.bridge, check=False)
+    shutil.rmtree(swarm.base, ignore_errors=True)
+
+
+def _remove_cgroups(parent: str) -> None:
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        top = hierarchy / parent.lstrip("/")
+        if not top.is_dir():
+            continue
+        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
