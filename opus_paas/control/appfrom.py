@@ -22,6 +22,7 @@ from opus_paas.control import apps
 from opus_paas.data import postgres
 from opus_paas.errors import Conflict, OpusError, UsageError
 from opus_paas.git import gitserver, sources
+from opus_paas.layout import AppPaths
 from opus_paas.repos import branch_ref
 from opus_paas.run import appsetup, push
 from opus_paas.settings import Settings
@@ -69,7 +70,7 @@ def create_from(settings: Settings, store: Store, actor: Actor, name: str, text:
             app = push.create_app(settings, store, name, actor.user or apps._first_admin(store))
             try:
                 gitserver.init_repo(settings, name, app.deploy_branch)
-                repo_dir = settings.repos_dir / f"{name}.git"
+                repo_dir = AppPaths.of(settings, name).repo
                 sha = sources.admit(settings.git_bin, clone, repo_dir, source,
                                     max_bytes=settings.max_pack_bytes,
                                     max_object_bytes=settings.max_object_bytes,

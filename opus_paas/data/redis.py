@@ -26,9 +26,9 @@ from typing import Any
 
 from opus_paas import access, locks, privileged, redact
 from opus_paas.access import Actor
-from opus_paas.build import release
 from opus_paas.build.buildpack import Emit
 from opus_paas.errors import Conflict, NotFound, ServiceError, UsageError
+from opus_paas.layout import AppPaths
 from opus_paas.run import deploy
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import MEMORY_SIZE, Settings
@@ -330,12 +330,12 @@ def cli(settings: Settings, store: Store, actor: Actor, name: str, command: str,
     command_line(command)
     argv = [REDIS_CLI, "--no-raw", "-h", "127.0.0.1", "-p", str(server.port)]
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
-           "HOME": str(release.home_dir(settings, app.name)),
+           "HOME": str(AppPaths.of(settings, app.name).home),
            "REDISCLI_AUTH": password_of(server.url)}
     failed = False
     try:
         for line in privileged.stream(settings, app.name, argv,
-                                      cwd=release.home_dir(settings, app.name), env=env,
+                                      cwd=AppPaths.of(settings, app.name).home, env=env,
                                       timeout=60, cancelled=cancelled,
                                       input=command + "\n"):
             failed = failed or line.startswith(("(error)", "Could not connect", "AUTH failed"))

@@ -44,6 +44,7 @@ from opus_paas import failpoints, locks, names, redact
 from opus_paas.errors import InvalidName, NotFound, OpusError, ProtocolError, disk_full
 from opus_paas.git import hooks, packs
 from opus_paas.git.wire import ChannelReader
+from opus_paas.layout import AppPaths
 from opus_paas.repos import ZERO_SHA, branch_ref, existing_repo
 from opus_paas.run import previews, push
 from opus_paas.settings import Settings
@@ -73,8 +74,8 @@ def init_repo(settings: Settings, app: str, branch: str = "main") -> None:
         path = existing_repo(settings.repos_dir, app)
     except NotFound:
         # Made beside its final name and renamed in: nobody sees a half-made repo.
-        path = settings.repos_dir / f"{app}.git"
-        partial = settings.repos_dir / f".{app}.git.new"
+        paths = AppPaths.of(settings, app)
+        path, partial = paths.repo, paths.partial_repo
         shutil.rmtree(partial, ignore_errors=True)
         Repo.init_bare(str(partial), mkdir=True, default_branch=branch.encode()).close()
         partial.rename(path)
@@ -83,7 +84,7 @@ def init_repo(settings: Settings, app: str, branch: str = "main") -> None:
 
 def point_head(settings: Settings, app: str, branch: str) -> None:
     """HEAD names the deploy branch, so a clone checks out what is deployed."""
-    repo = Repo(str(settings.repos_dir / f"{app}.git"))
+    repo = Repo(str(AppPaths.of(settings, app).repo))
     try:
         repo.refs.set_symbolic_ref(Ref(b"HEAD"), branch_ref(branch))
     finally:

@@ -24,6 +24,7 @@ from opus_paas.build import release
 from opus_paas.build.buildpack import Emit
 from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.front import balancer, httpd
+from opus_paas.layout import AppPaths
 from opus_paas.run import checks
 from opus_paas.run.supervisor import PROCESS_NUM, Program, Supervisor
 from opus_paas.settings import Settings
@@ -70,8 +71,9 @@ def web_program(settings: Settings, app: str, version: int, port: int,
                 threads: int = 5) -> Program:
     """The supervisor program serving release `version` of `app` under mod_wsgi-express,
     from the slug built for release `slug_version` (its own by default)."""
-    slug = release.slug_dir(settings, app, version if slug_version is None else slug_version)
-    server_root = release.app_dir(settings, app) / "run" / f"web-{port}"
+    paths = AppPaths.of(settings, app)
+    slug = paths.slug(version if slug_version is None else slug_version)
+    server_root = paths.run / f"web-{port}"
     info = release.read_build_info(slug) or {}
     python = str(slug / ".opus" / "venv" / "bin" / "python")
     if info.get("web_command"):
@@ -89,12 +91,12 @@ def web_program(settings: Settings, app: str, version: int, port: int,
         name=web_program_name(app, version, port),
         command=command,
         directory=slug,
-        log_file=settings.logs_dir / app / "web.log",
+        log_file=paths.logs / "web.log",
         environment={
-            "HOME": str(release.home_dir(settings, app)),
-            "TMPDIR": str(release.tmp_dir(settings, app)),
+            "HOME": str(paths.home),
+            "TMPDIR": str(paths.tmp),
             "LANG": "C.UTF-8",
-            "OPUS_ENV_FILE": str(release.env_file(settings, app, version)),
+            "OPUS_ENV_FILE": str(paths.env_file(version)),
             privileged.INSTANCE_MARKER: str(settings.home),
         },
         startsecs=1,
@@ -103,7 +105,7 @@ def web_program(settings: Settings, app: str, version: int, port: int,
 
 
 def web_state_file(settings: Settings, app: str, version: int, port: int) -> Path:
-    return release.app_dir(settings, app) / "run" / f"{web_program_name(app, version, port)}.json"
+    return AppPaths.of(settings, app).run / f"{web_program_name(app, version, port)}.json"
 
 
 def stamp_script(settings: Settings) -> Path:
@@ -121,10 +123,11 @@ def type_programs(settings: Settings, store: Store, app: App, version: int,
     """Supervisor programs for the release's Procfile types other than web and release,
     each at its scale (none while scaled to 0 or stopped). Each process runs under
     `opus_runtime.supervise`, which restarts it with backoff when it dies."""
-    slug = release.slug_dir(settings, app.name, version if slug_version is None else slug_version)
+    paths = AppPaths.of(settings, app.name)
+    slug = paths.slug(version if slug_version is None else slug_version)
     types = release.process_types(release.read_build_info(slug) or {})
     formation = store.formation(app)
-    run = release.app_dir(settings, app.name) / "run"
+    run = paths.run
     programs = []
     for kind, command in sorted(types.items()):
         count, stopped = formation.get(kind, (0, False))
@@ -137,12 +140,12 @@ def type_programs(settings: Settings, store: Store, app: App, version: int,
                      "opus_runtime.supervise", str(run / f"{kind}.{number}.json"),
                      f"{kind}.{number}", str(command)],
             directory=slug,
-            log_file=settings.logs_dir / app.name / f"{kind}.{number}.log",
+            log_file=paths.logs / f"{kind}.{number}.log",
             environment={
-                "HOME": str(release.home_dir(settings, app.name)),
-                "TMPDIR": str(release.tmp_dir(settings, app.name)),
+                "HOME": str(paths.home),
+                "TMPDIR": str(paths.tmp),
                 "LANG": "C.UTF-8",
-                "OPUS_ENV_FILE": str(release.env_file(settings, app.name, version)),
+                "OPUS_ENV_FILE": str(paths.env_file(version)),
                 privileged.INSTANCE_MARKER: str(settings.home),
             },
             startsecs=1,
@@ -319,7 +322,7 @@ def set_programs(settings: Settings, supervisor: Supervisor, app: str,
 
 def _install_programs(settings: Settings, app: str, programs: list[Program]) -> None:
     """secureops renders conf.d/app-<app>.conf from these (the user is its to choose)."""
-    logs = settings.logs_dir / app
+    logs = AppPaths.of(settings, app).logs
     specs = []
     for program in programs:
         if program.log_file.parent != logs:

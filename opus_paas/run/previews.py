@@ -27,6 +27,7 @@ from opus_paas.build.buildpack import Emit
 from opus_paas.data import dumps, postgres, redis, server
 from opus_paas.errors import Conflict, NotFound, UsageError
 from opus_paas.git import hooks
+from opus_paas.layout import AppPaths
 from opus_paas.repos import ZERO_SHA, branch_ref, existing_repo, move_branch
 from opus_paas.run import deploy, push, recovery
 from opus_paas.run.supervisor import Supervisor
@@ -195,9 +196,10 @@ def create(settings: Settings, store: Store, parent: App, branch: str, name: str
 def _init_repo(settings: Settings, name: str) -> Path:
     """The preview's bare repository (made beside its place and renamed in, as the git
     server does); the caller then points its objects at the parent's."""
-    path = settings.repos_dir / f"{name}.git"
+    paths = AppPaths.of(settings, name)
+    path = paths.repo
     if not path.is_dir():
-        partial = settings.repos_dir / f".{name}.git.new"
+        partial = paths.partial_repo
         shutil.rmtree(partial, ignore_errors=True)
         Repo.init_bare(str(partial), mkdir=True,
                        default_branch=PREVIEW_BRANCH.encode()).close()

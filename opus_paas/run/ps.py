@@ -20,6 +20,7 @@ from opus_paas.access import Actor
 from opus_paas.build import release
 from opus_paas.build.buildpack import Emit
 from opus_paas.errors import NotFound, UsageError
+from opus_paas.layout import AppPaths
 from opus_paas.run import deploy, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
@@ -70,7 +71,7 @@ def visible_processes(settings: Settings, store: Store, actor: Actor,
 
 def _backoff_state(settings: Settings, app: App, name: str, now: float) -> dict[str, Any]:
     """What the process's wrapper last wrote: crashes, and a restart pending."""
-    state = deploy.read_process_state(release.app_dir(settings, app.name) / "run" /
+    state = deploy.read_process_state(AppPaths.of(settings, app.name).run /
                                       f"{name}.json")
     crashes = state.get("crashes") if isinstance(state.get("crashes"), int) else 0
     found: dict[str, Any] = {"crashes": crashes}
@@ -268,8 +269,8 @@ def run_one_off(settings: Settings, store: Store, actor: Actor, name: str, argv:
         raise UsageError("usage: opus run APP -- COMMAND [ARGS…]")
     app = _live(store, access.app_for(store, actor, name))
     assert app.live_version is not None
-    slug = release.slug_dir(settings, app.name, app.live_slug or app.live_version)
-    env = json.loads(release.env_file(settings, app.name, app.live_version).read_text())
+    slug = AppPaths.of(settings, app.name).slug(app.live_slug or app.live_version)
+    env = json.loads(AppPaths.of(settings, app.name).env_file(app.live_version).read_text())
     command = privileged.command_argv(settings, argv, env["PATH"])
     if "/" not in command[0]:
         raise NotFound(f"{argv[0]}: no such command in {app.name}'s release")

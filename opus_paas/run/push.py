@@ -21,6 +21,7 @@ from opus_paas.build import buildpack, release
 from opus_paas.build.buildpack import Emit
 from opus_paas.data import backups
 from opus_paas.errors import BuildFailed, OpusError, UsageError
+from opus_paas.layout import AppPaths
 from opus_paas.run import appsetup, buildlog, deploy
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
@@ -37,15 +38,15 @@ def ensure_app_dirs(settings: Settings, app: str) -> None:
     entry that Opus later works on; the app's user (made here if missing) gets its own
     corners, handed over by secureops (each request through sudo costs about 0.1 s
     in system mode: only when something was made)."""
-    base = release.app_dir(settings, app)
+    paths = AppPaths.of(settings, app)
+    base = paths.dir
     # Traversed (by the app's user, to its corners), never listed by others.
     created = [privileged.make_dir(base, 0o711, own=True)]
     for name in ("releases", "env", "build-env"):
         created.append(privileged.make_dir(base / name, 0o711, own=True))
-    for path in (base / "run", base / "cache", release.home_dir(settings, app),
-                 release.data_dir(settings, app), release.tmp_dir(settings, app)):
+    for path in (paths.run, paths.cache, paths.home, paths.data, paths.tmp):
         created.append(privileged.make_dir(path, 0o700, own=False))
-    logs = settings.build_logs_dir / app      # Opus's alone: builds print what they like
+    logs = paths.build_logs      # Opus's alone: builds print what they like
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     logs.chmod(0o700)
     if any(created):
@@ -114,10 +115,11 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
     started = time.monotonic()
     ensure_app_dirs(settings, app.name)
     version = store.next_release_version(app)
-    slug = release.slug_dir(settings, app.name, version)
+    paths = AppPaths.of(settings, app.name)
+    slug = paths.slug(version)
     if os.path.lexists(slug):       # left by a build that was cut off
         privileged.remove_release(settings, app.name, version)
-    log_path = settings.build_logs_dir / app.name / f"build-v{version}.log"
+    log_path = paths.build_log(version)
     build_id = store.start_build(app, sha.decode(), log_path)
     ok = False
     with secretfile.open_private(log_path, "w") as log:
@@ -131,8 +133,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             if spec is not None:
                 appsetup.before_build(settings, store, app, spec, emit_and_log)
             config = store.config(app)    # (the buildpack's run hands the slug over)
-            result = buildpack.run_buildpack(settings, app.name, slug,
-                                             release.app_dir(settings, app.name), config,
+            result = buildpack.run_buildpack(settings, app.name, slug, config,
                                              emit_and_log, cancelled)
             info = release.read_build_info(slug)
             if info is None:
@@ -214,7 +215,7 @@ def rebuild(settings: Settings, store: Store, app: App, live: Release, emit: Emi
     config (no release command: that ran when the release was made), and write its
     config snapshot again. The caller holds the app's lock."""
     slug_version = live.slug_version
-    slug = release.slug_dir(settings, app.name, slug_version)
+    slug = AppPaths.of(settings, app.name).slug(slug_version)
     if os.path.lexists(slug):
         privileged.remove_release(settings, app.name, slug_version)
     repo = Repo(str(repo_path(settings, app.name)))
@@ -223,8 +224,7 @@ def rebuild(settings: Settings, store: Store, app: App, live: Release, emit: Emi
             emit(f" !     {warning}")
     finally:
         repo.close()
-    buildpack.run_buildpack(settings, app.name, slug, release.app_dir(settings, app.name),
-                            live.config, emit, threading.Event())
+    buildpack.run_buildpack(settings, app.name, slug, live.config, emit, threading.Event())
     info = release.read_build_info(slug)
     if info is None:
         raise BuildFailed("the buildpack left no .opus/build.json")
@@ -252,4 +252,4 @@ def _tee(emit: Emit, write: Callable[[str], object]) -> Emit:
 
 
 def repo_path(settings: Settings, app: str) -> Path:
-    return settings.repos_dir / f"{app}.git"
+    return AppPaths.of(settings, app).repo

@@ -21,6 +21,7 @@ from pathlib import Path
 from opus_paas import access, locks, privileged, repos, secretfile
 from opus_paas.build import release
 from opus_paas.errors import BuildFailed, OpusError
+from opus_paas.layout import AppPaths
 from opus_paas.run import deploy, push
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
@@ -137,7 +138,7 @@ def _abandon(settings: Settings, store: Store, app: App, rel: Release) -> Findin
         _append_to_log(_build_log(settings, app, rel.version), note)
         slug_in_use = rel.slug_version != rel.version or rel.version == app.live_slug
         if slug_in_use:
-            release.env_file(settings, app.name, rel.version).unlink(missing_ok=True)
+            AppPaths.of(settings, app.name).env_file(rel.version).unlink(missing_ok=True)
         else:
             privileged.remove_release(settings, app.name, rel.version)
         live = None if app.live_version is None else store.get_release(app, app.live_version)
@@ -172,7 +173,7 @@ def _live_files(settings: Settings, store: Store, app: App) -> list[Finding]:
         return []
     live = store.get_release(app, app.live_version)
     slug_version = app.live_slug or app.live_version
-    slug = release.slug_dir(settings, app.name, slug_version)
+    slug = AppPaths.of(settings, app.name).slug(slug_version)
     try:
         info = release.read_build_info(slug)
     except (BuildFailed, OpusError):
@@ -185,7 +186,7 @@ def _live_files(settings: Settings, store: Store, app: App) -> list[Finding]:
                         " is missing or damaged", f"build it again from {live.sha[:7]}",
                         lambda: _rebuild(settings, store, app, live))]
     found = []
-    env_file = release.env_file(settings, app.name, app.live_version)
+    env_file = AppPaths.of(settings, app.name).env_file(app.live_version)
     if not env_file.exists() and live is not None:
         def write_env() -> str:
             env = release.runtime_env(settings, app, slug, live.config, info,
@@ -195,7 +196,7 @@ def _live_files(settings: Settings, store: Store, app: App) -> list[Finding]:
         found.append(Finding(app.name, f"the config snapshot of v{app.live_version} is "
                              "missing", "write it again from the release's record",
                              write_env))
-    current = release.app_dir(settings, app.name) / "current"
+    current = AppPaths.of(settings, app.name).current
     wanted = f"releases/v{slug_version}"
     try:
         pointed: str | None = os.readlink(current)
@@ -252,7 +253,7 @@ def _branch(settings: Settings, store: Store, app: App) -> list[Finding]:
 
 
 def _build_log(settings: Settings, app: App, version: int) -> Path:
-    return settings.build_logs_dir / app.name / f"build-v{version}.log"
+    return AppPaths.of(settings, app.name).build_log(version)
 
 
 def _append_to_log(path: Path, note: str) -> None:

@@ -16,6 +16,7 @@ from opus_paas.build import release
 from opus_paas.build.buildpack import Emit
 from opus_paas.data import postgres, redis
 from opus_paas.errors import NotFound, OpusError, UsageError
+from opus_paas.layout import AppPaths
 from opus_paas.run import deploy, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
@@ -26,7 +27,7 @@ def release_build(settings: Settings, store: Store, app: App, *, slug_version: i
                   config: dict[str, str], description: str, emit: Emit) -> int:
     """Deploy the build of release `slug_version` with `config` as a new release; return
     its version. The caller holds the app's deploy lock."""
-    slug = release.slug_dir(settings, app.name, slug_version)
+    slug = AppPaths.of(settings, app.name).slug(slug_version)
     info = release.read_build_info(slug)
     if info is None:
         raise NotFound(f"the build of v{slug_version} is no longer kept; push to build "
@@ -46,7 +47,7 @@ def release_build(settings: Settings, store: Store, app: App, *, slug_version: i
         store.forget_release(app, version)       # (only while it is still pending)
         now = store.get_app(app.name)
         if now is None or now.live_version != version:
-            release.env_file(settings, app.name, version).unlink(missing_ok=True)
+            AppPaths.of(settings, app.name).env_file(version).unlink(missing_ok=True)
         raise
     emit(f"-----> Released v{version}")
     switched.finish(emit)
