@@ -12,7 +12,7 @@ import shutil
 import stat
 import subprocess
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from dulwich.objects import Blob, Commit, Tree
@@ -21,6 +21,7 @@ from dulwich.repo import Repo
 from opus_paas import names, privileged
 from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.paths import shipped
 from opus_paas.pythons import provide
 from opus_paas.settings import Settings
@@ -30,8 +31,6 @@ UNSAFE_BUILD_VARS = re.compile(
     r"PATH|PYTHONHOME|PYTHONPATH|PYTHONSTARTUP|LD_.*|OPUS_(?!AUTO_MIGRATE\Z|DISABLE_OVERRIDES\Z).*")
 
 S_IFGITLINK = 0o160000
-
-Emit = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)

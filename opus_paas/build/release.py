@@ -11,10 +11,10 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from opus_paas import names, privileged
-from opus_paas.build.buildpack import Emit
+from opus_paas import names, output, privileged
 from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.settings import Settings
 from opus_paas.store import App
 
@@ -171,11 +171,11 @@ def run_release_command(settings: Settings, app: str, slug: Path, command: str,
     """Run the release phase (e.g. migrate) as the app's user; failure rejects the push.
     The Procfile line is shell syntax, as on Heroku: bash runs it (pipes, `&&`, `$VAR`)."""
     argv = ["/bin/bash", "-c", command]
-    emit(f"-----> Running release command: {command}")
+    emit(output.step(f"Running release command: {command}"))
     try:
         for line in privileged.stream(settings, app, argv, cwd=slug, env=env,
                                       timeout=settings.build_timeout, cancelled=cancelled):
-            emit("       " + line)
+            emit(output.detail(line))
     except ServiceError as exc:
         raise BuildFailed(f"the release command was stopped: {exc.message}") from None
     except subprocess.CalledProcessError as exc:
@@ -191,14 +191,14 @@ def run_release_command(settings: Settings, app: str, slug: Path, command: str,
 def copy_static(settings: Settings, app: str, version: int, emit: Emit) -> None:
     """Copy the release's collected static files for the front (secureops: a copy the
     app cannot change; links and special files are skipped, and said)."""
-    emit("-----> Copying static files for the front")
+    emit(output.step("Copying static files for the front"))
     try:
         notes = privileged.copy_static(settings, app, version, live=False)
     except ServiceError as exc:
         raise BuildFailed(f"the static files could not be copied for the front: "
                           f"{exc.message}") from None
     for note in notes:
-        emit((" !     " if note.startswith("skipped") else "       ") + note)
+        emit(output.alert(note) if note.startswith("skipped") else output.detail(note))
 
 
 def point_current(settings: Settings, app: str, version: int) -> None:

@@ -15,11 +15,11 @@ from dulwich.repo import Repo
 
 from opus_paas import access, locks, names, privileged
 from opus_paas.access import Actor
-from opus_paas.build.buildpack import Emit
 from opus_paas.data import backups, redis
 from opus_paas.errors import Conflict, OpusError, ServiceError, UsageError
 from opus_paas.git import gitserver
 from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.run import checks, deploy, previews, push
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings

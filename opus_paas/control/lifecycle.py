@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from opus_paas import locks, names, privileged
+from opus_paas import locks, names, output, privileged
 from opus_paas import store as store_module
 from opus_paas.build import buildpack
 from opus_paas.control import hostkey, leftovers, system
@@ -215,10 +215,10 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
         "",
         "Next steps:",
         "  1. Register your SSH key:",
-        f"       {_opus_command()} keys:add {_user_name()} ~/.ssh/id_ed25519.pub",
+        output.detail(f"{_opus_command()} keys:add {_user_name()} ~/.ssh/id_ed25519.pub"),
         "  2. In your Django project:",
-        f"       git remote add opus ssh://git@{host}:{settings.ssh_port}/myapp.git",
-        "       git push opus main",
+        output.detail(f"git remote add opus ssh://git@{host}:{settings.ssh_port}/myapp.git"),
+        output.detail("git push opus main"),
         f"  3. Open http://myapp.{settings.domain}:{settings.http_port}/",
         "",
         f"The dashboard: http://{settings.dashboard_domain}:{settings.http_port}/ "

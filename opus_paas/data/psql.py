@@ -11,10 +11,10 @@ from urllib.parse import unquote, urlsplit
 
 from opus_paas import access, privileged
 from opus_paas.access import Actor
-from opus_paas.build.buildpack import Emit
 from opus_paas.data import credentials, postgres, server
 from opus_paas.errors import UsageError
 from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 

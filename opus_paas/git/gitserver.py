@@ -40,7 +40,7 @@ from dulwich.server import (
     _ProtocolGraphWalker,
 )
 
-from opus_paas import failpoints, locks, names, redact
+from opus_paas import failpoints, locks, names, output, redact
 from opus_paas.errors import InvalidName, NotFound, OpusError, ProtocolError, disk_full
 from opus_paas.git import hooks, packs
 from opus_paas.git.wire import ChannelReader
@@ -217,8 +217,9 @@ class DeployingReceivePackHandler(ReceivePackHandler):
             if self.store.preview_limit(self.app) is not None:
                 return self._preview(ref, old, new, branch)
         if new != ZERO_SHA:
-            self._emit(f"-----> {shown} stored; only {self.app.deploy_branch} deploys "
-                       f"(opus git:set {self.app.name} deploy-branch BRANCH changes that)")
+            self._emit(output.step(
+                f"{shown} stored; only {self.app.deploy_branch} deploys "
+                f"(opus git:set {self.app.name} deploy-branch BRANCH changes that)"))
         return self._move(ref, old, new)
 
     def _deploy(self, ref: bytes, old: bytes, new: bytes) -> bytes:
@@ -243,7 +244,7 @@ class DeployingReceivePackHandler(ReceivePackHandler):
         try:
             previews.target(self.settings, self.store, self.app, branch)
         except OpusError as exc:
-            self._emit(f" !     {branch} stored, without a preview: {exc.message}")
+            self._emit(output.alert(f"{branch} stored, without a preview: {exc.message}"))
             return self._move(ref, old, new)
         assert isinstance(self.repo, Repo)
         repo = self.repo
@@ -265,8 +266,8 @@ class DeployingReceivePackHandler(ReceivePackHandler):
             log.exception("[%s] destroying the preview of %s failed", self.request_id, branch)
             message = exc.message if isinstance(exc, OpusError) else \
                 f"internal error (request {self.request_id})"
-            self._emit(f" !     {branch} is deleted, but its preview app could not be "
-                       f"destroyed: {message}; `opus apps:destroy` it")
+            self._emit(output.alert(f"{branch} is deleted, but its preview app could not be "
+                                    f"destroyed: {message}; `opus apps:destroy` it"))
 
     def _deploying(self, work: Callable[[], push.Deployed]) -> push.Deployed | bytes:
         """Run a deploy; an error becomes the ref's status (bytes)."""
@@ -278,11 +279,11 @@ class DeployingReceivePackHandler(ReceivePackHandler):
             full = disk_full(exc)
             if full is not None:
                 log.warning("[%s] deploy of %s: %s", self.request_id, self.app.name, exc)
-                self._emit(f" !     {full.message}")
+                self._emit(output.alert(full.message))
                 return self._status(full.message)
             log.exception("[%s] deploy of %s failed", self.request_id, self.app.name)
-            self._emit(" !     Opus hit an internal error; the operator's log has the "
-                       f"details (request {self.request_id})")
+            self._emit(output.alert("Opus hit an internal error; the operator's log has the "
+                                    f"details (request {self.request_id})"))
             return self._status(f"internal error (request {self.request_id}); the "
                                 "operator's log has the details")
 

@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from opus_paas import failpoints, locks, privileged
+from opus_paas import failpoints, locks, output, privileged
 from opus_paas.build import release
-from opus_paas.build.buildpack import Emit
 from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.front import balancer, httpd
 from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.run import checks
 from opus_paas.run.supervisor import PROCESS_NUM, Program, Supervisor
 from opus_paas.settings import Settings
@@ -390,8 +390,8 @@ class Switched:
         if self.manager is not None and self.old_port is not None:
             # Requests already on the old instance finish there before it stops.
             if not _drained(self.manager, self.old_port):
-                emit("       The old instance still had requests after "
-                     f"{DRAIN_TIMEOUT:.0f} s; stopping it anyway")
+                emit(output.detail("The old instance still had requests after "
+                                   f"{DRAIN_TIMEOUT:.0f} s; stopping it anyway"))
         else:
             # A graceful reload lets each front child finish its request on the old
             # config; give them a moment before the old instance goes away.
@@ -428,7 +428,7 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     # A new instance starts with no crash behind it (an earlier one of the same name
     # may have left its state).
     web_state_file(settings, app.name, version, port).unlink(missing_ok=True)
-    emit(f"-----> Starting v{version} on its own port")
+    emit(output.step(f"Starting v{version} on its own port"))
     set_programs(settings, supervisor, app.name, [p for p in (old, new) if p] + workers)
     switched = False
     manager = _manager(settings, app)
@@ -440,8 +440,8 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
                      web_state_file(settings, app.name, version, port))
         check_listener(settings, app.name, port)
         failpoints.reached(settings, "deploy.healthy")
-        emit("       Health check passed; switching traffic" if not check.disabled else
-             "       Accepting connections (health check disabled); switching traffic")
+        emit(output.detail("Health check passed; switching traffic") if not check.disabled else
+             output.detail("Accepting connections (health check disabled); switching traffic"))
         # One lock from the front's render to the database row: another app's deploy
         # rendering in between would otherwise put this app's old port back.
         with locks.host_lock(settings):
@@ -449,7 +449,7 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
             # the old release keeps serving.
             if manager is not None and _switch_members(settings, store, manager, pending,
                                                        app.live_port):
-                emit("       Switched through the front's balancer")
+                emit(output.detail("Switched through the front's balancer"))
             else:
                 manager = None
                 _refresh_front(settings, store, supervisor, pending=pending)

@@ -18,9 +18,9 @@ from typing import Any
 from opus_paas import access, locks, names, privileged, redact
 from opus_paas.access import Actor
 from opus_paas.build import release
-from opus_paas.build.buildpack import Emit
 from opus_paas.errors import NotFound, UsageError
 from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.run import deploy, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from dulwich.repo import Repo
 
-from opus_paas import failpoints, privileged, redact, secretfile
+from opus_paas import failpoints, output, privileged, redact, secretfile
 from opus_paas.build import buildpack, release
-from opus_paas.build.buildpack import Emit
 from opus_paas.data import backups
 from opus_paas.errors import BuildFailed, OpusError, UsageError
 from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.run import appsetup, buildlog, deploy
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
@@ -126,9 +126,9 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
         capped = buildlog.CappedLog(log, settings.build_log_limit)
         emit_and_log = _tee(_redacting(emit, settings, slug), capped.write)
         try:
-            emit_and_log(f"-----> Building {app.name} from {sha.decode()[:7]}")
+            emit_and_log(output.step(f"Building {app.name} from {sha.decode()[:7]}"))
             for warning in buildpack.export_tree(repo, sha, slug):
-                emit_and_log(f" !     {warning}")
+                emit_and_log(output.alert(warning))
             spec = appsetup.read(repo, sha) if appsetup.is_first_deploy(store, app) else None
             if spec is not None:
                 appsetup.before_build(settings, store, app, spec, emit_and_log)
@@ -143,8 +143,8 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             idle = sorted(k for k in set(types) - {"web", "release"}
                           if formation.get(k, (0, False))[0] == 0)
             if idle:
-                emit_and_log(f"       Scaled to 0: {', '.join(idle)} (run one with `opus "
-                             f"ps:scale {app.name} {idle[0]}=1`)")
+                emit_and_log(output.detail(f"Scaled to 0: {', '.join(idle)} (run one with `opus "
+                                           f"ps:scale {app.name} {idle[0]}=1`)"))
             if spec is not None and spec.formation:
                 app = appsetup.apply_formation(store, app, spec, types,
                                                bool(info.get("web_command")), emit_and_log)
@@ -163,14 +163,16 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             deployed = _release_live(settings, store, app, version, sha.decode(), config,
                                      branch, log_path, emit_and_log)
             ok = True
-            emit_and_log(f"-----> Released v{version} in {time.monotonic() - started:.1f} s")
-            emit_and_log(f"       http://{settings.app_domain(app.name)}:{settings.http_port}/")
+            took = time.monotonic() - started
+            emit_and_log(output.step(f"Released v{version} in {took:.1f} s"))
+            url = f"http://{settings.app_domain(app.name)}:{settings.http_port}/"
+            emit_and_log(output.detail(url))
             if spec is not None and spec.postdeploy:
                 appsetup.run_postdeploy(settings, app, slug, spec.postdeploy, env,
                                         emit_and_log, cancelled)
         except OpusError as exc:
             emit_and_log("")
-            emit_and_log(f" !     {exc.message}")
+            emit_and_log(output.alert(exc.message))
             emit_and_log("")
             raise
         finally:
@@ -205,7 +207,7 @@ def _release_live(settings: Settings, store: Store, app: App, version: int, sha:
         failpoints.reached(settings, "push.ref_moved")
         if not deployed.branch_moved:
             note = f"{branch.ref} had moved meanwhile; it was left as it was"
-            emit(f" !     v{version} is live, but {note}")
+            emit(output.alert(f"v{version} is live, but {note}"))
     store.end_release(app, version, "released", note)
     return deployed
 
@@ -221,7 +223,7 @@ def rebuild(settings: Settings, store: Store, app: App, live: Release, emit: Emi
     repo = Repo(str(repo_path(settings, app.name)))
     try:
         for warning in buildpack.export_tree(repo, live.sha.encode(), slug):
-            emit(f" !     {warning}")
+            emit(output.alert(warning))
     finally:
         repo.close()
     buildpack.run_buildpack(settings, app.name, slug, live.config, emit, threading.Event())

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from opus_paas import access, locks, privileged, repos, secretfile
+from opus_paas import access, locks, output, privileged, repos, secretfile
 from opus_paas.build import release
 from opus_paas.errors import BuildFailed, OpusError
 from opus_paas.layout import AppPaths
@@ -97,7 +97,7 @@ def recover_app(settings: Settings, store: Store, name: str,
 def settle(settings: Settings, store: Store, app: App, emit: Callable[[str], None]) -> App:
     """End what a stop left of the app's deploys before a new one (the caller holds its
     lock), and return the app as the database has it then."""
-    recover_app(settings, store, app.name, lambda line: emit(f"-----> Recovered {line}"))
+    recover_app(settings, store, app.name, lambda line: emit(output.step(f"Recovered {line}")))
     return access.fresh(store, app)
 
 
@@ -259,4 +259,4 @@ def _build_log(settings: Settings, app: App, version: int) -> Path:
 def _append_to_log(path: Path, note: str) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     with contextlib.suppress(OSError), secretfile.open_private(path, "a") as out:
-        out.write(f"-----> Recovery ({stamp}): {note}\n")
+        out.write(output.step(f"Recovery ({stamp}): {note}\n"))

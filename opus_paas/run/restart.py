@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from opus_paas import access, locks, names
+from opus_paas import access, locks, names, output
 from opus_paas.access import Actor
 from opus_paas.build import release
-from opus_paas.build.buildpack import Emit
 from opus_paas.data import postgres, redis
 from opus_paas.errors import NotFound, OpusError, UsageError
 from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.run import deploy, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
@@ -49,7 +49,7 @@ def release_build(settings: Settings, store: Store, app: App, *, slug_version: i
         if now is None or now.live_version != version:
             AppPaths.of(settings, app.name).env_file(version).unlink(missing_ok=True)
         raise
-    emit(f"-----> Released v{version}")
+    emit(output.step(f"Released v{version}"))
     switched.finish(emit)
     return version
 

@@ -19,9 +19,10 @@ import hashlib
 import hmac
 import logging
 
-from opus_paas.build.buildpack import Emit
+from opus_paas import output
 from opus_paas.errors import OpusError, ServiceError
 from opus_paas.front import httpd
+from opus_paas.output import Emit
 from opus_paas.run import checks, deploy
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
@@ -88,7 +89,7 @@ def wake(settings: Settings, store: Store, supervisor: Supervisor, app: App,
         store.set_asleep(fresh, False)
         return False
     if say is not None:
-        say(f"-----> Waking {fresh.name} (it was asleep)")
+        say(output.step(f"Waking {fresh.name} (it was asleep)"))
     others = deploy.type_programs(settings, store, fresh, fresh.live_version or 0,
                                   fresh.live_slug)
     state = deploy.web_state_file(settings, fresh.name, fresh.live_version or 0,
@@ -121,4 +122,4 @@ def wake_quietly(settings: Settings, store: Store, app: App,
         wake(settings, store, Supervisor(settings), app, say)
     except OpusError as exc:
         if say is not None:
-            say(f" !     {app.name} did not wake ({exc.message}); the deploy starts it")
+            say(output.alert(f"{app.name} did not wake ({exc.message}); the deploy starts it"))

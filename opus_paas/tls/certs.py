@@ -14,18 +14,18 @@ import fcntl
 import ipaddress
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from opus_paas import privileged
 from opus_paas.errors import Conflict
 from opus_paas.front.tls import DASHBOARD_SITE, covers
+from opus_paas.output import Emit
 from opus_paas.run import deploy
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import Store, TlsSite
 from opus_paas.tls import acme, pem
 
-Emit = Callable[[str], None]
 DAY = 86400.0
 RENEW_BEFORE = 30 * DAY
 FIRST_RETRY = 300.0          # 5 min, then doubling, at most a day
