@@ -30,6 +30,7 @@ from opus_paas.control import (
 from opus_paas.control import previews as previews_commands
 from opus_paas.control import pythons as pythons_commands
 from opus_paas.control import redis as redis_commands
+from opus_paas.control import tls as tls_commands
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity, when
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, UsageError
@@ -37,7 +38,6 @@ from opus_paas.git import gitserver
 from opus_paas.run import buildlog, deploy, logs, ps
 from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
-from opus_paas.tls import commands as tls_commands
 
 # ---- Opus itself (host only) -----------------------------------------------------------
 
