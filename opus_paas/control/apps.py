@@ -17,10 +17,11 @@ from opus_paas import access, locks, names, privileged
 from opus_paas.access import Actor
 from opus_paas.data import backups, redis
 from opus_paas.errors import Conflict, OpusError, ServiceError, UsageError
+from opus_paas.front import sites
 from opus_paas.git import gitserver
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
-from opus_paas.run import checks, deploy, previews, push
+from opus_paas.run import checks, health, previews, programs, push
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Backup, Store
@@ -100,12 +101,12 @@ def destroy(settings: Settings, store: Store, actor: Actor, name: str,
         supervisor = Supervisor(settings)
         redis.stop_for_destroy(settings, store, app)   # stopped with the app's programs
         if supervisor.is_running():
-            deploy.set_programs(settings, supervisor, app.name, [])
+            programs.set_programs(settings, supervisor, app.name, [])
         kept = backups.keep_on_destroy(settings, store, app)   # with nothing running
         # The files go before the record: a name is never reused onto old code or data.
         remove_files(settings, app.name)
         store.delete_app(app)
-        deploy.refresh_front(settings, store, supervisor)
+        sites.refresh_front(settings, store, supervisor)
     return kept
 
 
@@ -156,7 +157,7 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
         live = None if app.live_version is None else store.get_release(app, app.live_version)
         supervisor = Supervisor(settings)
         if live is not None and supervisor.is_running():
-            deploy.set_programs(settings, supervisor, app.name, [])
+            programs.set_programs(settings, supervisor, app.name, [])
         store.set_asleep(app, False)       # (its rebuild, or the undo, starts it)
         renamed = store.rename_app(app, new)
         _move(settings, app.name, new)
@@ -178,7 +179,7 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
             raise
         shutil.rmtree(AppPaths.of(settings, app.name).dir, ignore_errors=True)
         shutil.rmtree(AppPaths.of(settings, app.name).static, ignore_errors=True)
-        deploy.refresh_front(settings, store, supervisor)
+        sites.refresh_front(settings, store, supervisor)
         return store.get_app(new) or renamed
 
 
@@ -219,10 +220,10 @@ def _undo_rename(settings: Settings, store: Store, app: App, new: str,
     if restored is not None and app.live_version is not None and app.live_port is not None:
         store.set_live(restored, app.live_version, app.live_port, app.live_slug)
         restored = store.get_app(app.name) or restored
-        program = deploy.live_program(settings, restored)
+        program = programs.live_program(settings, restored)
         if supervisor.is_running() and program is not None:
-            deploy.set_programs(settings, supervisor, app.name, [program])
+            programs.set_programs(settings, supervisor, app.name, [program])
             with contextlib.suppress(OpusError):   # the rename's own error is what to report
-                deploy.check_health(settings, settings.app_domain(app.name), app.live_port,
+                health.check_health(settings, settings.app_domain(app.name), app.live_port,
                                     program.name, supervisor)
-        deploy.refresh_front(settings, store, supervisor)
+        sites.refresh_front(settings, store, supervisor)

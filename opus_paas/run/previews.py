@@ -25,11 +25,12 @@ from opus_paas import locks, names, output
 from opus_paas.access import Actor, app_for
 from opus_paas.data import dumps, postgres, redis, server
 from opus_paas.errors import Conflict, NotFound, UsageError
+from opus_paas.front import sites
 from opus_paas.git import hooks
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.repos import ZERO_SHA, branch_ref, existing_repo, move_branch
-from opus_paas.run import deploy, push, recovery
+from opus_paas.run import programs, push, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
@@ -270,7 +271,7 @@ def destroy_app(settings: Settings, store: Store, app: App) -> None:
     supervisor = Supervisor(settings)
     redis.stop_for_destroy(settings, store, app)    # (app.json may have given it one)
     if supervisor.is_running():
-        deploy.set_programs(settings, supervisor, app.name, [])
+        programs.set_programs(settings, supervisor, app.name, [])
     for gone in store.detach_backups(app, None, time.time()):
         dumps.path(settings, gone.id, gone.kind).unlink(missing_ok=True)
     if store.app_database(app) is not None:
@@ -278,4 +279,4 @@ def destroy_app(settings: Settings, store: Store, app: App) -> None:
     remove_files(settings, app.name)
     store.delete_app(app)
     if supervisor.is_running():
-        deploy.refresh_front(settings, store, supervisor)
+        sites.refresh_front(settings, store, supervisor)

@@ -20,6 +20,7 @@ from opus_paas import failpoints, output, privileged, redact, secretfile
 from opus_paas.build import buildpack, release
 from opus_paas.data import backups
 from opus_paas.errors import BuildFailed, OpusError, UsageError
+from opus_paas.front import sites
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.run import appsetup, buildlog, deploy
@@ -149,7 +150,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
                 app = appsetup.apply_formation(store, app, spec, types,
                                                bool(info.get("web_command")), emit_and_log)
             env = release.runtime_env(settings, app, slug, config, info,
-                                      deploy.app_domains(settings, store, app))
+                                      sites.app_domains(settings, store, app))
             release.write_env_file(settings, app.name, version, env)
             if types.get("release"):
                 backups.before_release(settings, store, app, version, emit_and_log)
@@ -231,7 +232,7 @@ def rebuild(settings: Settings, store: Store, app: App, live: Release, emit: Emi
     if info is None:
         raise BuildFailed("the buildpack left no .opus/build.json")
     env = release.runtime_env(settings, app, slug, live.config, info,
-                              deploy.app_domains(settings, store, app))
+                              sites.app_domains(settings, store, app))
     release.write_env_file(settings, app.name, live.version, env)
     release.copy_static(settings, app.name, slug_version, emit)
 

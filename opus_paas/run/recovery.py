@@ -21,6 +21,7 @@ from pathlib import Path
 from opus_paas import access, locks, output, privileged, repos, secretfile
 from opus_paas.build import release
 from opus_paas.errors import BuildFailed, OpusError
+from opus_paas.front import sites
 from opus_paas.layout import AppPaths
 from opus_paas.run import deploy, push
 from opus_paas.run.supervisor import Supervisor
@@ -190,7 +191,7 @@ def _live_files(settings: Settings, store: Store, app: App) -> list[Finding]:
     if not env_file.exists() and live is not None:
         def write_env() -> str:
             env = release.runtime_env(settings, app, slug, live.config, info,
-                                      deploy.app_domains(settings, store, app))
+                                      sites.app_domains(settings, store, app))
             release.write_env_file(settings, app.name, app.live_version or 0, env)
             return f"the config snapshot of v{app.live_version} was written again"
         found.append(Finding(app.name, f"the config snapshot of v{app.live_version} is "

@@ -15,6 +15,7 @@ from opus_paas.access import Actor
 from opus_paas.build import release
 from opus_paas.data import postgres, redis
 from opus_paas.errors import NotFound, OpusError, UsageError
+from opus_paas.front import sites
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.run import deploy, recovery
@@ -34,7 +35,7 @@ def release_build(settings: Settings, store: Store, app: App, *, slug_version: i
                        "again")
     version = store.next_release_version(app)
     env = release.runtime_env(settings, app, slug, config, info,
-                              deploy.app_domains(settings, store, app))
+                              sites.app_domains(settings, store, app))
     release.write_env_file(settings, app.name, version, env)
     store.begin_release(app, version, sha, description, slug_version=slug_version,
                         config=config)
@@ -158,5 +159,5 @@ def change_domain(settings: Settings, store: Store, actor: Actor, app_name: str,
                     store.remove_domain(app, domain)
                 else:
                     store.add_domain(app, domain)
-                deploy.refresh_front(settings, store, Supervisor(settings))
+                sites.refresh_front(settings, store, Supervisor(settings))
             raise
