@@ -40,7 +40,7 @@ import pytest
 
 from opus_paas.control import system
 from opus_paas.errors import UsageError
-from opus_paas.run import deploy
+from opus_paas.run import health
 from opus_paas.store import Store
 from tests import pebble as pebble_module
 from tests import python_mirror
@@ -605,7 +605,7 @@ def _asleep(system_opus: SystemOpus, app: str) -> bool:
 
 def _port_owners(port: int) -> set[int]:
     tables = "".join(Path(name).read_text() for name in ("/proc/net/tcp", "/proc/net/tcp6"))
-    return deploy.listening_uids(tables, port)
+    return health.listening_uids(tables, port)
 
 
 def test_a_sleeping_app_is_woken_by_its_request_as_its_own_user(
@@ -955,10 +955,10 @@ def test_an_app_squatting_anothers_idle_port_does_not_get_its_traffic(
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             tables = Path("/proc/net/tcp").read_text()
-            if deploy.listening_uids(tables, idle):
+            if health.listening_uids(tables, idle):
                 break
             time.sleep(0.2)
-        assert deploy.listening_uids(Path("/proc/net/tcp").read_text(), idle) == \
+        assert health.listening_uids(Path("/proc/net/tcp").read_text(), idle) == \
             {pwd.getpwnam(f"opus-{a}").pw_uid}
         # Neither the front's children nor Opus complete a connection to the squatter
         # (its answers are dropped): no request of B's reaches it.
@@ -991,8 +991,8 @@ def test_listening_uids_reads_the_kernels_table() -> None:
              "   0: 0100007F:4E20 00000000:0000 0A 00000000:00000000 00:00000000 00000000   995\n"
              "   1: 0100007F:4E20 0100007F:9C40 01 00000000:00000000 00:00000000 00000000   996\n"
              "   2: 0100007F:4E21 00000000:0000 0A 00000000:00000000 00:00000000 00000000   997\n")
-    assert deploy.listening_uids(table, 20000) == {995}      # listening only, that port
-    assert deploy.listening_uids(table, 20002) == set()
+    assert health.listening_uids(table, 20000) == {995}      # listening only, that port
+    assert health.listening_uids(table, 20002) == set()
 
 
 def test_https_certificates_are_ordered_by_opus_and_kept_by_root(

@@ -13,7 +13,8 @@ from opus_paas.build import release
 from opus_paas.control import apps
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, OpusError, UsageError
-from opus_paas.run import deploy, metrics, ps
+from opus_paas.front import sites
+from opus_paas.run import metrics, ps
 from opus_paas.run import restart as restart_module
 from opus_paas.store import App
 from opus_paas.tls import certs
@@ -73,7 +74,7 @@ def show(name: str) -> str:
         types=[{"name": t, "count": formation.get(t, (0, False))[0]} for t in types],
         releases=store.list_releases(app),
         config=sorted(store.config(app).items()),
-        domains=deploy.app_domains(settings, store, app),
+        domains=sites.app_domains(settings, store, app),
         custom_domains=store.domains(app),
         https=certs.describe(settings, certs.status(settings, store, app.name)),
         builds=store.list_builds(app)[:20],
@@ -91,7 +92,7 @@ def show(name: str) -> str:
 def _charts(app: App) -> list[charts.Chart]:
     now = time.time()
     settings = context.settings()
-    minutes = metrics.traffic(settings, deploy.app_domains(settings, context.store(), app), now)
+    minutes = metrics.traffic(settings, sites.app_domains(settings, context.store(), app), now)
     memory = context.store().memory_samples(app, now - metrics.WINDOW_MINUTES * 60)
     return [
         charts.line_chart("Requests per minute", "req/min", [m.requests for m in minutes]),

@@ -12,7 +12,7 @@ import shutil
 import stat
 import subprocess
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from dulwich.objects import Blob, Commit, Tree
@@ -20,6 +20,8 @@ from dulwich.repo import Repo
 
 from opus_paas import names, privileged
 from opus_paas.errors import BuildFailed, ServiceError
+from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.paths import shipped
 from opus_paas.pythons import provide
 from opus_paas.settings import Settings
@@ -29,8 +31,6 @@ UNSAFE_BUILD_VARS = re.compile(
     r"PATH|PYTHONHOME|PYTHONPATH|PYTHONSTARTUP|LD_.*|OPUS_(?!AUTO_MIGRATE\Z|DISABLE_OVERRIDES\Z).*")
 
 S_IFGITLINK = 0o160000
-
-Emit = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,17 +290,18 @@ def parse_release_output(text: str) -> dict[str, str]:
     return types
 
 
-def run_buildpack(settings: Settings, app: str, slug: Path, app_dir: Path,
+def run_buildpack(settings: Settings, app: str, slug: Path,
                   config: Mapping[str, str], emit: Emit,
                   cancelled: threading.Event | None = None) -> BuildResult:
     """Detect, compile and release `slug` as the app's user, emitting output as it
     comes."""
     buildpack = settings.tools_dir / "buildpacks" / "python"
-    env = build_environment(settings, app_dir)
+    paths = AppPaths.of(settings, app)
+    env = build_environment(settings, paths.dir)
     # The Python the app asks for, fetched if the host lacks it, and mod_wsgi built for
     # it: Opus's work, before the slug is the app's.
     provide.prepare(settings, slug, env, emit, cancelled)
-    env_dir = app_dir / "build-env"
+    env_dir = paths.build_env
     write_env_dir(env_dir, config)
     privileged.hand_over(settings, app)      # the slug and the ENV dir, in one request
     bin_dir = buildpack / "bin"
@@ -310,7 +311,7 @@ def run_buildpack(settings: Settings, app: str, slug: Path, app_dir: Path,
         for line in detected.stdout.splitlines():
             emit(line)
         raise BuildFailed("no buildpack recognised this app; see the messages above")
-    compile_argv = [str(bin_dir / "compile"), str(slug), str(app_dir / "cache"), str(env_dir)]
+    compile_argv = [str(bin_dir / "compile"), str(slug), str(paths.cache), str(env_dir)]
     try:
         for line in privileged.stream(settings, app, compile_argv, cwd=slug, env=env,
                                       timeout=settings.build_timeout, cancelled=cancelled):

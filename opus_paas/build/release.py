@@ -11,9 +11,10 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from opus_paas import names, privileged
-from opus_paas.build.buildpack import Emit
+from opus_paas import names, output, privileged
 from opus_paas.errors import BuildFailed, ServiceError
+from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.settings import Settings
 from opus_paas.store import App
 
@@ -21,29 +22,6 @@ VERSION_DIR = re.compile(r"v([0-9]{1,9})")
 # A directory inside a slug, as the buildpack records it (never absolute, never `..`).
 SAFE_APP_ROOT = re.compile(r"\.|[A-Za-z0-9_][A-Za-z0-9_-]*(?:/[A-Za-z0-9_][A-Za-z0-9_-]*)*")
 BUILD_JSON = ".opus/build.json"
-
-
-def app_dir(settings: Settings, app: str) -> Path:
-    return settings.apps_dir / app
-
-
-def slug_dir(settings: Settings, app: str, version: int) -> Path:
-    return app_dir(settings, app) / "releases" / f"v{version}"
-
-
-def data_dir(settings: Settings, app: str) -> Path:
-    return app_dir(settings, app) / "data"
-
-
-def tmp_dir(settings: Settings, app: str) -> Path:
-    """TMPDIR of the app's builds, steps and processes: its own (0700), never the host's
-    shared /tmp, where another app could see or plant files."""
-    return app_dir(settings, app) / "tmp"
-
-
-def home_dir(settings: Settings, app: str) -> Path:
-    """HOME of the app's processes: the run user's own, unlike apps/<app> itself."""
-    return app_dir(settings, app) / "home"
 
 
 def read_build_info(slug: Path) -> dict[str, object] | None:
@@ -86,7 +64,7 @@ def live_build_info(settings: Settings, app: App) -> dict[str, object]:
     """build.json of the build the app serves now ({} when it has none)."""
     if app.live_version is None:
         return {}
-    slug = slug_dir(settings, app.name, app.live_slug or app.live_version)
+    slug = AppPaths.of(settings, app.name).slug(app.live_slug or app.live_version)
     return read_build_info(slug) or {}
 
 
@@ -147,21 +125,22 @@ def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, s
     Config vars come first; Opus's own variables (which point the settings
     overlay at the app's data, static files and host names) win.
     """
+    paths = AppPaths.of(settings, app.name)
     env = dict(config)
     venv = slug / ".opus" / "venv"
     env.update({
         # As an activated virtualenv has them (a uwsgi.ini's virtualenv=$(VIRTUAL_ENV)).
         "VIRTUAL_ENV": str(venv),
         "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(home_dir(settings, app.name)),
-        "TMPDIR": str(tmp_dir(settings, app.name)),
+        "HOME": str(paths.home),
+        "TMPDIR": str(paths.tmp),
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
         "OPUS_APP": app.name,
         "OPUS_APP_ROOT": str(app_root(slug, info)),
         "OPUS_ALLOWED_HOSTS": ",".join(domains),
-        "OPUS_DATA_DIR": str(data_dir(settings, app.name)),
+        "OPUS_DATA_DIR": str(paths.data),
     })
     if info.get("static_root"):
         env["OPUS_STATIC_ROOT"] = str(info["static_root"])
@@ -174,15 +153,9 @@ def runtime_env(settings: Settings, app: App, slug: Path, config: Mapping[str, s
     return env
 
 
-def env_file(settings: Settings, app: str, version: int) -> Path:
-    """The release's config snapshot: in Opus's own apps/<app>/env/, not in the slug,
-    which the run user owns."""
-    return app_dir(settings, app) / "env" / f"v{version}.json"
-
-
 def write_env_file(settings: Settings, app: str, version: int, env: Mapping[str, str]) -> None:
     """Write the snapshot the WSGI entry loads (no quoting through supervisor)."""
-    path = env_file(settings, app, version)
+    path = AppPaths.of(settings, app).env_file(version)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -198,11 +171,11 @@ def run_release_command(settings: Settings, app: str, slug: Path, command: str,
     """Run the release phase (e.g. migrate) as the app's user; failure rejects the push.
     The Procfile line is shell syntax, as on Heroku: bash runs it (pipes, `&&`, `$VAR`)."""
     argv = ["/bin/bash", "-c", command]
-    emit(f"-----> Running release command: {command}")
+    emit(output.step(f"Running release command: {command}"))
     try:
         for line in privileged.stream(settings, app, argv, cwd=slug, env=env,
                                       timeout=settings.build_timeout, cancelled=cancelled):
-            emit("       " + line)
+            emit(output.detail(line))
     except ServiceError as exc:
         raise BuildFailed(f"the release command was stopped: {exc.message}") from None
     except subprocess.CalledProcessError as exc:
@@ -218,20 +191,20 @@ def run_release_command(settings: Settings, app: str, slug: Path, command: str,
 def copy_static(settings: Settings, app: str, version: int, emit: Emit) -> None:
     """Copy the release's collected static files for the front (secureops: a copy the
     app cannot change; links and special files are skipped, and said)."""
-    emit("-----> Copying static files for the front")
+    emit(output.step("Copying static files for the front"))
     try:
         notes = privileged.copy_static(settings, app, version, live=False)
     except ServiceError as exc:
         raise BuildFailed(f"the static files could not be copied for the front: "
                           f"{exc.message}") from None
     for note in notes:
-        emit((" !     " if note.startswith("skipped") else "       ") + note)
+        emit(output.alert(note) if note.startswith("skipped") else output.detail(note))
 
 
 def point_current(settings: Settings, app: str, version: int) -> None:
     """Swap apps/<app>/current to releases/v<version> atomically (rename(2)), and the
     front's static files to that release's copy (made now if it has none yet)."""
-    base = app_dir(settings, app)
+    base = AppPaths.of(settings, app).dir
     tmp = base / ".current.new"
     tmp.unlink(missing_ok=True)
     os.symlink(Path("releases") / f"v{version}", tmp)
@@ -242,15 +215,14 @@ def point_current(settings: Settings, app: str, version: int) -> None:
 def static_pointed(settings: Settings, app: str) -> str | None:
     """The release whose static files the front serves ("v3"), None if none."""
     try:
-        return os.readlink(settings.front_dir / "static" / app / "current")
+        return os.readlink(AppPaths.of(settings, app).static / "current")
     except OSError:
         return None
 
 
 def prune(settings: Settings, app: str, keep_versions: set[int], keep: int) -> list[int]:
     """Delete old slugs beyond the newest `keep`, never one in `keep_versions`."""
-    base = app_dir(settings, app)
-    releases = base / "releases"
+    releases = AppPaths.of(settings, app).releases
     names = [p.name for p in releases.iterdir()] if releases.is_dir() else []
     versions = sorted((int(m.group(1)) for m in map(VERSION_DIR.fullmatch, names) if m),
                       reverse=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from opus_paas import names
+from opus_paas import names, output
 from opus_paas.builder import catalogue, deploy, make
 from opus_paas.control.context import Command, Context
 from opus_paas.errors import InvalidName, UsageError
@@ -42,15 +42,16 @@ def cmd_init(ctx: Context, args: list[str]) -> None:
                              "ssh://git@HOST:PORT (or --no-deploy to only make the project)")
     make.make(directory, app, choice, ctx.out)
     if server is None:
-        ctx.out(f"-----> Not deployed (--no-deploy). Later: cd {directory} && opus "
-                f"apps:create {app} && git remote add opus ssh://git@HOST:PORT/{app}.git "
-                "&& git push opus main")
+        ctx.out(output.step(
+            f"Not deployed (--no-deploy). Later: cd {directory} && opus "
+            f"apps:create {app} && git remote add opus ssh://git@HOST:PORT/{app}.git "
+            "&& git push opus main"))
         return
     url = deploy.deploy_over_ssh(directory, app, server, choice.database, ctx.out,
                                  dict(os.environ))
-    ctx.out(f"-----> {app} is live: {url}")
-    ctx.out(f"       Your project is in {directory}; `git push opus main` there deploys "
-            "again.")
+    ctx.out(output.step(f"{app} is live: {url}"))
+    ctx.out(output.detail(f"Your project is in {directory}; `git push opus main` there deploys "
+                          "again."))
 
 
 def _parse(args: list[str]) -> dict[str, object]:

@@ -21,15 +21,15 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from opus_paas import names
+from opus_paas import names, output
 from opus_paas.access import Actor
 from opus_paas.control import apps, client
 from opus_paas.control.context import Context
 from opus_paas.errors import OpusError, UsageError
+from opus_paas.output import Emit
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 
-Emit = Callable[[str], None]
 SERVER_URL = re.compile(rf"(?:ssh://)?{client._USER}{client._HOST}(?::(?P<port>\d{{1,5}}))?/?")
 PUSH_TIMEOUT = 30 * 60
 KEPT_BRANCH = "opus-init"
@@ -108,10 +108,10 @@ def deploy_over_ssh(directory: Path, app: str, server: Server, database: str,
            "git remote add", directory, app, server)
     steps = [["apps:create"]] + ([["pg:create"]] if database == "postgres" else [])
     for step in steps:
-        emit(f"-----> opus {step[0]} {app}")
+        emit(output.step(f"opus {step[0]} {app}"))
         _check(stream(client.ssh_argv(remote, step, env), _indented(emit), env=env),
                f"opus {step[0]}", directory, app, server)
-    emit(f"-----> git push opus main ({server.git_url(app)})")
+    emit(output.step(f"git push opus main ({server.git_url(app)})"))
     _check(stream([*git, "push", "opus", "main"], emit, env=env), "git push",
            directory, app, server)
     lines: list[str] = []
@@ -125,7 +125,7 @@ def deploy_over_ssh(directory: Path, app: str, server: Server, database: str,
 
 
 def _indented(emit: Emit) -> Emit:
-    return lambda line: emit(f"       {line}")
+    return lambda line: emit(output.detail(line))
 
 
 def _check(status: int, what: str, directory: Path, app: str, server: Server) -> None:
@@ -157,9 +157,9 @@ def deploy_here(settings: Settings, store: Store, actor: Actor, directory: Path,
     ctx = Context(settings, actor, _indented(emit), _no_stdin, cancelled=cancelled)
     for step in [["apps:create", app]] + ([["pg:create", app]] if database == "postgres"
                                           else []):
-        emit(f"-----> opus {step[0]} {app}")
+        emit(output.step(f"opus {step[0]} {app}"))
         run_command(ctx, step)
-    emit("-----> git push (as you, to this host's Opus)")
+    emit(output.step("git push (as you, to this host's Opus)"))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory),
            "LANG": "C.UTF-8", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
            **{k: v for k, v in os.environ.items() if k.startswith("OPUS_")},

@@ -13,13 +13,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
+from opus_paas import output
 from opus_paas.builder.catalogue import CELERY_INIT, PROJECT, Choice
 from opus_paas.errors import OpusError, UsageError
+from opus_paas.output import Emit
 
-Emit = Callable[[str], None]
 # Django 5.2 runs on these; the project asks for the Python that makes it, within them.
 PYTHONS = ((3, 10), (3, 14))
 DEFAULT_IDENTITY = ("Opus project builder", "builder@opus.invalid")
@@ -96,8 +97,8 @@ def make(directory: Path, app: str, choice: Choice, emit: Emit, *,
     check_target(directory)
     directory.mkdir(parents=True, exist_ok=True)
     run_env = dict(env if env is not None else os.environ)
-    emit(f"-----> Making a Django project for {app} with "
-         f"{', '.join(choice.keys) or 'nothing but Django'}")
+    emit(output.step(f"Making a Django project for {app} with "
+                     f"{', '.join(choice.keys) or 'nothing but Django'}"))
     _run([*startproject_argv(uv), PROJECT, str(directory)], directory, run_env)
     for relative, text in project_files(app, choice, python or python_version()).items():
         path = directory / relative
@@ -109,9 +110,9 @@ def make(directory: Path, app: str, choice: Choice, emit: Emit, *,
     for entry in choice.entries:
         if entry.key == "celery":
             init.write_text(init.read_text() + CELERY_INIT)
-    emit("       requirements.txt: " + ", ".join(choice.requirements))
+    emit(output.detail("requirements.txt: " + ", ".join(choice.requirements)))
     commit(directory, run_env, identity)
-    emit(f"-----> Committed on main in {directory}")
+    emit(output.step(f"Committed on main in {directory}"))
 
 
 def project_files(app: str, choice: Choice, python: str) -> dict[str, str]:

@@ -14,14 +14,15 @@ from pathlib import Path
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from opus_paas import access, locks, names
+from opus_paas import access, locks, names, output
 from opus_paas.access import Actor
 from opus_paas.build.appjson import AppJsonError
-from opus_paas.build.buildpack import Emit
 from opus_paas.control import apps
 from opus_paas.data import postgres
 from opus_paas.errors import Conflict, OpusError, UsageError
 from opus_paas.git import gitserver, sources
+from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.repos import branch_ref
 from opus_paas.run import appsetup, push
 from opus_paas.settings import Settings
@@ -57,7 +58,7 @@ def create_from(settings: Settings, store: Store, actor: Actor, name: str, text:
     work.mkdir(mode=0o700, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
     try:
-        emit(f"-----> Fetching {source.shown}")
+        emit(output.step(f"Fetching {source.shown}"))
         clone = scratch / "source"
         sources.clone(settings.git_bin, source, address, clone,
                       max_bytes=settings.max_pack_bytes, timeout=settings.build_timeout,
@@ -69,7 +70,7 @@ def create_from(settings: Settings, store: Store, actor: Actor, name: str, text:
             app = push.create_app(settings, store, name, actor.user or apps._first_admin(store))
             try:
                 gitserver.init_repo(settings, name, app.deploy_branch)
-                repo_dir = settings.repos_dir / f"{name}.git"
+                repo_dir = AppPaths.of(settings, name).repo
                 sha = sources.admit(settings.git_bin, clone, repo_dir, source,
                                     max_bytes=settings.max_pack_bytes,
                                     max_object_bytes=settings.max_object_bytes,
@@ -77,8 +78,8 @@ def create_from(settings: Settings, store: Store, actor: Actor, name: str, text:
                 deployed = _deploy(settings, store, app, repo_dir, sha, emit, cancelled)
             except BaseException:
                 if _forget(settings, store, name):
-                    emit(f" !     {name} was not kept; fix what is said above and run the "
-                         "command again")
+                    emit(output.alert(f"{name} was not kept; fix what is said above and run the "
+                                      "command again"))
                 raise
             deployed.finish(emit)
     finally:

@@ -15,11 +15,13 @@ from dulwich.repo import Repo
 
 from opus_paas import access, locks, names, privileged
 from opus_paas.access import Actor
-from opus_paas.build.buildpack import Emit
 from opus_paas.data import backups, redis
 from opus_paas.errors import Conflict, OpusError, ServiceError, UsageError
+from opus_paas.front import sites
 from opus_paas.git import gitserver
-from opus_paas.run import checks, deploy, previews, push
+from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
+from opus_paas.run import checks, health, previews, programs, push
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Backup, Store
@@ -99,12 +101,12 @@ def destroy(settings: Settings, store: Store, actor: Actor, name: str,
         supervisor = Supervisor(settings)
         redis.stop_for_destroy(settings, store, app)   # stopped with the app's programs
         if supervisor.is_running():
-            deploy.set_programs(settings, supervisor, app.name, [])
+            programs.set_programs(settings, supervisor, app.name, [])
         kept = backups.keep_on_destroy(settings, store, app)   # with nothing running
         # The files go before the record: a name is never reused onto old code or data.
         remove_files(settings, app.name)
         store.delete_app(app)
-        deploy.refresh_front(settings, store, supervisor)
+        sites.refresh_front(settings, store, supervisor)
     return kept
 
 
@@ -113,7 +115,8 @@ def remove_files(settings: Settings, app: str) -> None:
     programs (through secureops: its user owns much of it), its repository and build
     logs, and last its user (once nothing of the app is left)."""
     privileged.remove_app(settings, app)
-    for path in (settings.repos_dir / f"{app}.git", settings.build_logs_dir / app):
+    paths = AppPaths.of(settings, app)
+    for path in (paths.repo, paths.build_logs):
         if path.exists():
             shutil.rmtree(path)
     # Its processes were just stopped; the last of them may take a moment to go.
@@ -154,18 +157,18 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
         live = None if app.live_version is None else store.get_release(app, app.live_version)
         supervisor = Supervisor(settings)
         if live is not None and supervisor.is_running():
-            deploy.set_programs(settings, supervisor, app.name, [])
+            programs.set_programs(settings, supervisor, app.name, [])
         store.set_asleep(app, False)       # (its rebuild, or the undo, starts it)
         renamed = store.rename_app(app, new)
         _move(settings, app.name, new)
         if live is None:
-            if (settings.apps_dir / app.name).exists():
-                (settings.apps_dir / app.name).rename(settings.apps_dir / new)
+            if AppPaths.of(settings, app.name).dir.exists():
+                AppPaths.of(settings, app.name).dir.rename(AppPaths.of(settings, new).dir)
             return renamed
         store.clear_live(renamed)
         _move_kept(settings, app.name, new)
         try:
-            repo = Repo(str(settings.repos_dir / f"{new}.git"))
+            repo = Repo(str(AppPaths.of(settings, new).repo))
             try:
                 push.deploy_commit(settings, store, store.get_app(new) or renamed, repo,
                                    live.sha.encode(), emit).finish(emit)
@@ -174,29 +177,30 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
         except BaseException:
             _undo_rename(settings, store, app, new, supervisor)
             raise
-        shutil.rmtree(settings.apps_dir / app.name, ignore_errors=True)
-        shutil.rmtree(settings.front_dir / "static" / app.name, ignore_errors=True)
-        deploy.refresh_front(settings, store, supervisor)
+        shutil.rmtree(AppPaths.of(settings, app.name).dir, ignore_errors=True)
+        shutil.rmtree(AppPaths.of(settings, app.name).static, ignore_errors=True)
+        sites.refresh_front(settings, store, supervisor)
         return store.get_app(new) or renamed
 
 
 def _move(settings: Settings, old: str, new: str) -> None:
-    for base, suffix in ((settings.repos_dir, ".git"), (settings.logs_dir, ""),
-                         (settings.build_logs_dir, "")):
-        source = base / f"{old}{suffix}"
+    before, after = AppPaths.of(settings, old), AppPaths.of(settings, new)
+    for source, target in ((before.repo, after.repo), (before.logs, after.logs),
+                           (before.build_logs, after.build_logs)):
         if source.exists():
-            source.rename(base / f"{new}{suffix}")
+            source.rename(target)
 
 
 KEPT = ("data", "home")   # what a rename carries over; releases are rebuilt
 
 
 def _move_kept(settings: Settings, old: str, new: str) -> None:
-    (settings.apps_dir / new).mkdir(mode=0o755, exist_ok=True)
+    before, after = AppPaths.of(settings, old).dir, AppPaths.of(settings, new).dir
+    after.mkdir(mode=0o755, exist_ok=True)
     for name in KEPT:
-        source = settings.apps_dir / old / name
+        source = before / name
         if source.is_dir() and not source.is_symlink():
-            source.rename(settings.apps_dir / new / name)
+            source.rename(after / name)
 
 
 def _undo_rename(settings: Settings, store: Store, app: App, new: str,
@@ -206,19 +210,20 @@ def _undo_rename(settings: Settings, store: Store, app: App, new: str,
     if current is not None:
         store.rename_app(current, app.name)
     _move(settings, new, app.name)
+    renamed, original = AppPaths.of(settings, new).dir, AppPaths.of(settings, app.name).dir
     for name in KEPT:
-        moved = settings.apps_dir / new / name
-        if moved.is_dir() and not (settings.apps_dir / app.name / name).exists():
-            moved.rename(settings.apps_dir / app.name / name)
-    shutil.rmtree(settings.apps_dir / new, ignore_errors=True)
+        moved = renamed / name
+        if moved.is_dir() and not (original / name).exists():
+            moved.rename(original / name)
+    shutil.rmtree(renamed, ignore_errors=True)
     restored = store.get_app(app.name)
     if restored is not None and app.live_version is not None and app.live_port is not None:
         store.set_live(restored, app.live_version, app.live_port, app.live_slug)
         restored = store.get_app(app.name) or restored
-        program = deploy.live_program(settings, restored)
+        program = programs.live_program(settings, restored)
         if supervisor.is_running() and program is not None:
-            deploy.set_programs(settings, supervisor, app.name, [program])
+            programs.set_programs(settings, supervisor, app.name, [program])
             with contextlib.suppress(OpusError):   # the rename's own error is what to report
-                deploy.check_health(settings, settings.app_domain(app.name), app.live_port,
+                health.check_health(settings, settings.app_domain(app.name), app.live_port,
                                     program.name, supervisor)
-        deploy.refresh_front(settings, store, supervisor)
+        sites.refresh_front(settings, store, supervisor)

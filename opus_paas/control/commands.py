@@ -30,14 +30,15 @@ from opus_paas.control import (
 from opus_paas.control import previews as previews_commands
 from opus_paas.control import pythons as pythons_commands
 from opus_paas.control import redis as redis_commands
+from opus_paas.control import tls as tls_commands
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity, when
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, UsageError
+from opus_paas.front import sites
 from opus_paas.git import gitserver
-from opus_paas.run import buildlog, deploy, logs, ps
+from opus_paas.run import buildlog, logs, ps
 from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
-from opus_paas.tls import commands as tls_commands
 
 # ---- Opus itself (host only) -----------------------------------------------------------
 
@@ -317,7 +318,7 @@ def cmd_run(ctx: Context, args: list[str]) -> int:
 def cmd_domains(ctx: Context, args: list[str]) -> None:
     arity("opus domains APP", args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0])
-    found = deploy.app_domains(ctx.settings, ctx.store, app)
+    found = sites.app_domains(ctx.settings, ctx.store, app)
     if ctx.json:
         ctx.emit_json(found)
         return

@@ -8,8 +8,8 @@ from opus_paas import store as store_module
 from opus_paas.control import leftovers
 from opus_paas.control.context import Command, Context, arity
 from opus_paas.data import redis
-from opus_paas.front import httpd
-from opus_paas.run import deploy, recovery
+from opus_paas.front import httpd, sites
+from opus_paas.run import programs, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import Store
@@ -46,14 +46,14 @@ def findings(settings: Settings) -> list[str]:
             lines += [f.line() for f in found]
             if running and not found:
                 lines += [f"{app.name}: {difference}; `opus up` will start or stop it"
-                          for difference in deploy.program_differences(settings, store, app,
+                          for difference in programs.program_differences(settings, store, app,
                                                                        groups)]
     if running:
         states = {p["name"]: p["statename"] for p in supervisor.processes()}
         lines += [f"{server.app}: its Redis ({redis.program_name(server.app)}) is not running; "
                   "`opus up` will start it" for server in store.redis_servers()
                   if states.get(redis.program_name(server.app)) != "RUNNING"]
-    if not httpd.is_current(settings, deploy.live_sites(settings, store, apps)):
+    if not httpd.is_current(settings, sites.live_sites(settings, store, apps)):
         lines.append("the front's config does not match the apps and their domains; "
                      "`opus up` will render it again")
     return lines

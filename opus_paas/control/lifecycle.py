@@ -12,15 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-from opus_paas import locks, names, privileged
+from opus_paas import locks, names, output, privileged
 from opus_paas import store as store_module
 from opus_paas.build import buildpack
 from opus_paas.control import hostkey, leftovers, system
 from opus_paas.data import redis
 from opus_paas.data import server as pg_server
 from opus_paas.errors import ServiceError, UsageError
-from opus_paas.front import httpd
-from opus_paas.run import deploy, recovery
+from opus_paas.front import httpd, sites
+from opus_paas.run import deploy, health, recovery
 from opus_paas.run.supervisor import Program, Supervisor
 from opus_paas.settings import Settings, user_ids
 from opus_paas.store import Store
@@ -179,7 +179,7 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
     with locks.host_lock(settings):
         # A new balancer-manager token each start (the front reloads with it below).
         httpd.rotate_manager_token(settings)
-        front_changed = httpd.write(settings, deploy.live_sites(settings, store,
+        front_changed = httpd.write(settings, sites.live_sites(settings, store,
                                                                 store.list_apps()))
     if settings.system:
         if not supervisor.is_running():
@@ -207,7 +207,7 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
     _wait_for_port(settings.dashboard_host, settings.dashboard_port, "opus-dashboard", settings)
     for program in own_programs(settings):
         supervisor.wait_until_running(program.name)
-    report += deploy.wait_until_serving(settings, store, supervisor)
+    report += health.wait_until_serving(settings, store, supervisor)
     host = "localhost" if settings.ssh_host in ("127.0.0.1", "::1") else settings.ssh_host
     return [
         *report,
@@ -215,10 +215,10 @@ def up(settings: Settings, *, system_mode: bool = False) -> list[str]:
         "",
         "Next steps:",
         "  1. Register your SSH key:",
-        f"       {_opus_command()} keys:add {_user_name()} ~/.ssh/id_ed25519.pub",
+        output.detail(f"{_opus_command()} keys:add {_user_name()} ~/.ssh/id_ed25519.pub"),
         "  2. In your Django project:",
-        f"       git remote add opus ssh://git@{host}:{settings.ssh_port}/myapp.git",
-        "       git push opus main",
+        output.detail(f"git remote add opus ssh://git@{host}:{settings.ssh_port}/myapp.git"),
+        output.detail("git push opus main"),
         f"  3. Open http://myapp.{settings.domain}:{settings.http_port}/",
         "",
         f"The dashboard: http://{settings.dashboard_domain}:{settings.http_port}/ "

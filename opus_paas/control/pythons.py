@@ -10,6 +10,7 @@ from opus_paas import access, locks, privileged
 from opus_paas.build import buildpack, release
 from opus_paas.control.context import Command, Context, arity
 from opus_paas.errors import Conflict, NotFound, OpusError, UsageError
+from opus_paas.layout import AppPaths
 from opus_paas.pythons import fetch, provide, report, versions, wheels
 from opus_paas.settings import Settings
 from opus_paas.store import App
@@ -30,7 +31,7 @@ def users(settings: Settings, apps: Iterable[App]) -> dict[str, dict[str, list[i
 
 def _kept_builds(settings: Settings, apps: Iterable[App]) -> Iterator[tuple[str, int, str]]:
     for app in apps:
-        releases = release.app_dir(settings, app.name) / "releases"
+        releases = AppPaths.of(settings, app.name).releases
         try:
             slugs = sorted(releases.iterdir())
         except OSError:

@@ -11,7 +11,8 @@ import re
 from opus_paas import access, locks
 from opus_paas.control.context import Command, Context
 from opus_paas.errors import UsageError
-from opus_paas.run import deploy, sleep
+from opus_paas.front import sites
+from opus_paas.run import sleep
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Autosleep, Store
@@ -57,7 +58,7 @@ def set_autosleep(settings: Settings, store: Store, actor: access.Actor, name: s
         before = store.autosleep(app)
         store.set_autosleep(app, period)
         try:
-            deploy.refresh_front(settings, store, supervisor)
+            sites.refresh_front(settings, store, supervisor)
         except BaseException:
             store.set_autosleep(app, before.period if before else None)
             raise

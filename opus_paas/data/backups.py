@@ -13,18 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from opus_paas import access, locks, names
+from opus_paas import access, locks, names, output
 from opus_paas.access import Actor
 from opus_paas.data import dumps, postgres, schedule, server
 from opus_paas.errors import BuildFailed, Conflict, NotFound, OpusError, UsageError
+from opus_paas.output import Emit
 from opus_paas.settings import Settings
 from opus_paas.store import App, Backup, Store
 
 log = logging.getLogger("opus.backups")
-Emit = Callable[[str], None]
 DEFAULT_KEEP = 10          # captured and scheduled backups an app keeps
 KEEP_RESTORE = 3           # backups of the data a restore replaced
 STALE_RUNNING = 86400.0    # a backup still "running" after a day was cut off
@@ -87,8 +86,8 @@ def before_release(settings: Settings, store: Store, app: App, version: int,
     """The backup taken just before a release command (migrations) runs, kept with the
     release it precedes; one that fails stops the push."""
     if kind_of(store, app) is None:
-        emit("       DATABASE_URL points at a database Opus does not manage: no backup "
-             "before the release command")
+        emit(output.detail("DATABASE_URL points at a database Opus does not manage: no backup "
+                           "before the release command"))
         return
     try:
         found = capture(settings, store, app, "release", version)
@@ -96,8 +95,8 @@ def before_release(settings: Settings, store: Store, app: App, version: int,
         raise BuildFailed(f"the backup before the release command failed ({exc.message}); "
                           "nothing was deployed") from None
     if found is not None:
-        emit(f"-----> Backed up the database before the release command: backup "
-             f"{found.id} ({size_text(found.size)})")
+        emit(output.step(f"Backed up the database before the release command: backup "
+                         f"{found.id} ({size_text(found.size)})"))
 
 
 def size_text(size: int) -> str:

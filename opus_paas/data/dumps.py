@@ -22,10 +22,10 @@ import subprocess
 from pathlib import Path
 
 from opus_paas import privileged
-from opus_paas.build import release
 from opus_paas.data import server
 from opus_paas.data.postgres import admin, make_database, sql_module
 from opus_paas.errors import Conflict, NotFound, ServiceError
+from opus_paas.layout import AppPaths
 from opus_paas.settings import Settings
 
 HOST_PYTHON = "/usr/bin/python3"      # Debian's: every app's user may run it
@@ -73,7 +73,7 @@ def path(settings: Settings, backup_id: int, kind: str) -> Path:
 
 def sqlite_path(settings: Settings, app: str) -> Path:
     """The default database the settings overlay gives an app without DATABASE_URL."""
-    return release.data_dir(settings, app) / "db.sqlite3"
+    return AppPaths.of(settings, app).data / "db.sqlite3"
 
 
 def checksum(file: Path) -> tuple[int, str]:
@@ -157,9 +157,9 @@ def _sqlite_step(settings: Settings, app: str, argv: list[str],
                  stdout: int | None) -> subprocess.CompletedProcess[bytes]:
     """A SQLite script run as the app's user (its files are its own)."""
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
-           "HOME": str(release.home_dir(settings, app))}
+           "HOME": str(AppPaths.of(settings, app).home)}
     how = privileged.step(settings, app, [HOST_PYTHON, "-I", "-c", *argv],
-                          release.home_dir(settings, app), env)
+                          AppPaths.of(settings, app).home, env)
     return subprocess.run(how.argv, cwd=how.cwd, env=how.env,
                           input=(how.spec or "").encode(), stdout=stdout,
                           stderr=subprocess.PIPE, check=False,
@@ -168,8 +168,8 @@ def _sqlite_step(settings: Settings, app: str, argv: list[str],
 
 def dump_sqlite(settings: Settings, app: str, dest: Path) -> bool:
     """A consistent copy of the app's SQLite database at `dest`; False if it has none."""
-    if not all(p.is_dir() for p in (release.data_dir(settings, app),
-                                     release.home_dir(settings, app))):
+    if not all(p.is_dir() for p in (AppPaths.of(settings, app).data,
+                                     AppPaths.of(settings, app).home)):
         return False        # (what is inside data/ only the app's user may see)
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -207,7 +207,7 @@ def check_sqlite(file: Path) -> None:
 def restore_sqlite(settings: Settings, app: str, file: Path) -> None:
     """Copy the backup into the app's live SQLite file, as the app's user."""
     check_sqlite(file)
-    staged = release.app_dir(settings, app) / "env" / f".restore-{os.getpid()}.sqlite3"
+    staged = AppPaths.of(settings, app).env / f".restore-{os.getpid()}.sqlite3"
     staged.unlink(missing_ok=True)
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:

@@ -11,10 +11,10 @@ from urllib.parse import unquote, urlsplit
 
 from opus_paas import access, privileged
 from opus_paas.access import Actor
-from opus_paas.build import release
-from opus_paas.build.buildpack import Emit
 from opus_paas.data import credentials, postgres, server
 from opus_paas.errors import UsageError
+from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 
@@ -26,7 +26,7 @@ def environment(settings: Settings, app: str, url: str) -> dict[str, str]:
     host, _, port = hostport.rpartition(":")
     name = unquote(parts.path.lstrip("/"))
     return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
-            "HOME": str(release.home_dir(settings, app)),
+            "HOME": str(AppPaths.of(settings, app).home),
             "PGHOST": unquote(host), "PGPORT": port, "PGUSER": name, "PGDATABASE": name,
             "PGPASSWORD": credentials.password_of(url), "PGAPPNAME": "opus pg:psql"}
 
@@ -43,7 +43,7 @@ def run(settings: Settings, store: Store, actor: Actor, name: str, command: str 
     # (every local user can read those in /proc).
     argv = [server.tool("psql"), "--no-psqlrc", "--set=ON_ERROR_STOP=1"]
     env = environment(settings, app.name, database.url)
-    cwd = release.home_dir(settings, app.name)
+    cwd = AppPaths.of(settings, app.name).home
     if command is None and local_terminal and not settings.system:
         # This process's own terminal; through sudo only `ssh -t` brings one.
         how = privileged.step(settings, app.name, argv, cwd, env)

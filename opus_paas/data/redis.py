@@ -26,10 +26,11 @@ from typing import Any
 
 from opus_paas import access, locks, privileged, redact
 from opus_paas.access import Actor
-from opus_paas.build import release
-from opus_paas.build.buildpack import Emit
 from opus_paas.errors import Conflict, NotFound, ServiceError, UsageError
-from opus_paas.run import deploy
+from opus_paas.front import sites
+from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
+from opus_paas.run import health
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import MEMORY_SIZE, Settings
 from opus_paas.store import App, AppRedis, Store
@@ -169,7 +170,7 @@ def check_listener(settings: Settings, app: str, port: int) -> None:
         expected = pwd.getpwnam(f"opus-{app}").pw_uid
     except KeyError:
         raise ServiceError(f"{app} has no user of its own") from None
-    if deploy.listening_uids(tables, port) != {expected}:
+    if health.listening_uids(tables, port) != {expected}:
         raise ServiceError(f"port {port}, {app}'s Redis port, is held by another user's "
                            "process; ask the operator to look at what listens there")
 
@@ -262,7 +263,7 @@ def create(settings: Settings, store: Store, app: App) -> AppRedis:
     supervisor = Supervisor(settings)
     try:
         # The port's rule first: no other app may hold the port when the app connects.
-        deploy.refresh_front(settings, store, supervisor)
+        sites.refresh_front(settings, store, supervisor)
         install(settings, server)
         if not supervisor.is_running():
             raise ServiceError("Opus is not running; `opus up` first")
@@ -281,7 +282,7 @@ def _remove(settings: Settings, store: Store, app: App, supervisor: Supervisor) 
             supervisor.apply()
     privileged.remove_redis(settings, app.name, data=True)
     store.remove_app_redis(app)
-    deploy.refresh_front(settings, store, supervisor)
+    sites.refresh_front(settings, store, supervisor)
 
 
 def destroy(settings: Settings, store: Store, app: App) -> None:
@@ -330,12 +331,12 @@ def cli(settings: Settings, store: Store, actor: Actor, name: str, command: str,
     command_line(command)
     argv = [REDIS_CLI, "--no-raw", "-h", "127.0.0.1", "-p", str(server.port)]
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
-           "HOME": str(release.home_dir(settings, app.name)),
+           "HOME": str(AppPaths.of(settings, app.name).home),
            "REDISCLI_AUTH": password_of(server.url)}
     failed = False
     try:
         for line in privileged.stream(settings, app.name, argv,
-                                      cwd=release.home_dir(settings, app.name), env=env,
+                                      cwd=AppPaths.of(settings, app.name).home, env=env,
                                       timeout=60, cancelled=cancelled,
                                       input=command + "\n"):
             failed = failed or line.startswith(("(error)", "Could not connect", "AUTH failed"))

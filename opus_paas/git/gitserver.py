@@ -40,10 +40,11 @@ from dulwich.server import (
     _ProtocolGraphWalker,
 )
 
-from opus_paas import failpoints, locks, names, redact
+from opus_paas import failpoints, locks, names, output, redact
 from opus_paas.errors import InvalidName, NotFound, OpusError, ProtocolError, disk_full
 from opus_paas.git import hooks, packs
 from opus_paas.git.wire import ChannelReader
+from opus_paas.layout import AppPaths
 from opus_paas.repos import ZERO_SHA, branch_ref, existing_repo
 from opus_paas.run import previews, push
 from opus_paas.settings import Settings
@@ -73,8 +74,8 @@ def init_repo(settings: Settings, app: str, branch: str = "main") -> None:
         path = existing_repo(settings.repos_dir, app)
     except NotFound:
         # Made beside its final name and renamed in: nobody sees a half-made repo.
-        path = settings.repos_dir / f"{app}.git"
-        partial = settings.repos_dir / f".{app}.git.new"
+        paths = AppPaths.of(settings, app)
+        path, partial = paths.repo, paths.partial_repo
         shutil.rmtree(partial, ignore_errors=True)
         Repo.init_bare(str(partial), mkdir=True, default_branch=branch.encode()).close()
         partial.rename(path)
@@ -83,7 +84,7 @@ def init_repo(settings: Settings, app: str, branch: str = "main") -> None:
 
 def point_head(settings: Settings, app: str, branch: str) -> None:
     """HEAD names the deploy branch, so a clone checks out what is deployed."""
-    repo = Repo(str(settings.repos_dir / f"{app}.git"))
+    repo = Repo(str(AppPaths.of(settings, app).repo))
     try:
         repo.refs.set_symbolic_ref(Ref(b"HEAD"), branch_ref(branch))
     finally:
@@ -216,8 +217,9 @@ class DeployingReceivePackHandler(ReceivePackHandler):
             if self.store.preview_limit(self.app) is not None:
                 return self._preview(ref, old, new, branch)
         if new != ZERO_SHA:
-            self._emit(f"-----> {shown} stored; only {self.app.deploy_branch} deploys "
-                       f"(opus git:set {self.app.name} deploy-branch BRANCH changes that)")
+            self._emit(output.step(
+                f"{shown} stored; only {self.app.deploy_branch} deploys "
+                f"(opus git:set {self.app.name} deploy-branch BRANCH changes that)"))
         return self._move(ref, old, new)
 
     def _deploy(self, ref: bytes, old: bytes, new: bytes) -> bytes:
@@ -242,7 +244,7 @@ class DeployingReceivePackHandler(ReceivePackHandler):
         try:
             previews.target(self.settings, self.store, self.app, branch)
         except OpusError as exc:
-            self._emit(f" !     {branch} stored, without a preview: {exc.message}")
+            self._emit(output.alert(f"{branch} stored, without a preview: {exc.message}"))
             return self._move(ref, old, new)
         assert isinstance(self.repo, Repo)
         repo = self.repo
@@ -264,8 +266,8 @@ class DeployingReceivePackHandler(ReceivePackHandler):
             log.exception("[%s] destroying the preview of %s failed", self.request_id, branch)
             message = exc.message if isinstance(exc, OpusError) else \
                 f"internal error (request {self.request_id})"
-            self._emit(f" !     {branch} is deleted, but its preview app could not be "
-                       f"destroyed: {message}; `opus apps:destroy` it")
+            self._emit(output.alert(f"{branch} is deleted, but its preview app could not be "
+                                    f"destroyed: {message}; `opus apps:destroy` it"))
 
     def _deploying(self, work: Callable[[], push.Deployed]) -> push.Deployed | bytes:
         """Run a deploy; an error becomes the ref's status (bytes)."""
@@ -277,11 +279,11 @@ class DeployingReceivePackHandler(ReceivePackHandler):
             full = disk_full(exc)
             if full is not None:
                 log.warning("[%s] deploy of %s: %s", self.request_id, self.app.name, exc)
-                self._emit(f" !     {full.message}")
+                self._emit(output.alert(full.message))
                 return self._status(full.message)
             log.exception("[%s] deploy of %s failed", self.request_id, self.app.name)
-            self._emit(" !     Opus hit an internal error; the operator's log has the "
-                       f"details (request {self.request_id})")
+            self._emit(output.alert("Opus hit an internal error; the operator's log has the "
+                                    f"details (request {self.request_id})"))
             return self._status(f"internal error (request {self.request_id}); the "
                                 "operator's log has the details")
 

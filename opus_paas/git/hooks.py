@@ -12,6 +12,7 @@ from pathlib import Path
 from opus_paas import names, secretfile
 from opus_paas import settings as settings_module
 from opus_paas.build import release
+from opus_paas.layout import AppPaths
 from opus_paas.paths import shipped
 from opus_paas.settings import Settings
 from opus_paas.store import Store
@@ -55,7 +56,7 @@ def post_receive(stdin_text: str, git_dir: str | None = None) -> int:
 
 def _post_receive(settings: Settings, repo: Path, stdin_text: str) -> None:
     app = names.app_from_repo_path(repo.name)
-    log = settings.build_logs_dir / app / "pushes.log"
+    log = AppPaths.of(settings, app).pushes_log
     log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with secretfile.open_private(log, "a") as out:
         for old, new, ref in parse_ref_updates(stdin_text):

@@ -20,16 +20,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
-from opus_paas import names, privileged
+from opus_paas import names, output, privileged
 from opus_paas.errors import BuildFailed, ServiceError
+from opus_paas.output import Emit
 from opus_paas.pythons import process, versions
 from opus_paas.settings import Settings
 
-Emit = Callable[[str], None]
-INDENT = "       "
 SHOWN_ON_FAILURE = 12
 
 
@@ -139,7 +137,7 @@ def fetch(settings: Settings, version: str, emit: Emit,
     started = time.monotonic()
     staging = fresh_dir(settings.staging_dir / "pythons")
     where = source(settings)
-    emit(f"{INDENT}Downloading it from {where}")
+    emit(output.detail(f"Downloading it from {where}"))
     try:
         sources = python_sources(settings, staging, version)
     except BuildFailed:
@@ -157,7 +155,7 @@ def fetch(settings: Settings, version: str, emit: Emit,
     if code != 0:
         shutil.rmtree(staging, ignore_errors=True)
         for line in [line for line in lines if line.strip()][-SHOWN_ON_FAILURE:]:
-            emit(INDENT + line)
+            emit(output.detail(line))
         raise BuildFailed(versions.failure(version, where, lines))
     try:
         name = _staged_name(staging)
@@ -166,8 +164,8 @@ def fetch(settings: Settings, version: str, emit: Emit,
         privileged.install_python(settings, name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    emit(f"{INDENT}Checked its sha256 and installed {name} in "
-         f"{time.monotonic() - started:.1f} s")
+    emit(output.detail(f"Checked its sha256 and installed {name} in "
+                     f"{time.monotonic() - started:.1f} s"))
     return name
 
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from opus_paas import locks
+from opus_paas import locks, output
 from opus_paas.errors import BuildFailed, NotFound
+from opus_paas.output import Emit
 from opus_paas.pythons import fetch, report, versions, wheels
 from opus_paas.settings import Settings
-
-Emit = Callable[[str], None]
 
 
 def prepare(settings: Settings, build: Path, env: Mapping[str, str], emit: Emit,
@@ -32,16 +31,16 @@ def prepare(settings: Settings, build: Path, env: Mapping[str, str], emit: Emit,
     if chosen is not None and not wheels.ready(settings, chosen, found.mod_wsgi):
         with _lock(settings, emit, cancelled):
             if not wheels.ready(settings, chosen, found.mod_wsgi):
-                emit(f"-----> Building {found.mod_wsgi} for Python {chosen.version} (once "
-                     "per interpreter on this host)")
+                emit(output.step(f"Building {found.mod_wsgi} for Python {chosen.version} (once "
+                                 "per interpreter on this host)"))
                 try:
                     wheels.build(settings, chosen, found.mod_wsgi, emit, cancelled)
                 except BuildFailed as exc:
                     if cancelled is not None and cancelled.is_set():
                         raise
                     # The build may still get it its own way (the app's package index).
-                    for line in ("", f" !     {exc.message}",
-                                 " !     This build installs mod_wsgi itself instead.", ""):
+                    for line in ("", output.alert(exc.message),
+                                 output.alert("This build installs mod_wsgi itself instead."), ""):
                         emit(line)
 
 
@@ -51,8 +50,8 @@ def _fetch_for(settings: Settings, env: Mapping[str, str], build: Path,
     with _lock(settings, emit, cancelled):
         found = report.read(settings, env, build)     # another build may have fetched it
         if found.chosen is None:
-            emit(f"-----> Fetching Python {request.version}: {request.source} asks for it "
-                 "and this host has none")
+            emit(output.step(f"Fetching Python {request.version}: {request.source} asks for it "
+                             "and this host has none"))
             fetch.fetch(settings, request.version, emit, cancelled)
             found = report.read(settings, env, build)
     if found.chosen is None:
@@ -71,12 +70,12 @@ def install(settings: Settings, env: Mapping[str, str], version: str,
         if name is not None and (settings.managed_pythons_dir / name).is_dir():
             emit(f"{name} is installed already ({settings.managed_pythons_dir / name}).")
         else:
-            emit(f"-----> Fetching Python {version}")
+            emit(output.step(f"Fetching Python {version}"))
             name = fetch.fetch(settings, version, emit)
         found = report.read(settings, env)
         interpreter = find(found, settings, name)
         if not wheels.ready(settings, interpreter, found.mod_wsgi):
-            emit(f"-----> Building {found.mod_wsgi} for Python {interpreter.version}")
+            emit(output.step(f"Building {found.mod_wsgi} for Python {interpreter.version}"))
             wheels.build(settings, interpreter, found.mod_wsgi, emit)
     return interpreter
 
@@ -94,7 +93,7 @@ def find(found: report.Report, settings: Settings, name: str) -> report.Interpre
 def _lock(settings: Settings, emit: Emit,
           cancelled: threading.Event | None) -> Iterator[None]:
     def waiting() -> None:
-        emit("       Waiting for another build to finish fetching Python or building "
-             "mod_wsgi...")
+        emit(output.detail("Waiting for another build to finish fetching Python or building "
+                           "mod_wsgi..."))
     with locks.tools_lock(settings, on_wait=waiting, cancelled=cancelled):
         yield

@@ -13,17 +13,16 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from opus_paas import privileged
+from opus_paas import output, privileged
 from opus_paas.errors import BuildFailed, ServiceError
+from opus_paas.output import Emit
 from opus_paas.pythons import process
-from opus_paas.pythons.fetch import INDENT, fresh_dir, uv_binary, uv_environment
+from opus_paas.pythons.fetch import fresh_dir, uv_binary, uv_environment
 from opus_paas.pythons.report import Interpreter
 from opus_paas.settings import Settings
 
-Emit = Callable[[str], None]
 SHOWN_ON_FAILURE = 15
 
 
@@ -61,8 +60,8 @@ def build(settings: Settings, interpreter: Interpreter, requirement: str, emit: 
         privileged.install_wheels(settings, interpreter.wheelhouse)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    emit(f"{INDENT}Built in {time.monotonic() - started:.1f} s; builds on Python "
-         f"{interpreter.version} install it from the wheelhouse")
+    emit(output.detail(f"Built in {time.monotonic() - started:.1f} s; builds on Python "
+                     f"{interpreter.version} install it from the wheelhouse"))
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: Path, settings: Settings,
@@ -75,7 +74,7 @@ def _run(argv: list[str], env: dict[str, str], cwd: Path, settings: Settings,
         raise BuildFailed(f"building {requirement} was stopped: {exc.message}") from None
     if code != 0:
         for line in lines[-SHOWN_ON_FAILURE:]:
-            emit(INDENT + line)
+            emit(output.detail(line))
         raise BuildFailed(
             f"{requirement} could not be built for Python {interpreter.version} (see above). "
             "It compiles against Apache: the Opus host needs apache2-dev (apxs), a C "

@@ -20,11 +20,11 @@ from pathlib import Path
 from dulwich.objects import Commit, Tree
 from dulwich.repo import Repo
 
-from opus_paas import privileged
+from opus_paas import output, privileged
 from opus_paas.build import appjson
 from opus_paas.build.appjson import AppJson, AppJsonError
-from opus_paas.build.buildpack import Emit
 from opus_paas.errors import BuildFailed, OpusError
+from opus_paas.output import Emit
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 
@@ -56,10 +56,10 @@ def _postgres_setup(settings: Settings, store: Store, app: App,
     if store.app_database(app) is not None:
         return {}
     if store.config(app).get("DATABASE_URL"):
-        emit("       DATABASE_URL is set already; no Postgres database made")
+        emit(output.detail("DATABASE_URL is set already; no Postgres database made"))
         return {}
     database = postgres.create(settings, store, app)
-    emit(f"       Created the Postgres database {database.name} (DATABASE_URL)")
+    emit(output.detail(f"Created the Postgres database {database.name} (DATABASE_URL)"))
     return {"DATABASE_URL": database.url}
 
 
@@ -79,10 +79,10 @@ def _redis_setup(settings: Settings, store: Store, app: App, emit: Emit) -> dict
     if store.app_redis(app) is not None:
         return {}
     if store.config(app).get("REDIS_URL"):
-        emit("       REDIS_URL is set already; no Redis server made")
+        emit(output.detail("REDIS_URL is set already; no Redis server made"))
         return {}
     server = redis.create(settings, store, app)
-    emit(f"       Started the app's Redis ({redis.program_name(app.name)}, REDIS_URL)")
+    emit(output.detail(f"Started the app's Redis ({redis.program_name(app.name)}, REDIS_URL)"))
     return {"REDIS_URL": server.url}
 
 
@@ -118,16 +118,16 @@ def before_build(settings: Settings, store: Store, app: App, spec: AppJson,
                  emit: Emit) -> None:
     """Set app.json's config vars and make its add-ons, unless a required variable has
     no value (then nothing changes and the push is refused)."""
-    emit("-----> Setting up from app.json (the app's first deploy)")
+    emit(output.step("Setting up from app.json (the app's first deploy)"))
     for note in spec.notes:
-        emit(f"       {note}")
+        emit(output.detail(note))
     config = store.config(app)
     missing = [v for v in spec.env if v.name not in config and v.value is None
                and not v.generate_secret and v.required]
     if missing:
         for var in missing:
-            emit(f"       {var.name} is required" +
-                 (f": {var.description}" if var.description else ""))
+            emit(output.detail(f"{var.name} is required" +
+                               (f": {var.description}" if var.description else "")))
         wanted = " ".join(f"{v.name}=…" for v in missing)
         raise BuildFailed(f"app.json requires {', '.join(v.name for v in missing)}, which "
                           f"{'has' if len(missing) == 1 else 'have'} no value: run `opus "
@@ -138,13 +138,13 @@ def before_build(settings: Settings, store: Store, app: App, spec: AppJson,
     updates: dict[str, str] = {}
     for var in spec.env:
         if var.name in config:
-            emit(f"       {var.name} is set already; kept")
+            emit(output.detail(f"{var.name} is set already; kept"))
         elif var.generate_secret:
             updates[var.name] = secrets.token_urlsafe(50)
-            emit(f"       {var.name}: generated a secret")
+            emit(output.detail(f"{var.name}: generated a secret"))
         elif var.value is not None:
             updates[var.name] = var.value
-            emit(f"       {var.name}: set from app.json")
+            emit(output.detail(f"{var.name}: set from app.json"))
     if updates:
         store.replace_config(app, {**store.config(app), **updates})
     for addon in spec.addons:
@@ -161,16 +161,16 @@ def apply_formation(store: Store, app: App, spec: AppJson, types: Mapping[str, s
     for kind, quantity in spec.formation:
         if kind == "web":
             if quantity != 1 and own_web_command:
-                emit(f" !     formation web={quantity} left out: web runs the Procfile's "
-                     "command as written (scale it with that server's own option)")
+                emit(output.alert(f"formation web={quantity} left out: web runs the Procfile's "
+                                  "command as written (scale it with that server's own option)"))
                 continue
             store.set_scale(app, quantity)
         elif kind not in types:
-            emit(f" !     formation {kind}={quantity} left out: the Procfile has no {kind}")
+            emit(output.alert(f"formation {kind}={quantity} left out: the Procfile has no {kind}"))
             continue
         else:
             others[kind] = quantity
-        emit(f"       Scale {kind}={quantity} (app.json's formation)")
+        emit(output.detail(f"Scale {kind}={quantity} (app.json's formation)"))
     if others:
         store.set_formation(app, others)
     return store.get_app(app.name) or app
@@ -181,12 +181,12 @@ def run_postdeploy(settings: Settings, app: App, slug: Path, command: str,
                    cancelled: threading.Event | None = None) -> bool:
     """Run app.json's postdeploy script once, as the app's user, in the live release;
     its failure is reported, and the release stays live. True if it succeeded."""
-    emit(f"-----> Running app.json's postdeploy script: {command}")
+    emit(output.step(f"Running app.json's postdeploy script: {command}"))
     try:
         for line in privileged.stream(settings, app.name, ["/bin/bash", "-c", command],
                                       cwd=slug, env=env, timeout=settings.build_timeout,
                                       cancelled=cancelled):
-            emit("       " + line)
+            emit(output.detail(line))
     except subprocess.CalledProcessError as exc:
         code = exc.returncode
         how = f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
@@ -197,6 +197,6 @@ def run_postdeploy(settings: Settings, app: App, slug: Path, command: str,
         why = f"could not start ({exc.strerror})"
     else:
         return True
-    emit(f" !     The postdeploy script {why}. The release stays live and the script is "
-         f"not run again; run it by hand: opus run {app.name} -- bash -c '…'")
+    emit(output.alert(f"The postdeploy script {why}. The release stays live and the script is "
+                      f"not run again; run it by hand: opus run {app.name} -- bash -c '…'"))
     return False

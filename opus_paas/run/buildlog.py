@@ -15,16 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from opus_paas import privileged
+from opus_paas import output, privileged
 
 TAIL_BYTES = 64 << 10     # at most this much of the output's end is kept past the cap
 CHUNK = 64 << 10
 
 
 def truncated_notice(limit: int) -> str:
-    return (f" !     Build output past {limit} bytes is left out of this log (the client saw "
-            "it live); the operator sets the limit with build_log_limit in opus.toml or "
-            "OPUS_BUILD_LOG_LIMIT. The last lines follow.")
+    return output.alert(
+        f"Build output past {limit} bytes is left out of this log (the client saw "
+        "it live); the operator sets the limit with build_log_limit in opus.toml or "
+        "OPUS_BUILD_LOG_LIMIT. The last lines follow.")
 
 
 class CappedLog:
@@ -65,7 +66,7 @@ class CappedLog:
     def close(self) -> None:
         """Write the kept last lines (the caller closes the handle)."""
         if self._over:
-            self._handle.write(" !     …\n")
+            self._handle.write(output.alert("…\n"))
             self._handle.writelines(self._tail)
             self._tail.clear()
         self._handle.flush()

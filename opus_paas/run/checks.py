@@ -1,7 +1,7 @@
 """An app's health check: what a new web instance must answer before it gets traffic.
 
 `Check` is the app's setting (stored as JSON in its row); `parse` reads `checks:set`'s
-`path=… timeout=… attempts=…` (pure). The check itself runs in `deploy.check_health`.
+`path=… timeout=… attempts=…` (pure). The check itself runs in `health.check_health`.
 """
 
 from __future__ import annotations

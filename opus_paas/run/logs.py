@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from opus_paas import names, privileged, redact
-from opus_paas.build import release
 from opus_paas.errors import NotFound
 from opus_paas.front import httpd
+from opus_paas.layout import AppPaths
 from opus_paas.settings import Settings
 from opus_paas.store import App
 
@@ -34,7 +34,7 @@ READ_LIMIT = 1 << 20   # bytes a follower reads per file per round
 
 def log_files(settings: Settings, app: str, process_type: str | None) -> list[Path]:
     """The log of each process type of `app` (or of `process_type` only)."""
-    directory = settings.logs_dir / app
+    directory = AppPaths.of(settings, app).logs
     if process_type is not None:
         names.check_process_type(process_type)
         found = sorted(p for p in (directory / f"{process_type}.log",
@@ -181,7 +181,7 @@ class AppLogs:
 def app_logs(settings: Settings, app: App, process_type: str | None) -> AppLogs:
     """`app`'s logs (of one process type, or all of them and the front's lines)."""
     slug = (None if app.live_version is None else
-            release.slug_dir(settings, app.name, app.live_slug or app.live_version))
+            AppPaths.of(settings, app.name).slug(app.live_slug or app.live_version))
     return AppLogs(
         paths=log_files(settings, app.name, process_type),
         # The front's lines come along unless one process type was asked for.

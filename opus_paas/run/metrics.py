@@ -14,7 +14,7 @@ from pathlib import Path
 
 from opus_paas.data import redis
 from opus_paas.front import httpd
-from opus_paas.run import deploy, logs
+from opus_paas.run import logs, programs
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import Store
@@ -142,7 +142,7 @@ def app_roots(processes: Iterable[dict[str, object]]) -> dict[str, list[int]]:
     roots: dict[str, list[int]] = {}
     for process in processes:
         group = str(process["group"])
-        owner = deploy.program_owner(group)
+        owner = programs.program_owner(group)
         app = owner[0] if owner is not None else redis.app_of_program(group)  # its Redis too
         pid = process.get("pid")
         if app is not None and isinstance(pid, int) and pid > 0:

@@ -21,14 +21,16 @@ from pathlib import Path
 
 from dulwich.repo import Repo
 
-from opus_paas import locks, names
+from opus_paas import locks, names, output
 from opus_paas.access import Actor, app_for
-from opus_paas.build.buildpack import Emit
 from opus_paas.data import dumps, postgres, redis, server
 from opus_paas.errors import Conflict, NotFound, UsageError
+from opus_paas.front import sites
 from opus_paas.git import hooks
+from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.repos import ZERO_SHA, branch_ref, existing_repo, move_branch
-from opus_paas.run import deploy, push, recovery
+from opus_paas.run import programs, push, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
@@ -132,7 +134,7 @@ def deploy_branch(settings: Settings, store: Store, parent: App, parent_repo: Re
         if preview is not None:         # a deploy of it cut off earlier is ended first
             recovery.recover_app(settings, store, preview.name)
         else:
-            emit(f"-----> Creating {where.name}, the preview of {parent.name}'s {branch}")
+            emit(output.step(f"Creating {where.name}, the preview of {parent.name}'s {branch}"))
             preview = create(settings, store, parent, branch, where.name, emit)
         try:
             preview_repo = Repo(str(existing_repo(settings.repos_dir, preview.name)))
@@ -147,7 +149,7 @@ def deploy_branch(settings: Settings, store: Store, parent: App, parent_repo: Re
                                           cancelled=cancelled, branch=move)
         except BaseException:
             if made:
-                emit(f"       {preview.name} is removed again: its first build failed")
+                emit(output.detail(f"{preview.name} is removed again: its first build failed"))
                 destroy_app(settings, store, preview)
             raise
         # Live and recorded: what is left (the old instance, old releases) fails nothing.
@@ -156,7 +158,7 @@ def deploy_branch(settings: Settings, store: Store, parent: App, parent_repo: Re
             hooks.prune_releases(settings, store, preview.name)
         except Exception:
             log.exception("finishing the deploy of %s failed", preview.name)
-    emit(f"-----> Preview of {parent.name} ({branch}): {url(settings, preview.name)}")
+    emit(output.step(f"Preview of {parent.name} ({branch}): {url(settings, preview.name)}"))
     return deployed
 
 
@@ -183,7 +185,7 @@ def create(settings: Settings, store: Store, parent: App, branch: str, name: str
         (repo / "objects" / "info" / "alternates").write_text(f"{parent_objects}\n")
         config = copied_config(store, parent)
         store.change_config(app, config, [])
-        emit(f"       Copied {len(config)} config vars from {parent.name}")
+        emit(output.detail(f"Copied {len(config)} config vars from {parent.name}"))
         if store.app_database(parent) is not None:
             _database(settings, store, parent, app, emit)
     except BaseException:
@@ -195,9 +197,10 @@ def create(settings: Settings, store: Store, parent: App, branch: str, name: str
 def _init_repo(settings: Settings, name: str) -> Path:
     """The preview's bare repository (made beside its place and renamed in, as the git
     server does); the caller then points its objects at the parent's."""
-    path = settings.repos_dir / f"{name}.git"
+    paths = AppPaths.of(settings, name)
+    path = paths.repo
     if not path.is_dir():
-        partial = settings.repos_dir / f".{name}.git.new"
+        partial = paths.partial_repo
         shutil.rmtree(partial, ignore_errors=True)
         Repo.init_bare(str(partial), mkdir=True,
                        default_branch=PREVIEW_BRANCH.encode()).close()
@@ -223,12 +226,12 @@ def _database(settings: Settings, store: Store, parent: App, app: App, emit: Emi
     newest = next((b for b in store.backups(parent)
                    if b.status == "done" and b.kind == "postgres"), None)
     if newest is None:
-        emit(f"       An empty database: {parent.name} has no backup yet")
+        emit(output.detail(f"An empty database: {parent.name} has no backup yet"))
         return
     file = dumps.path(settings, newest.id, newest.kind)
     dumps.require_file(file, newest.size, newest.sha256, newest.id)
     dumps.restore_postgres(server.current(settings, store), database.name, file)
-    emit(f"       Database restored from {parent.name}'s backup {newest.id}")
+    emit(output.detail(f"Database restored from {parent.name}'s backup {newest.id}"))
 
 
 # ---- going away -----------------------------------------------------------------------
@@ -244,8 +247,8 @@ def destroy_branch(settings: Settings, store: Store, parent: App, branch: str,
         if now is None or now.id != preview.id:
             return
         destroy_app(settings, store, now)
-    emit(f"-----> Destroyed {preview.name}, the preview of {branch} (its processes, "
-         "database and data)")
+    emit(output.step(f"Destroyed {preview.name}, the preview of {branch} (its processes, "
+                     "database and data)"))
 
 
 def destroy_all(settings: Settings, store: Store, parent: App) -> list[str]:
@@ -268,7 +271,7 @@ def destroy_app(settings: Settings, store: Store, app: App) -> None:
     supervisor = Supervisor(settings)
     redis.stop_for_destroy(settings, store, app)    # (app.json may have given it one)
     if supervisor.is_running():
-        deploy.set_programs(settings, supervisor, app.name, [])
+        programs.set_programs(settings, supervisor, app.name, [])
     for gone in store.detach_backups(app, None, time.time()):
         dumps.path(settings, gone.id, gone.kind).unlink(missing_ok=True)
     if store.app_database(app) is not None:
@@ -276,4 +279,4 @@ def destroy_app(settings: Settings, store: Store, app: App) -> None:
     remove_files(settings, app.name)
     store.delete_app(app)
     if supervisor.is_running():
-        deploy.refresh_front(settings, store, supervisor)
+        sites.refresh_front(settings, store, supervisor)

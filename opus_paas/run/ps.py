@@ -18,9 +18,10 @@ from typing import Any
 from opus_paas import access, locks, names, privileged, redact
 from opus_paas.access import Actor
 from opus_paas.build import release
-from opus_paas.build.buildpack import Emit
 from opus_paas.errors import NotFound, UsageError
-from opus_paas.run import deploy, recovery
+from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
+from opus_paas.run import deploy, health, programs, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
@@ -47,7 +48,7 @@ def visible_processes(settings: Settings, store: Store, actor: Actor,
     found: dict[str, list[dict[str, Any]]] = {}
     for p in supervisor.processes():
         group = str(p["group"])
-        owner = deploy.program_owner(group)
+        owner = programs.program_owner(group)
         if owner is None or owner[0] not in wanted:
             continue
         app, kind = wanted[owner[0]], owner[1]
@@ -70,7 +71,7 @@ def visible_processes(settings: Settings, store: Store, actor: Actor,
 
 def _backoff_state(settings: Settings, app: App, name: str, now: float) -> dict[str, Any]:
     """What the process's wrapper last wrote: crashes, and a restart pending."""
-    state = deploy.read_process_state(release.app_dir(settings, app.name) / "run" /
+    state = health.read_process_state(AppPaths.of(settings, app.name).run /
                                       f"{name}.json")
     crashes = state.get("crashes") if isinstance(state.get("crashes"), int) else 0
     found: dict[str, Any] = {"crashes": crashes}
@@ -115,7 +116,7 @@ def restart(settings: Settings, store: Store, actor: Actor, name: str, emit: Emi
             return
         _known_type(settings, app, kind)
         supervisor = Supervisor(settings)
-        group = deploy.type_program_name(app.name, kind)
+        group = programs.type_program_name(app.name, kind)
         if supervisor.is_running() and supervisor.process_state(f"{group}:{group}.1") != \
                 "ABSENT":
             supervisor.restart_group(group)
@@ -175,8 +176,8 @@ def _apply_types(settings: Settings, store: Store, app: App) -> None:
     supervisor = Supervisor(settings)
     if not supervisor.is_running():
         return
-    deploy.set_programs(settings, supervisor, app.name,
-                        deploy.expected_programs(settings, store, app))
+    programs.set_programs(settings, supervisor, app.name,
+                        programs.expected_programs(settings, store, app))
 
 
 def parse_scale(pairs: list[str]) -> dict[str, int]:
@@ -236,9 +237,9 @@ def set_web(settings: Settings, store: Store, actor: Actor, name: str, pairs: li
             emit: Emit) -> App:
     """`threads=T`: threads per mod_wsgi daemon process of web, applied like a rescale."""
     if len(pairs) != 1 or not re.fullmatch(r"threads=[0-9]{1,3}", pairs[0]) or \
-            not 1 <= int(pairs[0].partition("=")[2]) <= deploy.MAX_THREADS:
+            not 1 <= int(pairs[0].partition("=")[2]) <= programs.MAX_THREADS:
         raise UsageError(f"usage: opus ps:set APP web threads=T (T from 1 to "
-                         f"{deploy.MAX_THREADS})")
+                         f"{programs.MAX_THREADS})")
     threads = int(pairs[0].partition("=")[2])
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
@@ -268,8 +269,8 @@ def run_one_off(settings: Settings, store: Store, actor: Actor, name: str, argv:
         raise UsageError("usage: opus run APP -- COMMAND [ARGS…]")
     app = _live(store, access.app_for(store, actor, name))
     assert app.live_version is not None
-    slug = release.slug_dir(settings, app.name, app.live_slug or app.live_version)
-    env = json.loads(release.env_file(settings, app.name, app.live_version).read_text())
+    slug = AppPaths.of(settings, app.name).slug(app.live_slug or app.live_version)
+    env = json.loads(AppPaths.of(settings, app.name).env_file(app.live_version).read_text())
     command = privileged.command_argv(settings, argv, env["PATH"])
     if "/" not in command[0]:
         raise NotFound(f"{argv[0]}: no such command in {app.name}'s release")

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from dulwich.repo import Repo
 
-from opus_paas import failpoints, privileged, redact, secretfile
+from opus_paas import failpoints, output, privileged, redact, secretfile
 from opus_paas.build import buildpack, release
-from opus_paas.build.buildpack import Emit
 from opus_paas.data import backups
 from opus_paas.errors import BuildFailed, OpusError, UsageError
+from opus_paas.front import sites
+from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.run import appsetup, buildlog, deploy
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
@@ -37,15 +39,15 @@ def ensure_app_dirs(settings: Settings, app: str) -> None:
     entry that Opus later works on; the app's user (made here if missing) gets its own
     corners, handed over by secureops (each request through sudo costs about 0.1 s
     in system mode: only when something was made)."""
-    base = release.app_dir(settings, app)
+    paths = AppPaths.of(settings, app)
+    base = paths.dir
     # Traversed (by the app's user, to its corners), never listed by others.
     created = [privileged.make_dir(base, 0o711, own=True)]
     for name in ("releases", "env", "build-env"):
         created.append(privileged.make_dir(base / name, 0o711, own=True))
-    for path in (base / "run", base / "cache", release.home_dir(settings, app),
-                 release.data_dir(settings, app), release.tmp_dir(settings, app)):
+    for path in (paths.run, paths.cache, paths.home, paths.data, paths.tmp):
         created.append(privileged.make_dir(path, 0o700, own=False))
-    logs = settings.build_logs_dir / app      # Opus's alone: builds print what they like
+    logs = paths.build_logs      # Opus's alone: builds print what they like
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     logs.chmod(0o700)
     if any(created):
@@ -114,25 +116,25 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
     started = time.monotonic()
     ensure_app_dirs(settings, app.name)
     version = store.next_release_version(app)
-    slug = release.slug_dir(settings, app.name, version)
+    paths = AppPaths.of(settings, app.name)
+    slug = paths.slug(version)
     if os.path.lexists(slug):       # left by a build that was cut off
         privileged.remove_release(settings, app.name, version)
-    log_path = settings.build_logs_dir / app.name / f"build-v{version}.log"
+    log_path = paths.build_log(version)
     build_id = store.start_build(app, sha.decode(), log_path)
     ok = False
     with secretfile.open_private(log_path, "w") as log:
         capped = buildlog.CappedLog(log, settings.build_log_limit)
         emit_and_log = _tee(_redacting(emit, settings, slug), capped.write)
         try:
-            emit_and_log(f"-----> Building {app.name} from {sha.decode()[:7]}")
+            emit_and_log(output.step(f"Building {app.name} from {sha.decode()[:7]}"))
             for warning in buildpack.export_tree(repo, sha, slug):
-                emit_and_log(f" !     {warning}")
+                emit_and_log(output.alert(warning))
             spec = appsetup.read(repo, sha) if appsetup.is_first_deploy(store, app) else None
             if spec is not None:
                 appsetup.before_build(settings, store, app, spec, emit_and_log)
             config = store.config(app)    # (the buildpack's run hands the slug over)
-            result = buildpack.run_buildpack(settings, app.name, slug,
-                                             release.app_dir(settings, app.name), config,
+            result = buildpack.run_buildpack(settings, app.name, slug, config,
                                              emit_and_log, cancelled)
             info = release.read_build_info(slug)
             if info is None:
@@ -145,10 +147,10 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             idle = sorted(k for k in set(types) - {"web", "release"}
                           if formation.get(k, (0, False))[0] == 0)
             if idle:
-                emit_and_log(f"       Scaled to 0: {', '.join(idle)} (run one with `opus "
-                             f"ps:scale {app.name} {idle[0]}=1`)")
+                emit_and_log(output.detail(f"Scaled to 0: {', '.join(idle)} (run one with "
+                                           f"`opus ps:scale {app.name} {idle[0]}=1`)"))
             env = release.runtime_env(settings, app, slug, config, info,
-                                      deploy.app_domains(settings, store, app))
+                                      sites.app_domains(settings, store, app))
             release.write_env_file(settings, app.name, version, env)
             if types.get("release"):
                 backups.before_release(settings, store, app, version, emit_and_log)
@@ -162,14 +164,16 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             deployed = _release_live(settings, store, app, version, sha.decode(), config,
                                      branch, log_path, emit_and_log)
             ok = True
-            emit_and_log(f"-----> Released v{version} in {time.monotonic() - started:.1f} s")
-            emit_and_log(f"       http://{settings.app_domain(app.name)}:{settings.http_port}/")
+            took = time.monotonic() - started
+            emit_and_log(output.step(f"Released v{version} in {took:.1f} s"))
+            url = f"http://{settings.app_domain(app.name)}:{settings.http_port}/"
+            emit_and_log(output.detail(url))
             if spec is not None and spec.postdeploy:
                 appsetup.run_postdeploy(settings, app, slug, spec.postdeploy, env,
                                         emit_and_log, cancelled)
         except OpusError as exc:
             emit_and_log("")
-            emit_and_log(f" !     {exc.message}")
+            emit_and_log(output.alert(exc.message))
             emit_and_log("")
             raise
         finally:
@@ -204,7 +208,7 @@ def _release_live(settings: Settings, store: Store, app: App, version: int, sha:
         failpoints.reached(settings, "push.ref_moved")
         if not deployed.branch_moved:
             note = f"{branch.ref} had moved meanwhile; it was left as it was"
-            emit(f" !     v{version} is live, but {note}")
+            emit(output.alert(f"v{version} is live, but {note}"))
     store.end_release(app, version, "released", note)
     return deployed
 
@@ -214,22 +218,21 @@ def rebuild(settings: Settings, store: Store, app: App, live: Release, emit: Emi
     config (no release command: that ran when the release was made), and write its
     config snapshot again. The caller holds the app's lock."""
     slug_version = live.slug_version
-    slug = release.slug_dir(settings, app.name, slug_version)
+    slug = AppPaths.of(settings, app.name).slug(slug_version)
     if os.path.lexists(slug):
         privileged.remove_release(settings, app.name, slug_version)
     repo = Repo(str(repo_path(settings, app.name)))
     try:
         for warning in buildpack.export_tree(repo, live.sha.encode(), slug):
-            emit(f" !     {warning}")
+            emit(output.alert(warning))
     finally:
         repo.close()
-    buildpack.run_buildpack(settings, app.name, slug, release.app_dir(settings, app.name),
-                            live.config, emit, threading.Event())
+    buildpack.run_buildpack(settings, app.name, slug, live.config, emit, threading.Event())
     info = release.read_build_info(slug)
     if info is None:
         raise BuildFailed("the buildpack left no .opus/build.json")
     env = release.runtime_env(settings, app, slug, live.config, info,
-                              deploy.app_domains(settings, store, app))
+                              sites.app_domains(settings, store, app))
     release.write_env_file(settings, app.name, live.version, env)
     release.copy_static(settings, app.name, slug_version, emit)
 
@@ -252,4 +255,4 @@ def _tee(emit: Emit, write: Callable[[str], object]) -> Emit:
 
 
 def repo_path(settings: Settings, app: str) -> Path:
-    return settings.repos_dir / f"{app}.git"
+    return AppPaths.of(settings, app).repo

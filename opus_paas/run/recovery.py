@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from opus_paas import access, locks, privileged, repos, secretfile
+from opus_paas import access, locks, output, privileged, repos, secretfile
 from opus_paas.build import release
 from opus_paas.errors import BuildFailed, OpusError
+from opus_paas.front import sites
+from opus_paas.layout import AppPaths
 from opus_paas.run import deploy, push
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
@@ -96,7 +98,7 @@ def recover_app(settings: Settings, store: Store, name: str,
 def settle(settings: Settings, store: Store, app: App, emit: Callable[[str], None]) -> App:
     """End what a stop left of the app's deploys before a new one (the caller holds its
     lock), and return the app as the database has it then."""
-    recover_app(settings, store, app.name, lambda line: emit(f"-----> Recovered {line}"))
+    recover_app(settings, store, app.name, lambda line: emit(output.step(f"Recovered {line}")))
     return access.fresh(store, app)
 
 
@@ -137,7 +139,7 @@ def _abandon(settings: Settings, store: Store, app: App, rel: Release) -> Findin
         _append_to_log(_build_log(settings, app, rel.version), note)
         slug_in_use = rel.slug_version != rel.version or rel.version == app.live_slug
         if slug_in_use:
-            release.env_file(settings, app.name, rel.version).unlink(missing_ok=True)
+            AppPaths.of(settings, app.name).env_file(rel.version).unlink(missing_ok=True)
         else:
             privileged.remove_release(settings, app.name, rel.version)
         live = None if app.live_version is None else store.get_release(app, app.live_version)
@@ -172,7 +174,7 @@ def _live_files(settings: Settings, store: Store, app: App) -> list[Finding]:
         return []
     live = store.get_release(app, app.live_version)
     slug_version = app.live_slug or app.live_version
-    slug = release.slug_dir(settings, app.name, slug_version)
+    slug = AppPaths.of(settings, app.name).slug(slug_version)
     try:
         info = release.read_build_info(slug)
     except (BuildFailed, OpusError):
@@ -185,17 +187,17 @@ def _live_files(settings: Settings, store: Store, app: App) -> list[Finding]:
                         " is missing or damaged", f"build it again from {live.sha[:7]}",
                         lambda: _rebuild(settings, store, app, live))]
     found = []
-    env_file = release.env_file(settings, app.name, app.live_version)
+    env_file = AppPaths.of(settings, app.name).env_file(app.live_version)
     if not env_file.exists() and live is not None:
         def write_env() -> str:
             env = release.runtime_env(settings, app, slug, live.config, info,
-                                      deploy.app_domains(settings, store, app))
+                                      sites.app_domains(settings, store, app))
             release.write_env_file(settings, app.name, app.live_version or 0, env)
             return f"the config snapshot of v{app.live_version} was written again"
         found.append(Finding(app.name, f"the config snapshot of v{app.live_version} is "
                              "missing", "write it again from the release's record",
                              write_env))
-    current = release.app_dir(settings, app.name) / "current"
+    current = AppPaths.of(settings, app.name).current
     wanted = f"releases/v{slug_version}"
     try:
         pointed: str | None = os.readlink(current)
@@ -252,10 +254,10 @@ def _branch(settings: Settings, store: Store, app: App) -> list[Finding]:
 
 
 def _build_log(settings: Settings, app: App, version: int) -> Path:
-    return settings.build_logs_dir / app.name / f"build-v{version}.log"
+    return AppPaths.of(settings, app.name).build_log(version)
 
 
 def _append_to_log(path: Path, note: str) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     with contextlib.suppress(OSError), secretfile.open_private(path, "a") as out:
-        out.write(f"-----> Recovery ({stamp}): {note}\n")
+        out.write(output.step(f"Recovery ({stamp}): {note}\n"))

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from opus_paas import access, locks, names
+from opus_paas import access, locks, names, output
 from opus_paas.access import Actor
 from opus_paas.build import release
-from opus_paas.build.buildpack import Emit
 from opus_paas.data import postgres, redis
 from opus_paas.errors import NotFound, OpusError, UsageError
+from opus_paas.front import sites
+from opus_paas.layout import AppPaths
+from opus_paas.output import Emit
 from opus_paas.run import deploy, recovery
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
@@ -26,14 +28,14 @@ def release_build(settings: Settings, store: Store, app: App, *, slug_version: i
                   config: dict[str, str], description: str, emit: Emit) -> int:
     """Deploy the build of release `slug_version` with `config` as a new release; return
     its version. The caller holds the app's deploy lock."""
-    slug = release.slug_dir(settings, app.name, slug_version)
+    slug = AppPaths.of(settings, app.name).slug(slug_version)
     info = release.read_build_info(slug)
     if info is None:
         raise NotFound(f"the build of v{slug_version} is no longer kept; push to build "
                        "again")
     version = store.next_release_version(app)
     env = release.runtime_env(settings, app, slug, config, info,
-                              deploy.app_domains(settings, store, app))
+                              sites.app_domains(settings, store, app))
     release.write_env_file(settings, app.name, version, env)
     store.begin_release(app, version, sha, description, slug_version=slug_version,
                         config=config)
@@ -46,9 +48,9 @@ def release_build(settings: Settings, store: Store, app: App, *, slug_version: i
         store.forget_release(app, version)       # (only while it is still pending)
         now = store.get_app(app.name)
         if now is None or now.live_version != version:
-            release.env_file(settings, app.name, version).unlink(missing_ok=True)
+            AppPaths.of(settings, app.name).env_file(version).unlink(missing_ok=True)
         raise
-    emit(f"-----> Released v{version}")
+    emit(output.step(f"Released v{version}"))
     switched.finish(emit)
     return version
 
@@ -157,5 +159,5 @@ def change_domain(settings: Settings, store: Store, actor: Actor, app_name: str,
                     store.remove_domain(app, domain)
                 else:
                     store.add_domain(app, domain)
-                deploy.refresh_front(settings, store, Supervisor(settings))
+                sites.refresh_front(settings, store, Supervisor(settings))
             raise

@@ -19,10 +19,11 @@ import hashlib
 import hmac
 import logging
 
-from opus_paas.build.buildpack import Emit
+from opus_paas import output
 from opus_paas.errors import OpusError, ServiceError
 from opus_paas.front import httpd
-from opus_paas.run import checks, deploy
+from opus_paas.output import Emit
+from opus_paas.run import checks, deploy, health, programs
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
@@ -65,8 +66,8 @@ def put_to_sleep(settings: Settings, store: Store, supervisor: Supervisor, app: 
             except ServiceError as exc:
                 log.warning("%s: the front's balancer did not take the sleep (%s); its "
                             "retries lead to the waker", fresh.name, exc)
-        deploy.set_programs(settings, supervisor, fresh.name,
-                            deploy.expected_programs(settings, store, fresh))
+        programs.set_programs(settings, supervisor, fresh.name,
+                            programs.expected_programs(settings, store, fresh))
     except BaseException:
         store.set_asleep(fresh, False)
         if manager is not None:
@@ -83,24 +84,24 @@ def wake(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     fresh = store.get_app(app.name)
     if fresh is None or not store.is_asleep(fresh):
         return False
-    live = deploy.live_program(settings, fresh)
+    live = programs.live_program(settings, fresh)
     if live is None or fresh.live_port is None or fresh.stopped:
         store.set_asleep(fresh, False)
         return False
     if say is not None:
-        say(f"-----> Waking {fresh.name} (it was asleep)")
-    others = deploy.type_programs(settings, store, fresh, fresh.live_version or 0,
+        say(output.step(f"Waking {fresh.name} (it was asleep)"))
+    others = programs.type_programs(settings, store, fresh, fresh.live_version or 0,
                                   fresh.live_slug)
-    state = deploy.web_state_file(settings, fresh.name, fresh.live_version or 0,
+    state = programs.web_state_file(settings, fresh.name, fresh.live_version or 0,
                                   fresh.live_port)
     state.unlink(missing_ok=True)
-    deploy.set_programs(settings, supervisor, fresh.name, [live, *others])
+    programs.set_programs(settings, supervisor, fresh.name, [live, *others])
     try:
-        deploy.check_health(settings, settings.app_domain(fresh.name), fresh.live_port,
+        health.check_health(settings, settings.app_domain(fresh.name), fresh.live_port,
                             live.name, supervisor, checks.from_json(fresh.health_check), state)
-        deploy.check_listener(settings, fresh.name, fresh.live_port)
+        health.check_listener(settings, fresh.name, fresh.live_port)
     except BaseException:
-        deploy.set_programs(settings, supervisor, fresh.name, others)
+        programs.set_programs(settings, supervisor, fresh.name, others)
         raise
     manager = deploy._manager(settings, fresh)
     if manager is not None:
@@ -121,4 +122,4 @@ def wake_quietly(settings: Settings, store: Store, app: App,
         wake(settings, store, Supervisor(settings), app, say)
     except OpusError as exc:
         if say is not None:
-            say(f" !     {app.name} did not wake ({exc.message}); the deploy starts it")
+            say(output.alert(f"{app.name} did not wake ({exc.message}); the deploy starts it"))

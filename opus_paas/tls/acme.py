@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,11 @@ from josepy.jwk import JWKRSA
 
 from opus_paas import names
 from opus_paas.errors import ServiceError
+from opus_paas.output import Emit
 from opus_paas.settings import Settings
 
 ORDER_SECONDS = 90         # a whole order, challenges and finalization together
 USER_AGENT = "opus-paas"
-Emit = Callable[[str], None]
 
 
 class OrderFailed(ServiceError):

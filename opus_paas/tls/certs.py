@@ -14,18 +14,18 @@ import fcntl
 import ipaddress
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from opus_paas import privileged
 from opus_paas.errors import Conflict
+from opus_paas.front import sites as front_sites
 from opus_paas.front.tls import DASHBOARD_SITE, covers
-from opus_paas.run import deploy
+from opus_paas.output import Emit
 from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import Store, TlsSite
 from opus_paas.tls import acme, pem
 
-Emit = Callable[[str], None]
 DAY = 86400.0
 RENEW_BEFORE = 30 * DAY
 FIRST_RETRY = 300.0          # 5 min, then doubling, at most a day
@@ -85,7 +85,7 @@ def domains(settings: Settings, store: Store, site: str) -> list[str]:
     if site == DASHBOARD_SITE:
         return [settings.dashboard_domain]
     app = store.get_app(site)
-    return deploy.app_domains(settings, store, app) if app is not None else []
+    return front_sites.app_domains(settings, store, app) if app is not None else []
 
 
 def wanted(settings: Settings, store: Store, site: str) -> list[str]:
@@ -117,7 +117,7 @@ def _site_lock(settings: Settings, site: str) -> Iterator[None]:
 
 def reload_front(settings: Settings, store: Store) -> None:
     """Render the front from the database and reload it gracefully if that changed."""
-    deploy.refresh_front(settings, store, Supervisor(settings))
+    front_sites.refresh_front(settings, store, Supervisor(settings))
 
 
 def install(settings: Settings, store: Store, site: str, pair: pem.Pair, source: str) -> None:

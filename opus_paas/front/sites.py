@@ -1,0 +1,76 @@
+"""The front's view of the apps: each app's host names and balancer members, the sites
+the front serves, and its refresh (render, test, install, graceful reload).
+
+Each app owns two loopback ports, the members of its balancer: a deploy starts the new
+release on the one that is not live (run/programs.py: next_port).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from opus_paas import locks
+from opus_paas.front import httpd
+from opus_paas.settings import Settings
+from opus_paas.store import App, Store
+
+
+class FrontSignal(Protocol):
+    """What a refresh needs of supervisor (run/supervisor.py): the front's state, and a
+    signal to it."""
+
+    def process_state(self, name: str) -> str: ...
+
+    def signal(self, name: str, sig: str) -> None: ...
+
+
+def ports(settings: Settings, app: App) -> tuple[int, int]:
+    """The app's two loopback ports (blue and green)."""
+    base = settings.app_port_base + 2 * app.id
+    return base, base + 1
+
+
+def app_domains(settings: Settings, store: Store, app: App) -> list[str]:
+    """The host names an app answers to: <app>.<domain>, then its custom domains."""
+    return [settings.app_domain(app.name), *store.domains(app)]
+
+
+def site_for(settings: Settings, app: App, custom: list[str],
+             sleeps: bool = False) -> httpd.Site | None:
+    if app.live_port is None:
+        return None
+    return httpd.Site(
+        app=app.name,
+        domains=(settings.app_domain(app.name), *custom),
+        port=app.live_port,
+        members=ports(settings, app),
+        sleeps=sleeps,
+    )
+
+
+def live_sites(settings: Settings, store: Store, apps: list[App]) -> list[httpd.Site]:
+    """The front's sites: every app that has a live release, with its domains (and the
+    waker as the hot standby of those that may sleep)."""
+    custom = store.all_domains()
+    sleepers = store.sleepers()
+    return [s for s in (site_for(settings, a, custom.get(a.id, []), a.id in sleepers)
+                        for a in apps)
+            if s is not None]
+
+
+def refresh_front(settings: Settings, store: Store, supervisor: FrontSignal,
+                  pending: App | None = None) -> None:
+    """Render the front from the database (with `pending` in place of its stored row),
+    test it, and reload gracefully if it changed. Raises before anything goes live if
+    Apache rejects the config."""
+    with locks.host_lock(settings):
+        refresh_front_held(settings, store, supervisor, pending)
+
+
+def refresh_front_held(settings: Settings, store: Store, supervisor: FrontSignal,
+                       pending: App | None = None) -> None:
+    """refresh_front, for a caller that holds the host lock already."""
+    apps = [pending if pending and a.id == pending.id else a for a in store.list_apps()]
+    changed = httpd.write(settings, live_sites(settings, store, apps))
+    if changed and supervisor.process_state("opus-front") == "RUNNING":
+        supervisor.signal("opus-front", "USR1")
