@@ -21,7 +21,6 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from opus_paas import access, locks, privileged, redact
@@ -162,15 +161,11 @@ def check_listener(settings: Settings, app: str, port: int) -> None:
     stop anyone else from answering; this says so plainly)."""
     if not settings.system:
         return
-    tables = ""
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            tables += Path(name).read_text()
     try:
         expected = pwd.getpwnam(f"opus-{app}").pw_uid
     except KeyError:
         raise ServiceError(f"{app} has no user of its own") from None
-    if health.listening_uids(tables, port) != {expected}:
+    if health.listeners(port) != {expected}:
         raise ServiceError(f"port {port}, {app}'s Redis port, is held by another user's "
                            "process; ask the operator to look at what listens there")
 

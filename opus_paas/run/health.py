@@ -78,16 +78,21 @@ def listening_uids(table: str, port: int) -> set[int]:
     return found
 
 
+def listeners(port: int) -> set[int]:
+    """The uids of the sockets listening on `port` on this host now (IPv4 and IPv6)."""
+    tables = ""
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            tables += Path(name).read_text()
+    return listening_uids(tables, port)
+
+
 def check_listener(settings: Settings, app: str, port: int) -> None:
     """System mode: what answered on the app's port must be the app's own process. Any
     app could bind another's idle port before its deploy and take its traffic."""
     if not settings.system:
         return
-    tables = ""
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            tables += Path(name).read_text()
-    owners = listening_uids(tables, port)
+    owners = listeners(port)
     try:
         expected = pwd.getpwnam(f"opus-{app}").pw_uid
     except KeyError:
