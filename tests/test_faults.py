@@ -270,9 +270,12 @@ def assert_whole(faulty: Faulty) -> str:
     status, _headers, body = faulty.opus.get(faulty.opus.app_host(APP))
     assert (status, body) == (200, faulty.served[live_sha])
     # Every process of this Opus runs under today's supervisord.
+    marked = _marked(home)
     table = _proc_table()
     root = _supervisord_pid(faulty)
-    for pid in _marked(home):
+    for pid in marked:
+        if pid not in table:
+            continue        # it ended between the two reads of /proc (a health check's)
         chain, seen = pid, set()
         while chain not in (0, 1, root) and chain not in seen:
             seen.add(chain)
