@@ -68,6 +68,20 @@ def arity(usage: str, args: list[str], count: int | tuple[int, int]) -> None:
         raise UsageError(f"usage: {usage}")
 
 
+def confirmed(args: list[str], command: str) -> tuple[str, str]:
+    """`APP --confirm APP` of a command that deletes data: the app named and the name
+    repeated (checked against the app by `require_repeated`)."""
+    if len(args) != 3 or args[1] != "--confirm":
+        raise UsageError(f"usage: opus {command} APP --confirm APP")
+    return args[0], args[2]
+
+
+def require_repeated(name: str, repeated: str, what_goes: str) -> None:
+    """Refuse unless the app's name was repeated: `what_goes` says what is lost."""
+    if repeated != name:
+        raise UsageError(f"{what_goes}; to go ahead, repeat its name: --confirm {name}")
+
+
 def when(timestamp: float | None) -> str:
     """A moment as the commands' tables show it (UTC), or "-" for none."""
     if timestamp is None:

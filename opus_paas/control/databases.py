@@ -7,7 +7,7 @@ import sys
 
 from opus_paas import access
 from opus_paas.control import lifecycle
-from opus_paas.control.context import Command, Context, arity, when
+from opus_paas.control.context import Command, Context, arity, confirmed, require_repeated, when
 from opus_paas.data import backups, postgres, psql, redis, schedule, server
 from opus_paas.errors import Conflict, UsageError
 from opus_paas.run import restart as restart_module
@@ -124,13 +124,9 @@ def cmd_pg_psql(ctx: Context, args: list[str]) -> int:
 
 
 def cmd_pg_destroy(ctx: Context, args: list[str]) -> None:
-    usage = "opus pg:destroy APP --confirm APP"
-    if len(args) != 3 or args[1] != "--confirm":
-        raise UsageError(f"usage: {usage}")
-    app = access.app_for(ctx.store, ctx.actor, args[0], manage=True)
-    if args[2] != app.name:
-        raise UsageError(f"pg:destroy drops {app.name}'s database; to go ahead, repeat its "
-                         f"name: --confirm {app.name}")
+    name, repeated = confirmed(args, "pg:destroy")
+    app = access.app_for(ctx.store, ctx.actor, name, manage=True)
+    require_repeated(app.name, repeated, f"pg:destroy drops {app.name}'s database")
     postgres.database_of(ctx.store, app)
     last = backups.capture(ctx.settings, ctx.store, app, "manual")
     postgres.drop(ctx.settings, ctx.store, app)

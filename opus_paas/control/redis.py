@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from opus_paas import access
-from opus_paas.control.context import Command, Context, arity, when
+from opus_paas.control.context import (
+    Command,
+    Context,
+    arity,
+    confirmed,
+    require_repeated,
+    when,
+)
 from opus_paas.data import redis
 from opus_paas.errors import UsageError
 from opus_paas.run import restart as restart_module
@@ -46,13 +53,10 @@ def cmd_redis_cli(ctx: Context, args: list[str]) -> int:
 
 
 def cmd_redis_destroy(ctx: Context, args: list[str]) -> None:
-    usage = "opus redis:destroy APP --confirm APP"
-    if len(args) != 3 or args[1] != "--confirm":
-        raise UsageError(f"usage: {usage}")
-    app = access.app_for(ctx.store, ctx.actor, args[0], manage=True)
-    if args[2] != app.name:
-        raise UsageError(f"redis:destroy deletes {app.name}'s Redis data for good; to go "
-                         f"ahead, repeat its name: --confirm {app.name}")
+    name, repeated = confirmed(args, "redis:destroy")
+    app = access.app_for(ctx.store, ctx.actor, name, manage=True)
+    require_repeated(app.name, repeated,
+                     f"redis:destroy deletes {app.name}'s Redis data for good")
     redis.destroy(ctx.settings, ctx.store, app)
     version = restart_module.change_config(ctx.settings, ctx.store, ctx.actor, app.name, {},
                                            ["REDIS_URL"], restart=True, emit=ctx.out)

@@ -43,6 +43,17 @@ def program_owner(group: str) -> tuple[str, str] | None:
     return (app, kind) if dot and app and kind else None
 
 
+def _environment(settings: Settings, paths: AppPaths, version: int) -> dict[str, str]:
+    """What every process of a release starts with (the rest comes from its env file)."""
+    return {
+        "HOME": str(paths.home),
+        "TMPDIR": str(paths.tmp),
+        "LANG": "C.UTF-8",
+        "OPUS_ENV_FILE": str(paths.env_file(version)),
+        privileged.INSTANCE_MARKER: str(settings.home),
+    }
+
+
 def web_program(settings: Settings, app: str, version: int, port: int,
                 slug_version: int | None = None, processes: int = 1,
                 threads: int = 5) -> Program:
@@ -69,13 +80,7 @@ def web_program(settings: Settings, app: str, version: int, port: int,
         command=command,
         directory=slug,
         log_file=paths.logs / "web.log",
-        environment={
-            "HOME": str(paths.home),
-            "TMPDIR": str(paths.tmp),
-            "LANG": "C.UTF-8",
-            "OPUS_ENV_FILE": str(paths.env_file(version)),
-            privileged.INSTANCE_MARKER: str(settings.home),
-        },
+        environment=_environment(settings, paths, version),
         startsecs=1,
         stopwaitsecs=15,
     )
@@ -118,13 +123,7 @@ def type_programs(settings: Settings, store: Store, app: App, version: int,
                      f"{kind}.{number}", str(command)],
             directory=slug,
             log_file=paths.logs / f"{kind}.{number}.log",
-            environment={
-                "HOME": str(paths.home),
-                "TMPDIR": str(paths.tmp),
-                "LANG": "C.UTF-8",
-                "OPUS_ENV_FILE": str(paths.env_file(version)),
-                privileged.INSTANCE_MARKER: str(settings.home),
-            },
+            environment=_environment(settings, paths, version),
             startsecs=1,
             stopwaitsecs=15,
             numprocs=count,
