@@ -572,7 +572,7 @@ def test_the_app_page_says_why_an_order_failed_and_when_it_retries(
         app: Flask, home: Settings) -> None:
     store = store_of(home)
     store.add_domain(store.get_app("shop"), "www.shop.test")    # type: ignore[arg-type]
-    store.update_tls_site("shop", failures=2, last_error="the challenge failed: <b>x</b>",
+    store.set_tls_site("shop", failures=2, last_error="the challenge failed: <b>x</b>",
                           failed_at=1_800_000_000.0, retry_at=1_800_000_600.0)
     page = signed_in(app, "dev1").get("/apps/shop").get_data(as_text=True)
     assert "<h2>HTTPS</h2>" in page

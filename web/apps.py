@@ -31,7 +31,7 @@ def index() -> str:
     rows = []
     listed = access.visible_apps(context.store(), context.actor())
     running = ps.visible_processes(context.settings(), context.store(), context.actor(), listed)
-    parents = context.store().preview_parents()
+    parents = context.store().list_preview_parents()
     for app in listed:
         releases = context.store().list_releases(app)
         rows.append({

@@ -93,7 +93,7 @@ def still_open(store: Store, user: User, sid: object, stamp: object,
                lifetime: float) -> bool:
     """session_is_open, outside a request (a live log stream asks it as it goes)."""
     return (isinstance(sid, str) and _same(stamp, password_stamp(store.password_hash(user)))
-            and store.dashboard_session_open(_sid_hash(sid), user, time.time() - lifetime))
+            and store.is_dashboard_session_open(_sid_hash(sid), user, time.time() - lifetime))
 
 
 def _sid_hash(sid: str) -> str:

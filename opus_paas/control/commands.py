@@ -105,7 +105,7 @@ def cmd_apps(ctx: Context, args: list[str]) -> None:
         return
     if not listed:
         ctx.out("No apps yet; push one with `git push opus main`.")
-    parents = ctx.store.preview_parents()
+    parents = ctx.store.list_preview_parents()
     for app in listed:
         live = f"v{app.live_version}" if app.live_version else "not deployed"
         mark = f"  (preview of {parents[app.id]})" if app.id in parents else ""

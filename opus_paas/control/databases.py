@@ -99,7 +99,7 @@ def cmd_pg_info(ctx: Context, args: list[str]) -> None:
     app = access.app_for(ctx.store, ctx.actor, args[0])
     details = postgres.info(ctx.settings, ctx.store, app)
     policy = ctx.store.backup_policy(app)
-    details["backups"] = len(ctx.store.backups(app))
+    details["backups"] = len(ctx.store.list_backups(app))
     details["schedule"] = schedule.describe(policy.minute_of_day if policy else None)
     if ctx.json:
         ctx.emit_json(details)
@@ -169,7 +169,7 @@ def _as_json(backup: Backup) -> dict[str, object]:
 def cmd_backups(ctx: Context, args: list[str]) -> None:
     arity("opus backups APP", args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0])
-    listed = [b for b in ctx.store.backups(app) if b.status == "done"]
+    listed = [b for b in ctx.store.list_backups(app) if b.status == "done"]
     if ctx.json:
         ctx.emit_json([_as_json(b) for b in listed])
         return
@@ -184,7 +184,7 @@ def cmd_backups(ctx: Context, args: list[str]) -> None:
 
 def cmd_backups_kept(ctx: Context, args: list[str]) -> None:
     arity("opus backups:kept", args, 0)
-    listed = [b for b in ctx.store.kept_backups()
+    listed = [b for b in ctx.store.list_kept_backups()
               if ctx.actor.is_admin or b.owner == ctx.actor.name]
     if ctx.json:
         ctx.emit_json([_as_json(b) for b in listed])

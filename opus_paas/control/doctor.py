@@ -51,7 +51,7 @@ def findings(settings: Settings) -> list[str]:
     if running:
         states = {p["name"]: p["statename"] for p in supervisor.processes()}
         lines += [f"{server.app}: its Redis ({redis.program_name(server.app)}) is not running; "
-                  "`opus up` will start it" for server in store.redis_servers()
+                  "`opus up` will start it" for server in store.list_redis_servers()
                   if states.get(redis.program_name(server.app)) != "RUNNING"]
     if not httpd.is_current(settings, sites.live_sites(settings, store, apps)):
         lines.append("the front's config does not match the apps and their domains; "

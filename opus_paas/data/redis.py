@@ -352,7 +352,7 @@ def reconcile(settings: Settings, store: Store, supervisor: Supervisor) -> list[
     """`opus up`: every app's Redis config and program as the settings say, running
     (restarted if its config changed); a line for each that does not answer."""
     report = []
-    for server in store.redis_servers():
+    for server in store.list_redis_servers():
         try:
             changed = install(settings, server)
             start(settings, supervisor, server, restart=changed)

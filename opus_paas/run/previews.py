@@ -223,7 +223,7 @@ def _database(settings: Settings, store: Store, parent: App, app: App, emit: Emi
     (empty without one); the release command migrates it on the first deploy."""
     database = postgres.create(settings, store, app)
     store.change_config(app, {"DATABASE_URL": database.url}, [])
-    newest = next((b for b in store.backups(parent)
+    newest = next((b for b in store.list_backups(parent)
                    if b.status == "done" and b.kind == "postgres"), None)
     if newest is None:
         emit(output.detail(f"An empty database: {parent.name} has no backup yet"))
