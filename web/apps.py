@@ -8,9 +8,8 @@ import time
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from opus_paas import access, names
+from opus_paas import access, apps, names
 from opus_paas.build import release
-from opus_paas.control import apps
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, OpusError, UsageError
 from opus_paas.front import sites

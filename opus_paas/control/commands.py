@@ -15,18 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from opus_paas import __version__, access, names, redact
+from opus_paas import __version__, access, apps, names, redact, users
 from opus_paas.builder import command as builder_command
-from opus_paas.control import (
-    appfrom,
-    apps,
-    databases,
-    doctor,
-    keys,
-    lifecycle,
-    sleeping,
-    system,
-)
+from opus_paas.control import appfrom, databases, doctor, lifecycle, sleeping, system
 from opus_paas.control import previews as previews_commands
 from opus_paas.control import pythons as pythons_commands
 from opus_paas.control import redis as redis_commands
@@ -34,8 +25,6 @@ from opus_paas.control import tls as tls_commands
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity, when
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, UsageError
-from opus_paas.front import sites
-from opus_paas.git import gitserver
 from opus_paas.run import buildlog, logs, ps
 from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
@@ -99,7 +88,7 @@ def cmd_version(ctx: Context, args: list[str]) -> None:
 
 def cmd_apps(ctx: Context, args: list[str]) -> None:
     arity("opus apps", args, 0)
-    listed = access.visible_apps(ctx.store, ctx.actor)
+    listed = apps.visible(ctx.store, ctx.actor)
     if ctx.json:
         ctx.emit_json([apps.info(ctx.settings, ctx.store, a) for a in listed])
         return
@@ -126,8 +115,7 @@ def cmd_apps_create(ctx: Context, args: list[str]) -> None:
 
 def cmd_apps_info(ctx: Context, args: list[str]) -> None:
     arity("opus apps:info APP", args, 1)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    details = apps.info(ctx.settings, ctx.store, app)
+    details = apps.describe(ctx.settings, ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json(details)
         return
@@ -152,8 +140,7 @@ def cmd_apps_destroy(ctx: Context, args: list[str]) -> None:
 
 def cmd_config(ctx: Context, args: list[str]) -> None:
     arity("opus config APP", args, 1)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    config = ctx.store.config(app)
+    _, config = apps.config(ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json(config)
         return
@@ -167,8 +154,7 @@ def cmd_config(ctx: Context, args: list[str]) -> None:
 
 def cmd_config_get(ctx: Context, args: list[str]) -> None:
     arity("opus config:get APP KEY", args, 2)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    config = ctx.store.config(app)
+    app, config = apps.config(ctx.store, ctx.actor, args[0])
     if args[1] not in config:
         raise NotFound(f"{app.name} has no config var {args[1]}; `opus config {app.name}` "
                        "lists them")
@@ -317,8 +303,7 @@ def cmd_run(ctx: Context, args: list[str]) -> int:
 
 def cmd_domains(ctx: Context, args: list[str]) -> None:
     arity("opus domains APP", args, 1)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    found = sites.app_domains(ctx.settings, ctx.store, app)
+    found = apps.domains(ctx.settings, ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json(found)
         return
@@ -348,8 +333,7 @@ def cmd_domains_remove(ctx: Context, args: list[str]) -> None:
 
 def cmd_releases(ctx: Context, args: list[str]) -> None:
     arity("opus releases APP", args, 1)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    listed = ctx.store.list_releases(app)
+    app, listed = apps.releases(ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json([{"version": r.version, "sha": r.sha, "description": r.description,
                         "created": r.created, "live": r.version == app.live_version,
@@ -366,8 +350,7 @@ def cmd_releases(ctx: Context, args: list[str]) -> None:
 
 def cmd_builds(ctx: Context, args: list[str]) -> None:
     arity("opus builds APP", args, 1)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    listed = ctx.store.list_builds(app)
+    _, listed = apps.builds(ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json([{"id": b.id, "sha": b.sha, "status": b.status, "started": b.started,
                         "finished": b.finished} for b in listed])
@@ -380,8 +363,7 @@ def cmd_builds_output(ctx: Context, args: list[str]) -> None:
     usage = "opus builds:output APP [BUILD_ID] [-n LINES]   (see `opus builds APP`)"
     args, count = _option_number(args, ("-n", "--num"), usage)
     arity(usage, args, (1, 2))
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    listed = ctx.store.list_builds(app)
+    app, listed = apps.builds(ctx.store, ctx.actor, args[0])
     if len(args) == 2:
         listed = [b for b in listed if str(b.id) == args[1]]
     if not listed:
@@ -458,8 +440,7 @@ def cmd_apps_rename(ctx: Context, args: list[str]) -> None:
 
 def cmd_access(ctx: Context, args: list[str]) -> None:
     arity("opus access APP", args, 1)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    people = ctx.store.collaborators(app)
+    app, people = apps.people(ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json({"owner": app.owner, "collaborators": people})
         return
@@ -484,7 +465,7 @@ def cmd_access_remove(ctx: Context, args: list[str]) -> None:
 
 def cmd_keys(ctx: Context, args: list[str]) -> None:
     arity("opus keys", args, 0)
-    listed = keys.list_keys(ctx.store, ctx.actor)
+    listed = users.list_keys(ctx.store, ctx.actor)
     if ctx.json:
         ctx.emit_json([{"user": k.user, "fingerprint": k.fingerprint, "name": k.comment}
                        for k in listed])
@@ -506,7 +487,7 @@ def cmd_keys_add(ctx: Context, args: list[str]) -> None:
                          f"ssh … keys:add {user} - < KEY.pub")
     else:
         text = _read_local_file(source)
-    owner, key = keys.add_key(ctx.store, ctx.actor, user, text,
+    owner, key = users.add_key(ctx.store, ctx.actor, user, text,
                               max_keys=ctx.settings.ssh_keys_per_user)
     ctx.out(f"Added key {key.fingerprint} for {owner.name} ({owner.role}).")
 
@@ -524,7 +505,7 @@ def _read_local_file(source: str) -> str:
 
 def cmd_keys_remove(ctx: Context, args: list[str]) -> None:
     arity("opus keys:remove FINGERPRINT|NAME   (see `opus keys`)", args, 1)
-    key = keys.remove_key(ctx.store, ctx.actor, args[0])
+    key = users.remove_key(ctx.store, ctx.actor, args[0])
     ctx.out(f"Removed key {key.fingerprint} of {key.user}.")
 
 
@@ -546,27 +527,27 @@ def cmd_users_add(ctx: Context, args: list[str]) -> None:
         role = args[2]
     elif len(args) != 1:
         raise UsageError(f"usage: {usage}")
-    user = keys.add_user(ctx.store, ctx.actor, args[0], role)
+    user = users.add_user(ctx.store, ctx.actor, args[0], role)
     ctx.out(f"Added {user.name} ({user.role}); add their key with "
             f"`opus keys:add {user.name} FILE`.")
 
 
 def cmd_users_remove(ctx: Context, args: list[str]) -> None:
     arity("opus users:remove USER", args, 1)
-    user = keys.remove_user(ctx.store, ctx.actor, args[0])
+    user = users.remove_user(ctx.store, ctx.actor, args[0])
     ctx.out(f"Removed {user.name} and their keys.")
 
 
 def cmd_users_role(ctx: Context, args: list[str]) -> None:
     arity("opus users:role USER admin|developer", args, 2)
-    user = keys.set_role(ctx.store, ctx.actor, args[0], args[1])
+    user = users.set_role(ctx.store, ctx.actor, args[0], args[1])
     ctx.out(f"{user.name} is now {user.role}.")
 
 
 def cmd_users_passwd(ctx: Context, args: list[str]) -> None:
     arity("opus users:passwd USER   (the password comes from standard input)", args, 1)
     lines = ctx.read_stdin(STDIN_LIMIT).splitlines()
-    user = keys.set_password(ctx.store, ctx.actor, args[0], lines[0] if lines else "")
+    user = users.set_password(ctx.store, ctx.actor, args[0], lines[0] if lines else "")
     ctx.out(f"Set the dashboard password of {user.name}.")
 
 
@@ -603,8 +584,7 @@ def cmd_checks_disable(ctx: Context, args: list[str]) -> None:
 def cmd_git_set(ctx: Context, args: list[str]) -> None:
     if len(args) != 3 or args[1] not in GIT_SETTINGS:
         raise UsageError("usage: opus git:set APP deploy-branch BRANCH")
-    access.app_for(ctx.store, ctx.actor, args[0], manage=True)
-    app = gitserver.set_deploy_branch(ctx.settings, ctx.store, args[0], args[2])
+    app = apps.set_deploy_branch(ctx.settings, ctx.store, ctx.actor, args[0], args[2])
     ctx.out(f"Pushes to {app.deploy_branch} now deploy {app.name}; other branches are stored.")
 
 
