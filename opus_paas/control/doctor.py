@@ -60,7 +60,7 @@ def findings(settings: Settings) -> list[str]:
 
 
 def cmd_doctor(ctx: Context, args: list[str]) -> int:
-    arity("opus doctor", args, 0)
+    arity(ctx.usage, args, 0)
     lines = findings(ctx.settings)
     for line in lines:
         ctx.out(line)
