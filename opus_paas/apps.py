@@ -24,9 +24,9 @@ from opus_paas.git import gitserver
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.run import appdirs, checks, health, previews, programs, push
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Backup, Build, Release, Store, User
+from opus_paas.supervisor import Supervisor
 
 
 def create(settings: Settings, store: Store, actor: Actor, name: str) -> App:

@@ -11,8 +11,8 @@ from opus_paas.control.context import Command, Context, arity, confirmed, requir
 from opus_paas.data import backups, postgres, psql, redis, schedule, server
 from opus_paas.errors import Conflict, UsageError
 from opus_paas.run import restart as restart_module
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.store import Backup, Store
+from opus_paas.supervisor import Supervisor
 
 # ---- the add-on -------------------------------------------------------------------------
 

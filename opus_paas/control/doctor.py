@@ -10,9 +10,9 @@ from opus_paas.control.context import Command, Context, arity
 from opus_paas.data import redis
 from opus_paas.front import httpd, sites
 from opus_paas.run import programs, recovery
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import Store
+from opus_paas.supervisor import Supervisor
 
 
 def findings(settings: Settings) -> list[str]:

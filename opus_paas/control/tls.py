@@ -11,7 +11,7 @@ from opus_paas import access
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity
 from opus_paas.errors import UsageError
 from opus_paas.front.tls import DASHBOARD_SITE
-from opus_paas.run.supervisor import Supervisor
+from opus_paas.supervisor import Supervisor
 from opus_paas.tls import certs, pem
 
 

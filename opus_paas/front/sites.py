@@ -16,7 +16,7 @@ from opus_paas.store import App, Store
 
 
 class FrontSignal(Protocol):
-    """What a refresh needs of supervisor (run/supervisor.py): the front's state, and a
+    """What a refresh needs of supervisor (supervisor.py): the front's state, and a
     signal to it."""
 
     def process_state(self, name: str) -> str: ...

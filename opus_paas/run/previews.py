@@ -31,9 +31,9 @@ from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.repos import ZERO_SHA, branch_ref, existing_repo, move_branch
 from opus_paas.run import appdirs, programs, push, recovery
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
+from opus_paas.supervisor import Supervisor
 
 log = logging.getLogger("opus.previews")
 

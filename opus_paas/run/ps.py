@@ -22,9 +22,9 @@ from opus_paas.errors import NotFound, UsageError
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.run import deploy, health, programs, recovery
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
+from opus_paas.supervisor import Supervisor
 
 MAX_WEB_PROCESSES = 16
 MAX_TYPE_PROCESSES = 16

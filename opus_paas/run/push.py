@@ -23,9 +23,9 @@ from opus_paas.front import sites
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.run import appdirs, appsetup, buildlog, deploy
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Release, Store
+from opus_paas.supervisor import Supervisor
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,9 +28,9 @@ from opus_paas import locks, names
 from opus_paas.errors import OpusError
 from opus_paas.front import httpd
 from opus_paas.run import sleep
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
+from opus_paas.supervisor import Supervisor
 
 log = logging.getLogger("opus.waker")
 

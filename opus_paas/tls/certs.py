@@ -21,9 +21,9 @@ from opus_paas.errors import Conflict
 from opus_paas.front import sites as front_sites
 from opus_paas.front.tls import DASHBOARD_SITE, covers
 from opus_paas.output import Emit
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import Store, TlsSite
+from opus_paas.supervisor import Supervisor
 from opus_paas.tls import acme, pem
 
 DAY = 86400.0
