@@ -25,7 +25,7 @@ from opus_paas.control import tls as tls_commands
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity, when
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, UsageError
-from opus_paas.run import buildlog, logs, ps
+from opus_paas.run import buildlog, logs, programs, ps
 from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
 
@@ -257,10 +257,10 @@ def cmd_ps_scale(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_ps_set(ctx: Context, args: list[str]) -> None:
-    usage = ctx.usage
-    if len(args) != 3 or args[1] != "web":
-        raise UsageError(f"usage: {usage}")
-    app = ps.set_web(ctx.settings, ctx.store, ctx.actor, args[0], args[2:], ctx.out)
+    threads = ps.parse_threads(args[2]) if len(args) == 3 and args[1] == "web" else None
+    if threads is None:
+        raise UsageError(f"usage: {ctx.usage}")
+    app = ps.set_web(ctx.settings, ctx.store, ctx.actor, args[0], threads, ctx.out)
     ctx.out(f"{app.name}'s web: {app.web_processes} process(es) x {app.web_threads} threads.")
 
 
@@ -620,7 +620,8 @@ CORE: list[Command] = [
             "run web with N processes, other Procfile types with N each",
             cmd_ps_scale, takes_app=True),
     Command("ps:set", "opus ps:set APP web threads=T",
-            "threads per web process, applied without downtime", cmd_ps_set, takes_app=True),
+            "threads per web process, applied without downtime", cmd_ps_set, takes_app=True,
+            note=f"(T from 1 to {programs.MAX_THREADS})"),
     Command("ps:restart", "opus ps:restart APP [TYPE]", "restart an app without downtime",
             cmd_ps_restart, takes_app=True),
     Command("ps:stop", "opus ps:stop APP [TYPE]", "stop an app's processes", cmd_ps_stop,
