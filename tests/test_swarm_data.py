@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from opus_paas import settings as settings_module
 from opus_paas.data import nodes, server
@@ -34,7 +35,8 @@ HOSTILE_ADDRESSES = [
     "", "all", "samehost", "samenet", "0.0.0.0", "::", "127.0.0.1", "::1", "fe80::1",
     "224.0.0.1", "255.255.255.255", "10.0.0.1/0", "10.0.0.0/8", " 10.0.0.1", "10.0.0.1 ",
     "10.0.0.1\nhost all all 0.0.0.0/0 trust", "10.0.0.1 all", "node1.example",
-    "010.0.0.1", "10.0.0.256", "１0.0.0.1", "10.0.0.1%eth0",
+    "010.0.0.1", "10.0.0.256", "\uff110.0.0.1", "10.0.0.1%eth0",
+    "fd00::1%eth0", "fd00::1%0", "[fd00::1]", "::ffff:0.0.0.0",
 ]
 
 
@@ -57,7 +59,7 @@ def test_private_ca_issues_server_certificates_that_verify(tmp_path: Path) -> No
     alt = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert alt.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.77.3.1"),
                                                        ipaddress.ip_address("fd00::1")]
-    assert leaf.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc) < \
+    assert leaf.not_valid_after_utc - datetime.datetime.now(datetime.UTC) < \
         datetime.timedelta(days=private_ca.SERVER_DAYS + 1)
     # Made once: a second issue signs with the same CA.
     before = private_ca.ca_cert_path(settings).read_bytes()
@@ -76,7 +78,7 @@ def test_private_ca_issues_server_certificates_that_verify(tmp_path: Path) -> No
     other = _settings_in(tmp_path / "other")
     stranger = x509.load_pem_x509_certificate(
         private_ca.issue(other, "postgres", ["10.77.3.1"]).cert.encode())
-    with pytest.raises((ValueError, Exception)):
+    with pytest.raises((ValueError, InvalidSignature)):
         stranger.verify_directly_issued_by(ca)
 
 
@@ -90,7 +92,8 @@ def test_private_ca_refuses_hostile_names(tmp_path: Path, name: str) -> None:
 
 @pytest.mark.parametrize("host", ["", "*.example.com", "0.0.0.0", "::", "224.0.0.1",
                                   "Example.com", "a..b", "-a.b", "a_b.c", "x\ny", "a b",
-                                  "10.0.0.1/8", "1.2.3.999", "é.example", "a" * 254])
+                                  "10.0.0.1/8", "1.2.3.999", "é.example", "a" * 254,
+                                  "fd00::1%eth0", "[fd00::1]"])
 def test_private_ca_refuses_hostile_hosts(tmp_path: Path, host: str) -> None:
     with pytest.raises(InvalidName):
         private_ca.issue(_settings_in(tmp_path), "registry", [host])
@@ -124,6 +127,23 @@ def test_pg_hba_gives_each_node_each_app_database_over_tls_only() -> None:
     assert "host" not in nodes.render_hba(["app_a"], []).replace("#", "")
     with pytest.raises(InvalidName):
         nodes.render_hba(["all"], ["10.0.0.2"])
+
+
+def test_the_cluster_listens_for_nodes_with_tls_only_when_there_are_nodes(
+        tmp_path: Path) -> None:
+    settings = _settings_in(tmp_path)
+
+    def options(listen: list[str] | None) -> dict[str, str]:
+        args = server.server_options(settings, listen)
+        return dict(arg.split("=", 1) for arg in args[1::2])
+    alone = options(None)
+    assert alone["listen_addresses"] == "" and "ssl" not in alone
+    with_nodes = options(["10.77.3.1", "fd00::1"])
+    cert, key = server.tls_files(settings)
+    assert with_nodes["listen_addresses"] == "10.77.3.1,fd00::1"
+    assert (with_nodes["ssl"], with_nodes["ssl_cert_file"], with_nodes["ssl_key_file"]) == \
+        ("on", str(cert), str(key))
+    assert server.is_local("127.0.0.1") and not server.is_local("192.0.2.77")
 
 
 # ---- pinning (pure) ---------------------------------------------------------------------
@@ -253,7 +273,7 @@ def test_a_node_reaches_its_apps_database_over_verified_tls_and_nothing_else(
         ca = str(private_ca.ca_cert_path(settings))
         url_a = nodes.database_url_for_nodes(settings, store, a, ca_path=ca)
         url_b = nodes.database_url_for_nodes(settings, store, b, ca_path=ca)
-        assert url_a.startswith(f"postgres://app_swnodea:") and \
+        assert url_a.startswith("postgres://app_swnodea:") and \
             f"@{net.gateway}:5432/app_swnodea?sslmode=verify-full&sslrootcert={ca}" in url_a
         assert nodes.database_url_for_nodes(settings, store, a).endswith(
             "sslrootcert=/etc/opus/ca.crt")

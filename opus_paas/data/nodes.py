@@ -56,13 +56,17 @@ def check_addresses(addresses: list[str]) -> list[str]:
         raise InvalidName(f"at most {MAX_NODES} node addresses")
     found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
     for text in addresses:
-        if not isinstance(text, str) or not text.isascii() or text != text.strip():
+        if not isinstance(text, str) or not text.isascii() or text != text.strip() or \
+                "%" in text:
             raise InvalidName(f"invalid node address {text!r}: give an IP address")
         try:
             address = ipaddress.ip_address(text)
         except ValueError:
             raise InvalidName(f"invalid node address {text!r}: give an IP address "
                               "(like 10.0.0.12), not a name or a network") from None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            raise InvalidName(f"{text} is an IPv4 address written as IPv6; give it as "
+                              f"{address.ipv4_mapped}")
         if address.is_unspecified or address.is_loopback or address.is_multicast or \
                 address.is_link_local or (isinstance(address, ipaddress.IPv4Address) and
                                           address == ipaddress.IPv4Address("255.255.255.255")):

@@ -23,6 +23,7 @@ import json
 import os
 import pwd
 import secrets
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -114,6 +115,19 @@ def listening(settings: Settings) -> list[str]:
     except (OSError, ValueError, AttributeError) as exc:
         raise ServiceError(f"{nodes_file(settings)} cannot be read ({exc}); remove it and "
                            "add the nodes again") from None
+
+
+def is_local(address: str) -> bool:
+    """Whether `address` is on one of this host's interfaces now (a bind to it works).
+    An address gone (the nodes' network removed) is left out of listen_addresses:
+    Postgres would not start at all if it could bind none of them."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
 
 
 def bin_dir() -> Path:
@@ -300,7 +314,8 @@ def program(settings: Settings) -> dict[str, Any] | None:
     return {
         "name": PROGRAM,
         "command": [tool("postgres"), "-D", str(data_dir(settings)),
-                    *server_options(settings, listening(settings))],
+                    *server_options(settings, [a for a in listening(settings)
+                                               if is_local(a)])],
         "directory": home(settings),
         "log_file": settings.logs_dir / f"{PROGRAM}.log",
         # The marker lets `opus up` find a server left running by a killed supervisord.

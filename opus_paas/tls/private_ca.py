@@ -71,7 +71,8 @@ def check_name(name: str) -> str:
 def check_host(host: str) -> x509.GeneralName:
     """An IP literal or a DNS name (letters, digits, '-', dots; no wildcard), as the
     subjectAltName entry it becomes."""
-    if not isinstance(host, str) or not host or len(host) > 253 or not host.isascii():
+    if not isinstance(host, str) or not host or len(host) > 253 or not host.isascii() or \
+            "%" in host:
         raise InvalidName(f"invalid host {host!r}: give an IP address or a DNS name")
     with contextlib.suppress(ValueError):
         address = ipaddress.ip_address(host)
@@ -137,7 +138,7 @@ def ensure(settings: Settings) -> Path:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME),
                              x509.NameAttribute(NameOID.ORGANIZATION_NAME,
                                                 str(settings.home)[:64])])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         public = key.public_key()
         cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
                 .public_key(public).serial_number(x509.random_serial_number())
@@ -181,7 +182,7 @@ def issue(settings: Settings, name: str, hosts: list[str],
     ensure(settings)
     ca_cert, ca_key = _load(settings)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
             .issuer_name(ca_cert.subject).public_key(key.public_key())
