@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import ipaddress
 import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from opus_paas.data import credentials, server
@@ -169,6 +171,18 @@ def _certificate(settings: Settings, listen: list[str], owner: tuple[int, int] |
 
 # ---- the switch -------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _locked(settings: Settings) -> Iterator[None]:
+    """One writer of pg_hba and nodes.json at a time (nodes added while pg:create runs)."""
+    fd = os.open(server.home(settings) / ".nodes.lock",
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def allow_nodes(settings: Settings, store: Store, addresses: list[str]) -> Change:
     """Let these node addresses (all of them: the list replaces the last one) reach the
     apps' databases over TLS; rewrite pg_hba and reload, or restart if what the server
@@ -181,6 +195,12 @@ def allow_nodes(settings: Settings, store: Store, addresses: list[str]) -> Chang
     if not server.enabled(settings):
         raise UsageError("Opus's Postgres cluster is not made; `opus addons:enable postgres`")
     listen = sorted({source_address(node) for node in nodes})
+    with _locked(settings):
+        return _allow(settings, store, srv, nodes, listen)
+
+
+def _allow(settings: Settings, store: Store, srv: server.Server, nodes: list[str],
+           listen: list[str]) -> Change:
     owner = server.cluster_ids(settings)
     before = read_state(settings)
     if listen:
@@ -199,10 +219,11 @@ def refresh(settings: Settings, store: Store) -> None:
     """pg_hba again for the nodes already allowed (an app's database made or dropped)."""
     if not state_file(settings).exists():
         return
-    nodes = read_state(settings)["nodes"]
-    _write(server.data_dir(settings) / "pg_hba.conf",
-           render_hba(app_databases(store), nodes), 0o600, server.cluster_ids(settings))
-    _reload(server.current(settings, store))
+    with _locked(settings):
+        nodes = read_state(settings)["nodes"]
+        _write(server.data_dir(settings) / "pg_hba.conf",
+               render_hba(app_databases(store), nodes), 0o600, server.cluster_ids(settings))
+        _reload(server.current(settings, store))
 
 
 def _reload(srv: server.Server) -> None:
