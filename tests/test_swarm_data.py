@@ -318,6 +318,7 @@ def test_a_node_reaches_its_apps_database_over_verified_tls_and_nothing_else(
         for app in ("swnodea", "swnodeb", "swnodec"):
             opus.cli("apps:destroy", app, "--confirm", app, check=False)
     assert back.listen == () and back.restarted
+    assert not nodes.state_file(settings).exists()
     assert not _tcp_open(net.gateway, server.PORT)
     assert "host" not in (server.data_dir(settings) / "pg_hba.conf").read_text().replace(
         "#", "")

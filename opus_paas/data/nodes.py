@@ -138,14 +138,7 @@ def read_state(settings: Settings) -> dict[str, list[str]]:
 
 
 def _write(path: Path, text: str, mode: int, owner: tuple[int, int] | None) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.unlink(missing_ok=True)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w") as out:
-        if owner is not None:
-            os.fchown(out.fileno(), *owner)
-        out.write(text)
-    os.replace(temporary, path)
+    private_ca.write_file(path, text.encode(), mode, owner)
 
 
 def app_databases(store: Store) -> list[str]:
@@ -207,8 +200,11 @@ def _allow(settings: Settings, store: Store, srv: server.Server, nodes: list[str
         _certificate(settings, listen, owner)
     hba = server.data_dir(settings) / "pg_hba.conf"
     _write(hba, render_hba(app_databases(store), nodes), 0o600, owner)
-    _write(state_file(settings), json.dumps({"nodes": nodes, "listen": listen}, indent=1)
-           + "\n", 0o644, None)
+    if nodes:
+        _write(state_file(settings), json.dumps({"nodes": nodes, "listen": listen},
+                                                indent=1) + "\n", 0o644, None)
+    else:
+        state_file(settings).unlink(missing_ok=True)     # back to the socket alone
     if before["listen"] == listen:
         _reload(srv)
         return Change(tuple(listen), tuple(nodes), restarted=False)

@@ -114,8 +114,8 @@ def _locked(settings: Settings) -> Iterator[None]:
         os.close(fd)
 
 
-def _write(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None
-           ) -> None:
+def write_file(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None
+               ) -> None:
     """A new file of `mode` (and `owner`), never written through a link, renamed into
     place."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
@@ -152,10 +152,10 @@ def ensure(settings: Settings) -> Path:
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(public),
                                critical=False)
                 .sign(key, hashes.SHA256()))
-        _write(ca_key_path(settings), key.private_bytes(
+        write_file(ca_key_path(settings), key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption()), 0o600)
-        _write(ca_cert_path(settings), cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_file(ca_cert_path(settings), cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return ca_cert_path(settings)
 
 
@@ -206,8 +206,8 @@ def install(issued: Issued, cert_path: Path, key_path: Path,
             owner: tuple[int, int] | None = None) -> None:
     """Write the pair: the key 0600 (owned by `owner`, the server's user, when given),
     the certificate 0644; each renamed into place, never written through a link."""
-    _write(key_path, issued.key.encode(), 0o600, owner)
-    _write(cert_path, issued.cert.encode(), 0o644, owner)
+    write_file(key_path, issued.key.encode(), 0o600, owner)
+    write_file(cert_path, issued.cert.encode(), 0o644, owner)
 
 
 def hosts_of(cert_pem: str) -> list[str]:
