@@ -192,8 +192,22 @@ class Net:
         net = swarm_nodes._free_subnet()
         hosts = list(net.hosts())
         self.bridge, self.gateway = f"osd{run}", str(hosts[0])
-        self.spaces = {"node": (f"opus-data-{run}-node", f"osd{run}a", str(hosts[10])),
-                       "stranger": (f"opus-data-{run}-x", f"osd{run}b", str(hosts[11]))}
+        owner = f"opus-data-{os.getpid()}-{run}"
+        self.spaces = {"node": (f"{owner}-node", f"osd{run}a", str(hosts[10])),
+                       "stranger": (f"{owner}-x", f"osd{run}b", str(hosts[11]))}
+
+    @staticmethod
+    def sweep_stale() -> None:
+        """Remove what a killed run left (its namespaces name its pid and run id)."""
+        for line in swarm_nodes._ip("netns", "list", check=False).stdout.splitlines():
+            parts = line.split()[0].split("-") if line.split() else []
+            if parts[:2] != ["opus", "data"] or len(parts) != 5 or not parts[2].isdigit():
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(parts[2]), 0)
+                continue
+            swarm_nodes._ip("netns", "del", "-".join(parts), check=False)
+            swarm_nodes._ip("link", "del", f"osd{parts[3]}", check=False)
 
     def up(self) -> None:
         ip = swarm_nodes._ip
@@ -233,6 +247,7 @@ def net() -> Iterator[Net]:
     require_root("network namespaces need root")
     for tool in ("ip", "nsenter", PSQL, "/usr/lib/postgresql/15/bin/postgres"):
         require_tool(tool)
+    Net.sweep_stale()
     made = Net()
     try:
         made.up()
@@ -277,6 +292,9 @@ def test_a_node_reaches_its_apps_database_over_verified_tls_and_nothing_else(
             f"@{net.gateway}:5432/app_swnodea?sslmode=verify-full&sslrootcert={ca}" in url_a
         assert nodes.database_url_for_nodes(settings, store, a).endswith(
             "sslrootcert=/etc/opus/ca.crt")
+        for hostile in ("/x&sslmode=disable", "/x?a=b", "x.crt", "/x y", "/x\n", "/x#"):
+            with pytest.raises(InvalidName):
+                nodes.database_url_for_nodes(settings, store, a, ca_path=hostile)
 
         works = net.psql("node", url_a)
         assert (works.returncode, works.stdout.strip()) == (0, "app_swnodea true"), works.stderr
