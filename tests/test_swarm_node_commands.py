@@ -3,28 +3,42 @@ machines: dockerd + OpenSSH sshd nodes in namespaces of their own (tests/swarm_n
 node 1 the manager, nodes 2 and 3 fresh (dockerd up, not joined)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from werkzeug.serving import make_server
 
 from opus_paas import names
 from opus_paas import settings as settings_module
 from opus_paas.access import OPERATOR, Actor
-from opus_paas.control import commands
+from opus_paas.control import commands, keys
 from opus_paas.control.context import Context
 from opus_paas.errors import InvalidName, OpusError, UsageError
 from opus_paas.settings import Settings
-from opus_paas.store import User
+from opus_paas.store import Store, User
 from tests.conftest import CHECKOUT, require_root, require_tool
 from tests.swarm_nodes import DOCKER, DOCKERD, SSHD, Swarm, swarm_nodes
+from tests.test_dashboard_browser import (
+    all_css,
+    css,
+    shot,
+    wait_for,
+)
+from tests.test_dashboard_browser import browser as chromium  # noqa: F401 (a fixture)
 from tests.test_swarm_nodes import BASE_PORT, BUSYBOX, _placement, _rootfs_tar, _until
+from web import create_app
 
 REGISTRY = "registry.opus.test:5000"
+PASSWORD = "nodes dashboard password"
 
 
 def _opus(home: Path, manager: str = "") -> dict[str, str]:
@@ -56,7 +70,44 @@ def _hosts_in_swarm(swarm: Swarm) -> list[str]:
                   .stdout.split())
 
 
-def test_nodes_add_spread_remove_readd_and_a_changed_host_key(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _dashboard(env: dict[str, str]) -> Iterator[str]:
+    """Opus's dashboard (the real Flask app) on a loopback port, with an admin who has a
+    password; yields its base URL."""
+    settings = settings_module.load(env)
+    app = create_app(settings)
+    store = Store(settings.db_path)
+    keys.add_user(store, OPERATOR, "admin", "admin")
+    keys.set_password(store, OPERATOR, "admin", PASSWORD)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def _nodes_page(driver: Any, base: str) -> dict[str, dict[str, str]]:
+    driver.get(base + "/nodes")
+    if "/signin" in driver.current_url:
+        css(driver, "input[name=user]").send_keys("admin")
+        css(driver, "input[name=password]").send_keys(PASSWORD)
+        css(driver, "form.signin button").click()
+        wait_for(lambda: "/signin" not in driver.current_url, "signing in")
+        driver.get(base + "/nodes")
+    wait_for(lambda: css(driver, "h1").text == "Nodes", "the Nodes page")
+    rows = {}
+    for row in all_css(driver, "table.nodes tbody tr"):
+        cells = [c.text for c in row.find_elements("css selector", "td")]
+        rows[row.get_attribute("data-node")] = dict(zip(
+            ("name", "address", "state", "availability", "role", "tasks"), cells, strict=False))
+    return rows
+
+
+def test_nodes_add_spread_remove_readd_and_a_changed_host_key(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
     require_root("the swarm nodes need network and mount namespaces")
     for tool in (DOCKERD, DOCKER, SSHD, BUSYBOX, "ip", "nsenter", "unshare", "ssh-keygen"):
         require_tool(tool)
@@ -122,6 +173,13 @@ def test_nodes_add_spread_remove_readd_and_a_changed_host_key(tmp_path: Path) ->
         assert sorted(_placement(swarm).values()) == ["node1", "node2", "node3"]
         assert {name: row["tasks"] for name, row in _listed(env).items()} == \
             {"node1": 1, "node2": 1, "edge": 1}
+        with _dashboard(env) as base:        # the dashboard shows what `opus nodes` does
+            driver = request.getfixturevalue("chromium")
+            page = _nodes_page(driver, base)
+            shot(driver, "nodes")
+        assert sorted(page) == ["edge", "node1", "node2"]
+        assert page["edge"]["address"] == node3.address and page["node1"]["role"] == "manager"
+        assert all(row["state"] == "ready" and row["tasks"] == "1" for row in page.values())
 
         started = time.monotonic()
         out = _cli(env, "nodes:remove", "edge").stdout
