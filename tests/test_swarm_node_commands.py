@@ -25,6 +25,7 @@ from opus_paas.control.context import Context
 from opus_paas.errors import InvalidName, OpusError, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import Store, User
+from opus_paas.swarm import nodes as swarm_nodes_module
 from tests.conftest import CHECKOUT, require_root, require_tool
 from tests.swarm_nodes import DOCKER, DOCKERD, SSHD, Swarm, swarm_nodes
 from tests.test_dashboard_browser import (
@@ -173,6 +174,15 @@ def test_nodes_add_spread_remove_readd_and_a_changed_host_key(
         assert sorted(_placement(swarm).values()) == ["node1", "node2", "node3"]
         assert {name: row["tasks"] for name, row in _listed(env).items()} == \
             {"node1": 1, "node2": 1, "edge": 1}
+        # What `opus ps` shows per instance (swarm-core calls it): each slot's node.
+        by_node = swarm_nodes_module.tasks_by_node(
+            swarm_nodes_module.Manager(str(swarm.manager.socket)), ["web"])
+        assert {name: [(t.service, t.state) for t in tasks]
+                for name, tasks in by_node.items()} == {
+            name: [("web", "Running")] for name in ("node1", "node2", "edge")}
+        assert sorted(t.slot for ts in by_node.values() for t in ts) == [1, 2, 3]
+        assert swarm_nodes_module.tasks_by_node(
+            swarm_nodes_module.Manager(str(swarm.manager.socket)), ["other"]) == {}
         with _dashboard(env) as base:        # the dashboard shows what `opus nodes` does
             driver = request.getfixturevalue("chromium")
             page = _nodes_page(driver, base)
