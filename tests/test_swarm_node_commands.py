@@ -233,6 +233,14 @@ def test_hostile_hosts_are_refused(host: str) -> None:
         names.check_node_host(host)
 
 
+def test_what_a_node_says_of_itself_is_checked() -> None:
+    good = "p3x8k1z0q9w7e6r5t4y2u1i0o"
+    assert swarm_nodes_module.checked_node_id(good, "n") == good
+    for hostile in ("--label-add=x", "abc", good + "\n", good.upper(), None, "x" * 25 + ";"):
+        with pytest.raises(OpusError, match="not one"):
+            swarm_nodes_module.checked_node_id(hostile, "n")
+
+
 def test_hosts_and_names_that_are_fine() -> None:
     assert names.check_node_host("10.0.0.12") == "10.0.0.12"
     assert names.check_node_host("2001:db8::1") == "2001:db8::1"

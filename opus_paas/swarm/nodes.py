@@ -121,6 +121,17 @@ def _node_state(raw: dict) -> NodeState:  # type: ignore[type-arg]
 
 
 _TASK_NAME = re.compile(r"(.+)\.([0-9]+)")
+# A Swarm node id as dockerd makes them (what a node says of itself is checked: it goes
+# into the manager's docker command line, where a leading '-' would be an option).
+NODE_ID = re.compile(r"[a-z0-9]{25}")
+
+
+def checked_node_id(value: object, host: str) -> str:
+    text = str(value or "")
+    if not NODE_ID.fullmatch(text):
+        raise ServiceError(f"{host} reports a swarm node id that is not one "
+                           f"({text[:40]!r}); check the node's dockerd (docker info)")
+    return text
 
 
 def _running_tasks(mgr: Manager, node_ids: Sequence[str],
@@ -271,8 +282,9 @@ def _join(mgr: Manager, node: ssh.Node, join_at: str, emit: Emit) -> str:
     """Joins the node as a worker unless it is in this swarm already; its node id."""
     info = json.loads(node.check([DOCKER, "info", "--format", "{{json .Swarm}}"],
                                  "reading the node's swarm state") or "{}")
-    state, node_id = info.get("LocalNodeState"), str(info.get("NodeID") or "")
-    if state == "active" and node_id:
+    state = info.get("LocalNodeState")
+    if state == "active":
+        node_id = checked_node_id(info.get("NodeID"), node.host)
         if mgr.run("node", "inspect", node_id).returncode == 0:
             emit("-----> The node is in the swarm already")
             return node_id
@@ -294,7 +306,7 @@ def _join(mgr: Manager, node: ssh.Node, join_at: str, emit: Emit) -> str:
                            "4789, 7946), then run nodes:add again")
     info = json.loads(node.check([DOCKER, "info", "--format", "{{json .Swarm}}"],
                                  "reading the node's swarm state") or "{}")
-    return str(info["NodeID"])
+    return checked_node_id(info.get("NodeID"), node.host)
 
 
 def _install_registry_ca(settings: Settings, node: ssh.Node, emit: Emit) -> None:

@@ -20,6 +20,9 @@ from opus_paas.errors import Conflict, OpusError, ServiceError
 from opus_paas.settings import Settings
 
 CONNECT_TIMEOUT = 15.0
+# What Opus reads of one command's output on a node (stdout, stderr each): what Opus
+# runs there prints a few lines; a node that floods is cut off.
+OUTPUT_LIMIT = 1 << 20
 
 
 def node_dir(settings: Settings) -> Path:
@@ -164,8 +167,8 @@ class Node:
             if stdin is not None:
                 channel_in.write(stdin)
             channel_in.channel.shutdown_write()
-            text = out.read().decode(errors="replace")
-            error = err.read().decode(errors="replace")
+            text = out.read(OUTPUT_LIMIT).decode(errors="replace")
+            error = err.read(OUTPUT_LIMIT).decode(errors="replace")
             status = out.channel.recv_exit_status()
         except (OSError, paramiko.SSHException) as exc:
             raise ServiceError(f"{self.host}: `{shlex.join(argv[:2])} …` did not finish "
