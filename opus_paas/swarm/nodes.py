@@ -199,7 +199,7 @@ def add(settings: Settings, store: Store, host: str, emit: Emit, *, name: str | 
     join_at = f"{_bracketed(manager_address(mgr))}:{SWARM_PORT}"
     if name is None:    # added before (perhaps half way): under the name it was given
         name = next((n.name for n in store.nodes() if n.address == host), None)
-    _check_unique(store, host, port, name)
+    _check_unique(store, host, name)
     emit(f"-----> Connecting to root@{ssh.host_entry(host, port)}")
     with ssh.Node(settings, host, port, allow_new_host_key=True) as node:
         if node.new_host_key is not None:
@@ -214,7 +214,7 @@ def add(settings: Settings, store: Store, host: str, emit: Emit, *, name: str | 
                 raise UsageError(f"the node's host name ({hostname[:64]!r}) is not a valid "
                                  "node name: give one with --name NAME")
             name = hostname
-            _check_unique(store, host, port, name)
+            _check_unique(store, host, name)
         _install_docker(node, emit)
         _start_docker(node, emit)
         node_id = _join(mgr, node, join_at, emit)
@@ -234,7 +234,7 @@ def _bracketed(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _check_unique(store: Store, host: str, port: int, name: str | None) -> None:
+def _check_unique(store: Store, host: str, name: str | None) -> None:
     for known in store.nodes():
         if name is not None and known.name == name and known.address != host:
             raise Conflict(f"a node named {name} exists already ({known.address}): choose "
@@ -244,7 +244,6 @@ def _check_unique(store: Store, host: str, port: int, name: str | None) -> None:
             raise Conflict(f"{host} was added already, as {known.name}: run `opus "
                            f"nodes:add {host} --name {known.name}` to finish it, or "
                            f"nodes:remove {known.name} first")
-    del port
 
 
 def _install_docker(node: ssh.Node, emit: Emit) -> None:
