@@ -195,6 +195,15 @@ CREATE TABLE IF NOT EXISTS previews (
     created REAL NOT NULL,
     UNIQUE (parent_id, branch)
 );
+-- Swarm nodes Opus added (docs/scale-out.md, Nodes): each machine's name (its
+-- opus.node label), the address Opus reaches it at over SSH, its Swarm node id.
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    address TEXT NOT NULL UNIQUE,
+    port INTEGER NOT NULL DEFAULT 22,
+    docker_id TEXT NOT NULL,
+    added_at REAL NOT NULL
+);
 """
 
 
@@ -340,6 +349,15 @@ class Backup:
     size: int
     sha256: str
     expires: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SwarmNode:
+    name: str
+    address: str
+    port: int
+    docker_id: str
+    added_at: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1054,6 +1072,26 @@ class Store:
                               " apps.id = autosleep.app_id").fetchall()
         return {r["app_id"]: Autosleep(r["name"], r["period"], bool(r["asleep"]), r["changed"])
                 for r in rows}
+
+    # ---- swarm nodes -----------------------------------------------------
+    def nodes(self) -> list[SwarmNode]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM nodes ORDER BY name").fetchall()
+        return [SwarmNode(r["name"], r["address"], r["port"], r["docker_id"], r["added_at"])
+                for r in rows]
+
+    def save_node(self, node: SwarmNode) -> None:
+        """Record `node` (a node added again keeps its name and gets its new id)."""
+        with self._db() as db:
+            db.execute("INSERT INTO nodes (name, address, port, docker_id, added_at) "
+                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                       "address = excluded.address, port = excluded.port, "
+                       "docker_id = excluded.docker_id",
+                       (node.name, node.address, node.port, node.docker_id, node.added_at))
+
+    def forget_node(self, name: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM nodes WHERE name = ?", (name,))
 
     def set_autosleep(self, app: App, period: int | None) -> None:
         """Sleep after `period` idle seconds; None: never (the row goes)."""

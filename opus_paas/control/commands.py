@@ -27,6 +27,7 @@ from opus_paas.control import (
     sleeping,
     system,
 )
+from opus_paas.control import nodes as nodes_commands
 from opus_paas.control import previews as previews_commands
 from opus_paas.control import pythons as pythons_commands
 from opus_paas.control import redis as redis_commands
@@ -708,7 +709,8 @@ TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
                                                      *redis_commands.COMMANDS,
                                                      *builder_command.COMMANDS,
                                                      *previews_commands.COMMANDS,
-                                                     *sleeping.COMMANDS]}
+                                                     *sleeping.COMMANDS,
+                                                     *nodes_commands.COMMANDS]}
 
 
 def lookup(name: str) -> Command:
