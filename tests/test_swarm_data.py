@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 
 from opus_paas import settings as settings_module
 from opus_paas.data import nodes, server
-from opus_paas.errors import InvalidName
+from opus_paas.errors import InvalidName, UsageError
 from opus_paas.store import Store
 from opus_paas.swarm import pinning
 from opus_paas.tls import private_ca
@@ -144,6 +144,20 @@ def test_the_cluster_listens_for_nodes_with_tls_only_when_there_are_nodes(
     assert (with_nodes["ssl"], with_nodes["ssl_cert_file"], with_nodes["ssl_key_file"]) == \
         ("on", str(cert), str(key))
     assert server.is_local("127.0.0.1") and not server.is_local("192.0.2.77")
+
+
+def test_nodes_without_opus_postgres_change_nothing(tmp_path: Path) -> None:
+    settings = _settings_in(tmp_path)
+    store = Store(tmp_path / "opus.db")
+    store.init()
+    assert nodes.follow(settings, store, ["10.0.0.12"]) is None
+    store.set_addon(server.ADDON, {"kind": "external", "url": "postgres://a:b@db/postgres"})
+    assert nodes.follow(settings, store, ["10.0.0.12"]) is None
+    with pytest.raises(InvalidName):
+        nodes.follow(settings, store, ["10.0.0.0/8"])
+    with pytest.raises(UsageError):
+        nodes.allow_nodes(settings, store, ["10.0.0.12"])
+    assert not server.home(settings).exists()
 
 
 # ---- pinning (pure) ---------------------------------------------------------------------

@@ -211,6 +211,18 @@ def _allow(settings: Settings, store: Store, srv: server.Server, nodes: list[str
     return _restart(settings, store, Change(tuple(listen), tuple(nodes), restarted=False))
 
 
+def follow(settings: Settings, store: Store, addresses: list[str]) -> Change | None:
+    """allow_nodes when the apps' databases are on Opus's own cluster, else None (no
+    Postgres, or the operator's server): what nodes:add and nodes:remove call with
+    every node's address as the manager reports it (`docker node inspect`
+    .Status.Addr, an IP literal)."""
+    config = store.addon(server.ADDON)
+    if config is None or config.get("kind") == "external" or not server.enabled(settings):
+        check_addresses(addresses)
+        return None
+    return allow_nodes(settings, store, addresses)
+
+
 def refresh(settings: Settings, store: Store) -> None:
     """pg_hba again for the nodes already allowed (an app's database made or dropped)."""
     if not state_file(settings).exists():
