@@ -187,6 +187,10 @@ def test_apps_on_sqlite_or_data_stay_on_one_node() -> None:
     assert pinning.reason({}, pinning.ReleaseFacts(overlay=False)) is None
     assert pinning.reason({"OPUS_DISABLE_OVERRIDES": "ALLOWED_HOSTS, databases"},
                           facts) is None
+    django = pinning.ReleaseFacts.of({"framework": "django"}, {"web": "x"}, ["media"])
+    assert django.overlay and django.data_entries == ("media",)
+    assert not pinning.ReleaseFacts.of({}, {}, []).overlay
+    assert pinning.reason({}, pinning.ReleaseFacts.of({"framework": "flask"}, {}, [])) is None
     assert pinning.placement("node-2.dc1") == "node.labels.opus.node==node-2.dc1"
     for hostile in ["", "Node", "a==b", "x\ny", "a b", "-a", "a" * 64]:
         with pytest.raises(InvalidName):

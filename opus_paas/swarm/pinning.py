@@ -31,6 +31,14 @@ class ReleaseFacts:
     data_entries: tuple[str, ...] = ()
     overlay: bool = True
 
+    @classmethod
+    def of(cls, info: Mapping[str, object], procfile: Mapping[str, str],
+           data_entries: list[str]) -> ReleaseFacts:
+        """From a release's build info (release.json: `framework`), its Procfile and
+        the names in the app's data/ directory."""
+        return cls(dict(procfile), tuple(sorted(data_entries)),
+                   overlay=info.get("framework") == "django")
+
 
 @dataclasses.dataclass(frozen=True)
 class Pin:
