@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from opus_paas import names
-from opus_paas.errors import Conflict, NotFound, ServiceError, UsageError
+from opus_paas.data import nodes as databases
+from opus_paas.errors import Conflict, NotFound, OpusError, ServiceError, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import Store, SwarmNode
 from opus_paas.swarm import ssh
@@ -227,7 +228,25 @@ def add(settings: Settings, store: Store, host: str, emit: Emit, *, name: str | 
     record = SwarmNode(name, host, port, node_id, time.time())
     store.save_node(record)
     emit(f"       {name} ({host}) is Ready in the swarm")
+    _follow_databases(settings, store, mgr, emit, f"opus nodes:add {host}")
     return record
+
+
+def _follow_databases(settings: Settings, store: Store, mgr: Manager, emit: Emit,
+                      again: str) -> None:
+    """Opus's Postgres takes TLS connections from exactly the swarm's node addresses
+    (data/nodes.py; nothing when the apps' databases are not on Opus's own cluster)."""
+    addresses = sorted({n.address for n in swarm_nodes_raw(mgr) if n.address})
+    try:
+        change = databases.follow(settings, store, addresses)
+    except OpusError as exc:
+        raise ServiceError(f"{exc.message}; the swarm itself is done: once that is "
+                           f"fixed, run `{again}` again") from None
+    if change is not None:
+        emit(f"       Postgres takes TLS connections from {len(change.nodes)} node "
+             f"address{'es' if len(change.nodes) != 1 else ''}")
+        if change.pending:
+            emit(f"       {change.pending}")
 
 
 def _bracketed(address: str) -> str:
@@ -380,6 +399,7 @@ def remove(settings: Settings, store: Store, name: str, emit: Emit, *,
         emit(f"-----> Removing {name} from the manager's node list")
         mgr("node", "rm", "--force", record.docker_id)
     store.forget_node(name)
+    _follow_databases(settings, store, mgr, emit, f"opus nodes:remove {name}")
     emit(f"       {name} removed; its host key stays pinned (nodes:add {record.address} "
          "adds it again)")
 
