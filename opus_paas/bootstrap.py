@@ -43,7 +43,7 @@ REDIS_PACKAGES = ["redis-server"]
 # three dockerd nodes in namespaces of their own; iproute2's ip and util-linux's unshare
 # and nsenter build them) and a static busybox for their registry-free image (it
 # replaces and provides Debian's dynamic busybox).
-SWARM_PACKAGES = ["docker.io", "busybox-static", "iproute2"]
+SWARM_PACKAGES = ["docker.io", "busybox-static", "iproute2", "openssh-server"]
 APT_TEST_PACKAGES: list[str] = ["wrk", "chromium", "chromium-driver", "fonts-dejavu-core",
                                 "sudo", "patchelf", "pebble", "libnss3-tools",
                                 "nghttp2-client", "nftables", *POSTGRES_PACKAGES,

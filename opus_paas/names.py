@@ -6,6 +6,7 @@ A name that does not match is rejected with a message, never "cleaned".
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 
 from opus_paas.errors import InvalidName
@@ -34,6 +35,9 @@ NUMBER = re.compile(r"[0-9]{1,6}")
 PYTHON_VERSION = re.compile(r"3\.([0-9]{1,2})(?:\.[0-9]{1,3})?")
 PYTHON_INSTALL = re.compile(r"cpython-3\.[0-9]{1,2}\.[0-9]{1,3}(?:(?:a|b|rc)[0-9]{1,2})?"
                             r"(?:\+[a-z]{1,16})?-linux-[a-z0-9_]{1,16}-[a-z]{3,12}")
+
+# A swarm node's name in Opus (its opus.node label): like an app's name.
+NODE_NAME = APP_NAME
 
 # Names that would collide with Opus's own programs or hostnames.
 RESERVED_APP_NAMES = frozenset({"opus", "www", "git", "ssh", "front", "supervisor"})
@@ -90,6 +94,30 @@ def check_domain(name: str) -> str:
     if not DOMAIN.fullmatch(name):
         raise _reject("domain", name, "use a lower-case host name such as www.example.com")
     return name
+
+
+def check_node_name(name: str) -> str:
+    """Return `name` if it is a valid node name, else raise InvalidName."""
+    if not NODE_NAME.fullmatch(name):
+        raise _reject("node name", name,
+                      "use 1-30 characters: lower-case letters, digits and '-', starting "
+                      "with a letter and not ending with '-'")
+    return name
+
+
+def check_node_host(host: str) -> str:
+    """Return `host` if it is an IP address literal or a DNS name (no user@, no port,
+    nothing an ssh or shell could read as an option), else raise InvalidName."""
+    try:
+        if "%" not in host:          # no IPv6 scope (an interface name)
+            return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not DOMAIN.fullmatch(host) or host.replace(".", "").isdigit():
+        raise _reject("host", host, "give the node's IP address or DNS name "
+                      "(e.g. 10.0.0.12 or node2.example.com), without user@ or :port "
+                      "(use --port)")
+    return host
 
 
 def check_branch_name(name: str) -> str:

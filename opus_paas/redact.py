@@ -68,7 +68,7 @@ PLAIN = frozenset({
     "backups:download", "backups:schedule", "backups:kept", "certs", "certs:auto",
     "certs:remove", "https:redirect", "status", "version", "help", "redis:create",
     "redis:info", "redis:destroy", "init", "previews", "previews:enable", "previews:disable",
-    "git-receive-pack", "git-upload-pack",
+    "git-receive-pack", "git-upload-pack", "nodes", "nodes:add", "nodes:remove", "nodes:key",
 })
 # Options whose value is secret, per command.
 # (apps:create's --from: a git URL may carry a user and token.)

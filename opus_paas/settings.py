@@ -148,6 +148,17 @@ class Settings:
     network_env: tuple[tuple[str, str], ...] = ()
     apache_bin: str = "/usr/sbin/apache2"
     apache_modules: str = "/usr/lib/apache2/modules"
+    # Docker Swarm (docs/scale-out.md): the manager's Docker socket, a unix socket path
+    # (or unix:///path) or a tcp://host:port URL; empty: no swarm (nodes:* say how to
+    # set it).
+    swarm_manager: str = ""
+    # The private registry nodes pull release images from (host:port), and the CA
+    # file its certificate is signed by, which nodes:add installs on each node (in
+    # /etc/docker/certs.d/REGISTRY/ca.crt); empty: none.
+    swarm_registry: str = ""
+    swarm_registry_ca: str = ""
+    # nodes:remove waits this long for a drained node's tasks to run elsewhere.
+    swarm_drain_timeout: float = 120.0
     # Tests only: "1" lets a test stop Opus at a named point of a deploy (failpoints.py).
     failpoints: str = ""
 
@@ -272,14 +283,14 @@ _INT_FIELDS = {"ssh_port", "http_port", "https_port", "dashboard_port", "app_por
                "ssh_connections_per_user", "ssh_unauthenticated_per_source",
                "ssh_keys_per_user", "ssh_max_connections", "build_log_limit",
                "preview_limit"}
-_FLOAT_FIELDS = {"autosleep_check_seconds", "health_timeout", "build_timeout",
-                 "deploy_wait_timeout", "ssh_read_timeout",
+_FLOAT_FIELDS = {"autosleep_check_seconds", "swarm_drain_timeout", "health_timeout",
+                 "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
                  "ssh_idle_timeout", "ssh_login_timeout", "ssh_session_timeout"}
 # Limits below 1 would lock everyone out (or never time out): refused.
 _POSITIVE_FIELDS = {"autosleep_min_seconds", "autosleep_check_seconds",
                     "ssh_connections_per_user", "ssh_unauthenticated_per_source",
                     "ssh_keys_per_user", "ssh_max_connections", "ssh_login_timeout",
-                    "preview_limit"}
+                    "preview_limit", "swarm_drain_timeout"}
 # Settings renamed since: their former names are still read.
 _FORMER_NAMES = {"ssh_connections_per_key": "ssh_connections_per_user"}
 _PATH_FIELDS = {"cache_dir", "wheels_dir"}
@@ -296,6 +307,10 @@ _CHOICES = {"app_creators": ("all", "admins"), "public_scheme": ("http", "https"
 
 # A memory size as Redis takes it: bytes, or with a unit (1kb = 1024 bytes).
 MEMORY_SIZE = re.compile(r"([0-9]{1,12})(b|kb|mb|gb)?")
+# The swarm manager's socket and the registry's address (no spaces, options or quotes).
+SWARM_MANAGER = re.compile(r"(?:unix://)?/[A-Za-z0-9._/-]{1,200}|"
+                           r"tcp://[A-Za-z0-9.-]{1,253}:[0-9]{1,5}")
+SWARM_REGISTRY = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,252})(?::[0-9]{1,5})?")
 _URL_FIELDS = {"python_mirror": ("http://", "https://", "file://"),
                "python_downloads": ("http://", "https://", "file://", "/")}
 
@@ -308,6 +323,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                                     str(value).isprintable() and " " not in str(value)):
         raise UsageError(f"{source}: {name} = {value!r} is not valid; give a URL starting "
                          f"with {' or '.join(_URL_FIELDS[name])}")
+    if name == "swarm_manager" and value and not SWARM_MANAGER.fullmatch(str(value)):
+        raise UsageError(f"{source}: {name} = {value!r} is not valid; give the manager's "
+                         "Docker socket: an absolute path, unix:///path or tcp://host:port")
+    if name == "swarm_registry" and value and not SWARM_REGISTRY.fullmatch(str(value)):
+        raise UsageError(f"{source}: {name} = {value!r} is not valid; give host:port, "
+                         "e.g. 10.0.0.1:5000")
+    if name == "swarm_registry_ca" and value and not str(value).startswith("/"):
+        raise UsageError(f"{source}: {name} = {value!r} is not valid; give an absolute path")
     if name == "redis_maxmemory" and not MEMORY_SIZE.fullmatch(str(value).strip().lower()):
         raise UsageError(f"{source}: {name} = {value!r} is not valid; give a size such as "
                          "64mb (a number of bytes, or with kb, mb or gb)")

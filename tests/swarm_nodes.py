@@ -8,6 +8,11 @@ a `Swarm`; leaving the block tears everything down (swarm, dockerds and every pr
 left in a node's namespace, cgroups, netns, veths, bridge, temp dirs), whatever happened
 inside.
 
+`swarm_nodes(n, joined=k, ssh_key=PUB)`: only nodes 1..k form the swarm (the others are
+fresh machines: dockerd up, not joined), and each node runs Debian's OpenSSH sshd in its
+own namespaces (network, mount, UTS: a shell over SSH sees the node's /run/docker.sock
+and /etc/docker), on its address port 22, letting in root with that public key.
+
 Names carry a random run id, and the subnet (10.77.X.0/24) is one no interface on the
 host uses, so a stale run left by a killed test never breaks the next; and the next run
 sweeps it (`sweep_stale`: runs whose owning process is gone).
@@ -23,6 +28,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +37,8 @@ from pathlib import Path
 
 DOCKER = "/usr/bin/docker"     # docker.io's client (another may come first on PATH)
 DOCKERD = "/usr/sbin/dockerd"
+SSHD = "/usr/sbin/sshd"
+SSH_KEYGEN = "/usr/bin/ssh-keygen"
 
 # Runs inside `nsenter --net=/run/netns/NS unshare --mount --uts --propagation private`
 # (not `ip netns exec`, whose fresh /sys has no cgroup mounts for dockerd): the node's
@@ -52,6 +60,7 @@ class Node:
     address: str
     root: Path
     process: subprocess.Popen[bytes] | None = None
+    sshd: subprocess.Popen[bytes] | None = None
 
     @property
     def socket(self) -> Path:
@@ -78,6 +87,59 @@ class Node:
             raise SwarmError(f"node {self.index}: docker {' '.join(args)}: "
                              f"{out.stderr.strip() or out.stdout.strip()}")
         return out
+
+    @property
+    def host_key(self) -> Path:
+        """The node sshd's host key (its .pub beside it)."""
+        return self.root / "ssh" / "ssh_host_ed25519_key"
+
+    def host_key_line(self) -> str:
+        """The node's public host key as `ssh-ed25519 AAAA…`."""
+        return " ".join(self.host_key.with_suffix(".pub").read_text().split()[:2])
+
+    def start_sshd(self, authorized: str, new_host_key: bool = False) -> None:
+        """(Re)starts OpenSSH's sshd in this node's namespaces on ADDRESS:22, letting in
+        root with the `authorized` public key; `new_host_key`: as a reinstalled (or
+        impostor) machine would, with a host key of its own."""
+        assert self.process is not None and self.process.poll() is None
+        self.stop_sshd()
+        ssh = self.root / "ssh"
+        ssh.mkdir(mode=0o700, exist_ok=True)
+        if new_host_key or not self.host_key.exists():
+            self.host_key.unlink(missing_ok=True)
+            self.host_key.with_suffix(".pub").unlink(missing_ok=True)
+            subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", self.hostname,
+                            "-f", str(self.host_key)], check=True, timeout=30)
+        (ssh / "authorized_keys").write_text(authorized.strip() + "\n")
+        (ssh / "authorized_keys").chmod(0o600)
+        config = ssh / "sshd_config"
+        config.write_text("\n".join([
+            f"ListenAddress {self.address}:22", f"HostKey {self.host_key}",
+            f"AuthorizedKeysFile {ssh / 'authorized_keys'}", f"PidFile {ssh / 'sshd.pid'}",
+            "PermitRootLogin prohibit-password", "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+            "PrintMotd no", "UseDNS no", "LogLevel ERROR", ""]))
+        log = open(ssh / "sshd.log", "ab")  # noqa: SIM115 (sshd keeps it)
+        # Into dockerd's own namespaces (its /run tmpfs is where sshd's privilege
+        # separation directory and /run/docker.sock live).
+        self.sshd = subprocess.Popen(
+            ["nsenter", f"--target={self.process.pid}", "--net", "--mount", "--uts",
+             "sh", "-c", 'mkdir -p -m 0755 /run/sshd && exec "$@"', "opus-node-sshd",
+             SSHD, "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        log.close()
+        _wait(f"node {self.index}'s sshd", functools.partial(_listens, self), 15)
+
+    def stop_sshd(self) -> None:
+        if self.sshd is not None and self.sshd.poll() is None:
+            self.sshd.terminate()
+            try:
+                self.sshd.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.sshd.kill()
+                self.sshd.wait(timeout=10)
+        self.sshd = None
 
     def kill(self) -> None:
         """SIGKILLs this node's dockerd, as a crash would (its containers live on)."""
@@ -167,11 +229,24 @@ def _start_node(node: Node) -> None:
          DOCKERD, "--config-file", str(etc / "daemon.json"),
          "--data-root", str(node.root / "data"), "--exec-root", str(node.root / "exec"),
          "--pidfile", str(node.root / "dockerd.pid"), "-H", f"unix://{node.socket}",
+         # And where a shell on the node (over SSH) finds it, in the node's own /run.
+         "-H", "unix:///run/docker.sock",
          "--iptables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none",
          "--cgroup-parent", node.cgroup_parent, "--shutdown-timeout", "2",
          "--storage-driver", "overlay2", "--log-level", "warn"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
+
+
+def _listens(node: Node) -> bool:
+    if node.sshd is not None and node.sshd.poll() is not None:
+        tail = (node.root / "ssh" / "sshd.log").read_text(errors="replace")[-2000:]
+        raise SwarmError(f"node {node.index}: sshd exited ({node.sshd.returncode}):\n{tail}")
+    try:
+        with socket.create_connection((node.address, 22), timeout=1) as conn:
+            return conn.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
 
 
 def _answers(node: Node) -> bool:
@@ -184,8 +259,12 @@ def _answers(node: Node) -> bool:
 
 
 @contextlib.contextmanager
-def swarm_nodes(count: int = 3, heartbeat: str = "1s") -> Iterator[Swarm]:
-    """Starts `count` node dockerds, forms a swarm, yields it, and tears it all down."""
+def swarm_nodes(count: int = 3, heartbeat: str = "1s", *, joined: int | None = None,
+                ssh_key: str | None = None) -> Iterator[Swarm]:
+    """Starts `count` node dockerds, forms a swarm of the first `joined` (default: all),
+    yields it, and tears it all down. With `ssh_key` (a public key line) every node also
+    runs sshd letting root in with it."""
+    joined = count if joined is None else joined
     sweep_stale()
     run = secrets.token_hex(3)
     base = Path(tempfile.mkdtemp(prefix=f"opus-swarm-{run}-"))
@@ -216,10 +295,14 @@ def swarm_nodes(count: int = 3, heartbeat: str = "1s") -> Iterator[Swarm]:
         for node in swarm.nodes:
             _wait(f"node {node.index}'s dockerd", functools.partial(_answers, node), 30)
         swarm.timings["dockerds up"] = time.monotonic() - started
+        if ssh_key is not None:
+            for node in swarm.nodes:
+                node.start_sshd(ssh_key)
+            swarm.timings["sshds up"] = time.monotonic() - started
         swarm.manager.docker("swarm", "init", "--advertise-addr", swarm.manager.address,
                              "--dispatcher-heartbeat", heartbeat)
         token = swarm.manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
-        for node in swarm.nodes[1:]:
+        for node in swarm.nodes[1:joined]:
             try:
                 node.docker("swarm", "join", "--token", token, "--advertise-addr",
                             node.address, f"{swarm.manager.address}:2377")
@@ -227,8 +310,8 @@ def swarm_nodes(count: int = 3, heartbeat: str = "1s") -> Iterator[Swarm]:
                 raise SwarmError(f"{error}\n(nodes talk across bridge {swarm.bridge}: with "
                                  "br_netfilter loaded, iptables' FORWARD chain must accept "
                                  "that traffic)") from error
-        _wait(f"{count} Ready nodes", lambda: sum(
-            state == "ready" for state, _ in swarm.node_states().values()) == count, 30, 0.2)
+        _wait(f"{joined} Ready nodes", lambda: sum(
+            state == "ready" for state, _ in swarm.node_states().values()) == joined, 30, 0.2)
         swarm.timings["swarm up"] = time.monotonic() - started
         yield swarm
     finally:
@@ -266,6 +349,9 @@ def _netns_pids(netns: str) -> list[int]:
 
 def _teardown(swarm: Swarm) -> None:
     """Best effort at every step, so one failure never leaves the rest behind."""
+    for node in swarm.nodes:
+        with contextlib.suppress(Exception):
+            node.stop_sshd()
     alive = [n for n in swarm.nodes if n.process is not None and n.process.poll() is None]
     # Leave the swarm and stop the dockerds all at once (a worker's leave takes ~1.7 s).
     leaving = [subprocess.Popen([DOCKER, "-H", f"unix://{n.socket}", "swarm", "leave",

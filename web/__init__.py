@@ -19,7 +19,7 @@ from opus_paas import secretfile
 from opus_paas import settings as settings_module
 from opus_paas.settings import Settings
 from opus_paas.store import Store
-from web import apps, auth, builder, databases, errors, keys, logs, sampler, users
+from web import apps, auth, builder, databases, errors, keys, logs, nodes, sampler, users
 from web.session import ProxiedSessionInterface
 
 # No script or style from anywhere but the dashboard itself; no framing.
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None,
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
     app.session_interface = ProxiedSessionInterface()
     for blueprint in (auth.bp, apps.bp, logs.bp, keys.bp, users.bp, databases.bp,
-                      builder.bp):
+                      builder.bp, nodes.bp):
         app.register_blueprint(blueprint)
     errors.register(app)
     app.jinja_env.filters["when"] = _when

@@ -18,6 +18,7 @@ from pathlib import Path
 from opus_paas import __version__, access, apps, names, redact, users
 from opus_paas.builder import command as builder_command
 from opus_paas.control import appfrom, databases, doctor, lifecycle, sleeping, system
+from opus_paas.control import nodes as nodes_commands
 from opus_paas.control import previews as previews_commands
 from opus_paas.control import pythons as pythons_commands
 from opus_paas.control import redis as redis_commands
@@ -688,7 +689,8 @@ TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
                                                      *redis_commands.COMMANDS,
                                                      *builder_command.COMMANDS,
                                                      *previews_commands.COMMANDS,
-                                                     *sleeping.COMMANDS]}
+                                                     *sleeping.COMMANDS,
+                                                     *nodes_commands.COMMANDS]}
 
 
 def lookup(name: str) -> Command:

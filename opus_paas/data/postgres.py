@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from opus_paas.data import credentials, server
+from opus_paas.data import credentials, nodes, server
 from opus_paas.errors import Conflict, NotFound, ServiceError
 from opus_paas.settings import Settings
 from opus_paas.store import App, AppDatabase, Store
@@ -88,6 +88,7 @@ def create(settings: Settings, store: Store, app: App) -> AppDatabase:
             raise
     url = credentials.database_url(srv.host, srv.port, name, password)
     store.set_app_database(app, name, url)
+    nodes.refresh(settings, store)      # Swarm nodes may reach it too (if there are any)
     found = store.app_database(app)
     assert found is not None
     return found
@@ -115,6 +116,7 @@ def drop(settings: Settings, store: Store, app: App) -> None:
             sql.Identifier(found.name)))
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(found.name)))
     store.remove_app_database(app)
+    nodes.refresh(settings, store)
 
 
 def rotate(settings: Settings, store: Store, app: App) -> AppDatabase:

@@ -18,9 +18,12 @@ its own name only (`sameuser`), with a password, and nobody over TCP.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import json
 import os
 import pwd
 import secrets
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -92,6 +95,41 @@ def password_file(settings: Settings) -> Path:
     return home(settings) / "admin.password"
 
 
+def nodes_file(settings: Settings) -> Path:
+    """The node addresses allowed and what the cluster listens on for them (nodes.py)."""
+    return home(settings) / "nodes.json"
+
+
+def tls_files(settings: Settings) -> tuple[Path, Path]:
+    """The cluster's server certificate and key (from Opus's CA, for nodes)."""
+    return home(settings) / "tls" / "server.crt", home(settings) / "tls" / "server.key"
+
+
+def listening(settings: Settings) -> list[str]:
+    """The addresses the cluster listens on for nodes (none: its Unix socket only)."""
+    try:
+        data = json.loads(nodes_file(settings).read_text())
+        return [str(ipaddress.ip_address(str(a))) for a in data.get("listen", [])]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ServiceError(f"{nodes_file(settings)} cannot be read ({exc}); remove it and "
+                           "add the nodes again") from None
+
+
+def is_local(address: str) -> bool:
+    """Whether `address` is on one of this host's interfaces now (a bind to it works).
+    An address gone (the nodes' network removed) is left out of listen_addresses:
+    Postgres would not start at all if it could bind none of them."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
 def bin_dir() -> Path:
     """The newest installed PostgreSQL's binaries (Debian keeps each major version in
     /usr/lib/postgresql/N/bin)."""
@@ -112,6 +150,11 @@ def cluster_user(settings: Settings) -> str | None:
     if os.geteuid() == 0 and not settings.system:
         return "postgres"
     return None
+
+
+def cluster_ids(settings: Settings) -> tuple[int, int] | None:
+    """The uid and gid of the cluster's files when they are not Opus's own user's."""
+    return _ids(cluster_user(settings))
 
 
 def _ids(user: str | None) -> tuple[int, int] | None:
@@ -241,11 +284,13 @@ def init_cluster(settings: Settings) -> bool:
     return True
 
 
-def server_options(settings: Settings) -> list[str]:
+def server_options(settings: Settings, listen: list[str] | None = None) -> list[str]:
     """The cluster's settings, on its command line (pure): a Unix socket every app's user
-    may open, no TCP, logs to standard output (supervisor's log, Opus's to read)."""
+    may open, logs to standard output (supervisor's log, Opus's to read); no TCP unless
+    nodes were allowed (`listen`: the host's addresses on their side), and then TLS with
+    the certificate from Opus's CA (pg_hba takes nothing else from them)."""
     options = {
-        "listen_addresses": "",
+        "listen_addresses": ",".join(listen or []),
         "port": str(PORT),
         "unix_socket_directories": str(socket_dir(settings)),
         "unix_socket_permissions": "0777",
@@ -254,6 +299,10 @@ def server_options(settings: Settings) -> list[str]:
         "log_line_prefix": "%m [%p] %q%u@%d ",
         "log_connections": "off",
     }
+    if listen:
+        cert, key = tls_files(settings)
+        options.update({"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key),
+                        "ssl_min_protocol_version": "TLSv1.2"})
     return [arg for key, value in options.items() for arg in ("-c", f"{key}={value}")]
 
 
@@ -265,7 +314,8 @@ def program(settings: Settings) -> dict[str, Any] | None:
     return {
         "name": PROGRAM,
         "command": [tool("postgres"), "-D", str(data_dir(settings)),
-                    *server_options(settings)],
+                    *server_options(settings, [a for a in listening(settings)
+                                               if is_local(a)])],
         "directory": home(settings),
         "log_file": settings.logs_dir / f"{PROGRAM}.log",
         # The marker lets `opus up` find a server left running by a killed supervisord.

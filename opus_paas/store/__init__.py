@@ -9,7 +9,8 @@ SSH server's threads):
 - `apps`: an app's record, config, domains, formation, autosleep, previews, memory;
 - `releases`: builds and releases;
 - `tls`: each site's HTTPS state;
-- `data`: add-ons, app databases and Redis servers, backups and their schedules.
+- `data`: add-ons, app databases and Redis servers, backups and their schedules;
+- `nodes`: the swarm's machines.
 
 `records` holds the dataclasses handed out, `schema` the tables and the file's checks.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 from opus_paas.store.access import AccessStore
 from opus_paas.store.apps import AppsStore
 from opus_paas.store.data import DataStore
+from opus_paas.store.nodes import NodesStore
 from opus_paas.store.records import (
     RELEASE_STATES,
     TLS_COLUMNS,
@@ -43,6 +45,7 @@ from opus_paas.store.records import (
     Build,
     Key,
     Release,
+    SwarmNode,
     TlsSite,
     User,
 )
@@ -52,10 +55,11 @@ from opus_paas.store.tls import TlsStore
 
 __all__ = [
     "RELEASE_STATES", "SCHEMA", "TLS_COLUMNS", "App", "AppDatabase", "AppRedis", "Autosleep",
-    "Backup", "BackupPolicy", "Build", "Key", "Release", "Store", "TlsSite", "User",
+    "Backup", "BackupPolicy", "Build", "Key", "Release", "Store", "SwarmNode", "TlsSite",
+    "User",
     "database_problem", "restore_if_damaged",
 ]
 
 
-class Store(AccessStore, AppsStore, ReleasesStore, TlsStore, DataStore):
+class Store(AccessStore, AppsStore, ReleasesStore, TlsStore, DataStore, NodesStore):
     """Typed access to opus.db."""

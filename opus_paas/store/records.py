@@ -153,6 +153,15 @@ class Backup:
 
 
 @dataclasses.dataclass(frozen=True)
+class SwarmNode:
+    name: str
+    address: str
+    port: int
+    docker_id: str
+    added_at: float
+
+
+@dataclasses.dataclass(frozen=True)
 class BackupPolicy:
     app: str
     minute_of_day: int | None   # a daily backup at this UTC minute; None: none

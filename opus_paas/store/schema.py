@@ -188,6 +188,15 @@ CREATE TABLE IF NOT EXISTS previews (
     created REAL NOT NULL,
     UNIQUE (parent_id, branch)
 );
+-- Swarm nodes Opus added (docs/scale-out.md, Nodes): each machine's name (its
+-- opus.node label), the address Opus reaches it at over SSH, its Swarm node id.
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    address TEXT NOT NULL UNIQUE,
+    port INTEGER NOT NULL DEFAULT 22,
+    docker_id TEXT NOT NULL,
+    added_at REAL NOT NULL
+);
 """
 
 
