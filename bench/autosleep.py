@@ -28,8 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from opus_paas.run import metrics
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import load
+from opus_paas.supervisor import Supervisor
 from tests.conftest import Opus, git, make_django_project, make_key, start_opus, stop_opus
 
 

@@ -123,7 +123,7 @@ def main() -> None:
             store = Store(settings.db_path)
             app = store.get_app(APP)
             assert app is not None
-            newest = store.backups(app)[0]
+            newest = store.list_backups(app)[0]
             opus_size = newest.size
             scratch = f"plain_restore_{run}"
             with psycopg.connect(**admin.connect_args(), autocommit=True) as conn:

@@ -1,4 +1,4 @@
-"""Who may do what (access.py) and the password hashes (keys.py), on a store of their own."""
+"""Who may do what (access.py) and the password hashes (users.py), on a store of their own."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from opus_paas import access
+from opus_paas import access, users
 from opus_paas.access import OPERATOR, Actor
-from opus_paas.control import keys
 from opus_paas.errors import Forbidden, NotFound, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import Store
@@ -60,9 +59,9 @@ def test_settings_refuse_an_unknown_creator_policy(tmp_path: Path) -> None:
 
 
 def test_passwords_are_salted_scrypt_and_checked_in_constant_time() -> None:
-    first, second = keys.hash_password("correct horse"), keys.hash_password("correct horse")
+    first, second = users.hash_password("correct horse"), users.hash_password("correct horse")
     assert first != second and first.startswith("scrypt$16384$8$1$")
-    assert keys.check_password("correct horse", first)
-    assert not keys.check_password("correct horsf", first)
-    assert not keys.check_password("anything", None)
-    assert not keys.check_password("anything", "scrypt$garbage")
+    assert users.check_password("correct horse", first)
+    assert not users.check_password("correct horsf", first)
+    assert not users.check_password("anything", None)
+    assert not users.check_password("anything", "scrypt$garbage")

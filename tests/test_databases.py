@@ -28,8 +28,9 @@ import psycopg
 import pytest
 
 from opus_paas import settings as settings_module
+from opus_paas import users
 from opus_paas.access import OPERATOR
-from opus_paas.control import commands, keys
+from opus_paas.control import commands
 from opus_paas.control.context import Context
 from opus_paas.data import backups, dumps, server
 from opus_paas.errors import OpusError
@@ -539,7 +540,7 @@ def test_the_dashboard_shows_backups_captures_and_restores_with_the_name_typed(
     from web import create_app
 
     settings = settings_module.load(pg.env)
-    keys.set_password(store_of(pg), OPERATOR, "admin", PASSWORD)
+    users.set_password(store_of(pg), OPERATOR, "admin", PASSWORD)
     app = create_app(settings, {"TESTING": True})
     client = app.test_client()
     reply = client.post("/signin", data={"user": "admin", "password": PASSWORD,

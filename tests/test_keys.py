@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from opus_paas import users
 from opus_paas.access import OPERATOR
-from opus_paas.control import keys
 from opus_paas.errors import Conflict, InvalidName, NotFound
 from opus_paas.store import Store
 from tests.conftest import require_tool
@@ -42,7 +42,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def test_fingerprint_matches_ssh_keygen(real_key: str, tmp_path: Path) -> None:
-    parsed = keys.parse_public_key(real_key)
+    parsed = users.parse_public_key(real_key)
     shown = subprocess.run(["ssh-keygen", "-l", "-f", str(tmp_path / "k.pub")],
                            capture_output=True, text=True, check=True).stdout.split()[1]
     assert parsed.fingerprint == shown
@@ -51,27 +51,27 @@ def test_fingerprint_matches_ssh_keygen(real_key: str, tmp_path: Path) -> None:
 
 def test_first_user_is_admin_and_later_ones_developers(store: Store, real_key: str,
                                                        tmp_path: Path) -> None:
-    first, _ = keys.add_key(store, OPERATOR, "alice", real_key, max_keys=20)
+    first, _ = users.add_key(store, OPERATOR, "alice", real_key, max_keys=20)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k2")],
                    check=True)
-    second, _ = keys.add_key(store, OPERATOR, "bob", (tmp_path / "k2.pub").read_text(),
+    second, _ = users.add_key(store, OPERATOR, "bob", (tmp_path / "k2.pub").read_text(),
                              max_keys=20)
     assert (first.role, second.role) == ("admin", "developer")
 
 
 def test_duplicate_key_is_refused(store: Store, real_key: str) -> None:
-    keys.add_key(store, OPERATOR, "alice", real_key, max_keys=20)
+    users.add_key(store, OPERATOR, "alice", real_key, max_keys=20)
     with pytest.raises(Conflict, match="already registered"):
-        keys.add_key(store, OPERATOR, "bob", real_key, max_keys=20)
+        users.add_key(store, OPERATOR, "bob", real_key, max_keys=20)
 
 
 def test_removed_key_no_longer_authenticates(store: Store, real_key: str) -> None:
-    _, key = keys.add_key(store, OPERATOR, "alice", real_key, max_keys=20)
+    _, key = users.add_key(store, OPERATOR, "alice", real_key, max_keys=20)
     assert store.user_for_key(key.fingerprint) is not None
-    keys.remove_key(store, OPERATOR, key.fingerprint)
+    users.remove_key(store, OPERATOR, key.fingerprint)
     assert store.user_for_key(key.fingerprint) is None
     with pytest.raises(NotFound):
-        keys.remove_key(store, OPERATOR, key.fingerprint)
+        users.remove_key(store, OPERATOR, key.fingerprint)
 
 
 @pytest.mark.parametrize("text", [
@@ -94,24 +94,24 @@ def test_removed_key_no_longer_authenticates(store: Store, real_key: str) -> Non
 ])
 def test_malformed_keys_are_refused(text: str) -> None:
     with pytest.raises(InvalidName):
-        keys.parse_public_key(text)
+        users.parse_public_key(text)
 
 
 def test_two_keys_in_one_file_are_refused(real_key: str) -> None:
     with pytest.raises(InvalidName, match="exactly one"):
-        keys.parse_public_key(real_key + real_key)
+        users.parse_public_key(real_key + real_key)
 
 
 @pytest.mark.parametrize("comment", ["\x1b[31m", "\u202egnp.exe", "a\x7fb", "\x00"])
 def test_comment_with_control_characters_is_refused(real_key: str, comment: str) -> None:
     with pytest.raises(InvalidName, match="control"):
-        keys.parse_public_key(real_key.strip() + " " + comment)
+        users.parse_public_key(real_key.strip() + " " + comment)
 
 
 def test_huge_key_is_refused_with_what_to_give(real_key: str) -> None:
     data = base64.b64encode(_blob(b"ssh-ed25519", b"k" * 32) + b"x" * 8000).decode()
     with pytest.raises(InvalidName, match=r"longer than 4096 bytes.*the \.pub file"):
-        keys.parse_public_key(f"ssh-ed25519 {data}")
+        users.parse_public_key(f"ssh-ed25519 {data}")
 
 
 @pytest.mark.parametrize(("kind", "bits"), [("rsa", "3072"), ("ecdsa", "256"),
@@ -121,7 +121,7 @@ def test_every_kind_ssh_keygen_makes_is_accepted(tmp_path: Path, kind: str,
     require_tool("ssh-keygen")
     subprocess.run(["ssh-keygen", "-q", "-t", kind, "-b", bits, "-N", "", "-f",
                     str(tmp_path / "k")], check=True)
-    assert keys.parse_public_key((tmp_path / "k.pub").read_text()).key_type.startswith(
+    assert users.parse_public_key((tmp_path / "k.pub").read_text()).key_type.startswith(
         ("ssh-rsa", "ecdsa-sha2-nistp"))
 
 
@@ -129,28 +129,28 @@ def test_security_key_kinds_are_accepted() -> None:
     sk_ed = _line(b"sk-ssh-ed25519@openssh.com", os.urandom(32), b"ssh:")
     sk_ec = _line(b"sk-ecdsa-sha2-nistp256@openssh.com", b"nistp256", b"\x04" + b"q" * 64,
                   b"ssh:")
-    assert keys.parse_public_key(sk_ed).comment == "made"
-    assert keys.parse_public_key(sk_ec).comment == "made"
+    assert users.parse_public_key(sk_ed).comment == "made"
+    assert users.parse_public_key(sk_ec).comment == "made"
 
 
 def test_a_user_holds_at_most_max_keys(store: Store, real_key: str) -> None:
     mine = [_line(b"ssh-ed25519", os.urandom(32)) for _ in range(3)]
-    keys.add_key(store, OPERATOR, "alice", mine[0], max_keys=2)
-    keys.add_key(store, OPERATOR, "alice", mine[1], max_keys=2)
+    users.add_key(store, OPERATOR, "alice", mine[0], max_keys=2)
+    users.add_key(store, OPERATOR, "alice", mine[1], max_keys=2)
     with pytest.raises(Conflict, match=r"alice has 2 SSH keys, the most one user may have "
                                        r"\(ssh_keys_per_user = 2\); remove one first: "
                                        r"`opus keys` lists them, `opus keys:remove "
                                        r"FINGERPRINT\|NAME` removes one"):
-        keys.add_key(store, OPERATOR, "alice", mine[2], max_keys=2)
+        users.add_key(store, OPERATOR, "alice", mine[2], max_keys=2)
     assert [k.user for k in store.list_keys()] == ["alice", "alice"]
-    keys.add_key(store, OPERATOR, "bob", real_key, max_keys=2)   # others are not affected
-    keys.remove_key(store, OPERATOR, keys.parse_public_key(mine[0]).fingerprint)
-    keys.add_key(store, OPERATOR, "alice", mine[2], max_keys=2)
+    users.add_key(store, OPERATOR, "bob", real_key, max_keys=2)   # others are not affected
+    users.remove_key(store, OPERATOR, users.parse_public_key(mine[0]).fingerprint)
+    users.add_key(store, OPERATOR, "alice", mine[2], max_keys=2)
 
 
 def test_hostile_user_name_is_refused(store: Store, real_key: str) -> None:
     with pytest.raises(InvalidName):
-        keys.add_key(store, OPERATOR, "root;id", real_key, max_keys=20)
+        users.add_key(store, OPERATOR, "root;id", real_key, max_keys=20)
     assert store.list_keys() == []
 
 
@@ -166,7 +166,7 @@ def test_cli_keys_add_from_stdin_list_and_remove(real_key: str, tmp_path: Path) 
 
     added = opus("keys:add", "carol", "-", stdin=real_key)
     assert added.returncode == 0, added.stderr
-    fingerprint = keys.parse_public_key(real_key).fingerprint
+    fingerprint = users.parse_public_key(real_key).fingerprint
     assert f"Added key {fingerprint} for carol (admin)." in added.stdout
     assert f"carol            {fingerprint}  me@laptop" in opus("keys").stdout
     again = opus("keys:add", "carol", "-", stdin=real_key)
@@ -179,10 +179,10 @@ def test_cli_keys_add_from_stdin_list_and_remove(real_key: str, tmp_path: Path) 
 
 def test_a_comment_never_shadows_another_keys_fingerprint(store: Store, real_key: str,
                                                           tmp_path: Path) -> None:
-    _, first = keys.add_key(store, OPERATOR, "alice", real_key, max_keys=20)
+    _, first = users.add_key(store, OPERATOR, "alice", real_key, max_keys=20)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", first.fingerprint,
                     "-f", str(tmp_path / "k3")], check=True)
-    keys.add_key(store, OPERATOR, "bob", (tmp_path / "k3.pub").read_text(), max_keys=20)
-    assert keys.remove_key(store, OPERATOR, first.fingerprint).user == "alice"
+    users.add_key(store, OPERATOR, "bob", (tmp_path / "k3.pub").read_text(), max_keys=20)
+    assert users.remove_key(store, OPERATOR, first.fingerprint).user == "alice"
     with pytest.raises(NotFound):
-        keys.remove_key(store, OPERATOR, "")
+        users.remove_key(store, OPERATOR, "")

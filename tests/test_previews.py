@@ -302,7 +302,7 @@ def test_a_preview_of_a_postgres_app_gets_a_restored_copy_and_goes_with_its_pare
 
     opus.cli("apps:destroy", "pvpg", "--confirm", "pvpg")
     assert {"pvpg", "pvpg-copy"}.isdisjoint(_app_names(opus))
-    assert not store.database_named(own.name)
+    assert not store.has_database_named(own.name)
     with psycopg.connect(**server.current(settings, store).connect_args()) as conn:
         left = conn.execute("SELECT datname FROM pg_database WHERE datname = %s",
                             (own.name,)).fetchall()

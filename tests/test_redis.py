@@ -22,8 +22,8 @@ from opus_paas import redact
 from opus_paas import settings as settings_module
 from opus_paas.data import redis
 from opus_paas.errors import ServiceError, UsageError
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.store import Store
+from opus_paas.supervisor import Supervisor
 from secureops import firewall, front
 from secureops import redis as redis_conf
 from secureops.layout import Denied, Layout

@@ -17,9 +17,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from opus_paas import privileged
+from opus_paas import privileged, users
 from opus_paas import settings as settings_module
-from opus_paas.control import keys, sshd
+from opus_paas.control import sshd
 from opus_paas.errors import UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import Store
@@ -307,7 +307,7 @@ def test_keys_add_past_the_users_key_cap_is_refused_with_how_to_remove_one(
     for i in range(KEYS_PER_USER - 1):
         blob = b"".join(len(f).to_bytes(4, "big") + f for f in (b"ssh-ed25519",
                                                                 os.urandom(32)))
-        store.add_key("keyful", keys.fingerprint(blob),
+        store.add_key("keyful", users.fingerprint(blob),
                       "ssh-ed25519 " + base64.b64encode(blob).decode(), f"old-{i}")
     extra = make_key(tmp_path, "one-too-many").public.read_text()
 

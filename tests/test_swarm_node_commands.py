@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from opus_paas import names
+from opus_paas import names, users
 from opus_paas import settings as settings_module
 from opus_paas.access import OPERATOR, Actor
-from opus_paas.control import commands, keys
+from opus_paas.control import commands
 from opus_paas.control.context import Context
 from opus_paas.errors import InvalidName, OpusError, UsageError
 from opus_paas.settings import Settings
@@ -84,8 +84,8 @@ def _dashboard(env: dict[str, str]) -> Iterator[str]:
     settings = settings_module.load(env)
     app = create_app(settings)
     store = Store(settings.db_path)
-    keys.add_user(store, OPERATOR, "admin", "admin")
-    keys.set_password(store, OPERATOR, "admin", PASSWORD)
+    users.add_user(store, OPERATOR, "admin", "admin")
+    users.set_password(store, OPERATOR, "admin", PASSWORD)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -215,7 +215,7 @@ def test_nodes_add_spread_remove_readd_and_a_changed_host_key(
         assert _listed(env)["edge"]["state"] == "ready"
         # A nodes:add cut short after the join (not labelled, not recorded) is finished
         # by running it again.
-        Store(home / "opus.db").forget_node("edge")
+        Store(home / "opus.db").remove_node("edge")
         swarm.manager.docker("node", "update", "--label-rm", "opus.node", "node3")
         out = _cli(env, "nodes:add", node3.address, "--name", "edge").stdout
         assert "matches the pinned one" in out and "in the swarm already" in out

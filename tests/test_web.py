@@ -17,8 +17,8 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from opus_paas import settings as settings_module
+from opus_paas import users
 from opus_paas.access import OPERATOR
-from opus_paas.control import keys
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 from web import auth, create_app
@@ -34,7 +34,7 @@ def home(tmp_path: Path) -> Settings:
     store.init()
     for name, role in (("root", "admin"), ("dev1", "developer"), ("dev2", "developer")):
         store.create_user(name, role)
-        keys.set_password(store, OPERATOR, name, PASSWORD)
+        users.set_password(store, OPERATOR, name, PASSWORD)
     dev1 = store.get_user("dev1")
     assert dev1 is not None
     store.create_app("shop", dev1, {"SECRET": HOSTILE})
@@ -141,13 +141,13 @@ def test_the_address_is_throttled_too(app: Flask) -> None:
 
 def test_a_new_password_ends_other_sessions(app: Flask, home: Settings) -> None:
     client = signed_in(app, "dev1")
-    keys.set_password(store_of(home), OPERATOR, "dev1", "another long password")
+    users.set_password(store_of(home), OPERATOR, "dev1", "another long password")
     assert client.get("/").status_code == 302
 
 
 def test_a_removed_user_is_signed_out(app: Flask, home: Settings) -> None:
     client = signed_in(app, "dev2")
-    keys.remove_user(store_of(home), OPERATOR, "dev2")
+    users.remove_user(store_of(home), OPERATOR, "dev2")
     assert client.get("/").status_code == 302
 
 
@@ -331,7 +331,7 @@ def test_only_admins_manage_users(app: Flask, home: Settings) -> None:
     store = store_of(home)
     root, dev1 = store.get_user("root"), store.get_user("dev1")
     assert store.get_user("mallory") is None and dev1 is not None and not dev1.is_admin
-    assert root is not None and keys.check_password(PASSWORD, store.password_hash(root))
+    assert root is not None and users.check_password(PASSWORD, store.password_hash(root))
     admin = signed_in(app, "root")
     added = send(admin, "/users", {"name": "carol", "role": "developer"}, page="/users")
     assert "Added carol (developer)" in added.text and store.get_user("carol") is not None
@@ -469,7 +469,7 @@ def test_changing_your_own_password_needs_the_current_one(app: Flask, home: Sett
     assert "current password is not right" in refused.text
     dev1 = store_of(home).get_user("dev1")
     assert dev1 is not None
-    assert keys.check_password(PASSWORD, store_of(home).password_hash(dev1))
+    assert users.check_password(PASSWORD, store_of(home).password_hash(dev1))
     changed = client.post("/users/dev1/password", data={"password": "a new long password",
                                                         "current": PASSWORD,
                                                         "csrf_token": token})
@@ -519,7 +519,7 @@ def test_a_stream_ends_when_its_user_may_no_longer_read_the_app(
     chunks = iter(reply.response)
     assert bytes(next(chunks)).startswith(b"retry:")  # type: ignore[arg-type]
     assert bytes(next(chunks)).startswith(b": still here")  # type: ignore[arg-type]
-    keys.set_password(store_of(home), OPERATOR, "dev1", "changed long password")
+    users.set_password(store_of(home), OPERATOR, "dev1", "changed long password")
     with pytest.raises(StopIteration):
         next(chunks)
     reply.close()
@@ -572,7 +572,7 @@ def test_the_app_page_says_why_an_order_failed_and_when_it_retries(
         app: Flask, home: Settings) -> None:
     store = store_of(home)
     store.add_domain(store.get_app("shop"), "www.shop.test")    # type: ignore[arg-type]
-    store.update_tls_site("shop", failures=2, last_error="the challenge failed: <b>x</b>",
+    store.set_tls_site("shop", failures=2, last_error="the challenge failed: <b>x</b>",
                           failed_at=1_800_000_000.0, retry_at=1_800_000_600.0)
     page = signed_in(app, "dev1").get("/apps/shop").get_data(as_text=True)
     assert "<h2>HTTPS</h2>" in page

@@ -8,9 +8,8 @@ import time
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from opus_paas import access, names
+from opus_paas import access, apps, names
 from opus_paas.build import release
-from opus_paas.control import apps
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, OpusError, UsageError
 from opus_paas.front import sites
@@ -31,7 +30,7 @@ def index() -> str:
     rows = []
     listed = access.visible_apps(context.store(), context.actor())
     running = ps.visible_processes(context.settings(), context.store(), context.actor(), listed)
-    parents = context.store().preview_parents()
+    parents = context.store().list_preview_parents()
     for app in listed:
         releases = context.store().list_releases(app)
         rows.append({

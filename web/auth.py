@@ -31,8 +31,8 @@ from flask import (
 )
 from werkzeug.wrappers import Response as BaseResponse
 
+from opus_paas import users
 from opus_paas.access import Actor
-from opus_paas.control import keys
 from opus_paas.store import Store, User
 from web import context, forms
 
@@ -44,7 +44,7 @@ MAX_ADDRESS_FAILURES = 20    # per client address, any user
 THROTTLE_WINDOW = 15 * 60.0
 OPEN_ENDPOINTS = {"auth.signin", "static"}
 # A password check for a user that does not exist costs what a real one does.
-_DUMMY_HASH = keys.hash_password("not a password of anyone's", b"\0" * 16)
+_DUMMY_HASH = users.hash_password("not a password of anyone's", b"\0" * 16)
 
 
 def password_stamp(stored: str | None) -> str:
@@ -93,7 +93,7 @@ def still_open(store: Store, user: User, sid: object, stamp: object,
                lifetime: float) -> bool:
     """session_is_open, outside a request (a live log stream asks it as it goes)."""
     return (isinstance(sid, str) and _same(stamp, password_stamp(store.password_hash(user)))
-            and store.dashboard_session_open(_sid_hash(sid), user, time.time() - lifetime))
+            and store.is_dashboard_session_open(_sid_hash(sid), user, time.time() - lifetime))
 
 
 def _sid_hash(sid: str) -> str:
@@ -137,7 +137,7 @@ def signin() -> BaseResponse | str | tuple[str, int]:
     user = context.store().get_user(name) if name else None
     stored = context.store().password_hash(user) if user is not None else None
     # Checked even for a user that does not exist, so the time taken tells nothing.
-    matches = keys.check_password(password, stored or _DUMMY_HASH)
+    matches = users.check_password(password, stored or _DUMMY_HASH)
     if user is None or stored is None or not matches:
         current_app.logger.warning("sign-in failed: user %r from %s", name, address_key)
         flash("Wrong user name or password. (No password yet? `opus users:passwd USER` "

@@ -33,7 +33,7 @@ def show(name: str) -> str:
         "databases/show.html", app=app, kind=backups.kind_of(store, app), database=database,
         details=details, problem=context.shown(problem),
         size_text=backups.size_text,
-        backups=[b for b in store.backups(app) if b.status == "done"],
+        backups=[b for b in store.list_backups(app) if b.status == "done"],
         schedule=schedule.describe(policy.minute_of_day if policy else None),
         keep=policy.keep if policy else backups.DEFAULT_KEEP)
 

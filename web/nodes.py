@@ -26,5 +26,5 @@ def index() -> str:
         problem = exc.message
         rows = [{"name": n.name, "address": n.address, "state": "unknown",
                  "availability": "-", "role": "worker", "tasks": "-", "added_at": n.added_at}
-                for n in context.store().nodes()]
+                for n in context.store().list_nodes()]
     return render_template("nodes/index.html", rows=rows, problem=context.shown(problem))

@@ -6,8 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, render_template, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from opus_paas import access
-from opus_paas.control import keys
+from opus_paas import access, users
 from opus_paas.errors import UsageError
 from web import auth, context, forms
 
@@ -18,12 +17,12 @@ bp = Blueprint("users", __name__)
 def index() -> str:
     access.require_admin(context.actor(), "see the users")
     return render_template("users/index.html", users=context.store().list_users(),
-                           roles=keys.ROLES)
+                           roles=users.ROLES)
 
 
 @bp.route("/users", methods=["POST"])
 def add() -> BaseResponse:
-    user = keys.add_user(context.store(), context.actor(), forms.field("name", 64),
+    user = users.add_user(context.store(), context.actor(), forms.field("name", 64),
                          forms.field("role", 16))
     return forms.done(f"Added {user.name} ({user.role}). They sign in once a password is "
                       "set, and push once they have a key.", [], url_for("users.index"))
@@ -31,13 +30,13 @@ def add() -> BaseResponse:
 
 @bp.route("/users/<name>/role", methods=["POST"])
 def role(name: str) -> BaseResponse:
-    user = keys.set_role(context.store(), context.actor(), name, forms.field("role", 16))
+    user = users.set_role(context.store(), context.actor(), name, forms.field("role", 16))
     return forms.done(f"{user.name} is now {user.role}.", [], url_for("users.index"))
 
 
 @bp.route("/users/<name>/remove", methods=["POST"])
 def remove(name: str) -> BaseResponse:
-    user = keys.remove_user(context.store(), context.actor(), name)
+    user = users.remove_user(context.store(), context.actor(), name)
     return forms.done(f"Removed {user.name} and their keys.", [], url_for("users.index"))
 
 
@@ -45,11 +44,11 @@ def remove(name: str) -> BaseResponse:
 def password(name: str) -> BaseResponse:
     if name == context.actor().name:
         # A session left open must not let someone lock its owner out.
-        me = keys.get_user(context.store(), name)
-        if not keys.check_password(forms.field("current", 1024),
+        me = users.get_user(context.store(), name)
+        if not users.check_password(forms.field("current", 1024),
                                    context.store().password_hash(me)):
             raise UsageError("your current password is not right; give it to set a new one")
-    user = keys.set_password(context.store(), context.actor(), name,
+    user = users.set_password(context.store(), context.actor(), name,
                              forms.field("password", 1024))
     done = forms.done(f"Set the password of {user.name}.", [], url_for("keys.index"))
     if user.name == context.actor().name:

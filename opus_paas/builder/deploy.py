@@ -21,9 +21,9 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from opus_paas import names, output
+from opus_paas import apps, names, output
 from opus_paas.access import Actor
-from opus_paas.control import apps, client
+from opus_paas.control import client
 from opus_paas.control.context import Context
 from opus_paas.errors import OpusError, UsageError
 from opus_paas.output import Emit

@@ -14,17 +14,16 @@ from pathlib import Path
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from opus_paas import access, locks, names, output
+from opus_paas import access, apps, locks, names, output
 from opus_paas.access import Actor
 from opus_paas.build.appjson import AppJsonError
-from opus_paas.control import apps
 from opus_paas.data import postgres
 from opus_paas.errors import Conflict, OpusError, UsageError
 from opus_paas.git import gitserver, sources
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.repos import branch_ref
-from opus_paas.run import appsetup, push
+from opus_paas.run import appdirs, appsetup, push
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 
@@ -67,7 +66,7 @@ def create_from(settings: Settings, store: Store, actor: Actor, name: str, text:
         with locks.app_lock(settings, name):
             if store.get_app(name) is not None:
                 raise Conflict(f"app {name} already exists; choose another name")
-            app = push.create_app(settings, store, name, actor.user or apps._first_admin(store))
+            app = appdirs.create_app(settings, store, name, apps.owner_for(store, actor))
             try:
                 gitserver.init_repo(settings, name, app.deploy_branch)
                 repo_dir = AppPaths.of(settings, name).repo
@@ -129,6 +128,6 @@ def _forget(settings: Settings, store: Store, name: str) -> bool:
     with contextlib.suppress(OpusError):
         if store.app_database(app) is not None:
             postgres.drop(settings, store, app)
-    apps.remove_files(settings, name)
+    appdirs.remove_files(settings, name)
     store.delete_app(app)
     return True

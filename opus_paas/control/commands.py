@@ -15,18 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from opus_paas import __version__, access, names, redact
+from opus_paas import __version__, access, apps, names, redact, users
 from opus_paas.builder import command as builder_command
-from opus_paas.control import (
-    appfrom,
-    apps,
-    databases,
-    doctor,
-    keys,
-    lifecycle,
-    sleeping,
-    system,
-)
+from opus_paas.control import appfrom, databases, doctor, lifecycle, sleeping, system
 from opus_paas.control import nodes as nodes_commands
 from opus_paas.control import previews as previews_commands
 from opus_paas.control import pythons as pythons_commands
@@ -35,9 +26,7 @@ from opus_paas.control import tls as tls_commands
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity, when
 from opus_paas.data import backups
 from opus_paas.errors import NotFound, UsageError
-from opus_paas.front import sites
-from opus_paas.git import gitserver
-from opus_paas.run import buildlog, logs, ps
+from opus_paas.run import buildlog, logs, programs, ps
 from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
 
@@ -45,13 +34,13 @@ from opus_paas.settings import Settings
 
 def cmd_up(ctx: Context, args: list[str]) -> None:
     if args not in ([], ["--system"]):
-        raise UsageError("usage: opus up [--system]")
+        raise UsageError(f"usage: {ctx.usage}")
     for line in lifecycle.up(ctx.settings, system_mode=args == ["--system"]):
         ctx.out(line)
 
 
 def cmd_install(ctx: Context, args: list[str]) -> None:
-    usage = "usage: opus install --system [--home DIR] [--user NAME] [--set KEY=VALUE]…"
+    usage = f"usage: {ctx.usage}"
     if "--system" not in args:
         raise UsageError(usage)
     home, user, pairs = system.DEFAULT_HOME, "opus", []
@@ -72,24 +61,24 @@ def cmd_install(ctx: Context, args: list[str]) -> None:
 
 def cmd_uninstall(ctx: Context, args: list[str]) -> None:
     if "--system" not in args or not set(args) <= {"--system", "--purge"}:
-        raise UsageError("usage: opus uninstall --system [--purge]")
+        raise UsageError(f"usage: {ctx.usage}")
     for line in system.uninstall(ctx.settings, purge="--purge" in args):
         ctx.out(line)
 
 
 def cmd_down(ctx: Context, args: list[str]) -> None:
-    arity("opus down", args, 0)
+    arity(ctx.usage, args, 0)
     ctx.out(lifecycle.down(ctx.settings))
 
 
 def cmd_status(ctx: Context, args: list[str]) -> None:
-    arity("opus status", args, 0)
+    arity(ctx.usage, args, 0)
     for line in lifecycle.status(ctx.settings):
         ctx.out(line)
 
 
 def cmd_version(ctx: Context, args: list[str]) -> None:
-    arity("opus version", args, 0)
+    arity(ctx.usage, args, 0)
     if ctx.json:
         ctx.emit_json({"version": __version__})
     else:
@@ -99,14 +88,14 @@ def cmd_version(ctx: Context, args: list[str]) -> None:
 # ---- apps ------------------------------------------------------------------------------
 
 def cmd_apps(ctx: Context, args: list[str]) -> None:
-    arity("opus apps", args, 0)
-    listed = access.visible_apps(ctx.store, ctx.actor)
+    arity(ctx.usage, args, 0)
+    listed = apps.visible(ctx.store, ctx.actor)
     if ctx.json:
         ctx.emit_json([apps.info(ctx.settings, ctx.store, a) for a in listed])
         return
     if not listed:
         ctx.out("No apps yet; push one with `git push opus main`.")
-    parents = ctx.store.preview_parents()
+    parents = ctx.store.list_preview_parents()
     for app in listed:
         live = f"v{app.live_version}" if app.live_version else "not deployed"
         mark = f"  (preview of {parents[app.id]})" if app.id in parents else ""
@@ -126,9 +115,8 @@ def cmd_apps_create(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_apps_info(ctx: Context, args: list[str]) -> None:
-    arity("opus apps:info APP", args, 1)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    details = apps.info(ctx.settings, ctx.store, app)
+    arity(ctx.usage, args, 1)
+    details = apps.describe(ctx.settings, ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json(details)
         return
@@ -138,7 +126,7 @@ def cmd_apps_info(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_apps_destroy(ctx: Context, args: list[str]) -> None:
-    usage = "opus apps:destroy APP --confirm APP"
+    usage = ctx.usage
     arity(usage, args, (1, 3))
     confirm = ""
     if len(args) == 3 and args[1] == "--confirm":
@@ -152,9 +140,8 @@ def cmd_apps_destroy(ctx: Context, args: list[str]) -> None:
 # ---- config and rollback ---------------------------------------------------------------
 
 def cmd_config(ctx: Context, args: list[str]) -> None:
-    arity("opus config APP", args, 1)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    config = ctx.store.config(app)
+    arity(ctx.usage, args, 1)
+    _, config = apps.config(ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json(config)
         return
@@ -167,9 +154,8 @@ def cmd_config(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_config_get(ctx: Context, args: list[str]) -> None:
-    arity("opus config:get APP KEY", args, 2)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    config = ctx.store.config(app)
+    arity(ctx.usage, args, 2)
+    app, config = apps.config(ctx.store, ctx.actor, args[0])
     if args[1] not in config:
         raise NotFound(f"{app.name} has no config var {args[1]}; `opus config {app.name}` "
                        "lists them")
@@ -181,7 +167,7 @@ def _restart_flag(args: list[str]) -> tuple[list[str], bool]:
 
 
 def cmd_config_set(ctx: Context, args: list[str]) -> None:
-    usage = "opus config:set APP KEY=VALUE… [--no-restart]"
+    usage = ctx.usage
     args, restart = _restart_flag(args)
     if len(args) < 2:
         raise UsageError(f"usage: {usage}")
@@ -199,7 +185,7 @@ def cmd_config_set(ctx: Context, args: list[str]) -> None:
 def cmd_config_unset(ctx: Context, args: list[str]) -> None:
     args, restart = _restart_flag(args)
     if len(args) < 2:
-        raise UsageError("usage: opus config:unset APP KEY… [--no-restart]")
+        raise UsageError(f"usage: {ctx.usage}")
     version = restart_module.change_config(ctx.settings, ctx.store, ctx.actor, args[0], {},
                                            args[1:], restart=restart, emit=ctx.out)
     _config_done(ctx, args[0], ", ".join(args[1:]), "Unset", version)
@@ -213,7 +199,7 @@ def _config_done(ctx: Context, app: str, keys_: str, verb: str, version: int | N
 
 
 def cmd_rollback(ctx: Context, args: list[str]) -> None:
-    arity("opus rollback APP [vN]", args, (1, 2))
+    arity(ctx.usage, args, (1, 2))
     target = None
     if len(args) == 2:
         text = args[1].removeprefix("v")
@@ -230,7 +216,7 @@ def cmd_rollback(ctx: Context, args: list[str]) -> None:
 # ---- processes -------------------------------------------------------------------------
 
 def cmd_ps(ctx: Context, args: list[str]) -> None:
-    arity("opus ps APP", args, 1)
+    arity(ctx.usage, args, 1)
     found = ps.processes(ctx.settings, ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json(found)
@@ -261,7 +247,7 @@ def cmd_ps(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_ps_scale(ctx: Context, args: list[str]) -> None:
-    usage = "opus ps:scale APP web=N [TYPE=N …]"
+    usage = ctx.usage
     if len(args) < 2:
         raise UsageError(f"usage: {usage}")
     app = ps.scale(ctx.settings, ctx.store, ctx.actor, args[0], ps.parse_scale(args[1:]),
@@ -272,10 +258,10 @@ def cmd_ps_scale(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_ps_set(ctx: Context, args: list[str]) -> None:
-    usage = "opus ps:set APP web threads=T"
-    if len(args) != 3 or args[1] != "web":
-        raise UsageError(f"usage: {usage}")
-    app = ps.set_web(ctx.settings, ctx.store, ctx.actor, args[0], args[2:], ctx.out)
+    threads = ps.parse_threads(args[2]) if len(args) == 3 and args[1] == "web" else None
+    if threads is None:
+        raise UsageError(f"usage: {ctx.usage}")
+    app = ps.set_web(ctx.settings, ctx.store, ctx.actor, args[0], threads, ctx.out)
     ctx.out(f"{app.name}'s web: {app.web_processes} process(es) x {app.web_threads} threads.")
 
 
@@ -288,20 +274,20 @@ def _app_and_type(usage: str, args: list[str]) -> tuple[str, str | None]:
 
 
 def cmd_ps_restart(ctx: Context, args: list[str]) -> None:
-    app, kind = _app_and_type("opus ps:restart APP [TYPE]", args)
+    app, kind = _app_and_type(ctx.usage, args)
     ps.restart(ctx.settings, ctx.store, ctx.actor, app, ctx.out, kind)
     ctx.out(f"Restarted {app}" + (f" {kind}" if kind else "") + ".")
 
 
 def cmd_ps_stop(ctx: Context, args: list[str]) -> None:
-    app, kind = _app_and_type("opus ps:stop APP [TYPE]", args)
+    app, kind = _app_and_type(ctx.usage, args)
     ps.stop(ctx.settings, ctx.store, ctx.actor, app, kind)
     what = f"{app} {kind}" if kind else app
     ctx.out(f"Stopped {what}; `opus ps:start {what}` starts it again.")
 
 
 def cmd_ps_start(ctx: Context, args: list[str]) -> None:
-    app, kind = _app_and_type("opus ps:start APP [TYPE]", args)
+    app, kind = _app_and_type(ctx.usage, args)
     what = f"{app} {kind}" if kind else app
     started = ps.start(ctx.settings, ctx.store, ctx.actor, app, ctx.out, kind)
     ctx.out(f"Started {what}." if started else f"{what} is running already.")
@@ -309,7 +295,7 @@ def cmd_ps_start(ctx: Context, args: list[str]) -> None:
 
 def cmd_run(ctx: Context, args: list[str]) -> int:
     if len(args) < 3 or args[1] != "--":
-        raise UsageError("usage: opus run APP -- COMMAND [ARGS…]   (the -- is needed)")
+        raise UsageError(f"usage: {ctx.usage}")
     return ps.run_one_off(ctx.settings, ctx.store, ctx.actor, args[0], args[2:], ctx.out,
                           ctx.cancelled, ctx.terminal)
 
@@ -317,9 +303,8 @@ def cmd_run(ctx: Context, args: list[str]) -> int:
 # ---- domains ---------------------------------------------------------------------------
 
 def cmd_domains(ctx: Context, args: list[str]) -> None:
-    arity("opus domains APP", args, 1)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    found = sites.app_domains(ctx.settings, ctx.store, app)
+    arity(ctx.usage, args, 1)
+    found = apps.domains(ctx.settings, ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json(found)
         return
@@ -328,8 +313,7 @@ def cmd_domains(ctx: Context, args: list[str]) -> None:
 
 
 def _change_domain(ctx: Context, args: list[str], add: bool) -> None:
-    verb = "add" if add else "remove"
-    arity(f"opus domains:{verb} APP DOMAIN", args, 2)
+    arity(ctx.usage, args, 2)
     version = restart_module.change_domain(ctx.settings, ctx.store, ctx.actor, args[0],
                                            args[1], add=add, emit=ctx.out)
     done = f"{'Added' if add else 'Removed'} {args[1]} {'to' if add else 'from'} {args[0]}"
@@ -348,9 +332,8 @@ def cmd_domains_remove(ctx: Context, args: list[str]) -> None:
 # ---- releases, builds, logs ------------------------------------------------------------
 
 def cmd_releases(ctx: Context, args: list[str]) -> None:
-    arity("opus releases APP", args, 1)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    listed = ctx.store.list_releases(app)
+    arity(ctx.usage, args, 1)
+    app, listed = apps.releases(ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json([{"version": r.version, "sha": r.sha, "description": r.description,
                         "created": r.created, "live": r.version == app.live_version,
@@ -366,9 +349,8 @@ def cmd_releases(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_builds(ctx: Context, args: list[str]) -> None:
-    arity("opus builds APP", args, 1)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    listed = ctx.store.list_builds(app)
+    arity(ctx.usage, args, 1)
+    _, listed = apps.builds(ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json([{"id": b.id, "sha": b.sha, "status": b.status, "started": b.started,
                         "finished": b.finished} for b in listed])
@@ -378,11 +360,10 @@ def cmd_builds(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_builds_output(ctx: Context, args: list[str]) -> None:
-    usage = "opus builds:output APP [BUILD_ID] [-n LINES]   (see `opus builds APP`)"
+    usage = ctx.usage
     args, count = _option_number(args, ("-n", "--num"), usage)
     arity(usage, args, (1, 2))
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    listed = ctx.store.list_builds(app)
+    app, listed = apps.builds(ctx.store, ctx.actor, args[0])
     if len(args) == 2:
         listed = [b for b in listed if str(b.id) == args[1]]
     if not listed:
@@ -411,7 +392,7 @@ def _option_number(args: list[str], flags: tuple[str, ...],
 
 
 def cmd_logs(ctx: Context, args: list[str]) -> None:
-    usage = "opus logs APP [-n LINES] [-t] [--ps TYPE]"
+    usage = ctx.usage
     positional, count, follow_, process_type = [], 100, False, None
     items = iter(args)
     for item in items:
@@ -448,7 +429,7 @@ def cmd_logs(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_apps_rename(ctx: Context, args: list[str]) -> None:
-    arity("opus apps:rename APP NEW_NAME", args, 2)
+    arity(ctx.usage, args, 2)
     app = apps.rename(ctx.settings, ctx.store, ctx.actor, args[0], args[1], ctx.out)
     info = apps.info(ctx.settings, ctx.store, app)
     ctx.out(f"Renamed {args[0]} to {app.name}: {info['url']}")
@@ -458,9 +439,8 @@ def cmd_apps_rename(ctx: Context, args: list[str]) -> None:
 # ---- access ----------------------------------------------------------------------------
 
 def cmd_access(ctx: Context, args: list[str]) -> None:
-    arity("opus access APP", args, 1)
-    app = access.app_for(ctx.store, ctx.actor, args[0])
-    people = ctx.store.collaborators(app)
+    arity(ctx.usage, args, 1)
+    app, people = apps.people(ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json({"owner": app.owner, "collaborators": people})
         return
@@ -470,13 +450,13 @@ def cmd_access(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_access_add(ctx: Context, args: list[str]) -> None:
-    arity("opus access:add APP USER", args, 2)
+    arity(ctx.usage, args, 2)
     app, user = access.add_collaborator(ctx.store, ctx.actor, args[0], args[1])
     ctx.out(f"{user.name} may now push to and manage the config of {app.name}.")
 
 
 def cmd_access_remove(ctx: Context, args: list[str]) -> None:
-    arity("opus access:remove APP USER", args, 2)
+    arity(ctx.usage, args, 2)
     app, user = access.remove_collaborator(ctx.store, ctx.actor, args[0], args[1])
     ctx.out(f"{user.name} may no longer use {app.name}.")
 
@@ -484,8 +464,8 @@ def cmd_access_remove(ctx: Context, args: list[str]) -> None:
 # ---- keys and users --------------------------------------------------------------------
 
 def cmd_keys(ctx: Context, args: list[str]) -> None:
-    arity("opus keys", args, 0)
-    listed = keys.list_keys(ctx.store, ctx.actor)
+    arity(ctx.usage, args, 0)
+    listed = users.list_keys(ctx.store, ctx.actor)
     if ctx.json:
         ctx.emit_json([{"user": k.user, "fingerprint": k.fingerprint, "name": k.comment}
                        for k in listed])
@@ -497,7 +477,7 @@ def cmd_keys(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_keys_add(ctx: Context, args: list[str]) -> None:
-    usage = "opus keys:add USER FILE|-   (FILE: a .pub file; - reads standard input)"
+    usage = ctx.usage
     arity(usage, args, 2)
     user, source = args
     if source == "-":
@@ -507,7 +487,7 @@ def cmd_keys_add(ctx: Context, args: list[str]) -> None:
                          f"ssh … keys:add {user} - < KEY.pub")
     else:
         text = _read_local_file(source)
-    owner, key = keys.add_key(ctx.store, ctx.actor, user, text,
+    owner, key = users.add_key(ctx.store, ctx.actor, user, text,
                               max_keys=ctx.settings.ssh_keys_per_user)
     ctx.out(f"Added key {key.fingerprint} for {owner.name} ({owner.role}).")
 
@@ -524,13 +504,13 @@ def _read_local_file(source: str) -> str:
 
 
 def cmd_keys_remove(ctx: Context, args: list[str]) -> None:
-    arity("opus keys:remove FINGERPRINT|NAME   (see `opus keys`)", args, 1)
-    key = keys.remove_key(ctx.store, ctx.actor, args[0])
+    arity(ctx.usage, args, 1)
+    key = users.remove_key(ctx.store, ctx.actor, args[0])
     ctx.out(f"Removed key {key.fingerprint} of {key.user}.")
 
 
 def cmd_users(ctx: Context, args: list[str]) -> None:
-    arity("opus users", args, 0)
+    arity(ctx.usage, args, 0)
     access.require_admin(ctx.actor, "list users")
     listed = ctx.store.list_users()
     if ctx.json:
@@ -541,33 +521,33 @@ def cmd_users(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_users_add(ctx: Context, args: list[str]) -> None:
-    usage = "opus users:add USER [--role admin|developer]"
+    usage = ctx.usage
     role = "developer"
     if len(args) == 3 and args[1] == "--role":
         role = args[2]
     elif len(args) != 1:
         raise UsageError(f"usage: {usage}")
-    user = keys.add_user(ctx.store, ctx.actor, args[0], role)
+    user = users.add_user(ctx.store, ctx.actor, args[0], role)
     ctx.out(f"Added {user.name} ({user.role}); add their key with "
             f"`opus keys:add {user.name} FILE`.")
 
 
 def cmd_users_remove(ctx: Context, args: list[str]) -> None:
-    arity("opus users:remove USER", args, 1)
-    user = keys.remove_user(ctx.store, ctx.actor, args[0])
+    arity(ctx.usage, args, 1)
+    user = users.remove_user(ctx.store, ctx.actor, args[0])
     ctx.out(f"Removed {user.name} and their keys.")
 
 
 def cmd_users_role(ctx: Context, args: list[str]) -> None:
-    arity("opus users:role USER admin|developer", args, 2)
-    user = keys.set_role(ctx.store, ctx.actor, args[0], args[1])
+    arity(ctx.usage, args, 2)
+    user = users.set_role(ctx.store, ctx.actor, args[0], args[1])
     ctx.out(f"{user.name} is now {user.role}.")
 
 
 def cmd_users_passwd(ctx: Context, args: list[str]) -> None:
-    arity("opus users:passwd USER   (the password comes from standard input)", args, 1)
+    arity(ctx.usage, args, 1)
     lines = ctx.read_stdin(STDIN_LIMIT).splitlines()
-    user = keys.set_password(ctx.store, ctx.actor, args[0], lines[0] if lines else "")
+    user = users.set_password(ctx.store, ctx.actor, args[0], lines[0] if lines else "")
     ctx.out(f"Set the dashboard password of {user.name}.")
 
 
@@ -577,7 +557,7 @@ GIT_SETTINGS = ("deploy-branch",)
 
 
 def cmd_checks(ctx: Context, args: list[str]) -> None:
-    arity("opus checks APP", args, 1)
+    arity(ctx.usage, args, 1)
     check = apps.health_check(ctx.settings, ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json(dataclasses.asdict(check))
@@ -587,15 +567,14 @@ def cmd_checks(ctx: Context, args: list[str]) -> None:
 
 def cmd_checks_set(ctx: Context, args: list[str]) -> None:
     if len(args) < 2:
-        raise UsageError("usage: opus checks:set APP [path=/PATH] [timeout=SECONDS] "
-                         "[attempts=N]")
+        raise UsageError(f"usage: {ctx.usage}")
     check = apps.set_health_check(ctx.settings, ctx.store, ctx.actor, args[0], args[1:])
     ctx.out(f"Health check of {args[0]}: {check.describe(ctx.settings.health_timeout)}; "
             "from its next deploy.")
 
 
 def cmd_checks_disable(ctx: Context, args: list[str]) -> None:
-    arity("opus checks:disable APP", args, 1)
+    arity(ctx.usage, args, 1)
     check = apps.set_health_check(ctx.settings, ctx.store, ctx.actor, args[0], None)
     ctx.out(f"Health check of {args[0]} {check.describe(ctx.settings.health_timeout)}; "
             f"`opus checks:set {args[0]} path=/` enables it again.")
@@ -603,9 +582,8 @@ def cmd_checks_disable(ctx: Context, args: list[str]) -> None:
 
 def cmd_git_set(ctx: Context, args: list[str]) -> None:
     if len(args) != 3 or args[1] not in GIT_SETTINGS:
-        raise UsageError("usage: opus git:set APP deploy-branch BRANCH")
-    access.app_for(ctx.store, ctx.actor, args[0], manage=True)
-    app = gitserver.set_deploy_branch(ctx.settings, ctx.store, args[0], args[2])
+        raise UsageError(f"usage: {ctx.usage}")
+    app = apps.set_deploy_branch(ctx.settings, ctx.store, ctx.actor, args[0], args[2])
     ctx.out(f"Pushes to {app.deploy_branch} now deploy {app.name}; other branches are stored.")
 
 
@@ -643,7 +621,8 @@ CORE: list[Command] = [
             "run web with N processes, other Procfile types with N each",
             cmd_ps_scale, takes_app=True),
     Command("ps:set", "opus ps:set APP web threads=T",
-            "threads per web process, applied without downtime", cmd_ps_set, takes_app=True),
+            "threads per web process, applied without downtime", cmd_ps_set, takes_app=True,
+            note=f"(T from 1 to {programs.MAX_THREADS})"),
     Command("ps:restart", "opus ps:restart APP [TYPE]", "restart an app without downtime",
             cmd_ps_restart, takes_app=True),
     Command("ps:stop", "opus ps:stop APP [TYPE]", "stop an app's processes", cmd_ps_stop,
@@ -651,7 +630,8 @@ CORE: list[Command] = [
     Command("ps:start", "opus ps:start APP [TYPE]", "start a stopped app", cmd_ps_start,
             takes_app=True),
     Command("run", "opus run APP -- COMMAND [ARGS…]",
-            "run a one-off command in the live release", cmd_run, takes_app=True),
+            "run a one-off command in the live release", cmd_run, takes_app=True,
+            note="(the -- is needed)"),
     Command("domains", "opus domains APP", "list an app's domains", cmd_domains,
             takes_app=True),
     Command("domains:add", "opus domains:add APP DOMAIN", "serve an app on a domain",
@@ -665,7 +645,7 @@ CORE: list[Command] = [
     Command("builds", "opus builds APP", "list an app's builds", cmd_builds, takes_app=True),
     Command("builds:output", "opus builds:output APP [BUILD_ID] [-n LINES]",
             "show a build's output (the latest by default)", cmd_builds_output,
-            takes_app=True),
+            takes_app=True, note="(see `opus builds APP`)"),
     Command("logs", "opus logs APP [-n LINES] [-t] [--ps TYPE]",
             "show (-t: follow) an app's logs", cmd_logs, takes_app=True),
     Command("apps:rename", "opus apps:rename APP NEW_NAME", "rename an app",
@@ -678,9 +658,9 @@ CORE: list[Command] = [
             cmd_access_remove, takes_app=True),
     Command("keys", "opus keys", "list SSH keys", cmd_keys),
     Command("keys:add", "opus keys:add USER FILE|-", "register a public key for a user",
-            cmd_keys_add),
+            cmd_keys_add, note="(FILE: a .pub file; - reads standard input)"),
     Command("keys:remove", "opus keys:remove FINGERPRINT|NAME", "remove a key",
-            cmd_keys_remove),
+            cmd_keys_remove, note="(see `opus keys`)"),
     Command("users", "opus users", "list users (admins)", cmd_users),
     Command("users:add", "opus users:add USER [--role admin|developer]", "add a user",
             cmd_users_add),
@@ -689,10 +669,10 @@ CORE: list[Command] = [
     Command("users:role", "opus users:role USER admin|developer", "change a user's role",
             cmd_users_role),
     Command("users:passwd", "opus users:passwd USER", "set a dashboard password (stdin)",
-            cmd_users_passwd),
+            cmd_users_passwd, note="(the password comes from standard input)"),
     Command("checks", "opus checks APP", "show what a new instance must answer",
             cmd_checks, takes_app=True),
-    Command("checks:set", "opus checks:set APP [path=/P] [timeout=S] [attempts=N]",
+    Command("checks:set", "opus checks:set APP [path=/PATH] [timeout=SECONDS] [attempts=N]",
             "change an app's health check", cmd_checks_set, takes_app=True),
     Command("checks:disable", "opus checks:disable APP",
             "switch on connection alone, without an HTTP check", cmd_checks_disable,
@@ -759,7 +739,7 @@ def run(ctx: Context, argv: Sequence[str]) -> int:
     if not args or args[0] in ("help", "-h", "--help"):
         if len(args) > 1:
             command = lookup(args[1])
-            ctx.out(f"Usage: {command.usage}")
+            ctx.out(f"Usage: {command.usage_line}")
             ctx.out(f"  {command.summary}")
             return 0
         for line in help_lines(ctx.remote):
@@ -769,6 +749,7 @@ def run(ctx: Context, argv: Sequence[str]) -> int:
     if ctx.remote and command.local_only:
         raise UsageError(f"`opus {command.name}` runs on the Opus host only")
     rest = args[1:]
+    ctx.usage = command.usage_line
     if command.takes_app and ctx.app is not None:
         rest.insert(0, ctx.app)
     return command.run(ctx, rest) or 0

@@ -41,6 +41,9 @@ class Context:
     terminal: privileged.Terminal | None = None
     # Where binary output goes (a backup's bytes), when the edge has such a stream.
     write_bytes: Callable[[bytes], object] | None = None
+    # The running command's usage line (its Command's, set by commands.run): the one
+    # text every usage error of the command shows.
+    usage: str = ""
 
     @functools.cached_property
     def store(self) -> Store:
@@ -60,6 +63,12 @@ class Command:
     run: Callable[[Context, list[str]], int | None]   # the exit status; None: 0
     local_only: bool = False     # on the Opus host only (starting and stopping Opus)
     takes_app: bool = False      # its first argument is APP (filled in from --app)
+    note: str = ""               # said with the usage on errors and `help COMMAND`
+
+    @property
+    def usage_line(self) -> str:
+        """The usage, with its note: what a usage error shows."""
+        return f"{self.usage}   {self.note}" if self.note else self.usage
 
 
 def arity(usage: str, args: list[str], count: int | tuple[int, int]) -> None:
@@ -68,11 +77,11 @@ def arity(usage: str, args: list[str], count: int | tuple[int, int]) -> None:
         raise UsageError(f"usage: {usage}")
 
 
-def confirmed(args: list[str], command: str) -> tuple[str, str]:
+def confirmed(usage: str, args: list[str]) -> tuple[str, str]:
     """`APP --confirm APP` of a command that deletes data: the app named and the name
     repeated (checked against the app by `require_repeated`)."""
     if len(args) != 3 or args[1] != "--confirm":
-        raise UsageError(f"usage: opus {command} APP --confirm APP")
+        raise UsageError(f"usage: {usage}")
     return args[0], args[2]
 
 

@@ -11,13 +11,13 @@ from opus_paas.control.context import Command, Context, arity, confirmed, requir
 from opus_paas.data import backups, postgres, psql, redis, schedule, server
 from opus_paas.errors import Conflict, UsageError
 from opus_paas.run import restart as restart_module
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.store import Backup, Store
+from opus_paas.supervisor import Supervisor
 
 # ---- the add-on -------------------------------------------------------------------------
 
 def cmd_addons(ctx: Context, args: list[str]) -> None:
-    arity("opus addons", args, 0)
+    arity(ctx.usage, args, 0)
     config = ctx.store.addon(server.ADDON)
     if config is None:
         ctx.out("postgres   not enabled (`opus addons:enable postgres`)")
@@ -33,8 +33,7 @@ def cmd_addons(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_addons_enable(ctx: Context, args: list[str]) -> None:
-    usage = ("opus addons:enable postgres [--url postgres://USER:PASSWORD@HOST/DATABASE]"
-             " | opus addons:enable redis")
+    usage = ctx.usage
     if args == ["redis"]:
         access.require_admin(ctx.actor, "enable add-ons")
         redis.enable(ctx.store)
@@ -75,7 +74,7 @@ def cmd_addons_enable(ctx: Context, args: list[str]) -> None:
 # ---- an app's database ------------------------------------------------------------------
 
 def cmd_pg_create(ctx: Context, args: list[str]) -> None:
-    arity("opus pg:create APP", args, 1)
+    arity(ctx.usage, args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0], manage=True)
     if ctx.store.app_database(app) is None and ctx.store.config(app).get("DATABASE_URL"):
         raise Conflict(f"{app.name} has a DATABASE_URL already (a database Opus does not "
@@ -95,11 +94,11 @@ def cmd_pg_create(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_pg_info(ctx: Context, args: list[str]) -> None:
-    arity("opus pg:info APP", args, 1)
+    arity(ctx.usage, args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0])
     details = postgres.info(ctx.settings, ctx.store, app)
     policy = ctx.store.backup_policy(app)
-    details["backups"] = len(ctx.store.backups(app))
+    details["backups"] = len(ctx.store.list_backups(app))
     details["schedule"] = schedule.describe(policy.minute_of_day if policy else None)
     if ctx.json:
         ctx.emit_json(details)
@@ -111,7 +110,7 @@ def cmd_pg_info(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_pg_psql(ctx: Context, args: list[str]) -> int:
-    usage = "opus pg:psql APP [-c SQL]"
+    usage = ctx.usage
     if len(args) == 3 and args[1] in ("-c", "--command"):
         command: str | None = args[2]
     elif len(args) == 1:
@@ -124,7 +123,7 @@ def cmd_pg_psql(ctx: Context, args: list[str]) -> int:
 
 
 def cmd_pg_destroy(ctx: Context, args: list[str]) -> None:
-    name, repeated = confirmed(args, "pg:destroy")
+    name, repeated = confirmed(ctx.usage, args)
     app = access.app_for(ctx.store, ctx.actor, name, manage=True)
     require_repeated(app.name, repeated, f"pg:destroy drops {app.name}'s database")
     postgres.database_of(ctx.store, app)
@@ -140,7 +139,7 @@ def cmd_pg_destroy(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_pg_rotate(ctx: Context, args: list[str]) -> None:
-    arity("opus pg:credentials:rotate APP", args, 1)
+    arity(ctx.usage, args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0], manage=True)
     database = postgres.rotate(ctx.settings, ctx.store, app)
     version = restart_module.change_config(ctx.settings, ctx.store, ctx.actor, app.name,
@@ -167,9 +166,9 @@ def _as_json(backup: Backup) -> dict[str, object]:
 
 
 def cmd_backups(ctx: Context, args: list[str]) -> None:
-    arity("opus backups APP", args, 1)
+    arity(ctx.usage, args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0])
-    listed = [b for b in ctx.store.backups(app) if b.status == "done"]
+    listed = [b for b in ctx.store.list_backups(app) if b.status == "done"]
     if ctx.json:
         ctx.emit_json([_as_json(b) for b in listed])
         return
@@ -183,8 +182,8 @@ def cmd_backups(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_backups_kept(ctx: Context, args: list[str]) -> None:
-    arity("opus backups:kept", args, 0)
-    listed = [b for b in ctx.store.kept_backups()
+    arity(ctx.usage, args, 0)
+    listed = [b for b in ctx.store.list_kept_backups()
               if ctx.actor.is_admin or b.owner == ctx.actor.name]
     if ctx.json:
         ctx.emit_json([_as_json(b) for b in listed])
@@ -196,14 +195,14 @@ def cmd_backups_kept(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_backups_capture(ctx: Context, args: list[str]) -> None:
-    arity("opus backups:capture APP", args, 1)
+    arity(ctx.usage, args, 1)
     found = backups.capture_now(ctx.settings, ctx.store, ctx.actor, args[0])
     ctx.out(f"Backed up {args[0]}: backup {found.id} ({found.kind}, "
             f"{backups.size_text(found.size)}).")
 
 
 def cmd_backups_restore(ctx: Context, args: list[str]) -> None:
-    arity("opus backups:restore APP [ID]", args, (1, 2))
+    arity(ctx.usage, args, (1, 2))
     backup_id = backups.parse_id(args[1]) if len(args) == 2 else None
     chosen, replaced = backups.restore(ctx.settings, ctx.store, ctx.actor, args[0],
                                        backup_id, ctx.out)
@@ -213,7 +212,7 @@ def cmd_backups_restore(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_backups_download(ctx: Context, args: list[str]) -> None:
-    arity("opus backups:download APP ID   (> FILE)", args, 2)
+    arity(ctx.usage, args, 2)
     if ctx.write_bytes is None:
         raise UsageError("backups:download writes a file to standard output; run it with "
                          "the opus command or over SSH")
@@ -225,7 +224,7 @@ def cmd_backups_download(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_backups_schedule(ctx: Context, args: list[str]) -> None:
-    usage = "opus backups:schedule APP daily HH:MM|off [--keep N]"
+    usage = ctx.usage
     keep = None
     if len(args) >= 2 and args[-2] == "--keep":
         if not args[-1].isascii() or not args[-1].isdigit() or not 1 <= int(args[-1]) <= 1000:
@@ -263,7 +262,8 @@ COMMANDS: list[Command] = [
     Command("addons", "opus addons", "list the add-ons (Postgres, Redis)", cmd_addons),
     Command("addons:enable", "opus addons:enable postgres [--url URL] | redis",
             "run Opus's own Postgres (or use a server given by URL), or let apps have "
-            "Redis", cmd_addons_enable, local_only=True),
+            "Redis", cmd_addons_enable, local_only=True,
+            note="(URL: postgres://USER:PASSWORD@HOST/DATABASE)"),
     Command("pg:create", "opus pg:create APP", "give an app a Postgres database "
             "(DATABASE_URL, one new release)", cmd_pg_create, takes_app=True),
     Command("pg:info", "opus pg:info APP", "show an app's database", cmd_pg_info,

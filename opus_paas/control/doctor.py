@@ -10,9 +10,9 @@ from opus_paas.control.context import Command, Context, arity
 from opus_paas.data import redis
 from opus_paas.front import httpd, sites
 from opus_paas.run import programs, recovery
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import Store
+from opus_paas.supervisor import Supervisor
 
 
 def findings(settings: Settings) -> list[str]:
@@ -51,7 +51,7 @@ def findings(settings: Settings) -> list[str]:
     if running:
         states = {p["name"]: p["statename"] for p in supervisor.processes()}
         lines += [f"{server.app}: its Redis ({redis.program_name(server.app)}) is not running; "
-                  "`opus up` will start it" for server in store.redis_servers()
+                  "`opus up` will start it" for server in store.list_redis_servers()
                   if states.get(redis.program_name(server.app)) != "RUNNING"]
     if not httpd.is_current(settings, sites.live_sites(settings, store, apps)):
         lines.append("the front's config does not match the apps and their domains; "
@@ -60,7 +60,7 @@ def findings(settings: Settings) -> list[str]:
 
 
 def cmd_doctor(ctx: Context, args: list[str]) -> int:
-    arity("opus doctor", args, 0)
+    arity(ctx.usage, args, 0)
     lines = findings(ctx.settings)
     for line in lines:
         ctx.out(line)

@@ -21,9 +21,9 @@ from opus_paas.data import server as pg_server
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.front import httpd, sites
 from opus_paas.run import deploy, health, recovery
-from opus_paas.run.supervisor import Program, Supervisor
 from opus_paas.settings import Settings, user_ids
 from opus_paas.store import Store
+from opus_paas.supervisor import Program, Supervisor
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:

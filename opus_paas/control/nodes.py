@@ -13,7 +13,7 @@ REMOVE_USAGE = "opus nodes:remove NAME [--gone]"
 
 
 def cmd_nodes(ctx: Context, args: list[str]) -> None:
-    arity("opus nodes", args, 0)
+    arity(ctx.usage, args, 0)
     access.require_admin(ctx.actor, "list the swarm's nodes")
     rows = nodes.listing(ctx.settings, ctx.store)
     if ctx.json:
@@ -56,7 +56,7 @@ def cmd_nodes_remove(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_nodes_key(ctx: Context, args: list[str]) -> None:
-    arity("opus nodes:key", args, 0)
+    arity(ctx.usage, args, 0)
     access.require_admin(ctx.actor, "read the node key")
     ctx.out(nodes.public_key(ctx.settings))
 

@@ -9,7 +9,7 @@ from opus_paas.run import previews
 
 
 def cmd_previews(ctx: Context, args: list[str]) -> None:
-    arity("opus previews APP", args, 1)
+    arity(ctx.usage, args, 1)
     app, limit, rows = previews.listing(ctx.settings, ctx.store, ctx.actor, args[0])
     if ctx.json:
         ctx.emit_json({"app": app.name, "limit": limit, "previews": rows})
@@ -25,7 +25,7 @@ def cmd_previews(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_previews_enable(ctx: Context, args: list[str]) -> None:
-    usage = f"usage: opus previews:enable APP [--limit N] (N: 1 to {previews.MAX_LIMIT})"
+    usage = f"usage: {ctx.usage}"
     limit = None
     if len(args) == 3 and args[1] == "--limit":
         if not names.NUMBER.fullmatch(args[2]):
@@ -40,7 +40,7 @@ def cmd_previews_enable(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_previews_disable(ctx: Context, args: list[str]) -> None:
-    arity("opus previews:disable APP", args, 1)
+    arity(ctx.usage, args, 1)
     left = previews.disable(ctx.settings, ctx.store, ctx.actor, args[0])
     ctx.out(f"Previews are off for {args[0]}: other branches are only stored again.")
     if left:
@@ -52,7 +52,7 @@ COMMANDS: list[Command] = [
             takes_app=True),
     Command("previews:enable", "opus previews:enable APP [--limit N]",
             "deploy each pushed branch as a preview app APP-BRANCH", cmd_previews_enable,
-            takes_app=True),
+            takes_app=True, note=f"(N: 1 to {previews.MAX_LIMIT})"),
     Command("previews:disable", "opus previews:disable APP",
             "push branches without previews again", cmd_previews_disable, takes_app=True),
 ]

@@ -49,7 +49,7 @@ def _kept_builds(settings: Settings, apps: Iterable[App]) -> Iterator[tuple[str,
 
 
 def cmd_pythons(ctx: Context, args: list[str]) -> None:
-    arity("opus pythons", args, 0)
+    arity(ctx.usage, args, 0)
     settings = ctx.settings
     found = report.read(settings, _environment(settings))
     # Names only the apps the caller may use: a developer learns nothing of the others.
@@ -80,7 +80,7 @@ def cmd_pythons(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_pythons_install(ctx: Context, args: list[str]) -> None:
-    arity("opus pythons:install VERSION", args, 1)
+    arity(ctx.usage, args, 1)
     access.require_admin(ctx.actor, "install interpreters")
     interpreter = provide.install(ctx.settings, _environment(ctx.settings), args[0], ctx.out)
     ctx.out(f"Python {interpreter.version} is ready ({interpreter.path}): apps that ask for "
@@ -88,7 +88,7 @@ def cmd_pythons_install(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_pythons_remove(ctx: Context, args: list[str]) -> None:
-    arity("opus pythons:remove VERSION|NAME", args, 1)
+    arity(ctx.usage, args, 1)
     access.require_admin(ctx.actor, "remove interpreters")
     settings = ctx.settings
     found = report.read(settings, _environment(settings))
@@ -136,6 +136,6 @@ COMMANDS: list[Command] = [
             cmd_pythons),
     Command("pythons:install", "opus pythons:install VERSION",
             "fetch a Python (3.10-3.14) ahead of the apps that ask for it", cmd_pythons_install),
-    Command("pythons:remove", "opus pythons:remove VERSION",
+    Command("pythons:remove", "opus pythons:remove VERSION|NAME",
             "remove a Python Opus fetched that no kept release uses", cmd_pythons_remove),
 ]

@@ -17,7 +17,7 @@ from opus_paas.run import restart as restart_module
 
 
 def cmd_redis_create(ctx: Context, args: list[str]) -> None:
-    arity("opus redis:create APP", args, 1)
+    arity(ctx.usage, args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0], manage=True)
     if ctx.store.app_redis(app) is None and ctx.store.config(app).get("REDIS_URL"):
         raise UsageError(f"{app.name} has a REDIS_URL already (a server Opus does not run); "
@@ -33,7 +33,7 @@ def cmd_redis_create(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_redis_info(ctx: Context, args: list[str]) -> None:
-    arity("opus redis:info APP", args, 1)
+    arity(ctx.usage, args, 1)
     app = access.app_for(ctx.store, ctx.actor, args[0])
     details = redis.info(ctx.settings, ctx.store, app)
     if ctx.json:
@@ -45,7 +45,7 @@ def cmd_redis_info(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_redis_cli(ctx: Context, args: list[str]) -> int:
-    usage = "opus redis:cli APP -c 'COMMAND'"
+    usage = ctx.usage
     if len(args) != 3 or args[1] not in ("-c", "--command"):
         raise UsageError(f"usage: {usage}")
     return redis.cli(ctx.settings, ctx.store, ctx.actor, args[0], args[2], ctx.out,
@@ -53,7 +53,7 @@ def cmd_redis_cli(ctx: Context, args: list[str]) -> int:
 
 
 def cmd_redis_destroy(ctx: Context, args: list[str]) -> None:
-    name, repeated = confirmed(args, "redis:destroy")
+    name, repeated = confirmed(ctx.usage, args)
     app = access.app_for(ctx.store, ctx.actor, name, manage=True)
     require_repeated(app.name, repeated,
                      f"redis:destroy deletes {app.name}'s Redis data for good")

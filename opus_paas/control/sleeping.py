@@ -13,9 +13,9 @@ from opus_paas.control.context import Command, Context
 from opus_paas.errors import UsageError
 from opus_paas.front import sites
 from opus_paas.run import sleep
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Autosleep, Store
+from opus_paas.supervisor import Supervisor
 
 USAGE = "opus ps:autosleep APP [PERIOD|off]"
 PERIOD = re.compile(r"([0-9]{1,7})([smhd]?)")

@@ -33,10 +33,10 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
-from opus_paas import access, locks, names, privileged, redact, repos
+from opus_paas import access, apps, locks, names, privileged, redact, users
 from opus_paas import settings as settings_module
 from opus_paas.access import Actor
-from opus_paas.control import apps, commands, keys
+from opus_paas.control import commands
 from opus_paas.control.context import TERMINAL_COMMANDS, Context
 from opus_paas.control.hostkey import load_or_create_host_key
 from opus_paas.errors import Conflict, OpusError, UsageError, disk_full
@@ -44,7 +44,7 @@ from opus_paas.git import gitserver, packs
 from opus_paas.git.wire import ChannelReader
 from opus_paas.run import push, recovery, sleep
 from opus_paas.settings import Settings
-from opus_paas.store import App, Store, User
+from opus_paas.store import Store, User
 
 log = logging.getLogger("opus.sshd")
 
@@ -156,7 +156,7 @@ class Session(paramiko.ServerInterface):
         return "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
-        fingerprint = keys.fingerprint(key.asbytes())
+        fingerprint = users.fingerprint(key.asbytes())
         try:
             user = self.store.user_for_key(fingerprint)
         except Exception:
@@ -229,30 +229,6 @@ class Session(paramiko.ServerInterface):
         return False
 
 
-def open_for_push(settings: Settings, store: Store, user: User,
-                  app_name: str) -> tuple[App, bool]:
-    """Under the app's deploy lock: the app, created with its repository on first push,
-    and whether it was created now."""
-    app = access.app_or_creatable(settings, store, Actor(user), app_name)
-    created = app is None
-    if app is None:
-        app = push.create_app(settings, store, app_name, user)
-    gitserver.init_repo(settings, app.name, app.deploy_branch)
-    return app, created
-
-
-def forget_if_unused(settings: Settings, store: Store, app: App) -> None:
-    """A push that created an app but stored nothing and built nothing (a dry run, a
-    refused or broken push) leaves no app behind: names cannot be squatted that way."""
-    repo = repos.existing_repo(settings.repos_dir, app.name)
-    stored = any(p.is_file() for p in (repo / "refs").rglob("*")) or \
-        (repo / "packed-refs").exists()
-    if stored or store.has_builds(app):
-        return
-    apps.remove_files(settings, app.name)
-    store.delete_app(app)
-
-
 def serve_git(server: Server, user: User, verb: str, app_name: str,
               channel: paramiko.Channel, cancelled: threading.Event, request_id: str) -> int:
     return serve_git_as(server.settings, server.store, user, verb, app_name, channel,
@@ -283,7 +259,7 @@ def serve_git_as(settings: Settings, store: Store, user: User, verb: str, app_na
             f"remote: waiting for the deploy of {app_name} to finish…\n".encode())
 
     with locks.app_lock(settings, app_name, on_wait=say_waiting, cancelled=cancelled) as held:
-        app, created = open_for_push(settings, store, user, app_name)
+        app, created = apps.open_for_push(settings, store, user, app_name)
         try:
             recovery.recover_app(settings, store, app.name)
             # A sleeping app serves again while its push builds (its deploy would start
@@ -296,7 +272,7 @@ def serve_git_as(settings: Settings, store: Store, user: User, verb: str, app_na
             gitserver.handle_and_close(handler)
         finally:
             if created:
-                forget_if_unused(settings, store, app)
+                apps.forget_if_unused(settings, store, app)
         if handler.deployed:
             # The client has its answer once traffic has switched; the old instance is
             # drained and stopped after, still under the app's lock.

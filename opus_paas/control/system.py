@@ -26,13 +26,12 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from opus_paas import names, redact
+from opus_paas import names, redact, supervisor
 from opus_paas import settings as settings_module
 from opus_paas.build import buildpack
 from opus_paas.control import leftovers
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.paths import shipped
-from opus_paas.run import supervisor
 from opus_paas.settings import (
     SECUREOPS,
     SYSTEM_CONFIG_DIR,

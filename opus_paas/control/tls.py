@@ -11,7 +11,7 @@ from opus_paas import access
 from opus_paas.control.context import STDIN_LIMIT, Command, Context, arity
 from opus_paas.errors import UsageError
 from opus_paas.front.tls import DASHBOARD_SITE
-from opus_paas.run.supervisor import Supervisor
+from opus_paas.supervisor import Supervisor
 from opus_paas.tls import certs, pem
 
 
@@ -30,7 +30,7 @@ def _switch(value: str, usage: str) -> bool:
 
 
 def cmd_certs(ctx: Context, args: list[str]) -> None:
-    arity("opus certs APP", args, 1)
+    arity(ctx.usage, args, 1)
     found = certs.status(ctx.settings, ctx.store, site_for(ctx, args[0]))
     if ctx.json:
         ctx.emit_json(found.as_json())
@@ -40,7 +40,7 @@ def cmd_certs(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_certs_auto(ctx: Context, args: list[str]) -> int:
-    usage = "opus certs:auto APP on|off"
+    usage = ctx.usage
     arity(usage, args, 2)
     site, on = site_for(ctx, args[0]), _switch(args[1], usage)
     certs.set_auto(ctx.settings, ctx.store, site, on)
@@ -65,8 +65,7 @@ def cmd_certs_auto(ctx: Context, args: list[str]) -> int:
 
 
 def cmd_certs_add(ctx: Context, args: list[str]) -> None:
-    usage = ("opus certs:add APP CERT KEY | opus certs:add APP -   (-: the PEM chain and "
-             "key on standard input)")
+    usage = ctx.usage
     arity(usage, args, (2, 3))
     site = site_for(ctx, args[0])
     if args[1:] == ["-"]:
@@ -98,7 +97,7 @@ def _read(path: str, what: str) -> str:
 
 
 def cmd_certs_remove(ctx: Context, args: list[str]) -> None:
-    arity("opus certs:remove APP", args, 1)
+    arity(ctx.usage, args, 1)
     site = site_for(ctx, args[0])
     certs.remove(ctx.settings, ctx.store, site)
     ctx.out(f"Removed {args[0]}'s certificate: it is served over http only, and no "
@@ -106,7 +105,7 @@ def cmd_certs_remove(ctx: Context, args: list[str]) -> None:
 
 
 def cmd_https_redirect(ctx: Context, args: list[str]) -> None:
-    usage = "opus https:redirect APP on|off"
+    usage = ctx.usage
     arity(usage, args, 2)
     site, on = site_for(ctx, args[0]), _switch(args[1], usage)
     certs.set_redirect(ctx.settings, ctx.store, site, on)
@@ -132,7 +131,8 @@ COMMANDS = [
             "order certificates from the ACME server (and renew them)", cmd_certs_auto,
             takes_app=True),
     Command("certs:add", "opus certs:add APP CERT KEY|-", "install your own certificate",
-            cmd_certs_add, takes_app=True),
+            cmd_certs_add, takes_app=True,
+            note="(-: the PEM chain and key on standard input)"),
     Command("certs:remove", "opus certs:remove APP", "remove an app's certificate",
             cmd_certs_remove, takes_app=True),
     Command("https:redirect", "opus https:redirect APP on|off",

@@ -131,7 +131,7 @@ def for_restore(store: Store, actor: Actor, app: App, backup_id: int | None) -> 
     destroyed app's last backup its owner (or an admin) brings into a new app. Another
     live app's backup is refused."""
     if backup_id is None:
-        done = [b for b in store.backups(app) if b.status == "done"]
+        done = [b for b in store.list_backups(app) if b.status == "done"]
         if not done:
             raise NotFound(f"{app.name} has no backups yet; `opus backups:capture "
                            f"{app.name}` takes one")
@@ -195,7 +195,7 @@ def matching_data(store: Store, app: App, target: int, before: int) -> Backup | 
     """The data release `target` ran with: the backup taken before the first release
     command after it (up to release `before`); of a version's tries (a failed push and
     the one that worked), the last."""
-    taken = [b for b in store.backups(app) if b.trigger == "release" and b.status == "done"
+    taken = [b for b in store.list_backups(app) if b.trigger == "release" and b.status == "done"
              and b.release_version is not None and target < b.release_version <= before]
     return min(taken, key=lambda b: (b.release_version or 0, -b.id), default=None)
 
@@ -216,7 +216,7 @@ def prune(settings: Settings, store: Store, app: App, now: float | None = None) 
             "release": settings.keep_releases, "restore": KEEP_RESTORE}
     keep["scheduled"] = keep["manual"]
     seen: dict[str, int] = {}
-    for backup in store.backups(app):           # newest first
+    for backup in store.list_backups(app):           # newest first
         if backup.status == "running":
             if now - backup.created > STALE_RUNNING:
                 _remove(settings, store, backup)
@@ -263,9 +263,9 @@ def run_schedules(settings: Settings, store: Store, now: float | None = None) ->
     backups once they expire. Returns the apps backed up now."""
     now = time.time() if now is None else now
     taken = []
-    for app, policy in store.scheduled_apps():
+    for app, policy in store.list_scheduled_apps():
         assert policy.minute_of_day is not None
-        last = max((b.created for b in store.backups(app) if b.trigger == "scheduled"),
+        last = max((b.created for b in store.list_backups(app) if b.trigger == "scheduled"),
                    default=None)
         if not schedule.is_due(policy.minute_of_day, policy.since, last, now):
             continue
@@ -274,7 +274,7 @@ def run_schedules(settings: Settings, store: Store, now: float | None = None) ->
                 taken.append(app.name)
         except OpusError as exc:
             log.warning("the scheduled backup of %s failed: %s", app.name, exc.message)
-    for backup in store.kept_backups():
+    for backup in store.list_kept_backups():
         if backup.expires is not None and backup.expires <= now:
             _remove(settings, store, backup)
     return taken

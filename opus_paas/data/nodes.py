@@ -254,7 +254,7 @@ def _restart(settings: Settings, store: Store, change: Change) -> Change:
                                    "--system` (it listens on the nodes' side then)")
     # The one call from data/ into the layers above: the program list is lifecycle's.
     from opus_paas.control import lifecycle
-    from opus_paas.run.supervisor import Supervisor
+    from opus_paas.supervisor import Supervisor
 
     supervisor = Supervisor(settings)
     if not supervisor.is_running():

@@ -62,7 +62,7 @@ def create(settings: Settings, store: Store, app: App) -> AppDatabase:
                        f"{app.name}` shows it")
     srv = server.current(settings, store)
     name = credentials.database_name(app.name)
-    if store.database_named(name):
+    if store.has_database_named(name):
         raise Conflict(f"the database {name} belongs to another app (renamed from "
                        f"{app.name}); Opus cannot make a second one of that name")
     password = credentials.new_password()

@@ -23,16 +23,15 @@ import threading
 import time
 from typing import Any
 
-from opus_paas import access, locks, privileged, redact
+from opus_paas import access, locks, ports, privileged, redact
 from opus_paas.access import Actor
 from opus_paas.errors import Conflict, NotFound, ServiceError, UsageError
 from opus_paas.front import sites
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
-from opus_paas.run import health
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import MEMORY_SIZE, Settings
 from opus_paas.store import App, AppRedis, Store
+from opus_paas.supervisor import Supervisor
 
 ADDON = "redis"
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -165,7 +164,7 @@ def check_listener(settings: Settings, app: str, port: int) -> None:
         expected = pwd.getpwnam(f"opus-{app}").pw_uid
     except KeyError:
         raise ServiceError(f"{app} has no user of its own") from None
-    if health.listeners(port) != {expected}:
+    if ports.listeners(port) != {expected}:
         raise ServiceError(f"port {port}, {app}'s Redis port, is held by another user's "
                            "process; ask the operator to look at what listens there")
 
@@ -352,7 +351,7 @@ def reconcile(settings: Settings, store: Store, supervisor: Supervisor) -> list[
     """`opus up`: every app's Redis config and program as the settings say, running
     (restarted if its config changed); a line for each that does not answer."""
     report = []
-    for server in store.redis_servers():
+    for server in store.list_redis_servers():
         try:
             changed = install(settings, server)
             start(settings, supervisor, server, restart=changed)

@@ -164,7 +164,7 @@ def _redis_ports(settings: Settings) -> list[tuple[str, int]]:
     """Every app's Redis port, from the database (none before it exists)."""
     if not settings.db_path.exists():
         return []
-    return [(r.app, r.port) for r in Store(settings.db_path).redis_servers()]
+    return [(r.app, r.port) for r in Store(settings.db_path).list_redis_servers()]
 
 
 def is_current(settings: Settings, sites: list[Site]) -> bool:

@@ -16,7 +16,7 @@ from opus_paas.store import App, Store
 
 
 class FrontSignal(Protocol):
-    """What a refresh needs of supervisor (run/supervisor.py): the front's state, and a
+    """What a refresh needs of supervisor (supervisor.py): the front's state, and a
     signal to it."""
 
     def process_state(self, name: str) -> str: ...
@@ -51,8 +51,8 @@ def site_for(settings: Settings, app: App, custom: list[str],
 def live_sites(settings: Settings, store: Store, apps: list[App]) -> list[httpd.Site]:
     """The front's sites: every app that has a live release, with its domains (and the
     waker as the hot standby of those that may sleep)."""
-    custom = store.all_domains()
-    sleepers = store.sleepers()
+    custom = store.list_domains()
+    sleepers = store.list_sleepers()
     return [s for s in (site_for(settings, a, custom.get(a.id, []), a.id in sleepers)
                         for a in apps)
             if s is not None]

@@ -35,7 +35,7 @@ def states(settings: Settings) -> dict[str, TlsSite]:
     """Every site's HTTPS state (none before the database exists)."""
     if not settings.db_path.exists():
         return {}
-    return Store(settings.db_path).tls_sites()
+    return Store(settings.db_path).list_tls_sites()
 
 
 def dashboard_tls(settings: Settings, known: dict[str, TlsSite]) -> dict[str, Any] | None:

@@ -19,9 +19,9 @@ from opus_paas.errors import ServiceError
 from opus_paas.front import balancer, httpd, sites
 from opus_paas.output import Emit
 from opus_paas.run import checks, health, programs
-from opus_paas.run.supervisor import Program, Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
+from opus_paas.supervisor import Program, Supervisor
 
 log = logging.getLogger("opus.deploy")
 

@@ -3,7 +3,6 @@ what the process's wrapper last wrote."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import http.client
 import json
@@ -14,10 +13,12 @@ from pathlib import Path
 
 from opus_paas import privileged
 from opus_paas.errors import BuildFailed, ServiceError
+from opus_paas.ports import listeners
+from opus_paas.ports import listening_uids as listening_uids  # (what tests read)
 from opus_paas.run import checks, programs
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import Store
+from opus_paas.supervisor import Supervisor
 
 
 def check_health(settings: Settings, host: str, port: int, program: str,
@@ -65,26 +66,6 @@ def check_health(settings: Settings, host: str, port: int, program: str,
         last += f"; the web process is {state}, see `opus logs APP --ps web`"
     raise BuildFailed(f"the new release did not {what} within {timeout:.0f} s "
                       f"(last: {last}); the old release keeps serving")
-
-
-def listening_uids(table: str, port: int) -> set[int]:
-    """The uids of the sockets listening on `port` in a /proc/net/tcp{,6} table (pure)."""
-    found = set()
-    for line in table.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) > 7 and fields[3] == "0A" and \
-                fields[1].rpartition(":")[2].upper() == f"{port:04X}":
-            found.add(int(fields[7]))
-    return found
-
-
-def listeners(port: int) -> set[int]:
-    """The uids of the sockets listening on `port` on this host now (IPv4 and IPv6)."""
-    tables = ""
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            tables += Path(name).read_text()
-    return listening_uids(tables, port)
 
 
 def check_listener(settings: Settings, app: str, port: int) -> None:

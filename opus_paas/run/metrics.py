@@ -15,9 +15,9 @@ from pathlib import Path
 from opus_paas.data import redis
 from opus_paas.front import httpd
 from opus_paas.run import logs, programs
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import Store
+from opus_paas.supervisor import Supervisor
 
 WINDOW_MINUTES = 60
 ACCESS_TAIL_BYTES = 8 << 20     # how far back in the shared access log to read

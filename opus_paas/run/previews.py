@@ -30,10 +30,10 @@ from opus_paas.git import hooks
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.repos import ZERO_SHA, branch_ref, existing_repo, move_branch
-from opus_paas.run import programs, push, recovery
-from opus_paas.run.supervisor import Supervisor
+from opus_paas.run import appdirs, programs, push, recovery
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
+from opus_paas.supervisor import Supervisor
 
 log = logging.getLogger("opus.previews")
 
@@ -82,7 +82,7 @@ def url(settings: Settings, app: str) -> str:
 
 
 def _max_name(settings: Settings) -> int:
-    return push.MAX_SYSTEM_APP_NAME if settings.system else 30
+    return appdirs.MAX_SYSTEM_APP_NAME if settings.system else 30
 
 
 # ---- the push -------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def create(settings: Settings, store: Store, parent: App, branch: str, name: str
     if owner is None:
         raise NotFound(f"{parent.name}'s owner {parent.owner} is gone; an admin must give "
                        "the app an owner first")
-    app = push.create_app(settings, store, name, owner)
+    app = appdirs.create_app(settings, store, name, owner)
     try:
         store.add_preview(parent, branch, app)
         repo = _init_repo(settings, name)
@@ -223,7 +223,7 @@ def _database(settings: Settings, store: Store, parent: App, app: App, emit: Emi
     (empty without one); the release command migrates it on the first deploy."""
     database = postgres.create(settings, store, app)
     store.change_config(app, {"DATABASE_URL": database.url}, [])
-    newest = next((b for b in store.backups(parent)
+    newest = next((b for b in store.list_backups(parent)
                    if b.status == "done" and b.kind == "postgres"), None)
     if newest is None:
         emit(output.detail(f"An empty database: {parent.name} has no backup yet"))
@@ -267,7 +267,6 @@ def destroy_app(settings: Settings, store: Store, app: App) -> None:
     """Stop a preview, drop its database and backups, delete its files and record, take
     it off the front. No last backup is kept: a preview's data is a copy. The caller
     holds its lock."""
-    from opus_paas.control.apps import remove_files  # (apps imports this module)
     supervisor = Supervisor(settings)
     redis.stop_for_destroy(settings, store, app)    # (app.json may have given it one)
     if supervisor.is_running():
@@ -276,7 +275,7 @@ def destroy_app(settings: Settings, store: Store, app: App) -> None:
         dumps.path(settings, gone.id, gone.kind).unlink(missing_ok=True)
     if store.app_database(app) is not None:
         postgres.drop(settings, store, app)
-    remove_files(settings, app.name)
+    appdirs.remove_files(settings, app.name)
     store.delete_app(app)
     if supervisor.is_running():
         sites.refresh_front(settings, store, supervisor)

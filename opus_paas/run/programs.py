@@ -12,9 +12,9 @@ from opus_paas.build import release
 from opus_paas.errors import ServiceError
 from opus_paas.front import sites
 from opus_paas.layout import AppPaths
-from opus_paas.run.supervisor import PROCESS_NUM, Program, Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
+from opus_paas.supervisor import PROCESS_NUM, Program, Supervisor
 
 MAX_THREADS = 64   # per mod_wsgi daemon process (`ps:set APP web threads=T`)
 

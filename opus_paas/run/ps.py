@@ -22,9 +22,9 @@ from opus_paas.errors import NotFound, UsageError
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.run import deploy, health, programs, recovery
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
+from opus_paas.supervisor import Supervisor
 
 MAX_WEB_PROCESSES = 16
 MAX_TYPE_PROCESSES = 16
@@ -233,14 +233,19 @@ def scale(settings: Settings, store: Store, actor: Actor, name: str, counts: dic
         return access.fresh(store, app)
 
 
-def set_web(settings: Settings, store: Store, actor: Actor, name: str, pairs: list[str],
+def parse_threads(pair: str) -> int | None:
+    """T of `threads=T`, from 1 to programs.MAX_THREADS; None for anything else."""
+    if not re.fullmatch(r"threads=[0-9]{1,3}", pair):
+        return None
+    threads = int(pair.partition("=")[2])
+    return threads if 1 <= threads <= programs.MAX_THREADS else None
+
+
+def set_web(settings: Settings, store: Store, actor: Actor, name: str, threads: int,
             emit: Emit) -> App:
-    """`threads=T`: threads per mod_wsgi daemon process of web, applied like a rescale."""
-    if len(pairs) != 1 or not re.fullmatch(r"threads=[0-9]{1,3}", pairs[0]) or \
-            not 1 <= int(pairs[0].partition("=")[2]) <= programs.MAX_THREADS:
-        raise UsageError(f"usage: opus ps:set APP web threads=T (T from 1 to "
-                         f"{programs.MAX_THREADS})")
-    threads = int(pairs[0].partition("=")[2])
+    """Threads per mod_wsgi daemon process of web, applied like a rescale."""
+    if not 1 <= threads <= programs.MAX_THREADS:
+        raise UsageError(f"an app's web runs 1 to {programs.MAX_THREADS} threads a process")
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
         app = recovery.settle(settings, store, app, emit)
@@ -266,7 +271,7 @@ def run_one_off(settings: Settings, store: Store, actor: Actor, name: str, argv:
     its output; return its exit status. It is stopped when the client goes away, or
     after the build time limit."""
     if not argv:
-        raise UsageError("usage: opus run APP -- COMMAND [ARGS…]")
+        raise UsageError("give the command to run after --")
     app = _live(store, access.app_for(store, actor, name))
     assert app.live_version is not None
     slug = AppPaths.of(settings, app.name).slug(app.live_slug or app.live_version)

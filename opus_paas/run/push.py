@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -19,58 +18,14 @@ from dulwich.repo import Repo
 from opus_paas import failpoints, output, privileged, redact, secretfile
 from opus_paas.build import buildpack, release
 from opus_paas.data import backups
-from opus_paas.errors import BuildFailed, OpusError, UsageError
+from opus_paas.errors import BuildFailed, OpusError
 from opus_paas.front import sites
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
-from opus_paas.run import appsetup, buildlog, deploy
-from opus_paas.run.supervisor import Supervisor
+from opus_paas.run import appdirs, appsetup, buildlog, deploy
 from opus_paas.settings import Settings
-from opus_paas.store import App, Release, Store, User
-
-
-def new_app_config() -> dict[str, str]:
-    """Config every app starts with: a SECRET_KEY generated once and kept."""
-    return {"SECRET_KEY": secrets.token_urlsafe(50)}
-
-
-def ensure_app_dirs(settings: Settings, app: str) -> None:
-    """apps/<app>, its releases/ and env/ belong to Opus, so app code can never swap an
-    entry that Opus later works on; the app's user (made here if missing) gets its own
-    corners, handed over by secureops (each request through sudo costs about 0.1 s
-    in system mode: only when something was made)."""
-    paths = AppPaths.of(settings, app)
-    base = paths.dir
-    # Traversed (by the app's user, to its corners), never listed by others.
-    created = [privileged.make_dir(base, 0o711, own=True)]
-    for name in ("releases", "env", "build-env"):
-        created.append(privileged.make_dir(base / name, 0o711, own=True))
-    for path in (paths.run, paths.cache, paths.home, paths.data, paths.tmp):
-        created.append(privileged.make_dir(path, 0o700, own=False))
-    logs = paths.build_logs      # Opus's alone: builds print what they like
-    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-    logs.chmod(0o700)
-    if any(created):
-        privileged.create_app_user(settings, app)
-        privileged.hand_over(settings, app)
-
-
-# System mode: each app's user is opus-<app>, and a Unix user name has at most 32
-# characters.
-MAX_SYSTEM_APP_NAME = 27
-
-
-def create_app(settings: Settings, store: Store, name: str, owner: User) -> App:
-    if settings.system and len(name) > MAX_SYSTEM_APP_NAME:
-        raise UsageError(f"app names here have at most {MAX_SYSTEM_APP_NAME} characters (each "
-                         f"app gets a Unix user, opus-<app>); choose a shorter name than {name}")
-    app = store.create_app(name, owner, new_app_config())
-    try:
-        ensure_app_dirs(settings, name)
-    except BaseException:
-        store.delete_app(app)      # no record without its user and directories
-        raise
-    return app
+from opus_paas.store import App, Release, Store
+from opus_paas.supervisor import Supervisor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +69,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
     """
     cancelled = cancelled or threading.Event()
     started = time.monotonic()
-    ensure_app_dirs(settings, app.name)
+    appdirs.ensure_app_dirs(settings, app.name)
     version = store.next_release_version(app)
     paths = AppPaths.of(settings, app.name)
     slug = paths.slug(version)

@@ -24,9 +24,9 @@ from opus_paas.errors import BuildFailed, OpusError
 from opus_paas.front import sites
 from opus_paas.layout import AppPaths
 from opus_paas.run import deploy, push
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Release, Store
+from opus_paas.supervisor import Supervisor
 
 log = logging.getLogger("opus.recovery")
 

@@ -19,9 +19,9 @@ from opus_paas.front import sites
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.run import deploy, recovery
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Release, Store
+from opus_paas.supervisor import Supervisor
 
 
 def release_build(settings: Settings, store: Store, app: App, *, slug_version: int, sha: str,

@@ -24,9 +24,9 @@ from opus_paas.errors import OpusError, ServiceError
 from opus_paas.front import httpd
 from opus_paas.output import Emit
 from opus_paas.run import checks, deploy, health, programs
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
+from opus_paas.supervisor import Supervisor
 
 log = logging.getLogger("opus.sleep")
 

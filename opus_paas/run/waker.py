@@ -28,9 +28,9 @@ from opus_paas import locks, names
 from opus_paas.errors import OpusError
 from opus_paas.front import httpd
 from opus_paas.run import sleep
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
+from opus_paas.supervisor import Supervisor
 
 log = logging.getLogger("opus.waker")
 
@@ -54,7 +54,7 @@ def host_app(host: str | None, domains: dict[str, str]) -> str | None:
 
 def domain_map(settings: Settings, store: Store) -> dict[str, str]:
     """Every host name an app answers to, to the app."""
-    custom = store.all_domains()
+    custom = store.list_domains()
     found = {}
     for app in store.list_apps():
         for domain in (settings.app_domain(app.name), *custom.get(app.id, [])):
@@ -129,7 +129,7 @@ class Waker:
                 at = parsed.at.timestamp()
                 self.last_seen[owner] = max(self.last_seen.get(owner, 0.0), at)
         by_id = {a.id: a for a in self.store.list_apps()}
-        awake = [(by_id[i], s.period, s.changed) for i, s in self.store.sleepers().items()
+        awake = [(by_id[i], s.period, s.changed) for i, s in self.store.list_sleepers().items()
                  if i in by_id and not s.asleep and by_id[i].live_port is not None
                  and not by_id[i].stopped]
         slept = []

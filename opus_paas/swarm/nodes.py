@@ -172,7 +172,7 @@ def swarm_nodes_raw(mgr: Manager) -> list[NodeState]:
 
 def listing(settings: Settings, store: Store) -> list[dict[str, object]]:
     """`opus nodes`: the manager and every node, with Opus's record of each."""
-    recorded = {n.docker_id: n for n in store.nodes()}
+    recorded = {n.docker_id: n for n in store.list_nodes()}
     rows: list[dict[str, object]] = []
     for node in swarm_nodes(manager(settings)):
         record = recorded.pop(node.id, None)
@@ -199,7 +199,7 @@ def add(settings: Settings, store: Store, host: str, emit: Emit, *, name: str | 
     mgr = manager(settings)
     join_at = f"{_bracketed(manager_address(mgr))}:{SWARM_PORT}"
     if name is None:    # added before (perhaps half way): under the name it was given
-        name = next((n.name for n in store.nodes() if n.address == host), None)
+        name = next((n.name for n in store.list_nodes() if n.address == host), None)
     _check_unique(store, host, name)
     emit(f"-----> Connecting to root@{ssh.host_entry(host, port)}")
     with ssh.Node(settings, host, port, allow_new_host_key=True) as node:
@@ -226,7 +226,7 @@ def add(settings: Settings, store: Store, host: str, emit: Emit, *, name: str | 
           f"the manager still does not report {name} Ready after 30 s: see "
           "`docker node ls` on the manager, then run nodes:add again")
     record = SwarmNode(name, host, port, node_id, time.time())
-    store.save_node(record)
+    store.add_node(record)
     emit(f"       {name} ({host}) is Ready in the swarm")
     _follow_databases(settings, store, mgr, emit, f"opus nodes:add {host}")
     return record
@@ -254,7 +254,7 @@ def _bracketed(address: str) -> str:
 
 
 def _check_unique(store: Store, host: str, name: str | None) -> None:
-    for known in store.nodes():
+    for known in store.list_nodes():
         if name is not None and known.name == name and known.address != host:
             raise Conflict(f"a node named {name} exists already ({known.address}): choose "
                            "another --name, or remove it first (opus nodes:remove "
@@ -364,7 +364,7 @@ def remove(settings: Settings, store: Store, name: str, emit: Emit, *,
     SSH; its tasks are rescheduled by the drain all the same)."""
     names.check_node_name(name)
     mgr = manager(settings)
-    record = next((n for n in store.nodes() if n.name == name), None)
+    record = next((n for n in store.list_nodes() if n.name == name), None)
     if record is None:
         raise NotFound(f"no node named {name}; `opus nodes` lists them")
     known = mgr.run("node", "inspect", record.docker_id).returncode == 0
@@ -398,7 +398,7 @@ def remove(settings: Settings, store: Store, name: str, emit: Emit, *,
     if known:
         emit(f"-----> Removing {name} from the manager's node list")
         mgr("node", "rm", "--force", record.docker_id)
-    store.forget_node(name)
+    store.remove_node(name)
     _follow_databases(settings, store, mgr, emit, f"opus nodes:remove {name}")
     emit(f"       {name} removed; its host key stays pinned (nodes:add {record.address} "
          "adds it again)")

@@ -21,9 +21,9 @@ from opus_paas.errors import Conflict
 from opus_paas.front import sites as front_sites
 from opus_paas.front.tls import DASHBOARD_SITE, covers
 from opus_paas.output import Emit
-from opus_paas.run.supervisor import Supervisor
 from opus_paas.settings import Settings
 from opus_paas.store import Store, TlsSite
+from opus_paas.supervisor import Supervisor
 from opus_paas.tls import acme, pem
 
 DAY = 86400.0
@@ -123,7 +123,7 @@ def reload_front(settings: Settings, store: Store) -> None:
 def install(settings: Settings, store: Store, site: str, pair: pem.Pair, source: str) -> None:
     """Hand the pair to secureops, record it, and make it live."""
     privileged.install_cert(settings, site, pair.chain, pair.key)
-    store.update_tls_site(site, source=source, domains=list(pair.facts.names),
+    store.set_tls_site(site, source=source, domains=list(pair.facts.names),
                           not_before=pair.facts.not_before, not_after=pair.facts.not_after,
                           serial=pair.facts.serial, issuer=pair.facts.issuer,
                           installed_at=time.time(), failures=0, last_error=None,
@@ -151,7 +151,7 @@ def issue(settings: Settings, store: Store, site: str, emit: Emit,
             failures = state.failures + 1
             at = time.time() if now is None else now
             reason = str(exc) or type(exc).__name__
-            store.update_tls_site(site, failures=failures, last_error=reason[:1000],
+            store.set_tls_site(site, failures=failures, last_error=reason[:1000],
                                   failed_at=at, retry_at=at + retry_delay(failures))
             emit(f"The order failed: {reason}")
             return False
@@ -171,7 +171,7 @@ def add_operator_cert(settings: Settings, store: Store, site: str, chain_pem: st
                        f"{site}'s domains ({', '.join(names)}); add the domain first with "
                        f"`opus domains:add {site} DOMAIN`")
     with _site_lock(settings, site):
-        store.update_tls_site(site, auto=False)
+        store.set_tls_site(site, auto=False)
         install(settings, store, site, pair, "operator")
     return pair
 
@@ -179,7 +179,7 @@ def add_operator_cert(settings: Settings, store: Store, site: str, chain_pem: st
 def remove(settings: Settings, store: Store, site: str) -> None:
     """Remove the site's certificate (back to http) and stop ordering one."""
     with _site_lock(settings, site):
-        store.update_tls_site(site, auto=False, source=None, domains=[], not_before=None,
+        store.set_tls_site(site, auto=False, source=None, domains=[], not_before=None,
                               not_after=None, serial=None, issuer=None, installed_at=None,
                               failures=0, last_error=None, failed_at=None, retry_at=None)
         reload_front(settings, store)
@@ -188,11 +188,11 @@ def remove(settings: Settings, store: Store, site: str) -> None:
 
 def set_auto(settings: Settings, store: Store, site: str, on: bool) -> None:
     """Turn ordering on (the next try at once) or off (the certificate stays)."""
-    store.update_tls_site(site, auto=on, failures=0, retry_at=None)
+    store.set_tls_site(site, auto=on, failures=0, retry_at=None)
 
 
 def set_redirect(settings: Settings, store: Store, site: str, on: bool) -> None:
-    store.update_tls_site(site, redirect=on)
+    store.set_tls_site(site, redirect=on)
     reload_front(settings, store)
 
 
@@ -205,7 +205,7 @@ def run_due(settings: Settings, store: Store, now: float | None = None,
     if not settings.acme_enabled:
         return []
     at = time.time() if now is None else now
-    states = store.tls_sites()
+    states = store.list_tls_sites()
     done = []
     for site in sites(store):
         state = states.get(site, TlsSite(site))

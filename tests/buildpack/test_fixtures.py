@@ -3,7 +3,8 @@ the real bin/detect, bin/compile and bin/release; each asserts what the user see
 the build leaves behind.
 
 Lock files were made by the real tools (uv lock, poetry lock, pipenv lock); Django
-projects by django-admin startproject.
+projects by django-admin startproject, their settings cut to what the buildpack's Django
+steps need.
 """
 
 from __future__ import annotations

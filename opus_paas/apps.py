@@ -1,6 +1,9 @@
-"""Apps as a whole: create, describe, destroy. Shared by the CLI, SSH and the dashboard.
+"""Apps as a whole: create (by command or first push), describe, rename, destroy.
 
-Each change takes the app's deploy lock, so it never interleaves with a push.
+The core operations the CLI, SSH (commands and git) and the dashboard all call: each
+takes the actor and decides, through access.py, whether they may; callers only parse
+and print. Each change takes the app's deploy lock, so it never interleaves with a push.
+The record, directories and user underneath are run/appdirs.py's.
 """
 
 from __future__ import annotations
@@ -8,25 +11,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import time
 from typing import Any
 
 from dulwich.repo import Repo
 
-from opus_paas import access, locks, names, privileged
+from opus_paas import access, locks, names, repos
 from opus_paas.access import Actor
 from opus_paas.data import backups, redis
-from opus_paas.errors import Conflict, OpusError, ServiceError, UsageError
+from opus_paas.errors import Conflict, OpusError, UsageError
 from opus_paas.front import sites
 from opus_paas.git import gitserver
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
-from opus_paas.run import checks, health, previews, programs, push
-from opus_paas.run.supervisor import Supervisor
+from opus_paas.run import appdirs, checks, health, previews, programs, push
 from opus_paas.settings import Settings
-from opus_paas.store import App, Backup, Store
-
-USER_DELETE_WAIT = 10.0   # seconds for an app's last processes to go
+from opus_paas.store import App, Backup, Build, Release, Store, User
+from opus_paas.supervisor import Supervisor
 
 
 def create(settings: Settings, store: Store, actor: Actor, name: str) -> App:
@@ -35,21 +35,48 @@ def create(settings: Settings, store: Store, actor: Actor, name: str) -> App:
     names.check_app_name(name)
     if not access.may_create(settings, actor):
         access.require_admin(actor, "create apps here")
-    owner = actor.user or _first_admin(store)
+    owner = owner_for(store, actor)
     with locks.app_lock(settings, name):
         if store.get_app(name) is not None:
             raise Conflict(f"app {name} already exists; choose another name")
-        app = push.create_app(settings, store, name, owner)
+        app = appdirs.create_app(settings, store, name, owner)
         gitserver.init_repo(settings, name, app.deploy_branch)
     return app
 
 
-def _first_admin(store: Store) -> Any:
+def owner_for(store: Store, actor: Actor) -> User:
+    """Who owns an app `actor` creates: themselves, or for the operator the first admin."""
+    if actor.user is not None:
+        return actor.user
     admins = [u for u in store.list_users() if u.is_admin]
     if not admins:
         raise UsageError("there is no user yet to own the app; add one with "
                          "`opus keys:add USER FILE` first")
     return admins[0]
+
+
+def open_for_push(settings: Settings, store: Store, user: User,
+                  app_name: str) -> tuple[App, bool]:
+    """Under the app's deploy lock: the app, created with its repository on first push,
+    and whether it was created now."""
+    app = access.app_or_creatable(settings, store, Actor(user), app_name)
+    created = app is None
+    if app is None:
+        app = appdirs.create_app(settings, store, app_name, user)
+    gitserver.init_repo(settings, app.name, app.deploy_branch)
+    return app, created
+
+
+def forget_if_unused(settings: Settings, store: Store, app: App) -> None:
+    """A push that created an app but stored nothing and built nothing (a dry run, a
+    refused or broken push) leaves no app behind: names cannot be squatted that way."""
+    repo = repos.existing_repo(settings.repos_dir, app.name)
+    stored = any(p.is_file() for p in (repo / "refs").rglob("*")) or \
+        (repo / "packed-refs").exists()
+    if stored or store.has_builds(app):
+        return
+    appdirs.remove_files(settings, app.name)
+    store.delete_app(app)
 
 
 def info(settings: Settings, store: Store, app: App) -> dict[str, Any]:
@@ -65,6 +92,52 @@ def info(settings: Settings, store: Store, app: App) -> dict[str, Any]:
         "url": f"http://{settings.app_domain(app.name)}:{settings.http_port}/",
         "git_url": f"ssh://git@{settings.ssh_host}:{settings.ssh_port}/{app.name}.git",
     }
+
+
+def visible(store: Store, actor: Actor) -> list[App]:
+    """The apps `actor` may use, by name."""
+    return access.visible_apps(store, actor)
+
+
+def describe(settings: Settings, store: Store, actor: Actor, name: str) -> dict[str, Any]:
+    """`info` of the app `name`, for one who may use it."""
+    return info(settings, store, access.app_for(store, actor, name))
+
+
+def config(store: Store, actor: Actor, name: str) -> tuple[App, dict[str, str]]:
+    """The app and its config vars, for one who may use it."""
+    app = access.app_for(store, actor, name)
+    return app, store.config(app)
+
+
+def releases(store: Store, actor: Actor, name: str) -> tuple[App, list[Release]]:
+    """The app and its releases, newest first, for one who may use it."""
+    app = access.app_for(store, actor, name)
+    return app, store.list_releases(app)
+
+
+def builds(store: Store, actor: Actor, name: str) -> tuple[App, list[Build]]:
+    """The app and its builds, newest first, for one who may use it."""
+    app = access.app_for(store, actor, name)
+    return app, store.list_builds(app)
+
+
+def people(store: Store, actor: Actor, name: str) -> tuple[App, list[str]]:
+    """The app and its collaborators (its owner is `app.owner`), for one who may use it."""
+    app = access.app_for(store, actor, name)
+    return app, store.collaborators(app)
+
+
+def domains(settings: Settings, store: Store, actor: Actor, name: str) -> list[str]:
+    """Every name the app is served on, for one who may use it."""
+    return sites.app_domains(settings, store, access.app_for(store, actor, name))
+
+
+def set_deploy_branch(settings: Settings, store: Store, actor: Actor, name: str,
+                      branch: str) -> App:
+    """Make `branch` the one whose pushes deploy the app (its owner or an admin)."""
+    access.app_for(store, actor, name, manage=True)
+    return gitserver.set_deploy_branch(settings, store, name, branch)
 
 
 def health_check(settings: Settings, store: Store, actor: Actor, name: str) -> checks.Check:
@@ -104,31 +177,10 @@ def destroy(settings: Settings, store: Store, actor: Actor, name: str,
             programs.set_programs(settings, supervisor, app.name, [])
         kept = backups.keep_on_destroy(settings, store, app)   # with nothing running
         # The files go before the record: a name is never reused onto old code or data.
-        remove_files(settings, app.name)
+        appdirs.remove_files(settings, app.name)
         store.delete_app(app)
         sites.refresh_front(settings, store, supervisor)
     return kept
-
-
-def remove_files(settings: Settings, app: str) -> None:
-    """Everything of an app's but its record: its directory, logs and supervisor
-    programs (through secureops: its user owns much of it), its repository and build
-    logs, and last its user (once nothing of the app is left)."""
-    privileged.remove_app(settings, app)
-    paths = AppPaths.of(settings, app)
-    for path in (paths.repo, paths.build_logs):
-        if path.exists():
-            shutil.rmtree(path)
-    # Its processes were just stopped; the last of them may take a moment to go.
-    deadline = time.monotonic() + USER_DELETE_WAIT
-    while True:
-        try:
-            privileged.delete_app_user(settings, app)
-            return
-        except ServiceError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
