@@ -260,13 +260,19 @@ class Supervisor:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether `pid` still runs. A zombie has exited: supervisord daemonizes, so its
+    parent is init, which may reap it seconds later (a container's init does)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True     # no /proc to ask: kill(0) said it is there
+    return state != "Z"
 
 
 def _write_atomic(path: Path, text: str) -> None:
