@@ -177,6 +177,9 @@ class Supervisor:
         pid = int(pid_file.read_text()) if pid_file.exists() else None
         try:
             with self._proxy() as proxy:
+                # Every program told to stop at once: supervisord's own shutdown stops
+                # them one at a time, each app's instances and workers after the last.
+                proxy.stopAllProcesses(False)
                 proxy.shutdown()
         except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
             return
