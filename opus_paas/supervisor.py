@@ -177,6 +177,9 @@ class Supervisor:
         pid = int(pid_file.read_text()) if pid_file.exists() else None
         try:
             with self._proxy() as proxy:
+                # Every program told to stop at once: supervisord's own shutdown stops
+                # them one at a time, each app's instances and workers after the last.
+                proxy.stopAllProcesses(False)
                 proxy.shutdown()
         except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
             return
@@ -260,13 +263,19 @@ class Supervisor:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether `pid` still runs. A zombie has exited: supervisord daemonizes, so its
+    parent is init, which may reap it seconds later (a container's init does)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True     # no /proc to ask: kill(0) said it is there
+    return state != "Z"
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -3,6 +3,7 @@ command starts outlives the command, the guard, or the guard's parent."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -48,6 +49,25 @@ def test_a_daemon_the_command_left_is_ended_when_the_command_ends() -> None:
                           timeout=30, check=False)
     assert done.returncode == 3                      # the command's own status
     assert not sleepers(tag), "the daemon outlived its command"
+
+
+def test_stamp_ends_what_holds_its_output_once_the_command_dies(tmp_path: Path) -> None:
+    """An Apache master killed with SIGKILL leaves its children holding the instance's
+    output: stamp records the death and ends them at once, instead of relaying until
+    they go (it would then neither restart the instance nor stop when told to)."""
+    tag = f"guard-test-{os.getpid()}-s"
+    state = tmp_path / "state.json"
+    command = ["/bin/bash", "-c", f"(exec -a {tag} sleep 300) & sleep 0.3; echo last; kill -9 $$"]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-I", str(RUNTIME / "opus_runtime" / "stamp.py"),
+                           "--state", str(state), *command],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert time.monotonic() - started < 10, "stamp waited for the orphan"
+    assert done.returncode == 128 + signal.SIGKILL, done.stdout + done.stderr
+    assert re.search(r"Z last\n", done.stdout), done.stdout      # its output, stamped
+    assert "exited with status -9" in done.stdout, done.stdout
+    assert json.loads(state.read_text())["state"] == "crashed"
+    assert not sleepers(tag), "what the command left outlived it"
 
 
 def test_everything_dies_with_the_guards_parent(tmp_path: Path) -> None:

@@ -458,22 +458,25 @@ def belongings(system_opus: SystemOpus, app: str) -> list[tuple[str, str]]:
                   # Opus's alone (its socket's directory is for every app to connect).
                   home / "backups", home / "postgres" / "data",
                   home / "postgres" / "admin.password"]
+    # (Strings, not Paths: /tmp holds tens of thousands of files, and Path.parents for
+    # each of them took seconds.)
+    exact = {str(place) for place in own_places}
+    below = tuple(f"{place}/" for place in own_places)
     found: list[tuple[str, str]] = []
     for root in (home, Path("/etc/opus"), Path("/var/log/opus"), Path("/tmp")):
         for directory, subdirs, files in os.walk(root):
             for name in [*subdirs, *files]:
-                path = Path(directory) / name
+                path = os.path.join(directory, name)
                 try:
-                    info = path.lstat()
+                    info = os.lstat(path)
                 except OSError:
                     continue
                 if stat.S_ISLNK(info.st_mode):
                     continue
                 if root == Path("/tmp") and info.st_mtime < system_opus.installed_at:
                     continue   # an earlier install's: uids are given out again after --purge
-                if info.st_uid == uid or any(path == place or place in path.parents
-                                             for place in own_places):
-                    found.append((str(path), "list" if stat.S_ISDIR(info.st_mode) else "read"))
+                if info.st_uid == uid or path in exact or path.startswith(below):
+                    found.append((path, "list" if stat.S_ISDIR(info.st_mode) else "read"))
     for pid in _pids_of(f"opus-{app}"):
         found += [(f"/proc/{pid}", "signal"), (f"/proc/{pid}/environ", "read"),
                   (f"/proc/{pid}/fd", "list"), (f"/proc/{pid}/cwd", "list")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -110,14 +111,30 @@ def main() -> None:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop, wake = threading.Event(), threading.Event()
-
-    def stopping(_signum: int, _frame: object) -> None:
-        stop.set()
-        wake.set()
-
-    signal.signal(signal.SIGTERM, stopping)
-    signal.signal(signal.SIGUSR1, lambda _signum, _frame: wake.set())
+    pass_on_signals(stop, wake)
     serve(settings_module.load(), stop, wake=wake)
+
+
+def pass_on_signals(stop: threading.Event, wake: threading.Event) -> None:
+    """SIGTERM sets `stop` and `wake`, SIGUSR1 `wake`, from a thread of their own. A
+    handler may not set them itself: it runs in the main thread, which may hold the very
+    lock Event.set takes (inside wake.wait), and would wait for itself until supervisord's
+    SIGKILL. The handlers do nothing; Python writes each signal's number to a pipe."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, lambda _signum, _frame: None)
+    signal.set_wakeup_fd(write_end)
+
+    def relay() -> None:
+        while True:
+            for signum in os.read(read_end, 64):
+                if signum == signal.SIGTERM:
+                    stop.set()
+                if signum in (signal.SIGTERM, signal.SIGUSR1):
+                    wake.set()
+
+    threading.Thread(target=relay, name="signals", daemon=True).start()
 
 
 if __name__ == "__main__":

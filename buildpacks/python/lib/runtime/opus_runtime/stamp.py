@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, BinaryIO
@@ -29,6 +30,7 @@ from opus_runtime import guard
 
 STABLE_SECONDS = 30.0
 MAX_DELAY = 60.0
+RELAY_GRACE = 5.0      # for the last lines once the command and its tree are gone
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH)
 
@@ -42,6 +44,20 @@ def relay(lines: Iterable[bytes], out: BinaryIO) -> None:
     for line in lines:
         out.write(stamp() + line.rstrip(b"\r\n") + b"\n")
         out.flush()
+
+
+def relay_while_running(child: subprocess.Popen[bytes], out: BinaryIO) -> int:
+    """Relay the child's output until it exits, end what it left, then relay the rest;
+    its exit status. The output is not waited out first: what the child started holds it
+    open (an Apache master's children outlive a master killed with SIGKILL, serving on),
+    and this wrapper would neither start the command again nor stop when told to."""
+    assert child.stdout is not None
+    relaying = threading.Thread(target=relay, args=(child.stdout, out), daemon=True)
+    relaying.start()
+    code = child.wait()
+    guard.end_descendants()
+    relaying.join(RELAY_GRACE)      # (what is not ours, if anything, still holds it)
+    return code
 
 
 def delay_for(crashes: int) -> float:
@@ -101,10 +117,7 @@ def run(argv: list[str], state_file: str | None = None) -> int:
                              preexec_fn=guard.prepare_child)
     if state_file:
         write_state(state_file, state="running", pid=child.pid, crashes=crashes)
-    assert child.stdout is not None
-    relay(child.stdout, sys.stdout.buffer)
-    code = child.wait()
-    guard.end_descendants()
+    code = relay_while_running(child, sys.stdout.buffer)
     if state_file and not stopping:
         record_crash(state_file, "", code, time.monotonic() - started, crashes)
     return code if code >= 0 else 128 - code
