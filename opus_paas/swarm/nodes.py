@@ -99,13 +99,12 @@ class Task:
 
 
 def swarm_nodes(mgr: Manager) -> list[NodeState]:
-    """Every node of the swarm as the manager sees it."""
-    ids = mgr("node", "ls", "-q").split()
-    if not ids:
+    """Every node of the swarm as the manager sees it, with its running tasks counted."""
+    found = swarm_nodes_raw(mgr)
+    if not found:
         return []
-    found = [_node_state(raw) for raw in json.loads(mgr("node", "inspect", *ids))]
     counts: dict[str, int] = {}
-    for task in _running_tasks(mgr, ids, found):
+    for task in _running_tasks(mgr, [n.id for n in found], found):
         counts[task.node] = counts.get(task.node, 0) + 1
     return sorted((dataclasses.replace(n, tasks=counts.get(n.name, 0)) for n in found),
                   key=lambda n: (not n.manager, n.name))
@@ -166,6 +165,7 @@ def tasks_by_node(mgr: Manager, services: Sequence[str] | None = None) -> dict[s
 
 
 def swarm_nodes_raw(mgr: Manager) -> list[NodeState]:
+    """Every node of the swarm as the manager sees it (tasks not counted)."""
     ids = mgr("node", "ls", "-q").split()
     return [_node_state(raw) for raw in json.loads(mgr("node", "inspect", *ids))] if ids else []
 
