@@ -1,0 +1,478 @@
+"""A release of a swarm app goes live on the nodes, blue/green (docs/scale-out.md, Deploy).
+
+1. Its config vars become a Docker secret of the release's own; each process type a
+   service (`<app>-<type>-v<N>`, services.py) on a fresh port block: the blocks of every
+   release whose services exist are taken, so the live and the new one never meet.
+2. Opus waits until every web slot has a running task on a Ready node that answers the
+   app's check at `node:port` (probed from the Opus host), and every other type runs.
+3. The new members go into the front's config, disabled (one render, a graceful reload);
+   the balancer-manager enables them and disables the old ones; the release is recorded
+   live. What is left (`Switched.finish`): the old members drain, the old services and
+   secret go. The old release's record stays, with its image digest: a rollback
+   deploys that digest again (`rollback`).
+
+A deploy that fails before the switch (a task never healthy, the timeout, Docker
+refusing the spec) removes what it made and the live release keeps serving.
+Swarm's own rolling update is not used (it dropped requests: docs/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from opus_paas import locks, output
+from opus_paas.errors import BuildFailed, OpusError, ServiceError, UsageError
+from opus_paas.front import balancer, httpd, sites
+from opus_paas.output import Emit
+from opus_paas.run import checks
+from opus_paas.settings import Settings
+from opus_paas.store import App, Store, SwarmMember, SwarmRelease
+from opus_paas.swarm import follow, nodes, pinning, services
+
+log = logging.getLogger("opus.swarm.deploy")
+
+DRAIN_TIMEOUT = 30.0
+FAILED_STATES = ("failed", "rejected", "orphaned")
+MAX_TASK_FAILURES = 3        # per slot, before the deploy gives up on it
+POLL = 0.3
+
+
+# ---- the front ------------------------------------------------------------------------
+
+class ApacheFront:
+    """The front as a swarm deploy and opus-swarm-follow drive it: the store holds the
+    members; `render` puts them in the front's config (a graceful reload when it
+    changed); the balancer-manager switches members on and off without a reload."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        from opus_paas.supervisor import Supervisor
+        self.settings, self.store = settings, store
+        self.supervisor = Supervisor(settings)
+
+    def manager(self, app: App) -> balancer.BalancerManager:
+        return balancer.BalancerManager(httpd.manager_ports(self.settings)[0],
+                                        self.settings.app_domain(app.name), app.name,
+                                        httpd.manager_token(self.settings),
+                                        tls=httpd.tls_vhost(self.settings, app.name))
+
+    def render(self, pending: App | None = None) -> None:
+        """The front's config from the store (`pending` in place of its app's row),
+        reloaded gracefully if it changed."""
+        sites.refresh_front(self.settings, self.store, self.supervisor, pending=pending)
+
+    def write(self) -> None:
+        """The front's config written to match the store, without a reload (the
+        balancer-manager has made the running front match already)."""
+        with locks.host_lock(self.settings):
+            httpd.write(self.settings, sites.live_sites(self.settings, self.store,
+                                                        self.store.list_apps()))
+
+    def wait_members(self, app: App, members: Sequence[SwarmMember],
+                     timeout: float = 15.0) -> None:
+        """Until the running front's balancer has these members (after a reload)."""
+        wanted = {member_url(m) for m in members}
+        deadline = time.monotonic() + timeout
+        manager = self.manager(app)
+        while True:
+            with contextlib.suppress(ServiceError):
+                if wanted <= set(manager.members()[1]):
+                    return
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the front's balancer for {app.name} still lacks "
+                                   f"{len(wanted)} new members after {timeout:.0f} s; see the "
+                                   "front's error log")
+            time.sleep(0.2)
+
+    def set_enabled(self, app: App, members: Sequence[SwarmMember], enabled: bool) -> None:
+        manager = self.manager(app)
+        for member in members:
+            manager.set_enabled(member_url(member), enabled)  # type: ignore[arg-type]
+
+    def drain(self, app: App, members: Sequence[SwarmMember], timeout: float) -> bool:
+        manager = self.manager(app)
+        deadline = time.monotonic() + timeout
+        drained = True
+        for member in members:
+            try:
+                drained &= manager.wait_drained(member_url(member),  # type: ignore[arg-type]
+                                                max(0.0, deadline - time.monotonic()))
+            except ServiceError:
+                drained = False
+        return drained
+
+    def apply(self, change: follow.Change) -> None:
+        """What opus-swarm-follow found: members off at once, then the new set."""
+        app = change.app
+        if change.disable:
+            with contextlib.suppress(ServiceError):
+                self.set_enabled(app, change.disable, False)
+        by_type: dict[tuple[int, str], list[SwarmMember]] = {}
+        for member in change.members:
+            by_type.setdefault((member.version, member.ptype), []).append(member)
+        version = app.live_version or 0
+        self.store.set_swarm_members(app, version, "web", by_type.get((version, "web"), []))
+        log.info("%s: %d members (%d on, %d off)%s", app.name, len(change.members),
+                 len(change.enable), len(change.disable),
+                 "; rendering the front" if change.render else "")
+        if change.render:
+            self.render()
+            return
+        if change.enable:
+            self.set_enabled(app, change.enable, True)
+        self.write()
+
+
+def member_url(member: SwarmMember) -> str:
+    return f"http://{member.host}:{member.port}"
+
+
+# ---- Docker ---------------------------------------------------------------------------
+
+def _docker_input(mgr: nodes.Manager, args: Sequence[str], data: bytes) -> None:
+    """A docker command that reads `data` on stdin (a secret's content: never argv)."""
+    try:
+        result = subprocess.run([nodes.DOCKER, "-H", mgr.host, *args], input=data,
+                                capture_output=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        raise ServiceError(f"the swarm manager did not answer `docker {args[0]}` within "
+                           "60 s") from None
+    if result.returncode != 0:
+        raise ServiceError(f"the swarm manager: docker {' '.join(args[:2])} failed: "
+                           f"{result.stderr.decode(errors='replace').strip()[-400:]}")
+
+
+def create_secret(mgr: nodes.Manager, app: str, name: str, config: Mapping[str, str]) -> None:
+    """The release's config vars as a secret (a JSON object), made anew if one is left
+    over from a deploy cut short."""
+    if mgr.run("secret", "inspect", name).returncode == 0:
+        mgr("secret", "rm", name)
+    _docker_input(mgr, ["secret", "create", "--label", f"{services.LABEL_APP}={app}", name,
+                        "-"], json.dumps(dict(config), sort_keys=True).encode())
+
+
+def remove_services(mgr: nodes.Manager, names: Sequence[str], secret: str | None) -> None:
+    """Removes services and their secret; gone already is fine."""
+    present = [n for n in names if mgr.run("service", "inspect", n).returncode == 0]
+    if present:
+        mgr("service", "rm", *present)
+    if secret is not None:
+        # A secret is in use until the services' tasks are gone: a few tries.
+        for _ in range(50):
+            result = mgr.run("secret", "rm", secret)
+            if result.returncode == 0 or "No such secret" in result.stderr or \
+                    "not found" in result.stderr:
+                return
+            time.sleep(0.2)
+        log.warning("secret %s is still in use; remove it later (docker secret rm)", secret)
+
+
+# ---- readiness ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Readiness:
+    """Where a new web service stands (pure: from its tasks, the nodes, the probes)."""
+
+    members: list[SwarmMember]       # a healthy task for every slot, or fewer
+    waiting: list[str]               # what the slots still wait for, in words
+    failed: str | None               # why the deploy must give up, if it must
+
+
+def readiness(app: str, version: int, replicas: int, port_base: int,
+              tasks: Sequence[follow.TaskInfo], node_states: Mapping[str, nodes.NodeState],
+              probes: Mapping[tuple[str, int], bool]) -> Readiness:
+    members = follow.decide(app, version, "web", port_base, tasks, node_states, probes, [])
+    healthy = {m.slot for m in members if m.enabled}
+    service = services.service_name(app, "web", version)
+    waiting, failed = [], None
+    for slot in range(1, replicas + 1):
+        if slot in healthy:
+            continue
+        mine = [t for t in tasks if t.service == service and t.slot == slot]
+        errors = [t for t in mine if t.state in FAILED_STATES]
+        if len(errors) >= MAX_TASK_FAILURES and failed is None:
+            failed = (f"slot {slot} failed {len(errors)} times"
+                      f"{': ' + errors[-1].error if errors[-1].error else ''}")
+        live = [t for t in mine if t.desired == "running"]
+        node = node_states.get(live[-1].node_id) if live else None
+        where = f" on {node.name}" if node else ""
+        state = live[-1].state if live else "not scheduled"
+        if state == "running":
+            state = "running, not answering its check yet"
+        waiting.append(f"slot {slot}{where}: {state}")
+    return Readiness([m for m in members if m.enabled and m.slot <= replicas], waiting,
+                     failed)
+
+
+def wait_ready(settings: Settings, mgr: nodes.Manager, app: App, version: int, replicas: int,
+               port_base: int, others: Mapping[str, int], timeout: float,
+               emit: Emit) -> list[SwarmMember]:
+    """Until every web slot answers and every other type runs; its web members."""
+    check = checks.from_json(app.health_check)
+    domain = settings.app_domain(app.name)
+    web = services.service_name(app.name, "web", version)
+    other_names = {services.service_name(app.name, t, version): n for t, n in others.items()}
+    deadline = time.monotonic() + timeout
+    shown = ""
+    while True:
+        node_states = follow.node_map(mgr)
+        tasks = follow.read_tasks(mgr, [web, *other_names])
+        probes = {addr: follow.probe(addr[0], addr[1], check, domain) for addr in
+                  follow.candidates(version, web, port_base, tasks, node_states)}
+        ready = readiness(app.name, version, replicas, port_base, tasks, node_states, probes)
+        running = {name: sum(1 for t in tasks if t.service == name and t.state == "running"
+                             and t.desired == "running") for name in other_names}
+        lagging = [f"{name}: {running[name]}/{count} running"
+                   for name, count in other_names.items() if running[name] < count]
+        if ready.failed:
+            raise BuildFailed(f"v{version} did not start on the swarm ({ready.failed}); the "
+                              "live release keeps serving. See `opus logs "
+                              f"{app.name}` for the tasks' output")
+        if not ready.waiting and not lagging:
+            return ready.members
+        now = "; ".join([*ready.waiting, *lagging])
+        if time.monotonic() > deadline:
+            raise BuildFailed(f"v{version} was not healthy on the swarm within "
+                              f"{timeout:.0f} s ({now}); the live release keeps serving. See "
+                              f"`opus logs {app.name}`, or give the app longer with `opus "
+                              f"checks:set {app.name} timeout=SECONDS`")
+        if now != shown:
+            emit(output.detail(f"Waiting: {now}"))
+            shown = now
+        time.sleep(POLL)
+
+
+# ---- deploy -----------------------------------------------------------------------------
+
+def used_blocks(store: Store) -> set[int]:
+    """The port blocks of every release whose services exist (any app)."""
+    return {r.block for a in store.list_apps() for r in store.swarm_releases(a) if r.services}
+
+
+def pin_node(store: Store, app: App) -> str | None:
+    """The node a pinned app stays on: where it runs now, else the first node added."""
+    for member in store.swarm_members(app):
+        return member.node
+    recorded = sorted(store.list_nodes(), key=lambda n: (n.added_at, n.name))
+    return recorded[0].name if recorded else None
+
+
+@dataclasses.dataclass
+class Switched:
+    """A swarm release that serves; left: drain the old members, remove the old
+    services and secret (Switched.finish)."""
+
+    settings: Settings
+    store: Store
+    front: ApacheFront
+    app: App
+    release: SwarmRelease
+    members: list[SwarmMember]
+    old: SwarmRelease | None
+    old_members: list[SwarmMember]
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def finish(self, emit: Emit) -> None:
+        started = time.monotonic()
+        if self.old is None:
+            return
+        if self.old_members and not self.front.drain(self.app, self.old_members,
+                                                     DRAIN_TIMEOUT):
+            emit(output.detail(f"v{self.old.version} still had requests after "
+                               f"{DRAIN_TIMEOUT:.0f} s; stopping it anyway"))
+        mgr = nodes.manager(self.settings)
+        emit(output.detail(f"Removing v{self.old.version}'s services "
+                           f"({', '.join(self.old.services)}); its image stays for rollback"))
+        remove_services(mgr, self.old.services,
+                        services.secret_name(self.app.name, self.old.version))
+        self.store.remove_swarm_members(self.app, self.old.version)
+        self.store.add_swarm_release(self.app, dataclasses.replace(self.old, services=()))
+        with contextlib.suppress(OpusError):
+            self.front.write()
+        self.timings["finish"] = time.monotonic() - started
+
+
+Record = Callable[[int], None]
+
+
+def deploy(settings: Settings, store: Store, app: App, version: int, image: str,
+           config: Mapping[str, str], emit: Emit, *, record: Record,
+           types: Sequence[str] = ("web",), front: ApacheFront | None = None,
+           pin: str | None = None, args: Sequence[str] = (),
+           health: services.Health | bool | None = True) -> Switched:
+    """Release `version` of `app`, its image `image` (pinned by digest), live on the
+    swarm; `record(port_base)` writes it live, with the front's switch. `types`: the
+    release's process types (web first; `release` is not one). `pin`: the node a
+    pinned app stays on. `args`, `health`: the tasks' command (default: the image's
+    entrypoint) and Docker health check (True: from the app's check). Returns what is
+    left once traffic has switched (Switched.finish)."""
+    started = time.monotonic()
+    mgr = nodes.manager(settings)
+    front = front or ApacheFront(settings, store)
+    timings: dict[str, float] = {}
+    formation = store.formation(app)
+    counts = {"web": max(1, app.web_processes)}
+    for kind in types:
+        if kind not in ("web", "release"):
+            count, stopped = formation.get(kind, (0, False))
+            if count > 0 and not stopped:
+                counts[kind] = count
+    if counts["web"] > services.SLOTS:
+        raise UsageError(f"web runs at most {services.SLOTS} tasks on the swarm")
+    live = store.get_swarm_release(app, app.live_version) if app.live_version else None
+    old_members = [m for m in store.swarm_members(app) if live and m.version == live.version]
+    limits = store.limits(app)
+    check = checks.from_json(app.health_check)
+    probe = services.Health.of(check, settings.app_domain(app.name)) if health is True \
+        else health if isinstance(health, services.Health) else None
+    secret = services.secret_name(app.name, version)
+    constraints = (pinning.placement(pin),) if pin else ()
+    with locks.host_lock(settings):      # another app's deploy picks its block meanwhile
+        block = services.free_block(settings, used_blocks(store))
+        names = tuple(services.service_name(app.name, kind, version) for kind in counts)
+        release = SwarmRelease(app.name, version, image, block, names, time.time())
+        store.add_swarm_release(app, release)
+    port_base = services.block_base(settings, block)
+    specs = [services.ServiceSpec(
+        name=services.service_name(app.name, kind, version), image=image, app=app.name,
+        ptype=kind, version=version, uid=services.task_uid(settings, app), replicas=count,
+        port_base=port_base, secret=secret, limits=limits.get(kind),
+        health=probe if kind == "web" else None, constraints=constraints,
+        args=tuple(args)) for kind, count in counts.items()]
+    argvs = [services.create_argv(spec) for spec in specs]      # checked before any change
+    switched = False
+    new_members: list[SwarmMember] = []
+    try:
+        emit(output.step(f"Starting v{version} on the swarm: "
+                         + ", ".join(f"{k}={n}" for k, n in counts.items())
+                         + f", ports {port_base}-{port_base + services.SLOTS - 1}"))
+        create_secret(mgr, app.name, secret, config)
+        for argv in argvs:
+            mgr(*argv)
+        timings["created"] = time.monotonic() - started
+        members = wait_ready(settings, mgr, app, version, counts["web"], port_base,
+                             {k: n for k, n in counts.items() if k != "web"},
+                             check.timeout or settings.swarm_deploy_timeout, emit)
+        timings["healthy"] = time.monotonic() - started
+        emit(output.detail("Healthy: " + ", ".join(f"{m.node}:{m.port}" for m in members)))
+        pending = dataclasses.replace(app, live_version=version, live_port=port_base)
+        if live is None or not old_members:
+            # Nothing serves the app on the swarm yet: the members go in enabled.
+            new_members = members
+            store.set_swarm_members(app, version, "web", members)
+            with locks.host_lock(settings):
+                sites.refresh_front_held(settings, store, front.supervisor, pending=pending)
+                switched = True
+                record(port_base)
+        else:
+            new_members = [dataclasses.replace(m, enabled=False) for m in members]
+            store.set_swarm_members(app, version, "web", new_members)
+            front.render()                  # new members in, disabled: a graceful reload
+            front.wait_members(app, members)
+            timings["rendered"] = time.monotonic() - started
+            with locks.host_lock(settings):
+                front.set_enabled(app, members, True)
+                switched = True
+                front.set_enabled(app, old_members, False)
+                store.set_swarm_members(app, version, "web", members)
+                store.set_swarm_members(app, live.version, "web",
+                                        [dataclasses.replace(m, enabled=False)
+                                         for m in old_members])
+                record(port_base)
+            with contextlib.suppress(OpusError):
+                front.write()
+            new_members = members
+        emit(output.detail("Switched through the front's balancer"))
+        timings["switched"] = time.monotonic() - started
+    except BaseException:
+        _undo(settings, store, front, app, mgr, release, secret, new_members, old_members,
+              switched)
+        raise
+    return Switched(settings, store, front, store.get_app(app.name) or app, release,
+                    new_members, live, old_members, timings)
+
+
+def _undo(settings: Settings, store: Store, front: ApacheFront, app: App, mgr: nodes.Manager,
+          release: SwarmRelease, secret: str, new_members: list[SwarmMember],
+          old_members: list[SwarmMember], switched: bool) -> None:
+    """A deploy that stopped half way: the old members serve again, the new release's
+    services, secret and records go."""
+    with contextlib.suppress(OpusError):
+        if switched and old_members:
+            front.set_enabled(app, old_members, True)
+        if new_members:
+            front.set_enabled(app, new_members, False)
+    if old_members:
+        with contextlib.suppress(Exception):
+            store.set_swarm_members(app, old_members[0].version, "web", old_members)
+    store.remove_swarm_members(app, release.version)
+    store.remove_swarm_release(app, release.version)
+    with contextlib.suppress(Exception):
+        remove_services(mgr, release.services, secret)
+    if new_members:
+        with contextlib.suppress(Exception):
+            front.render()
+
+
+# ---- rollback and scale -------------------------------------------------------------
+
+def rollback_image(store: Store, app: App, version: int) -> str:
+    """The kept image digest of release `version` (a rollback deploys it again)."""
+    kept = store.get_swarm_release(app, version)
+    if kept is None:
+        known = ", ".join(f"v{r.version}" for r in store.swarm_releases(app)) or "none"
+        raise UsageError(f"{app.name} has no swarm release v{version} (kept: {known})")
+    return kept.image
+
+
+def scale(settings: Settings, store: Store, app: App, counts: Mapping[str, int], emit: Emit,
+          *, front: ApacheFront | None = None, timeout: float | None = None) -> None:
+    """`ps:scale` on the swarm: `docker service scale` of the live release's services;
+    web's new slots join the front once they answer, removed slots drain first."""
+    mgr = nodes.manager(settings)
+    front = front or ApacheFront(settings, store)
+    live = store.get_swarm_release(app, app.live_version) if app.live_version else None
+    if live is None or not live.services:
+        raise UsageError(f"{app.name} has no release on the swarm yet; push to deploy one")
+    for kind, count in counts.items():
+        if not 0 <= count <= services.SLOTS or (kind == "web" and count < 1):
+            raise UsageError(f"{kind} takes {int(kind == 'web')} to {services.SLOTS} tasks on "
+                             "the swarm")
+        if services.service_name(app.name, kind, live.version) not in live.services:
+            raise UsageError(f"v{live.version} has no {kind} service; it runs from the next "
+                             "deploy")
+    base = services.block_base(settings, live.block)
+    members = [m for m in store.swarm_members(app) if m.version == live.version]
+    web = counts.get("web")
+    if web is not None:
+        going = [m for m in members if m.slot > web]
+        if going:
+            front.set_enabled(app, going, False)
+            front.drain(app, going, DRAIN_TIMEOUT)
+    mgr("service", "scale", "--detach",
+        *[f"{services.service_name(app.name, k, live.version)}={n}" for k, n in counts.items()])
+    emit(output.step("Scaling on the swarm: " + ", ".join(f"{k}={n}" for k, n in counts.items())))
+    if web is None:
+        return
+    kept = [m for m in members if m.slot <= web]
+    ready = wait_ready(settings, mgr, app, live.version, web, base, {},
+                       timeout or settings.swarm_deploy_timeout, emit)
+    known = {m.slot: m for m in kept}
+    final = [known.get(m.slot, m) if known.get(m.slot, m).host == m.host else m
+             for m in ready]
+    store.set_swarm_members(app, live.version, "web", final)
+    if {(m.host, m.port) for m in final} != {(m.host, m.port) for m in members}:
+        front.render()
+    emit(output.detail("Serving from " + ", ".join(f"{m.node}:{m.port}" for m in final)))
+
+
+def release_info(store: Store, app: App) -> dict[str, Any]:
+    """The app's swarm releases and members, for `opus releases` and tests."""
+    return {"releases": [dataclasses.asdict(r) for r in store.swarm_releases(app)],
+            "members": [dataclasses.asdict(m) for m in store.swarm_members(app)]}
