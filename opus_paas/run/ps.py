@@ -22,9 +22,11 @@ from opus_paas.errors import NotFound, UsageError
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.run import deploy, health, programs, recovery
+from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Supervisor
+from opus_paas.swarm import deploy as swarm_deploy
 
 MAX_WEB_PROCESSES = 16
 MAX_TYPE_PROCESSES = 16
@@ -97,6 +99,13 @@ def _run_live(settings: Settings, store: Store, app: App, emit: Emit,
               running: App | None = None) -> None:
     """A new instance of the live release (no new release), switched like a deploy."""
     version = app.live_version or 0
+    if store.scheduler(app) == "swarm":      # on the swarm: a release of the live build
+        live = store.get_release(app, version)
+        if live is not None:
+            restart_module.release_build(settings, store, app, slug_version=live.slug_version,
+                                         sha=live.sha, config=live.config,
+                                         description="Restart", emit=emit)
+            return
     deploy.deploy(settings, store, Supervisor(settings), app, version, emit,
                   slug_version=app.live_slug, running=running,
                   record=lambda port: store.set_live(app, version, port, app.live_slug),
@@ -205,6 +214,10 @@ def scale(settings: Settings, store: Store, actor: Actor, name: str, counts: dic
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
         app = recovery.settle(settings, store, app, emit)
+        if store.scheduler(app) == "swarm" and app.live_version is not None \
+                and not app.stopped:         # services on the swarm (swarm/deploy.py)
+            swarm_deploy.scale_app(settings, store, app, counts, emit)
+            return access.fresh(store, app)
         web = counts.get("web")
         others = {k: v for k, v in counts.items() if k != "web"}
         if others:

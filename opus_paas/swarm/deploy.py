@@ -281,6 +281,8 @@ class Switched:
     def finish(self, emit: Emit) -> None:
         started = time.monotonic()
         if self.old is None:
+            # The app served from this host before (or not at all): its programs here go.
+            stop_local(self.settings, self.store, self.app)
             return
         if self.old_members and not self.front.drain(self.app, self.old_members,
                                                      DRAIN_TIMEOUT):
@@ -476,3 +478,102 @@ def release_info(store: Store, app: App) -> dict[str, Any]:
     """The app's swarm releases and members, for `opus releases` and tests."""
     return {"releases": [dataclasses.asdict(r) for r in store.swarm_releases(app)],
             "members": [dataclasses.asdict(m) for m in store.swarm_members(app)]}
+
+
+# ---- the hooks: a push, a release of a kept build, ps:restart -----------------------------
+
+def image_for(settings: Settings, store: Store, app: App, version: int, slug_version: int,
+              emit: Emit) -> str:
+    """The image of release `version`: the kept digest of the build it reuses (a
+    rollback, a config change), or its slug published now (a push)."""
+    if slug_version != version:
+        kept = store.get_swarm_release(app, slug_version)
+        if kept is not None:
+            emit(output.detail(f"Image of v{slug_version}: {kept.image}"))
+            return kept.image
+    from opus_paas.swarm import images
+    started = time.monotonic()
+    emit(output.step(f"Publishing v{version}'s image"))
+    image = images.publish(settings, app, slug_version, emit)
+    emit(output.detail(f"{image} ({time.monotonic() - started:.1f} s)"))
+    return image
+
+
+def node_config(settings: Settings, store: Store, app: App,
+                config: Mapping[str, str]) -> dict[str, str]:
+    """The config vars the tasks get: the release's, with DATABASE_URL as nodes reach the
+    app's database on Opus's Postgres (TLS, data/nodes.py) when it has one there."""
+    found = dict(config)
+    if store.app_database(app) is not None:
+        from opus_paas.data import nodes as data_nodes
+        with contextlib.suppress(OpusError):
+            found["DATABASE_URL"] = data_nodes.database_url_for_nodes(settings, store, app)
+    return found
+
+
+def release_live(settings: Settings, store: Store, app: App, version: int, emit: Emit, *,
+                 slug_version: int, config: Mapping[str, str], record: Record) -> Switched:
+    """A release of a swarm app goes live (from a push, a rollback, a config or domain
+    change, ps:restart): its image, then `deploy`. A pinned app (SQLite, data/) stays on
+    one node, and the output says why."""
+    from opus_paas.build import release as build_release
+    from opus_paas.layout import AppPaths
+    slug = AppPaths.of(settings, app.name).slug(slug_version)
+    info = build_release.read_build_info(slug) or {}
+    types = ["web", *sorted(k for k in build_release.process_types(info)
+                            if k not in ("web", "release"))]
+    data = AppPaths.of(settings, app.name).data
+    entries = sorted(p.name for p in data.iterdir()) if data.is_dir() else []
+    procfile = {k: str(v) for k, v in build_release.process_types(info).items()}
+    pin = None
+    why = pinning.reason(config, pinning.ReleaseFacts.of(info, procfile, entries))
+    if why is not None:
+        pin = pin_node(store, app)
+        if pin is None:
+            raise UsageError(f"{app.name} must stay on one node ({why.what}), and the swarm "
+                             "has none: add one with `opus nodes:add HOST`")
+        emit(output.alert(pinning.message(app.name, why, pin)))
+    image = image_for(settings, store, app, version, slug_version, emit)
+    return deploy(settings, store, app, version, image, node_config(settings, store, app, config),
+                  emit, record=record, types=types, pin=pin)
+
+
+def stop_local(settings: Settings, store: Store, app: App) -> None:
+    """The app's supervisor programs on this host stop (it has moved to the swarm)."""
+    from opus_paas.run import programs
+    from opus_paas.supervisor import Supervisor
+    supervisor = Supervisor(settings)
+    if supervisor.is_running():
+        programs.set_programs(settings, supervisor, app.name, [])
+
+
+def retire(settings: Settings, store: Store, app: App, emit: Emit) -> None:
+    """The app's services on the swarm go (it has moved back to this host, or is being
+    destroyed); the records of its releases stay for rollback, without services."""
+    running = [r for r in store.swarm_releases(app) if r.services]
+    if not running or not settings.swarm_manager:
+        return
+    mgr = nodes.manager(settings)
+    for kept in running:
+        emit(output.detail(f"Removing v{kept.version}'s services from the swarm"))
+        remove_services(mgr, kept.services, services.secret_name(app.name, kept.version))
+        store.remove_swarm_members(app, kept.version)
+        store.add_swarm_release(app, dataclasses.replace(kept, services=()))
+
+
+def scale_app(settings: Settings, store: Store, app: App, counts: Mapping[str, int],
+              emit: Emit) -> None:
+    """`ps:scale` of a swarm app: the counts are kept (web's as the app's scale, the
+    others' in its formation) and the live release's services follow; a failure puts
+    the counts back."""
+    before_web, formation = app.web_processes, store.formation(app)
+    others = {k: v for k, v in counts.items() if k != "web"}
+    if "web" in counts:
+        store.set_scale(app, counts["web"])
+    store.set_formation(app, others)
+    try:
+        scale(settings, store, store.get_app(app.name) or app, counts, emit)
+    except BaseException:
+        store.set_scale(app, before_web)
+        store.set_formation(app, {k: formation.get(k, (0, False))[0] for k in others})
+        raise

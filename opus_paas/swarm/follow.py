@@ -37,6 +37,9 @@ log = logging.getLogger("opus.swarm.follow")
 
 TICK = 1.0            # seconds between looks when no event comes
 PROBE_TIMEOUT = 2.0
+# A task Swarm reports starting may already serve (its container runs; Docker's own
+# health check has not passed yet): Opus's probe decides.
+ALIVE = ("starting", "running")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +116,7 @@ def candidates(version: int, service: str, port_base: int, tasks: Sequence[TaskI
     for task in tasks:
         node = node_states.get(task.node_id)
         if task.service == service and task.desired == "running" and \
-                task.state == "running" and node is not None and node.state == "ready" \
+                task.state in ALIVE and node is not None and node.state == "ready" \
                 and 1 <= task.slot <= services.SLOTS:
             found.append((node.address, services.slot_port(port_base, task.slot)))
     return found
@@ -143,7 +146,7 @@ def decide(app: str, version: int, ptype: str, port_base: int, tasks: Sequence[T
         healthy = []
         for task in by_slot.get(slot, []):
             node = node_states.get(task.node_id)
-            if node is not None and node.state == "ready" and task.state == "running" \
+            if node is not None and node.state == "ready" and task.state in ALIVE \
                     and probes.get((node.address, port)) is True:
                 healthy.append(SwarmMember(app, version, ptype, slot, node.name, node.address,
                                            port, True))
