@@ -27,6 +27,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from opus_paas import locks
 from opus_paas.errors import OpusError
 from opus_paas.run import checks
 from opus_paas.settings import Settings
@@ -187,39 +188,55 @@ def diff(app: App, before: Sequence[SwarmMember], after: Sequence[SwarmMember]) 
     return Change(app, list(after), enable, disable, render)
 
 
-def look(settings: Settings, store: Store, mgr: nodes.Manager) -> list[Change]:
-    """One look at every swarm app's live web release; the changes to make."""
-    changes = []
+Apply = Callable[[Change], None]
+
+
+def swarm_apps(store: Store) -> list[App]:
+    """The apps served from the swarm now."""
     schedulers = store.list_schedulers()
-    apps = [a for a in store.list_apps() if schedulers.get(a.id) == "swarm" and
+    return [a for a in store.list_apps() if schedulers.get(a.id) == "swarm" and
             a.live_version is not None and not a.stopped]
+
+
+def look(settings: Settings, store: Store, mgr: nodes.Manager, app: App,
+         node_states: Mapping[str, nodes.NodeState]) -> Change | None:
+    """One look at the app's live web release: the change to make, if any."""
+    release = store.get_swarm_release(app, app.live_version or 0)
+    if release is None or not release.services:
+        return None
+    service = services.service_name(app.name, "web", release.version)
+    if service not in release.services:
+        return None
+    base = services.block_base(settings, release.block)
+    tasks = read_tasks(mgr, [service])
+    check = checks.from_json(app.health_check)
+    domain = settings.app_domain(app.name)
+    probes = {addr: probe(addr[0], addr[1], check, domain)
+              for addr in candidates(release.version, service, base, tasks, node_states)}
+    previous = [m for m in store.swarm_members(app) if m.version == release.version
+                and m.ptype == "web"]
+    members = decide(app.name, release.version, "web", base, tasks, node_states, probes,
+                     previous)
+    return diff(app, previous, members)
+
+
+def look_all(settings: Settings, store: Store, mgr: nodes.Manager, apply: Apply) -> None:
+    """A look at every swarm app, each under its lock (an app being deployed is left to
+    its deploy), applying what changed."""
+    apps = swarm_apps(store)
     if not apps:
-        return []
+        return
     node_states = node_map(mgr)
     for app in apps:
-        release = store.get_swarm_release(app, app.live_version or 0)
-        if release is None or not release.services:
-            continue
-        service = services.service_name(app.name, "web", release.version)
-        if service not in release.services:
-            continue
-        base = services.block_base(settings, release.block)
-        tasks = read_tasks(mgr, [service])
-        check = checks.from_json(app.health_check)
-        domain = settings.app_domain(app.name)
-        probes = {addr: probe(addr[0], addr[1], check, domain)
-                  for addr in candidates(release.version, service, base, tasks, node_states)}
-        previous = [m for m in store.swarm_members(app) if m.version == release.version
-                    and m.ptype == "web"]
-        members = decide(app.name, release.version, "web", base, tasks, node_states, probes,
-                         previous)
-        change = diff(app, previous, members)
-        if change is not None:
-            changes.append(change)
-    return changes
-
-
-Apply = Callable[[Change], None]
+        with locks.app_lock_if_free(settings, app.name) as free:
+            if not free:
+                continue
+            fresh = store.get_app(app.name)
+            if fresh is None or fresh.live_version != app.live_version:
+                continue
+            change = look(settings, store, mgr, fresh, node_states)
+            if change is not None:
+                apply(change)
 
 
 def run(settings: Settings, store: Store, apply: Apply, stop: threading.Event,
@@ -233,8 +250,7 @@ def run(settings: Settings, store: Store, apply: Apply, stop: threading.Event,
     watcher.start()
     while not stop.is_set():
         try:
-            for change in look(settings, store, mgr):
-                apply(change)
+            look_all(settings, store, mgr, apply)
         except OpusError as exc:
             log.warning("swarm follow: %s", exc.message)
         except Exception:   # keep following: one bad look must not end the program
