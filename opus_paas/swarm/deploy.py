@@ -24,6 +24,7 @@ import json
 import logging
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -90,10 +91,30 @@ class ApacheFront:
                                    "front's error log")
             time.sleep(0.2)
 
+    def add_members(self, app: App, members: Sequence[SwarmMember]) -> bool:
+        """New members into the running front's balancers (each vhost's), disabled, with
+        no reload: a graceful reload closes the clients' kept-alive connections, which
+        fails requests under load. False when a balancer has no room left (its `growth`
+        slots are used up until the next reload): then render."""
+        try:
+            for view in self.manager(app)._views():
+                nonce, present = view._members()
+                for member in members:
+                    if member_url(member) not in present:
+                        view._request("POST", urllib.parse.urlencode({
+                            "b": view.balancer, "b_wyes": "1",
+                            "b_nwrkr": member_url(member), "nonce": nonce}))
+                present = view._members()[1]
+                if any(member_url(m) not in present for m in members):
+                    return False
+        except ServiceError:
+            return False
+        return True
+
     def set_enabled(self, app: App, members: Sequence[SwarmMember], enabled: bool) -> None:
         manager = self.manager(app)
         for member in members:
-            manager.set_enabled(member_url(member), enabled)  # type: ignore[arg-type]
+            manager.set_enabled(member_url(member), enabled)
 
     def drain(self, app: App, members: Sequence[SwarmMember], timeout: float) -> bool:
         manager = self.manager(app)
@@ -101,7 +122,7 @@ class ApacheFront:
         drained = True
         for member in members:
             try:
-                drained &= manager.wait_drained(member_url(member),  # type: ignore[arg-type]
+                drained &= manager.wait_drained(member_url(member),
                                                 max(0.0, deadline - time.monotonic()))
             except ServiceError:
                 drained = False
@@ -121,7 +142,7 @@ class ApacheFront:
         log.info("%s: %d members (%d on, %d off)%s", app.name, len(change.members),
                  len(change.enable), len(change.disable),
                  "; rendering the front" if change.render else "")
-        if change.render:
+        if change.render and not self.add_members(app, change.members):
             self.render()
             return
         if change.enable:
@@ -375,8 +396,9 @@ def deploy(settings: Settings, store: Store, app: App, version: int, image: str,
         else:
             new_members = [dataclasses.replace(m, enabled=False) for m in members]
             store.set_swarm_members(app, version, "web", new_members)
-            front.render()                  # new members in, disabled: a graceful reload
-            front.wait_members(app, members)
+            if not front.add_members(app, new_members):   # in, disabled, no reload
+                front.render()             # no room: a graceful reload
+                front.wait_members(app, members)
             timings["rendered"] = time.monotonic() - started
             with locks.host_lock(settings):
                 front.set_enabled(app, members, True)
@@ -419,7 +441,7 @@ def _undo(settings: Settings, store: Store, front: ApacheFront, app: App, mgr: n
         remove_services(mgr, release.services, secret)
     if new_members:
         with contextlib.suppress(Exception):
-            front.render()
+            front.write()
 
 
 # ---- rollback and scale -------------------------------------------------------------
@@ -469,7 +491,12 @@ def scale(settings: Settings, store: Store, app: App, counts: Mapping[str, int],
     final = [known.get(m.slot, m) if known.get(m.slot, m).host == m.host else m
              for m in ready]
     store.set_swarm_members(app, live.version, "web", final)
-    if {(m.host, m.port) for m in final} != {(m.host, m.port) for m in members}:
+    before = {(m.host, m.port) for m in members}
+    new = [m for m in final if (m.host, m.port) not in before]
+    if new and front.add_members(app, new):
+        front.set_enabled(app, new, True)
+        front.write()
+    elif new or len(final) != len(members):
         front.render()
     emit(output.detail("Serving from " + ", ".join(f"{m.node}:{m.port}" for m in final)))
 
