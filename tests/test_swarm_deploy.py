@@ -25,7 +25,14 @@ from opus_paas import settings as settings_module
 from opus_paas.settings import Settings
 from opus_paas.store import Store, SwarmMember
 from opus_paas.swarm import deploy, follow, services
-from tests.conftest import Opus, require_root, require_tool, start_opus, stop_opus
+from tests.conftest import (
+    Opus,
+    make_key,
+    require_root,
+    require_tool,
+    start_opus,
+    stop_opus,
+)
 from tests.swarm_nodes import DOCKER, DOCKERD, Swarm, swarm_nodes
 
 APP = "swarmy"
@@ -146,6 +153,7 @@ def test_releases_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
         following = threading.Thread(target=follow.run, name="follow", args=(
             settings, store, deploy.ApacheFront(settings, store).apply, stop))
         try:
+            opus.cli("keys:add", "admin", str(make_key(tmp_path, "admin").public))
             opus.cli("apps:create", APP)
             app = store.get_app(APP)
             assert app is not None
