@@ -244,40 +244,64 @@ def run(settings: Settings, store: Store, apply: Apply, stop: threading.Event,
     """Look on every event from the manager and at least every `tick` seconds, applying
     each change, until `stop` is set."""
     mgr = nodes.manager(settings)
-    wake = threading.Event()
-    watcher = threading.Thread(target=_events, args=(mgr, wake, stop), daemon=True,
-                               name="docker-events")
-    watcher.start()
-    while not stop.is_set():
-        try:
-            look_all(settings, store, mgr, apply)
-        except OpusError as exc:
-            log.warning("swarm follow: %s", exc.message)
-        except Exception:   # keep following: one bad look must not end the program
-            log.exception("swarm follow: a look failed")
-        wake.wait(tick)
-        wake.clear()
-
-
-def _events(mgr: nodes.Manager, wake: threading.Event, stop: threading.Event) -> None:
-    """Sets `wake` on each node or service event the manager reports."""
-    while not stop.is_set():
-        with contextlib.suppress(OSError):
-            proc = subprocess.Popen(
-                [nodes.DOCKER, "-H", mgr.host, "events", "--filter", "type=node",
-                 "--filter", "type=service", "--format", "{{.Type}} {{.Action}}"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                text=True)
+    events = Events(mgr)
+    events.start()
+    try:
+        while not stop.is_set():
             try:
-                assert proc.stdout is not None
-                for _line in proc.stdout:
-                    wake.set()
-                    if stop.is_set():
-                        break
-            finally:
+                look_all(settings, store, mgr, apply)
+            except OpusError as exc:
+                log.warning("swarm follow: %s", exc.message)
+            except Exception:   # keep following: one bad look must not end the program
+                log.exception("swarm follow: a look failed")
+            events.wake.wait(tick)
+            events.wake.clear()
+    finally:
+        events.stop()
+
+
+class Events:
+    """`docker events` of the manager (node and service changes) in a thread: each one
+    sets `wake`. Started again if it ends; `stop` ends it and its process."""
+
+    def __init__(self, mgr: nodes.Manager) -> None:
+        self.mgr = mgr
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.proc: subprocess.Popen[str] | None = None
+        self.thread = threading.Thread(target=self._follow, daemon=True,
+                                       name="docker-events")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        proc = self.proc
+        if proc is not None:
+            with contextlib.suppress(OSError):
                 proc.kill()
-                proc.wait()
-        stop.wait(1.0)
+        self.thread.join(timeout=10)
+
+    def _follow(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                with subprocess.Popen(
+                        [nodes.DOCKER, "-H", self.mgr.host, "events", "--filter", "type=node",
+                         "--filter", "type=service", "--format", "{{.Type}} {{.Action}}"],
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                        stdin=subprocess.DEVNULL, text=True) as proc:
+                    self.proc = proc
+                    if self.stopping.is_set():
+                        proc.kill()
+                    assert proc.stdout is not None
+                    for _line in proc.stdout:
+                        self.wake.set()
+                    proc.kill()
+            except OSError as exc:
+                log.warning("docker events: %s", exc)
+            self.proc = None
+            self.stopping.wait(1.0)
 
 
 def main() -> None:
