@@ -250,10 +250,8 @@ def _sites(value: Any) -> tuple[Site, ...]:
         raise Denied(f"sites must be a list of at most {MAX_SITES}")
     sites = []
     for item in value:
-        if not isinstance(item, dict):
-            raise Denied("a site must be a JSON object")
-        remote = isinstance(item.get("members"), list) and \
-            any(isinstance(m, dict) for m in item["members"])
+        # With "port": its loopback ports, that one live; without: members by address.
+        remote = isinstance(item, dict) and "port" not in item
         entry = _exactly(item, {"app", "domains", "members"} | (set() if remote else {"port"}),
                          {"tls", "sleeps"}, "a site")
         app = app_name(_text(entry["app"], "a site's app", 64))
