@@ -21,6 +21,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from typing import IO
 
 PREFIX = "opus-ns-"
 IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"
@@ -46,10 +47,13 @@ class Space:
     veth: str                   # the host's end of its veth pair (on the bridge)
     address: str
 
-    def popen(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        """Starts `argv` inside this namespace (`ip netns exec`)."""
-        return subprocess.Popen([IP, "netns", "exec", self.name, *argv],  # type: ignore[call-overload]
-                                **kwargs)
+    def popen(self, argv: Sequence[str], output: int | IO[bytes] = subprocess.DEVNULL
+              ) -> subprocess.Popen[bytes]:
+        """Starts `argv` inside this namespace (`ip netns exec`), no input, its output
+        (and errors) to `output`."""
+        return subprocess.Popen([IP, "netns", "exec", self.name, *argv],
+                                stdin=subprocess.DEVNULL, stdout=output,
+                                stderr=subprocess.STDOUT)
 
     def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([IP, "netns", "exec", self.name, *argv], capture_output=True,

@@ -113,7 +113,7 @@ def test_the_rendered_members_pass_apaches_own_test(tmp_path: Path) -> None:
 ])
 def test_hostile_member_hosts_are_refused(tmp_path: Path, host: object) -> None:
     spec = _spec(tmp_path, [_swarm_site()])
-    with pytest.raises(Denied, match="must be 127.0.0.1 or a private IPv4 address"):
+    with pytest.raises(Denied, match=r"must be 127\.0\.0\.1 or a private IPv4 address"):
         secureops_front.check(_with_members(spec, [
             {"host": "10.0.0.5", "port": 21000, "enabled": True},
             {"host": host, "port": 21000, "enabled": True}]))
@@ -361,8 +361,7 @@ def test_a_real_front_switches_member_sets_and_skips_dead_members(
     servers = {}
     for i, space in enumerate(spaces.spaces, start=1):
         servers[i] = space.popen([sys.executable, "-c", SERVER, space.address, str(port),
-                                  f"m{i}"], stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  f"m{i}"])
     url = {i: f"http://{s.address}:{port}" for i, s in enumerate(spaces.spaces, start=1)}
     blue, green = (1, 2), (3, 4, 5)
 
