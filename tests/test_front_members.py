@@ -73,6 +73,14 @@ def test_members_on_nodes_fail_fast_and_local_ones_stay_as_they_were(tmp_path: P
     # A local site's spec keeps its shape (an installed record stays current).
     spec = _spec(tmp_path, [local])
     assert spec["sites"][0]["port"] == 20003 and spec["sites"][0]["members"] == [20002, 20003]
+    # Its https vhost has the same members, in a balancer of its own.
+    tls_site = {**_spec(tmp_path, [_swarm_site()])["sites"][0],
+                "tls": {"domains": ["a.localhost"], "redirect": True, "serial": "1f"}}
+    text = secureops_front.render(
+        privileged.embedded_layout(_settings(tmp_path)),
+        secureops_front.check({**_spec(tmp_path, []), "sites": [tls_site]}), same_user=True)
+    assert text.count(f'BalancerMember "http://10.0.0.5:21000" {FAST}\n') == 2
+    assert text.count(f'BalancerMember "http://10.0.0.6:21001" {FAST} status=+D\n') == 2
     swarm = _spec(tmp_path, [_swarm_site()])["sites"][0]
     assert "port" not in swarm
     assert swarm["members"][1] == {"host": "10.0.0.6", "port": 21001, "enabled": False}
@@ -127,6 +135,33 @@ def test_loopback_and_private_addresses_are_members(tmp_path: Path, host: str) -
     checked = secureops_front.check(_with_members(
         spec, [{"host": host, "port": 21000, "enabled": True}]))
     assert checked.sites[0].members == (secureops_front.Member(host, 21000, True),)
+
+
+def test_member_hosts_at_the_ranges_edges_and_at_random() -> None:
+    """Accepted exactly when the address is 127.0.0.1 or inside 10/8, 172.16/12 or
+    192.168/16 (the reference below is integer arithmetic, not the checker's code)."""
+    import ipaddress
+    import random
+
+    def expected(value: int) -> bool:
+        return (value == 0x7F000001 or value >> 24 == 10 or value >> 20 == 0xAC1
+                or value >> 16 == 0xC0A8)
+
+    edges = ["9.255.255.255", "10.0.0.0", "10.255.255.255", "11.0.0.0", "172.15.255.255",
+             "172.16.0.0", "172.31.255.255", "172.32.0.0", "192.167.255.255",
+             "192.168.0.0", "192.168.255.255", "192.169.0.0", "127.0.0.0", "127.0.0.1",
+             "127.0.0.2", "126.255.255.255"]
+    rng = random.Random(23)
+    samples = edges + [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(3000)]
+    samples += [f"{rng.choice((10, 172, 192))}.{rng.randrange(256)}.{rng.randrange(256)}."
+                f"{rng.randrange(256)}" for _ in range(3000)]
+    for text in samples:
+        try:
+            secureops_front.member_host(text, "a")
+            accepted = True
+        except Denied:
+            accepted = False
+        assert accepted == expected(int(ipaddress.IPv4Address(text))), text
 
 
 @pytest.mark.parametrize("port", [0, 1, 80, 1023, 65536, 70000, -1, "21000", "21000\n",
