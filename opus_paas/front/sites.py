@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from opus_paas import locks
-from opus_paas.front import httpd
+from opus_paas.front import balancer, httpd
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmMember
 
@@ -70,6 +70,16 @@ def swarm_site(settings: Settings, app: App, custom: list[str],
     order = list(found.values())
     return httpd.Site(app=app.name, domains=(settings.app_domain(app.name), *custom),
                       port=0, nodes=tuple(sorted(kept, key=order.index)))
+
+
+def manager(settings: Settings, app: str) -> balancer.BalancerManager:
+    """The front's balancer-manager for `app`'s vhosts (http, and https when the
+    installed config has it): how a swarm deploy switches its members by URL
+    (`httpd.Member.url`) without a re-render."""
+    return balancer.BalancerManager(httpd.manager_ports(settings)[0],
+                                    settings.app_domain(app), app,
+                                    httpd.manager_token(settings),
+                                    tls=httpd.tls_vhost(settings, app))
 
 
 def live_sites(settings: Settings, store: Store, apps: list[App]) -> list[httpd.Site]:
