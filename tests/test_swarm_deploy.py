@@ -216,6 +216,11 @@ def test_releases_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             assert requests > 100, load.report
             [moved] = [m for m in _serving(store) if m.slot == lost.slot]
             assert moved.host != dead.address
+            # The running front agrees: the dead node's address (its container still
+            # answers) gets no request, the moved task does.
+            running = deploy.ApacheFront(settings, store).manager(app).members()[1]
+            assert not running[deploy.member_url(lost)].enabled
+            assert running[deploy.member_url(moved)].enabled
             assert _get(opus) == (200, "release two\n")
 
             # 4. Rollback: the first release's kept digest, deployed again as v3.

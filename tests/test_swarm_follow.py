@@ -124,3 +124,17 @@ def test_readiness_waits_for_every_slot_and_gives_up_on_repeated_failures() -> N
     done = deploy.readiness("shop", 4, 2, BASE, [_task(1, 1), _task(2, 3)], NODES,
                             _ok((1, 1), (2, 3)))
     assert done.waiting == [] and [m.node for m in done.members] == ["node1", "node3"]
+
+
+def test_a_node_lost_and_its_task_moved_in_one_look_turns_the_old_address_off() -> None:
+    """The old member is gone from the set, but its container may still answer: the
+    running front must disable it, not only learn of the new one."""
+    previous = [_member(1, 1), _member(2, 2), _member(3, 3)]
+    moved = [_task(1, 1), _task(2, 2), _task(3, 3, state="shutdown", desired="shutdown"),
+             _task(3, 1)]
+    members = _decide(moved, _down("id3"), _ok((1, 1), (2, 2), (3, 1), (3, 3)), previous)
+    assert members == [_member(1, 1), _member(2, 2), _member(3, 1)]
+    change = follow.diff(APP, previous, members)
+    assert change is not None and change.render
+    assert change.enable == [_member(3, 1)]
+    assert change.disable == [_member(3, 3, enabled=False)]

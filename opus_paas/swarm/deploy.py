@@ -112,9 +112,12 @@ class ApacheFront:
         return True
 
     def set_enabled(self, app: App, members: Sequence[SwarmMember], enabled: bool) -> None:
+        """Members on or off in the running front (one not in it is off already)."""
         manager = self.manager(app)
+        present = set(manager.members()[1]) if not enabled else set()
         for member in members:
-            manager.set_enabled(member_url(member), enabled)
+            if enabled or member_url(member) in present:
+                manager.set_enabled(member_url(member), enabled)
 
     def drain(self, app: App, members: Sequence[SwarmMember], timeout: float) -> bool:
         manager = self.manager(app)
@@ -129,24 +132,26 @@ class ApacheFront:
         return drained
 
     def apply(self, change: follow.Change) -> None:
-        """What opus-swarm-follow found: members off at once, then the new set."""
+        """What opus-swarm-follow found: the store first, then the running front:
+        members off at once, new ones added, members on. Whatever the balancer-manager
+        does not take, a render (a graceful reload) puts as the store says."""
         app = change.app
-        if change.disable:
-            with contextlib.suppress(ServiceError):
-                self.set_enabled(app, change.disable, False)
-        by_type: dict[tuple[int, str], list[SwarmMember]] = {}
-        for member in change.members:
-            by_type.setdefault((member.version, member.ptype), []).append(member)
-        version = app.live_version or 0
-        self.store.set_swarm_members(app, version, "web", by_type.get((version, "web"), []))
+        self.store.set_swarm_members(app, app.live_version or 0, "web",
+                                     [m for m in change.members if m.ptype == "web"])
         log.info("%s: %d members (%d on, %d off)%s", app.name, len(change.members),
                  len(change.enable), len(change.disable),
-                 "; rendering the front" if change.render else "")
-        if change.render and not self.add_members(app, change.members):
+                 "; new addresses" if change.render else "")
+        try:
+            if change.disable:
+                self.set_enabled(app, change.disable, False)
+            if change.render and not self.add_members(app, change.members):
+                raise ServiceError("the front's balancer has no room for new members")
+            if change.enable:
+                self.set_enabled(app, change.enable, True)
+        except ServiceError as exc:
+            log.warning("%s: %s; rendering the front", app.name, exc.message)
             self.render()
             return
-        if change.enable:
-            self.set_enabled(app, change.enable, True)
         self.write()
 
 

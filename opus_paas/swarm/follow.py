@@ -183,8 +183,12 @@ def diff(app: App, before: Sequence[SwarmMember], after: Sequence[SwarmMember]) 
     render = set(old) != set(new)
     enable = [m for key, m in new.items() if m.enabled and (key not in old or
                                                             not old[key].enabled)]
-    disable = [m for key, m in new.items() if not m.enabled and key in old and
-               old[key].enabled]
+    # Off in the running front: members turned off, and members gone from the set (a
+    # slot whose task moved in one look: its old address may still answer).
+    disable = [*(m for key, m in new.items() if not m.enabled and key in old and
+                 old[key].enabled),
+               *(dataclasses.replace(m, enabled=False) for key, m in old.items()
+                 if key not in new and m.enabled)]
     return Change(app, list(after), enable, disable, render)
 
 
