@@ -92,7 +92,7 @@ def test_create_argv_has_the_hardening_and_the_contract() -> None:
     assert _pairs(argv, "--replicas") == ["3"]
     env = _pairs(argv, "--env")
     assert "OPUS_SLOT={{.Task.Slot}}" in env and "OPUS_PORT_BASE=21016" in env
-    assert "OPUS_HEALTH_PATH=/health" in env and f"OPUS_ENV_FILE={services.ENV_FILE}" in env
+    assert "OPUS_HEALTH_PATH=/health" in env and f"OPUS_CONFIG_FILE={services.ENV_FILE}" in env
     assert "type=tmpfs,destination=/tmp" in _pairs(argv, "--mount")
     assert "type=bind,source=/var/lib/opus/ca/ca.crt,destination=/etc/opus/ca.crt,readonly" \
         in _pairs(argv, "--mount")

@@ -372,7 +372,9 @@ def deploy(settings: Settings, store: Store, app: App, version: int, image: str,
         ptype=kind, version=version, uid=services.task_uid(settings, app), replicas=count,
         port_base=port_base, secret=secret, limits=limits.get(kind),
         health=probe if kind == "web" else None, constraints=constraints,
-        args=tuple(args)) for kind, count in counts.items()]
+        env=(("OPUS_WEB_THREADS", str(app.web_threads)),) if kind == "web" else (),
+        # The image's entrypoint runs the Procfile's process of the type it is given.
+        args=tuple(args) or (kind,)) for kind, count in counts.items()]
     argvs = [services.create_argv(spec) for spec in specs]      # checked before any change
     switched = False
     new_members: list[SwarmMember] = []
@@ -524,10 +526,15 @@ def image_for(settings: Settings, store: Store, app: App, version: int, slug_ver
             emit(output.detail(f"Image of v{slug_version}: {kept.image}"))
             return kept.image
     from opus_paas.swarm import images
+    record = store.get_release(app, version)
+    if record is None:
+        raise ServiceError(f"release v{version} of {app.name} is not recorded; push again")
     started = time.monotonic()
     emit(output.step(f"Publishing v{version}'s image"))
-    image = images.publish(settings, app, slug_version, emit)
-    emit(output.detail(f"{image} ({time.monotonic() - started:.1f} s)"))
+    timings: dict[str, float] = {}
+    image = images.publish(settings, app, record, timings)
+    emit(output.detail(f"{image} ({time.monotonic() - started:.1f} s, "
+                       f"{timings.get('sent_bytes', 0) / 1e6:.1f} MB sent)"))
     return image
 
 

@@ -32,6 +32,7 @@ LABEL_PTYPE = "opus.ptype"
 LABEL_RELEASE = "opus.release"
 SECRET_TARGET = "opus-env"  # noqa: S105 (a file name: /run/secrets/opus-env in a task)
 ENV_FILE = f"/run/secrets/{SECRET_TARGET}"
+CONFIG_ENV = "OPUS_CONFIG_FILE"    # where the image's entrypoint reads the config vars
 MAX_PORT = 65535
 MIN_MEMORY = 6 * 1024 * 1024    # dockerd refuses less
 MAX_MEMORY = 1024 ** 4
@@ -251,7 +252,7 @@ def create_argv(spec: ServiceSpec) -> list[str]:
     if spec.secret is not None:
         argv += ["--secret", f"source={spec.secret},target={SECRET_TARGET},"
                              f"uid={spec.uid},gid={spec.uid},mode=0400",
-                 "--env", f"OPUS_ENV_FILE={ENV_FILE}"]
+                 "--env", f"{CONFIG_ENV}={ENV_FILE}"]
     for constraint in spec.constraints:
         argv += ["--constraint", constraint]
     for source, target in spec.mounts:
