@@ -4,7 +4,10 @@ results are data here; the real ones are in tests/test_swarm_deploy.py."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from opus_paas.control import lifecycle
+from opus_paas.settings import Settings
 from opus_paas.store import App, SwarmMember
 from opus_paas.swarm import deploy, follow
 from opus_paas.swarm.follow import TaskInfo
@@ -138,3 +141,12 @@ def test_a_node_lost_and_its_task_moved_in_one_look_turns_the_old_address_off() 
     assert change is not None and change.render
     assert change.enable == [_member(3, 1)]
     assert change.disable == [_member(3, 3, enabled=False)]
+
+
+def test_opus_swarm_follow_runs_once_a_swarm_is_set(tmp_path: Path) -> None:
+    alone = lifecycle.own_programs(Settings(home=tmp_path))
+    assert "opus-swarm-follow" not in {p.name for p in alone}
+    swarm = Settings(home=tmp_path, swarm_manager="/run/docker.sock")
+    [program] = [p for p in lifecycle.own_programs(swarm) if p.name == "opus-swarm-follow"]
+    assert program.command[-2:] == ["-m", "opus_paas.swarm.follow"]
+    assert program.environment["OPUS_SWARM_MANAGER"] == "/run/docker.sock"
