@@ -17,7 +17,7 @@ from pathlib import Path
 
 from opus_paas import __version__, access, apps, names, redact, users
 from opus_paas.builder import command as builder_command
-from opus_paas.control import appfrom, databases, doctor, lifecycle, sleeping, system
+from opus_paas.control import appfrom, databases, doctor, lifecycle, placement, sleeping, system
 from opus_paas.control import nodes as nodes_commands
 from opus_paas.control import previews as previews_commands
 from opus_paas.control import pythons as pythons_commands
@@ -690,7 +690,8 @@ TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
                                                      *builder_command.COMMANDS,
                                                      *previews_commands.COMMANDS,
                                                      *sleeping.COMMANDS,
-                                                     *nodes_commands.COMMANDS]}
+                                                     *nodes_commands.COMMANDS,
+                                                     *placement.COMMANDS]}
 
 
 def lookup(name: str) -> Command:
