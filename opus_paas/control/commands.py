@@ -235,6 +235,10 @@ def cmd_ps(ctx: Context, args: list[str]) -> None:
             ctx.out(f"{label}  CRASHED   restarting in {proc['restart_in']} s "
                     f"(crashed {proc['crashes']} times in a row; `opus logs "
                     f"{app.name} --ps {proc['type']}` shows why)")
+        elif "node" in proc:      # a task on a swarm node (swarm/appview.py)
+            ctx.out(f"{label}  {proc['state']:<9} on {proc['node']:<14} "
+                    f"{proc['address'] or '-':<21} up {proc['uptime']} s  "
+                    f"(v{proc['release']}{'; ' + proc['error'] if proc['error'] else ''})")
         elif proc["type"] == "web":
             ctx.out(f"{label}  {proc['state']:<9} pid {proc['pid']:<7} "
                     f"up {proc['uptime']} s  {proc['processes']} process(es) x "

@@ -17,11 +17,12 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
+from typing import Any
 
 from opus_paas import names
 from opus_paas.settings import Settings
-from opus_paas.store import SwarmMember
+from opus_paas.store import App, Store, SwarmMember
 from opus_paas.swarm import nodes
 
 APP_LABEL, TYPE_LABEL, RELEASE_LABEL = "opus.app", "opus.ptype", "opus.release"
@@ -34,6 +35,7 @@ POLL_SECONDS = 0.3
 class Service:
     id: str
     name: str
+    app: str
     ptype: str
     release: int
 
@@ -62,21 +64,21 @@ class LogLine:
 
 # ---- pure: the manager's answers --------------------------------------------------------
 
-def services_of(raw: Sequence[Mapping[str, object]], app: str) -> list[Service]:
-    """The services of `docker service inspect` output labelled for `app` (a service
-    whose labels are not Opus's own is left out), by type and release."""
+def services_of(raw: Sequence[Mapping[str, object]], apps: Collection[str]) -> list[Service]:
+    """The services of `docker service inspect` output labelled for one of `apps` (a
+    service whose labels are not Opus's own is left out), by type and release."""
     found = []
     for item in raw:
         spec = item.get("Spec") if isinstance(item.get("Spec"), dict) else {}
         assert isinstance(spec, dict)
         labels = spec.get("Labels") or {}
-        if not isinstance(labels, dict) or labels.get(APP_LABEL) != app:
+        if not isinstance(labels, dict) or labels.get(APP_LABEL) not in apps:
             continue
         ptype, release = str(labels.get(TYPE_LABEL, "")), str(labels.get(RELEASE_LABEL, ""))
         if not names.PROCESS_TYPE.fullmatch(ptype) or not re.fullmatch(r"[0-9]{1,9}", release):
             continue
-        found.append(Service(str(item.get("ID", "")), str(spec.get("Name", "")), ptype,
-                             int(release)))
+        found.append(Service(str(item.get("ID", "")), str(spec.get("Name", "")),
+                             str(labels[APP_LABEL]), ptype, int(release)))
     return sorted(found, key=lambda s: (s.ptype != "web", s.ptype, -s.release))
 
 
@@ -157,12 +159,16 @@ def log_lines_of(outputs: Iterable[tuple[Service, str]], hostnames: Mapping[str,
 
 # ---- I/O: asking the manager ------------------------------------------------------------
 
-def list_services(mgr: nodes.Manager, app: str, ptype: str | None = None) -> list[Service]:
-    """The app's services (of one process type), by the label `opus.app=APP`."""
-    ids = mgr("service", "ls", "--filter", f"label={APP_LABEL}={app}", "-q").split()
+def list_services(mgr: nodes.Manager, app: str | None = None,
+                  ptype: str | None = None, apps: Collection[str] = ()) -> list[Service]:
+    """The services of `app` (or of `apps`), by the label `opus.app=APP`; of one
+    process type if given."""
+    wanted = {app} if app is not None else set(apps)
+    label = f"label={APP_LABEL}={app}" if app is not None else f"label={APP_LABEL}"
+    ids = mgr("service", "ls", "--filter", label, "-q").split() if wanted else []
     if not ids:
         return []
-    found = services_of(json.loads(mgr("service", "inspect", *ids) or "[]"), app)
+    found = services_of(json.loads(mgr("service", "inspect", *ids) or "[]"), wanted)
     return [s for s in found if ptype is None or s.ptype == ptype]
 
 
@@ -173,19 +179,55 @@ def _node_maps(mgr: nodes.Manager) -> tuple[dict[str, str], dict[str, str], dict
             {n.hostname: n.name for n in found})
 
 
-def tasks(settings: Settings, app: str, members: Sequence[SwarmMember] = ()) -> list[TaskView]:
-    """The tasks meant to run of every service of `app`, with their nodes."""
+def tasks(settings: Settings, members: Mapping[str, Sequence[SwarmMember]]
+          ) -> dict[str, list[TaskView]]:
+    """By app: the tasks meant to run of every service of each app in `members` (app
+    name → its recorded members, for the ports), with their nodes."""
     mgr = nodes.manager(settings)
-    services = list_services(mgr, app)
+    services = list_services(mgr, apps=members) if len(members) != 1 else \
+        list_services(mgr, next(iter(members)))
     if not services:
-        return []
+        return {}
     ids = mgr("service", "ps", "-q", "--no-trunc", "--filter", "desired-state=running",
               *[s.id for s in services]).split()
     if not ids:
-        return []
+        return {}
     raw = json.loads(mgr("inspect", "--type", "task", *ids) or "[]")
     names_by_id, addresses, _ = _node_maps(mgr)
-    return tasks_of(raw, services, names_by_id, addresses, members)
+    found: dict[str, list[TaskView]] = {}
+    for app, its_members in members.items():
+        mine = [s for s in services if s.app == app]
+        if mine:
+            found[app] = tasks_of(raw, mine, names_by_id, addresses, its_members)
+    return found
+
+
+def on_swarm(store: Store, app: App) -> bool:
+    """Whether the app runs (or is to run) on the swarm: its scheduler, or a release
+    deployed there before a move back (it runs there until its next deploy)."""
+    return store.scheduler(app) == "swarm" or bool(store.swarm_releases(app))
+
+
+def processes(settings: Settings, store: Store,
+              apps: Sequence[App]) -> dict[str, list[dict[str, Any]]]:
+    """`opus ps`'s entries (as run/ps.py's, with node, address and release) of the
+    swarm apps among `apps`."""
+    wanted = {a.name: store.swarm_members(a) for a in apps if on_swarm(store, a)}
+    if not wanted:
+        return {}
+    now = time.time()
+    return {app: [as_process(t, now) for t in found]
+            for app, found in tasks(settings, wanted).items()}
+
+
+def as_process(task: TaskView, now: float) -> dict[str, Any]:
+    """A task as one of `opus ps`'s entries (pure)."""
+    running = task.state == "RUNNING" and task.since is not None
+    return {"type": task.ptype, "number": task.slot, "name": f"{task.service}.{task.slot}",
+            "state": task.state, "pid": None,
+            "uptime": max(0, int(now - task.since)) if running and task.since else 0,
+            "processes": 1, "crashes": 0, "node": task.node, "address": task.address,
+            "release": task.release, "error": task.error}
 
 
 def log_lines(settings: Settings, app: str, ptype: str | None, count: int) -> list[LogLine]:
@@ -206,7 +248,7 @@ def log_lines(settings: Settings, app: str, ptype: str | None, count: int) -> li
 
 
 def follow(settings: Settings, app: str, ptype: str | None,
-           stop: threading.Event) -> Iterator[list[LogLine]]:
+           stop: threading.Event) -> Generator[list[LogLine], None, None]:
     """Lines from now on, a round at a time (each round in time order), until `stop` is
     set; services of a new release are followed as they appear."""
     mgr = nodes.manager(settings)
