@@ -26,8 +26,10 @@ from opus_paas.errors import Forbidden, NotFound, OpusError, UsageError
 from opus_paas.layout import AppPaths
 from opus_paas.settings import Settings
 from opus_paas.store import App, Limits, Store, SwarmMember, SwarmNode
-from opus_paas.swarm import appview, limits, nodes
+from opus_paas.swarm import appview, limits
 from tests.conftest import CHECKOUT, require_root, require_tool
+from tests.swarm_nodes import DOCKER, DOCKERD, Swarm, swarm_nodes
+from tests.test_swarm_nodes import BUSYBOX, _rootfs_tar, _until
 
 M = 1 << 20
 
@@ -54,7 +56,8 @@ def test_limits_parse_merge_and_describe() -> None:
     ["memory=-512M"], ["memory=0M"], ["memory=0"], ["memory=512"], ["memory=1e99"],
     ["memory=512M; rm -rf /"], ["memory=512M\n"], ["memory= 512M"], ["memory=5M"],
     ["memory=4097G"], ["memory=99999999999G"], ["memory=512MB"], ["memory=0x200M"],
-    ["memory=５１２M"], ["memory=512T"], ["memory="], ["cpus=-1"], ["cpus=0"], ["cpus=0.001"],
+    ["memory=\uff15\uff11\uff12M"], ["memory=512T"], ["memory="], ["cpus=-1"], ["cpus=0"],
+    ["cpus=0.001"],
     ["cpus=1e99"], ["cpus=513"], ["cpus=1;reboot"], ["cpus=nan"], ["cpus=inf"], ["cpus=1."],
     ["cpus=.5"], ["cpus=99999"], ["disk=1G"], ["MEMORY=512M"], ["memory"], ["--memory=1G"],
     ["memory=512M", "memory=1G"], [], ["memory=512M", "swap=1G"],
@@ -77,7 +80,7 @@ WORKER = appview.Service("id-shop-worker-v3", "shop-worker-v3", "shop", "worker"
 
 
 def test_services_of_keep_the_apps_own_labelled_services() -> None:
-    raw = [_service("shop-worker-v3", "shop", "worker", "3"),
+    raw: list[dict[str, object]] = [_service("shop-worker-v3", "shop", "worker", "3"),
            _service("shop-web-v2", "shop", "web", "2"),
            _service("shop-web-v3", "shop", "web", "3"),
            _service("other-web-v1", "other", "web", "1"),        # another app
@@ -108,6 +111,7 @@ def test_tasks_of_name_nodes_and_ports() -> None:
         ("worker", 1, "gone-node-id", "FAILED", "")]
     assert found[1].since == pytest.approx(1796588093.98577)
     assert found[2].error == "task: non-zero exit (1)"
+    assert found[1].since is not None
     entry = appview.as_process(found[1], found[1].since + 42.5)
     assert entry["node"] == "web-2" and entry["uptime"] == 42 and entry["pid"] is None
     assert entry["name"] == "shop-web-v3.2" and entry["release"] == 3
@@ -229,7 +233,7 @@ def test_scheduler_set_refuses_without_nodes_and_says_why_an_app_is_pinned(
     for name in ("../shop", "shop;ls", "-shop"):
         with pytest.raises(OpusError):
             _run(env, ann, "scheduler:set", name, "swarm")
-    with pytest.raises(Forbidden, match="only ann .the owner. or an admin"):
+    with pytest.raises(Forbidden, match=r"only ann \(the owner\) or an admin"):
         _run(env, bob, "scheduler:set", "shop", "swarm")     # a collaborator
     with pytest.raises(NotFound, match="app shop not found"):
         _run(env, eve, "scheduler:set", "shop", "swarm")     # a stranger
@@ -337,3 +341,146 @@ def test_ps_resize_records_limits_and_refuses_hostile_input(tmp_path: Path) -> N
 
 # ---- ps and logs on real nodes -----------------------------------------------------------
 
+# ---- ps and logs on real nodes -----------------------------------------------------------
+
+# Each task prints a numbered line on stdout and one on stderr (both are its logs).
+TICKER = ('i=0; while true; do i=$((i+1)); echo "$TYPE tick $i"; echo "$TYPE oops $i" >&2; '
+          '/bin/busybox sleep 0.4; done')
+PS_LINE = re.compile(r"(web|worker)\.([0-9]+)  (\S+)\s+on (\S+)\s+(\S+)\s+up ([0-9]+) s  "
+                     r"\(v1\)")
+LOG_LINE = re.compile(r"(\S+) shop\[(web|worker)\.([0-9]+)@(\S+)\]: (web|worker) "
+                      r"(tick|oops) ([0-9]+)")
+ADMIN_PASSWORD = "control dashboard password"
+
+
+def _create_service(swarm: Swarm, name: str, app: str, ptype: str, replicas: int) -> None:
+    swarm.manager.docker(
+        "service", "create", "--name", name, "--replicas", str(replicas), "--network",
+        "host", "--no-resolve-image", "--label", f"opus.app={app}", "--label",
+        f"opus.ptype={ptype}", "--label", "opus.release=1", "--restart-delay", "1s",
+        "--stop-grace-period", "1s", "--env", f"TYPE={ptype}", "--detach",
+        "opus-test/ticker:1", "/bin/sh", "-c", TICKER)
+
+
+def _placement(swarm: Swarm, services: list[str]) -> dict[tuple[str, int], str]:
+    """(service, slot) -> host name of the node Docker runs it on."""
+    out = swarm.manager.docker("service", "ps", *services, "--filter",
+                               "desired-state=running", "--format",
+                               "{{.Name}} {{.Node}} {{.CurrentState}}").stdout
+    found = {}
+    for line in out.splitlines():
+        name, node, state = line.split(" ", 2)
+        if state.startswith("Running"):
+            service, _, slot = name.rpartition(".")
+            found[(service, int(slot))] = node
+    return found
+
+
+def test_ps_and_logs_show_each_tasks_node_and_merged_logs(tmp_path: Path) -> None:
+    require_root("the swarm nodes need network and mount namespaces")
+    for tool in (DOCKERD, DOCKER, BUSYBOX, "ip", "nsenter", "unshare"):
+        require_tool(tool)
+    rootfs = tmp_path / "rootfs.tar"
+    _rootfs_tar(rootfs)
+    started = time.monotonic()
+    with swarm_nodes(3) as swarm:
+        swarm.load_image(rootfs, "opus-test/ticker:1")
+        node2 = swarm.manager.docker("node", "inspect", "-f", "{{.ID}}", "node2").stdout.strip()
+        swarm.manager.docker("node", "update", "--label-add", "opus.node=web-2", node2)
+        _create_service(swarm, "shop-web-v1", "shop", "web", 3)
+        _create_service(swarm, "shop-worker-v1", "shop", "worker", 1)
+        _create_service(swarm, "other-web-v1", "other", "web", 1)    # another app's
+        ours = ["shop-web-v1", "shop-worker-v1"]
+        _until(lambda: len(_placement(swarm, [*ours, "other-web-v1"])) == 5, 30,
+               "5 running tasks")
+        placement = {key: ("web-2" if host == "node2" else host)
+                     for key, host in _placement(swarm, ours).items()}
+        converged = time.monotonic() - started
+
+        env = _home(tmp_path, manager=str(swarm.manager.socket))
+        settings = settings_module.load(env)
+        store = _store(settings)
+        owner = store.create_user("admin", "admin")
+        shop = store.create_app("shop", owner, {})
+        other = store.create_app("other", owner, {})
+        store.set_scheduler(shop, "swarm")
+        store.set_scheduler(other, "swarm")
+        store.set_swarm_members(shop, 1, "web", [
+            SwarmMember("shop", 1, "web", slot, placement[("shop-web-v1", slot)], "10.0.0.1",
+                        21000 + slot - 1, True) for slot in (1, 2, 3)])
+        time.sleep(1.5)     # a few lines from every task
+
+        # opus ps: each task, its node (the opus.node label where there is one) and port.
+        begun = time.monotonic()
+        result = _cli(env, "ps", "shop")
+        ps_seconds = time.monotonic() - begun
+        assert result.returncode == 0, result.stderr
+        rows = [PS_LINE.fullmatch(line) for line in result.stdout.splitlines()]
+        assert all(rows), result.stdout
+        shown = {(f"shop-{m.group(1)}-v1", int(m.group(2))): m.group(4)
+                 for m in rows if m is not None}
+        assert shown == placement, (result.stdout, placement)
+        assert all(m.group(3) == "RUNNING" for m in rows if m is not None)
+        addresses = {int(m.group(2)): m.group(5) for m in rows if m and m.group(1) == "web"}
+        by_name = {n.hostname: n.address for n in swarm.nodes} | {"web-2": swarm.nodes[1].address}
+        assert addresses == {slot: f"{by_name[placement[('shop-web-v1', slot)]]}:"
+                                   f"{21000 + slot - 1}" for slot in (1, 2, 3)}
+        assert "other" not in result.stdout
+
+        # opus logs: both streams of every task, in time order, each from TYPE.SLOT@NODE.
+        begun = time.monotonic()
+        result = _cli(env, "logs", "shop", "-n", "40")
+        logs_seconds = time.monotonic() - begun
+        assert result.returncode == 0, result.stderr
+        lines = [LOG_LINE.fullmatch(line) for line in result.stdout.splitlines()]
+        assert len(lines) == 40 and all(lines), result.stdout
+        found = [m for m in lines if m is not None]
+        assert [m.group(1) for m in found] == sorted(m.group(1) for m in found)
+        for m in found:
+            assert m.group(2) == m.group(5)
+            assert placement[(f"shop-{m.group(2)}-v1", int(m.group(3)))] == m.group(4), m.group(0)
+        assert {(m.group(2), int(m.group(3))) for m in found} == \
+            {("web", 1), ("web", 2), ("web", 3), ("worker", 1)}
+        assert {m.group(6) for m in found} == {"tick", "oops"}
+        worker = _cli(env, "logs", "shop", "--ps", "worker", "-n", "5").stdout.splitlines()
+        assert len(worker) == 5 and all("shop[worker.1@" in line for line in worker), worker
+        last_tick = max(int(m.group(7)) for m in found)
+
+        # opus logs -t: new lines as they come, until the client goes.
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "opus_paas", "logs", "shop", "-n", "0", "-t"], env=env,
+            cwd=env["OPUS_HOME"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(4)
+        finally:
+            follower.send_signal(signal.SIGINT)
+            out, err = follower.communicate(timeout=20)
+        followed = [LOG_LINE.fullmatch(line) for line in out.splitlines()]
+        assert followed and all(followed), (out, err)
+        assert {(m.group(2), int(m.group(3))) for m in followed if m} == \
+            {("web", 1), ("web", 2), ("web", 3), ("worker", 1)}
+        assert min(int(m.group(7)) for m in followed if m) > last_tick - 2
+        # The follower's docker clients ended with it.
+        left = subprocess.run(["pgrep", "-f", f"{swarm.manager.socket} service logs"],
+                              capture_output=True, text=True, check=False).stdout.split()
+        assert not left, left
+
+        # The dashboard's app page: a Node column.
+        from opus_paas import users
+        from tests.test_web import csrf
+        from web import create_app
+        users.set_password(store, OPERATOR, "admin", ADMIN_PASSWORD)
+        client = create_app(settings, {"TESTING": True}).test_client()
+        reply = client.post("/signin", data={"user": "admin", "password": ADMIN_PASSWORD,
+                                             "csrf_token": csrf(client)})
+        assert reply.status_code == 303
+        page = client.get("/apps/shop")
+        assert page.status_code == 200
+        assert "<th>Node</th>" in page.text
+        rows_shown = {label: node for node, label in re.findall(
+            r'<tr data-type="(?:web|worker)" data-node="([^"]+)">\s*<td>([a-z]+\.[0-9]+)</td>',
+            page.text)}
+        assert rows_shown == {f"{service.split('-')[1]}.{slot}": node
+                              for (service, slot), node in placement.items()}
+    print(f"control scenario: converged {converged:.1f} s, opus ps {ps_seconds:.2f} s, "
+          f"opus logs {logs_seconds:.2f} s, whole {time.monotonic() - started:.1f} s")
