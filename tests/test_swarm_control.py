@@ -156,6 +156,16 @@ def test_log_lines_are_parsed_prefixed_and_merged_in_time_order() -> None:
     assert appview.log_lines_of([(WEB, web)], hosts, 0) == []
 
 
+def test_a_down_nodes_logs_are_named_as_missing() -> None:
+    stderr = ("error from daemon in stream: Error grabbing logs: rpc error: code = Unknown "
+              "desc = warning: incomplete log stream. some logs could not be retrieved for the "
+              "following reasons: node bnznzgz6oogvm0q86hwv1k7p9 is not available, node "
+              "qqqqqqqqqqqqqqqqqqqqqqqqq is not available\n")
+    assert appview.unavailable_nodes(stderr, {"bnznzgz6oogvm0q86hwv1k7p9": "web-3"}) == \
+        ["qqqqqqqqqqqq", "web-3"]
+    assert appview.unavailable_nodes("Error: No such service: shop-web-v1", {}) == []
+
+
 # ---- the commands, through the command table --------------------------------------------
 
 def _home(tmp_path: Path, manager: str = "") -> dict[str, str]:

@@ -147,6 +147,15 @@ def log_line(line: str, service: Service, hostnames: Mapping[str, str]) -> LogLi
     return LogLine(iso(seconds), f"{service.ptype}.{match.group(2)}@{node}", match.group(4))
 
 
+UNAVAILABLE = re.compile(r"node ([a-z0-9]{25}) is not available")
+
+
+def unavailable_nodes(stderr: str, node_names: Mapping[str, str]) -> list[str]:
+    """The nodes whose logs the manager could not read (a Down node), by name, from the
+    client's `incomplete log stream` error."""
+    return sorted({node_names.get(found, found[:12]) for found in UNAVAILABLE.findall(stderr)})
+
+
 def log_lines_of(outputs: Iterable[tuple[Service, str]], hostnames: Mapping[str, str],
                  count: int) -> list[LogLine]:
     """The last `count` lines over several services' logs, in time order (a stable
@@ -237,14 +246,21 @@ def log_lines(settings: Settings, app: str, ptype: str | None, count: int) -> li
     services = list_services(mgr, app, ptype)
     if not services or not count:
         return []
-    _, _, hostnames = _node_maps(mgr)
-    outputs = []
+    names_by_id, _, hostnames = _node_maps(mgr)
+    outputs, missing = [], set()
     for service in services:
-        # A task's stderr comes on the client's stderr: both are its lines.
+        # A task's stderr comes on the client's stderr: both are its lines. A service
+        # removed meanwhile (a deploy ended) has none; a Down node's tasks cannot be read.
         result = mgr.run("service", "logs", "--timestamps", "--no-task-ids", "--tail",
                          str(count), service.id)
         outputs += [(service, result.stdout), (service, result.stderr)]
-    return log_lines_of(outputs, hostnames, count)
+        missing.update(unavailable_nodes(result.stderr, names_by_id))
+    found = log_lines_of(outputs, hostnames, count)
+    if missing:
+        found.append(LogLine(iso(time.time()), "swarm", "some lines could not be read: "
+                             f"node {', '.join(sorted(missing))} is not available (see "
+                             "`opus nodes`)"))
+    return found
 
 
 def follow(settings: Settings, app: str, ptype: str | None,
