@@ -492,5 +492,17 @@ def test_ps_and_logs_show_each_tasks_node_and_merged_logs(tmp_path: Path) -> Non
             page.text)}
         assert rows_shown == {f"{service.split('-')[1]}.{slot}": node
                               for (service, slot), node in placement.items()}
+
+        # A dead node: its tasks' lines are missing, and `opus logs` says so at once.
+        swarm.nodes[2].kill()
+        begun = time.monotonic()
+        result = _cli(env, "logs", "shop", "-n", "10")
+        dead_seconds = time.monotonic() - begun
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"shop\[swarm\]: some lines could not be read: node node3 is not "
+                         r"available \(see `opus nodes`\)", result.stdout), result.stdout
+        assert "@node3]" not in result.stdout
+        assert dead_seconds < 10
     print(f"control scenario: converged {converged:.1f} s, opus ps {ps_seconds:.2f} s, "
-          f"opus logs {logs_seconds:.2f} s, whole {time.monotonic() - started:.1f} s")
+          f"opus logs {logs_seconds:.2f} s ({dead_seconds:.2f} s with a dead node), "
+          f"whole {time.monotonic() - started:.1f} s")
