@@ -492,6 +492,12 @@ def test_ps_and_logs_show_each_tasks_node_and_merged_logs(tmp_path: Path) -> Non
             page.text)}
         assert rows_shown == {f"{service.split('-')[1]}.{slot}": node
                               for (service, slot), node in placement.items()}
+        page = client.get("/apps/shop/logs")
+        assert page.status_code == 200
+        sources = set(re.findall(r'<span class="source">shop\[([a-z]+\.[0-9]+@[a-z0-9-]+)\]',
+                                 page.text))
+        assert sources == {f"{service.split('-')[1]}.{slot}@{node}"
+                           for (service, slot), node in placement.items()}, sources
 
         # A dead node: its tasks' lines are missing, and `opus logs` says so at once.
         swarm.nodes[2].kill()
