@@ -71,12 +71,12 @@ def test_limits_refuse_hostile_values(pairs: list[str]) -> None:
 # ---- appview parsers (pure) -------------------------------------------------------------
 
 def _service(name: str, app: str, ptype: str, release: str) -> dict[str, object]:
-    return {"ID": f"id-{name}", "Spec": {"Name": name, "Labels": {
+    return {"ID": "id" + name.replace("-", ""), "Spec": {"Name": name, "Labels": {
         "opus.app": app, "opus.ptype": ptype, "opus.release": release}}}
 
 
-WEB = appview.Service("id-shop-web-v3", "shop-web-v3", "shop", "web", 3)
-WORKER = appview.Service("id-shop-worker-v3", "shop-worker-v3", "shop", "worker", 3)
+WEB = appview.Service("idshopwebv3", "shop-web-v3", "shop", "web", 3)
+WORKER = appview.Service("idshopworkerv3", "shop-worker-v3", "shop", "worker", 3)
 
 
 def test_services_of_keep_the_apps_own_labelled_services() -> None:
@@ -87,6 +87,8 @@ def test_services_of_keep_the_apps_own_labelled_services() -> None:
            _service("shop-x-v1", "shop", "web;rm -rf /", "1"),   # not a process type
            _service("shop-y-v1", "shop", "web", "1e3"),          # not a release
            {"ID": "bare", "Spec": {"Name": "bare"}},             # no labels
+           {**_service("shop-z-v1", "shop", "web", "1"), "ID": "-rm"},     # not an id
+           _service("shop-\x1b[2J-v1", "shop", "web", "1"),      # not a name
            {"ID": "odd", "Spec": "not a dict"}]
     found = appview.services_of(raw, {"shop"})
     assert [s.name for s in found] == ["shop-web-v3", "shop-web-v2", "shop-worker-v3"]
@@ -101,16 +103,20 @@ def test_tasks_of_name_nodes_and_ports() -> None:
             "Status": {"State": "starting", "Timestamp": "2026-12-06T20:14:53Z"}},
            {"ServiceID": WORKER.id, "Slot": 1, "NodeID": "gone-node-id-0123456789",
             "Status": {"State": "failed", "Err": "task: non-zero exit (1)"}},
-           {"ServiceID": "id-other", "Slot": 1, "NodeID": "n1", "Status": {}},   # not ours
+           {"ServiceID": "idother", "Slot": 1, "NodeID": "n1", "Status": {}},   # not ours
            {"ServiceID": WEB.id, "Slot": True, "NodeID": "n1", "Status": {}}]    # no slot
     members = [SwarmMember("shop", 3, "web", 2, "web-2", "10.0.0.2", 21033, True)]
-    found = appview.tasks_of(raw, [WEB, WORKER], {"n1": "node1", "n2": "web-2"},
+    raw.append({"ServiceID": WEB.id, "Slot": 4, "NodeID": "n3", "Status": {
+        "State": "running", "Err": "exit \x1b]0;owned\x07"}})
+    found = appview.tasks_of(raw, [WEB, WORKER], {"n1": "node1", "n2": "web-2",
+                                                  "n3": "evil\x1b[2Jnode"},
                              {"n1": "10.0.0.1", "n2": "10.0.0.2"}, members)
     assert [(t.ptype, t.slot, t.node, t.state, t.address) for t in found] == [
         ("web", 1, "node1", "STARTING", ""), ("web", 2, "web-2", "RUNNING", "10.0.0.2:21033"),
-        ("worker", 1, "gone-node-id", "FAILED", "")]
+        ("web", 4, "unknown-node", "RUNNING", ""), ("worker", 1, "gone-node-id", "FAILED", "")]
     assert found[1].since == pytest.approx(1796588093.98577)
-    assert found[2].error == "task: non-zero exit (1)"
+    assert found[3].error == "task: non-zero exit (1)"
+    assert found[2].error == "exit \\x1b]0;owned\\x07"
     assert found[1].since is not None
     entry = appview.as_process(found[1], found[1].since + 42.5)
     assert entry["node"] == "web-2" and entry["uptime"] == 42 and entry["pid"] is None
@@ -137,6 +143,8 @@ def test_log_lines_are_parsed_prefixed_and_merged_in_time_order() -> None:
                                                       "web.1@node3", "")
     assert appview.log_line("2026-12-06T20:14:54Z shop-web-v3.1@node3    |   indented", WEB,
                             hosts).text == "  indented"   # type: ignore[union-attr]
+    assert appview.log_line("2026-12-06T20:14:54Z shop-web-v3.1@ev\x1bil    | x", WEB,
+                            hosts).source == "web.1@unknown-node"   # type: ignore[union-attr]
     for other in ("shop-web-v3.2@node2    | no time",
                   "2026-12-06T20:14:54Z shop-web-v33.2@node2    | another service",
                   "2026-12-06T20:14:54Z shop-worker-v3.1@node2    | another type",

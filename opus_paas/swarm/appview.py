@@ -20,7 +20,7 @@ import time
 from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
 from typing import Any
 
-from opus_paas import names
+from opus_paas import names, redact
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmMember
 from opus_paas.swarm import nodes
@@ -64,6 +64,21 @@ class LogLine:
 
 # ---- pure: the manager's answers --------------------------------------------------------
 
+# What a node may be shown as: a node's host name is its own root's choice.
+SHOWN_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+# Ids the manager hands out, passed back to it as arguments (never as options).
+DOCKER_ID = re.compile(r"[a-z0-9]{1,64}")
+
+
+def node_shown(name: str) -> str:
+    return name if SHOWN_NODE.fullmatch(name) else "unknown-node"
+
+
+def docker_ids(out: str) -> list[str]:
+    """The ids of a `-q` listing (anything that is not one is left out)."""
+    return [word for word in out.split() if DOCKER_ID.fullmatch(word)]
+
+
 def services_of(raw: Sequence[Mapping[str, object]], apps: Collection[str]) -> list[Service]:
     """The services of `docker service inspect` output labelled for one of `apps` (a
     service whose labels are not Opus's own is left out), by type and release."""
@@ -77,8 +92,10 @@ def services_of(raw: Sequence[Mapping[str, object]], apps: Collection[str]) -> l
         ptype, release = str(labels.get(TYPE_LABEL, "")), str(labels.get(RELEASE_LABEL, ""))
         if not names.PROCESS_TYPE.fullmatch(ptype) or not re.fullmatch(r"[0-9]{1,9}", release):
             continue
-        found.append(Service(str(item.get("ID", "")), str(spec.get("Name", "")),
-                             str(labels[APP_LABEL]), ptype, int(release)))
+        ident, name = str(item.get("ID", "")), str(spec.get("Name", ""))
+        if not DOCKER_ID.fullmatch(ident) or not SHOWN_NODE.fullmatch(name):
+            continue
+        found.append(Service(ident, name, str(labels[APP_LABEL]), ptype, int(release)))
     return sorted(found, key=lambda s: (s.ptype != "web", s.ptype, -s.release))
 
 
@@ -124,11 +141,11 @@ def tasks_of(raw: Sequence[Mapping[str, object]], services: Sequence[Service],
         address = node_addresses.get(node_id, "")
         found.append(TaskView(
             ptype=service.ptype, slot=slot, release=service.release, service=service.name,
-            node=node_names.get(node_id, node_id[:12] or "-"),
+            node=node_shown(node_names.get(node_id, node_id[:12])),
             address=f"{address}:{port}" if address and port else "",
             state=str(status.get("State") or "unknown").upper(),
             since=timestamp(str(status.get("Timestamp") or "")),
-            error=str(status.get("Err") or "")[:300]))
+            error=redact.printable(str(status.get("Err") or "")[:300])))
     return sorted(found, key=lambda t: (t.ptype != "web", t.ptype, -t.release, t.slot))
 
 
@@ -143,7 +160,7 @@ def log_line(line: str, service: Service, hostnames: Mapping[str, str]) -> LogLi
     seconds = timestamp(match.group(1))
     if seconds is None:
         return None
-    node = hostnames.get(match.group(3), match.group(3))
+    node = node_shown(hostnames.get(match.group(3), match.group(3)))
     return LogLine(iso(seconds), f"{service.ptype}.{match.group(2)}@{node}", match.group(4))
 
 
@@ -174,7 +191,7 @@ def list_services(mgr: nodes.Manager, app: str | None = None,
     process type if given."""
     wanted = {app} if app is not None else set(apps)
     label = f"label={APP_LABEL}={app}" if app is not None else f"label={APP_LABEL}"
-    ids = mgr("service", "ls", "--filter", label, "-q").split() if wanted else []
+    ids = docker_ids(mgr("service", "ls", "--filter", label, "-q")) if wanted else []
     if not ids:
         return []
     found = services_of(json.loads(mgr("service", "inspect", *ids) or "[]"), wanted)
@@ -197,8 +214,8 @@ def tasks(settings: Settings, members: Mapping[str, Sequence[SwarmMember]]
         list_services(mgr, next(iter(members)))
     if not services:
         return {}
-    ids = mgr("service", "ps", "-q", "--no-trunc", "--filter", "desired-state=running",
-              *[s.id for s in services]).split()
+    ids = docker_ids(mgr("service", "ps", "-q", "--no-trunc", "--filter",
+                         "desired-state=running", *[s.id for s in services]))
     if not ids:
         return {}
     raw = json.loads(mgr("inspect", "--type", "task", *ids) or "[]")
