@@ -500,6 +500,10 @@ def test_ps_and_logs_show_each_tasks_node_and_merged_logs(tmp_path: Path) -> Non
             page.text)}
         assert rows_shown == {f"{service.split('-')[1]}.{slot}": node
                               for (service, slot), node in placement.items()}
+        # The app list counts its tasks: web runs on the nodes.
+        store.set_live(shop, 1, 20001)
+        assert re.search(r'<a href="/apps/shop">shop</a>.*?<span class="status status-running">',
+                         client.get("/").text, re.S)
         page = client.get("/apps/shop/logs")
         assert page.status_code == 200
         sources = set(re.findall(r'<span class="source">shop\[([a-z]+\.[0-9]+@[a-z0-9-]+)\]',
