@@ -58,6 +58,7 @@ def visible_processes(settings: Settings, store: Store, actor: Actor,
 
 def _supervised(settings: Settings, store: Store, actor: Actor,
                 apps: list[App]) -> dict[str, list[dict[str, Any]]]:
+    """The processes supervisor runs on this host for each of `apps` the actor may use."""
     wanted = {a.name: a for a in apps if access.may_use(actor, a, store.collaborators(a))}
     supervisor = Supervisor(settings)
     if not wanted or not supervisor.is_running():
