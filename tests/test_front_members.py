@@ -530,3 +530,37 @@ def space_ready(spaces_list: list[Any]) -> list[bool]:
         finally:
             conn.close()
     return ready
+
+
+def test_netns_helper_tears_down_and_sweeps_what_a_killed_run_left() -> None:
+    require_root("network namespaces need root")
+    require_tool("ip")
+    from tests import netns
+
+    def names() -> str:
+        return netns._ip("netns", "list").stdout + netns._ip("link").stdout
+
+    with netns.namespaces(2) as net:
+        first, second = net.spaces
+        assert first.address != second.address and net.gateway.startswith("10.78.")
+        assert first.run("ip", "-4", "-o", "addr").stdout.count(first.address) == 1
+        child = first.popen(["sleep", "60"])
+        deadline = time.monotonic() + 5
+        while child.pid not in first.pids():             # `ip netns exec` execs it
+            assert time.monotonic() < deadline, first.pids()
+            time.sleep(0.05)
+    assert child.wait(timeout=10) != 0                  # killed by the teardown
+    assert net.run not in names()
+    # A run whose owner died before its teardown: the next run's sweep removes it.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    run = "0badc0"
+    stale = f"{netns.PREFIX}{gone.pid}-{run}-1"
+    netns._ip("netns", "add", stale)
+    netns._ip("link", "add", f"onb{run}", "type", "bridge")
+    try:
+        assert run in netns.sweep_stale()
+        assert stale not in names() and f"onb{run}" not in names()
+    finally:
+        netns._ip("netns", "del", stale, check=False)
+        netns._ip("link", "del", f"onb{run}", check=False)

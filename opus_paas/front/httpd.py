@@ -67,15 +67,12 @@ def log_lines_for(lines: Iterable[str], hosts: Iterable[str]) -> Iterator[LogLin
             yield parsed
 
 
-LOOPBACK = "127.0.0.1"
-
-
 @dataclasses.dataclass(frozen=True)
 class Member:
     """A balancer member: where one instance answers. A disabled member is in the
     config but gets no request until the balancer-manager enables it."""
 
-    host: str                # 127.0.0.1, or a swarm node's private address
+    host: str                # a swarm node's private address (or 127.0.0.1)
     port: int
     enabled: bool = True
 
@@ -101,12 +98,6 @@ class Site:
 
     def member_ports(self) -> tuple[int, ...]:
         return self.members or (self.port,)
-
-    def balancer_members(self) -> tuple[Member, ...]:
-        """Every member of its balancer, local or on nodes."""
-        if self.nodes:
-            return self.nodes
-        return tuple(Member(LOOPBACK, p, p == self.port) for p in self.member_ports())
 
 
 def _site_spec(site: Site) -> dict[str, Any]:
