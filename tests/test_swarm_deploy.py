@@ -227,8 +227,9 @@ def test_releases_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             started = time.monotonic()
             kept = deploy.rollback_image(store, app, 1)
             assert kept == one
-            _release(settings, store, 3, kept, lines)
+            back = _release(settings, store, 3, kept, lines)
             timings["rollback"] = time.monotonic() - started
+            print("rollback steps (s):", {k: round(v, 2) for k, v in back.timings.items()})
             assert _get(opus) == (200, "release one\n")
         finally:
             stop.set()

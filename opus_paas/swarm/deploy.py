@@ -281,14 +281,6 @@ def used_blocks(store: Store) -> set[int]:
     return {r.block for a in store.list_apps() for r in store.swarm_releases(a) if r.services}
 
 
-def pin_node(store: Store, app: App) -> str | None:
-    """The node a pinned app stays on: where it runs now, else the first node added."""
-    for member in store.swarm_members(app):
-        return member.node
-    recorded = sorted(store.list_nodes(), key=lambda n: (n.added_at, n.name))
-    return recorded[0].name if recorded else None
-
-
 @dataclasses.dataclass
 class Switched:
     """A swarm release that serves; left: drain the old members, remove the old
@@ -567,7 +559,8 @@ def release_live(settings: Settings, store: Store, app: App, version: int, emit:
     pin = None
     why = pinning.reason(config, pinning.ReleaseFacts.of(info, procfile, entries))
     if why is not None:
-        pin = pin_node(store, app)
+        from opus_paas.control.placement import pinned_node   # (what scheduler:set says)
+        pin = pinned_node(store, app)
         if pin is None:
             raise UsageError(f"{app.name} must stay on one node ({why.what}), and the swarm "
                              "has none: add one with `opus nodes:add HOST`")
