@@ -230,6 +230,7 @@ def test_releases_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             back = _release(settings, store, 3, kept, lines)
             timings["rollback"] = time.monotonic() - started
             print("rollback steps (s):", {k: round(v, 2) for k, v in back.timings.items()})
+            print("\n".join(line for line in lines if "still had" in line))
             assert _get(opus) == (200, "release one\n")
         finally:
             stop.set()

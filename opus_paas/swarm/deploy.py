@@ -119,17 +119,21 @@ class ApacheFront:
             if enabled or member_url(member) in present:
                 manager.set_enabled(member_url(member), enabled)
 
-    def drain(self, app: App, members: Sequence[SwarmMember], timeout: float) -> bool:
+    def drain(self, app: App, members: Sequence[SwarmMember], timeout: float) -> list[str]:
+        """Waits until no request is in flight on these members; those that still had
+        some at the timeout, as `URL (N busy)`."""
         manager = self.manager(app)
         deadline = time.monotonic() + timeout
-        drained = True
+        stuck = []
         for member in members:
+            url = member_url(member)
             try:
-                drained &= manager.wait_drained(member_url(member),
-                                                max(0.0, deadline - time.monotonic()))
-            except ServiceError:
-                drained = False
-        return drained
+                if not manager.wait_drained(url, max(0.0, deadline - time.monotonic())):
+                    busy = manager.members()[1].get(url)
+                    stuck.append(f"{url} ({busy.busy if busy else '?'} busy)")
+            except ServiceError as exc:
+                stuck.append(f"{url} ({exc.message})")
+        return stuck
 
     def apply(self, change: follow.Change) -> None:
         """What opus-swarm-follow found: the store first, then the running front:
@@ -302,10 +306,11 @@ class Switched:
             # The app served from this host before (or not at all): its programs here go.
             stop_local(self.settings, self.store, self.app)
             return
-        if self.old_members and not self.front.drain(self.app, self.old_members,
-                                                     DRAIN_TIMEOUT):
+        stuck = self.front.drain(self.app, self.old_members, DRAIN_TIMEOUT)
+        if stuck:
             emit(output.detail(f"v{self.old.version} still had requests after "
-                               f"{DRAIN_TIMEOUT:.0f} s; stopping it anyway"))
+                               f"{DRAIN_TIMEOUT:.0f} s ({', '.join(stuck)}); stopping it "
+                               "anyway"))
         mgr = nodes.manager(self.settings)
         emit(output.detail(f"Removing v{self.old.version}'s services "
                            f"({', '.join(self.old.services)}); its image stays for rollback"))
@@ -559,7 +564,7 @@ def release_live(settings: Settings, store: Store, app: App, version: int, emit:
     pin = None
     why = pinning.reason(config, pinning.ReleaseFacts.of(info, procfile, entries))
     if why is not None:
-        from opus_paas.control.placement import pinned_node   # (what scheduler:set says)
+        from opus_paas.control.placement import pinned_node  # (what scheduler:set says)
         pin = pinned_node(store, app)
         if pin is None:
             raise UsageError(f"{app.name} must stay on one node ({why.what}), and the swarm "
