@@ -382,7 +382,11 @@ def test_a_django_release_published_to_the_registry_runs_by_digest_on_a_node(
             config = opus.home / "apps" / "hello" / "env" / "v2.json"
             swarm.manager.docker("secret", "create", "hello-v2-config", str(config))
             port_base = free_port()
+            # The test nodes never pull for a service (DOCKER_SERVICE_PREFER_OFFLINE_IMAGE,
+            # tests/swarm_nodes.py): the node pulls by digest from the registry here.
             started = time.monotonic()
+            node.docker("pull", ref2, timeout=120)
+            timings["pull on a node"] = time.monotonic() - started
             swarm.manager.docker(
                 "service", "create", "--name", "hello-web-v2", "--detach",
                 "--label", "opus.app=hello", "--label", "opus.ptype=web",
@@ -396,9 +400,17 @@ def test_a_django_release_published_to_the_registry_runs_by_digest_on_a_node(
                 "--env", "OPUS_SLOT={{.Task.Slot}}", "--env", f"OPUS_PORT_BASE={port_base}",
                 "--restart-delay", "1s", "--stop-grace-period", "5s", ref2, "web")
             url = f"http://{node.address}:{port_base}/"
-            timings["service answering"] = _until(
-                lambda: _get(url, "hello.localhost")[0] == 200, 90,
-                f"HTTP 200 from {url}")
+            try:
+                timings["service answering"] = _until(
+                    lambda: _get(url, "hello.localhost")[0] == 200, 90,
+                    f"HTTP 200 from {url}")
+            except AssertionError as exc:
+                tasks = swarm.manager.docker("service", "ps", "--no-trunc", "hello-web-v2",
+                                             check=False)
+                logs = swarm.manager.docker("service", "logs", "--raw", "hello-web-v2",
+                                            check=False)
+                raise AssertionError(f"{exc}\n{tasks.stdout}{tasks.stderr}\n"
+                                     f"{logs.stdout[-3000:]}{logs.stderr[-3000:]}") from None
             status, body = _get(url, "hello.localhost")
             assert status == 200 and body.startswith("Hello from a node (visits: "), body
             # ALLOWED_HOSTS came from the config file: another Host is refused.
