@@ -18,9 +18,24 @@ from pathlib import Path
 import pytest
 
 from opus_paas import settings as settings_module
+from opus_paas.layout import AppPaths
+from opus_paas.store import Store
 from opus_paas.swarm import entrypoint, images, layers, registry
 from opus_paas.swarm.entrypoint import EntrypointError
 from opus_paas.swarm.layers import Entry, LayerError
+from tests.conftest import (
+    free_port,
+    git,
+    make_django_project,
+    make_key,
+    push_main,
+    require_root,
+    require_tool,
+    set_greeting,
+    start_opus,
+    stop_opus,
+)
+from tests.swarm_nodes import DOCKER, DOCKERD, swarm_nodes
 
 ALWAYS = lambda _target: True  # noqa: E731
 NEVER = lambda _target: False  # noqa: E731
@@ -165,7 +180,7 @@ def _fake_release(tmp_path: Path, python: str) -> tuple[settings_module.Settings
 def test_the_virtualenv_is_materialised_at_app_opus_venv(tmp_path: Path) -> None:
     python = str(images.base_python())
     settings, slug = _fake_release(tmp_path, python)
-    paths = images.AppPaths.of(settings, "shop")
+    paths = AppPaths.of(settings, "shop")
     entries = {e.name: e for e in images.venv_entries(paths, slug, {python.lstrip("/")})}
     venv = "app/.opus/venv"
     assert entries[f"{venv}/bin/python"].target == python
@@ -177,7 +192,7 @@ def test_the_virtualenv_is_materialised_at_app_opus_venv(tmp_path: Path) -> None
     # Keyed by contents: the same venv built at another path gives the same layer.
     again = tmp_path / "again"
     settings2, slug2 = _fake_release(again, python)
-    entries2 = images.venv_entries(images.AppPaths.of(settings2, "shop"), slug2,
+    entries2 = images.venv_entries(AppPaths.of(settings2, "shop"), slug2,
                                    {python.lstrip("/")})
     assert layers.layer(entries2).digest == layers.layer(list(entries.values())).digest
 
@@ -185,7 +200,7 @@ def test_the_virtualenv_is_materialised_at_app_opus_venv(tmp_path: Path) -> None
 def test_a_virtualenv_on_a_python_the_base_lacks_is_refused(tmp_path: Path) -> None:
     settings, slug = _fake_release(tmp_path, "/opt/pythons/3.13/bin/python3.13")
     with pytest.raises(LayerError, match="only Debian's"):
-        images.venv_entries(images.AppPaths.of(settings, "shop"), slug, set())
+        images.venv_entries(AppPaths.of(settings, "shop"), slug, set())
 
 
 def test_a_virtualenv_outside_the_app_is_refused(tmp_path: Path) -> None:
@@ -195,7 +210,7 @@ def test_a_virtualenv_outside_the_app_is_refused(tmp_path: Path) -> None:
     (slug / ".opus" / "venv").unlink()
     (slug / ".opus" / "venv").symlink_to(elsewhere)
     with pytest.raises(LayerError, match="not inside the app's directory"):
-        images.venv_entries(images.AppPaths.of(settings, "shop"), slug, set())
+        images.venv_entries(AppPaths.of(settings, "shop"), slug, set())
 
 
 # ---- image config and manifest ---------------------------------------------------------
@@ -316,10 +331,6 @@ def _until(probe, timeout: float, what: str) -> float:  # type: ignore[no-untype
 
 def test_a_django_release_published_to_the_registry_runs_by_digest_on_a_node(
         tmp_path: Path) -> None:
-    from tests.conftest import (free_port, make_django_project, make_key, push_main,
-                                require_root, require_tool, set_greeting, start_opus,
-                                stop_opus)
-    from tests.swarm_nodes import DOCKER, DOCKERD, swarm_nodes
     require_root("the swarm nodes need network and mount namespaces")
     for tool in (DOCKERD, DOCKER, registry.BINARY, "ip", "nsenter", "unshare"):
         require_tool(tool)
@@ -334,12 +345,10 @@ def test_a_django_release_published_to_the_registry_runs_by_digest_on_a_node(
             key = make_key(tmp_path, "admin")
             opus.cli("keys:add", "admin", str(key.public))
             project = make_django_project(tmp_path / "hello")
-            from tests.conftest import git
             git(project, "remote", "add", "opus",
                 f"ssh://git@127.0.0.1:{opus.ssh_port}/hello.git")
             push_main(project, opus, key)
             settings = settings_module.load(opus.env)
-            from opus_paas.store import Store
             store = Store(settings.db_path)
             app = store.get_app("hello")
             assert app is not None

@@ -23,8 +23,8 @@ from opus_paas.front import httpd, sites
 from opus_paas.run import deploy, health, recovery
 from opus_paas.settings import Settings, user_ids
 from opus_paas.store import Store
-from opus_paas.swarm import registry
 from opus_paas.supervisor import Program, Supervisor
+from opus_paas.swarm import registry
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:

@@ -26,6 +26,7 @@ SITE = "/opus/site"                 # gunicorn, from Opus's own environment
 BASH = "/bin/bash"
 CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 CONFIG_ENV = "OPUS_CONFIG_FILE"
+TMP = "/tmp"  # noqa: S108 (the task's own tmpfs: the root is read-only)
 # Never taken from the app's config: they would change what runs, not how.
 UNSAFE = frozenset({"PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONHOME", "PYTHONPATH",
                     "PYTHONSTARTUP", "PYTHONINSPECT", "VIRTUAL_ENV", "HOME", "TMPDIR",
@@ -74,9 +75,9 @@ def task_environment(config: Mapping[str, str], environ: Mapping[str, str],
     env.update({
         "PATH": f"{VENV}/bin:/usr/bin:/bin",
         "VIRTUAL_ENV": VENV,
-        "HOME": "/tmp",                       # the root is read-only; /tmp is a tmpfs
-        "TMPDIR": "/tmp",
-        "XDG_CACHE_HOME": "/tmp/.cache",
+        "HOME": TMP,
+        "TMPDIR": TMP,
+        "XDG_CACHE_HOME": f"{TMP}/.cache",
         "PYTHONUNBUFFERED": "1",
         "SSL_CERT_FILE": CA_FILE,
         "OPUS_APP_ROOT": APP,
@@ -104,7 +105,8 @@ def _bounded(environ: Mapping[str, str], key: str, default: int, most: int) -> i
 def command(ptype: str, build_info: Mapping[str, object], environ: Mapping[str, str],
             port: int) -> tuple[list[str], dict[str, str]]:
     """The argv to exec for `ptype`, and what to add to its environment."""
-    bind = environ.get("OPUS_BIND") or "0.0.0.0"   # noqa: S104 (host network: the front is elsewhere)
+    # Host network: the front reaches the task from another machine.
+    bind = environ.get("OPUS_BIND") or "0.0.0.0"
     raw_types = build_info.get("process_types")
     types = {str(k): str(v) for k, v in raw_types.items()} \
         if isinstance(raw_types, dict) else {}
@@ -126,7 +128,7 @@ def command(ptype: str, build_info: Mapping[str, object], environ: Mapping[str, 
     threads = _bounded(environ, "OPUS_WEB_THREADS", 5, MAX_THREADS)
     return [f"{VENV}/bin/python", "-m", "gunicorn", "--bind", f"{bind}:{port}",
             "--workers", str(processes), "--worker-class", "gthread",
-            "--threads", str(threads), "--worker-tmp-dir", "/tmp", "--chdir", APP,
+            "--threads", str(threads), "--worker-tmp-dir", TMP, "--chdir", APP,
             "--access-logfile", "-", "--error-logfile", "-", "--graceful-timeout", "10",
             "opus_runtime.wsgi:application"], {"PYTHONPATH": SITE}
 

@@ -44,9 +44,9 @@ STDLIB_SKIP = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3
                "pydoc_data", "site-packages", "dist-packages", "sitecustomize.py")
 # Plus what nothing needs at run time (pyc files of skipped modules would be dead weight).
 ZONEINFO_SKIP = ("right", "posix", "localtime")
-PASSWD = ("root:x:0:0:root:/root:/usr/sbin/nologin\n"
+USERS_FILE = ("root:x:0:0:root:/root:/usr/sbin/nologin\n"
           "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
-GROUP = "root:x:0:\nnogroup:x:65534:\n"
+GROUPS_FILE = "root:x:0:\nnogroup:x:65534:\n"
 CONFIG_MEDIA = "application/vnd.docker.container.image.v1+json"
 LAYER_MEDIA = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
@@ -123,8 +123,8 @@ def base_entries() -> list[Entry]:
     for name in ("etc/ssl/certs/ca-certificates.crt", "etc/ssl/openssl.cnf"):
         if Path("/" + name).is_file():
             entries.append(Entry(name, "file", 0o644, Path("/" + name).read_bytes()))
-    entries += [Entry("etc/passwd", "file", 0o644, PASSWD.encode()),
-                Entry("etc/group", "file", 0o644, GROUP.encode()),
+    entries += [Entry("etc/passwd", "file", 0o644, USERS_FILE.encode()),
+                Entry("etc/group", "file", 0o644, GROUPS_FILE.encode()),
                 Entry("etc/hostname", "file", 0o644, b""),
                 Entry("etc/hosts", "file", 0o644, b"127.0.0.1 localhost\n"),
                 Entry("etc/resolv.conf", "file", 0o644, b"")]
