@@ -149,6 +149,34 @@ def test_device_files_are_refused(tmp_path: Path) -> None:
         images.slug_entries(tree)
 
 
+def test_a_hard_link_to_a_file_the_app_does_not_own_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    tree = tmp_path / "slug"
+    tree.mkdir()
+    os.chown(tree, 65534, 65534)
+    (tree / "own").write_text("mine")
+    os.chown(tree / "own", 65534, 65534)
+    os.link(tree / "own", tree / "own-again")       # the app's own file, twice: fine
+    assert len(images.slug_entries(tree)) == 3
+    secret = tmp_path / "secret"
+    secret.write_text("root's")
+    os.link(secret, tree / "planted")
+    with pytest.raises(LayerError, match="hard link to a file owned by uid 0"):
+        images.slug_entries(tree)
+
+
+def test_odd_file_names_survive_as_they_are(tmp_path: Path) -> None:
+    tree = tmp_path / "slug"
+    tree.mkdir()
+    odd = ["new\nline.txt", "sp ace", "-rf", "ünï.py", "x" * 200,
+           os.fsdecode(b"latin1-\xe9")]
+    for name in odd:
+        (tree / name).write_bytes(b"x")
+    members = _members(_tar_bytes(images.slug_entries(tree)))
+    assert {f"app/{name}" for name in odd} <= set(members)
+
+
 def test_link_targets_are_judged_where_they_land() -> None:
     assert layers.link_target_in_image("app/a/b", "../c") == "/app/c"
     assert layers.link_target_in_image("app/a/b", "../../../x") == ""

@@ -19,11 +19,11 @@ returns `REGISTRY/opus/APP@sha256:…`; the image config and manifest are built 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import gunicorn
@@ -34,11 +34,20 @@ from opus_paas.settings import Settings
 from opus_paas.store import App
 from opus_paas.store.records import Release
 from opus_paas.swarm import entrypoint, registry
-from opus_paas.swarm.layers import Entry, Layer, LayerError, layer, tree_entries
+from opus_paas.swarm.layers import (
+    Entry,
+    Layer,
+    LayerError,
+    layer,
+    layer_of_tar,
+    tree_entries,
+    write_tar,
+)
 
 EPOCH = "1970-01-01T00:00:00Z"
-BASE_REPO = "opus/base"
-VENV_REPO = "opus/venv"
+# Outside opus/<app>, so no app name meets them.
+BASE_REPO = "opus-shared/base"
+VENV_REPO = "opus-shared/venv"
 # Left out of the base: tests, IDLE, Tk, build files, pip's bootstrap, 2to3, pydoc's data.
 STDLIB_SKIP = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
                "pydoc_data", "site-packages", "dist-packages", "sitecustomize.py")
@@ -204,30 +213,30 @@ def manifest(config: bytes, layers: list[Layer]) -> bytes:
     }, sort_keys=True, indent=3).encode()
 
 
-def cached_layer(settings: Settings, key: str, make: Callable[[], Layer]) -> Layer:
-    """A layer kept in OPUS_HOME/images under `key`: built once, then read back."""
+def cached_layer(settings: Settings, entries: list[Entry]) -> Layer:
+    """The layer of `entries`, its gzip kept in OPUS_HOME/images under the plain tar's
+    digest: compressing is most of a layer's cost, and the base and an unchanged
+    virtualenv give the same tar every time."""
+    plain = io.BytesIO()
+    write_tar(entries, plain)
+    diff_id = "sha256:" + hashlib.sha256(plain.getvalue()).hexdigest()
     directory = settings.home / "images"
     directory.mkdir(mode=0o700, exist_ok=True)
-    path = directory / f"{key}.json"
-    blob = directory / f"{key}.tar.gz"
-    if path.is_file() and blob.is_file():
-        meta = json.loads(path.read_text())
-        return Layer(blob.read_bytes(), meta["digest"], meta["diff_id"])
-    made = make()
-    blob.with_suffix(".new").write_bytes(made.gzipped)
-    blob.with_suffix(".new").replace(blob)
-    path.write_text(json.dumps({"digest": made.digest, "diff_id": made.diff_id}))
+    blob = directory / f"{diff_id.split(':', 1)[1]}.tar.gz"
+    if blob.is_file():
+        gzipped = blob.read_bytes()
+        return Layer(gzipped, "sha256:" + hashlib.sha256(gzipped).hexdigest(), diff_id)
+    made = layer_of_tar(plain.getvalue())
+    temp = blob.with_suffix(".new")
+    temp.write_bytes(made.gzipped)
+    temp.replace(blob)
     return made
 
 
 def base_layer(settings: Settings) -> tuple[Layer, set[str]]:
-    """The base layer (cached by a hash of its whole contents) and its paths."""
+    """The base layer and its paths."""
     entries = base_entries()
-    names = {e.name for e in entries}
-    key = "base-" + hashlib.sha256(b"".join(
-        f"{e.name}\0{e.kind}\0{e.mode}\0{e.target}\0{e.mtime}\0".encode() +
-        hashlib.sha256(e.data).digest() for e in entries)).hexdigest()
-    return cached_layer(settings, key, lambda: layer(entries)), names
+    return cached_layer(settings, entries), {e.name for e in entries}
 
 
 def build(settings: Settings, app: App, release: Release) -> tuple[list[Layer], bytes]:
@@ -238,7 +247,7 @@ def build(settings: Settings, app: App, release: Release) -> tuple[list[Layer], 
         raise ServiceError(f"release v{release.version} of {app.name} has no built slug "
                            f"({slug}); build it again with a push")
     base, names = base_layer(settings)
-    venv = layer(venv_entries(paths, slug, names))
+    venv = cached_layer(settings, venv_entries(paths, slug, names))
     code = layer(slug_entries(slug))
     layers = [base, venv, code]
     return layers, image_config(app.name, release.version, layers)

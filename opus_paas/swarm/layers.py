@@ -90,7 +90,10 @@ def tree_entries(root: Path, dest: str, *, allowed_link: Callable[[str], bool],
 def _walk(root: Path, dest: str, skip: Callable[[str], bool]
           ) -> Iterable[tuple[str, str, int, bytes, str, int]]:
     """(image path, kind, mode, data, link target, mtime) of `root` and below, by lstat
-    only; a file is read through O_NOFOLLOW (a swap to a symlink fails, never follows)."""
+    only; a file is read through O_NOFOLLOW and judged by what was opened (a swap to a
+    symlink or a FIFO fails, never follows or blocks). A hard link to a file whose owner
+    is not the tree's (the app planting a link to a file it cannot read) is refused."""
+    owner = os.lstat(root).st_uid
     stack = [(root, dest.strip("/"))]
     while stack:
         path, name = stack.pop()
@@ -104,14 +107,23 @@ def _walk(root: Path, dest: str, skip: Callable[[str], bool]
             for child in sorted(os.listdir(path), reverse=True):
                 stack.append((path / child, f"{name}/{child}" if name else child))
         elif stat.S_ISREG(info.st_mode):
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            with os.fdopen(fd, "rb") as file:
-                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-                    raise LayerError(f"/{name} changed while it was read; publish again")
-                yield name, "file", info.st_mode, file.read(), "", int(info.st_mtime)
+            yield name, "file", info.st_mode, _read(path, name, owner), "", \
+                int(info.st_mtime)
         else:
             raise LayerError(f"/{name} is a device file, FIFO or socket, which an image "
                              "cannot hold; remove it from the app")
+
+
+def _read(path: Path, name: str, owner: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        opened = os.fstat(file.fileno())
+        if not stat.S_ISREG(opened.st_mode):
+            raise LayerError(f"/{name} changed while it was read; publish again")
+        if opened.st_nlink > 1 and opened.st_uid != owner:
+            raise LayerError(f"/{name} is a hard link to a file owned by uid "
+                             f"{opened.st_uid}, not the app; replace it with a copy")
+        return file.read()
 
 
 def parents(names: Iterable[str]) -> list[Entry]:
