@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.privileged import INSTANCE_MARKER
-from opus_paas.settings import Settings
+from opus_paas.settings import Settings, user_ids
 
 PROGRAM = "opus-registry"
 BINARY = "/usr/bin/docker-registry"
@@ -70,6 +71,10 @@ def write_config(settings: Settings) -> Path:
     temp = directory / "config.yml.new"
     temp.write_text(config_text(settings))
     temp.replace(path)
+    ids = user_ids(settings.system_user) if settings.system and os.geteuid() == 0 else None
+    if ids is not None:         # `opus up --system` writes it; the opus user runs it
+        for owned in (directory, directory / "storage", path):
+            os.chown(owned, *ids)
     return path
 
 
