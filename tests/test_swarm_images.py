@@ -324,12 +324,16 @@ def test_the_registry_program_runs_once_an_address_is_set(tmp_path: Path) -> Non
     assert registry.program(unset) is None
     with pytest.raises(Exception, match="set swarm_registry"):
         registry.address(unset)
+    # Another host's address, or a name: a registry the operator runs, not Opus.
+    for elsewhere in ("203.0.113.9:5000", "registry.opus.test:5000"):
+        assert registry.program(settings_module.load(
+            {"OPUS_HOME": str(tmp_path / "c"), "OPUS_SWARM_REGISTRY": elsewhere})) is None
     settings = settings_module.load({"OPUS_HOME": str(tmp_path / "b"),
-                                     "OPUS_SWARM_REGISTRY": "10.0.0.1:5000"})
+                                     "OPUS_SWARM_REGISTRY": "127.0.0.1:5000"})
     spec = registry.program(settings)
     assert spec is not None and spec["name"] == "opus-registry"
     config = Path(spec["command"][-1]).read_text()
-    assert 'addr: "10.0.0.1:5000"' in config
+    assert 'addr: "127.0.0.1:5000"' in config
     assert f'rootdirectory: "{settings.home}/registry/storage"' in config
 
 

@@ -2,8 +2,9 @@
 a small client of its HTTP API V2 that pushes the layers and manifests images.py makes.
 
 The registry runs as the supervisor program `opus-registry` on the Opus host once
-`swarm_registry` (host:port, an address of this host the nodes reach) is set; its
-storage lives in OPUS_HOME/registry. Plain HTTP for now: nodes list it in their
+`swarm_registry` is set to host:port with an IP address of this host the nodes reach
+(a name or another host's address: a registry the operator runs); its storage lives
+in OPUS_HOME/registry. Plain HTTP for now: nodes list it in their
 daemon.json's insecure-registries (docs/scale-out.md, Images: TLS with Opus's CA is
 the gap).
 """
@@ -11,8 +12,10 @@ the gap).
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
+import socket
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -78,10 +81,28 @@ def write_config(settings: Settings) -> Path:
     return path
 
 
+def runs_here(settings: Settings) -> bool:
+    """Whether Opus runs the registry itself: swarm_registry's host is an IP address of
+    this host. A name, or another host's address, is a registry the operator runs."""
+    host = settings.swarm_registry.rpartition(":")[0] or settings.swarm_registry
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(ip), 0))
+        except OSError:
+            return False
+    return True
+
+
 def program(settings: Settings) -> dict[str, Any] | None:
     """The supervisor program of the registry, as supervisor.Program's fields, once
-    swarm_registry is set (`opus up` adds it to Opus's own programs)."""
-    if not settings.swarm_registry:
+    swarm_registry names an address of this host (`opus up` adds it to Opus's own
+    programs)."""
+    if not settings.swarm_registry or not runs_here(settings):
         return None
     config = write_config(settings)
     return {
