@@ -10,7 +10,8 @@ SSH server's threads):
 - `releases`: builds and releases;
 - `tls`: each site's HTTPS state;
 - `data`: add-ons, app databases and Redis servers, backups and their schedules;
-- `nodes`: the swarm's machines.
+- `nodes`: the swarm's machines;
+- `swarm`: each app's scheduler, limits, releases and members on the swarm.
 
 `records` holds the dataclasses handed out, `schema` the tables and the file's checks.
 
@@ -44,22 +45,27 @@ from opus_paas.store.records import (
     BackupPolicy,
     Build,
     Key,
+    Limits,
     Release,
+    SwarmMember,
     SwarmNode,
+    SwarmRelease,
     TlsSite,
     User,
 )
 from opus_paas.store.releases import ReleasesStore
 from opus_paas.store.schema import SCHEMA, database_problem, restore_if_damaged
+from opus_paas.store.swarm import SCHEDULERS, SwarmStore
 from opus_paas.store.tls import TlsStore
 
 __all__ = [
-    "RELEASE_STATES", "SCHEMA", "TLS_COLUMNS", "App", "AppDatabase", "AppRedis", "Autosleep",
-    "Backup", "BackupPolicy", "Build", "Key", "Release", "Store", "SwarmNode", "TlsSite",
-    "User",
+    "RELEASE_STATES", "SCHEDULERS", "SCHEMA", "TLS_COLUMNS", "App", "AppDatabase", "AppRedis",
+    "Autosleep", "Backup", "BackupPolicy", "Build", "Key", "Limits", "Release", "Store",
+    "SwarmMember", "SwarmNode", "SwarmRelease", "TlsSite", "User",
     "database_problem", "restore_if_damaged",
 ]
 
 
-class Store(AccessStore, AppsStore, ReleasesStore, TlsStore, DataStore, NodesStore):
+class Store(AccessStore, AppsStore, ReleasesStore, TlsStore, DataStore, NodesStore,
+            SwarmStore):
     """Typed access to opus.db."""

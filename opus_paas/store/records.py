@@ -162,6 +162,39 @@ class SwarmNode:
 
 
 @dataclasses.dataclass(frozen=True)
+class Limits:
+    """A process type's resource limits under swarm (`ps:resize`); None: no limit."""
+    memory_bytes: int | None
+    cpus: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SwarmRelease:
+    """A release deployed on the swarm: its image pinned by digest
+    (`REGISTRY/opus/APP@sha256:…`, kept for rollback), the port block its services
+    listen on, and the services made for it."""
+    app: str
+    version: int
+    image: str
+    block: int
+    services: tuple[str, ...]
+    created: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SwarmMember:
+    """One task of a swarm release as the front sees it: `host:port` on `node`."""
+    app: str
+    version: int
+    ptype: str
+    slot: int
+    node: str
+    host: str
+    port: int
+    enabled: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class BackupPolicy:
     app: str
     minute_of_day: int | None   # a daily backup at this UTC minute; None: none

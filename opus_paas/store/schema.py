@@ -197,6 +197,39 @@ CREATE TABLE IF NOT EXISTS nodes (
     docker_id TEXT NOT NULL,
     added_at REAL NOT NULL
 );
+-- Swarm (docs/scale-out.md): where an app runs (no row: local), the limits of its
+-- process types, its releases on the swarm and the members the front serves them by.
+CREATE TABLE IF NOT EXISTS schedulers (
+    app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+    scheduler TEXT NOT NULL CHECK (scheduler IN ('local', 'swarm'))
+);
+CREATE TABLE IF NOT EXISTS limits (
+    app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    ptype TEXT NOT NULL,
+    memory_bytes INTEGER,
+    cpus REAL,
+    PRIMARY KEY (app_id, ptype)
+);
+CREATE TABLE IF NOT EXISTS swarm_releases (
+    app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    image TEXT NOT NULL,
+    block INTEGER NOT NULL,
+    services TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (app_id, version)
+);
+CREATE TABLE IF NOT EXISTS swarm_members (
+    app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    ptype TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    enabled INTEGER NOT NULL,
+    PRIMARY KEY (app_id, version, ptype, slot)
+);
 """
 
 
