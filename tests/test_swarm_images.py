@@ -3,6 +3,7 @@ layers, hostile slugs refused, the entrypoint's ports and environment; and one s
 on real nodes: a Django release published to opus-registry runs by digest on a node."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -335,6 +336,45 @@ def test_the_registry_program_runs_once_an_address_is_set(tmp_path: Path) -> Non
     config = Path(spec["command"][-1]).read_text()
     assert 'addr: "127.0.0.1:5000"' in config
     assert f'rootdirectory: "{settings.home}/registry/storage"' in config
+
+
+def test_the_registry_program_stores_blobs_once_and_manifests_by_our_digest(
+        tmp_path: Path) -> None:
+    require_tool(registry.BINARY)
+    address = f"127.0.0.1:{free_port()}"
+    settings = settings_module.load({"OPUS_HOME": str(tmp_path / "home"),
+                                     "OPUS_SWARM_REGISTRY": address})
+    spec = registry.program(settings)
+    assert spec is not None
+    log = open(tmp_path / "registry.log", "wb")  # noqa: SIM115 (the server keeps it)
+    server = subprocess.Popen(spec["command"], cwd=spec["directory"], stdout=log,
+                              stderr=subprocess.STDOUT, env=spec["environment"])
+    log.close()
+    try:
+        _until(lambda: _registry_answers(address), 15, "the registry")
+        client = registry.Client(address)
+        shared = layers.layer([Entry("usr/bin/x", "file", 0o755, b"base")])
+        own = layers.layer([Entry("app/a.py", "file", 0o644, b"print(1)")])
+        # Sent to the shared repository once; every app's repository mounts it.
+        assert client.ensure_blob("opus/one", shared.digest, shared.gzipped,
+                                  images.BASE_REPO) is True
+        assert client.ensure_blob("opus/two", shared.digest, shared.gzipped,
+                                  images.BASE_REPO) is False
+        assert client.has_blob("opus/two", shared.digest)
+        assert client.ensure_blob("opus/two", own.digest, own.gzipped) is True
+        config = images.image_config("two", 1, [shared, own])
+        client.ensure_blob("opus/two", "sha256:" + hashlib.sha256(
+            config).hexdigest(), config)
+        body = images.manifest(config, [shared, own])
+        expected = "sha256:" + hashlib.sha256(body).hexdigest()
+        assert client.put_manifest("opus/two", "v1", body) == expected
+        assert client.get_manifest("opus/two", expected) == body
+        assert client.get_manifest("opus/two", "v9") is None
+        stored = settings.home / "registry" / "storage" / "docker" / "registry" / "v2"
+        assert (stored / "repositories" / "opus" / "two").is_dir()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 # ---- one scenario on real nodes ----------------------------------------------------------
