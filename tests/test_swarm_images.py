@@ -21,7 +21,7 @@ import pytest
 from opus_paas import settings as settings_module
 from opus_paas.layout import AppPaths
 from opus_paas.store import Store
-from opus_paas.swarm import entrypoint, images, layers, registry
+from opus_paas.swarm import bytecode, entrypoint, images, layers, registry
 from opus_paas.swarm.entrypoint import EntrypointError
 from opus_paas.swarm.layers import Entry, LayerError
 from tests.conftest import (
@@ -240,6 +240,31 @@ def test_a_virtualenv_outside_the_app_is_refused(tmp_path: Path) -> None:
     (slug / ".opus" / "venv").symlink_to(elsewhere)
     with pytest.raises(LayerError, match="not inside the app's directory"):
         images.venv_entries(AppPaths.of(settings, "shop"), slug, set())
+
+
+# ---- byte code ------------------------------------------------------------------------
+
+def test_byte_code_is_unchecked_hash_based_and_reproducible() -> None:
+    assert bytecode.pyc_name("app/pkg/mod.py", "cpython-311") == \
+        "app/pkg/__pycache__/mod.cpython-311.pyc"
+    entries = [Entry("app/pkg/mod.py", "file", 0o644, b"X = 41 + 1\n"),
+               Entry("app/broken.py", "file", 0o644, b"def (:\n"),
+               Entry("app/data.txt", "file", 0o644, b"not python")]
+    python = images.base_python()
+    one = bytecode.with_bytecode(entries, python)
+    assert one == bytecode.with_bytecode(list(entries), python)
+    pycs = {e.name: e.data for e in one if e.name.endswith(".pyc")}
+    assert len(pycs) == 1            # the broken file gets none; Python reports it on import
+    [(name, pyc)] = pycs.items()
+    assert name.startswith("app/pkg/__pycache__/mod.cpython-3")
+    # PEP 552: flags 0b01, hash-based and never checked against the source.
+    assert int.from_bytes(pyc[4:8], "little") == 0b01
+    probe = subprocess.run(
+        [str(python), "-I", "-c", "import marshal, sys; "
+         "ns = {}; exec(marshal.loads(sys.stdin.buffer.read()[16:]), ns); "
+         "print(ns['X'], ns['__builtins__'] is not None)"],
+        input=pyc, capture_output=True, check=True)
+    assert probe.stdout.split()[0] == b"42"
 
 
 # ---- image config and manifest ---------------------------------------------------------

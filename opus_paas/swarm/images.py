@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gunicorn
@@ -33,13 +34,12 @@ from opus_paas.layout import AppPaths
 from opus_paas.settings import Settings
 from opus_paas.store import App
 from opus_paas.store.records import Release
-from opus_paas.swarm import entrypoint, registry
+from opus_paas.swarm import bytecode, entrypoint, registry
 from opus_paas.swarm.layers import (
     Entry,
     Layer,
     LayerError,
     layer,
-    layer_of_tar,
     tree_entries,
     write_tar,
 )
@@ -213,23 +213,27 @@ def manifest(config: bytes, layers: list[Layer]) -> bytes:
     }, sort_keys=True, indent=3).encode()
 
 
-def cached_layer(settings: Settings, entries: list[Entry]) -> Layer:
-    """The layer of `entries`, its gzip kept in OPUS_HOME/images under the plain tar's
-    digest: compressing is most of a layer's cost, and the base and an unchanged
-    virtualenv give the same tar every time."""
+def cached_layer(settings: Settings, entries: list[Entry],
+                 complete: Callable[[list[Entry]], list[Entry]] = lambda e: e) -> Layer:
+    """The layer of `complete(entries)`, kept in OPUS_HOME/images under the digest of
+    `entries`' own tar: compressing (and compiling) is most of a layer's cost, and the
+    base and an unchanged virtualenv give the same tar every time."""
     plain = io.BytesIO()
     write_tar(entries, plain)
-    diff_id = "sha256:" + hashlib.sha256(plain.getvalue()).hexdigest()
+    key = hashlib.sha256(plain.getvalue()).hexdigest()
     directory = settings.home / "images"
     directory.mkdir(mode=0o700, exist_ok=True)
-    blob = directory / f"{diff_id.split(':', 1)[1]}.tar.gz"
-    if blob.is_file():
+    blob, meta = directory / f"{key}.tar.gz", directory / f"{key}.json"
+    if blob.is_file() and meta.is_file():
         gzipped = blob.read_bytes()
-        return Layer(gzipped, "sha256:" + hashlib.sha256(gzipped).hexdigest(), diff_id)
-    made = layer_of_tar(plain.getvalue())
-    temp = blob.with_suffix(".new")
-    temp.write_bytes(made.gzipped)
-    temp.replace(blob)
+        return Layer(gzipped, "sha256:" + hashlib.sha256(gzipped).hexdigest(),
+                     str(json.loads(meta.read_text())["diff_id"]))
+    made = layer(complete(entries))
+    for path, data in ((blob, made.gzipped), (meta, json.dumps(
+            {"diff_id": made.diff_id}).encode())):
+        temp = path.with_suffix(".new")
+        temp.write_bytes(data)
+        temp.replace(path)
     return made
 
 
@@ -247,8 +251,10 @@ def build(settings: Settings, app: App, release: Release) -> tuple[list[Layer], 
         raise ServiceError(f"release v{release.version} of {app.name} has no built slug "
                            f"({slug}); build it again with a push")
     base, names = base_layer(settings)
-    venv = cached_layer(settings, venv_entries(paths, slug, names))
-    code = layer(slug_entries(slug))
+    python = base_python()
+    venv = cached_layer(settings, venv_entries(paths, slug, names),
+                        lambda entries: bytecode.with_bytecode(entries, python))
+    code = layer(bytecode.with_bytecode(slug_entries(slug), python))
     layers = [base, venv, code]
     return layers, image_config(app.name, release.version, layers)
 
