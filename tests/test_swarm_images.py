@@ -210,7 +210,7 @@ def test_the_virtualenv_is_materialised_at_app_opus_venv(tmp_path: Path) -> None
     python = str(images.base_python())
     settings, slug = _fake_release(tmp_path, python)
     paths = AppPaths.of(settings, "shop")
-    entries = {e.name: e for e in images.venv_entries(paths, slug, {python.lstrip("/")})}
+    entries = {e.name: e for e in images.venv_entries(paths, slug)}
     venv = "app/.opus/venv"
     assert entries[f"{venv}/bin/python"].target == python
     assert entries[f"{venv}/bin/gunicorn"].data == b"#!/app/.opus/venv/bin/python\nimport sys\n"
@@ -221,15 +221,14 @@ def test_the_virtualenv_is_materialised_at_app_opus_venv(tmp_path: Path) -> None
     # Keyed by contents: the same venv built at another path gives the same layer.
     again = tmp_path / "again"
     settings2, slug2 = _fake_release(again, python)
-    entries2 = images.venv_entries(AppPaths.of(settings2, "shop"), slug2,
-                                   {python.lstrip("/")})
+    entries2 = images.venv_entries(AppPaths.of(settings2, "shop"), slug2)
     assert layers.layer(entries2).digest == layers.layer(list(entries.values())).digest
 
 
 def test_a_virtualenv_on_a_python_the_base_lacks_is_refused(tmp_path: Path) -> None:
     settings, slug = _fake_release(tmp_path, "/opt/pythons/3.13/bin/python3.13")
     with pytest.raises(LayerError, match="only Debian's"):
-        images.venv_entries(AppPaths.of(settings, "shop"), slug, set())
+        images.venv_entries(AppPaths.of(settings, "shop"), slug)
 
 
 def test_a_virtualenv_outside_the_app_is_refused(tmp_path: Path) -> None:
@@ -239,7 +238,7 @@ def test_a_virtualenv_outside_the_app_is_refused(tmp_path: Path) -> None:
     (slug / ".opus" / "venv").unlink()
     (slug / ".opus" / "venv").symlink_to(elsewhere)
     with pytest.raises(LayerError, match="not inside the app's directory"):
-        images.venv_entries(AppPaths.of(settings, "shop"), slug, set())
+        images.venv_entries(AppPaths.of(settings, "shop"), slug)
 
 
 # ---- byte code ------------------------------------------------------------------------

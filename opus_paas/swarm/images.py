@@ -19,10 +19,10 @@ returns `REGISTRY/opus/APP@sha256:…`; the image config and manifest are built 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,14 +34,13 @@ from opus_paas.layout import AppPaths
 from opus_paas.settings import Settings
 from opus_paas.store import App
 from opus_paas.store.records import Release
-from opus_paas.swarm import bytecode, entrypoint, registry
+from opus_paas.swarm import bytecode, entrypoint, layers, registry
 from opus_paas.swarm.layers import (
     Entry,
     Layer,
     LayerError,
     layer,
     tree_entries,
-    write_tar,
 )
 
 EPOCH = "1970-01-01T00:00:00Z"
@@ -66,20 +65,18 @@ def base_python() -> Path:
 
 
 def _ldd(binaries: list[Path]) -> list[str]:
-    """The shared libraries the binaries load, as paths on this host."""
+    """The shared libraries the binaries load, as paths on this host (one ldd call:
+    with several files it heads each one's list with `FILE:`)."""
+    result = subprocess.run(["/usr/bin/ldd", *map(str, binaries)], capture_output=True,
+                            text=True, check=False, timeout=60)
     found: set[str] = set()
-    for binary in binaries:
-        result = subprocess.run(["/usr/bin/ldd", str(binary)], capture_output=True,
-                                text=True, check=False, timeout=30)
-        for line in result.stdout.splitlines():
-            words = line.split()
-            if "=>" in words and len(words) > words.index("=>") + 1:
-                path = words[words.index("=>") + 1]
-                if path.startswith("/"):
-                    found.add(path)
-            elif words and words[0].startswith("/"):
-                found.add(words[0])          # the loader itself
-    return sorted(found)
+    for line in result.stdout.splitlines():
+        words = line.split()
+        if "=>" in words and len(words) > words.index("=>") + 1:
+            found.add(words[words.index("=>") + 1])
+        elif words and not line.endswith(":"):
+            found.add(words[0])              # the loader itself (and linux-vdso: dropped)
+    return sorted(path for path in found if path.startswith("/"))
 
 
 def _canonical(path: str) -> str:
@@ -145,14 +142,20 @@ def base_entries() -> list[Entry]:
     return entries
 
 
-def venv_entries(paths: AppPaths, slug: Path, base_names: set[str]) -> list[Entry]:
+def venv_dir(paths: AppPaths, slug: Path) -> Path:
+    """The slug's virtualenv (its .opus/venv link resolved), which must be the app's."""
+    real = (slug / ".opus" / "venv").resolve()
+    if not real.is_dir() or not (real == paths.dir or paths.dir in real.parents):
+        raise LayerError(f"the release's virtualenv ({slug / '.opus' / 'venv'}) is not "
+                         "inside the app's directory; build the release again (git push)")
+    return real
+
+
+def venv_entries(paths: AppPaths, slug: Path) -> list[Entry]:
     """The slug's virtualenv at /app/.opus/venv: its python a link to the base's,
     its scripts' shebangs and activate files naming /app/.opus/venv, no __pycache__."""
     link = slug / ".opus" / "venv"
-    real = link.resolve()
-    if not real.is_dir() or not (real == paths.dir or paths.dir in real.parents):
-        raise LayerError(f"the release's virtualenv ({link}) is not inside the app's "
-                         "directory; build the release again (git push)")
+    real = venv_dir(paths, slug)
     cfg = (real / "pyvenv.cfg").read_text() if (real / "pyvenv.cfg").is_file() else ""
     home = next((line.split("=", 1)[1].strip() for line in cfg.splitlines()
                  if line.split("=", 1)[0].strip() == "home"), "")
@@ -172,7 +175,7 @@ def venv_entries(paths: AppPaths, slug: Path, base_names: set[str]) -> list[Entr
         return data
 
     def allowed(target: str) -> bool:
-        return target.startswith(f"/{dest}/") or target.lstrip("/") in base_names
+        return target.startswith(f"/{dest}/") or target == str(python)
 
     return tree_entries(real, dest, allowed_link=allowed, rewrite=rewrite,
                         skip=lambda n: n.endswith("/__pycache__"))
@@ -184,7 +187,7 @@ def slug_entries(slug: Path) -> list[Entry]:
                         skip=lambda n: n == "app/.opus/venv" or n.endswith("/__pycache__"))
 
 
-def image_config(app: str, version: int, layers: list[Layer]) -> bytes:
+def image_config(app: str, version: int, parts: list[Layer]) -> bytes:
     """The image config (what `docker inspect` shows): fixed times, no secrets."""
     config = {
         "architecture": "amd64", "os": "linux", "created": EPOCH,
@@ -196,31 +199,53 @@ def image_config(app: str, version: int, layers: list[Layer]) -> bytes:
                     "HOME=/tmp", "TMPDIR=/tmp"],
             "Labels": {"opus.app": app, "opus.release": str(version)},
         },
-        "rootfs": {"type": "layers", "diff_ids": [item.diff_id for item in layers]},
+        "rootfs": {"type": "layers", "diff_ids": [item.diff_id for item in parts]},
         "history": [{"created": EPOCH, "created_by": f"opus {what}"}
-                    for what in ("base", "virtualenv", f"{app} v{version}")][:len(layers)],
+                    for what in ("base", "virtualenv", f"{app} v{version}")][:len(parts)],
     }
     return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
 
 
-def manifest(config: bytes, layers: list[Layer]) -> bytes:
+def manifest(config: bytes, parts: list[Layer]) -> bytes:
     return json.dumps({
         "schemaVersion": 2, "mediaType": registry.MANIFEST_V2,
         "config": {"mediaType": CONFIG_MEDIA, "size": len(config),
                    "digest": "sha256:" + hashlib.sha256(config).hexdigest()},
         "layers": [{"mediaType": LAYER_MEDIA, "size": item.size, "digest": item.digest}
-                   for item in layers],
+                   for item in parts],
     }, sort_keys=True, indent=3).encode()
 
 
-def cached_layer(settings: Settings, entries: list[Entry],
-                 complete: Callable[[list[Entry]], list[Entry]] = lambda e: e) -> Layer:
-    """The layer of `complete(entries)`, kept in OPUS_HOME/images under the digest of
-    `entries`' own tar: compressing (and compiling) is most of a layer's cost, and the
-    base and an unchanged virtualenv give the same tar every time."""
-    plain = io.BytesIO()
-    write_tar(entries, plain)
-    key = hashlib.sha256(plain.getvalue()).hexdigest()
+def fingerprint(*paths: Path, extra: bytes = b"") -> str:
+    """A cheap stand-in for the contents of `paths` (files and whole trees, walked
+    without following links): names, modes, sizes, inodes and mtimes, plus `extra`. A
+    package upgrade or a rebuilt virtualenv changes it; reading every byte is what the
+    layer cache saves."""
+    digest = hashlib.sha256(extra)
+    for top in paths:
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            for name in [dirpath, *(os.path.join(dirpath, f) for f in sorted(filenames))]:
+                info = os.lstat(name)
+                digest.update(f"{name}\0{info.st_mode}\0{info.st_size}\0{info.st_ino}\0"
+                              f"{info.st_mtime_ns}\0{info.st_uid}\n".encode())
+        if not os.path.isdir(top) and os.path.lexists(top):
+            info = os.lstat(top)
+            digest.update(f"{top}\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}\n"
+                          .encode())
+    return digest.hexdigest()
+
+
+def _code_version() -> bytes:
+    """What makes the layers, so a changed Opus never reuses an old layer."""
+    return b"".join(Path(module.__file__ or "").read_bytes()
+                    for module in (sys.modules[__name__], layers, bytecode, entrypoint))
+
+
+def cached_layer(settings: Settings, key: str, make: Callable[[], Layer]) -> Layer:
+    """The layer `make` builds, kept in OPUS_HOME/images under `key` (a fingerprint of
+    its sources): reading, compiling and compressing are a layer's whole cost, and the
+    base and an unchanged virtualenv are the same every time."""
     directory = settings.home / "images"
     directory.mkdir(mode=0o700, exist_ok=True)
     blob, meta = directory / f"{key}.tar.gz", directory / f"{key}.json"
@@ -228,7 +253,7 @@ def cached_layer(settings: Settings, entries: list[Entry],
         gzipped = blob.read_bytes()
         return Layer(gzipped, "sha256:" + hashlib.sha256(gzipped).hexdigest(),
                      str(json.loads(meta.read_text())["diff_id"]))
-    made = layer(complete(entries))
+    made = make()
     for path, data in ((blob, made.gzipped), (meta, json.dumps(
             {"diff_id": made.diff_id}).encode())):
         temp = path.with_suffix(".new")
@@ -237,10 +262,13 @@ def cached_layer(settings: Settings, entries: list[Entry],
     return made
 
 
-def base_layer(settings: Settings) -> tuple[Layer, set[str]]:
-    """The base layer and its paths."""
-    entries = base_entries()
-    return cached_layer(settings, entries), {e.name for e in entries}
+def base_layer(settings: Settings) -> Layer:
+    python = base_python()
+    key = fingerprint(python, Path("/usr/bin/bash"), Path("/usr/lib") / python.name,
+                      Path("/usr/share/zoneinfo"), Path(gunicorn.__file__).parent,
+                      Path("/usr/lib/x86_64-linux-gnu"), Path("/etc/ssl/certs"),
+                      extra=b"base\0" + _code_version())
+    return cached_layer(settings, f"base-{key}", lambda: layer(base_entries()))
 
 
 def build(settings: Settings, app: App, release: Release) -> tuple[list[Layer], bytes]:
@@ -250,13 +278,15 @@ def build(settings: Settings, app: App, release: Release) -> tuple[list[Layer], 
     if not (slug / ".opus" / "build.json").is_file():
         raise ServiceError(f"release v{release.version} of {app.name} has no built slug "
                            f"({slug}); build it again with a push")
-    base, names = base_layer(settings)
     python = base_python()
-    venv = cached_layer(settings, venv_entries(paths, slug, names),
-                        lambda entries: bytecode.with_bytecode(entries, python))
+    base = base_layer(settings)
+    venv_key = fingerprint(venv_dir(paths, slug), python,
+                           extra=b"venv\0" + _code_version())
+    venv = cached_layer(settings, f"venv-{venv_key}", lambda: layer(
+        bytecode.with_bytecode(venv_entries(paths, slug), python)))
     code = layer(bytecode.with_bytecode(slug_entries(slug), python))
-    layers = [base, venv, code]
-    return layers, image_config(app.name, release.version, layers)
+    parts = [base, venv, code]
+    return parts, image_config(app.name, release.version, parts)
 
 
 def publish(settings: Settings, app: App, release: Release,
@@ -265,17 +295,17 @@ def publish(settings: Settings, app: App, release: Release,
     Layers the registry holds already (the base, an unchanged virtualenv) are not sent."""
     started = time.monotonic()
     address = registry.address(settings)
-    layers, config = build(settings, app, release)
+    parts, config = build(settings, app, release)
     built = time.monotonic()
     client = registry.Client(address)
     repo = f"opus/{app.name}"
     sent = 0
-    for item, shared in zip(layers, (BASE_REPO, VENV_REPO, None), strict=True):
+    for item, shared in zip(parts, (BASE_REPO, VENV_REPO, None), strict=True):
         if client.ensure_blob(repo, item.digest, item.gzipped, shared):
             sent += item.size
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     client.ensure_blob(repo, config_digest, config)
-    body = manifest(config, layers)
+    body = manifest(config, parts)
     digest = "sha256:" + hashlib.sha256(body).hexdigest()
     stored = client.put_manifest(repo, f"v{release.version}", body)
     if stored and stored != digest:
