@@ -141,8 +141,7 @@ def test_fifos_and_sockets_are_refused(tmp_path: Path) -> None:
 
 
 def test_device_files_are_refused(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mknod of a device needs root")
+    require_root("mknod of a device needs root")
     tree = tmp_path / "slug"
     tree.mkdir()
     os.mknod(tree / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
@@ -151,8 +150,7 @@ def test_device_files_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_hard_link_to_a_file_the_app_does_not_own_is_refused(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("chown needs root")
+    require_root("chown to another user needs root")
     tree = tmp_path / "slug"
     tree.mkdir()
     os.chown(tree, 65534, 65534)
