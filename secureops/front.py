@@ -17,6 +17,15 @@ Spec:
                         "serial": "4a3f"}}],
      "redis": [{"app": "shop", "port": 30005}]}
 
+A site's members are either its two loopback ports, as above ("port": the live one), or,
+for an app whose processes run on swarm nodes, objects and no "port":
+    "members": [{"host": "10.0.12.34", "port": 21000, "enabled": true}, ...]
+(1 to 256 of them; a host is 127.0.0.1 or a private IPv4 address: 10/8, 172.16/12,
+192.168/16; a port 1024-65535). A disabled member is rendered but gets no request until
+the balancer-manager enables it. Members on another host fail fast (a 1 s connect
+timeout, 2 s out of rotation after an error, no kept connection), so a dead node is
+skipped; the port rules (verbs.port_guards) cover the loopback ones only.
+
 "redis" (optional) lists the apps' own Redis servers: no vhost, only their ports' rules
 (verbs.port_guards: the app's user alone may answer from its port).
 
@@ -68,6 +77,14 @@ HSTS = "max-age=31536000"
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
 MAX_SITES = 5000
 MAX_DOMAINS = 100
+MAX_MEMBERS = 256
+LOOPBACK = "127.0.0.1"
+# Where a member may live besides loopback: the private IPv4 ranges (RFC 1918) only, so
+# the front (root's master reads the config) never becomes a proxy to the internet.
+PRIVATE_NETS = tuple(ipaddress.IPv4Network(n) for n in
+                     ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+# Members on nodes: a dead node costs one second, then two out of rotation.
+REMOTE_MEMBER = "connectiontimeout=1 retry=2 disablereuse=on"
 # What opus_paas/balancer.py calls them (repeated on purpose: nothing is imported).
 MANAGER_PATH = "/.opus/balancer"
 MANAGER_HEADER = "X-Opus-Token"
@@ -85,13 +102,33 @@ class Tls:
 
 
 @dataclasses.dataclass(frozen=True)
+class Member:
+    """A balancer member: an instance's address; a disabled one is present but idle."""
+
+    host: str                     # 127.0.0.1, or a node's private IPv4 address
+    port: int
+    enabled: bool
+
+    @property
+    def local(self) -> bool:
+        return self.host == LOOPBACK
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Site:
     app: str
     domains: tuple[str, ...]
-    port: int
-    members: tuple[int, ...]
+    members: tuple[Member, ...]
     tls: Tls | None = None
     sleeps: bool = False          # its instance may sleep: the waker is its hot standby
+
+    def local_ports(self) -> tuple[int, ...]:
+        """The loopback ports among its members (the ones the port rules guard)."""
+        return tuple(m.port for m in self.members if m.local)
 
 
 def wake_proof(token: str, app: str) -> str:
@@ -176,15 +213,18 @@ def check(spec: Any) -> FrontSpec:
         raise Denied("a site sleeps, but the spec names no waker_port")
     if dash["tls"] is not None:
         # The dashboard's https: its own name only, always redirected.
-        dashboard = Site(DASHBOARD_SITE, (front.dashboard_domain,), 1024, (1024,))
+        dashboard = Site(DASHBOARD_SITE, (front.dashboard_domain,),
+                         (Member(LOOPBACK, 1024, True),))
         _tls(dash["tls"], dashboard)
         front = dataclasses.replace(front, dashboard_tls=True)
     hosts = [front.dashboard_domain] + [d for s in front.sites for d in s.domains]
     if len(set(hosts)) != len(hosts):
         raise Denied("a host name is given twice (two apps, or an app and the dashboard)")
-    ports = [p for s in front.sites for p in s.members]
-    if len(set(ports)) != len(ports):
-        raise Denied("a port is given to two apps: an app's vhost may only lead to its own")
+    addresses = [(m.host, m.port) for s in front.sites for m in s.members]
+    if len(set(addresses)) != len(addresses):
+        raise Denied("a port is given to two apps (the same address and port): an app's vhost "
+                     "may only lead to its own")
+    ports = [p for s in front.sites for p in s.local_ports()]
     own = [front.listen_port, front.dashboard_port, front.https_port, front.manager_port,
            front.manager_tls_port]
     if front.waker_port and front.waker_port in [*own, *ports]:
@@ -210,29 +250,75 @@ def _sites(value: Any) -> tuple[Site, ...]:
         raise Denied(f"sites must be a list of at most {MAX_SITES}")
     sites = []
     for item in value:
-        entry = _exactly(item, {"app", "domains", "port", "members"}, {"tls", "sleeps"},
-                         "a site")
+        # With "port": its loopback ports, that one live; without: members by address.
+        remote = isinstance(item, dict) and "port" not in item
+        entry = _exactly(item, {"app", "domains", "members"} | (set() if remote else {"port"}),
+                         {"tls", "sleeps"}, "a site")
         app = app_name(_text(entry["app"], "a site's app", 64))
         domains = entry["domains"]
         if not isinstance(domains, list) or not 1 <= len(domains) <= MAX_DOMAINS:
             raise Denied(f"{app}: domains must be a list of 1 to {MAX_DOMAINS}")
-        members = entry["members"]
-        if not isinstance(members, list) or not 1 <= len(members) <= 2:
-            raise Denied(f"{app}: members must be a list of 1 or 2 ports")
         site = Site(app, tuple(_domain(d, f"{app}: a domain") for d in domains),
-                    _number(entry["port"], f"{app}: port", 1024, 65535),
-                    tuple(_number(p, f"{app}: a member", 1024, 65535) for p in members))
-        if site.port not in site.members or len(set(site.members)) != len(site.members):
-            raise Denied(f"{app}: port must be one of its members, each given once")
+                    _members(entry["members"], app) if remote else
+                    _loopback_members(entry["members"], entry["port"], app))
         if entry.get("tls") is not None:
             site = dataclasses.replace(site, tls=_tls(entry["tls"], site))
         if not isinstance(entry.get("sleeps", False), bool):
             raise Denied(f"{app}: sleeps must be true or false")
+        if entry.get("sleeps", False) and not all(m.local for m in site.members):
+            raise Denied(f"{app}: an app with members on nodes cannot sleep")
         site = dataclasses.replace(site, sleeps=entry.get("sleeps", False))
         sites.append(site)
     if len({s.app for s in sites}) != len(sites):
         raise Denied("an app has two sites")
     return tuple(sites)
+
+
+def _loopback_members(members: Any, live: Any, app: str) -> tuple[Member, ...]:
+    """An app's one or two loopback ports, `live` the enabled one."""
+    if not isinstance(members, list) or not 1 <= len(members) <= 2:
+        raise Denied(f"{app}: members must be a list of 1 or 2 ports")
+    ports = tuple(_number(p, f"{app}: a member", 1024, 65535) for p in members)
+    port = _number(live, f"{app}: port", 1024, 65535)
+    if port not in ports or len(set(ports)) != len(ports):
+        raise Denied(f"{app}: port must be one of its members, each given once")
+    return tuple(Member(LOOPBACK, p, p == port) for p in ports)
+
+
+def _members(members: Any, app: str) -> tuple[Member, ...]:
+    """An app's members as addresses: [{"host", "port", "enabled"}], 1 to MAX_MEMBERS,
+    each address once."""
+    if not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS:
+        raise Denied(f"{app}: members must be a list of 1 to {MAX_MEMBERS} members")
+    found = []
+    for item in members:
+        entry = _exactly(item, {"host", "port", "enabled"}, set(),
+                         f"{app}: a member (host, port, enabled)")
+        if not isinstance(entry["enabled"], bool):
+            raise Denied(f"{app}: a member's enabled must be true or false")
+        found.append(Member(member_host(entry["host"], app),
+                            _number(entry["port"], f"{app}: a member's port", 1024, 65535),
+                            entry["enabled"]))
+    if len({(m.host, m.port) for m in found}) != len(found):
+        raise Denied(f"{app}: a member (address and port) is given twice")
+    return tuple(found)
+
+
+def member_host(value: Any, app: str) -> str:
+    """A member's host: exactly 127.0.0.1 or a private IPv4 address in its usual form
+    (no names, no IPv6, no other spelling of an address)."""
+    try:
+        if not isinstance(value, str) or len(value) > 15:
+            raise ValueError(value)
+        address = ipaddress.IPv4Address(value)
+        if str(address) != value or not (
+                value == LOOPBACK or any(address in net for net in PRIVATE_NETS)):
+            raise ValueError(value)
+    except ValueError:
+        raise Denied(f"{app}: member host {repr(value)[:60]} must be 127.0.0.1 or a private "
+                     "IPv4 address (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16): give the "
+                     "node's private address") from None
+    return value
 
 
 def _redis(value: Any) -> tuple[RedisPort, ...]:
@@ -500,9 +586,10 @@ def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str,
     # retry=0 Apache picks the dead member again instead of its hot standby); meanwhile
     # requests go to the waker, which wakes the app or hands them to it.
     retry = 1 if site.sleeps else 0
-    for port in site.members:
-        disabled = "" if port == site.port else " status=+D"
-        lines.append(f'        BalancerMember "http://127.0.0.1:{port}" retry={retry}{disabled}')
+    for member in site.members:
+        options = f"retry={retry}" if member.local else REMOTE_MEMBER
+        disabled = "" if member.enabled else " status=+D"
+        lines.append(f'        BalancerMember "{member.url}" {options}{disabled}')
     if site.sleeps:
         lines.append(f'        BalancerMember "http://127.0.0.1:{spec.waker_port}" retry=0 '
                      "status=+H")
@@ -521,6 +608,6 @@ def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str,
         "    </Location>",
         f"    ProxyPass / {balancer}/",
     ]
-    lines += [f"    ProxyPassReverse / http://127.0.0.1:{port}/" for port in site.members]
+    lines += [f"    ProxyPassReverse / {member.url}/" for member in site.members]
     lines.append("</VirtualHost>")
     return lines

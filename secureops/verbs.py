@@ -854,8 +854,10 @@ def port_guards(layout: Layout, spec: front.FrontSpec) -> list[firewall.Guard]:
         guards.append(firewall.Guard("the waker", (spec.waker_port,),
                                      frozenset({0, opus, front_user}), frozenset({opus})))
     for site in spec.sites:
+        if not site.local_ports():       # its members are on nodes: no loopback port
+            continue
         uid = app_user(Request(layout, site.app, None, same_user=False)).pw_uid
-        guards.append(firewall.Guard(f"app {site.app}", site.members,
+        guards.append(firewall.Guard(f"app {site.app}", site.local_ports(),
                                      frozenset({0, opus, front_user, uid}), frozenset({uid})))
     for server in spec.redis:
         # An app's Redis: its own user (and Opus, which starts it and asks it for

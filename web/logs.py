@@ -71,7 +71,7 @@ def show(name: str) -> str:
 def stream(name: str) -> Response:
     app = context.get_app(name)
     found = logs.app_logs(context.settings(), app, _process_type())
-    if not found.paths:
+    if not found.paths and not isinstance(found, logs.SwarmAppLogs):   # swarm: the manager's
         raise NotFound(f"{app.name} has no logs yet; they start with its first deploy")
     user = context.actor().name
     if not _streams.open(user):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from opus_paas import __version__, access, apps, names, redact, users
 from opus_paas.builder import command as builder_command
-from opus_paas.control import appfrom, databases, doctor, lifecycle, sleeping, system
+from opus_paas.control import appfrom, databases, doctor, lifecycle, placement, sleeping, system
 from opus_paas.control import nodes as nodes_commands
 from opus_paas.control import previews as previews_commands
 from opus_paas.control import pythons as pythons_commands
@@ -235,6 +235,10 @@ def cmd_ps(ctx: Context, args: list[str]) -> None:
             ctx.out(f"{label}  CRASHED   restarting in {proc['restart_in']} s "
                     f"(crashed {proc['crashes']} times in a row; `opus logs "
                     f"{app.name} --ps {proc['type']}` shows why)")
+        elif "node" in proc:      # a task on a swarm node (swarm/appview.py)
+            ctx.out(f"{label}  {proc['state']:<9} on {proc['node']:<14} "
+                    f"{proc['address'] or '-':<21} up {proc['uptime']} s  "
+                    f"(v{proc['release']}{'; ' + proc['error'] if proc['error'] else ''})")
         elif proc["type"] == "web":
             ctx.out(f"{label}  {proc['state']:<9} pid {proc['pid']:<7} "
                     f"up {proc['uptime']} s  {proc['processes']} process(es) x "
@@ -690,7 +694,8 @@ TABLE: dict[str, Command] = {c.name: c for c in [*CORE, *doctor.COMMANDS,
                                                      *builder_command.COMMANDS,
                                                      *previews_commands.COMMANDS,
                                                      *sleeping.COMMANDS,
-                                                     *nodes_commands.COMMANDS]}
+                                                     *nodes_commands.COMMANDS,
+                                                     *placement.COMMANDS]}
 
 
 def lookup(name: str) -> Command:

@@ -10,6 +10,9 @@ to them; on the front's public port it refuses, whatever Host says), only with t
 front's token (new at every `opus up`), and (Apache's rule) only to a POST whose Referer
 is the manager's page.
 
+An app on swarm nodes has a member per task, `http://NODE:PORT`: the same calls take
+that URL wherever they take a local port.
+
 Parsing the manager's page is pure (`parse_page`); `BalancerManager` does the HTTP.
 """
 
@@ -32,14 +35,23 @@ MANAGER_HEADER = "X-Opus-Token"
 ROW = re.compile(r"<tr>\s*(<td>.*?)</tr>", re.S)
 CELL = re.compile(r"<td>(.*?)</td>", re.S)
 LINK = re.compile(r'<a href="([^"]*)">')
+MEMBER_URL = re.compile(r"http://(?:[0-9]{1,3}\.){3}[0-9]{1,3}:[0-9]{1,5}")
+# A member: a local instance's port (on 127.0.0.1), or a member URL (http://HOST:PORT).
+MemberRef = int | str
 
 
 def balancer_name(app: str) -> str:
     return f"app-{app}"
 
 
-def member_url(port: int) -> str:
-    return f"http://127.0.0.1:{port}"
+def member_url(member: MemberRef) -> str:
+    """A member's name in the balancer: a local port's URL, or the URL given."""
+    if isinstance(member, int):
+        return f"http://127.0.0.1:{member}"
+    if not MEMBER_URL.fullmatch(member):
+        raise ServiceError(f"{member[:60]!r} is not a balancer member: give a port or "
+                           "http://ADDRESS:PORT")
+    return member
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,13 +148,14 @@ class BalancerManager:
             raise ServiceError(f"the front has no balancer for this app yet (HTTP {status})")
         return nonce, members
 
-    def set_enabled(self, port: int, enabled: bool) -> None:
+    def set_enabled(self, member: MemberRef, enabled: bool) -> None:
+        """Enable or disable one member (a local port or a member URL) in every vhost."""
+        url = member_url(member)
         for view in self._views():
-            view._set_enabled(port, enabled)
+            view._set_enabled(url, enabled)
 
-    def _set_enabled(self, port: int, enabled: bool) -> None:
+    def _set_enabled(self, url: str, enabled: bool) -> None:
         nonce, members = self._members()
-        url = member_url(port)
         if url not in members:
             raise ServiceError(f"the front's balancer has no member {url}")
         form = urllib.parse.urlencode({"b": self.balancer, "w": url, "nonce": nonce,
@@ -151,26 +164,28 @@ class BalancerManager:
         if self._members()[1][url].enabled != enabled:
             raise ServiceError(f"the front's balancer did not take the change to {url}")
 
-    def switch(self, new_port: int, old_port: int | None) -> None:
-        """Send new requests to `new_port` only; the old member finishes what it has."""
-        self.set_enabled(new_port, True)
-        if old_port is not None and old_port != new_port:
-            self.set_enabled(old_port, False)
+    def switch(self, new: MemberRef, old: MemberRef | None) -> None:
+        """Send new requests to member `new` only; the old member finishes what it has
+        (each a local port or a member URL)."""
+        self.set_enabled(new, True)
+        if old is not None and member_url(old) != member_url(new):
+            self.set_enabled(old, False)
 
-    def wait_drained(self, port: int, timeout: float) -> bool:
-        """Wait until no request is in flight on `port`'s member, in every vhost; False on
-        timeout."""
+    def wait_drained(self, member: MemberRef, timeout: float) -> bool:
+        """Wait until no request is in flight on the member (a local port or a member
+        URL), in every vhost; False on timeout."""
         deadline = time.monotonic() + timeout
-        return all(view._wait_drained(port, deadline) for view in self._views())
+        url = member_url(member)
+        return all(view._wait_drained(url, deadline) for view in self._views())
 
-    def _wait_drained(self, port: int, deadline: float) -> bool:
+    def _wait_drained(self, url: str, deadline: float) -> bool:
         while True:
-            member = self._members()[1].get(member_url(port))
+            member = self._members()[1].get(url)
             if member is None or member.busy == 0:
                 # A front child that picked the member just before the switch counts
                 # its request a moment later: look once more.
                 time.sleep(SETTLE_SECONDS)
-                again = self._members()[1].get(member_url(port))
+                again = self._members()[1].get(url)
                 if again is None or again.busy == 0:
                     return True
             if time.monotonic() >= deadline:

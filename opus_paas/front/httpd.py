@@ -68,19 +68,45 @@ def log_lines_for(lines: Iterable[str], hosts: Iterable[str]) -> Iterator[LogLin
 
 
 @dataclasses.dataclass(frozen=True)
+class Member:
+    """A balancer member: where one instance answers. A disabled member is in the
+    config but gets no request until the balancer-manager enables it."""
+
+    host: str                # a swarm node's private address (or 127.0.0.1)
+    port: int
+    enabled: bool = True
+
+    @property
+    def url(self) -> str:
+        """Its name in the balancer (and the balancer-manager)."""
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Site:
     """One app as the front sees it: its host names, its live port among its two
     balancer members. (Its static files are the live release's: secureops derives
-    their path.)"""
+    their path.) An app on swarm nodes has `nodes` instead: its members there, and no
+    port of its own (`port` 0)."""
 
     app: str
     domains: tuple[str, ...]
     port: int
     members: tuple[int, ...] = ()
     sleeps: bool = False     # it may sleep: the waker is its balancer's hot standby
+    nodes: tuple[Member, ...] = ()
 
     def member_ports(self) -> tuple[int, ...]:
         return self.members or (self.port,)
+
+
+def _site_spec(site: Site) -> dict[str, Any]:
+    """A site's members in the spec: its loopback ports and the live one, or (on nodes)
+    each member's address and whether it is enabled."""
+    if site.nodes:
+        return {"members": [{"host": m.host, "port": m.port, "enabled": m.enabled}
+                            for m in site.nodes]}
+    return {"port": site.port, "members": list(site.member_ports())}
 
 
 def manager_token(settings: Settings) -> str:
@@ -120,8 +146,8 @@ def spec(settings: Settings, sites: list[Site], token: str,
                       "tls": front_tls.dashboard_tls(settings, known)},
         "token": token,
         "waker_port": settings.waker_port,
-        "sites": [{"app": s.app, "domains": list(s.domains), "port": s.port,
-                   "members": list(s.member_ports()), "sleeps": s.sleeps,
+        "sites": [{"app": s.app, "domains": list(s.domains), **_site_spec(s),
+                   "sleeps": s.sleeps,
                    "tls": front_tls.site_tls(known.get(s.app), list(s.domains))}
                   for s in sorted(sites, key=lambda s: s.app)],
         "redis": [{"app": app, "port": port} for app, port in sorted(redis or [])],

@@ -2,7 +2,10 @@
 the front serves, and its refresh (render, test, install, graceful reload).
 
 Each app owns two loopback ports, the members of its balancer: a deploy starts the new
-release on the one that is not live (run/programs.py: next_port).
+release on the one that is not live (run/programs.py: next_port). An app on the swarm
+(scheduler "swarm") has one member per web task instead, `node:port`, from the store's
+swarm members: enabled ones serve, disabled ones wait in the config so that a switch is
+a balancer-manager call, never a re-render.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from opus_paas import locks
-from opus_paas.front import httpd
+from opus_paas.front import balancer, httpd
 from opus_paas.settings import Settings
-from opus_paas.store import App, Store
+from opus_paas.store import App, Store, SwarmMember
+
+MAX_MEMBERS = 256      # secureops's bound on a balancer's members
 
 
 class FrontSignal(Protocol):
@@ -48,14 +53,48 @@ def site_for(settings: Settings, app: App, custom: list[str],
     )
 
 
+def swarm_site(settings: Settings, app: App, custom: list[str],
+               members: list[SwarmMember]) -> httpd.Site | None:
+    """A swarm app's site (pure): its web tasks as members, each address once (enabled
+    if any record of it is), newest release first, at most MAX_MEMBERS (enabled ones
+    kept first); None without any web task."""
+    found: dict[tuple[str, int], httpd.Member] = {}
+    for m in sorted((m for m in members if m.ptype == "web"),
+                    key=lambda m: (-m.version, m.slot)):
+        key = (m.host, m.port)
+        if key not in found or (m.enabled and not found[key].enabled):
+            found[key] = httpd.Member(m.host, m.port, m.enabled)
+    if not found:
+        return None
+    kept = sorted(found.values(), key=lambda m: not m.enabled)[:MAX_MEMBERS]
+    order = list(found.values())
+    return httpd.Site(app=app.name, domains=(settings.app_domain(app.name), *custom),
+                      port=0, nodes=tuple(sorted(kept, key=order.index)))
+
+
+def manager(settings: Settings, app: str) -> balancer.BalancerManager:
+    """The front's balancer-manager for `app`'s vhosts (http, and https when the
+    installed config has it): how a swarm deploy switches its members by URL
+    (`httpd.Member.url`) without a re-render."""
+    return balancer.BalancerManager(httpd.manager_ports(settings)[0],
+                                    settings.app_domain(app), app,
+                                    httpd.manager_token(settings),
+                                    tls=httpd.tls_vhost(settings, app))
+
+
 def live_sites(settings: Settings, store: Store, apps: list[App]) -> list[httpd.Site]:
-    """The front's sites: every app that has a live release, with its domains (and the
-    waker as the hot standby of those that may sleep)."""
+    """The front's sites: every app that has a live release (on this host, or tasks on
+    the swarm), with its domains (and the waker as the hot standby of those on this host
+    that may sleep)."""
     custom = store.list_domains()
     sleepers = store.list_sleepers()
-    return [s for s in (site_for(settings, a, custom.get(a.id, []), a.id in sleepers)
-                        for a in apps)
-            if s is not None]
+    schedulers = store.list_schedulers()
+    on_swarm = store.list_swarm_members() if "swarm" in schedulers.values() else {}
+    found = [swarm_site(settings, a, custom.get(a.id, []), on_swarm.get(a.id, []))
+             if schedulers.get(a.id) == "swarm" else
+             site_for(settings, a, custom.get(a.id, []), a.id in sleepers)
+             for a in apps]
+    return [s for s in found if s is not None]
 
 
 def refresh_front(settings: Settings, store: Store, supervisor: FrontSignal,

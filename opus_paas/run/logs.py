@@ -23,7 +23,8 @@ from opus_paas.errors import NotFound
 from opus_paas.front import httpd
 from opus_paas.layout import AppPaths
 from opus_paas.settings import Settings
-from opus_paas.store import App
+from opus_paas.store import App, Store
+from opus_paas.swarm import appview
 
 FOLLOW_POLL_SECONDS = 0.3
 # How often a follower asks whether its reader may still read (see `follow`).
@@ -182,13 +183,71 @@ def app_logs(settings: Settings, app: App, process_type: str | None) -> AppLogs:
     """`app`'s logs (of one process type, or all of them and the front's lines)."""
     slug = (None if app.live_version is None else
             AppPaths.of(settings, app.name).slug(app.live_slug or app.live_version))
+    # The front's lines come along unless one process type was asked for.
+    access_log = None if process_type else settings.logs_dir / "front" / "access.log"
+    if appview.on_swarm(Store(settings.db_path), app):
+        return SwarmAppLogs(paths=_files_if_any(settings, app.name, process_type),
+                            access_log=access_log, hosts=[settings.app_domain(app.name)],
+                            redactions=redact.replacements(settings, slug),
+                            settings=settings, app=app.name, process_type=process_type)
     return AppLogs(
         paths=log_files(settings, app.name, process_type),
-        # The front's lines come along unless one process type was asked for.
-        access_log=None if process_type else settings.logs_dir / "front" / "access.log",
+        access_log=access_log,
         hosts=[settings.app_domain(app.name)],
         redactions=redact.replacements(settings, slug),
     )
+
+
+# ---- a swarm app: its services' lines from the manager (swarm/appview.py) ----------------
+
+def _files_if_any(settings: Settings, app: str, process_type: str | None) -> list[Path]:
+    try:
+        return log_files(settings, app, process_type)
+    except NotFound:
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
+class SwarmAppLogs(AppLogs):
+    """A swarm app's logs: its tasks' lines (`TYPE.SLOT@NODE`), merged in time order with
+    what it wrote on this host before it moved, and the front's lines."""
+
+    settings: Settings | None = None
+    app: str = ""
+    process_type: str | None = None
+
+    def _entries(self, lines: Iterable[appview.LogLine]) -> list[Entry]:
+        return [Entry(line.at, line.source, line.text) for line in lines]
+
+    def tail(self, count: int) -> list[Entry]:
+        assert self.settings is not None
+        count = max(0, min(count, MAX_LINES))
+        swarm = self._entries(appview.log_lines(self.settings, self.app, self.process_type,
+                                                count))
+        here = tail(self.paths, count, self.access_log, self.hosts)
+        return [self.shown(e) for e in merged([here, swarm])[-count:]] if count else []
+
+    def follow(self, stop: threading.Event,
+               allowed: Callable[[], bool] | None = None) -> Iterator[Entry]:
+        assert self.settings is not None
+        watched = [*self.paths, *([self.access_log] if self.access_log is not None else [])]
+        positions = {path: _end(path) for path in watched}
+        checked = time.monotonic()
+        rounds = appview.follow(self.settings, self.app, self.process_type, stop)
+        try:
+            for batch in rounds:
+                if allowed is not None and time.monotonic() - checked >= ACCESS_CHECK_SECONDS:
+                    if not allowed():
+                        return
+                    checked = time.monotonic()
+                groups = [self._entries(batch)]
+                for path in watched:
+                    positions[path], new = _read_new(path, positions[path])
+                    groups.append(access_entries(new, self.hosts) if path == self.access_log
+                                  else process_entries(new, process_name(path)))
+                yield from (self.shown(e) for e in merged(groups))
+        finally:
+            rounds.close()
 
 
 def _end(path: Path) -> tuple[int, int]:

@@ -18,13 +18,14 @@ from typing import Any
 from opus_paas import access, locks, names, privileged, redact
 from opus_paas.access import Actor
 from opus_paas.build import release
-from opus_paas.errors import NotFound, UsageError
+from opus_paas.errors import NotFound, OpusError, UsageError
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.run import deploy, health, programs, recovery
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Supervisor
+from opus_paas.swarm import appview
 
 MAX_WEB_PROCESSES = 16
 MAX_TYPE_PROCESSES = 16
@@ -34,12 +35,30 @@ def processes(settings: Settings, store: Store, actor: Actor, name: str) -> list
     """The app's processes as supervisor sees them, web first; a process that keeps
     dying says so (its crashes and when it starts again)."""
     app = access.app_for(store, actor, name)
-    return visible_processes(settings, store, actor, [app]).get(app.name, [])
+    found = _supervised(settings, store, actor, [app]).get(app.name, [])
+    # A swarm app's tasks, with their nodes (swarm/appview.py; a manager that does not
+    # answer is an error here).
+    return found + appview.processes(settings, store, [app]).get(app.name, [])
 
 
 def visible_processes(settings: Settings, store: Store, actor: Actor,
                       apps: list[App]) -> dict[str, list[dict[str, Any]]]:
-    """`processes` for each of `apps` the actor may use, asking supervisor once."""
+    """`processes` for each of `apps` the actor may use, asking supervisor once (and the
+    swarm's manager once, if it answers)."""
+    found = _supervised(settings, store, actor, apps)
+    try:
+        swarm = appview.processes(settings, store, [
+            a for a in apps if access.may_use(actor, a, store.collaborators(a))])
+    except OpusError:
+        swarm = {}
+    for name, entries in swarm.items():
+        found.setdefault(name, []).extend(entries)
+    return found
+
+
+def _supervised(settings: Settings, store: Store, actor: Actor,
+                apps: list[App]) -> dict[str, list[dict[str, Any]]]:
+    """The processes supervisor runs on this host for each of `apps` the actor may use."""
     wanted = {a.name: a for a in apps if access.may_use(actor, a, store.collaborators(a))}
     supervisor = Supervisor(settings)
     if not wanted or not supervisor.is_running():
