@@ -42,8 +42,10 @@ REDIS_PACKAGES = ["redis-server"]
 # Docker Swarm from Debian's docker.io for the scale-out tests (tests/swarm_nodes.py runs
 # three dockerd nodes in namespaces of their own; iproute2's ip and util-linux's unshare
 # and nsenter build them) and a static busybox for their registry-free image (it
-# replaces and provides Debian's dynamic busybox).
-SWARM_PACKAGES = ["docker.io", "busybox-static", "iproute2", "openssh-server"]
+# replaces and provides Debian's dynamic busybox); the private registry release images
+# are pushed to (docker-registry, run as the program opus-registry).
+SWARM_PACKAGES = ["docker.io", "busybox-static", "iproute2", "openssh-server",
+                  "docker-registry"]
 APT_TEST_PACKAGES: list[str] = ["wrk", "chromium", "chromium-driver", "fonts-dejavu-core",
                                 "sudo", "patchelf", "pebble", "libnss3-tools",
                                 "nghttp2-client", "nftables", *POSTGRES_PACKAGES,

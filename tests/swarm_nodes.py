@@ -216,7 +216,8 @@ def _start_node(node: Node) -> None:
     etc = node.root / "etc-docker"
     for sub in ("data", "exec", "etc-docker"):
         (node.root / sub).mkdir(parents=True, exist_ok=True)
-    (etc / "daemon.json").write_text("{}\n")
+    # Opus's registry (opus-registry, plain HTTP for now) listens on the test subnet.
+    (etc / "daemon.json").write_text('{"insecure-registries": ["10.77.0.0/16"]}\n')
     log = open(node.root / "dockerd.log", "wb")  # noqa: SIM115 (dockerd keeps it)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
            # Swarm pulls a service's image before each task; the nodes have no registry

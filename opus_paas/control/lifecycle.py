@@ -24,6 +24,7 @@ from opus_paas.run import deploy, health, recovery
 from opus_paas.settings import Settings, user_ids
 from opus_paas.store import Store
 from opus_paas.supervisor import Program, Supervisor
+from opus_paas.swarm import registry
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -100,6 +101,8 @@ def own_programs(settings: Settings) -> list[Program]:
           for _ in [settings.swarm_manager] if settings.swarm_manager],
         # The apps' Postgres cluster, once `opus addons:enable postgres` made it.
         *[Program(**spec) for spec in [pg_server.program(settings)] if spec],
+        # Swarm: the registry nodes pull release images from, once swarm_registry is set.
+        *[Program(**spec) for spec in [registry.program(settings)] if spec],
     ]
 
 
