@@ -571,7 +571,11 @@ def release_live(settings: Settings, store: Store, app: App, version: int, emit:
                              "has none: add one with `opus nodes:add HOST`")
         emit(output.alert(pinning.message(app.name, why, pin)))
     image = image_for(settings, store, app, version, slug_version, emit)
-    return deploy(settings, store, app, version, image, node_config(settings, store, app, config),
+    # The tasks get what a process on this host gets (the release's env file: config
+    # vars and Opus's own; the image's entrypoint puts its own paths over those).
+    env_file = AppPaths.of(settings, app.name).env_file(version)
+    env = json.loads(env_file.read_text()) if env_file.exists() else dict(config)
+    return deploy(settings, store, app, version, image, node_config(settings, store, app, env),
                   emit, record=record, types=types, pin=pin)
 
 
