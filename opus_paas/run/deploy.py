@@ -22,6 +22,7 @@ from opus_paas.run import checks, health, programs
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Program, Supervisor
+from opus_paas.swarm import deploy as swarm_deploy
 
 log = logging.getLogger("opus.deploy")
 
@@ -65,6 +66,8 @@ class Switched:
                                         self.slug_version)
         programs.set_programs(self.settings, self.supervisor, self.app.name,
                               [self.new, *others])
+        # Back on this host from the swarm: its services there go (swarm/deploy.py).
+        swarm_deploy.retire(self.settings, self.store, self.app, emit)
         self.store.backup(self.settings.db_backup_path)
 
 
