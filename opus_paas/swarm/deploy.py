@@ -120,20 +120,33 @@ class ApacheFront:
                 manager.set_enabled(member_url(member), enabled)
 
     def drain(self, app: App, members: Sequence[SwarmMember], timeout: float) -> list[str]:
-        """Waits until no request is in flight on these members; those that still had
-        some at the timeout, as `URL (N busy)`."""
-        manager = self.manager(app)
+        """Waits until no request is in flight on any of these members (all at once: one
+        look at the balancer-manager's page, then one settling look); those that still
+        had some at the timeout, as `URL (N busy)`."""
+        urls = {member_url(m) for m in members}
         deadline = time.monotonic() + timeout
-        stuck = []
-        for member in members:
-            url = member_url(member)
-            try:
-                if not manager.wait_drained(url, max(0.0, deadline - time.monotonic())):
-                    busy = manager.members()[1].get(url)
-                    stuck.append(f"{url} ({busy.busy if busy else '?'} busy)")
-            except ServiceError as exc:
-                stuck.append(f"{url} ({exc.message})")
-        return stuck
+        try:
+            for view in self.manager(app)._views():
+                while True:
+                    busy = self._busy(view, urls)
+                    if not busy:
+                        # A front child that picked a member just before the switch counts
+                        # its request a moment later: look once more.
+                        time.sleep(balancer.SETTLE_SECONDS)
+                        busy = self._busy(view, urls)
+                        if not busy:
+                            break
+                    if time.monotonic() >= deadline:
+                        return [f"{url} ({count} busy)" for url, count in sorted(busy.items())]
+                    time.sleep(0.1)
+        except ServiceError as exc:
+            return [exc.message]
+        return []
+
+    @staticmethod
+    def _busy(view: balancer.BalancerManager, urls: set[str]) -> dict[str, int]:
+        return {url: m.busy for url, m in view._members()[1].items()
+                if url in urls and m.busy}
 
     def apply(self, change: follow.Change) -> None:
         """What opus-swarm-follow found: the store first, then the running front:
