@@ -1,32 +1,40 @@
 """A swarm app's releases across 3 real nodes (tests/swarm_nodes.py), through a real Opus
-(its front) and the swarm deploy (opus_paas/swarm/deploy.py), called as a push calls it
-(the app's lock held): web=3 spread over the nodes; a second release under wrk with not
-one failed request; a node killed under load (its member disabled, the rescheduled task
-added by the follow loop of opus-swarm-follow, run here in a thread of the test: the
-programs of a test Opus run the installed checkout's code); a rollback to the first
-release's image digest. The release images are busybox ones loaded on every node (no
-registry, no build): what is tested here is the deploy, not the image."""
+(its front, its registry) and the push's own code (opus_paas/run/push.py: build,
+release, image published, swarm deploy, drain), run in the test's process as the git
+server runs it once a pack is in (a test Opus's own programs, sshd among them, run the
+installed checkout's code, not this one's): web=3 spread over the nodes; a code-only push
+under wrk with not one failed request; a node killed under load (its member disabled,
+the rescheduled task added by the follow loop of opus-swarm-follow, run in a thread
+here); `opus rollback` to the first release's image digest and `opus ps:scale` through
+the CLI. The app is the tests' Django fixture with a view that needs no database, so
+the pinning rule lets it spread (`OPUS_DISABLE_OVERRIDES=DATABASES`)."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import re
 import subprocess
-import tarfile
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from dulwich.repo import Repo
+
 from opus_paas import locks
 from opus_paas import settings as settings_module
+from opus_paas.run import push as push_module
 from opus_paas.settings import Settings
 from opus_paas.store import Store, SwarmMember
-from opus_paas.swarm import deploy, follow, services
+from opus_paas.swarm import deploy, follow, images, registry
 from tests.conftest import (
     Opus,
+    free_port,
+    git,
+    make_django_project,
     make_key,
     require_root,
     require_tool,
@@ -36,33 +44,13 @@ from tests.conftest import (
 from tests.swarm_nodes import DOCKER, DOCKERD, Swarm, swarm_nodes
 
 APP = "swarmy"
-BUSYBOX = "/bin/busybox"
-# The tasks' command and Docker health check in the busybox image (a release image
-# has its own entrypoint and python3 for the probe).
-SERVE = ("/bin/sh", "-c",
-         'exec /bin/busybox httpd -f -p "$((OPUS_PORT_BASE + OPUS_SLOT - 1))" -h /www')
-HEALTH = services.Health(
-    command=("exec wget -q -O /dev/null "
-             "http://127.0.0.1:$((OPUS_PORT_BASE + OPUS_SLOT - 1))$OPUS_HEALTH_PATH"),
-    interval="2s", start_period="20s")
+VIEWS = '''\
+from django.http import HttpResponse
 
 
-def _rootfs(path: Path, page: bytes) -> None:
-    with tarfile.open(path, "w") as tar:
-        def add(name: str, data: bytes | None = None, mode: int = 0o755,
-                kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
-            info = tarfile.TarInfo(name)
-            info.mode, info.type, info.linkname = mode, kind, link
-            info.size = len(data) if data is not None else 0
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-        for directory in ("bin", "www"):
-            add(directory, kind=tarfile.DIRTYPE)
-        add("bin/busybox", Path(BUSYBOX).read_bytes())
-        for tool in ("sh", "wget"):
-            add(f"bin/{tool}", kind=tarfile.SYMTYPE, link="busybox")
-        add("www/index.html", page, mode=0o644)
-
-
+def index(request):
+    return HttpResponse("{greeting}")
+'''
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -112,18 +100,38 @@ class Load:
                 sum(int(n) for n in sockets.groups()) if sockets else 0)
 
 
-def _release(settings: Settings, store: Store, version: int, image: str,
-             lines: list[str]) -> deploy.Switched:
-    """What a push does once its build is done: the swarm deploy under the app's lock,
-    then the drain of the old release."""
+def _say(project: Path, greeting: str) -> None:
+    (project / "pages" / "views.py").write_text(VIEWS.replace("{greeting}", greeting))
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", greeting)
+
+
+def _push(settings: Settings, store: Store, project: Path, lines: list[str]) -> float:
+    """The push of the project's HEAD, as the git server runs it once the pack is in,
+    under the app's lock; its seconds."""
+    repo_path = push_module.repo_path(settings, APP)
+    git(project, "push", "-q", "-f", str(repo_path), "main:main")
+    sha = git(project, "rev-parse", "HEAD").stdout.strip()
     app = store.get_app(APP)
     assert app is not None
-    with locks.app_lock(settings, APP):
-        switched = deploy.deploy(settings, store, app, version, image, {"GREETING": "hi"},
-                                 lines.append, args=SERVE, health=HEALTH,
-                                 record=lambda port: store.set_live(app, version, port))
-        switched.finish(lines.append)
-    return switched
+    repo = Repo(str(repo_path))
+    try:
+        with locks.app_lock(settings, APP):
+            started = time.monotonic()
+            push_module.deploy_commit(settings, store, app, repo, sha.encode(),
+                                      lines.append).finish(lines.append)
+            return time.monotonic() - started
+    finally:
+        repo.close()
+
+
+def _opus(opus: Opus, settings: Settings, *args: str) -> str:
+    """The opus CLI (this checkout's) with the swarm's manager set."""
+    result = subprocess.run([sys.executable, "-m", "opus_paas", *args],
+                            env={**opus.env, "OPUS_SWARM_MANAGER": settings.swarm_manager},
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
 
 
 def _serving(store: Store) -> list[SwarmMember]:
@@ -133,19 +141,32 @@ def _serving(store: Store) -> list[SwarmMember]:
             if m.version == app.live_version and m.enabled]
 
 
-def test_releases_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
-        tmp_path: Path) -> None:
+def _pull_when_published(monkeypatch: pytest.MonkeyPatch, swarm: Swarm) -> None:
+    """The test nodes never pull for a service (DOCKER_SERVICE_PREFER_OFFLINE_IMAGE,
+    tests/swarm_nodes.py); real nodes pull when their task is scheduled. Publishing
+    pulls on every live node here, within the push's time."""
+    publish = images.publish
+
+    def publish_and_pull(*args, **kwargs):  # type: ignore[no-untyped-def]
+        ref = publish(*args, **kwargs)
+        pulls = [subprocess.Popen([DOCKER, "-H", f"unix://{node.socket}", "pull", "-q", ref],
+                                  stdout=subprocess.DEVNULL) for node in swarm.nodes
+                 if node.process is not None and node.process.poll() is None]
+        assert all(p.wait(timeout=300) == 0 for p in pulls)
+        return ref
+    monkeypatch.setattr(images, "publish", publish_and_pull)
+
+
+def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     require_root("the swarm nodes need network and mount namespaces")
-    for tool in (DOCKERD, DOCKER, BUSYBOX, "ip", "nsenter", "unshare", "wrk"):
+    for tool in (DOCKERD, DOCKER, registry.BINARY, "ip", "nsenter", "unshare", "wrk"):
         require_tool(tool)
-    _rootfs(tmp_path / "one.tar", b"release one\n")
-    _rootfs(tmp_path / "two.tar", b"release two\n")
     timings: dict[str, float] = {}
-    swarm: Swarm
     with swarm_nodes(3) as swarm:
-        one = swarm.load_image(tmp_path / "one.tar", "opus-test/swarmy:1")
-        two = swarm.load_image(tmp_path / "two.tar", "opus-test/swarmy:2")
-        opus = start_opus(OPUS_SWARM_DEPLOY_TIMEOUT="40")
+        _pull_when_published(monkeypatch, swarm)
+        opus = start_opus(OPUS_SWARM_REGISTRY=f"{swarm.gateway}:{free_port()}",
+                          OPUS_SWARM_DEPLOY_TIMEOUT="60")
         settings = dataclasses.replace(settings_module.load(opus.env),
                                        swarm_manager=str(swarm.manager.socket))
         store = Store(settings.db_path)
@@ -154,47 +175,63 @@ def test_releases_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             settings, store, deploy.ApacheFront(settings, store).apply, stop))
         try:
             opus.cli("keys:add", "admin", str(make_key(tmp_path, "admin").public))
+            project = make_django_project(tmp_path / "project")
+            _say(project, "release one")
             opus.cli("apps:create", APP)
+            opus.cli("config:set", APP, "OPUS_DISABLE_OVERRIDES=DATABASES")
             app = store.get_app(APP)
             assert app is not None
+            # (scheduler:set wants nodes added with nodes:add, tested on its own.)
             store.set_scheduler(app, "swarm")
             store.set_scale(app, 3)
             by_address = {n.address: n.hostname for n in swarm.nodes}
 
-            # 1. The first release: web=3, one task on each node, all behind the front.
+            # 1. The first push: an image, web=3, one task on each node, behind the front.
             lines: list[str] = []
-            started = time.monotonic()
-            first = _release(settings, store, 1, one, lines)
-            timings["first deploy"] = time.monotonic() - started
+            timings["first push"] = _push(settings, store, project, lines)
+            output = "\n".join(lines)
+            assert "Publishing v1's image" in output and "Healthy: " in output, output
             members = _serving(store)
             assert sorted(by_address[m.host] for m in members) == ["node1", "node2", "node3"]
-            assert sorted(m.slot for m in members) == [1, 2, 3]
             assert {m.port for m in members} == {21000, 21001, 21002}, members
-            assert _get(opus) == (200, "release one\n")
-            assert "Switched through the front's balancer" in "\n".join(lines)
+            assert _get(opus) == (200, "release one")
+            [kept] = store.swarm_releases(app)
+            assert re.fullmatch(rf"{settings.swarm_registry}/opus/{APP}@sha256:[0-9a-f]{{64}}",
+                                kept.image), kept
             spec = json.loads(swarm.manager.docker("service", "inspect", "swarmy-web-v1").stdout)
             container = spec[0]["Spec"]["TaskTemplate"]["ContainerSpec"]
             assert container["User"] == f"{30000 + app.id}:{30000 + app.id}"
             assert container["ReadOnly"] is True and container["CapabilityDrop"] == ["ALL"]
+            # The config vars are in the release's secret, never in the service's spec.
+            secret_key = store.config(app)["SECRET_KEY"]
+            assert secret_key not in json.dumps(spec)
+            assert [s["SecretName"] for s in container["Secrets"]] == ["swarmy-env-v1"]
+            # Docker's own health check (the python3 probe in the image) passes too.
+            worker = swarm.nodes[1]
 
-            # 2. A second release under load: blue/green, not one failed request.
+            def healthy() -> bool:
+                ids = worker.docker("ps", "-q", "--filter", "label=opus.app=swarmy").stdout
+                states = [worker.docker("inspect", "-f", "{{.State.Health.Status}}",
+                                        cid).stdout.strip() for cid in ids.split()]
+                return states == ["healthy"]
+            _until(healthy, 30, "Docker's health check to pass on node 2")
+
+            # 2. A code-only push under load: blue/green, not one failed request.
+            _say(project, "release two")
             load = Load(opus, seconds=10)
             time.sleep(1)
-            started = time.monotonic()
-            second = _release(settings, store, 2, two, lines)
-            timings["code-only deploy"] = second.timings["switched"]
-            timings["code-only deploy incl. drain"] = time.monotonic() - started
+            timings["code-only push"] = _push(settings, store, project, lines)
             requests, non_2xx, socket_errors = load.result()
-            timings["requests under deploy"] = requests
             assert requests > 100, load.report
             assert (non_2xx, socket_errors) == (0, 0), load.report
-            assert _get(opus) == (200, "release two\n")
+            assert _get(opus) == (200, "release two")
             assert {m.port for m in _serving(store)} == {21016, 21017, 21018}
             listed = swarm.manager.docker("service", "ls", "--filter", f"label=opus.app={APP}",
                                           "--format", "{{.Name}}").stdout.split()
             assert listed == ["swarmy-web-v2"]            # v1's services are gone
-            assert [r.services for r in store.swarm_releases(app)] == [("swarmy-web-v2",), ()]
-            assert first.release.image == one        # kept for rollback
+            assert [r.services for r in store.swarm_releases(app)] == \
+                [("swarmy-web-v2",), ()]
+            assert "swarmy-env-v1" not in swarm.manager.docker("secret", "ls").stdout
 
             # 3. A worker node dies under load: the follow loop disables its member at
             # once and adds the rescheduled task when it answers.
@@ -221,17 +258,23 @@ def test_releases_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             running = deploy.ApacheFront(settings, store).manager(app).members()[1]
             assert not running[deploy.member_url(lost)].enabled
             assert running[deploy.member_url(moved)].enabled
-            assert _get(opus) == (200, "release two\n")
+            assert _get(opus) == (200, "release two")
 
-            # 4. Rollback: the first release's kept digest, deployed again as v3.
+            # 4. `opus rollback APP v1`: the first release's kept digest, as v3 (no build).
             started = time.monotonic()
-            kept = deploy.rollback_image(store, app, 1)
-            assert kept == one
-            back = _release(settings, store, 3, kept, lines)
+            out = _opus(opus, settings, "rollback", APP, "v1")
             timings["rollback"] = time.monotonic() - started
-            print("rollback steps (s):", {k: round(v, 2) for k, v in back.timings.items()})
-            print("\n".join(line for line in lines if "still had" in line))
-            assert _get(opus) == (200, "release one\n")
+            assert "v3 is live" in out and f"Image of v1: {kept.image}" in out, out
+            assert "Publishing" not in out
+            assert _get(opus) == (200, "release one")
+            assert store.get_swarm_release(app, 3).image == kept.image  # type: ignore[union-attr]
+
+            # 5. `opus ps:scale APP web=2`: slot 3 drained and gone.
+            started = time.monotonic()
+            _opus(opus, settings, "ps:scale", APP, "web=2")
+            timings["scale 3 -> 2"] = time.monotonic() - started
+            assert sorted(m.slot for m in _serving(store)) == [1, 2]
+            assert _get(opus) == (200, "release one")
         finally:
             stop.set()
             if following.is_alive():
