@@ -531,10 +531,11 @@ def image_for(settings: Settings, store: Store, app: App, version: int, slug_ver
     """The image of release `version`: the kept digest of the build it reuses (a
     rollback, a config change), or its slug published now (a push)."""
     if slug_version != version:
-        kept = store.get_swarm_release(app, slug_version)
-        if kept is not None:
-            emit(output.detail(f"Image of v{slug_version}: {kept.image}"))
-            return kept.image
+        for kept in store.swarm_releases(app):        # newest first
+            made = store.get_release(app, kept.version)
+            if kept.version == slug_version or (made and made.slug_version == slug_version):
+                emit(output.detail(f"The image of v{slug_version}'s build: {kept.image}"))
+                return kept.image
     from opus_paas.swarm import images
     record = store.get_release(app, version)
     if record is None:
@@ -590,6 +591,12 @@ def release_live(settings: Settings, store: Store, app: App, version: int, emit:
     env = json.loads(env_file.read_text()) if env_file.exists() else dict(config)
     return deploy(settings, store, app, version, image, node_config(settings, store, app, env),
                   emit, record=record, types=types, pin=pin)
+
+
+def serves(store: Store, app: App) -> bool:
+    """Does the app's live release run on the swarm (its services exist)?"""
+    live = store.get_swarm_release(app, app.live_version) if app.live_version else None
+    return bool(live and live.services)
 
 
 def stop_local(settings: Settings, store: Store, app: App) -> None:
