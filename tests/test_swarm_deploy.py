@@ -2,12 +2,13 @@
 (its front, its registry) and the push's own code (opus_paas/run/push.py: build,
 release, image published, swarm deploy, drain), run in the test's process as the git
 server runs it once a pack is in (a test Opus's own programs, sshd among them, run the
-installed checkout's code, not this one's): web=3 spread over the nodes; a code-only push
-under wrk with not one failed request; a node killed under load (its member disabled,
-the rescheduled task added by the follow loop of opus-swarm-follow, run in a thread
-here); `opus rollback` to the first release's image digest and `opus ps:scale` through
-the CLI. The app is the tests' Django fixture with a view that needs no database, so
-the pinning rule lets it spread (`OPUS_DISABLE_OVERRIDES=DATABASES`)."""
+installed checkout's code, not this one's): the move from this host to the swarm, web=3
+spread over the nodes; a code-only push under wrk with not one failed request; a node
+killed under load (its member disabled, the rescheduled task added by the follow loop
+of opus-swarm-follow, run in a thread here); `opus rollback` to a kept image digest,
+`opus ps:scale` and the move back, through the CLI. The app is the tests' Django fixture
+with a view that needs no database, so the pinning rule lets it spread
+(`OPUS_DISABLE_OVERRIDES=DATABASES`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -24,11 +25,13 @@ from pathlib import Path
 import pytest
 from dulwich.repo import Repo
 
-from opus_paas import locks
+from opus_paas import access, locks
 from opus_paas import settings as settings_module
+from opus_paas.run import programs, ps
 from opus_paas.run import push as push_module
 from opus_paas.settings import Settings
 from opus_paas.store import Store, SwarmMember
+from opus_paas.supervisor import Supervisor
 from opus_paas.swarm import deploy, follow, images, registry
 from tests.conftest import (
     Opus,
@@ -134,6 +137,12 @@ def _opus(opus: Opus, settings: Settings, *args: str) -> str:
     return result.stdout
 
 
+def _local_programs(settings: Settings) -> list[str]:
+    """The app's supervisor programs on this host."""
+    return [str(p["name"]) for p in Supervisor(settings).processes()
+            if (programs.program_owner(str(p["group"])) or ("",))[0] == APP]
+
+
 def _serving(store: Store) -> list[SwarmMember]:
     app = store.get_app(APP)
     assert app is not None
@@ -181,31 +190,42 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             opus.cli("config:set", APP, "OPUS_DISABLE_OVERRIDES=DATABASES")
             app = store.get_app(APP)
             assert app is not None
-            # (scheduler:set wants nodes added with nodes:add, tested on its own.)
-            store.set_scheduler(app, "swarm")
-            store.set_scale(app, 3)
             by_address = {n.address: n.hostname for n in swarm.nodes}
 
-            # 1. The first push: an image, web=3, one task on each node, behind the front.
+            # 0. The first push: on this host (mod_wsgi under supervisor).
             lines: list[str] = []
-            timings["first push"] = _push(settings, store, project, lines)
-            output = "\n".join(lines)
-            assert "Publishing v1's image" in output and "Healthy: " in output, output
+            timings["first push, this host"] = _push(settings, store, project, lines)
+            assert _get(opus) == (200, "release one")
+            assert _local_programs(settings) != []
+
+            # 1. The move to the swarm (scheduler:set wants nodes from nodes:add, tested on
+            # its own): ps:restart (here in-process: it publishes, and the nodes must
+            # pull) makes v2 of the same build there: an image, web=3, one task on each
+            # node, behind the front; the programs here stop.
+            store.set_scheduler(app, "swarm")
+            store.set_scale(app, 3)
+            started = time.monotonic()
+            moved_lines: list[str] = []
+            ps.restart(settings, store, access.OPERATOR, APP, moved_lines.append)
+            timings["move to the swarm (image published, web=3)"] = time.monotonic() - started
+            out = "\n".join(moved_lines)
+            assert "Publishing v2's image" in out and "Healthy: " in out, out
             members = _serving(store)
             assert sorted(by_address[m.host] for m in members) == ["node1", "node2", "node3"]
             assert {m.port for m in members} == {21000, 21001, 21002}, members
             assert _get(opus) == (200, "release one")
+            assert _local_programs(settings) == []
             [kept] = store.swarm_releases(app)
             assert re.fullmatch(rf"{settings.swarm_registry}/opus/{APP}@sha256:[0-9a-f]{{64}}",
                                 kept.image), kept
-            spec = json.loads(swarm.manager.docker("service", "inspect", "swarmy-web-v1").stdout)
+            spec = json.loads(swarm.manager.docker("service", "inspect", "swarmy-web-v2").stdout)
             container = spec[0]["Spec"]["TaskTemplate"]["ContainerSpec"]
             assert container["User"] == f"{30000 + app.id}:{30000 + app.id}"
             assert container["ReadOnly"] is True and container["CapabilityDrop"] == ["ALL"]
             # The config vars are in the release's secret, never in the service's spec.
             secret_key = store.config(app)["SECRET_KEY"]
             assert secret_key not in json.dumps(spec)
-            assert [s["SecretName"] for s in container["Secrets"]] == ["swarmy-env-v1"]
+            assert [s["SecretName"] for s in container["Secrets"]] == ["swarmy-env-v2"]
             # Docker's own health check (the python3 probe in the image) passes too.
             worker = swarm.nodes[1]
 
@@ -220,7 +240,8 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             _say(project, "release two")
             load = Load(opus, seconds=10)
             time.sleep(1)
-            timings["code-only push"] = _push(settings, store, project, lines)
+            timings["code-only push to 3 nodes, under load"] = _push(settings, store,
+                                                                     project, lines)
             requests, non_2xx, socket_errors = load.result()
             assert requests > 100, load.report
             assert (non_2xx, socket_errors) == (0, 0), load.report
@@ -228,10 +249,10 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             assert {m.port for m in _serving(store)} == {21016, 21017, 21018}
             listed = swarm.manager.docker("service", "ls", "--filter", f"label=opus.app={APP}",
                                           "--format", "{{.Name}}").stdout.split()
-            assert listed == ["swarmy-web-v2"]            # v1's services are gone
+            assert listed == ["swarmy-web-v3"]            # v2's services are gone
             assert [r.services for r in store.swarm_releases(app)] == \
-                [("swarmy-web-v2",), ()]
-            assert "swarmy-env-v1" not in swarm.manager.docker("secret", "ls").stdout
+                [("swarmy-web-v3",), ()]
+            assert "swarmy-env-v2" not in swarm.manager.docker("secret", "ls").stdout
 
             # 3. A worker node dies under load: the follow loop disables its member at
             # once and adds the rescheduled task when it answers.
@@ -260,14 +281,14 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             assert running[deploy.member_url(moved)].enabled
             assert _get(opus) == (200, "release two")
 
-            # 4. `opus rollback APP v1`: the first release's kept digest, as v3 (no build).
+            # 4. `opus rollback APP v2`: v2's kept digest, as v4 (no build, no publish).
             started = time.monotonic()
-            out = _opus(opus, settings, "rollback", APP, "v1")
+            out = _opus(opus, settings, "rollback", APP, "v2")
             timings["rollback"] = time.monotonic() - started
-            assert "v3 is live" in out and f"Image of v1: {kept.image}" in out, out
+            assert "v4 is live" in out and kept.image in out, out
             assert "Publishing" not in out
             assert _get(opus) == (200, "release one")
-            assert store.get_swarm_release(app, 3).image == kept.image  # type: ignore[union-attr]
+            assert store.get_swarm_release(app, 4).image == kept.image  # type: ignore[union-attr]
 
             # 5. `opus ps:scale APP web=2`: slot 3 drained and gone.
             started = time.monotonic()
@@ -275,6 +296,19 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             timings["scale 3 -> 2"] = time.monotonic() - started
             assert sorted(m.slot for m in _serving(store)) == [1, 2]
             assert _get(opus) == (200, "release one")
+
+            # 6. Back to this host: `opus ps:restart` runs v5 here; the services go.
+            stop.set()
+            following.join(timeout=10)
+            store.set_scheduler(app, "local")
+            started = time.monotonic()
+            _opus(opus, settings, "ps:restart", APP)
+            timings["move back to this host"] = time.monotonic() - started
+            assert _get(opus) == (200, "release one")
+            assert _local_programs(settings) != []
+            assert swarm.manager.docker("service", "ls", "-q", "--filter",
+                                        f"label=opus.app={APP}").stdout.split() == []
+            assert all(r.services == () for r in store.swarm_releases(app))
         finally:
             stop.set()
             if following.is_alive():

@@ -150,3 +150,12 @@ def test_opus_swarm_follow_runs_once_a_swarm_is_set(tmp_path: Path) -> None:
     [program] = [p for p in lifecycle.own_programs(swarm) if p.name == "opus-swarm-follow"]
     assert program.command[-2:] == ["-m", "opus_paas.swarm.follow"]
     assert program.environment["OPUS_SWARM_MANAGER"] == "/run/docker.sock"
+
+
+def test_after_a_scale_down_any_slots_swarm_keeps_will_do() -> None:
+    """Swarm does not stop the highest slots first: slots 1 and 3 may stay."""
+    tasks = [_task(1, 1), _task(2, 2, state="shutdown", desired="shutdown"), _task(3, 3)]
+    ready = deploy.readiness("shop", 4, 2, BASE, tasks, NODES, _ok((1, 1), (3, 3)))
+    assert ready.waiting == [] and [m.slot for m in ready.members] == [1, 3]
+    starting = deploy.readiness("shop", 4, 2, BASE, tasks, NODES, _ok((1, 1)))
+    assert starting.waiting == ["slot 3 on node3: running, not answering its check yet"]

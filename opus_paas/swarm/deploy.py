@@ -230,26 +230,34 @@ class Readiness:
 def readiness(app: str, version: int, replicas: int, port_base: int,
               tasks: Sequence[follow.TaskInfo], node_states: Mapping[str, nodes.NodeState],
               probes: Mapping[tuple[str, int], bool]) -> Readiness:
+    """Ready when `replicas` slots each have a healthy task. Which slots: 1..N after a
+    create, but whichever Swarm keeps after a scale-down (it does not remove the highest
+    slots first)."""
     members = follow.decide(app, version, "web", port_base, tasks, node_states, probes, [])
-    healthy = {m.slot for m in members if m.enabled}
+    healthy = [m for m in members if m.enabled]
     service = services.service_name(app, "web", version)
+    mine = [t for t in tasks if t.service == service]
+    slots = sorted({t.slot for t in mine if t.desired == "running"} |
+                   set(range(1, replicas + 1)) if len(healthy) < replicas else set())
     waiting, failed = [], None
-    for slot in range(1, replicas + 1):
-        if slot in healthy:
+    scheduled = {t.slot for t in mine if t.desired == "running"}
+    for slot in slots:
+        if slot in {m.slot for m in healthy}:
             continue
-        mine = [t for t in tasks if t.service == service and t.slot == slot]
-        errors = [t for t in mine if t.state in FAILED_STATES]
+        errors = [t for t in mine if t.slot == slot and t.state in FAILED_STATES]
         if len(errors) >= MAX_TASK_FAILURES and failed is None:
             failed = (f"slot {slot} failed {len(errors)} times"
                       f"{': ' + errors[-1].error if errors[-1].error else ''}")
-        live = [t for t in mine if t.desired == "running"]
+        live = [t for t in mine if t.slot == slot and t.desired == "running"]
+        if not live and len(scheduled) >= replicas:
+            continue          # a slot Swarm does not use (after a scale-down)
         node = node_states.get(live[-1].node_id) if live else None
         where = f" on {node.name}" if node else ""
         state = live[-1].state if live else "not scheduled"
         if state == "running":
             state = "running, not answering its check yet"
         waiting.append(f"slot {slot}{where}: {state}")
-    return Readiness([m for m in members if m.enabled and m.slot <= replicas], waiting,
+    return Readiness(healthy[:replicas] if len(healthy) >= replicas else healthy, waiting,
                      failed)
 
 
@@ -490,32 +498,31 @@ def scale(settings: Settings, store: Store, app: App, counts: Mapping[str, int],
                              "deploy")
     base = services.block_base(settings, live.block)
     members = [m for m in store.swarm_members(app) if m.version == live.version]
-    web = counts.get("web")
-    if web is not None:
-        going = [m for m in members if m.slot > web]
-        if going:
-            front.set_enabled(app, going, False)
-            front.drain(app, going, DRAIN_TIMEOUT)
     mgr("service", "scale", "--detach",
         *[f"{services.service_name(app.name, k, live.version)}={n}" for k, n in counts.items()])
     emit(output.step("Scaling on the swarm: " + ", ".join(f"{k}={n}" for k, n in counts.items())))
-    if web is None:
+    if counts.get("web") is None:
         return
-    kept = [m for m in members if m.slot <= web]
-    ready = wait_ready(settings, mgr, app, live.version, web, base, {},
+    # Swarm chooses the tasks a scale-down stops (SIGTERM: each finishes its requests):
+    # their members go off as soon as they are known; new slots join once they answer.
+    ready = wait_ready(settings, mgr, app, live.version, counts["web"], base, {},
                        timeout or settings.swarm_deploy_timeout, emit)
-    known = {m.slot: m for m in kept}
-    final = [known.get(m.slot, m) if known.get(m.slot, m).host == m.host else m
-             for m in ready]
-    store.set_swarm_members(app, live.version, "web", final)
+    kept = {(m.host, m.port) for m in ready}
     before = {(m.host, m.port) for m in members}
-    new = [m for m in final if (m.host, m.port) not in before]
+    gone = [m for m in members if (m.host, m.port) not in kept]
+    new = [m for m in ready if (m.host, m.port) not in before]
+    if gone:
+        with contextlib.suppress(ServiceError):
+            front.set_enabled(app, gone, False)
+    store.set_swarm_members(app, live.version, "web", ready)
     if new and front.add_members(app, new):
         front.set_enabled(app, new, True)
         front.write()
-    elif new or len(final) != len(members):
+    elif new:
         front.render()
-    emit(output.detail("Serving from " + ", ".join(f"{m.node}:{m.port}" for m in final)))
+    else:
+        front.write()
+    emit(output.detail("Serving from " + ", ".join(f"{m.node}:{m.port}" for m in ready)))
 
 
 def release_info(store: Store, app: App) -> dict[str, Any]:
@@ -589,8 +596,13 @@ def release_live(settings: Settings, store: Store, app: App, version: int, emit:
     # vars and Opus's own; the image's entrypoint puts its own paths over those).
     env_file = AppPaths.of(settings, app.name).env_file(version)
     env = json.loads(env_file.read_text()) if env_file.exists() else dict(config)
-    return deploy(settings, store, app, version, image, node_config(settings, store, app, env),
-                  emit, record=record, types=types, pin=pin)
+    switched = deploy(settings, store, app, version, image,
+                      node_config(settings, store, app, env), emit, record=record,
+                      types=types, pin=pin)
+    # `current` names the live build, as on this host (the front's static files, recovery).
+    with contextlib.suppress(OSError, OpusError):
+        build_release.point_current(settings, app.name, slug_version)
+    return switched
 
 
 def serves(store: Store, app: App) -> bool:
