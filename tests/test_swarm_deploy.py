@@ -315,3 +315,4 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
                 following.join(timeout=10)
             stop_opus(opus)
     print("swarm deploy timings (s):", {k: round(v, 2) for k, v in timings.items()})
+    print("\n".join(line for line in lines if "still had" in line))

@@ -159,3 +159,16 @@ def test_after_a_scale_down_any_slots_swarm_keeps_will_do() -> None:
     assert ready.waiting == [] and [m.slot for m in ready.members] == [1, 3]
     starting = deploy.readiness("shop", 4, 2, BASE, tasks, NODES, _ok((1, 1)))
     assert starting.waiting == ["slot 3 on node3: running, not answering its check yet"]
+
+
+def test_connections_to_node_members_are_read_from_proc_net_tcp() -> None:
+    text = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt\n"
+        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000\n"
+        "   1: 01344D0A:C350 0B344D0A:5208 01 00000000:00000000 00:00000000 00000000\n"
+        "   2: 01344D0A:C351 0C344D0A:5209 02 00000000:00000000 00:00000000 00000000\n"
+        "   3: 01344D0A:C352 0D344D0A:520A 06 00000000:00000000 00:00000000 00000000\n"
+        "   4: garbage\n")
+    # 10.77.52.11:21000 established, 10.77.52.12:21001 connecting; TIME_WAIT and
+    # listening sockets are not requests.
+    assert deploy.parse_proc_tcp(text) == {("10.77.52.11", 21000), ("10.77.52.12", 21001)}

@@ -26,6 +26,7 @@ import subprocess
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from opus_paas import locks, output
@@ -145,8 +146,16 @@ class ApacheFront:
 
     @staticmethod
     def _busy(view: balancer.BalancerManager, urls: set[str]) -> dict[str, int]:
-        return {url: m.busy for url, m in view._members()[1].items()
+        """Members with requests in flight. Apache's own count can stay above 0 when a
+        request was cut short (seen twice: a drain that waited its whole timeout), so a
+        member on a node is also drained when this host holds no connection to it: the
+        front opens one per request to node members (`disablereuse=on`)."""
+        busy = {url: m.busy for url, m in view._members()[1].items()
                 if url in urls and m.busy}
+        if not busy:
+            return busy
+        open_to = connections()
+        return {url: n for url, n in busy.items() if _address(url) in open_to}
 
     def apply(self, change: follow.Change) -> None:
         """What opus-swarm-follow found: the store first, then the running front:
@@ -174,6 +183,39 @@ class ApacheFront:
 
 def member_url(member: SwarmMember) -> str:
     return f"http://{member.host}:{member.port}"
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    return host, int(port)
+
+
+# TCP states in /proc/net/tcp: a request on its way (connecting) or in flight.
+_OPEN_STATES = {"01", "02"}     # ESTABLISHED, SYN_SENT
+
+
+def parse_proc_tcp(text: str) -> set[tuple[str, int]]:
+    """The remote IPv4 addresses this host has open connections to (pure: the text of
+    /proc/net/tcp)."""
+    found = set()
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] not in _OPEN_STATES:
+            continue
+        address, _, port = fields[2].partition(":")
+        try:
+            raw = bytes.fromhex(address)[::-1]
+            found.add((".".join(str(b) for b in raw), int(port, 16)))
+        except ValueError:
+            continue
+    return found
+
+
+def connections() -> set[tuple[str, int]]:
+    try:
+        return parse_proc_tcp(Path("/proc/net/tcp").read_text())
+    except OSError:
+        return set()
 
 
 # ---- Docker ---------------------------------------------------------------------------
