@@ -39,7 +39,7 @@ from opus_paas import settings as settings_module
 from opus_paas.run import push as push_module
 from opus_paas.settings import Settings
 from opus_paas.store import Store
-from opus_paas.swarm import deploy, follow, images
+from opus_paas.swarm import deploy, follow, images, members
 from tests.conftest import free_port, git, make_django_project, make_key, start_opus, stop_opus
 from tests.swarm_nodes import Swarm, swarm_nodes
 
@@ -165,7 +165,7 @@ def main() -> None:
                              emit.append)
 
             following = threading.Thread(target=follow.run, args=(
-                settings, store, deploy.ApacheFront(settings, store).apply, stop))
+                settings, store, members.ApacheFront(settings, store).apply, stop))
             following.start()
             dead = swarm.nodes[2]
             result: list[str] = []

@@ -32,7 +32,8 @@ from opus_paas.run import push as push_module
 from opus_paas.settings import Settings
 from opus_paas.store import Store, SwarmMember
 from opus_paas.supervisor import Supervisor
-from opus_paas.swarm import deploy, follow, images, registry
+from opus_paas.swarm import follow, images, registry
+from opus_paas.swarm import members as swarm_members
 from tests.conftest import (
     Opus,
     free_port,
@@ -181,7 +182,7 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
         store = Store(settings.db_path)
         stop = threading.Event()
         following = threading.Thread(target=follow.run, name="follow", args=(
-            settings, store, deploy.ApacheFront(settings, store).apply, stop))
+            settings, store, swarm_members.ApacheFront(settings, store).apply, stop))
         try:
             opus.cli("keys:add", "admin", str(make_key(tmp_path, "admin").public))
             project = make_django_project(tmp_path / "project")
@@ -276,9 +277,9 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             assert moved.host != dead.address
             # The running front agrees: the dead node's address (its container still
             # answers) gets no request, the moved task does.
-            running = deploy.ApacheFront(settings, store).manager(app).members()[1]
-            assert not running[deploy.member_url(lost)].enabled
-            assert running[deploy.member_url(moved)].enabled
+            running = swarm_members.ApacheFront(settings, store).manager(app).members()[1]
+            assert not running[swarm_members.member_url(lost)].enabled
+            assert running[swarm_members.member_url(moved)].enabled
             assert _get(opus) == (200, "release two")
 
             # 4. `opus rollback APP v2`: v2's kept digest, as v4 (no build, no publish).
@@ -297,9 +298,9 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             timings["scale 3 -> 2"] = time.monotonic() - started
             serving = _serving(store)
             assert len({m.slot for m in serving}) == len(serving) == 2, serving
-            running = deploy.ApacheFront(settings, store).manager(app).members()[1]
+            running = swarm_members.ApacheFront(settings, store).manager(app).members()[1]
             assert sorted(url for url, m in running.items() if m.enabled) == \
-                sorted(deploy.member_url(m) for m in serving)
+                sorted(swarm_members.member_url(m) for m in serving)
             assert _get(opus) == (200, "release one")
 
             # 6. Back to this host: `opus ps:restart` runs v5 here; the services go.

@@ -9,7 +9,7 @@ from pathlib import Path
 from opus_paas.control import lifecycle
 from opus_paas.settings import Settings
 from opus_paas.store import App, SwarmMember
-from opus_paas.swarm import deploy, follow
+from opus_paas.swarm import deploy, follow, members
 from opus_paas.swarm.follow import TaskInfo
 from opus_paas.swarm.nodes import NodeState
 
@@ -171,4 +171,4 @@ def test_connections_to_node_members_are_read_from_proc_net_tcp() -> None:
         "   4: garbage\n")
     # 10.77.52.11:21000 established, 10.77.52.12:21001 connecting; TIME_WAIT and
     # listening sockets are not requests.
-    assert deploy.parse_proc_tcp(text) == {("10.77.52.11", 21000), ("10.77.52.12", 21001)}
+    assert members.parse_proc_tcp(text) == {("10.77.52.11", 21000), ("10.77.52.12", 21001)}

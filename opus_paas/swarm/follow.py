@@ -310,12 +310,12 @@ class Events:
 
 def main() -> None:
     from opus_paas import settings as settings_module
-    from opus_paas.swarm import deploy
+    from opus_paas.swarm.members import ApacheFront
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = settings_module.load()
     store = Store(settings.db_path)
     stop = threading.Event()
-    front = deploy.ApacheFront(settings, store)
+    front = ApacheFront(settings, store)
     log.info("following the swarm at %s", settings.swarm_manager)
     run(settings, store, front.apply, stop)
 
