@@ -6,9 +6,9 @@ installed checkout's code, not this one's): the move from this host to the swarm
 spread over the nodes; a code-only push under wrk with not one failed request; a node
 killed under load (its member disabled, the rescheduled task added by the follow loop
 of opus-swarm-follow, run in a thread here); `opus rollback` to a kept image digest,
-`opus ps:scale` and the move back, through the CLI. The app is the tests' Django fixture
-with a view that needs no database, so the pinning rule lets it spread
-(`OPUS_DISABLE_OVERRIDES=DATABASES`)."""
+`opus ps:scale`, `ps:stop`/`ps:start` and the move back, through the CLI. The app is the
+tests' Django fixture with a view that needs no database, so the pinning rule lets it
+spread (`OPUS_DISABLE_OVERRIDES=DATABASES`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -303,7 +303,17 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
                 sorted(swarm_members.member_url(m) for m in serving)
             assert _get(opus) == (200, "release one")
 
-            # 6. Back to this host: `opus ps:restart` runs v5 here; the services go.
+            # 6. `opus ps:stop`: no task left, nothing served; `opus ps:start`: v5 serves.
+            _opus(opus, settings, "ps:stop", APP)
+            replicas = swarm.manager.docker("service", "ls", "--filter", f"label=opus.app={APP}",
+                                            "--format", "{{.Replicas}}").stdout.split()
+            assert replicas and all(r.startswith("0/") for r in replicas), replicas
+            assert _serving(store) == [] and _get(opus)[0] != 200
+            _opus(opus, settings, "ps:start", APP)
+            assert _get(opus) == (200, "release one")
+            assert len(_serving(store)) == 2
+
+            # 7. Back to this host: `opus ps:restart` runs v6 here; the services go.
             stop.set()
             following.join(timeout=10)
             store.set_scheduler(app, "local")

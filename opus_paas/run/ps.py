@@ -164,6 +164,7 @@ def stop(settings: Settings, store: Store, actor: Actor, name: str,
             store.set_stopped(app, True)
             if store.is_asleep(app):      # stopped: not asleep (a start deploys it)
                 store.set_asleep(app, False)
+            swarm_deploy.stop_app(settings, store, app)   # its services, if on the swarm
         elif kind == "web":
             raise UsageError("web is the app: `opus ps:stop APP` stops it all")
         else:

@@ -473,6 +473,24 @@ def serves(store: Store, app: App) -> bool:
     return bool(live and live.services)
 
 
+def stop_app(settings: Settings, store: Store, app: App) -> None:
+    """`ps:stop` of a swarm app: its members off, its services at 0 tasks (`ps:start`
+    deploys the live build anew)."""
+    live = store.get_swarm_release(app, app.live_version) if app.live_version else None
+    if live is None or not live.services:
+        return
+    front = ApacheFront(settings, store)
+    members = [m for m in store.swarm_members(app) if m.version == live.version]
+    with contextlib.suppress(ServiceError):
+        front.set_enabled(app, members, False)
+    store.set_swarm_members(app, live.version, "web",
+                            [dataclasses.replace(m, enabled=False) for m in members])
+    nodes.manager(settings)("service", "scale", "--detach",
+                            *[f"{name}=0" for name in live.services])
+    with contextlib.suppress(OpusError):
+        front.write()
+
+
 def stop_local(settings: Settings, store: Store, app: App) -> None:
     """The app's supervisor programs on this host stop (it has moved to the swarm)."""
     from opus_paas.run import programs
