@@ -27,6 +27,7 @@ from opus_paas.run import appdirs, checks, health, previews, programs, push
 from opus_paas.settings import Settings
 from opus_paas.store import App, Backup, Build, Release, Store, User
 from opus_paas.supervisor import Supervisor
+from opus_paas.swarm import deploy as swarm_deploy
 
 
 def create(settings: Settings, store: Store, actor: Actor, name: str) -> App:
@@ -175,6 +176,8 @@ def destroy(settings: Settings, store: Store, actor: Actor, name: str,
         redis.stop_for_destroy(settings, store, app)   # stopped with the app's programs
         if supervisor.is_running():
             programs.set_programs(settings, supervisor, app.name, [])
+        with contextlib.suppress(OpusError):   # its services on the swarm (swarm/deploy.py)
+            swarm_deploy.retire(settings, store, app, lambda _line: None)
         kept = backups.keep_on_destroy(settings, store, app)   # with nothing running
         # The files go before the record: a name is never reused onto old code or data.
         appdirs.remove_files(settings, app.name)

@@ -159,6 +159,13 @@ class Settings:
     swarm_registry_ca: str = ""
     # nodes:remove waits this long for a drained node's tasks to run elsewhere.
     swarm_drain_timeout: float = 120.0
+    # Swarm services listen on the nodes' own network (no routing mesh): each release
+    # takes a block of 16 ports from this base (task slot N on base + N - 1), and the
+    # tasks of app ID run as uid swarm_uid_base + ID on every node.
+    swarm_port_base: int = 21000
+    swarm_uid_base: int = 30000
+    # A swarm deploy waits this long for every new task to run and pass its check.
+    swarm_deploy_timeout: float = 120.0
     # Tests only: "1" lets a test stop Opus at a named point of a deploy (failpoints.py).
     failpoints: str = ""
 
@@ -282,15 +289,16 @@ _INT_FIELDS = {"ssh_port", "http_port", "https_port", "dashboard_port", "app_por
                "keep_releases", "destroyed_backup_days", "max_pack_bytes", "max_object_bytes",
                "ssh_connections_per_user", "ssh_unauthenticated_per_source",
                "ssh_keys_per_user", "ssh_max_connections", "build_log_limit",
-               "preview_limit"}
-_FLOAT_FIELDS = {"autosleep_check_seconds", "swarm_drain_timeout", "health_timeout",
-                 "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
+               "preview_limit", "swarm_port_base", "swarm_uid_base"}
+_FLOAT_FIELDS = {"autosleep_check_seconds", "swarm_drain_timeout", "swarm_deploy_timeout",
+                 "health_timeout", "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
                  "ssh_idle_timeout", "ssh_login_timeout", "ssh_session_timeout"}
 # Limits below 1 would lock everyone out (or never time out): refused.
 _POSITIVE_FIELDS = {"autosleep_min_seconds", "autosleep_check_seconds",
                     "ssh_connections_per_user", "ssh_unauthenticated_per_source",
                     "ssh_keys_per_user", "ssh_max_connections", "ssh_login_timeout",
-                    "preview_limit", "swarm_drain_timeout"}
+                    "preview_limit", "swarm_drain_timeout", "swarm_deploy_timeout",
+                    "swarm_port_base", "swarm_uid_base"}
 # Settings renamed since: their former names are still read.
 _FORMER_NAMES = {"ssh_connections_per_key": "ssh_connections_per_user"}
 _PATH_FIELDS = {"cache_dir", "wheels_dir"}

@@ -85,6 +85,9 @@ PRIVATE_NETS = tuple(ipaddress.IPv4Network(n) for n in
                      ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 # Members on nodes: a dead node costs one second, then two out of rotation.
 REMOTE_MEMBER = "connectiontimeout=1 retry=2 disablereuse=on"
+# Members a swarm app's balancer may gain at run time (a release's tasks, a rescheduled
+# one) before a reload must make room (swarm deploy hook).
+REMOTE_GROWTH = 24
 # What opus_paas/balancer.py calls them (repeated on purpose: nothing is imported).
 MANAGER_PATH = "/.opus/balancer"
 MANAGER_HEADER = "X-Opus-Token"
@@ -593,6 +596,10 @@ def _site(layout: Layout, spec: FrontSpec, site: Site, vhost: str,
     if site.sleeps:
         lines.append(f'        BalancerMember "http://127.0.0.1:{spec.waker_port}" retry=0 '
                      "status=+H")
+    # Swarm deploy hook (opus_paas/swarm/deploy.py): room for members added through the
+    # balancer-manager, so a release on new node ports needs no graceful reload.
+    if not all(m.local for m in site.members):
+        lines.append(f"        ProxySet growth={REMOTE_GROWTH}")
     lines += [
         "    </Proxy>",
         f'    ProxyPass "{MANAGER_PATH}" !',

@@ -91,6 +91,14 @@ def own_programs(settings: Settings) -> list[Program]:
             log_file=settings.logs_dir / "front" / "opus-front.log",
             environment={privileged.INSTANCE_MARKER: str(settings.home)},
         ),
+        # The front follows the swarm's tasks (swarm/follow.py), once a swarm is set.
+        *[Program(name="opus-swarm-follow",
+                  command=guarded(settings, [system.python_for_programs(settings), "-m",
+                                             "opus_paas.swarm.follow"]),
+                  directory=settings.home,
+                  log_file=settings.logs_dir / "opus-swarm-follow.log",
+                  environment=env, stopwaitsecs=5, user=user)
+          for _ in [settings.swarm_manager] if settings.swarm_manager],
         # The apps' Postgres cluster, once `opus addons:enable postgres` made it.
         *[Program(**spec) for spec in [pg_server.program(settings)] if spec],
         # Swarm: the registry nodes pull release images from, once swarm_registry is set.

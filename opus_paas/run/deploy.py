@@ -22,6 +22,7 @@ from opus_paas.run import checks, health, programs
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Program, Supervisor
+from opus_paas.swarm import deploy as swarm_deploy
 
 log = logging.getLogger("opus.deploy")
 
@@ -65,6 +66,8 @@ class Switched:
                                         self.slug_version)
         programs.set_programs(self.settings, self.supervisor, self.app.name,
                               [self.new, *others])
+        # Back on this host from the swarm: its services there go (swarm/deploy.py).
+        swarm_deploy.retire(self.settings, self.store, self.app, emit)
         self.store.backup(self.settings.db_backup_path)
 
 
@@ -85,9 +88,11 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     new = programs.web_program(settings, app.name, version, port, slug_version,
                                app.web_processes, app.web_threads)
     # A sleeping app's instance is not running: the new one is its wake.
-    old = None if app.stopped or store.is_asleep(app) else \
+    # Back from the swarm, the live release has no program here (swarm/deploy.py).
+    on_swarm = swarm_deploy.serves(store, app)
+    old = None if app.stopped or store.is_asleep(app) or on_swarm else \
         programs.live_program(settings, running or app)
-    workers = [] if app.stopped or app.live_version is None else \
+    workers = [] if app.stopped or app.live_version is None or on_swarm else \
         programs.type_programs(settings, store, app, app.live_version, app.live_slug)
     # A new instance starts with no crash behind it (an earlier one of the same name
     # may have left its state).

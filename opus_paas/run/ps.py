@@ -22,10 +22,12 @@ from opus_paas.errors import NotFound, OpusError, UsageError
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.run import deploy, health, programs, recovery
+from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Supervisor
 from opus_paas.swarm import appview
+from opus_paas.swarm import deploy as swarm_deploy
 
 MAX_WEB_PROCESSES = 16
 MAX_TYPE_PROCESSES = 16
@@ -116,6 +118,13 @@ def _run_live(settings: Settings, store: Store, app: App, emit: Emit,
               running: App | None = None) -> None:
     """A new instance of the live release (no new release), switched like a deploy."""
     version = app.live_version or 0
+    if store.scheduler(app) == "swarm":      # on the swarm: a release of the live build
+        live = store.get_release(app, version)
+        if live is not None:
+            restart_module.release_build(settings, store, app, slug_version=live.slug_version,
+                                         sha=live.sha, config=live.config,
+                                         description="Restart", emit=emit)
+            return
     deploy.deploy(settings, store, Supervisor(settings), app, version, emit,
                   slug_version=app.live_slug, running=running,
                   record=lambda port: store.set_live(app, version, port, app.live_slug),
@@ -155,6 +164,7 @@ def stop(settings: Settings, store: Store, actor: Actor, name: str,
             store.set_stopped(app, True)
             if store.is_asleep(app):      # stopped: not asleep (a start deploys it)
                 store.set_asleep(app, False)
+            swarm_deploy.stop_app(settings, store, app)   # its services, if on the swarm
         elif kind == "web":
             raise UsageError("web is the app: `opus ps:stop APP` stops it all")
         else:
@@ -224,6 +234,10 @@ def scale(settings: Settings, store: Store, actor: Actor, name: str, counts: dic
     app = access.app_for(store, actor, name)
     with locks.app_lock(settings, app.name):
         app = recovery.settle(settings, store, app, emit)
+        if store.scheduler(app) == "swarm" and app.live_version is not None \
+                and not app.stopped:         # services on the swarm (swarm/deploy.py)
+            swarm_deploy.scale_app(settings, store, app, counts, emit)
+            return access.fresh(store, app)
         web = counts.get("web")
         others = {k: v for k, v in counts.items() if k != "web"}
         if others:

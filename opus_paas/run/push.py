@@ -26,6 +26,7 @@ from opus_paas.run import appdirs, appsetup, buildlog, deploy
 from opus_paas.settings import Settings
 from opus_paas.store import App, Release, Store
 from opus_paas.supervisor import Supervisor
+from opus_paas.swarm import deploy as swarm_deploy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Deployed:
     branch move went."""
 
     version: int
-    switched: deploy.Switched
+    switched: deploy.Switched | swarm_deploy.Switched
     log_path: Path
     branch_moved: bool | None = None     # None: no branch to move
 
@@ -150,9 +151,15 @@ def _release_live(settings: Settings, store: Store, app: App, version: int, sha:
                         ref=branch.ref if branch else None,
                         previous_sha=branch.previous if branch else None)
     try:
-        switched = deploy.deploy(settings, store, Supervisor(settings), app, version, emit,
-                                 record=lambda port: store.release_went_live(app, version,
-                                                                             port))
+        switched: deploy.Switched | swarm_deploy.Switched
+        if store.scheduler(app) == "swarm":      # on the swarm's nodes (swarm/deploy.py)
+            switched = swarm_deploy.release_live(
+                settings, store, app, version, emit, slug_version=version, config=config,
+                record=lambda port: store.release_went_live(app, version, port))
+        else:
+            switched = deploy.deploy(settings, store, Supervisor(settings), app, version,
+                                     emit, record=lambda port: store.release_went_live(
+                                         app, version, port))
     except BaseException:
         store.forget_release(app, version)     # (only while it is still pending)
         raise

@@ -22,6 +22,7 @@ from opus_paas.run import deploy, recovery
 from opus_paas.settings import Settings
 from opus_paas.store import App, Release, Store
 from opus_paas.supervisor import Supervisor
+from opus_paas.swarm import deploy as swarm_deploy
 
 
 def release_build(settings: Settings, store: Store, app: App, *, slug_version: int, sha: str,
@@ -40,10 +41,16 @@ def release_build(settings: Settings, store: Store, app: App, *, slug_version: i
     store.begin_release(app, version, sha, description, slug_version=slug_version,
                         config=config)
     try:
-        switched = deploy.deploy(settings, store, Supervisor(settings), app, version, emit,
-                                 slug_version=slug_version,
-                                 record=lambda port: store.release_went_live(app, version,
-                                                                             port))
+        switched: deploy.Switched | swarm_deploy.Switched
+        if store.scheduler(app) == "swarm":      # the kept image digest (swarm/deploy.py)
+            switched = swarm_deploy.release_live(
+                settings, store, app, version, emit, slug_version=slug_version,
+                config=config, record=lambda port: store.release_went_live(app, version, port))
+        else:
+            switched = deploy.deploy(settings, store, Supervisor(settings), app, version,
+                                     emit, slug_version=slug_version,
+                                     record=lambda port: store.release_went_live(app, version,
+                                                                                 port))
     except BaseException:
         store.forget_release(app, version)       # (only while it is still pending)
         now = store.get_app(app.name)
