@@ -195,6 +195,11 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             [kept] = store.swarm_releases(app)
             assert re.fullmatch(rf"{settings.swarm_registry}/opus/{APP}@sha256:[0-9a-f]{{64}}",
                                 kept.image), kept
+            # Each node pulled the image by its digest from opus-registry for its task.
+            for node in swarm.nodes:
+                digests = node.docker("image", "inspect", "-f", "{{json .RepoDigests}}",
+                                      kept.image).stdout
+                assert json.loads(digests) == [kept.image], (node.hostname, digests)
             spec = json.loads(swarm.manager.docker("service", "inspect", "swarmy-web-v2").stdout)
             container = spec[0]["Spec"]["TaskTemplate"]["ContainerSpec"]
             assert container["User"] == f"{30000 + app.id}:{30000 + app.id}"
