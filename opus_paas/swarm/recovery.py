@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 
-from opus_paas.errors import OpusError, ServiceError, UsageError
+from opus_paas.errors import OpusError, ServiceError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmMember, SwarmRelease
 from opus_paas.swarm import nodes, services
@@ -88,7 +88,7 @@ def release_of_service(app: str, item: Listed) -> int | None:
         return None
     try:
         expected = services.service_name(app, ptype, int(raw))
-    except UsageError:
+    except OpusError:          # a name or type Opus refuses (InvalidName, UsageError)
         return None
     return int(raw) if item.name == expected else None
 
