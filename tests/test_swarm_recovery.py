@@ -310,9 +310,11 @@ def test_a_deploy_killed_after_its_switch_leaves_nothing_once_up_has_run(
                 time.sleep(0.5)
                 stop.set()
                 asking.join()
+            print(up.stdout + up.stderr)
             assert up.returncode == 0, up.stdout + up.stderr
             assert "swarmy: removed what a deploy cut short left" in up.stdout + up.stderr, \
                 up.stdout + up.stderr
+            assert "not answering" not in up.stdout      # (its tasks serve on the nodes)
             failed = [a for a in answers if a[0] != 200]
             assert answers and not failed, f"{len(failed)} of {len(answers)} failed"
             assert {body for _status, body in answers} <= {"release one\n", "release two\n"}
