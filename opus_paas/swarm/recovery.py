@@ -67,7 +67,7 @@ class Cleanup:
             parts.append("records of " + ", ".join(f"v{v}" for v in
                                                   sorted({*self.forget, *self.strip})))
         if self.enable:
-            parts.append(f"{len(self.enable)} members of the live release left off")
+            parts.append(f"{len(self.enable)} members of the live release off (turned on)")
         what = "; ".join(parts) or "nothing"
         return f"{', '.join(f'v{v}' for v in versions) or 'a deploy'} on the swarm: {what}"
 
