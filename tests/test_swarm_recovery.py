@@ -175,8 +175,11 @@ NAME = "swarmy"
 BUSYBOX = "/bin/busybox"
 # The tasks' command and Docker health check in a busybox image (no build, no registry:
 # what is tested here is what a cut-short deploy leaves, not the image).
+# The shell stays PID 1 and ends on SIGTERM (busybox's httpd as PID 1 ignores it, and
+# Docker would kill it only after the 10 s grace: the secret goes once its tasks have).
 SERVE = ("/bin/sh", "-c",
-         'exec /bin/busybox httpd -f -p "$((OPUS_PORT_BASE + OPUS_SLOT - 1))" -h /www')
+         "trap 'exit 0' TERM; /bin/busybox httpd -f "
+         '-p "$((OPUS_PORT_BASE + OPUS_SLOT - 1))" -h /www & wait')
 HEALTH = services.Health(
     command=("exec wget -q -O /dev/null "
              "http://127.0.0.1:$((OPUS_PORT_BASE + OPUS_SLOT - 1))$OPUS_HEALTH_PATH"),
