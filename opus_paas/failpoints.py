@@ -25,6 +25,9 @@ POINTS = (
     "deploy.started",     # the release is recorded pending; its instance is starting
     "deploy.healthy",     # its health check passed; traffic still on the old instance
     "deploy.switched",    # the front sends traffic to it; the database does not say so yet
+    "swarm.created",      # (a swarm app) its services and secret exist; no member yet
+    "swarm.switched",     # (a swarm app) the front sends traffic to its members; the
+                          # database does not say it is live yet
     "deploy.recorded",    # the database says it is live; a push's branch has not moved
     "push.ref_moved",     # the branch has moved; the release is not marked released yet
     "deploy.draining",    # the push has returned; the old instance is still running

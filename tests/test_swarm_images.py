@@ -21,7 +21,7 @@ import pytest
 from opus_paas import settings as settings_module
 from opus_paas.layout import AppPaths
 from opus_paas.store import Store
-from opus_paas.swarm import bytecode, entrypoint, images, layers, registry
+from opus_paas.swarm import bytecode, entrypoint, images, layers, registry, services
 from opus_paas.swarm.entrypoint import EntrypointError
 from opus_paas.swarm.layers import Entry, LayerError
 from tests.conftest import (
@@ -479,7 +479,7 @@ def test_a_django_release_published_to_the_registry_runs_by_digest_on_a_node(
             timings["first publish sent MB"] = first["sent_bytes"] / 1e6
 
             # Run v2 on the worker, by digest, as the app's uid, read-only, config as a secret.
-            uid = 30000 + app.id
+            uid = services.task_uid(settings, app)
             data = tmp_path / "data"
             shutil.copytree(opus.home / "apps" / "hello" / "data", data)
             subprocess.run(["chown", "-R", f"{uid}:{uid}", str(data)], check=True)

@@ -112,6 +112,9 @@ def wait_until_serving(settings: Settings, store: Store, supervisor: Supervisor)
         live = None if app.stopped else programs.live_program(settings, app)
         if live is None or app.live_port is None or store.is_asleep(app):
             continue
+        from opus_paas.swarm import deploy as swarm_deploy  # (its tasks: on the nodes)
+        if swarm_deploy.serves(store, app):
+            continue
         check = dataclasses.replace(checks.from_json(app.health_check),
                                     timeout=max(1.0, deadline - time.monotonic()))
         try:

@@ -57,6 +57,7 @@ def diagnose_app(settings: Settings, store: Store, name: str) -> list[Finding]:
         else:
             found.append(_abandon(settings, store, app, rel))
     if not found:   # once the deploys are ended, the live release's own files
+        found += _swarm_leftovers(settings, store, app)
         found += _live_files(settings, store, app)
         found += _branch(settings, store, app)
     return found
@@ -165,6 +166,27 @@ def _finish(settings: Settings, store: Store, app: App, rel: Release) -> Finding
         return f"v{rel.version} {note}"
     return Finding(app.name, f"v{rel.version} serves, but its push stopped before "
                    f"{rel.ref or 'its record'} was updated", "finish the push", repair)
+
+
+def _swarm_leftovers(settings: Settings, store: Store, app: App) -> list[Finding]:
+    """A swarm deploy cut short: its services, secret, members, record (swarm/recovery.py)."""
+    from opus_paas.swarm import recovery as swarm_recovery
+    if not swarm_recovery.involved(settings, store, app):
+        return []
+    try:
+        cleanup = swarm_recovery.plan(settings, store, app)
+    except OpusError as exc:
+        log.warning("%s: the swarm was not looked at: %s", app.name, exc.message)
+        return []
+    if not cleanup:
+        return []
+    serving = f"v{app.live_version} keeps serving" if app.live_version else "nothing serves"
+
+    def repair() -> str:
+        swarm_recovery.apply(settings, store, app, cleanup)
+        return f"removed what a deploy cut short left: {cleanup.describe()}"
+    return [Finding(app.name, f"a deploy cut short left {cleanup.describe()}",
+                    f"remove it ({serving})", repair)]
 
 
 # ---- the live release's own files ----------------------------------------------------

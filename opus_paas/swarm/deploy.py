@@ -26,7 +26,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from opus_paas import locks, output
+from opus_paas import failpoints, locks, output
 from opus_paas.errors import BuildFailed, OpusError, ServiceError, UsageError
 from opus_paas.front import sites
 from opus_paas.output import Emit
@@ -271,6 +271,7 @@ def deploy(settings: Settings, store: Store, app: App, version: int, image: str,
         create_secret(mgr, app.name, secret, config)
         for argv in argvs:
             mgr(*argv)
+        failpoints.reached(settings, "swarm.created")
         timings["created"] = time.monotonic() - started
         members = wait_ready(settings, mgr, app, version, counts["web"], port_base,
                              {k: n for k, n in counts.items() if k != "web"},
@@ -301,6 +302,7 @@ def deploy(settings: Settings, store: Store, app: App, version: int, image: str,
                 store.set_swarm_members(app, live.version, "web",
                                         [dataclasses.replace(m, enabled=False)
                                          for m in old_members])
+                failpoints.reached(settings, "swarm.switched")
                 record(port_base)
             with contextlib.suppress(OpusError):
                 front.write()
