@@ -212,17 +212,19 @@ def _wait(what: str, probe: Callable[[], bool], timeout: float,
         time.sleep(interval)
 
 
-def _start_node(node: Node) -> None:
+def _start_node(node: Node, offline_images: bool = True) -> None:
     etc = node.root / "etc-docker"
     for sub in ("data", "exec", "etc-docker"):
         (node.root / sub).mkdir(parents=True, exist_ok=True)
     # Opus's registry (opus-registry, plain HTTP for now) listens on the test subnet.
     (etc / "daemon.json").write_text('{"insecure-registries": ["10.77.0.0/16"]}\n')
     log = open(node.root / "dockerd.log", "wb")  # noqa: SIM115 (dockerd keeps it)
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-           # Swarm pulls a service's image before each task; the nodes have no registry
-           # and the image is loaded on each of them.
-           "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    if offline_images:
+        # Swarm pulls a service's image before each task; with no registry the image
+        # is loaded on each node (Swarm.load_image). Without: the node pulls, as a
+        # real one does (from Opus's registry).
+        env["DOCKER_SERVICE_PREFER_OFFLINE_IMAGE"] = "1"
     node.process = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{node.netns}",
          "unshare", "--mount", "--uts", "--propagation", "private",
@@ -261,10 +263,11 @@ def _answers(node: Node) -> bool:
 
 @contextlib.contextmanager
 def swarm_nodes(count: int = 3, heartbeat: str = "1s", *, joined: int | None = None,
-                ssh_key: str | None = None) -> Iterator[Swarm]:
+                ssh_key: str | None = None, offline_images: bool = True) -> Iterator[Swarm]:
     """Starts `count` node dockerds, forms a swarm of the first `joined` (default: all),
     yields it, and tears it all down. With `ssh_key` (a public key line) every node also
-    runs sshd letting root in with it."""
+    runs sshd letting root in with it. `offline_images=False`: a task's image is pulled
+    as on a real node (from a registry), not looked for among the loaded ones only."""
     joined = count if joined is None else joined
     sweep_stale()
     run = secrets.token_hex(3)
@@ -292,7 +295,7 @@ def swarm_nodes(count: int = 3, heartbeat: str = "1s", *, joined: int | None = N
                          ("link", "set", "eth0", "up"), ("link", "set", "lo", "up"),
                          ("route", "add", "default", "via", swarm.gateway)):
                 _ip("-n", node.netns, *args)
-            _start_node(node)
+            _start_node(node, offline_images)
         for node in swarm.nodes:
             _wait(f"node {node.index}'s dockerd", functools.partial(_answers, node), 30)
         swarm.timings["dockerds up"] = time.monotonic() - started

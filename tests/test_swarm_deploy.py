@@ -1,41 +1,35 @@
 """A swarm app's releases across 3 real nodes (tests/swarm_nodes.py), through a real Opus
-(its front, its registry) and the push's own code (opus_paas/run/push.py: build,
-release, image published, swarm deploy, drain), run in the test's process as the git
-server runs it once a pack is in (a test Opus's own programs, sshd among them, run the
-installed checkout's code, not this one's): the move from this host to the swarm, web=3
-spread over the nodes; a code-only push under wrk with not one failed request; a node
-killed under load (its member disabled, the rescheduled task added by the follow loop
-of opus-swarm-follow, run in a thread here); `opus rollback` to a kept image digest,
-`opus ps:scale`, `ps:stop`/`ps:start` and the move back, through the CLI. The app is the
-tests' Django fixture with a view that needs no database, so the pinning rule lets it
-spread (`OPUS_DISABLE_OVERRIDES=DATABASES`)."""
+started with the swarm's settings: its sshd takes the pushes (real `git push` over real
+SSH: build, release, image published to its `opus-registry`, swarm deploy, drain), the
+nodes pull each release's image from that registry by digest as real nodes do, and its
+own `opus-swarm-follow` keeps the front in step with the swarm. The move from this host
+to the swarm, web=3 spread over the nodes; a code-only push under wrk with not one
+failed request; a node killed under load (its member disabled, the rescheduled task
+added); `opus rollback` to a kept image digest, `opus ps:scale`, `ps:stop`/`ps:start`
+and the move back, through the CLI. The app is the tests' Django fixture with a view
+that needs no database, so the pinning rule lets it spread
+(`OPUS_DISABLE_OVERRIDES=DATABASES`)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from dulwich.repo import Repo
-
-from opus_paas import access, locks
 from opus_paas import settings as settings_module
-from opus_paas.run import programs, ps
-from opus_paas.run import push as push_module
+from opus_paas.run import programs
 from opus_paas.settings import Settings
 from opus_paas.store import Store, SwarmMember
 from opus_paas.supervisor import Supervisor
-from opus_paas.swarm import follow, images, registry
 from opus_paas.swarm import members as swarm_members
+from opus_paas.swarm import registry
 from tests.conftest import (
     Opus,
+    SshKey,
     free_port,
     git,
     make_django_project,
@@ -44,8 +38,9 @@ from tests.conftest import (
     require_tool,
     start_opus,
     stop_opus,
+    wait_for_deploy,
 )
-from tests.swarm_nodes import DOCKER, DOCKERD, Swarm, swarm_nodes
+from tests.swarm_nodes import DOCKER, DOCKERD, swarm_nodes
 
 APP = "swarmy"
 VIEWS = '''\
@@ -110,38 +105,32 @@ def _say(project: Path, greeting: str) -> None:
     git(project, "commit", "-q", "-m", greeting)
 
 
-def _push(settings: Settings, store: Store, project: Path, lines: list[str]) -> float:
-    """The push of the project's HEAD, as the git server runs it once the pack is in,
-    under the app's lock; its seconds."""
-    repo_path = push_module.repo_path(settings, APP)
-    git(project, "push", "-q", "-f", str(repo_path), "main:main")
-    sha = git(project, "rev-parse", "HEAD").stdout.strip()
-    app = store.get_app(APP)
-    assert app is not None
-    repo = Repo(str(repo_path))
-    try:
-        with locks.app_lock(settings, APP):
-            started = time.monotonic()
-            push_module.deploy_commit(settings, store, app, repo, sha.encode(),
-                                      lines.append).finish(lines.append)
-            return time.monotonic() - started
-    finally:
-        repo.close()
+def _push(opus: Opus, key: SshKey, project: Path) -> tuple[float, str]:
+    """`git push opus main` over SSH, to its end and then the end of the drain that
+    follows it (under the app's lock); its seconds and what git printed."""
+    started = time.monotonic()
+    result = git(project, "push", "opus", "main", env=key.git_env(opus), check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    wait_for_deploy(opus.home, APP)
+    return time.monotonic() - started, out
 
 
-def _opus(opus: Opus, settings: Settings, *args: str) -> str:
-    """The opus CLI (this checkout's) with the swarm's manager set."""
-    result = subprocess.run([sys.executable, "-m", "opus_paas", *args],
-                            env={**opus.env, "OPUS_SWARM_MANAGER": settings.swarm_manager},
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+def _opus(opus: Opus, *args: str) -> str:
+    """The opus CLI (this checkout's), with the test Opus's settings (the swarm's)."""
+    return opus.cli(*args).stdout
 
 
 def _local_programs(settings: Settings) -> list[str]:
     """The app's supervisor programs on this host."""
     return [str(p["name"]) for p in Supervisor(settings).processes()
             if (programs.program_owner(str(p["group"])) or ("",))[0] == APP]
+
+
+def _opus_programs(settings: Settings) -> dict[str, str]:
+    """Opus's own supervisor programs here and their states."""
+    return {str(p["name"]): str(p["statename"]) for p in Supervisor(settings).processes()
+            if str(p["name"]).startswith("opus-")}
 
 
 def _serving(store: Store) -> list[SwarmMember]:
@@ -151,41 +140,29 @@ def _serving(store: Store) -> list[SwarmMember]:
             if m.version == app.live_version and m.enabled]
 
 
-def _pull_when_published(monkeypatch: pytest.MonkeyPatch, swarm: Swarm) -> None:
-    """The test nodes never pull for a service (DOCKER_SERVICE_PREFER_OFFLINE_IMAGE,
-    tests/swarm_nodes.py); real nodes pull when their task is scheduled. Publishing
-    pulls on every live node here, within the push's time."""
-    publish = images.publish
-
-    def publish_and_pull(*args, **kwargs):  # type: ignore[no-untyped-def]
-        ref = publish(*args, **kwargs)
-        pulls = [subprocess.Popen([DOCKER, "-H", f"unix://{node.socket}", "pull", "-q", ref],
-                                  stdout=subprocess.DEVNULL) for node in swarm.nodes
-                 if node.process is not None and node.process.poll() is None]
-        assert all(p.wait(timeout=300) == 0 for p in pulls)
-        return ref
-    monkeypatch.setattr(images, "publish", publish_and_pull)
-
-
 def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     require_root("the swarm nodes need network and mount namespaces")
     for tool in (DOCKERD, DOCKER, registry.BINARY, "ip", "nsenter", "unshare", "wrk"):
         require_tool(tool)
     timings: dict[str, float] = {}
-    with swarm_nodes(3) as swarm:
-        _pull_when_published(monkeypatch, swarm)
-        opus = start_opus(OPUS_SWARM_REGISTRY=f"{swarm.gateway}:{free_port()}",
+    # The nodes pull each task's image from Opus's registry, as real nodes do.
+    with swarm_nodes(3, offline_images=False) as swarm:
+        started = time.monotonic()
+        opus = start_opus(OPUS_SWARM_MANAGER=str(swarm.manager.socket),
+                          OPUS_SWARM_REGISTRY=f"{swarm.gateway}:{free_port()}",
                           OPUS_SWARM_DEPLOY_TIMEOUT="60")
-        settings = dataclasses.replace(settings_module.load(opus.env),
-                                       swarm_manager=str(swarm.manager.socket))
+        timings["opus up (registry, follow)"] = time.monotonic() - started
+        settings = settings_module.load(opus.env)
         store = Store(settings.db_path)
-        stop = threading.Event()
-        following = threading.Thread(target=follow.run, name="follow", args=(
-            settings, store, swarm_members.ApacheFront(settings, store).apply, stop))
         try:
-            opus.cli("keys:add", "admin", str(make_key(tmp_path, "admin").public))
+            own = _opus_programs(settings)
+            assert own["opus-registry"] == own["opus-swarm-follow"] == "RUNNING", own
+            key = make_key(tmp_path, "admin")
+            opus.cli("keys:add", "admin", str(key.public))
             project = make_django_project(tmp_path / "project")
+            git(project, "remote", "add", "opus",
+                f"ssh://git@127.0.0.1:{opus.ssh_port}/{APP}.git")
             _say(project, "release one")
             opus.cli("apps:create", APP)
             opus.cli("config:set", APP, "OPUS_DISABLE_OVERRIDES=DATABASES")
@@ -194,22 +171,21 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             by_address = {n.address: n.hostname for n in swarm.nodes}
 
             # 0. The first push: on this host (mod_wsgi under supervisor).
-            lines: list[str] = []
-            timings["first push, this host"] = _push(settings, store, project, lines)
+            timings["first push, this host"], out = _push(opus, key, project)
+            assert re.search(r"remote: -----> Released v1 in [\d.]+ s", out), out
+            assert "Starting v1 on its own port" in out and "on the swarm" not in out, out
             assert _get(opus) == (200, "release one")
             assert _local_programs(settings) != []
 
             # 1. The move to the swarm (scheduler:set wants nodes from nodes:add, tested on
-            # its own): ps:restart (here in-process: it publishes, and the nodes must
-            # pull) makes v2 of the same build there: an image, web=3, one task on each
+            # its own): `opus ps:restart` makes v2 of the same build there: an image
+            # published to opus-registry and pulled by each node, web=3, one task on each
             # node, behind the front; the programs here stop.
             store.set_scheduler(app, "swarm")
             store.set_scale(app, 3)
             started = time.monotonic()
-            moved_lines: list[str] = []
-            ps.restart(settings, store, access.OPERATOR, APP, moved_lines.append)
+            out = _opus(opus, "ps:restart", APP)
             timings["move to the swarm (image published, web=3)"] = time.monotonic() - started
-            out = "\n".join(moved_lines)
             assert "Publishing v2's image" in out and "Healthy: " in out, out
             members = _serving(store)
             assert sorted(by_address[m.host] for m in members) == ["node1", "node2", "node3"]
@@ -219,6 +195,11 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             [kept] = store.swarm_releases(app)
             assert re.fullmatch(rf"{settings.swarm_registry}/opus/{APP}@sha256:[0-9a-f]{{64}}",
                                 kept.image), kept
+            # Each node pulled the image by its digest from opus-registry for its task.
+            for node in swarm.nodes:
+                digests = node.docker("image", "inspect", "-f", "{{json .RepoDigests}}",
+                                      kept.image).stdout
+                assert json.loads(digests) == [kept.image], (node.hostname, digests)
             spec = json.loads(swarm.manager.docker("service", "inspect", "swarmy-web-v2").stdout)
             container = spec[0]["Spec"]["TaskTemplate"]["ContainerSpec"]
             assert container["User"] == f"{30000 + app.id}:{30000 + app.id}"
@@ -241,9 +222,15 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             _say(project, "release two")
             load = Load(opus, seconds=10)
             time.sleep(1)
-            timings["code-only push to 3 nodes, under load"] = _push(settings, store,
-                                                                     project, lines)
+            timings["code-only push to 3 nodes, under load"], out = _push(opus, key, project)
             requests, non_2xx, socket_errors = load.result()
+            # What the push printed: v3's image, its start on the swarm, healthy, switched.
+            for line in ("Publishing v3's image", "Starting v3 on the swarm: web=3",
+                         "Healthy: node", "Switched through the front's balancer",
+                         "Released v3"):
+                assert any(said.startswith("remote: ") and line in said
+                           for said in out.splitlines()), (line, out)
+            assert out.index("Switched through") < out.index("main -> main"), out
             assert requests > 100, load.report
             assert (non_2xx, socket_errors) == (0, 0), load.report
             assert _get(opus) == (200, "release two")
@@ -255,9 +242,8 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
                 [("swarmy-web-v3",), ()]
             assert "swarmy-env-v2" not in swarm.manager.docker("secret", "ls").stdout
 
-            # 3. A worker node dies under load: the follow loop disables its member at
-            # once and adds the rescheduled task when it answers.
-            following.start()
+            # 3. A worker node dies under load: opus-swarm-follow disables its member at
+            # once and adds the rescheduled task (pulled on its new node) when it answers.
             dead = swarm.nodes[2]
             [lost] = [m for m in _serving(store) if m.host == dead.address]
             load = Load(opus, seconds=12)
@@ -284,7 +270,7 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
 
             # 4. `opus rollback APP v2`: v2's kept digest, as v4 (no build, no publish).
             started = time.monotonic()
-            out = _opus(opus, settings, "rollback", APP, "v2")
+            out = _opus(opus, "rollback", APP, "v2")
             timings["rollback"] = time.monotonic() - started
             assert "v4 is live" in out and kept.image in out, out
             assert "Publishing" not in out
@@ -294,7 +280,7 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             # 5. `opus ps:scale APP web=2`: the slot Swarm stops (not always the highest)
             # leaves the front.
             started = time.monotonic()
-            _opus(opus, settings, "ps:scale", APP, "web=2")
+            _opus(opus, "ps:scale", APP, "web=2")
             timings["scale 3 -> 2"] = time.monotonic() - started
             serving = _serving(store)
             assert len({m.slot for m in serving}) == len(serving) == 2, serving
@@ -304,21 +290,26 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             assert _get(opus) == (200, "release one")
 
             # 6. `opus ps:stop`: no task left, nothing served; `opus ps:start`: v5 serves.
-            _opus(opus, settings, "ps:stop", APP)
-            replicas = swarm.manager.docker("service", "ls", "--filter", f"label=opus.app={APP}",
+            # The services go to 0 at once (`--detach`); their tasks stop within their
+            # grace period (10 s: each finishes its requests).
+            started = time.monotonic()
+            _opus(opus, "ps:stop", APP)
+
+            def replicas() -> list[str]:
+                return swarm.manager.docker("service", "ls", "--filter", f"label=opus.app={APP}",
                                             "--format", "{{.Replicas}}").stdout.split()
-            assert replicas and all(r.startswith("0/") for r in replicas), replicas
+            assert replicas() and all(r.endswith("/0") for r in replicas()), replicas()
             assert _serving(store) == [] and _get(opus)[0] != 200
-            _opus(opus, settings, "ps:start", APP)
+            _until(lambda: all(r == "0/0" for r in replicas()), 20, "no task left")
+            timings["ps:stop -> no task left"] = time.monotonic() - started
+            _opus(opus, "ps:start", APP)
             assert _get(opus) == (200, "release one")
             assert len(_serving(store)) == 2
 
             # 7. Back to this host: `opus ps:restart` runs v6 here; the services go.
-            stop.set()
-            following.join(timeout=10)
             store.set_scheduler(app, "local")
             started = time.monotonic()
-            _opus(opus, settings, "ps:restart", APP)
+            _opus(opus, "ps:restart", APP)
             timings["move back to this host"] = time.monotonic() - started
             assert _get(opus) == (200, "release one")
             assert _local_programs(settings) != []
@@ -326,9 +317,9 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
                                         f"label=opus.app={APP}").stdout.split() == []
             assert all(r.services == () for r in store.swarm_releases(app))
         finally:
-            stop.set()
-            if following.is_alive():
-                following.join(timeout=10)
+            drains = [line for log in (opus.home / "builds" / APP).glob("*")
+                      if log.is_file() for line in log.read_text(errors="replace").splitlines()
+                      if "still had" in line]
             stop_opus(opus)
     print("swarm deploy timings (s):", {k: round(v, 2) for k, v in timings.items()})
-    print("\n".join(line for line in lines if "still had" in line))
+    print("\n".join(drains))
