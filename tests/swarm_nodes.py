@@ -336,9 +336,10 @@ def sweep_stale() -> list[str]:
         indexes = sorted(int(name[len(prefix):]) for name in names
                          if name.startswith(prefix) and name[len(prefix):].isdigit())
         spaces = [LAYOUT.space(run, i) for i in indexes]
+        nodes = [Node(index=i, netns=space.name, veth=space.veth, address="",
+                      root=base / f"n{i}") for i, space in zip(indexes, spaces, strict=True)]
         swarm = Swarm(run=run, base=base, bridge=LAYOUT.bridge_name(run), gateway="",
-                      nodes=[Node(index=i, netns=space.name, veth=space.veth, address="",
-                                  root=base / f"n{i}") for i, space in zip(indexes, spaces)])
+                      nodes=nodes)
         _stop_nodes(swarm)
         netns.teardown(netns.Net(run=run, bridge=swarm.bridge, gateway="", subnet="",
                                  spaces=spaces))
