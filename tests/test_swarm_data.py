@@ -422,7 +422,7 @@ def _ask_rootfs(path: Path) -> None:
 
 
 def test_a_swarm_task_verifies_postgres_with_the_ca_its_deploy_mounts(
-        opus: Opus, tmp_path: Path) -> None:
+        opus: Opus, admin_key: SshKey, tmp_path: Path) -> None:
     require_root("the swarm nodes need network and mount namespaces")
     for tool in (swarm_nodes.DOCKERD, swarm_nodes.DOCKER, BUSYBOX, PSQL, "ip", "nsenter",
                  "unshare", "ldd"):
