@@ -84,9 +84,16 @@ def push(opus: Opus, key: SshKey, name: str, project: Path) -> tuple[float, str]
 
 
 def steps(out: str) -> str:
-    """The lines of a push's output that carry a timing (the push's own steps)."""
-    return "\n".join(line for line in out.splitlines()
-                     if re.search(r"\d\.?\d* ?(s|ms)\b", line) and line.startswith("remote:"))
+    """What the push printed (its steps, with their timings)."""
+    return "\n".join(line.rstrip() for line in out.splitlines() if line.startswith("remote:"))
+
+
+def drains(opus: Opus, name: str) -> str:
+    """The app's newest build log's lines about the drain that follows a push."""
+    logs = sorted((p for p in (opus.home / "builds" / name).glob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_mtime)
+    return "\n".join(line for line in logs[-1].read_text(errors="replace").splitlines()
+                     if re.search(r"drain|still had|[Rr]emoved|[Ss]topp", line)) if logs else ""
 
 
 def main() -> None:
@@ -120,10 +127,12 @@ def main() -> None:
             local, remote = [], []
             for run in range(args.runs):
                 say(project, f"release {run + 1}")
-                local.append(push(opus, key, LOCAL, project)[0])
+                seconds, out = push(opus, key, LOCAL, project)
+                local.append(seconds)
+                logs.append(f"push {run + 1} to this host ({seconds:.1f} s):\n{steps(out)}")
                 seconds, out = push(opus, key, SWARM, project)
                 remote.append(seconds)
-                logs.append(f"swarm push {run + 1} ({seconds:.1f} s):\n{steps(out)}")
+                logs.append(f"push {run + 1} to 3 nodes ({seconds:.1f} s):\n{steps(out)}")
             med_local, med_remote = statistics.median(local), statistics.median(remote)
             rows += [
                 ("first push, this host", f"{firsts[LOCAL]:.1f} s"),
@@ -179,6 +188,8 @@ def main() -> None:
                       f"{non_2xx.group(1) if non_2xx else 0} non-2xx; "
                       f"{errors.group(0) if errors else 'no socket errors'}")]
         finally:
+            logs.append(f"drain of the last push to {LOCAL}:\n{drains(opus, LOCAL)}")
+            logs.append(f"drain of the last push to {SWARM}:\n{drains(opus, SWARM)}")
             stop_opus(opus)
     print("| measure | result |\n|---|---|")
     for name, value in rows:
