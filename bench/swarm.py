@@ -84,16 +84,10 @@ def push(opus: Opus, key: SshKey, name: str, project: Path) -> tuple[float, str]
 
 
 def steps(out: str) -> str:
-    """What the push printed (its steps, with their timings)."""
-    return "\n".join(line.rstrip() for line in out.splitlines() if line.startswith("remote:"))
-
-
-def drains(opus: Opus, name: str) -> str:
-    """The app's newest build log's lines about the drain that follows a push."""
-    logs = sorted((p for p in (opus.home / "builds" / name).glob("*") if p.is_file()),
-                  key=lambda p: p.stat().st_mtime)
-    return "\n".join(line for line in logs[-1].read_text(errors="replace").splitlines()
-                     if re.search(r"drain|still had|[Rr]emoved|[Ss]topp", line)) if logs else ""
+    """What the push printed about its steps (headings, timings, the swarm's waits)."""
+    return "\n".join(line.rstrip() for line in out.splitlines() if re.match(
+        r"remote: (----->|\s+(Collected|Waiting|Healthy|Switched|Health check|\S+@sha256))",
+        line))
 
 
 def main() -> None:
@@ -188,8 +182,6 @@ def main() -> None:
                       f"{non_2xx.group(1) if non_2xx else 0} non-2xx; "
                       f"{errors.group(0) if errors else 'no socket errors'}")]
         finally:
-            logs.append(f"drain of the last push to {LOCAL}:\n{drains(opus, LOCAL)}")
-            logs.append(f"drain of the last push to {SWARM}:\n{drains(opus, SWARM)}")
             stop_opus(opus)
     print("| measure | result |\n|---|---|")
     for name, value in rows:
