@@ -310,9 +310,9 @@ def test_a_node_reaches_its_apps_database_over_verified_tls_and_nothing_else(
             f"@{net.gateway}:5432/app_swnodea?sslmode=verify-full&sslrootcert={ca}" in url_a
         assert nodes.database_url_for_nodes(settings, store, a).endswith(
             "sslrootcert=/etc/opus/ca.crt")
-        for hostile in ("/x&sslmode=disable", "/x?a=b", "x.crt", "/x y", "/x\n", "/x#"):
+        for bad_path in ("/x&sslmode=disable", "/x?a=b", "x.crt", "/x y", "/x\n", "/x#"):
             with pytest.raises(InvalidName):
-                nodes.database_url_for_nodes(settings, store, a, ca_path=hostile)
+                nodes.database_url_for_nodes(settings, store, a, ca_path=bad_path)
 
         works = net.psql("node", url_a)
         assert (works.returncode, works.stdout.strip()) == (0, "app_swnodea true"), works.stderr
@@ -358,3 +358,11 @@ def test_a_node_reaches_its_apps_database_over_verified_tls_and_nothing_else(
     assert not _tcp_open(net.gateway, server.PORT)
     assert "host" not in (server.data_dir(settings) / "pg_hba.conf").read_text().replace(
         "#", "")
+
+
+def test_a_pinned_app_stays_where_it_runs_else_goes_to_the_first_node() -> None:
+    assert pinning.pinned_node(["web-2", "web-2"], ["web-1", "web-2", "web-3"]) == "web-2"
+    assert pinning.pinned_node([], ["web-3", "web-1"]) == "web-1"
+    # Spread over several nodes (before it was pinned): the first node by name.
+    assert pinning.pinned_node(["web-3", "web-2"], ["web-3", "web-2"]) == "web-2"
+    assert pinning.pinned_node([], []) is None

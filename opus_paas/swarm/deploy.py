@@ -449,8 +449,7 @@ def release_live(settings: Settings, store: Store, app: App, version: int, emit:
     pin = None
     why = pinning.reason(config, pinning.ReleaseFacts.of(info, procfile, entries))
     if why is not None:
-        from opus_paas.control.placement import pinned_node  # (what scheduler:set says)
-        pin = pinned_node(store, app)
+        pin = pinning.pinned_node_of(store, app)
         if pin is None:
             raise UsageError(f"{app.name} must stay on one node ({why.what}), and the swarm "
                              "has none: add one with `opus nodes:add HOST`")
