@@ -231,8 +231,10 @@ def stop_opus(opus: Opus) -> None:
 
 @pytest.fixture(scope="session")
 def opus() -> Iterator[Opus]:
-    """The session's one running Opus; `opus down` at the end must leave nothing."""
-    running = start_opus()
+    """The session's one running Opus; `opus down` at the end must leave nothing. The
+    interpreters it fetches (tests/test_real_apps.py's 3.13) are kept in the tests' cache:
+    at the same path each session, their mod_wsgi wheel is built once, not per session."""
+    running = start_opus(OPUS_PYTHONS_DIR=str(shared_cache_dir() / "pythons"))
     try:
         yield running
     finally:
