@@ -2,25 +2,24 @@
 
     .venv/bin/python bench/swarm.py [--runs N]      (root: the nodes need namespaces)
 
-On 3 test nodes (tests/swarm_nodes.py) and one Opus with its registry:
+On 3 test nodes (tests/swarm_nodes.py, pulling by digest as real nodes do) and one test
+Opus started with the swarm's settings (its own sshd, opus-registry and
+opus-swarm-follow):
 
-- push: a code-only push of the same Django project to an app on this host and to an
-  app on the swarm (web=3), each through the push's own code (opus_paas.run.push:
-  build, release, deploy and drain; the swarm one also publishes its image, which the
-  nodes pull: the test nodes do not pull for a service by themselves), alternating;
+- push: a code-only `git push` over SSH of the same Django project to an app on this
+  host and to an app on the swarm (web=3), alternating; each timed to the end of the
+  drain that follows it (the app's lock);
 - serve: wrk through the front at the swarm app with web=3 on 3 nodes, web=1 on one
-  node, and at the app on this host (web=1);
+  node (`opus ps:scale`), and at the app on this host (web=1);
 - a worker node's dockerd killed under wrk: seconds until the front has 3 members
-  serving again (opus-swarm-follow's loop, in a thread here).
+  serving again (Opus's own opus-swarm-follow).
 
-The pushes run in this process, not over SSH: a test Opus's own programs run the
-installed checkout's code. Prints a Markdown table; docs/performance.md keeps one.
+Prints a Markdown table and each swarm push's timed steps; docs/performance.md keeps one.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import statistics
 import subprocess
@@ -32,16 +31,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dulwich.repo import Repo
-
-from opus_paas import locks
 from opus_paas import settings as settings_module
-from opus_paas.run import push as push_module
-from opus_paas.settings import Settings
 from opus_paas.store import Store
-from opus_paas.swarm import deploy, follow, images, members
-from tests.conftest import free_port, git, make_django_project, make_key, start_opus, stop_opus
-from tests.swarm_nodes import Swarm, swarm_nodes
+from tests.conftest import (
+    Opus,
+    SshKey,
+    free_port,
+    git,
+    make_django_project,
+    make_key,
+    start_opus,
+    stop_opus,
+    wait_for_deploy,
+)
+from tests.swarm_nodes import swarm_nodes
 
 VIEWS = '''\
 from django.http import HttpResponse
@@ -67,43 +70,24 @@ def say(project: Path, greeting: str) -> None:
     git(project, "commit", "-q", "-m", greeting)
 
 
-def push(settings: Settings, store: Store, name: str, project: Path) -> float:
-    """The push of the project's HEAD to app `name`, as the git server runs it once the
-    pack is in (build, release, deploy, drain): its seconds."""
-    repo_path = push_module.repo_path(settings, name)
-    git(project, "push", "-q", "-f", str(repo_path), "main:main")
-    sha = git(project, "rev-parse", "HEAD").stdout.strip()
-    app = store.get_app(name)
-    assert app is not None
-    repo = Repo(str(repo_path))
-    lines: list[str] = []
-    try:
-        with locks.app_lock(settings, name):
-            started = time.perf_counter()
-            deployed = push_module.deploy_commit(settings, store, app, repo, sha.encode(),
-                                                 lines.append)
-            deployed.finish(lines.append)
-            return time.perf_counter() - started
-    except Exception:
-        print("\n".join(lines[-40:]), file=sys.stderr)
-        raise
-    finally:
-        repo.close()
+def push(opus: Opus, key: SshKey, name: str, project: Path) -> tuple[float, str]:
+    """`git push NAME main` over SSH, to the end of the drain that follows it: its seconds
+    and what git printed."""
+    started = time.monotonic()
+    result = git(project, "push", name, "main", env=key.git_env(opus), check=False)
+    out = result.stdout + result.stderr
+    if result.returncode != 0:
+        print(out, file=sys.stderr)
+        raise SystemExit(f"the push to {name} failed")
+    wait_for_deploy(opus.home, name, 180)
+    return time.monotonic() - started, out
 
 
-def pulling(swarm: Swarm) -> None:
-    """Publishing also pulls the image on every node (see the module's docstring)."""
-    publish = images.publish
-
-    def publish_and_pull(*args, **kwargs):  # type: ignore[no-untyped-def]
-        ref = publish(*args, **kwargs)
-        pulls = [subprocess.Popen(["/usr/bin/docker", "-H", f"unix://{n.socket}", "pull", "-q",
-                                   ref], stdout=subprocess.DEVNULL) for n in swarm.nodes
-                 if n.process is not None and n.process.poll() is None]
-        for p in pulls:
-            p.wait(timeout=300)
-        return ref
-    images.publish = publish_and_pull
+def steps(out: str) -> str:
+    """What the push printed about its steps (headings, timings, the swarm's waits)."""
+    return "\n".join(line.rstrip() for line in out.splitlines() if re.match(
+        r"remote: (----->|\s+(Collected|Waiting|Healthy|Switched|Health check|\S+@sha256))",
+        line))
 
 
 def main() -> None:
@@ -112,16 +96,13 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="opus-bench-swarm-"))
     rows: list[tuple[str, str]] = []
-    with swarm_nodes(3) as swarm:
-        registry = f"{swarm.gateway}:{free_port()}"
-        opus = start_opus(OPUS_SWARM_REGISTRY=registry, OPUS_SWARM_DEPLOY_TIMEOUT="120")
-        stop = threading.Event()
-        following: threading.Thread | None = None
+    logs: list[str] = []
+    with swarm_nodes(3, offline_images=False) as swarm:
+        opus = start_opus(OPUS_SWARM_MANAGER=str(swarm.manager.socket),
+                          OPUS_SWARM_REGISTRY=f"{swarm.gateway}:{free_port()}",
+                          OPUS_SWARM_DEPLOY_TIMEOUT="120")
         try:
-            settings = dataclasses.replace(settings_module.load(opus.env),
-                                           swarm_manager=str(swarm.manager.socket))
-            store = Store(settings.db_path)
-            pulling(swarm)
+            store = Store(settings_module.load(opus.env).db_path)
             key = make_key(work, "bench")
             opus.cli("keys:add", "bench", str(key.public))
             project = make_django_project(work / "project")
@@ -130,16 +111,22 @@ def main() -> None:
                 opus.cli("apps:create", name)
                 # No database: the app may spread (pinning.reason: no SQLite).
                 opus.cli("config:set", name, "OPUS_DISABLE_OVERRIDES=DATABASES")
+                git(project, "remote", "add", name,
+                    f"ssh://git@127.0.0.1:{opus.ssh_port}/{name}.git")
             app = store.get_app(SWARM)
             assert app is not None
             store.set_scheduler(app, "swarm")
             store.set_scale(app, 3)
-            firsts = {name: push(settings, store, name, project) for name in (LOCAL, SWARM)}
+            firsts = {name: push(opus, key, name, project)[0] for name in (LOCAL, SWARM)}
             local, remote = [], []
             for run in range(args.runs):
                 say(project, f"release {run + 1}")
-                local.append(push(settings, store, LOCAL, project))
-                remote.append(push(settings, store, SWARM, project))
+                seconds, out = push(opus, key, LOCAL, project)
+                local.append(seconds)
+                logs.append(f"push {run + 1} to this host ({seconds:.1f} s):\n{steps(out)}")
+                seconds, out = push(opus, key, SWARM, project)
+                remote.append(seconds)
+                logs.append(f"push {run + 1} to 3 nodes ({seconds:.1f} s):\n{steps(out)}")
             med_local, med_remote = statistics.median(local), statistics.median(remote)
             rows += [
                 ("first push, this host", f"{firsts[LOCAL]:.1f} s"),
@@ -152,36 +139,34 @@ def main() -> None:
                 ("ratio 3 nodes / this host (goal ≤ 1.5)", f"**{med_remote / med_local:.2f}x**"),
             ]
             front = f"http://127.0.0.1:{opus.http_port}/"
-            three, _ = wrk(front, f"{SWARM}.localhost")
-            emit: list[str] = []
-            deploy.scale_app(settings, store, store.get_app(SWARM) or app, {"web": 1},
-                             emit.append)
-            one, _ = wrk(front, f"{SWARM}.localhost")
-            here, _ = wrk(front, f"{LOCAL}.localhost")
+            three, _ = wrk(front, opus.app_host(SWARM))
+            opus.cli("ps:scale", SWARM, "web=1")
+            one, _ = wrk(front, opus.app_host(SWARM))
+            here, _ = wrk(front, opus.app_host(LOCAL))
             rows += [("requests/s through the front: web=3 on 3 nodes", f"{three:.0f}"),
                      ("requests/s through the front: web=1 on one node", f"{one:.0f}"),
                      ("requests/s through the front: web=1 on this host", f"{here:.0f}")]
-            deploy.scale_app(settings, store, store.get_app(SWARM) or app, {"web": 3},
-                             emit.append)
-
-            following = threading.Thread(target=follow.run, args=(
-                settings, store, members.ApacheFront(settings, store).apply, stop))
-            following.start()
-            dead = swarm.nodes[2]
-            result: list[str] = []
-            load = threading.Thread(target=lambda: result.append(
-                wrk(front, f"{SWARM}.localhost", 15)[1]))
-            load.start()
-            time.sleep(2)
-            started = time.monotonic()
-            dead.kill()
+            opus.cli("ps:scale", SWARM, "web=3")
 
             def serving() -> list[str]:
                 live = store.get_app(SWARM)
                 assert live is not None
                 return [m.host for m in store.swarm_members(live)
                         if m.version == live.live_version and m.enabled]
+            started = time.monotonic()
+            while len(serving()) < 3:
+                assert time.monotonic() - started < 60, "web=3 never served"
+                time.sleep(0.1)
+            dead = swarm.nodes[2]
+            result: list[str] = []
+            load = threading.Thread(target=lambda: result.append(
+                wrk(front, opus.app_host(SWARM), 15)[1]))
+            load.start()
+            time.sleep(2)
+            started = time.monotonic()
+            dead.kill()
             while dead.address in serving():
+                assert time.monotonic() - started < 60, "the dead node's member stayed"
                 time.sleep(0.05)
             disabled = time.monotonic() - started
             while len(serving()) < 3 or dead.address in serving():
@@ -197,13 +182,11 @@ def main() -> None:
                       f"{non_2xx.group(1) if non_2xx else 0} non-2xx; "
                       f"{errors.group(0) if errors else 'no socket errors'}")]
         finally:
-            stop.set()
-            if following is not None:
-                following.join(timeout=10)
             stop_opus(opus)
     print("| measure | result |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
+    print("\n\n".join(logs))
 
 
 if __name__ == "__main__":

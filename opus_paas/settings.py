@@ -90,6 +90,10 @@ class Settings:
     # Embedded mode: where the wheels built once per interpreter (mod_wsgi) are kept
     # (system mode: /usr/local/lib/opus/wheels, root's). Several Opus homes may share one.
     wheels_dir: Path | None = None
+    # Embedded mode: where `pythons:install` and builds put the interpreters Opus fetches
+    # (system mode: /usr/local/lib/opus/pythons). Several Opus homes may share one, with
+    # one wheels_dir: mod_wsgi's wheel is built once per interpreter path.
+    pythons_dir: Path | None = None
     # Interpreter for app virtualenvs when the app names no version; empty: the newest.
     python: str = ""
     # More interpreters builds may choose from (":"-separated absolute paths), besides
@@ -221,7 +225,9 @@ class Settings:
     @property
     def managed_pythons_dir(self) -> Path:
         """The interpreters Opus fetched (python-build-standalone installations)."""
-        return SYSTEM_PYTHONS_DIR if self.system else self.home / "pythons"
+        if self.system:
+            return SYSTEM_PYTHONS_DIR
+        return self.pythons_dir if self.pythons_dir is not None else self.home / "pythons"
 
     @property
     def wheelhouse_dir(self) -> Path:
@@ -301,7 +307,7 @@ _POSITIVE_FIELDS = {"autosleep_min_seconds", "autosleep_check_seconds",
                     "swarm_port_base", "swarm_uid_base"}
 # Settings renamed since: their former names are still read.
 _FORMER_NAMES = {"ssh_connections_per_key": "ssh_connections_per_user"}
-_PATH_FIELDS = {"cache_dir", "wheels_dir"}
+_PATH_FIELDS = {"cache_dir", "wheels_dir", "pythons_dir"}
 _FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"home", "network_env"}
 NETWORK_VARS = (
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",

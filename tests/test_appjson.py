@@ -228,11 +228,11 @@ def test_a_private_address_is_only_for_admins(address: str) -> None:
 def test_the_resolved_address_is_pinned_and_local_paths_are_for_admins() -> None:
     source = sources.parse("https://example.com/repo.git")
     address = sources.check_allowed(source, admin=False, resolver=fake(["93.184.215.14"]))
-    argv = sources.clone_argv("/usr/bin/git", source, address, sources.Path("/tmp/x"))
+    argv = sources.clone_argv("/usr/bin/git", source, address, Path("/tmp/x"))
     assert "http.curloptResolve=example.com:443:93.184.215.14" in argv
     assert "protocol.allow=never" in argv and "protocol.https.allow=always" in argv
     assert argv[argv.index("--") + 1] == source.url and "--depth" in argv
-    v6 = sources.clone_argv("/usr/bin/git", source, "2606:4700::1", sources.Path("/tmp/x"))
+    v6 = sources.clone_argv("/usr/bin/git", source, "2606:4700::1", Path("/tmp/x"))
     assert "http.curloptResolve=example.com:443:[2606:4700::1]" in v6
     with pytest.raises(Forbidden):
         sources.check_allowed(sources.parse("/srv/repo"), admin=False)

@@ -10,6 +10,7 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ from tests.conftest import (
 )
 
 APP = "ajshop"
-APP_JSON = {
+APP_JSON: dict[str, Any] = {
     "name": "A shop",
     "repository": "https://example.com/shop",
     "env": {

@@ -254,7 +254,8 @@ def test_previews_commands_refuse_hostile_values(opus: Opus, project: Path, args
 
 def _in_process(opus: Opus, argv: list[str]) -> OpusError | None:
     """An `opus` command through the command table in this process, as the operator."""
-    ctx = Context(settings_module.load(opus.env), OPERATOR, [].append, lambda _n: "")
+    said: list[str] = []
+    ctx = Context(settings_module.load(opus.env), OPERATOR, said.append, lambda _n: "")
     try:
         commands.run(ctx, argv)
     except OpusError as exc:

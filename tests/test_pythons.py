@@ -73,6 +73,18 @@ def test_sources_are_named_as_the_operator_set_them() -> None:
     assert versions.version_of("cpython-3.14.0rc2+freethreaded-linux-x86_64-gnu") == "3.14.0rc2"
 
 
+def test_fetched_interpreters_go_where_the_operator_says(tmp_path: Path) -> None:
+    """OPUS_PYTHONS_DIR (embedded mode), like OPUS_WHEELS_DIR: homes may share one."""
+    home = str(tmp_path / "home")
+    assert settings_module.load({"OPUS_HOME": home}).managed_pythons_dir == \
+        tmp_path / "home" / "pythons"
+    shared = settings_module.load({"OPUS_HOME": home, "OPUS_PYTHONS_DIR": "/srv/pythons"})
+    assert shared.managed_pythons_dir == Path("/srv/pythons")
+    system = settings_module.Settings(home=tmp_path, mode="system",
+                                      pythons_dir=Path("/srv/pythons"))
+    assert system.managed_pythons_dir == settings_module.SYSTEM_PYTHONS_DIR
+
+
 def test_relocating_names_the_installed_path_only() -> None:
     text = ("'INCLUDEPY': '/s/cpython-3.13.0/include/python3.13',\n"
             "'LIBDIR': '/s/cpython-3.13.0/lib', 'CC': 'gcc -pthread'")

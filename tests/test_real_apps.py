@@ -13,6 +13,7 @@ the local mirror (tests/python_mirror.py) before the pushes.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -46,8 +47,11 @@ CLEAN = [("SigBlk", "0" * 16), ("SigIgn", "0" * 16)]    # in /proc/PID/status or
 @pytest.fixture(scope="module")
 def opus313(opus: Opus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Opus]:
     """The session's Opus with Python 3.13 installed from the mirror (a build asking for
-    it then finds it, as after an operator's `opus pythons:install 3.13`)."""
-    with python_mirror.serve(tmp_path_factory.mktemp("mirror")) as mirror:
+    it then finds it, as after an operator's `opus pythons:install 3.13`). It goes to the
+    tests' cache (OPUS_PYTHONS_DIR), which sessions running at once share: one at a time."""
+    lock = (shared_cache_dir() / "pythons.lock").open("w")
+    with lock, python_mirror.serve(tmp_path_factory.mktemp("mirror")) as mirror:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         done = subprocess.run(
             [sys.executable, "-m", "opus_paas", "pythons:install", "3.13"],
             env={**opus.env, "OPUS_PYTHON_DOWNLOADS": mirror.downloads},
@@ -272,7 +276,8 @@ def ledger(opus313: Opus, admin_key: SshKey,
     (project / "Procfile").write_text("web: gunicorn -c gunicorn.conf.py\n")
     (project / "pyproject.toml").write_text(PYPROJECT)
     (project / ".python-version").write_text("3.13.0\n")
-    python = next((opus313.home / "pythons").glob("cpython-3.13.*/bin/python3"))
+    pythons = Path(opus313.env["OPUS_PYTHONS_DIR"])
+    python = next(pythons.glob("cpython-3.13.*/bin/python3"))
     subprocess.run([sys.executable, "-m", "uv", "lock", "--python", str(python)],
                    cwd=project, check=True, timeout=120,
                    env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"})

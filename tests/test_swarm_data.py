@@ -1,18 +1,23 @@
 """Data for Swarm nodes (docs/scale-out.md, "Data"): Opus's private CA, the session's
 Postgres reached over TLS from a real client in a node's network namespace (allowed
 address, own database: yes; plain TCP, a stranger's address, another app's database:
-no), hostile node addresses and certificate names, and which apps stay on one node."""
+no), a swarm task verifying it with the CA its deploy mounts, hostile node addresses and
+certificate names, and which apps stay on one node."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import ipaddress
 import os
 import secrets
 import socket
 import stat
 import subprocess
+import tarfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +25,13 @@ import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from opus_paas import locks
 from opus_paas import settings as settings_module
 from opus_paas.data import nodes, server
 from opus_paas.errors import InvalidName, UsageError
 from opus_paas.store import Store
-from opus_paas.swarm import pinning
+from opus_paas.swarm import deploy, pinning, services
+from opus_paas.swarm import nodes as swarm_mgr
 from opus_paas.tls import private_ca
 from tests import swarm_nodes
 from tests.conftest import Opus, SshKey, require_root, require_tool
@@ -310,9 +317,9 @@ def test_a_node_reaches_its_apps_database_over_verified_tls_and_nothing_else(
             f"@{net.gateway}:5432/app_swnodea?sslmode=verify-full&sslrootcert={ca}" in url_a
         assert nodes.database_url_for_nodes(settings, store, a).endswith(
             "sslrootcert=/etc/opus/ca.crt")
-        for hostile in ("/x&sslmode=disable", "/x?a=b", "x.crt", "/x y", "/x\n", "/x#"):
+        for bad_path in ("/x&sslmode=disable", "/x?a=b", "x.crt", "/x y", "/x\n", "/x#"):
             with pytest.raises(InvalidName):
-                nodes.database_url_for_nodes(settings, store, a, ca_path=hostile)
+                nodes.database_url_for_nodes(settings, store, a, ca_path=bad_path)
 
         works = net.psql("node", url_a)
         assert (works.returncode, works.stdout.strip()) == (0, "app_swnodea true"), works.stderr
@@ -358,3 +365,114 @@ def test_a_node_reaches_its_apps_database_over_verified_tls_and_nothing_else(
     assert not _tcp_open(net.gateway, server.PORT)
     assert "host" not in (server.data_dir(settings) / "pg_hba.conf").read_text().replace(
         "#", "")
+
+
+def test_a_pinned_app_stays_where_it_runs_else_goes_to_the_first_node() -> None:
+    assert pinning.pinned_node(["web-2", "web-2"], ["web-1", "web-2", "web-3"]) == "web-2"
+    assert pinning.pinned_node([], ["web-3", "web-1"]) == "web-1"
+    # Spread over several nodes (before it was pinned): the first node by name.
+    assert pinning.pinned_node(["web-3", "web-2"], ["web-3", "web-2"]) == "web-2"
+    assert pinning.pinned_node([], []) is None
+
+
+# ---- a swarm task reaches its database, verifying Opus's CA from its config ------------
+
+BUSYBOX = "/bin/busybox"
+# The web task: psql with the DATABASE_URL of the
+# release's secret, its answer (or error) served on the slot's port by busybox httpd.
+ASK = ("trap 'exit 0' TERM; mkdir -p /tmp/www; "
+       "url=$(sed -n 's/.*\"DATABASE_URL\": \"\\([^\"]*\\)\".*/\\1/p' \"$OPUS_CONFIG_FILE\"); "
+       "PGCONNECT_TIMEOUT=5 /usr/lib/postgresql/15/bin/psql \"$url\" -XtAc "
+       "\"SELECT current_user || ' ' || ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()\" "
+       ">/tmp/www/index.html 2>&1; "
+       '/bin/busybox httpd -f -p "$((OPUS_PORT_BASE + OPUS_SLOT - 1))" -h /tmp/www & wait')
+ASK_HEALTH = services.Health(
+    command=("exec wget -q -O /dev/null "
+             "http://127.0.0.1:$((OPUS_PORT_BASE + OPUS_SLOT - 1))/"),
+    interval="2s", start_period="20s")
+
+
+def _ask_rootfs(path: Path) -> None:
+    """busybox, and psql with the libraries it loads (as `ldd` finds them here)."""
+    found = subprocess.run(["ldd", PSQL], capture_output=True, text=True, check=True).stdout
+    libraries = sorted({word for line in found.splitlines() for word in line.split()
+                        if word.startswith("/")})
+    with tarfile.open(path, "w") as tar:
+        made: set[str] = set()
+
+        def add(name: str, data: bytes | None = None, kind: bytes = tarfile.REGTYPE,
+                link: str = "") -> None:
+            parts = name.split("/")
+            for depth in range(1, len(parts)):
+                directory = "/".join(parts[:depth])
+                if directory not in made:
+                    made.add(directory)
+                    add(directory, kind=tarfile.DIRTYPE)
+            info = tarfile.TarInfo(name)
+            info.mode, info.type, info.linkname = 0o755, kind, link
+            info.size = len(data) if data is not None else 0
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+        add("bin/busybox", Path(BUSYBOX).read_bytes())
+        for tool in ("sh", "wget", "sed", "mkdir"):
+            add(f"bin/{tool}", kind=tarfile.SYMTYPE, link="busybox")
+        add(PSQL.lstrip("/"), Path(PSQL).read_bytes())
+        for library in libraries:
+            add(library.lstrip("/"), Path(library).read_bytes())
+        add("etc/passwd", b"root:x:0:0::/:/bin/sh\n")
+
+
+def test_a_swarm_task_verifies_postgres_with_the_ca_its_deploy_mounts(
+        opus: Opus, admin_key: SshKey, tmp_path: Path) -> None:
+    require_root("the swarm nodes need network and mount namespaces")
+    for tool in (swarm_nodes.DOCKERD, swarm_nodes.DOCKER, BUSYBOX, PSQL, "ip", "nsenter",
+                 "unshare", "ldd"):
+        require_tool(tool)
+    opus.cli("addons:enable", "postgres", check=False)
+    opus.cli("apps:create", "swnodeca")
+    opus.cli("pg:create", "swnodeca")
+    _ask_rootfs(tmp_path / "ask.tar")
+    began = time.monotonic()
+    with swarm_nodes.swarm_nodes(1) as swarm:
+        image = swarm.load_image(tmp_path / "ask.tar", "opus-test/ask:1")
+        env = {**opus.env, "OPUS_SWARM_MANAGER": str(swarm.manager.socket),
+               "OPUS_SWARM_DEPLOY_TIMEOUT": "40"}
+        settings = settings_module.load(env)
+        store = Store(settings.db_path)
+        app = store.get_app("swnodeca")
+        assert app is not None
+        mgr = swarm_mgr.manager(settings)
+        try:
+            # Postgres does not listen for nodes yet: the deploy stops, saying what to do.
+            with pytest.raises(UsageError, match="opus nodes:add HOST"):
+                deploy.node_config(settings, store, app, {})
+            nodes.allow_nodes(settings, store, [swarm.manager.address])
+            store.set_scheduler(app, "swarm")
+            lines: list[str] = []
+            with locks.app_lock(settings, app.name):
+                deploy.deploy(
+                    settings, store, app, 1, image,
+                    deploy.node_config(settings, store, app, {"GREETING": "hi"}),
+                    lines.append, args=("/bin/sh", "-c", ASK), health=ASK_HEALTH,
+                    record=lambda port: store.set_live(app, 1, port)).finish(lines.append)
+            live = store.get_swarm_release(app, 1)
+            assert live is not None
+            member = next(m for m in store.swarm_members(app) if m.version == 1)
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(f"http://{member.host}:{member.port}/", timeout=5) as response:
+                answer = response.read().decode().strip()
+            assert answer == "app_swnodeca true", answer
+            # The CA is a config named after its content, root's and read-only in the task.
+            pem = private_ca.ca_cert_path(settings).read_bytes()
+            name = services.ca_config_name(pem)
+            spec = mgr("service", "inspect", "-f", "{{json .Spec.TaskTemplate.ContainerSpec}}",
+                       live.services[0])
+            assert f'"ConfigName":"{name}"' in spec and '"Name":"/etc/opus/ca.crt"' in spec \
+                and '"Mode":292' in spec, spec
+            assert mgr("config", "inspect", "-f", "{{json .Spec.Data}}", name).strip() \
+                .strip('"') != ""
+            assert deploy.ensure_ca_config(settings, mgr) == name     # reused, not made anew
+            print(f"nodes to answer: {time.monotonic() - began:.1f} s")
+        finally:
+            deploy.retire(settings, store, app, print)
+            nodes.allow_nodes(settings, store, [])
+            opus.cli("apps:destroy", "swnodeca", "--confirm", "swnodeca", check=False)

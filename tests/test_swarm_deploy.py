@@ -5,7 +5,8 @@ nodes pull each release's image from that registry by digest as real nodes do, a
 own `opus-swarm-follow` keeps the front in step with the swarm. The move from this host
 to the swarm, web=3 spread over the nodes; a code-only push under wrk with not one
 failed request; a node killed under load (its member disabled, the rescheduled task
-added); `opus rollback` to a kept image digest, `opus ps:scale`, `ps:stop`/`ps:start`
+added); a node drained under load with `opus nodes:remove` (no failed request);
+`opus rollback` to a kept image digest, `opus ps:scale`, `ps:stop`/`ps:start`
 and the move back, through the CLI. The app is the tests' Django fixture with a view
 that needs no database, so the pinning rule lets it spread
 (`OPUS_DISABLE_OVERRIDES=DATABASES`)."""
@@ -23,7 +24,7 @@ from pathlib import Path
 from opus_paas import settings as settings_module
 from opus_paas.run import programs
 from opus_paas.settings import Settings
-from opus_paas.store import Store, SwarmMember
+from opus_paas.store import Store, SwarmMember, SwarmNode
 from opus_paas.supervisor import Supervisor
 from opus_paas.swarm import members as swarm_members
 from opus_paas.swarm import registry
@@ -266,6 +267,29 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             running = swarm_members.ApacheFront(settings, store).manager(app).members()[1]
             assert not running[swarm_members.member_url(lost)].enabled
             assert running[swarm_members.member_url(moved)].enabled
+            assert _get(opus) == (200, "release two")
+
+            # 3b. A node drained under load (`opus nodes:remove NODE --gone`: drained,
+            # then forgotten; the machine itself is not reached): its tasks move to the
+            # node left, the front follows, and no request fails.
+            drained = swarm.nodes[1]
+            docker_id = swarm.manager.docker("node", "inspect", "-f", "{{.ID}}",
+                                             drained.hostname).stdout.strip()
+            store.add_node(SwarmNode(drained.hostname, drained.address, 22, docker_id,
+                                     time.time()))
+            load = Load(opus, seconds=10)
+            time.sleep(1)
+            started = time.monotonic()
+            out = _opus(opus, "nodes:remove", drained.hostname, "--gone")
+            assert f"Draining {drained.hostname}" in out, out
+            _until(lambda: sorted(m.slot for m in _serving(store)) == [1, 2, 3] and
+                   all(m.host == swarm.nodes[0].address for m in _serving(store)), 60,
+                   "every slot to serve from the node left")
+            timings["node drained -> full capacity on the node left"] = \
+                time.monotonic() - started
+            requests, non_2xx, socket_errors = load.result()
+            assert requests > 100, load.report
+            assert (non_2xx, socket_errors) == (0, 0), load.report
             assert _get(opus) == (200, "release two")
 
             # 4. `opus rollback APP v2`: v2's kept digest, as v4 (no build, no publish).

@@ -187,7 +187,7 @@ def test_nodes_add_spread_remove_readd_and_a_changed_host_key(
         assert {name: [(t.service, t.state) for t in tasks]
                 for name, tasks in by_node.items()} == {
             name: [("web", "Running")] for name in ("node1", "node2", "edge")}
-        assert sorted(t.slot for ts in by_node.values() for t in ts) == [1, 2, 3]
+        assert sorted(t.slot or 0 for ts in by_node.values() for t in ts) == [1, 2, 3]
         assert swarm_nodes_module.tasks_by_node(
             swarm_nodes_module.Manager(str(swarm.manager.socket)), ["other"]) == {}
         with _dashboard(env) as base:        # the dashboard shows what `opus nodes` does

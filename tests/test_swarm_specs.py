@@ -19,6 +19,7 @@ from opus_paas.settings import Settings
 from opus_paas.store import App, Limits
 from opus_paas.swarm import services
 from opus_paas.swarm.services import Health, ServiceSpec
+from opus_paas.tls import private_ca
 
 DIGEST = "10.77.1.1:5000/opus/shop@sha256:" + "a" * 64
 
@@ -134,10 +135,28 @@ def test_hostile_limits_are_refused(limits: Limits) -> None:
     {"uid": 0}, {"uid": -5}, {"replicas": 17}, {"replicas": -1},
     {"port_base": 80}, {"port_base": 65530}, {"secret": "-x"}, {"secret": "a" * 70},
     {"name": "other-web-v3"}, {"ptype": "web;x", "name": "shop-web;x-v3"},
+    {"ca_config": "opus-ca-0123456789ab,target=/etc/passwd"}, {"ca_config": "-x"},
+    {"ca_config": "opus-ca-0123456789AB"}, {"ca_config": "opus-ca-0123456789a"},
+    {"ca_config": "opus-ca-0123456789abc"}, {"ca_config": "shop-env-v3"},
+    {"ca_config": "opus-ca-0123456789ab\n"}, {"ca_config": ""},
+    {"ca_config": "opus-ca-0123456789ab mode=0777"},
 ])
 def test_hostile_spec_values_are_refused(changes: dict[str, object]) -> None:
     with pytest.raises(OpusError):
         services.create_argv(_spec(**changes))
+
+
+def test_the_ca_config_is_named_after_its_content_and_mounted_read_only() -> None:
+    name = services.ca_config_name(b"-----BEGIN CERTIFICATE-----\nA\n")
+    assert name.startswith("opus-ca-") and len(name) == len("opus-ca-") + 12
+    assert services.ca_config_name(b"-----BEGIN CERTIFICATE-----\nA\n") == name
+    assert services.ca_config_name(b"-----BEGIN CERTIFICATE-----\nB\n") != name
+    argv = services.create_argv(_spec(ca_config=name))
+    assert _pairs(argv, "--config") == [
+        f"source={name},target=/etc/opus/ca.crt,uid=0,gid=0,mode=0444"]
+    assert services.CA_TARGET == private_ca.CA_IN_CONTAINER
+    assert argv.index("--config") < argv.index("--")
+    assert "--config" not in services.create_argv(_spec())
 
 
 def test_health_comes_from_the_apps_check() -> None:

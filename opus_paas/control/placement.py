@@ -32,16 +32,6 @@ def scheduler(store: Store, actor: Actor, name: str) -> tuple[App, str]:
     return app, store.scheduler(app)
 
 
-def pinned_node(store: Store, app: App) -> str | None:
-    """The node a pinned app stays on: the one its instances run on now, else the first
-    node by name (None: the swarm has no node)."""
-    on = sorted({m.node for m in store.swarm_members(app)})
-    if len(on) == 1:
-        return on[0]
-    recorded = sorted(n.name for n in store.list_nodes())
-    return recorded[0] if recorded else None
-
-
 def pin(settings: Settings, store: Store, app: App) -> pinning.Pin | None:
     """Why the app's live release must stay on one node (pinning.reason), or None."""
     info = release.live_build_info(settings, app)
@@ -71,7 +61,7 @@ def set_scheduler(settings: Settings, store: Store, actor: Actor, name: str, wan
             return False
         if wanted == "swarm":
             found = pin(settings, store, app)
-            node = pinned_node(store, app)
+            node = pinning.pinned_node_of(store, app)
             if app.live_version is None:
                 emit(f"{app.name} has no release yet: whether it must stay on one node is "
                      "decided at its first deploy (SQLite or files in data/ pin it)")

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from opus_paas import failpoints, locks, output
+from opus_paas.data import nodes as data_nodes
 from opus_paas.errors import BuildFailed, OpusError, ServiceError, UsageError
 from opus_paas.front import sites
 from opus_paas.output import Emit
@@ -35,6 +36,7 @@ from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmMember, SwarmRelease
 from opus_paas.swarm import follow, nodes, pinning, services
 from opus_paas.swarm.members import ApacheFront
+from opus_paas.tls import private_ca
 
 log = logging.getLogger("opus.swarm.deploy")
 
@@ -66,6 +68,26 @@ def create_secret(mgr: nodes.Manager, app: str, name: str, config: Mapping[str, 
         mgr("secret", "rm", name)
     _docker_input(mgr, ["secret", "create", "--label", f"{services.LABEL_APP}={app}", name,
                         "-"], json.dumps(dict(config), sort_keys=True).encode())
+
+
+def ensure_ca_config(settings: Settings, mgr: nodes.Manager) -> str:
+    """Opus's CA certificate (the public part) as a Docker config, for the tasks of apps
+    with a database on Opus's Postgres to verify it; named after its content, so it is
+    made once per CA and reused. Its name."""
+    path = private_ca.ca_cert_path(settings)
+    try:
+        pem = path.read_bytes()
+    except OSError:
+        raise UsageError(f"Opus's CA certificate ({path}) is missing, so tasks cannot "
+                         "verify Postgres: `opus nodes:add HOST` makes it") from None
+    name = services.ca_config_name(pem)
+    if mgr.run("config", "inspect", name).returncode != 0:
+        try:
+            _docker_input(mgr, ["config", "create", "--label", "opus.ca=1", name, "-"], pem)
+        except ServiceError:
+            if mgr.run("config", "inspect", name).returncode != 0:   # not made meanwhile
+                raise
+    return name
 
 
 def remove_services(mgr: nodes.Manager, names: Sequence[str], secret: str | None) -> None:
@@ -246,6 +268,9 @@ def deploy(settings: Settings, store: Store, app: App, version: int, image: str,
     probe = services.Health.of(check, settings.app_domain(app.name)) if health is True \
         else health if isinstance(health, services.Health) else None
     secret = services.secret_name(app.name, version)
+    # The CA its DATABASE_URL's sslrootcert names (node_config), before any change.
+    ca_config = ensure_ca_config(settings, mgr) if store.app_database(app) is not None \
+        else None
     constraints = (pinning.placement(pin),) if pin else ()
     with locks.host_lock(settings):      # another app's deploy picks its block meanwhile
         block = services.free_block(settings, used_blocks(store))
@@ -256,7 +281,7 @@ def deploy(settings: Settings, store: Store, app: App, version: int, image: str,
     specs = [services.ServiceSpec(
         name=services.service_name(app.name, kind, version), image=image, app=app.name,
         ptype=kind, version=version, uid=services.task_uid(settings, app), replicas=count,
-        port_base=port_base, secret=secret, limits=limits.get(kind),
+        port_base=port_base, secret=secret, ca_config=ca_config, limits=limits.get(kind),
         health=probe if kind == "web" else None, constraints=constraints,
         env=(("OPUS_WEB_THREADS", str(app.web_threads)),) if kind == "web" else (),
         # The image's entrypoint runs the Procfile's process of the type it is given.
@@ -426,9 +451,14 @@ def node_config(settings: Settings, store: Store, app: App,
     app's database on Opus's Postgres (TLS, data/nodes.py) when it has one there."""
     found = dict(config)
     if store.app_database(app) is not None:
-        from opus_paas.data import nodes as data_nodes
-        with contextlib.suppress(OpusError):
+        try:
             found["DATABASE_URL"] = data_nodes.database_url_for_nodes(settings, store, app)
+        except OpusError as error:
+            # The host's own URL (a local socket) cannot work on a node: no deploy.
+            raise UsageError(f"{app.name} has a database on Opus's Postgres, and its tasks "
+                             f"on the swarm could not be given a way to reach it ({error}). "
+                             "Add the nodes with `opus nodes:add HOST` (Postgres then "
+                             "listens for them over TLS), then deploy again.") from error
     return found
 
 
@@ -449,8 +479,7 @@ def release_live(settings: Settings, store: Store, app: App, version: int, emit:
     pin = None
     why = pinning.reason(config, pinning.ReleaseFacts.of(info, procfile, entries))
     if why is not None:
-        from opus_paas.control.placement import pinned_node  # (what scheduler:set says)
-        pin = pinned_node(store, app)
+        pin = pinning.pinned_node_of(store, app)
         if pin is None:
             raise UsageError(f"{app.name} must stay on one node ({why.what}), and the swarm "
                              "has none: add one with `opus nodes:add HOST`")

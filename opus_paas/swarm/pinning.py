@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from opus_paas.errors import InvalidName
+
+if TYPE_CHECKING:
+    from opus_paas.store import App, Store
 
 DATA_DIR_VARIABLE = "OPUS_DATA_DIR"
 NODE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,61}[a-z0-9])?")
@@ -78,6 +82,22 @@ def check_node(node: str) -> str:
         raise InvalidName(f"invalid node name {node!r}: lower-case letters, digits, '.' "
                           "and '-'")
     return node
+
+
+def pinned_node(running_on: Iterable[str], nodes: Iterable[str]) -> str | None:
+    """The node a pinned app stays on: the one its instances run on now (`running_on`:
+    its members' nodes), else the first of the swarm's `nodes` by name (None: none)."""
+    on = sorted(set(running_on))
+    if len(on) == 1:
+        return on[0]
+    return min(nodes, default=None)
+
+
+def pinned_node_of(store: Store, app: App) -> str | None:
+    """`pinned_node` for `app`, from what the store knows (what scheduler:set says and
+    where a deploy puts the app)."""
+    return pinned_node((m.node for m in store.swarm_members(app)),
+                       (n.name for n in store.list_nodes()))
 
 
 def placement(node: str) -> str:

@@ -8,7 +8,9 @@ on `port_base + N - 1`, so two tasks of one service may share a node after a
 reschedule and the blocks of the live and the new release never meet. Every task runs
 as the app's uid (the same on every node), on a read-only root with a tmpfs /tmp, with
 every capability dropped; its config vars come from a Docker secret (a file, never in
-`docker inspect`).
+`docker inspect`). A task of an app with a database on Opus's Postgres also gets
+Opus's CA certificate (public part) as a Docker config at /etc/opus/ca.crt, where its
+DATABASE_URL's `sslrootcert` points (data/nodes.py).
 
 `create_argv(spec)` is the `docker service create` command line of a `ServiceSpec`;
 every value in it is checked here, whatever the store holds.
@@ -17,6 +19,7 @@ every value in it is checked here, whatever the store holds.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 
 from opus_paas import names
@@ -25,6 +28,7 @@ from opus_paas.run.checks import PATH as CHECK_PATH
 from opus_paas.run.checks import Check
 from opus_paas.settings import Settings
 from opus_paas.store import App, Limits
+from opus_paas.tls.private_ca import CA_IN_CONTAINER
 
 SLOTS = 16                      # ports (task slots) per block
 LABEL_APP = "opus.app"
@@ -32,6 +36,9 @@ LABEL_PTYPE = "opus.ptype"
 LABEL_RELEASE = "opus.release"
 SECRET_TARGET = "opus-env"  # noqa: S105 (a file name: /run/secrets/opus-env in a task)
 ENV_FILE = f"/run/secrets/{SECRET_TARGET}"
+CA_TARGET = CA_IN_CONTAINER        # where a task finds Opus's CA certificate
+CA_CONFIG_PREFIX = "opus-ca-"
+CA_CONFIG = re.compile(r"opus-ca-[0-9a-f]{12}")
 CONFIG_ENV = "OPUS_CONFIG_FILE"    # where the image's entrypoint reads the config vars
 MAX_PORT = 65535
 MIN_MEMORY = 6 * 1024 * 1024    # dockerd refuses less
@@ -104,6 +111,12 @@ def secret_name(app: str, version: int) -> str:
     return f"{app}-env-v{int(version)}"
 
 
+def ca_config_name(cert_pem: bytes) -> str:
+    """The Docker config holding Opus's CA certificate: named after its content, so a
+    new CA is a new config and the same one is reused."""
+    return CA_CONFIG_PREFIX + hashlib.sha256(cert_pem).hexdigest()[:12]
+
+
 def labels(app: str, ptype: str, version: int) -> dict[str, str]:
     return {LABEL_APP: app, LABEL_PTYPE: ptype, LABEL_RELEASE: str(int(version))}
 
@@ -147,6 +160,7 @@ class ServiceSpec:
     replicas: int
     port_base: int
     secret: str | None = None              # the release's config-vars secret
+    ca_config: str | None = None           # Opus's CA certificate (ca_config_name)
     limits: Limits | None = None
     health: Health | None = None
     constraints: tuple[str, ...] = ()      # placement, e.g. pinning's node label
@@ -171,6 +185,9 @@ def _check(spec: ServiceSpec) -> None:
         raise UsageError(f"port base {spec.port_base} is out of range: check swarm_port_base")
     if spec.secret is not None and not DOCKER_NAME.fullmatch(spec.secret):
         raise UsageError(f"{spec.secret[:80]!r} is not a secret name")
+    if spec.ca_config is not None and not CA_CONFIG.fullmatch(spec.ca_config):
+        raise UsageError(f"{spec.ca_config[:80]!r} is not the name of Opus's CA config "
+                         f"({CA_CONFIG_PREFIX}<12 hex digits>)")
     for constraint in spec.constraints:
         if not CONSTRAINT.fullmatch(constraint):
             raise UsageError(f"placement constraint {constraint[:80]!r} is not one Opus makes")
@@ -253,6 +270,10 @@ def create_argv(spec: ServiceSpec) -> list[str]:
         argv += ["--secret", f"source={spec.secret},target={SECRET_TARGET},"
                              f"uid={spec.uid},gid={spec.uid},mode=0400",
                  "--env", f"{CONFIG_ENV}={ENV_FILE}"]
+    if spec.ca_config is not None:
+        # Root's, world-readable: the task's uid reads it, nobody writes it.
+        argv += ["--config", f"source={spec.ca_config},target={CA_TARGET},"
+                             "uid=0,gid=0,mode=0444"]
     for constraint in spec.constraints:
         argv += ["--constraint", constraint]
     for source, target in spec.mounts:

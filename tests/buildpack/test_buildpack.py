@@ -961,7 +961,7 @@ def test_a_settings_module_config_var_chooses_the_settings(tmp_path: Path) -> No
     assert (app.settings_module, app.default_settings, app.wsgi_module) == (
         "config.settings.production", "config.settings.local", "config.wsgi")
     assert "settings config.settings.production (the DJANGO_SETTINGS_MODULE config var)" \
-        in out.stream.getvalue()  # type: ignore[attr-defined]
+        in out.stream.getvalue()
     unset = main.find_django_app(root, out, {"DJANGO_SETTINGS_MODULE": ""})
     assert unset is not None and unset.settings_module == "config.settings.local"
     # A package's __init__.py counts; manage.py need not name any module then.
@@ -1104,6 +1104,7 @@ def test_the_overlay_keeps_the_users_database_options() -> None:
         "default": {"NAME": "old", "ENGINE": "x", "ATOMIC_REQUESTS": True}}})[
         "DATABASES"]["default"] == {"ENGINE": "django.db.backends.sqlite3", "NAME": "/d/x.db",
                                     "ATOMIC_REQUESTS": True}
+    odd: dict[str, Any]
     for odd in ({"DATABASES": {"default": "not a dict"}}, {"DATABASES": {}}, {}):
         assert build_overrides({"DATABASE_URL": "sqlite:////d/x.db"}, odd)[
             "DATABASES"]["default"] == {"ENGINE": "django.db.backends.sqlite3",
