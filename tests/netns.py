@@ -9,6 +9,10 @@ process left in a namespace, the namespaces, the veths, the bridge. Needs root (
 
 Names carry the owning pid and a random run id, so a run killed before its teardown
 never breaks the next one, which sweeps it (`sweep_stale`).
+
+The one home of this pattern: tests/swarm_nodes.py builds its nodes' network with
+`network(count, layout)` (a `Layout`: names and a subnet range of its own, 10.77.X.0/24)
+and takes it down with `kill_processes` and `teardown` once its dockerds are stopped.
 """
 from __future__ import annotations
 
@@ -37,6 +41,28 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
         raise NetnsError(f"ip {' '.join(args)}: {result.stderr.strip()}")
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a run's parts are named and addressed: subnets 10.OCTET.X.0/24, and names
+    from `str.format` templates with {run}, {pid} (the owner's) and {i} (1, 2, …)."""
+
+    octet: int = 78
+    bridge: str = "onb{run}"
+    netns: str = PREFIX + "{pid}-{run}-{i}"
+    veth: str = "onv{run}{i}"
+
+    def space(self, run: str, i: int, address: str = "", pid: int | None = None) -> Space:
+        pid = os.getpid() if pid is None else pid
+        return Space(name=self.netns.format(run=run, pid=pid, i=i),
+                     veth=self.veth.format(run=run, pid=pid, i=i), address=address)
+
+    def bridge_name(self, run: str) -> str:
+        return self.bridge.format(run=run)
+
+
+DEFAULT = Layout()
 
 
 @dataclasses.dataclass
@@ -78,34 +104,45 @@ class Net:
     spaces: list[Space]
 
 
-def _free_subnet() -> ipaddress.IPv4Network:
-    """A 10.78.X.0/24 no address on the host is in."""
+def free_subnet(octet: int = 78) -> ipaddress.IPv4Network:
+    """A 10.OCTET.X.0/24 no address on the host is in (a stale run's bridge keeps its)."""
     used = [ipaddress.ip_interface(word) for line in _ip("-o", "-4", "addr").stdout.splitlines()
             for word in line.split()[3:4]]
     start = secrets.randbelow(250) + 1
     for third in [*range(start, 255), *range(1, start)]:
-        net = ipaddress.IPv4Network(f"10.78.{third}.0/24")
+        net = ipaddress.IPv4Network(f"10.{octet}.{third}.0/24")
         if not any(iface.network.overlaps(net) for iface in used):
             return net
-    raise NetnsError("no free 10.78.X.0/24 subnet: remove stale opus bridges (ip link)")
+    raise NetnsError(f"no free 10.{octet}.X.0/24 subnet: remove stale opus bridges (ip link)")
+
+
+_free_subnet = free_subnet
 
 
 @contextlib.contextmanager
 def namespaces(count: int) -> Iterator[Net]:
     """`count` namespaces on a fresh bridge; torn down whatever happens inside."""
     sweep_stale()
-    run = secrets.token_hex(3)
-    net = Net(run=run, bridge=f"onb{run}", gateway="", subnet="", spaces=[])
+    with network(count) as net:
+        yield net
+
+
+@contextlib.contextmanager
+def network(count: int, layout: Layout = DEFAULT, run: str | None = None) -> Iterator[Net]:
+    """`count` namespaces on a fresh bridge named by `layout` (run id: `run` or a random
+    one); torn down (`teardown`) whatever happens inside. Sweeps nothing: the caller's
+    own sweep knows how its runs are owned."""
+    run = secrets.token_hex(3) if run is None else run
+    net = Net(run=run, bridge=layout.bridge_name(run), gateway="", subnet="", spaces=[])
     try:
-        subnet = _free_subnet()
+        subnet = free_subnet(layout.octet)
         hosts = list(subnet.hosts())
         net.gateway, net.subnet = str(hosts[0]), str(subnet)
         _ip("link", "add", net.bridge, "type", "bridge")
         _ip("addr", "add", f"{net.gateway}/24", "dev", net.bridge)
         _ip("link", "set", net.bridge, "up")
         for i in range(1, count + 1):
-            space = Space(name=f"{PREFIX}{os.getpid()}-{run}-{i}", veth=f"onv{run}{i}",
-                          address=str(hosts[9 + i]))
+            space = layout.space(run, i, address=str(hosts[9 + i]))
             net.spaces.append(space)
             _ip("netns", "add", space.name)
             _ip("link", "add", space.veth, "type", "veth", "peer", "name", "eth0",
@@ -117,24 +154,35 @@ def namespaces(count: int) -> Iterator[Net]:
                 _ip("-n", space.name, *args)
         yield net
     finally:
-        _teardown(net)
+        teardown(net)
 
 
-def _teardown(net: Net) -> None:
-    """Best effort at every step: one failure never leaves the rest behind."""
+def kill_processes(space: Space, interval: float = 0.05) -> None:
+    """SIGKILLs every process in the namespace until none is left (tries for 50
+    rounds of `interval`)."""
+    for _ in range(50):
+        pids = space.pids()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(interval)
+
+
+def teardown(net: Net) -> None:
+    """Best effort at every step: one failure never leaves the rest behind. Every
+    process left in a namespace, the namespaces, the veths, the bridge."""
     for space in net.spaces:
-        for _ in range(50):
-            pids = space.pids()
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
+        with contextlib.suppress(Exception):
+            kill_processes(space)
         _ip("netns", "del", space.name, check=False)
         _ip("link", "del", space.veth, check=False)   # gone with the netns, normally
     if net.bridge:
         _ip("link", "del", net.bridge, check=False)
+
+
+_teardown = teardown
 
 
 def sweep_stale() -> list[str]:
@@ -148,9 +196,11 @@ def sweep_stale() -> list[str]:
             os.kill(int(pid), 0)
             continue                      # its owner lives (or the pid was reused: keep)
         except ProcessLookupError:
-            runs.setdefault(run, []).append(Space(name, f"onv{run}{index}", ""))
+            runs.setdefault(run, []).append(Space(name, DEFAULT.veth.format(
+                run=run, pid=pid, i=index), ""))
         except (ValueError, OSError):
             continue
     for run, spaces in runs.items():
-        _teardown(Net(run=run, bridge=f"onb{run}", gateway="", subnet="", spaces=spaces))
+        teardown(Net(run=run, bridge=DEFAULT.bridge_name(run), gateway="", subnet="",
+                     spaces=spaces))
     return sorted(runs)

@@ -1,7 +1,8 @@
 """N Docker Swarm "nodes" on this one machine, for the scale-out tests (docs/scale-out.md).
 
 Each node is a real dockerd (Debian's docker.io) in a network namespace of its own,
-joined to the host by a veth pair on a bridge the helper creates, in a mount namespace
+joined to the host by a veth pair on a bridge the helper creates (through tests/netns.py,
+with the names and subnets of `LAYOUT`), in a mount namespace
 of its own (a private tmpfs on /run, its own /etc/docker) and a UTS one (hostname
 nodeK). Node 1 is the manager, the others join it as workers. `swarm_nodes(3)` yields
 a `Swarm`; leaving the block tears everything down (swarm, dockerds and every process
@@ -35,6 +36,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tests import netns
+
 DOCKER = "/usr/bin/docker"     # docker.io's client (another may come first on PATH)
 DOCKERD = "/usr/sbin/dockerd"
 SSHD = "/usr/sbin/sshd"
@@ -46,6 +49,12 @@ SSH_KEYGEN = "/usr/bin/ssh-keygen"
 # /etc/docker (the engine's key.json and ID), then dockerd (exec: the pid is dockerd's).
 _LAUNCH = ('hostname "$1" && mount -t tmpfs -o mode=0755 opus-node /run && '
            'mount --bind "$2" /etc/docker && shift 2 && exec "$@"')
+
+
+# The nodes' network (tests/netns.py): bridge osbR, namespaces opus-swarm-R-nK, veths
+# osvRnK, subnet 10.77.X.0/24 (the bridge .1, node K .1K).
+LAYOUT = netns.Layout(octet=77, bridge="osb{run}", netns="opus-swarm-{run}-n{i}",
+                      veth="osv{run}n{i}")
 
 
 class SwarmError(RuntimeError):
@@ -184,23 +193,12 @@ class Swarm:
         return image_id
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False,
-                            timeout=30)
-    if check and result.returncode != 0:
-        raise SwarmError(f"ip {' '.join(args)}: {result.stderr.strip()}")
-    return result
+_ip = netns._ip
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
     """A 10.77.X.0/24 that no address on the host is in (a stale run's bridge keeps its)."""
-    used = [ipaddress.ip_interface(word) for line in _ip("-o", "-4", "addr").stdout.splitlines()
-            for word in line.split()[3:4]]
-    for third in range(secrets.randbelow(200) + 1, 256):
-        net = ipaddress.IPv4Network(f"10.77.{third}.0/24")
-        if not any(iface.network.overlaps(net) for iface in used):
-            return net
-    raise SwarmError("no free 10.77.X.0/24 subnet: remove stale opus bridges (ip link)")
+    return netns.free_subnet(LAYOUT.octet)
 
 
 def _wait(what: str, probe: Callable[[], bool], timeout: float,
@@ -274,59 +272,56 @@ def swarm_nodes(count: int = 3, heartbeat: str = "1s", *, joined: int | None = N
     base = Path(tempfile.mkdtemp(prefix=f"opus-swarm-{run}-"))
     base.chmod(0o700)
     (base / "owner").write_text(f"{os.getpid()}\n")
-    swarm = Swarm(run=run, base=base, bridge=f"osb{run}", gateway="", nodes=[])
+    swarm = Swarm(run=run, base=base, bridge=LAYOUT.bridge_name(run), gateway="", nodes=[])
     try:
         started = time.monotonic()
-        net = _free_subnet()
-        hosts = list(net.hosts())
-        swarm.gateway = str(hosts[0])
-        _ip("link", "add", swarm.bridge, "type", "bridge")
-        _ip("addr", "add", f"{swarm.gateway}/24", "dev", swarm.bridge)
-        _ip("link", "set", swarm.bridge, "up")
-        for i in range(1, count + 1):
-            node = Node(index=i, netns=f"opus-swarm-{run}-n{i}", veth=f"osv{run}n{i}",
-                        address=str(hosts[9 + i]), root=base / f"n{i}")
-            swarm.nodes.append(node)
-            _ip("netns", "add", node.netns)
-            _ip("link", "add", node.veth, "type", "veth", "peer", "name", "eth0",
-                "netns", node.netns)
-            _ip("link", "set", node.veth, "master", swarm.bridge, "up")
-            for args in (("addr", "add", f"{node.address}/24", "dev", "eth0"),
-                         ("link", "set", "eth0", "up"), ("link", "set", "lo", "up"),
-                         ("route", "add", "default", "via", swarm.gateway)):
-                _ip("-n", node.netns, *args)
-            _start_node(node, offline_images)
-        for node in swarm.nodes:
-            _wait(f"node {node.index}'s dockerd", functools.partial(_answers, node), 30)
-        swarm.timings["dockerds up"] = time.monotonic() - started
-        if ssh_key is not None:
-            for node in swarm.nodes:
-                node.start_sshd(ssh_key)
-            swarm.timings["sshds up"] = time.monotonic() - started
-        swarm.manager.docker("swarm", "init", "--advertise-addr", swarm.manager.address,
-                             "--dispatcher-heartbeat", heartbeat)
-        token = swarm.manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
-        for node in swarm.nodes[1:joined]:
+        with netns.network(count, LAYOUT, run) as net:
+            swarm.gateway = net.gateway
             try:
-                node.docker("swarm", "join", "--token", token, "--advertise-addr",
-                            node.address, f"{swarm.manager.address}:2377")
-            except SwarmError as error:
-                raise SwarmError(f"{error}\n(nodes talk across bridge {swarm.bridge}: with "
-                                 "br_netfilter loaded, iptables' FORWARD chain must accept "
-                                 "that traffic)") from error
-        _wait(f"{joined} Ready nodes", lambda: sum(
-            state == "ready" for state, _ in swarm.node_states().values()) == joined, 30, 0.2)
-        swarm.timings["swarm up"] = time.monotonic() - started
-        yield swarm
+                for i, space in enumerate(net.spaces, 1):
+                    node = Node(index=i, netns=space.name, veth=space.veth,
+                                address=space.address, root=base / f"n{i}")
+                    swarm.nodes.append(node)
+                    _start_node(node, offline_images)
+                _form(swarm, started, heartbeat, joined, ssh_key)
+                yield swarm
+            finally:
+                _stop_nodes(swarm)    # the nodes first; leaving the block, the network
     finally:
-        _teardown(swarm)
+        shutil.rmtree(swarm.base, ignore_errors=True)
+
+
+def _form(swarm: Swarm, started: float, heartbeat: str, joined: int,
+          ssh_key: str | None) -> None:
+    """Waits for the dockerds (and sshds), then makes a swarm of the first `joined`."""
+    for node in swarm.nodes:
+        _wait(f"node {node.index}'s dockerd", functools.partial(_answers, node), 30)
+    swarm.timings["dockerds up"] = time.monotonic() - started
+    if ssh_key is not None:
+        for node in swarm.nodes:
+            node.start_sshd(ssh_key)
+        swarm.timings["sshds up"] = time.monotonic() - started
+    swarm.manager.docker("swarm", "init", "--advertise-addr", swarm.manager.address,
+                         "--dispatcher-heartbeat", heartbeat)
+    token = swarm.manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
+    for node in swarm.nodes[1:joined]:
+        try:
+            node.docker("swarm", "join", "--token", token, "--advertise-addr",
+                        node.address, f"{swarm.manager.address}:2377")
+        except SwarmError as error:
+            raise SwarmError(f"{error}\n(nodes talk across bridge {swarm.bridge}: with "
+                             "br_netfilter loaded, iptables' FORWARD chain must accept "
+                             "that traffic)") from error
+    _wait(f"{joined} Ready nodes", lambda: sum(
+        state == "ready" for state, _ in swarm.node_states().values()) == joined, 30, 0.2)
+    swarm.timings["swarm up"] = time.monotonic() - started
 
 
 def sweep_stale() -> list[str]:
     """Tears down the runs whose owning process is gone (a test killed before its
     teardown): their dockerds, namespaces, links and temp dirs. Returns their run ids."""
     swept = []
-    netns = _ip("netns", "list", check=False).stdout.split()
+    names = _ip("netns", "list", check=False).stdout.split()
     for base in Path(tempfile.gettempdir()).glob("opus-swarm-*-*"):
         try:
             owner = int((base / "owner").read_text())
@@ -337,22 +332,26 @@ def sweep_stale() -> list[str]:
         except (OSError, ValueError):
             continue
         run = base.name.split("-")[2]
-        nodes = [Node(index=int(name.rsplit("-n", 1)[1]), netns=name,
-                      veth=f"osv{run}n{name.rsplit('-n', 1)[1]}", address="",
-                      root=base / f"n{name.rsplit('-n', 1)[1]}")
-                 for name in netns if name.startswith(f"opus-swarm-{run}-n")]
-        _teardown(Swarm(run=run, base=base, bridge=f"osb{run}", gateway="", nodes=nodes))
+        prefix = LAYOUT.netns.format(run=run, i="")
+        indexes = sorted(int(name[len(prefix):]) for name in names
+                         if name.startswith(prefix) and name[len(prefix):].isdigit())
+        spaces = [LAYOUT.space(run, i) for i in indexes]
+        nodes = [Node(index=i, netns=space.name, veth=space.veth, address="",
+                      root=base / f"n{i}") for i, space in zip(indexes, spaces, strict=True)]
+        swarm = Swarm(run=run, base=base, bridge=LAYOUT.bridge_name(run), gateway="",
+                      nodes=nodes)
+        _stop_nodes(swarm)
+        netns.teardown(netns.Net(run=run, bridge=swarm.bridge, gateway="", subnet="",
+                                 spaces=spaces))
+        shutil.rmtree(base, ignore_errors=True)
         swept.append(run)
     return swept
 
 
-def _netns_pids(netns: str) -> list[int]:
-    result = _ip("netns", "pids", netns, check=False)
-    return [int(p) for p in result.stdout.split() if p.isdigit()]
-
-
-def _teardown(swarm: Swarm) -> None:
-    """Best effort at every step, so one failure never leaves the rest behind."""
+def _stop_nodes(swarm: Swarm) -> None:
+    """Stops the nodes, best effort at every step so one failure never leaves the rest
+    behind: sshds; swarm leave and dockerds; every process left in a node's network
+    namespace; the node cgroups. (The network goes next: tests/netns.py's teardown.)"""
     for node in swarm.nodes:
         with contextlib.suppress(Exception):
             node.stop_sshd()
@@ -380,20 +379,9 @@ def _teardown(swarm: Swarm) -> None:
     for node in swarm.nodes:
         # containerd, shims and task processes outlive a killed dockerd: every process
         # still in the node's network namespace is one this helper started.
-        for _ in range(50):
-            pids = _netns_pids(node.netns)
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+        with contextlib.suppress(Exception):
+            netns.kill_processes(netns.Space(node.netns, node.veth, node.address), 0.1)
         _remove_cgroups(node.cgroup_parent)
-        _ip("netns", "del", node.netns, check=False)
-        _ip("link", "del", node.veth, check=False)   # gone with the netns, normally
-    if swarm.bridge:
-        _ip("link", "del", swarm.bridge, check=False)
-    shutil.rmtree(swarm.base, ignore_errors=True)
 
 
 def _remove_cgroups(parent: str) -> None:
