@@ -472,7 +472,7 @@ def test_ps_and_logs_show_each_tasks_node_and_merged_logs(tmp_path: Path) -> Non
             time.sleep(4)
         finally:
             follower.send_signal(signal.SIGINT)
-            out, err = follower.communicate(timeout=20)
+            out, err = follower.communicate(timeout=30)
         followed = [LOG_LINE.fullmatch(line) for line in out.splitlines()]
         assert followed and all(followed), (out, err)
         assert {(m.group(2), int(m.group(3))) for m in followed if m} == \

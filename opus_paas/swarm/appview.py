@@ -304,14 +304,21 @@ def follow(settings: Settings, app: str, ptype: str | None,
                 batch.append(lines.get_nowait())
             yield sorted(batch, key=lambda line: line.at)
     finally:
-        for process in followed.values():
-            process.terminate()
-        for process in followed.values():
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _end_all(list(followed.values()))
+
+
+def _end_all(processes: list[subprocess.Popen[str]], grace: float = 2.0) -> None:
+    """Terminate `processes`, give them `grace` seconds in all (not each), then kill
+    those left: a follower that goes waits for its docker clients at most that long."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _follow_service(mgr: nodes.Manager, service: Service, hostnames: Mapping[str, str],
