@@ -329,8 +329,10 @@ def cli_with(opus: Opus, *args: str, **settings: str) -> subprocess.CompletedPro
 
 
 def test_fetches_that_must_fail_say_why_and_install_nothing(
-        opus: Opus, mirror: python_mirror.Mirror) -> None:
-    """On the session's Opus (it has fetched nothing), with other sources set."""
+        opus: Opus, mirror: python_mirror.Mirror, tmp_path: Path) -> None:
+    """On the session's Opus, with other sources set and a place for fetched interpreters
+    of its own (the session's is shared with the tests' cache, which may hold 3.13)."""
+    pythons = tmp_path / "pythons"
     closed = f"http://127.0.0.1:{free_port()}/downloads.json"
     cases = [
         ({"python_downloads": mirror.wrong_checksum},
@@ -352,11 +354,11 @@ def test_fetches_that_must_fail_say_why_and_install_nothing(
     ]
     for settings, said in cases:
         version = "3.13.0" if "python_mirror" in settings else "3.13"
-        result = cli_with(opus, "pythons:install", version, **settings)
+        result = cli_with(opus, "pythons:install", version, pythons_dir=str(pythons),
+                          **settings)
         output = " ".join((result.stdout + result.stderr).split())
         assert result.returncode == 6, (settings, output)
         assert re.search(said, output), (settings, output)
-    pythons = opus.home / "pythons"
     assert not pythons.exists() or not any(pythons.iterdir())
     assert not any((opus.home / "staging" / "pythons").glob("*"))
 
