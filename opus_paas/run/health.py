@@ -19,6 +19,7 @@ from opus_paas.run import checks, programs
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 from opus_paas.supervisor import Supervisor
+from opus_paas.swarm import deploy as swarm_deploy
 
 
 def check_health(settings: Settings, host: str, port: int, program: str,
@@ -112,7 +113,6 @@ def wait_until_serving(settings: Settings, store: Store, supervisor: Supervisor)
         live = None if app.stopped else programs.live_program(settings, app)
         if live is None or app.live_port is None or store.is_asleep(app):
             continue
-        from opus_paas.swarm import deploy as swarm_deploy  # (its tasks: on the nodes)
         if swarm_deploy.serves(store, app):
             continue
         check = dataclasses.replace(checks.from_json(app.health_check),

@@ -27,6 +27,7 @@ from opus_paas.run import deploy, push
 from opus_paas.settings import Settings
 from opus_paas.store import App, Release, Store
 from opus_paas.supervisor import Supervisor
+from opus_paas.swarm import recovery as swarm_recovery
 
 log = logging.getLogger("opus.recovery")
 
@@ -170,7 +171,6 @@ def _finish(settings: Settings, store: Store, app: App, rel: Release) -> Finding
 
 def _swarm_leftovers(settings: Settings, store: Store, app: App) -> list[Finding]:
     """A swarm deploy cut short: its services, secret, members, record (swarm/recovery.py)."""
-    from opus_paas.swarm import recovery as swarm_recovery
     if not swarm_recovery.involved(settings, store, app):
         return []
     try:

@@ -27,14 +27,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from opus_paas import failpoints, locks, output
+from opus_paas.build import release as build_release
 from opus_paas.data import nodes as data_nodes
 from opus_paas.errors import BuildFailed, OpusError, ServiceError, UsageError
 from opus_paas.front import sites
+from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
 from opus_paas.run import checks
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmMember, SwarmRelease
-from opus_paas.swarm import follow, nodes, pinning, services
+from opus_paas.supervisor import Supervisor
+from opus_paas.swarm import follow, images, nodes, pinning, services
 from opus_paas.swarm.members import ApacheFront
 from opus_paas.tls import private_ca
 
@@ -432,7 +435,6 @@ def image_for(settings: Settings, store: Store, app: App, version: int, slug_ver
             if kept.version == slug_version or (made and made.slug_version == slug_version):
                 emit(output.detail(f"The image of v{slug_version}'s build: {kept.image}"))
                 return kept.image
-    from opus_paas.swarm import images
     record = store.get_release(app, version)
     if record is None:
         raise ServiceError(f"release v{version} of {app.name} is not recorded; push again")
@@ -467,8 +469,6 @@ def release_live(settings: Settings, store: Store, app: App, version: int, emit:
     """A release of a swarm app goes live (from a push, a rollback, a config or domain
     change, ps:restart): its image, then `deploy`. A pinned app (SQLite, data/) stays on
     one node, and the output says why."""
-    from opus_paas.build import release as build_release
-    from opus_paas.layout import AppPaths
     slug = AppPaths.of(settings, app.name).slug(slug_version)
     info = build_release.read_build_info(slug) or {}
     types = ["web", *sorted(k for k in build_release.process_types(info)
@@ -525,7 +525,6 @@ def stop_app(settings: Settings, store: Store, app: App) -> None:
 def stop_local(settings: Settings, store: Store, app: App) -> None:
     """The app's supervisor programs on this host stop (it has moved to the swarm)."""
     from opus_paas.run import programs
-    from opus_paas.supervisor import Supervisor
     supervisor = Supervisor(settings)
     if supervisor.is_running():
         programs.set_programs(settings, supervisor, app.name, [])

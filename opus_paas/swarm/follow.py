@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from opus_paas import locks
+from opus_paas import settings as settings_module
 from opus_paas.errors import OpusError
 from opus_paas.run import checks
 from opus_paas.settings import Settings
@@ -309,7 +310,6 @@ class Events:
 
 
 def main() -> None:
-    from opus_paas import settings as settings_module
     from opus_paas.swarm.members import ApacheFront
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = settings_module.load()

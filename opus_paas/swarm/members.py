@@ -20,6 +20,7 @@ from opus_paas.errors import ServiceError
 from opus_paas.front import balancer, httpd, sites
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmMember
+from opus_paas.supervisor import Supervisor
 from opus_paas.swarm import follow
 
 log = logging.getLogger("opus.swarm.members")
@@ -31,7 +32,6 @@ class ApacheFront:
     changed); the balancer-manager switches members on and off without a reload."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
-        from opus_paas.supervisor import Supervisor
         self.settings, self.store = settings, store
         self.supervisor = Supervisor(settings)
 

@@ -26,6 +26,8 @@ from opus_paas.errors import OpusError, ServiceError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmMember, SwarmRelease
 from opus_paas.swarm import nodes, services
+from opus_paas.swarm.deploy import remove_services
+from opus_paas.swarm.members import ApacheFront
 
 LIST_TIMEOUT = 15.0
 _VERSION = re.compile(r"[1-9][0-9]{0,8}")
@@ -190,8 +192,6 @@ def apply(settings: Settings, store: Store, app: App, cleanup: Cleanup) -> None:
     (no traffic reaches what goes), then the services and secrets, then the records.
     The front's config follows the store in the caller (recover_app's reconcile, or
     `opus up`'s render)."""
-    from opus_paas.swarm.deploy import remove_services
-    from opus_paas.swarm.members import ApacheFront
     dropped = [m for m in store.swarm_members(app) if m.version in cleanup.members]
     if cleanup.enable:
         store.set_swarm_members(app, cleanup.enable[0].version, "web", list(cleanup.enable))
