@@ -24,8 +24,10 @@ from opus_paas import names, redact
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmMember
 from opus_paas.swarm import nodes
+from opus_paas.swarm.services import LABEL_APP as APP_LABEL
+from opus_paas.swarm.services import LABEL_PTYPE as TYPE_LABEL
+from opus_paas.swarm.services import LABEL_RELEASE as RELEASE_LABEL
 
-APP_LABEL, TYPE_LABEL, RELEASE_LABEL = "opus.app", "opus.ptype", "opus.release"
 MAX_LINES = 10_000
 RELIST_SECONDS = 2.0      # how often a follower looks for services of a new release
 POLL_SECONDS = 0.3

@@ -34,7 +34,7 @@ from opus_paas.layout import AppPaths
 from opus_paas.settings import Settings
 from opus_paas.store import App
 from opus_paas.store.records import Release
-from opus_paas.swarm import bytecode, entrypoint, layers, registry
+from opus_paas.swarm import bytecode, entrypoint, layers, registry, services
 from opus_paas.swarm.layers import (
     Entry,
     Layer,
@@ -197,7 +197,7 @@ def image_config(app: str, version: int, parts: list[Layer]) -> bytes:
             "WorkingDir": entrypoint.APP,
             "Env": [f"PATH={entrypoint.VENV}/bin:/usr/bin:/bin", "LANG=C.UTF-8",
                     "HOME=/tmp", "TMPDIR=/tmp"],
-            "Labels": {"opus.app": app, "opus.release": str(version)},
+            "Labels": {services.LABEL_APP: app, services.LABEL_RELEASE: str(version)},
         },
         "rootfs": {"type": "layers", "diff_ids": [item.diff_id for item in parts]},
         "history": [{"created": EPOCH, "created_by": f"opus {what}"}
