@@ -204,6 +204,11 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
         raise UsageError(f"apps:rename does not move an app's Redis yet; `opus redis:destroy "
                          f"{app.name} --confirm {app.name}` first (its data goes), or keep "
                          "the name")
+    held = store.swarm_data_node(app)
+    if held is not None:
+        raise UsageError(f"apps:rename does not move {app.name}'s data on node {held} yet: "
+                         f"bring it back first (`opus scheduler:set {app.name} local`, then "
+                         f"`opus ps:restart {app.name}`), or keep the name")
     first, second = sorted([app.name, new])
     with locks.app_lock(settings, first), locks.app_lock(settings, second):
         app = access.fresh(store, app)

@@ -261,6 +261,27 @@ def run_step(settings: Settings, app: str, argv: Sequence[str], *, cwd: Path,
                           preexec_fn=guard.default_signals, **how.identity)
 
 
+def run_bytes(settings: Settings, app: str, argv: Sequence[str], *, cwd: Path,
+              env: Mapping[str, str], data: bytes = b"",
+              timeout: float) -> tuple[bytes, str]:
+    """Run a step as the app's user with `data` on its standard input; its standard
+    output, bytes as they are (an archive), and what it said on stderr. ServiceError
+    when it fails or times out, with the end of what it said on stderr."""
+    how = step(settings, app, argv, cwd, env, reads_input=True)
+    try:
+        result = subprocess.run(how.argv, cwd=how.cwd, env=how.env,
+                                input=(how.spec or "").encode() + data, capture_output=True,
+                                timeout=timeout, check=False,
+                                preexec_fn=guard.default_signals, **how.identity)
+    except subprocess.TimeoutExpired:
+        raise ServiceError(f"the step took longer than {timeout:.0f} s and was "
+                           "stopped") from None
+    if result.returncode != 0:
+        said = result.stderr.decode(errors="replace").strip()[-600:]
+        raise ServiceError(f"the step failed (exit status {result.returncode}): {said}")
+    return result.stdout, result.stderr.decode(errors="replace")
+
+
 def stream(
     settings: Settings,
     app: str,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from opus_paas import failpoints, locks, output
 from opus_paas.build import release
-from opus_paas.errors import ServiceError
+from opus_paas.errors import OpusError, ServiceError
 from opus_paas.front import balancer, httpd, sites
 from opus_paas.output import Emit
 from opus_paas.run import checks, health, programs
@@ -97,9 +97,17 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     # A new instance starts with no crash behind it (an earlier one of the same name
     # may have left its state).
     programs.web_state_file(settings, app.name, version, port).unlink(missing_ok=True)
+    # A pinned app's data comes back from its node first (its tasks stop).
+    back = swarm_deploy.bring_data_back(settings, store, app, emit) if on_swarm else None
     emit(output.step(f"Starting v{version} on its own port"))
-    programs.set_programs(settings, supervisor, app.name,
-                          [p for p in (old, new) if p] + workers)
+    try:
+        programs.set_programs(settings, supervisor, app.name,
+                              [p for p in (old, new) if p] + workers)
+    except BaseException:
+        if back is not None:
+            with contextlib.suppress(OpusError):
+                back.undo(emit)
+        raise
     switched = False
     manager = _manager(settings, app)
     pending = dataclasses.replace(app, live_version=version, live_port=port)
@@ -134,7 +142,12 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
         if switched:
             _switch_back(settings, store, supervisor, manager, app, port)
         programs.set_programs(settings, supervisor, app.name, ([old] if old else []) + workers)
+        if back is not None:
+            with contextlib.suppress(OpusError):
+                back.undo(emit)
         raise
+    if back is not None:
+        back.done()
     try:
         release.point_current(settings, app.name, slug_version)
     except (OSError, ServiceError) as exc:   # the record says what is live; recovery

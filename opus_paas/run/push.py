@@ -108,17 +108,21 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             env = release.runtime_env(settings, app, slug, config, info,
                                       sites.app_domains(settings, store, app))
             release.write_env_file(settings, app.name, version, env)
+            on_node = None      # a pinned swarm app's runs on its node, by its data
             if types.get("release"):
                 backups.before_release(settings, store, app, version, emit_and_log)
-                release.run_release_command(settings, app.name, slug, types["release"], env,
-                                            emit_and_log, cancelled)
+                if swarm_deploy.release_on_node(settings, store, app, version, config):
+                    on_node = types["release"]
+                else:
+                    release.run_release_command(settings, app.name, slug, types["release"],
+                                                env, emit_and_log, cancelled)
             # After the release command (which could still add to the slug): what the
             # front will serve is copied now, before traffic moves.
             release.copy_static(settings, app.name, version, emit_and_log)
             if cancelled.is_set():
                 raise BuildFailed("cancelled: the client disconnected before the switch")
             deployed = _release_live(settings, store, app, version, sha.decode(), config,
-                                     branch, log_path, emit_and_log)
+                                     branch, log_path, emit_and_log, release_command=on_node)
             ok = True
             took = time.monotonic() - started
             emit_and_log(output.step(f"Released v{version} in {took:.1f} s"))
@@ -144,7 +148,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
 
 def _release_live(settings: Settings, store: Store, app: App, version: int, sha: str,
                   config: dict[str, str], branch: BranchMove | None, log_path: Path,
-                  emit: Emit) -> Deployed:
+                  emit: Emit, *, release_command: str | None = None) -> Deployed:
     """Pending, switched and recorded live, then the branch moved and released: each
     step durable before the next (a stop anywhere leaves a state recovery can end)."""
     store.begin_release(app, version, sha, f"Deploy {sha[:7]}", config=config,
@@ -155,7 +159,8 @@ def _release_live(settings: Settings, store: Store, app: App, version: int, sha:
         if store.scheduler(app) == "swarm":      # on the swarm's nodes (swarm/deploy.py)
             switched = swarm_deploy.release_live(
                 settings, store, app, version, emit, slug_version=version, config=config,
-                record=lambda port: store.release_went_live(app, version, port))
+                record=lambda port: store.release_went_live(app, version, port),
+                release_command=release_command)
         else:
             switched = deploy.deploy(settings, store, Supervisor(settings), app, version,
                                      emit, record=lambda port: store.release_went_live(

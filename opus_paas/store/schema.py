@@ -230,6 +230,13 @@ CREATE TABLE IF NOT EXISTS swarm_members (
     enabled INTEGER NOT NULL,
     PRIMARY KEY (app_id, version, ptype, slot)
 );
+-- A pinned app's data/ on the swarm (docs/scale-out.md, Pinned data): the node whose
+-- Docker volume holds it since it moved there from this host (no row: data/ is here).
+CREATE TABLE IF NOT EXISTS swarm_data (
+    app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+    node TEXT NOT NULL,
+    moved_at REAL NOT NULL
+);
 """
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from opus_paas.store.base import StoreBase
 from opus_paas.store.records import App, Limits, SwarmMember, SwarmRelease
@@ -109,3 +110,28 @@ class SwarmStore(StoreBase):
         with self._db() as db:
             db.execute("DELETE FROM swarm_members WHERE app_id = ? AND version = ?",
                        (app.id, version))
+
+    def swarm_data_node(self, app: App) -> str | None:
+        """The node holding the app's data/ (a pinned app moved to the swarm), or None:
+        its data/ is on this host."""
+        with self._db() as db:
+            row = db.execute("SELECT node FROM swarm_data WHERE app_id = ?",
+                             (app.id,)).fetchone()
+        return str(row["node"]) if row else None
+
+    def set_swarm_data_node(self, app: App, node: str | None) -> None:
+        with self._db() as db:
+            if node is None:
+                db.execute("DELETE FROM swarm_data WHERE app_id = ?", (app.id,))
+                return
+            db.execute("INSERT INTO swarm_data (app_id, node, moved_at) VALUES (?, ?, ?) ON "
+                       "CONFLICT (app_id) DO UPDATE SET node = excluded.node, "
+                       "moved_at = excluded.moved_at", (app.id, node, time.time()))
+
+    def apps_with_data_on(self, node: str) -> list[str]:
+        """The apps whose data/ is on `node`, by name."""
+        with self._db() as db:
+            rows = db.execute("SELECT apps.name FROM swarm_data JOIN apps ON apps.id = "
+                              "swarm_data.app_id WHERE node = ? ORDER BY apps.name",
+                              (node,)).fetchall()
+        return [str(r["name"]) for r in rows]

@@ -33,11 +33,11 @@ from opus_paas.errors import BuildFailed, OpusError, ServiceError, UsageError
 from opus_paas.front import sites
 from opus_paas.layout import AppPaths
 from opus_paas.output import Emit
-from opus_paas.run import checks
+from opus_paas.run import checks, programs
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmMember, SwarmRelease
 from opus_paas.supervisor import Supervisor
-from opus_paas.swarm import follow, images, nodes, pinning, services
+from opus_paas.swarm import follow, images, nodes, oneoff, pinning, services, volumes
 from opus_paas.swarm.members import ApacheFront
 from opus_paas.tls import private_ca
 
@@ -244,13 +244,16 @@ def deploy(settings: Settings, store: Store, app: App, version: int, image: str,
            config: Mapping[str, str], emit: Emit, *, record: Record,
            types: Sequence[str] = ("web",), front: ApacheFront | None = None,
            pin: str | None = None, args: Sequence[str] = (),
-           health: services.Health | bool | None = True) -> Switched:
+           health: services.Health | bool | None = True, volume: str | None = None,
+           release_command: str | None = None) -> Switched:
     """Release `version` of `app`, its image `image` (pinned by digest), live on the
     swarm; `record(port_base)` writes it live, with the front's switch. `types`: the
     release's process types (web first; `release` is not one). `pin`: the node a
-    pinned app stays on. `args`, `health`: the tasks' command (default: the image's
-    entrypoint) and Docker health check (True: from the app's check). Returns what is
-    left once traffic has switched (Switched.finish)."""
+    pinned app stays on; `volume`: its data volume, mounted at /data; with
+    `release_command`, that runs first, once, on the swarm (oneoff.py). `args`,
+    `health`: the tasks' command (default: the image's entrypoint) and Docker health
+    check (True: from the app's check). Returns what is left once traffic has
+    switched (Switched.finish)."""
     started = time.monotonic()
     mgr = nodes.manager(settings)
     front = front or ApacheFront(settings, store)
@@ -288,7 +291,7 @@ def deploy(settings: Settings, store: Store, app: App, version: int, image: str,
         health=probe if kind == "web" else None, constraints=constraints,
         env=(("OPUS_WEB_THREADS", str(app.web_threads)),) if kind == "web" else (),
         # The image's entrypoint runs the Procfile's process of the type it is given.
-        args=tuple(args) or (kind,)) for kind, count in counts.items()]
+        args=tuple(args) or (kind,), volume=volume) for kind, count in counts.items()]
     argvs = [services.create_argv(spec) for spec in specs]      # checked before any change
     switched = False
     new_members: list[SwarmMember] = []
@@ -297,6 +300,8 @@ def deploy(settings: Settings, store: Store, app: App, version: int, image: str,
                          + ", ".join(f"{k}={n}" for k, n in counts.items())
                          + f", ports {port_base}-{port_base + services.SLOTS - 1}"))
         create_secret(mgr, app.name, secret, config)
+        if release_command:
+            oneoff.run(mgr, specs[0], release_command, settings.build_timeout, emit)
         for argv in argvs:
             mgr(*argv)
         failpoints.reached(settings, "swarm.created")
@@ -464,20 +469,45 @@ def node_config(settings: Settings, store: Store, app: App,
     return found
 
 
+def pin_reason(settings: Settings, store: Store, app: App, slug_version: int,
+               config: Mapping[str, str]) -> pinning.Pin | None:
+    """Why the build of `slug_version` with `config` stays on one node, or None. Data
+    moved to a node keeps the app there until it moves back (`scheduler:set APP
+    local`): this host's data/ is then only the copy of the move."""
+    slug = AppPaths.of(settings, app.name).slug(slug_version)
+    info = build_release.read_build_info(slug) or {}
+    data = AppPaths.of(settings, app.name).data
+    entries = sorted(p.name for p in data.iterdir()) if data.is_dir() else []
+    procfile = {k: str(v) for k, v in build_release.process_types(info).items()}
+    why = pinning.reason(config, pinning.ReleaseFacts.of(info, procfile, entries))
+    held = store.swarm_data_node(app)
+    if why is None and held is not None:
+        why = pinning.Pin("data", f"data/ on node {held} (moved there from this host)")
+    return why
+
+
+def release_on_node(settings: Settings, store: Store, app: App, slug_version: int,
+                    config: Mapping[str, str]) -> bool:
+    """Does this release's release command run on the swarm (next to a pinned app's
+    data on its node) rather than on this host?"""
+    return store.scheduler(app) == "swarm" and \
+        pin_reason(settings, store, app, slug_version, config) is not None
+
+
 def release_live(settings: Settings, store: Store, app: App, version: int, emit: Emit, *,
-                 slug_version: int, config: Mapping[str, str], record: Record) -> Switched:
+                 slug_version: int, config: Mapping[str, str], record: Record,
+                 release_command: str | None = None) -> Switched:
     """A release of a swarm app goes live (from a push, a rollback, a config or domain
     change, ps:restart): its image, then `deploy`. A pinned app (SQLite, data/) stays on
-    one node, and the output says why."""
+    one node with its data volume, and the output says why; its data/ moves there from
+    this host at its first deploy on the swarm (volumes.py), and `release_command` (a
+    push's) runs there."""
     slug = AppPaths.of(settings, app.name).slug(slug_version)
     info = build_release.read_build_info(slug) or {}
     types = ["web", *sorted(k for k in build_release.process_types(info)
                             if k not in ("web", "release"))]
-    data = AppPaths.of(settings, app.name).data
-    entries = sorted(p.name for p in data.iterdir()) if data.is_dir() else []
-    procfile = {k: str(v) for k, v in build_release.process_types(info).items()}
     pin = None
-    why = pinning.reason(config, pinning.ReleaseFacts.of(info, procfile, entries))
+    why = pin_reason(settings, store, app, slug_version, config)
     if why is not None:
         pin = pinning.pinned_node_of(store, app)
         if pin is None:
@@ -489,13 +519,117 @@ def release_live(settings: Settings, store: Store, app: App, version: int, emit:
     # vars and Opus's own; the image's entrypoint puts its own paths over those).
     env_file = AppPaths.of(settings, app.name).env_file(version)
     env = json.loads(env_file.read_text()) if env_file.exists() else dict(config)
-    switched = deploy(settings, store, app, version, image,
-                      node_config(settings, store, app, env), emit, record=record,
-                      types=types, pin=pin)
+    task_config = node_config(settings, store, app, env)
+    moved = False
+    if pin is not None and store.swarm_data_node(app) is None:
+        moved = move_data_in(settings, store, app, pin, image, emit)
+    try:
+        switched = deploy(settings, store, app, version, image, task_config, emit,
+                          record=record, types=types, pin=pin,
+                          volume=services.volume_name(app.name) if pin else None,
+                          release_command=release_command if pin else None)
+    except BaseException:
+        if moved:        # the data/ here stays the app's: it serves here again
+            store.set_swarm_data_node(app, None)
+            restart_local(settings, store, app)
+        raise
     # `current` names the live build, as on this host (the front's static files, recovery).
     with contextlib.suppress(OSError, OpusError):
         build_release.point_current(settings, app.name, slug_version)
     return switched
+
+
+def move_data_in(settings: Settings, store: Store, app: App, node: str, image: str,
+                 emit: Emit) -> bool:
+    """A pinned app's first deploy on the swarm: it stops here, its data/ goes into its
+    volume on `node`. True when it was serving here (the caller starts it again if the
+    deploy fails)."""
+    here = not serves(store, app) and app.live_version is not None and not app.stopped
+    if here:
+        emit(output.alert(f"{app.name} stops on this host while its data/ moves to {node} "
+                          "(requests meanwhile get 503)"))
+        stop_local(settings, store, app)
+    try:
+        volumes.to_node(settings, store, app, node, image, services.task_uid(settings, app),
+                        emit)
+    except BaseException:
+        if here:
+            restart_local(settings, store, app)
+        raise
+    store.set_swarm_data_node(app, node)
+    return here
+
+
+def restart_local(settings: Settings, store: Store, app: App) -> None:
+    """The app's programs on this host run again, as the database says."""
+    supervisor = Supervisor(settings)
+    if supervisor.is_running():
+        fresh = store.get_app(app.name) or app
+        programs.set_programs(settings, supervisor, app.name,
+                              programs.expected_programs(settings, store, fresh))
+
+
+@dataclasses.dataclass
+class DataBack:
+    """A pinned app moving back to this host: its tasks stopped and its volume copied
+    into data/ here (`bring_data_back`); `undo` serves it from the swarm again (the
+    volume is as it was), `done` records the data as here."""
+
+    settings: Settings
+    store: Store
+    app: App
+    live: SwarmRelease
+
+    def undo(self, emit: Emit) -> None:
+        emit(output.alert(f"{self.app.name} serves from the swarm again (its data there "
+                          "is as it was)"))
+        counts = {"web": max(1, self.app.web_processes)}
+        for kind, (count, stopped) in self.store.formation(self.app).items():
+            if services.service_name(self.app.name, kind, self.live.version) in \
+                    self.live.services and count > 0 and not stopped:
+                counts[kind] = count
+        scale(self.settings, self.store, self.app, counts, emit)
+        front = ApacheFront(self.settings, self.store)
+        members = [m for m in self.store.swarm_members(self.app)
+                   if m.version == self.live.version]
+        front.set_enabled(self.app, members, True)
+
+    def done(self) -> None:
+        self.store.set_swarm_data_node(self.app, None)
+
+
+def bring_data_back(settings: Settings, store: Store, app: App, emit: Emit) -> DataBack | None:
+    """Before a swarm app with data on a node is deployed on this host: its tasks stop
+    and its volume becomes data/ here. None when its data is here already."""
+    node = store.swarm_data_node(app)
+    live = store.get_swarm_release(app, app.live_version) if app.live_version else None
+    if node is None or live is None or not live.services:
+        return None
+    emit(output.alert(f"{app.name} stops on the swarm while its data/ moves back from "
+                      f"{node} (requests meanwhile get 503)"))
+    mgr = nodes.manager(settings)
+    stop_app(settings, store, app)
+    back = DataBack(settings, store, app, live)
+    try:
+        _wait_stopped(mgr, live.services, settings.swarm_deploy_timeout)
+        volumes.to_host(settings, store, app, node, live.image,
+                        services.task_uid(settings, app), emit)
+    except BaseException:
+        with contextlib.suppress(OpusError):
+            back.undo(emit)
+        raise
+    return back
+
+
+def _wait_stopped(mgr: nodes.Manager, names: Sequence[str], timeout: float) -> None:
+    """Until no task of these services runs (their data is no longer written)."""
+    deadline = time.monotonic() + timeout
+    while any(t.state not in ("shutdown", "complete", "failed", "rejected", "orphaned",
+                              "remove") for t in follow.read_tasks(mgr, names)):
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the app's tasks did not stop within {timeout:.0f} s; "
+                               "nothing was moved")
+        time.sleep(POLL)
 
 
 def serves(store: Store, app: App) -> bool:
@@ -524,7 +658,6 @@ def stop_app(settings: Settings, store: Store, app: App) -> None:
 
 def stop_local(settings: Settings, store: Store, app: App) -> None:
     """The app's supervisor programs on this host stop (it has moved to the swarm)."""
-    from opus_paas.run import programs
     supervisor = Supervisor(settings)
     if supervisor.is_running():
         programs.set_programs(settings, supervisor, app.name, [])

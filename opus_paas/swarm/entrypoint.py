@@ -2,13 +2,15 @@
 and run by Debian's Python with -I; stdlib only, it imports nothing from Opus).
 
     entrypoint.py [PROCESS_TYPE]          (default: web)
+    entrypoint.py --run COMMAND           (a one-off: the release command)
 
 It runs the Procfile's process for PROCESS_TYPE with PORT = OPUS_PORT_BASE + OPUS_SLOT - 1
 (the service sets `--env OPUS_SLOT={{.Task.Slot}}`), and the app's config vars read from
 the JSON file OPUS_CONFIG_FILE names (a Docker secret, so they never show in `docker
 inspect`). `web` without a Procfile web: line is gunicorn (shipped in the base under
 /opus/site) serving opus_runtime.wsgi, the same WSGI entry mod_wsgi-express serves on
-one host; a Procfile line runs under bash, as on one host and on Heroku.
+one host; a Procfile line runs under bash, as on one host and on Heroku. `--run`
+runs COMMAND under bash with the same environment (DYNO=release.1).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ UNSAFE = frozenset({"PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONHOME", "PYTH
                     "PYTHONSTARTUP", "PYTHONINSPECT", "VIRTUAL_ENV", "HOME", "TMPDIR",
                     "OPUS_ENV_FILE", CONFIG_ENV})
 MAX_PROCESSES = 64
+RUN = "--run"                       # entrypoint.py --run COMMAND: a one-off
 MAX_THREADS = 64
 
 
@@ -141,15 +144,21 @@ def _words(text: str) -> list[str]:
 
 
 def main(argv: list[str], environ: Mapping[str, str]) -> int:
-    ptype = argv[0] if argv else "web"
+    one_off = len(argv) == 2 and argv[0] == RUN
+    ptype = "release" if one_off else argv[0] if argv else "web"
     try:
-        port = slot_port(environ)
+        if len(argv) > 1 and not one_off:
+            raise EntrypointError(f"usage: entrypoint.py [PROCESS_TYPE] | {RUN} COMMAND")
+        # A job's task may have no slot; its PORT is the block's first (nothing listens).
+        port = slot_port(environ) if not one_off else \
+            slot_port({**environ, "OPUS_SLOT": "1"})
         config_file = environ.get(CONFIG_ENV)
         config = load_config(config_file) if config_file else {}
         with open(BUILD_INFO, encoding="utf-8") as file:
             build_info = json.load(file)
         env = task_environment(config, environ, ptype, port)
-        argv_out, extra = command(ptype, build_info, {**config, **environ}, port)
+        argv_out, extra = ([BASH, "-c", argv[1]], {}) if one_off else \
+            command(ptype, build_info, {**config, **environ}, port)
     except (EntrypointError, OSError, ValueError) as exc:
         print(f"opus entrypoint: {exc}", file=sys.stderr, flush=True)
         return 2

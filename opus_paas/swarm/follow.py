@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from opus_paas import locks
 from opus_paas import settings as settings_module
-from opus_paas.errors import OpusError
+from opus_paas.errors import OpusError, ServiceError
 from opus_paas.run import checks
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmMember
@@ -86,7 +86,18 @@ def read_tasks(mgr: nodes.Manager, service_names: Iterable[str]) -> list[TaskInf
     ids = mgr("service", "ps", "-q", "--no-trunc", *sorted(by_id.values())).split()
     if not ids:
         return []
-    return parse_tasks(json.loads(mgr("inspect", "--type", "task", *ids) or "[]"), by_id)
+    return parse_tasks(inspect_tasks(mgr, ids), by_id)
+
+
+def inspect_tasks(mgr: nodes.Manager, ids: Sequence[str]) -> list[object]:
+    """`docker inspect` of these tasks, less those removed since they were listed (a
+    scale-down or a service removed meanwhile)."""
+    result = mgr.run("inspect", "--type", "task", *ids)
+    if result.returncode != 0 and "No such task" not in result.stderr:
+        raise ServiceError(f"the swarm manager ({mgr.host}): docker inspect failed: "
+                           f"{result.stderr.strip()[-800:]}")
+    found = json.loads(result.stdout or "[]")
+    return found if isinstance(found, list) else []
 
 
 def node_map(mgr: nodes.Manager) -> dict[str, nodes.NodeState]:

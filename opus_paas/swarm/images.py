@@ -9,7 +9,8 @@ the same digest and unchanged layers are never sent again:
    bundle, zoneinfo, gunicorn (from Opus's own environment) and /opus/entrypoint.py;
 2. the virtualenv, materialised at /app/.opus/venv (shebangs rewritten, its python a
    link to the base's): keyed by its contents, so a code-only push reuses it;
-3. the slug at /app (the built source, .opus/build.json, static files).
+3. the slug at /app (the built source, .opus/build.json, static files), and /data owned
+   by the app's uid (where a pinned app's volume is mounted).
 
 `publish` pushes the blobs and a schema-2 manifest through the registry's HTTP API and
 returns `REGISTRY/opus/APP@sha256:…`; the image config and manifest are built here too
@@ -34,7 +35,7 @@ from opus_paas.layout import AppPaths
 from opus_paas.settings import Settings
 from opus_paas.store import App
 from opus_paas.store.records import Release
-from opus_paas.swarm import bytecode, entrypoint, layers, registry, services
+from opus_paas.swarm import bytecode, entrypoint, layers, registry, services, volumes
 from opus_paas.swarm.layers import (
     Entry,
     Layer,
@@ -284,7 +285,9 @@ def build(settings: Settings, app: App, release: Release) -> tuple[list[Layer], 
                            extra=b"venv\0" + _code_version())
     venv = cached_layer(settings, f"venv-{venv_key}", lambda: layer(
         bytecode.with_bytecode(venv_entries(paths, slug), python)))
-    code = layer(bytecode.with_bytecode(slug_entries(slug), python))
+    # /data, the app's own: a pinned app's volume mounted there starts as it (volumes.py).
+    code = layer([*bytecode.with_bytecode(slug_entries(slug), python),
+                  volumes.data_dir_entry(services.task_uid(settings, app))])
     parts = [base, venv, code]
     return parts, image_config(app.name, release.version, parts)
 

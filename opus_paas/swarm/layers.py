@@ -40,6 +40,7 @@ class Entry:
     data: bytes = b""
     target: str = ""          # a link's target
     mtime: int = FIXED_MTIME
+    owner: int = 0            # uid and gid (root's, but for a pinned app's /data)
 
 
 def normal_mode(kind: str, mode: int) -> int:
@@ -138,8 +139,8 @@ def parents(names: Iterable[str]) -> list[Entry]:
 
 def write_tar(entries: Iterable[Entry], out: BinaryIO) -> None:
     """A plain (uncompressed) tar of `entries`, sorted by name, with their parents, each
-    owned by root; the same entries always give the same bytes. A later entry of the
-    same name replaces an earlier one."""
+    owned by its `owner` (root, unless said); the same entries always give the same
+    bytes. A later entry of the same name replaces an earlier one."""
     by_name: dict[str, Entry] = {}
     listed = list(entries)
     for entry in [*parents(e.name for e in listed), *listed]:
@@ -148,7 +149,7 @@ def write_tar(entries: Iterable[Entry], out: BinaryIO) -> None:
         for name in sorted(by_name):
             entry = by_name[name]
             info = tarfile.TarInfo(name)
-            info.uid = info.gid = 0
+            info.uid = info.gid = entry.owner
             info.uname = info.gname = ""
             info.mtime = entry.mtime
             info.mode = entry.mode

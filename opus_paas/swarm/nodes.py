@@ -367,6 +367,13 @@ def remove(settings: Settings, store: Store, name: str, emit: Emit, *,
     record = next((n for n in store.list_nodes() if n.name == name), None)
     if record is None:
         raise NotFound(f"no node named {name}; `opus nodes` lists them")
+    held = store.apps_with_data_on(name)
+    if held and not gone:
+        raise Conflict(f"{name} holds the data of {', '.join(held)} (pinned to it): move "
+                       f"{'them' if len(held) > 1 else 'it'} back to this host first "
+                       f"(`opus scheduler:set {held[0]} local`, then `opus ps:restart "
+                       f"{held[0]}`), or give {'them' if len(held) > 1 else 'it'} Postgres "
+                       "and empty data/; nothing was changed")
     known = mgr.run("node", "inspect", record.docker_id).returncode == 0
     node = None
     if not gone:     # reach the node first: a wrong host key or no route changes nothing
@@ -398,6 +405,12 @@ def remove(settings: Settings, store: Store, name: str, emit: Emit, *,
     if known:
         emit(f"-----> Removing {name} from the manager's node list")
         mgr("node", "rm", "--force", record.docker_id)
+    for app_name in held:        # (gone: the machine and the data on it are lost)
+        app = store.get_app(app_name)
+        if app is not None:
+            store.set_swarm_data_node(app, None)
+            emit(f"       {app_name}'s data on {name} is lost with it: its next deploy starts "
+                 "from the copy in data/ on this host (as of its move to the swarm)")
     store.remove_node(name)
     _follow_databases(settings, store, mgr, emit, f"opus nodes:remove {name}")
     emit(f"       {name} removed; its host key stays pinned (nodes:add {record.address} "

@@ -94,8 +94,11 @@ def pinned_node(running_on: Iterable[str], nodes: Iterable[str]) -> str | None:
 
 
 def pinned_node_of(store: Store, app: App) -> str | None:
-    """`pinned_node` for `app`, from what the store knows (what scheduler:set says and
-    where a deploy puts the app)."""
+    """The node holding the app's data (volumes.py) if it has moved there, else
+    `pinned_node` from what the store knows (where a deploy put the app)."""
+    held = store.swarm_data_node(app)
+    if held is not None:
+        return held
     return pinned_node((m.node for m in store.swarm_members(app)),
                        (n.name for n in store.list_nodes()))
 

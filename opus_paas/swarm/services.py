@@ -10,7 +10,9 @@ as the app's uid (the same on every node), on a read-only root with a tmpfs /tmp
 every capability dropped; its config vars come from a Docker secret (a file, never in
 `docker inspect`). A task of an app with a database on Opus's Postgres also gets
 Opus's CA certificate (public part) as a Docker config at /etc/opus/ca.crt, where its
-DATABASE_URL's `sslrootcert` points (data/nodes.py).
+DATABASE_URL's `sslrootcert` points (data/nodes.py). A pinned app's tasks mount its
+data volume (`opus-data-APP`, its own only) read-write at /data (volumes.py). A
+one-off task (the release command of a pinned app) is a replicated job run once.
 
 `create_argv(spec)` is the `docker service create` command line of a `ServiceSpec`;
 every value in it is checked here, whatever the store holds.
@@ -40,6 +42,8 @@ CA_TARGET = CA_IN_CONTAINER        # where a task finds Opus's CA certificate
 CA_CONFIG_PREFIX = "opus-ca-"
 CA_CONFIG = re.compile(r"opus-ca-[0-9a-f]{12}")
 CONFIG_ENV = "OPUS_CONFIG_FILE"    # where the image's entrypoint reads the config vars
+DATA_TARGET = "/data"              # a pinned app's data volume in its tasks (OPUS_DATA_DIR)
+VOLUME_PREFIX = "opus-data-"
 MAX_PORT = 65535
 MIN_MEMORY = 6 * 1024 * 1024    # dockerd refuses less
 MAX_MEMORY = 1024 ** 4
@@ -117,6 +121,12 @@ def ca_config_name(cert_pem: bytes) -> str:
     return CA_CONFIG_PREFIX + hashlib.sha256(cert_pem).hexdigest()[:12]
 
 
+def volume_name(app: str) -> str:
+    """The Docker volume holding a pinned app's data/ on its node."""
+    names.check_app_name(app)
+    return VOLUME_PREFIX + app
+
+
 def labels(app: str, ptype: str, version: int) -> dict[str, str]:
     return {LABEL_APP: app, LABEL_PTYPE: ptype, LABEL_RELEASE: str(int(version))}
 
@@ -167,6 +177,8 @@ class ServiceSpec:
     mounts: tuple[tuple[str, str], ...] = ()   # (source on the node, target), read-only
     env: tuple[tuple[str, str], ...] = ()
     args: tuple[str, ...] = ()             # the command (default: the image's entrypoint)
+    volume: str | None = None              # the app's data volume, at DATA_TARGET
+    job: bool = False                      # a one-off: its task runs once, to its end
 
 
 IMAGE = re.compile(r"[a-z0-9][a-z0-9._:/-]{0,200}(?:@sha256:[0-9a-f]{64})?|sha256:[0-9a-f]{64}")
@@ -199,6 +211,11 @@ def _check(spec: ServiceSpec) -> None:
     for key, value in spec.env:
         if not ENV_NAME.fullmatch(key) or not ENV_VALUE.fullmatch(value):
             raise UsageError(f"environment {key[:40]!r} is not NAME=printable-word")
+    if spec.volume is not None and spec.volume != volume_name(spec.app):
+        raise UsageError(f"volume {spec.volume[:80]!r} is not {spec.app}'s own data volume "
+                         f"({volume_name(spec.app)})")
+    if spec.job and spec.replicas != 1:
+        raise UsageError("a one-off task runs once (1 replica)")
 
 
 def limit_args(limits: Limits | None) -> list[str]:
@@ -248,7 +265,8 @@ def create_argv(spec: ServiceSpec) -> list[str]:
     _check(spec)
     health, health_env = health_args(spec.health)
     argv = ["service", "create", "--name", spec.name, "--detach",
-            "--replicas", str(spec.replicas),
+            *(["--mode", "replicated-job", "--restart-condition", "none"] if spec.job
+              else ["--replicas", str(spec.replicas)]),
             "--network", "host", "--read-only",
             "--mount", "type=tmpfs,destination=/tmp",
             "--cap-drop", "ALL", "--init", "--no-resolve-image",
@@ -278,5 +296,9 @@ def create_argv(spec: ServiceSpec) -> list[str]:
         argv += ["--constraint", constraint]
     for source, target in spec.mounts:
         argv += ["--mount", f"type=bind,source={source},destination={target},readonly"]
+    if spec.volume is not None:
+        # Made on the node at first use, as the image's /data (the app's uid, 0700).
+        argv += ["--mount", f"type=volume,source={spec.volume},destination={DATA_TARGET}",
+                 "--env", f"OPUS_DATA_DIR={DATA_TARGET}"]
     argv += ["--", spec.image, *spec.args]
     return argv

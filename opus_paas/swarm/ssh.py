@@ -175,6 +175,27 @@ class Node:
                                f"({exc.__class__.__name__}: {exc}); run it again") from None
         return Result(status, text, error)
 
+    def run_bytes(self, argv: Sequence[str], *, stdin: bytes = b"", limit: int,
+                  timeout: float = 300.0) -> tuple[int, bytes, str]:
+        """Runs `argv` with `stdin`; (status, its output as bytes, its stderr). A
+        ServiceError when the output passes `limit` bytes."""
+        try:
+            channel_in, out, err = self.client.exec_command(shlex.join(argv), timeout=timeout)
+            if stdin:
+                channel_in.write(stdin)
+            channel_in.channel.shutdown_write()
+            data = out.read(limit + 1)
+            error = err.read(OUTPUT_LIMIT).decode(errors="replace")
+            if len(data) > limit:
+                out.channel.close()
+                raise ServiceError(f"{self.host}: `{shlex.join(argv[:2])} …` gave more than "
+                                   f"{limit} bytes")
+            status = out.channel.recv_exit_status()
+        except (OSError, paramiko.SSHException) as exc:
+            raise ServiceError(f"{self.host}: `{shlex.join(argv[:2])} …` did not finish "
+                               f"({exc.__class__.__name__}: {exc}); run it again") from None
+        return status, data, error
+
     def check(self, argv: Sequence[str], what: str, *, stdin: bytes | None = None,
               timeout: float = 120.0) -> str:
         """Runs `argv`; its output, or a ServiceError saying `what` failed and why."""

@@ -1,0 +1,173 @@
+"""A pinned app's data/ on its node (docs/scale-out.md, Pinned data).
+
+An app pinned to one node by its data (pinning.py: SQLite, files in data/) keeps that
+data in a Docker volume on the node, `opus-data-APP` (services.volume_name), mounted
+read-write at /data in its tasks and in its release command's one-off task
+(OPUS_DATA_DIR). The release image's /data is the app's own (its uid, 0700), so a new
+volume starts as the app's.
+
+The data moves with the app, never while it runs (a copy taken while the app writes
+would lose what it writes meanwhile):
+
+- to the swarm (the first deploy there): the app stops on this host, its data/ is packed
+  as the app's user, sent over SSH to the node and unpacked into the volume by a
+  container of the release's image running as the app's uid (no network, read-only root,
+  no capabilities); what the volume held is replaced.
+- back to this host (`scheduler:set APP local`, then a deploy): the app's tasks stop, the
+  volume is packed on the node the same way and unpacked into data/ as the app's user.
+
+Archives carry directories and regular files only, by relative names: packing skips
+anything else (and says so), unpacking refuses anything else, on either side. An
+archive is held in memory: data/ up to MAX_BYTES moves this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from opus_paas import output
+from opus_paas.errors import ServiceError, UsageError
+from opus_paas.layout import AppPaths
+from opus_paas.privileged import run_bytes
+from opus_paas.settings import Settings
+from opus_paas.store import App, Store, SwarmNode
+from opus_paas.swarm import ssh
+from opus_paas.swarm.layers import Entry
+from opus_paas.swarm.services import DATA_TARGET, volume_name
+
+Emit = Callable[[str], None]
+
+DOCKER = "/usr/bin/docker"      # on the node (nodes:add installs docker.io there)
+PYTHON = "/usr/bin/python3"     # Debian's: the image's base and this host have it
+MAX_BYTES = 512 * 1024 * 1024
+MOVE_TIMEOUT = 600.0
+STEP_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+# Run in the directory to pack (data/ here, /data on the node): a tar on stdout of its
+# directories and regular files, sorted, owned by nobody in particular; anything else is
+# named on stderr and left out.
+PACK = r"""
+import os, stat, sys, tarfile
+out = tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT)
+for top, dirs, files in os.walk(".", followlinks=False):
+    dirs.sort()
+    for name in sorted(dirs + files):
+        path = os.path.join(top, name)[2:]
+        mode = os.lstat(path).st_mode
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            print("skipped " + path + ": not a directory or a regular file", file=sys.stderr)
+            continue
+        info = out.gettarinfo(path, arcname=path)
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        if info.isreg():
+            with open(path, "rb") as file:
+                out.addfile(info, file)
+        else:
+            out.addfile(info)
+out.close()
+"""
+
+# Run in the directory to fill: empties it, then unpacks the tar on stdin, refusing any
+# member that is not a directory or regular file by a plain relative name.
+UNPACK = r"""
+import io, os, shutil, sys, tarfile
+data = sys.stdin.buffer.read()
+for name in os.listdir("."):
+    if os.path.isdir(name) and not os.path.islink(name):
+        shutil.rmtree(name)
+    else:
+        os.unlink(name)
+if data:
+    archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+    for member in archive:
+        parts = member.name.split("/")
+        if member.name.startswith("/") or ".." in parts or "" in parts or \
+                not (member.isdir() or member.isreg()):
+            sys.exit("refused " + repr(member.name) + ": not a plain directory or file")
+        if member.isdir():
+            os.makedirs(member.name, mode=0o700, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(member.name) or ".", mode=0o700, exist_ok=True)
+        fd = os.open(member.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                     0o600)
+        with os.fdopen(fd, "wb") as file, archive.extractfile(member) as source:
+            shutil.copyfileobj(source, file)
+        os.chmod(member.name, member.mode & 0o777, follow_symlinks=False)
+"""
+
+
+def data_dir_entry(uid: int) -> Entry:
+    """The image's /data: the app's own, so a volume mounted there starts as it."""
+    return Entry(DATA_TARGET.lstrip("/"), "dir", mode=0o700, owner=uid)
+
+
+def node_argv(image: str, uid: int, volume: str, script: str) -> list[str]:
+    """`docker run` on the node: `script` in the app's volume, as the app's uid, in a
+    container of the app's release image with nothing else (pure)."""
+    return [DOCKER, "run", "--rm", "-i", "--network", "none", "--read-only",
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+            "--user", f"{uid}:{uid}", "--log-driver", "none",
+            "--mount", f"type=volume,source={volume},destination={DATA_TARGET}",
+            "--workdir", DATA_TARGET, "--entrypoint", PYTHON, image, "-I", "-c", script]
+
+
+def _node(store: Store, name: str) -> SwarmNode:
+    found = next((n for n in store.list_nodes() if n.name == name), None)
+    if found is None:
+        raise UsageError(f"node {name} holds the app's data but is not among Opus's nodes "
+                         "(`opus nodes`); add it again with `opus nodes:add HOST`")
+    return found
+
+
+def _skipped(said: str, emit: Emit) -> None:
+    for line in said.splitlines():
+        if line.startswith("skipped "):
+            emit(output.alert(line))
+
+
+def _on_node(settings: Settings, node: SwarmNode, argv: list[str], data: bytes,
+             what: str) -> tuple[bytes, str]:
+    with ssh.Node(settings, node.address, node.port) as reached:
+        status, out, said = reached.run_bytes(argv, stdin=data, limit=MAX_BYTES,
+                                              timeout=MOVE_TIMEOUT)
+    if status != 0:
+        raise ServiceError(f"{what} on {node.name} failed (exit status {status}): "
+                           f"{said.strip()[-600:]}")
+    return out, said
+
+
+def to_node(settings: Settings, store: Store, app: App, node_name: str, image: str,
+            uid: int, emit: Emit) -> int:
+    """This host's data/ into the app's volume on `node_name` (replacing what it held),
+    through a container of `image` as `uid`; the bytes moved. The app must not run."""
+    node = _node(store, node_name)
+    data_dir = AppPaths.of(settings, app.name).data
+    archive, said = b"", ""
+    if data_dir.is_dir():
+        archive, said = run_bytes(settings, app.name, [PYTHON, "-I", "-c", PACK],
+                                  cwd=data_dir, env=STEP_ENV, timeout=MOVE_TIMEOUT)
+    _skipped(said, emit)
+    if len(archive) > MAX_BYTES:
+        raise UsageError(f"{app.name}'s data/ is over {MAX_BYTES >> 20} MB: move it by hand "
+                         "(docs/scale-out.md, Pinned data) or keep the app on this host")
+    emit(output.detail(f"Moving data/ to {node.name} ({len(archive) / 1e6:.2f} MB)"))
+    _on_node(settings, node, node_argv(image, uid, volume_name(app.name), UNPACK),
+             archive, f"unpacking {app.name}'s data/")
+    return len(archive)
+
+
+def to_host(settings: Settings, store: Store, app: App, node_name: str, image: str,
+            uid: int, emit: Emit) -> int:
+    """The app's volume on `node_name` into this host's data/ (replacing what it held);
+    the bytes moved. The app's tasks must not run."""
+    node = _node(store, node_name)
+    archive, said = _on_node(settings, node, node_argv(image, uid, volume_name(app.name),
+                                                       PACK),
+                             b"", f"packing {app.name}'s data")
+    _skipped(said, emit)
+    emit(output.detail(f"Moving data/ back from {node.name} ({len(archive) / 1e6:.2f} MB)"))
+    data_dir = AppPaths.of(settings, app.name).data
+    run_bytes(settings, app.name, [PYTHON, "-I", "-c", UNPACK], cwd=data_dir,
+              env=STEP_ENV, data=archive, timeout=MOVE_TIMEOUT)
+    return len(archive)
