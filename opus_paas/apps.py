@@ -28,6 +28,7 @@ from opus_paas.settings import Settings
 from opus_paas.store import App, Backup, Build, Release, Store, User
 from opus_paas.supervisor import Supervisor
 from opus_paas.swarm import deploy as swarm_deploy
+from opus_paas.swarm import volumes
 
 
 def create(settings: Settings, store: Store, actor: Actor, name: str) -> App:
@@ -171,6 +172,16 @@ def destroy(settings: Settings, store: Store, actor: Actor, name: str,
                          f"to go ahead, repeat its name: --confirm {name}")
     with locks.app_lock(settings, app.name):
         app = access.fresh(store, app)
+        held = volumes.data_node(store, app)
+        if held is not None:
+            # Its data comes home first: the last backup is of it, then it all goes.
+            try:
+                swarm_deploy.bring_data_back(settings, store, app, lambda _line: None)
+            except OpusError as exc:
+                raise Conflict(f"{app.name}'s data could not be brought back from node "
+                               f"{held} for its last backup ({exc.message}); nothing was "
+                               "destroyed. If the node is lost for good: `opus nodes:remove "
+                               f"{held} --gone`, then destroy again") from None
         previews.destroy_all(settings, store, app)   # a parent's previews go with it
         supervisor = Supervisor(settings)
         redis.stop_for_destroy(settings, store, app)   # stopped with the app's programs
@@ -178,6 +189,9 @@ def destroy(settings: Settings, store: Store, actor: Actor, name: str,
             programs.set_programs(settings, supervisor, app.name, [])
         with contextlib.suppress(OpusError):   # its services on the swarm (swarm/deploy.py)
             swarm_deploy.retire(settings, store, app, lambda _line: None)
+        if held is not None:       # (its tasks are gone or going: a few tries)
+            with contextlib.suppress(OpusError):
+                volumes.remove_volume(settings, store, app, held)
         kept = backups.keep_on_destroy(settings, store, app)   # with nothing running
         # The files go before the record: a name is never reused onto old code or data.
         appdirs.remove_files(settings, app.name)
@@ -204,7 +218,7 @@ def rename(settings: Settings, store: Store, actor: Actor, old: str, new: str,
         raise UsageError(f"apps:rename does not move an app's Redis yet; `opus redis:destroy "
                          f"{app.name} --confirm {app.name}` first (its data goes), or keep "
                          "the name")
-    held = store.swarm_data_node(app)
+    held = volumes.data_node(store, app)
     if held is not None:
         raise UsageError(f"apps:rename does not move {app.name}'s data on node {held} yet: "
                          f"bring it back first (`opus scheduler:set {app.name} local`, then "

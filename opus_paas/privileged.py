@@ -26,6 +26,7 @@ import signal
 import stat
 import struct
 import subprocess
+import tempfile
 import termios
 import threading
 import time
@@ -262,24 +263,39 @@ def run_step(settings: Settings, app: str, argv: Sequence[str], *, cwd: Path,
 
 
 def run_bytes(settings: Settings, app: str, argv: Sequence[str], *, cwd: Path,
-              env: Mapping[str, str], data: bytes = b"",
-              timeout: float) -> tuple[bytes, str]:
+              env: Mapping[str, str], data: bytes = b"", timeout: float,
+              limit: int) -> tuple[bytes, str]:
     """Run a step as the app's user with `data` on its standard input; its standard
-    output, bytes as they are (an archive), and what it said on stderr. ServiceError
-    when it fails or times out, with the end of what it said on stderr."""
+    output, bytes as they are (an archive, at most `limit` bytes), and what it said on
+    stderr. ServiceError when it fails, times out or says more than `limit`."""
     how = step(settings, app, argv, cwd, env, reads_input=True)
-    try:
-        result = subprocess.run(how.argv, cwd=how.cwd, env=how.env,
-                                input=(how.spec or "").encode() + data, capture_output=True,
-                                timeout=timeout, check=False,
+    with tempfile.TemporaryFile() as said:
+        proc = subprocess.Popen(how.argv, cwd=how.cwd, env=how.env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=said,
                                 preexec_fn=guard.default_signals, **how.identity)
-    except subprocess.TimeoutExpired:
-        raise ServiceError(f"the step took longer than {timeout:.0f} s and was "
-                           "stopped") from None
-    if result.returncode != 0:
-        said = result.stderr.decode(errors="replace").strip()[-600:]
-        raise ServiceError(f"the step failed (exit status {result.returncode}): {said}")
-    return result.stdout, result.stderr.decode(errors="replace")
+        assert proc.stdin is not None and proc.stdout is not None
+        threading.Thread(target=_write_and_close,
+                         args=(proc.stdin, (how.spec or "").encode() + data),
+                         daemon=True).start()
+        timer = threading.Timer(timeout, proc.terminate)   # (sudo passes SIGTERM on)
+        timer.start()
+        try:
+            out = proc.stdout.read(limit + 1)
+            if len(out) > limit:
+                proc.terminate()
+            proc.stdout.close()
+            code = proc.wait()
+        finally:
+            timer.cancel()
+        said.seek(0)
+        text = said.read(1 << 20).decode(errors="replace")
+    if len(out) > limit:
+        raise ServiceError(f"the step gave more than {limit} bytes and was stopped")
+    if code != 0:
+        stopped = f" (stopped after {timeout:.0f} s)" if code < 0 else ""
+        raise ServiceError(f"the step failed (exit status {code}){stopped}: "
+                           f"{text.strip()[-600:]}")
+    return out, text
 
 
 def stream(

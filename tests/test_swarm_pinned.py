@@ -6,7 +6,9 @@ SSH (tests/swarm_nodes.py), real `git push`es of the tests' Django fixture on SQ
 the node, the app serves there with the visits it had; a push whose migration runs as a
 one-off task on the node, next to the data (this host's copy never sees it); a push
 whose migration fails is rejected and the live release keeps serving; `nodes:remove` of
-the node holding the data is refused; the move back brings the data home."""
+the node holding the data is refused (and `apps:rename`, `opus run`, `backups:capture`,
+which would act on this host's stale copy, say why); the move back, by a push with a
+migration, brings the data home first and migrates it here."""
 from __future__ import annotations
 
 import os
@@ -81,6 +83,14 @@ class Migration(migrations.Migration):
         ]),
     ]
 '''
+TAG_MODEL = '''
+
+class Tag(models.Model):
+    name = models.CharField(max_length=50)
+'''
+TAG_MIGRATION = MIGRATION.replace('"0001_initial"', '"0002_note"').replace(
+    '"Note"', '"Tag"').replace('"text", models.CharField(max_length=200)',
+                             '"name", models.CharField(max_length=50)')
 FAILING_MIGRATION = '''\
 from django.db import migrations
 
@@ -226,22 +236,39 @@ def test_a_pinned_apps_data_moves_to_its_node_migrates_there_and_comes_back(
             result = opus.cli("apps:rename", APP, "jottings", check=False)
             assert result.returncode != 0
             assert "does not move notes's data on node node1 yet" in result.stderr, result
+            # What would act on this host's stale copy says so instead.
+            result = opus.cli("run", APP, "--", "python", "manage.py", "check", check=False)
+            assert result.returncode != 0 and "`opus run` runs on this host" in result.stderr
+            result = opus.cli("backups:capture", APP, check=False)
+            assert result.returncode != 0, result
+            assert "SQLite database is on node node1" in result.stderr, result
 
-            # 5. Back to this host: the tasks stop, the volume comes back as data/; the
-            # app serves here with every visit and the migrated table.
+            # 5. Back to this host, by a push with another migration: the tasks stop,
+            # the volume comes back as data/ before the backup and the release command,
+            # which then run here on the node's data; the app serves here.
             opus.cli("scheduler:set", APP, "local")
+            (project / "pages" / "models.py").write_text(
+                (project / "pages" / "models.py").read_text() + TAG_MODEL)
+            (project / "pages" / "migrations" / "0003_tag.py").write_text(TAG_MIGRATION)
+            commit_all(project, "tags")
             started = time.monotonic()
-            out = opus.cli("ps:restart", APP).stdout
+            out = _push(opus, key, project)
             moved_back = time.monotonic() - started
             assert "notes stops on the swarm while its data/ moves back from node1" in out, out
             assert re.search(r"Moving data/ back from node1 \([\d.]+ MB\)", out), out
+            assert out.index("Moving data/ back") < out.index("Backed up the database") < \
+                out.index("Running release command: python manage.py migrate"), out
+            assert "Applying pages.0003_tag... OK" in out, out
+            assert "Running release command on the swarm" not in out, out
             assert _get(opus) == "visits: 6, notes: 0"
-            assert "pages_note" in _tables(data / "db.sqlite3")
+            assert {"pages_note", "pages_tag"} <= _tables(data / "db.sqlite3")
             assert (media / "hello.txt").read_text() == "uploaded here"
             assert not (data / "elsewhere").exists()
             assert _local_programs(settings) != []
             assert store.swarm_data_node(app) is None
             assert all(not r.services for r in store.swarm_releases(app))
+            # The data is here again: nodes:remove and backups work as for any app.
+            assert opus.cli("backups:capture", APP).returncode == 0
             print(f"moved in {moved_in:.1f} s, back {moved_back:.1f} s")
         finally:
             stop_opus(opus, remove_in_background=True)

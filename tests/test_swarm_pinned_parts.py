@@ -5,6 +5,8 @@ the nodes and this host run, with hostile archives), the volume and one-off task
 outcome read from `docker inspect`, and the store's record of where the data is."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import os
 import subprocess
@@ -15,14 +17,17 @@ from pathlib import Path
 import pytest
 
 from opus_paas.errors import InvalidName, UsageError
-from opus_paas.store import Store, SwarmNode
+from opus_paas.store import App, Store, SwarmNode, SwarmRelease
 from opus_paas.swarm import entrypoint, layers, oneoff, pinning, services, volumes
 
 PYTHON = "/usr/bin/python3"
 
 
-def _script(script: str, cwd: Path, data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([PYTHON, "-I", "-c", script], cwd=cwd, input=data,
+def _script(script: str, cwd: Path, data: bytes = b"",
+            args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[bytes]:
+    if script == volumes.PACK and not args:
+        args = ("pack", str(volumes.MAX_BYTES))
+    return subprocess.run([PYTHON, "-I", "-c", script, *args], cwd=cwd, input=data,
                           capture_output=True, timeout=60, check=False)
 
 
@@ -61,6 +66,11 @@ def test_data_moves_as_plain_files_and_directories_and_replaces_what_was_there(
     assert names == ["db.sqlite3", "empty", "media", "media/2026", "media/2026/cat.jpg"]
     # The same tree packs to the same bytes.
     assert _script(volumes.PACK, source).stdout == packed.stdout
+    # Its size is known before anything is read, and a tree over the limit packs nothing.
+    size = _script(volumes.PACK, source, args=("size",))
+    assert int(size.stdout) == 256 * 1000 + len(b"\xff\xd8 a cat")
+    over = _script(volumes.PACK, source, args=("pack", "1000"))
+    assert (over.returncode, over.stdout) == (3, b"")
 
     target.mkdir()
     (target / "stale.txt").write_text("from an earlier move")
@@ -91,15 +101,35 @@ def test_data_moves_as_plain_files_and_directories_and_replaces_what_was_there(
     _member("fifo", tarfile.FIFOTYPE),
 ], ids=["dotdot", "absolute", "nested-dotdot", "empty-part", "symlink", "hardlink", "device",
         "fifo"])
-def test_unpacking_refuses_hostile_members(tmp_path: Path, member: tarfile.TarInfo) -> None:
+def test_unpacking_refuses_hostile_members_and_changes_nothing(
+        tmp_path: Path, member: tarfile.TarInfo) -> None:
     target = tmp_path / "data" / "inner"
     target.mkdir(parents=True)
+    (target / "kept.txt").write_text("what was there")
     archive = _tar((_member("db.sqlite3"), b"ok"), (member, b"evil"))
     result = _script(volumes.UNPACK, target, archive)
     assert result.returncode != 0
     assert b"refused" in result.stderr and b"not a plain directory or file" in result.stderr
     assert not (tmp_path / "escape").exists() and not (tmp_path / "data" / "escape").exists()
-    assert not (target / "link").exists() and not (target / "hard").exists()
+    # Checked before anything is emptied or written: what was there stays.
+    assert sorted(p.name for p in target.iterdir()) == ["kept.txt"]
+    assert (target / "kept.txt").read_text() == "what was there"
+
+
+def test_unpacking_refuses_a_sparse_member(tmp_path: Path) -> None:
+    source = tmp_path / "sparse.tar"
+    holes = tmp_path / "holes"
+    with open(holes, "wb") as file:
+        file.truncate(1 << 20)
+        file.write(b"end")
+    made = subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", str(source), "-C",
+                           str(tmp_path), "holes"], capture_output=True, check=False)
+    assert made.returncode == 0, made.stderr
+    target = tmp_path / "target"
+    target.mkdir()
+    result = _script(volumes.UNPACK, target, source.read_bytes())
+    assert result.returncode != 0 and b"refused 'holes'" in result.stderr
+    assert list(target.iterdir()) == []
 
 
 def test_the_node_side_runs_in_the_apps_volume_as_its_uid_with_nothing_else() -> None:
@@ -113,6 +143,12 @@ def test_the_node_side_runs_in_the_apps_volume_as_its_uid_with_nothing_else() ->
         at = argv.index(flag[0])
         assert argv[at:at + len(flag)] == flag, flag
     assert argv[argv.index(image):] == [image, "-I", "-c", volumes.UNPACK]
+    for image_, uid, volume in ((image + " --privileged", 30007, "opus-data-shop"),
+                                ("--privileged", 30007, "opus-data-shop"),
+                                (image, 0, "opus-data-shop"),
+                                (image, 30007, "/etc:/data")):
+        with pytest.raises(UsageError):
+            volumes.node_argv(image_, uid, volume, volumes.PACK)
     # The image's /data starts every new volume as the app's own.
     entry = volumes.data_dir_entry(30007)
     out = io.BytesIO()
@@ -179,9 +215,12 @@ def test_the_entrypoint_runs_a_one_off_command_with_the_tasks_environment(
                                        21000)
     assert task["DYNO"] == "release.1" and task["PATH"].startswith("/app/.opus/venv/bin")
     assert task["OPUS_DATA_DIR"] == "/data" and task["SECRET_KEY"] == "k"
-    # Too many words is a usage error, before anything runs.
-    assert entrypoint.main(["web", "extra"], env) == 2
-    assert entrypoint.main([entrypoint.RUN, "a", "b"], env) == 2
+    # Too many words is a usage error, before anything is read or run.
+    slotted = {**env, "OPUS_SLOT": "1"}
+    for argv in (["web", "extra"], [entrypoint.RUN, "a", "b"]):
+        with contextlib.redirect_stderr(io.StringIO()) as said:
+            assert entrypoint.main(argv, slotted) == 2
+        assert "usage: entrypoint.py [PROCESS_TYPE] | --run COMMAND" in said.getvalue()
 
 
 def test_a_tasks_outcome_from_docker_inspect() -> None:
@@ -203,15 +242,34 @@ def test_the_store_knows_where_each_apps_data_is_and_pins_it_there(tmp_path: Pat
     shop, blog = store.create_app("shop", owner, {}), store.create_app("blog", owner, {})
     store.add_node(SwarmNode("node2", "10.0.0.2", 22, "x" * 25, time.time()))
     store.add_node(SwarmNode("node1", "10.0.0.1", 22, "y" * 25, time.time()))
-    assert store.swarm_data_node(shop) is None
+
+    def live_on_swarm(app: App) -> App:
+        store.begin_release(app, 1, "a" * 40, "Deploy")
+        store.release_went_live(app, 1, 21000)
+        store.add_swarm_release(app, SwarmRelease(app.name, 1, "r/opus/x@sha256:" + "c" * 64,
+                                                  0, (f"{app.name}-web-v1",), time.time()))
+        return store.get_app(app.name) or app
+
+    assert volumes.data_node(store, shop) is None
     assert pinning.pinned_node_of(store, shop) == "node1"     # the first by name
+    # A record whose app does not run on the swarm is a move cut short: stale, it goes.
+    store.set_swarm_data_node(shop, "node2")
+    assert store.swarm_data_node(shop) == "node2"
+    assert volumes.data_node(store, shop) is None and store.swarm_data_node(shop) is None
+    shop, blog = live_on_swarm(shop), live_on_swarm(blog)
     store.set_swarm_data_node(shop, "node2")
     store.set_swarm_data_node(blog, "node2")
-    assert store.swarm_data_node(shop) == "node2"
+    assert volumes.data_node(store, shop) == "node2"
     assert pinning.pinned_node_of(store, shop) == "node2"     # where its data is
-    assert store.apps_with_data_on("node2") == ["blog", "shop"]
-    assert store.apps_with_data_on("node1") == []
+    assert volumes.apps_with_data_on(store, "node2") == ["blog", "shop"]
+    assert volumes.apps_with_data_on(store, "node1") == []
     store.set_swarm_data_node(shop, None)
-    assert store.swarm_data_node(shop) is None and store.apps_with_data_on("node2") == ["blog"]
+    assert store.swarm_data_node(shop) is None
+    assert volumes.apps_with_data_on(store, "node2") == ["blog"]
+    # Back here (its swarm release has no services left): the record is stale.
+    store.add_swarm_release(blog, dataclasses.replace(store.swarm_releases(blog)[0],
+                                                      services=()))
+    assert volumes.apps_with_data_on(store, "node2") == []
+    store.set_swarm_data_node(blog, "node2")
     store.delete_app(blog)
     assert store.apps_with_data_on("node2") == []

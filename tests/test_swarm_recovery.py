@@ -54,6 +54,37 @@ def _member(version: int, slot: int, enabled: bool = True) -> SwarmMember:
                        21000 + 16 * version + slot - 1, enabled)
 
 
+def test_a_move_back_cut_short_leaves_web_at_zero_and_recovery_scales_it_with_its_data(
+        ) -> None:
+    """A stop after a pinned app's tasks stopped for its data to come home (the app not
+    stopped): the live web at 0 tasks is scaled up again, and its data is recorded on
+    the node its service pins and mounts the volume on."""
+    web = dataclasses.replace(_service(5), replicas=0, data_node="node2")
+    cleanup = swarm_recovery.decide(APP, [_record(5, 1)], {5}, [_member(5, 1, False)],
+                                    [web], [_secret(5)])
+    assert cleanup.rescale and cleanup.data_node == "node2" and bool(cleanup)
+    assert "scaled up again" in cleanup.describe()
+    assert not cleanup.services and not cleanup.secrets     # the live release stays
+    # Not when the app was stopped (ps:stop), nor another release's or type's service.
+    stopped = dataclasses.replace(APP, stopped=True)
+    assert not swarm_recovery.decide(stopped, [_record(5, 1)], {5}, [], [web], []).rescale
+    for other in (dataclasses.replace(_service(5, "worker"), replicas=0),
+                  dataclasses.replace(_service(5), replicas=2),
+                  dataclasses.replace(_service(5), replicas=None)):
+        assert not swarm_recovery.decide(APP, [_record(5, 1)], {5}, [], [other], []).rescale
+    # What pins a service and its data, from `docker service inspect`'s Spec.
+    spec = {"TaskTemplate": {
+        "ContainerSpec": {"Mounts": [{"Type": "volume", "Source": "opus-data-shop",
+                                      "Target": "/data"}]},
+        "Placement": {"Constraints": ["node.labels.opus.node==node2"]}}}
+    assert swarm_recovery.pinned_data_node("shop", spec) == "node2"
+    assert swarm_recovery.pinned_data_node("blog", spec) is None     # not its volume
+    assert swarm_recovery.pinned_data_node("shop", {"TaskTemplate": "x"}) is None
+    unpinned = json.loads(json.dumps(spec))
+    unpinned["TaskTemplate"]["Placement"] = {}
+    assert swarm_recovery.pinned_data_node("shop", unpinned) is None
+
+
 def test_a_deploy_cut_short_before_its_switch_goes_and_the_live_release_stays() -> None:
     records = [_record(6, 2, ("shop-web-v6", "shop-worker-v6")), _record(5, 1),
                _record(4, 0, ())]

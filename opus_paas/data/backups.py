@@ -22,6 +22,7 @@ from opus_paas.errors import BuildFailed, Conflict, NotFound, OpusError, UsageEr
 from opus_paas.output import Emit
 from opus_paas.settings import Settings
 from opus_paas.store import App, Backup, Store
+from opus_paas.swarm import volumes
 
 log = logging.getLogger("opus.backups")
 DEFAULT_KEEP = 10          # captured and scheduled backups an app keeps
@@ -46,6 +47,12 @@ def capture(settings: Settings, store: Store, app: App, trigger: str = "manual",
     if kind is None:
         raise UsageError(f"{app.name}'s DATABASE_URL points at a database Opus does not "
                          "manage; back it up where it lives")
+    node = volumes.data_node(store, app) if kind == "sqlite" else None
+    if node is not None:
+        raise UsageError(f"{app.name}'s SQLite database is on node {node} (pinned there), "
+                         "and Opus does not back up data on nodes yet: attach Postgres "
+                         f"(`opus pg:create {app.name}`), or move it back here (`opus "
+                         f"scheduler:set {app.name} local`)")
     backup_id = store.start_backup(app, kind, trigger, release_version)
     final = dumps.path(settings, backup_id, kind)
     partial = final.with_name(f".{final.name}.partial")
@@ -88,6 +95,11 @@ def before_release(settings: Settings, store: Store, app: App, version: int,
     if kind_of(store, app) is None:
         emit(output.detail("DATABASE_URL points at a database Opus does not manage: no backup "
                            "before the release command"))
+        return
+    node = volumes.data_node(store, app) if kind_of(store, app) == "sqlite" else None
+    if node is not None:
+        emit(output.detail(f"The database is on node {node}: no backup before the release "
+                           "command (Opus does not back up data on nodes yet)"))
         return
     try:
         found = capture(settings, store, app, "release", version)

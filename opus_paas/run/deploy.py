@@ -73,7 +73,8 @@ class Switched:
 
 def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
            version: int, emit: Emit, *, record: Callable[[int], None],
-           slug_version: int | None = None, running: App | None = None) -> Switched:
+           slug_version: int | None = None, running: App | None = None,
+           data_back: swarm_deploy.DataBack | None = None) -> Switched:
     """Bring release `version` live; on any failure before the switch is recorded, the
     old release keeps serving and the new instance goes.
 
@@ -82,6 +83,8 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     `running` is the app as its live instance was started, when `app` already carries
     new settings for the new one (a rescale): the old instance's program must stay
     exactly as it is, or supervisor would restart it in the middle of the switch.
+    `data_back`: a pinned app's data, brought back from its node already (a push does
+    it before its release command); otherwise it is brought back here.
     Returns what is left to do once traffic has switched (Switched.finish)."""
     port = programs.next_port(settings, app)
     slug_version = version if slug_version is None else slug_version
@@ -98,7 +101,8 @@ def deploy(settings: Settings, store: Store, supervisor: Supervisor, app: App,
     # may have left its state).
     programs.web_state_file(settings, app.name, version, port).unlink(missing_ok=True)
     # A pinned app's data comes back from its node first (its tasks stop).
-    back = swarm_deploy.bring_data_back(settings, store, app, emit) if on_swarm else None
+    back = data_back or (swarm_deploy.bring_data_back(settings, store, app, emit)
+                         if on_swarm else None)
     emit(output.step(f"Starting v{version} on its own port"))
     try:
         programs.set_programs(settings, supervisor, app.name,

@@ -26,7 +26,7 @@ from opus_paas.run import restart as restart_module
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store
 from opus_paas.supervisor import Supervisor
-from opus_paas.swarm import appview
+from opus_paas.swarm import appview, volumes
 from opus_paas.swarm import deploy as swarm_deploy
 
 MAX_WEB_PROCESSES = 16
@@ -307,6 +307,12 @@ def run_one_off(settings: Settings, store: Store, actor: Actor, name: str, argv:
         raise UsageError("give the command to run after --")
     app = _live(store, access.app_for(store, actor, name))
     assert app.live_version is not None
+    node = volumes.data_node(store, app)
+    if node is not None:
+        raise UsageError(f"{app.name}'s data is on node {node} (pinned there), and `opus run` "
+                         "runs on this host, where it would not see it: change the data "
+                         "through the app, or move it back first (`opus scheduler:set "
+                         f"{app.name} local`, then `opus ps:restart {app.name}`)")
     slug = AppPaths.of(settings, app.name).slug(app.live_slug or app.live_version)
     env = json.loads(AppPaths.of(settings, app.name).env_file(app.live_version).read_text())
     command = privileged.command_argv(settings, argv, env["PATH"])

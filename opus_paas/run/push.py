@@ -6,6 +6,7 @@ rejects the push and leaves the live release untouched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -79,6 +80,7 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
     log_path = paths.build_log(version)
     build_id = store.start_build(app, sha.decode(), log_path)
     ok = False
+    data_back: swarm_deploy.DataBack | None = None
     with secretfile.open_private(log_path, "w") as log:
         capped = buildlog.CappedLog(log, settings.build_log_limit)
         emit_and_log = _tee(_redacting(emit, settings, slug), capped.write)
@@ -109,6 +111,9 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
                                       sites.app_domains(settings, store, app))
             release.write_env_file(settings, app.name, version, env)
             on_node = None      # a pinned swarm app's runs on its node, by its data
+            if store.scheduler(app) == "local":
+                # Moving back: the data comes home before the backup and release command.
+                data_back = swarm_deploy.bring_data_back(settings, store, app, emit_and_log)
             if types.get("release"):
                 backups.before_release(settings, store, app, version, emit_and_log)
                 if swarm_deploy.release_on_node(settings, store, app, version, config):
@@ -122,7 +127,8 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             if cancelled.is_set():
                 raise BuildFailed("cancelled: the client disconnected before the switch")
             deployed = _release_live(settings, store, app, version, sha.decode(), config,
-                                     branch, log_path, emit_and_log, release_command=on_node)
+                                     branch, log_path, emit_and_log, release_command=on_node,
+                                     data_back=data_back)
             ok = True
             took = time.monotonic() - started
             emit_and_log(output.step(f"Released v{version} in {took:.1f} s"))
@@ -137,6 +143,9 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
             emit_and_log("")
             raise
         finally:
+            if not ok and data_back is not None:     # the swarm serves it again
+                with contextlib.suppress(OpusError):
+                    data_back.undo(emit_and_log)
             capped.close()
             store.finish_build(build_id, ok)
             now = store.get_app(app.name)
@@ -148,7 +157,8 @@ def deploy_commit(settings: Settings, store: Store, app: App, repo: Repo, sha: b
 
 def _release_live(settings: Settings, store: Store, app: App, version: int, sha: str,
                   config: dict[str, str], branch: BranchMove | None, log_path: Path,
-                  emit: Emit, *, release_command: str | None = None) -> Deployed:
+                  emit: Emit, *, release_command: str | None = None,
+                  data_back: swarm_deploy.DataBack | None = None) -> Deployed:
     """Pending, switched and recorded live, then the branch moved and released: each
     step durable before the next (a stop anywhere leaves a state recovery can end)."""
     store.begin_release(app, version, sha, f"Deploy {sha[:7]}", config=config,
@@ -164,7 +174,7 @@ def _release_live(settings: Settings, store: Store, app: App, version: int, sha:
         else:
             switched = deploy.deploy(settings, store, Supervisor(settings), app, version,
                                      emit, record=lambda port: store.release_went_live(
-                                         app, version, port))
+                                         app, version, port), data_back=data_back)
     except BaseException:
         store.forget_release(app, version)     # (only while it is still pending)
         raise

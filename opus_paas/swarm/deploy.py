@@ -431,10 +431,11 @@ def scale(settings: Settings, store: Store, app: App, counts: Mapping[str, int],
 # ---- the hooks: a push, a release of a kept build, ps:restart -----------------------------
 
 def image_for(settings: Settings, store: Store, app: App, version: int, slug_version: int,
-              emit: Emit) -> str:
+              emit: Emit, *, fresh: bool = False) -> str:
     """The image of release `version`: the kept digest of the build it reuses (a
-    rollback, a config change), or its slug published now (a push)."""
-    if slug_version != version:
+    rollback, a config change), or its slug published now (a push, or `fresh`: an
+    image as this Opus makes it, e.g. with /data the app's own)."""
+    if slug_version != version and not fresh:
         for kept in store.swarm_releases(app):        # newest first
             made = store.get_release(app, kept.version)
             if kept.version == slug_version or (made and made.slug_version == slug_version):
@@ -480,7 +481,7 @@ def pin_reason(settings: Settings, store: Store, app: App, slug_version: int,
     entries = sorted(p.name for p in data.iterdir()) if data.is_dir() else []
     procfile = {k: str(v) for k, v in build_release.process_types(info).items()}
     why = pinning.reason(config, pinning.ReleaseFacts.of(info, procfile, entries))
-    held = store.swarm_data_node(app)
+    held = volumes.data_node(store, app)
     if why is None and held is not None:
         why = pinning.Pin("data", f"data/ on node {held} (moved there from this host)")
     return why
@@ -514,24 +515,31 @@ def release_live(settings: Settings, store: Store, app: App, version: int, emit:
             raise UsageError(f"{app.name} must stay on one node ({why.what}), and the swarm "
                              "has none: add one with `opus nodes:add HOST`")
         emit(output.alert(pinning.message(app.name, why, pin)))
-    image = image_for(settings, store, app, version, slug_version, emit)
+    moving = pin is not None and volumes.data_node(store, app) is None
+    if moving:
+        volumes.check_size(settings, app)        # before anything stops
+    # A data move needs an image whose /data is the app's (one this Opus made).
+    image = image_for(settings, store, app, version, slug_version, emit, fresh=moving)
     # The tasks get what a process on this host gets (the release's env file: config
     # vars and Opus's own; the image's entrypoint puts its own paths over those).
     env_file = AppPaths.of(settings, app.name).env_file(version)
     env = json.loads(env_file.read_text()) if env_file.exists() else dict(config)
     task_config = node_config(settings, store, app, env)
-    moved = False
-    if pin is not None and store.swarm_data_node(app) is None:
-        moved = move_data_in(settings, store, app, pin, image, emit)
+    here = False
+    if moving and pin is not None:
+        here = move_data_in(settings, store, app, pin, image, emit)
     try:
         switched = deploy(settings, store, app, version, image, task_config, emit,
                           record=record, types=types, pin=pin,
                           volume=services.volume_name(app.name) if pin else None,
                           release_command=release_command if pin else None)
     except BaseException:
-        if moved:        # the data/ here stays the app's: it serves here again
+        if moving:       # the data/ here stays the app's (the volume is a copy)
             store.set_swarm_data_node(app, None)
-            restart_local(settings, store, app)
+            if here:
+                restart_local(settings, store, app)
+                emit(output.alert(f"{app.name} serves from this host again, with its "
+                                  "data/ here"))
         raise
     # `current` names the live build, as on this host (the front's static files, recovery).
     with contextlib.suppress(OSError, OpusError):
@@ -542,8 +550,8 @@ def release_live(settings: Settings, store: Store, app: App, version: int, emit:
 def move_data_in(settings: Settings, store: Store, app: App, node: str, image: str,
                  emit: Emit) -> bool:
     """A pinned app's first deploy on the swarm: it stops here, its data/ goes into its
-    volume on `node`. True when it was serving here (the caller starts it again if the
-    deploy fails)."""
+    volume on `node`, and the store records it there. True when it was serving here
+    (the caller starts it again if the deploy fails)."""
     here = not serves(store, app) and app.live_version is not None and not app.stopped
     if here:
         emit(output.alert(f"{app.name} stops on this host while its data/ moves to {node} "
@@ -555,6 +563,7 @@ def move_data_in(settings: Settings, store: Store, app: App, node: str, image: s
     except BaseException:
         if here:
             restart_local(settings, store, app)
+            emit(output.alert(f"{app.name} serves from this host again, with its data/ here"))
         raise
     store.set_swarm_data_node(app, node)
     return here
@@ -571,49 +580,65 @@ def restart_local(settings: Settings, store: Store, app: App) -> None:
 
 @dataclasses.dataclass
 class DataBack:
-    """A pinned app moving back to this host: its tasks stopped and its volume copied
-    into data/ here (`bring_data_back`); `undo` serves it from the swarm again (the
-    volume is as it was), `done` records the data as here."""
+    """A pinned app moving back to this host: its tasks stopped, its volume copied into
+    data/ here and the data recorded as here (`bring_data_back`); `undo` serves it from
+    the swarm again, its data there again (the volume is as it was). `done`: it serves
+    here; undo no more."""
 
     settings: Settings
     store: Store
     app: App
     live: SwarmRelease
+    node: str
+    ended: bool = False
 
     def undo(self, emit: Emit) -> None:
-        emit(output.alert(f"{self.app.name} serves from the swarm again (its data there "
-                          "is as it was)"))
+        if self.ended:
+            return
+        self.ended = True
+        self.store.set_swarm_data_node(self.app, self.node)
+        if self.app.stopped:
+            return                      # it was stopped: it stays so
         counts = {"web": max(1, self.app.web_processes)}
         for kind, (count, stopped) in self.store.formation(self.app).items():
             if services.service_name(self.app.name, kind, self.live.version) in \
                     self.live.services and count > 0 and not stopped:
                 counts[kind] = count
-        scale(self.settings, self.store, self.app, counts, emit)
-        front = ApacheFront(self.settings, self.store)
-        members = [m for m in self.store.swarm_members(self.app)
-                   if m.version == self.live.version]
-        front.set_enabled(self.app, members, True)
+        try:
+            scale(self.settings, self.store, self.app, counts, emit)
+            front = ApacheFront(self.settings, self.store)
+            members = [m for m in self.store.swarm_members(self.app)
+                       if m.version == self.live.version]
+            front.set_enabled(self.app, members, True)
+        except OpusError as exc:
+            emit(output.alert(f"{self.app.name} could not be started on the swarm again "
+                              f"({exc.message}); its data is still on its node: `opus "
+                              f"ps:start {self.app.name}` once the swarm answers"))
+            raise
+        emit(output.alert(f"{self.app.name} serves from the swarm again (its data there is "
+                          "as it was)"))
 
     def done(self) -> None:
-        self.store.set_swarm_data_node(self.app, None)
+        self.ended = True
 
 
 def bring_data_back(settings: Settings, store: Store, app: App, emit: Emit) -> DataBack | None:
     """Before a swarm app with data on a node is deployed on this host: its tasks stop
     and its volume becomes data/ here. None when its data is here already."""
-    node = store.swarm_data_node(app)
+    node = volumes.data_node(store, app)
     live = store.get_swarm_release(app, app.live_version) if app.live_version else None
-    if node is None or live is None or not live.services:
+    if node is None or live is None:
         return None
     emit(output.alert(f"{app.name} stops on the swarm while its data/ moves back from "
                       f"{node} (requests meanwhile get 503)"))
     mgr = nodes.manager(settings)
-    stop_app(settings, store, app)
-    back = DataBack(settings, store, app, live)
+    back = DataBack(settings, store, app, live, node)
     try:
+        stop_app(settings, store, app)
         _wait_stopped(mgr, live.services, settings.swarm_deploy_timeout)
         volumes.to_host(settings, store, app, node, live.image,
                         services.task_uid(settings, app), emit)
+        store.set_swarm_data_node(app, None)     # data/ here is the app's data now
     except BaseException:
         with contextlib.suppress(OpusError):
             back.undo(emit)

@@ -18,7 +18,7 @@ from opus_paas.data import nodes as databases
 from opus_paas.errors import Conflict, NotFound, OpusError, ServiceError, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import Store, SwarmNode
-from opus_paas.swarm import ssh
+from opus_paas.swarm import ssh, volumes
 
 DOCKER = "/usr/bin/docker"    # docker.io's client, by path (another may come first on PATH)
 LABEL = "opus.node"
@@ -367,13 +367,12 @@ def remove(settings: Settings, store: Store, name: str, emit: Emit, *,
     record = next((n for n in store.list_nodes() if n.name == name), None)
     if record is None:
         raise NotFound(f"no node named {name}; `opus nodes` lists them")
-    held = store.apps_with_data_on(name)
+    held = volumes.apps_with_data_on(store, name)
     if held and not gone:
         raise Conflict(f"{name} holds the data of {', '.join(held)} (pinned to it): move "
                        f"{'them' if len(held) > 1 else 'it'} back to this host first "
                        f"(`opus scheduler:set {held[0]} local`, then `opus ps:restart "
-                       f"{held[0]}`), or give {'them' if len(held) > 1 else 'it'} Postgres "
-                       "and empty data/; nothing was changed")
+                       f"{held[0]}`); nothing was changed")
     known = mgr.run("node", "inspect", record.docker_id).returncode == 0
     node = None
     if not gone:     # reach the node first: a wrong host key or no route changes nothing

@@ -13,11 +13,12 @@ from __future__ import annotations
 import time
 
 from opus_paas import output
-from opus_paas.errors import BuildFailed
+from opus_paas.errors import BuildFailed, ServiceError
 from opus_paas.output import Emit
 from opus_paas.swarm import entrypoint, follow, nodes, services
 
 POLL = 0.5
+SHOWN_LINES = 2000
 ENDED = ("complete", "failed", "rejected", "orphaned", "shutdown")
 
 
@@ -53,23 +54,55 @@ def run(mgr: nodes.Manager, spec: services.ServiceSpec, command: str, timeout: f
     mgr(*argv)
     try:
         state, code, error = _wait(mgr, job.name, timeout)
-        logs = mgr.run("service", "logs", "--raw", "--no-trunc", job.name, timeout=30)
-        for line in (logs.stdout + logs.stderr).splitlines():
-            emit(output.detail(line))
+        _show_logs(mgr, job.name, emit)
     finally:
-        mgr.run("service", "rm", job.name)
+        _remove(mgr, job.name, emit)
     if state != "complete" or code not in (0, None):
         how = f"exit status {code}" if code is not None else (error or state)
         raise BuildFailed(f"the release command failed on the swarm ({how}); fix it, or "
                           "change `release:` in your Procfile")
 
 
+def _show_logs(mgr: nodes.Manager, name: str, emit: Emit) -> None:
+    """The task's output, its last SHOWN_LINES lines (the logs failing is said, never a
+    reason to reject a release that ran)."""
+    try:
+        logs = mgr.run("service", "logs", "--raw", "--no-trunc", name, timeout=60)
+    except ServiceError as exc:
+        emit(output.alert(f"the release command's output could not be read ({exc.message})"))
+        return
+    lines = (logs.stdout + logs.stderr).splitlines()
+    if len(lines) > SHOWN_LINES:
+        emit(output.detail(f"… {len(lines) - SHOWN_LINES} lines before these"))
+    for line in lines[-SHOWN_LINES:]:
+        emit(output.detail(line))
+
+
+def _remove(mgr: nodes.Manager, name: str, emit: Emit) -> None:
+    for _ in range(3):
+        try:
+            result = mgr.run("service", "rm", name)
+        except ServiceError:
+            continue
+        if result.returncode == 0 or "not found" in result.stderr:
+            return
+        time.sleep(1)
+    emit(output.alert(f"the one-off service {name} could not be removed; remove it with "
+                      f"`docker service rm {name}` on the manager"))
+
+
 def _wait(mgr: nodes.Manager, name: str, timeout: float) -> tuple[str, int | None, str]:
     deadline = time.monotonic() + timeout
     while True:
-        ids = mgr("service", "ps", "--no-trunc", "-q", name).split()
+        try:
+            ids = mgr("service", "ps", "--no-trunc", "-q", name).split()
+        except ServiceError:      # the manager busy for a moment: ask again
+            ids = []
         if ids:
-            found = follow.inspect_tasks(mgr, ids)
+            try:
+                found = follow.inspect_tasks(mgr, ids)
+            except ServiceError:
+                found = []
             ended = [outcome(t) for t in found
                      if isinstance(t, dict) and outcome(t)[0] in ENDED]
             if ended:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from opus_paas.errors import InvalidName
+from opus_paas.swarm import volumes
 
 if TYPE_CHECKING:
     from opus_paas.store import App, Store
@@ -96,7 +97,7 @@ def pinned_node(running_on: Iterable[str], nodes: Iterable[str]) -> str | None:
 def pinned_node_of(store: Store, app: App) -> str | None:
     """The node holding the app's data (volumes.py) if it has moved there, else
     `pinned_node` from what the store knows (where a deploy put the app)."""
-    held = store.swarm_data_node(app)
+    held = volumes.data_node(store, app)
     if held is not None:
         return held
     return pinned_node((m.node for m in store.swarm_members(app)),

@@ -26,7 +26,7 @@ from opus_paas.errors import OpusError, ServiceError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmMember, SwarmRelease
 from opus_paas.swarm import nodes, services
-from opus_paas.swarm.deploy import remove_services
+from opus_paas.swarm.deploy import remove_services, scale
 from opus_paas.swarm.members import ApacheFront
 
 LIST_TIMEOUT = 15.0
@@ -39,6 +39,8 @@ class Listed:
 
     name: str
     labels: Mapping[str, str]
+    replicas: int | None = None     # a replicated service's task count
+    data_node: str | None = None    # the node whose data volume it mounts (pinned)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Cleanup:
     forget: tuple[int, ...] = ()          # swarm records removed (never went live)
     strip: tuple[int, ...] = ()           # records kept for rollback, without services
     enable: tuple[SwarmMember, ...] = ()  # the live release's members on again
+    rescale: bool = False                 # the live release's web at 0 tasks: scaled up
+    data_node: str | None = None          # …with its data there again
 
     def __bool__(self) -> bool:
         return any(dataclasses.astuple(self))
@@ -70,6 +74,8 @@ class Cleanup:
                                                   sorted({*self.forget, *self.strip})))
         if self.enable:
             parts.append(f"{len(self.enable)} members of the live release off (turned on)")
+        if self.rescale:
+            parts.append("the live release's web at 0 tasks (scaled up again)")
         what = "; ".join(parts) or "nothing"
         return f"{', '.join(f'v{v}' for v in versions) or 'a deploy'} on the swarm: {what}"
 
@@ -136,7 +142,15 @@ def decide(app: App, records: Sequence[SwarmRelease], released: set[int],
     if gone_members and live_members and not app.stopped and \
             not any(m.enabled for m in live_members):
         enable = tuple(dataclasses.replace(m, enabled=True) for m in live_members)
-    return Cleanup(gone_services, gone_secrets, gone_members, forget, strip, enable)
+    # A stop while a pinned app's data moved back (its tasks stopped, the app not) leaves
+    # the live web at 0 tasks: nothing else does (ps:stop marks the app stopped first).
+    stopped_web = [item for item in listed_services
+                   if item.replicas == 0 and release_of_service(app.name, item) == live
+                   and item.labels.get(services.LABEL_PTYPE) == "web"]
+    rescale = live is not None and not app.stopped and bool(stopped_web)
+    held = next((item.data_node for item in stopped_web if item.data_node), None)
+    return Cleanup(gone_services, gone_secrets, gone_members, forget, strip, enable,
+                   rescale, held if rescale else None)
 
 
 # ---- Docker and the store ---------------------------------------------------------------
@@ -159,9 +173,33 @@ def _inspect(mgr: nodes.Manager, kind: str, app: str) -> list[Listed]:
             continue
         labels = spec.get("Labels")
         labels = labels if isinstance(labels, dict) else {}
+        mode = spec.get("Mode")
+        replicated = mode.get("Replicated") if isinstance(mode, dict) else None
+        count = replicated.get("Replicas") if isinstance(replicated, dict) else None
         found.append(Listed(spec["Name"], {str(k): str(v) for k, v in labels.items()
-                                           if isinstance(v, str)}))
+                                           if isinstance(v, str)},
+                            count if isinstance(count, int) else None,
+                            pinned_data_node(app, spec)))
     return found
+
+
+def pinned_data_node(app: str, spec: Mapping[str, object]) -> str | None:
+    """The node a service's spec pins it to, when it mounts the app's data volume (pure:
+    from `docker service inspect`'s Spec)."""
+    template = spec.get("TaskTemplate")
+    template = template if isinstance(template, dict) else {}
+    container = template.get("ContainerSpec")
+    mounts = container.get("Mounts") if isinstance(container, dict) else None
+    if not any(isinstance(m, dict) and m.get("Source") == services.volume_name(app)
+               for m in mounts or []):
+        return None
+    placement = template.get("Placement")
+    constraints = placement.get("Constraints") if isinstance(placement, dict) else None
+    prefix = "node.labels.opus.node=="
+    for constraint in constraints or []:
+        if isinstance(constraint, str) and constraint.startswith(prefix):
+            return constraint[len(prefix):]
+    return None
 
 
 def listing(settings: Settings, app: App) -> tuple[list[Listed], list[Listed]]:
@@ -208,6 +246,14 @@ def apply(settings: Settings, store: Store, app: App, cleanup: Cleanup) -> None:
         remove_services(mgr, cleanup.services, None)
     for secret in cleanup.secrets:
         remove_services(mgr, (), secret)
+    if cleanup.rescale:
+        if cleanup.data_node is not None:     # its data is there, whatever a copy here
+            store.set_swarm_data_node(app, cleanup.data_node)
+        web = {"web": max(1, app.web_processes)}
+        scale(settings, store, app, web, lambda _line: None)
+        live = [m for m in store.swarm_members(app) if m.version == app.live_version]
+        with contextlib.suppress(OpusError, OSError):
+            front.set_enabled(app, live, True)
     records = {r.version: r for r in store.swarm_releases(app)}
     for version in cleanup.forget:
         store.remove_swarm_release(app, version)
