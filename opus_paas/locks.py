@@ -111,6 +111,25 @@ def host_lock(settings: Settings, timeout: float = 120.0) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def schedules_lock_if_free(settings: Settings) -> Iterator[bool]:
+    """Hold the lock of the scheduled jobs (backups) if nobody holds it, and say whether
+    it is held: two runs at once (opus-scheduler and `opus up`) would both find a
+    backup due and take it twice."""
+    settings.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(settings.locks_dir / "_schedules.lock",
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def tools_lock(settings: Settings, *, on_wait: Callable[[], None] | None = None,
                cancelled: threading.Event | None = None) -> Iterator[None]:
     """Held while Opus fetches an interpreter or builds a wheel into the host's shared

@@ -274,6 +274,11 @@ def run_schedules(settings: Settings, store: Store, now: float | None = None) ->
     """The scheduler's job: take the backups that are due; forget destroyed apps' last
     backups once they expire. Returns the apps backed up now."""
     now = time.time() if now is None else now
+    with locks.schedules_lock_if_free(settings) as free:
+        return _run_schedules(settings, store, now) if free else []
+
+
+def _run_schedules(settings: Settings, store: Store, now: float) -> list[str]:
     taken = []
     for app, policy in store.list_scheduled_apps():
         assert policy.minute_of_day is not None
