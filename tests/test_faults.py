@@ -267,7 +267,13 @@ def assert_whole(faulty: Faulty) -> str:
     running = {line.split()[0] for line in faulty.opus.cli("status").stdout.splitlines()[1:]
                if line.split()[1] in ("RUNNING", "STARTING")}
     assert {g for g in running if g.startswith(f"{APP}-web-")} == {f"{APP}-web-v{live}-p{port}"}
-    status, _headers, body = faulty.opus.get(faulty.opus.app_host(APP))
+    # A program `opus up` (re)started may still be STARTING: its answer, once it has one.
+    deadline = time.monotonic() + 20
+    while True:
+        status, _headers, body = faulty.opus.get(faulty.opus.app_host(APP))
+        if status != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert (status, body) == (200, faulty.served[live_sha])
     # Every process of this Opus runs under today's supervisord.
     marked = _marked(home)
