@@ -233,7 +233,7 @@ def test_scheduler_set_refuses_without_nodes_and_says_why_an_app_is_pinned(
 
     assert _run(env, ann, "scheduler", "shop") == (0, "local")
     assert json.loads(_run(env, ann, "scheduler", "shop", "--json")[1]) == \
-        {"app": "shop", "scheduler": "local"}
+        {"app": "shop", "scheduler": "local", "data_node": None}
     with pytest.raises(UsageError, match="no swarm is configured: set swarm_manager"):
         _run(env, ann, "scheduler:set", "shop", "swarm")
 

@@ -186,6 +186,7 @@ def test_a_pinned_apps_data_moves_to_its_node_migrates_there_and_comes_back(
             assert _local_programs(settings) == []
             assert _get(opus) == "visits: 3"
             assert store.swarm_data_node(app) == "node1"
+            assert opus.cli("scheduler", APP).stdout.strip() == "swarm (its data on node node1)"
             volume = node.docker("volume", "inspect", "--format", "{{.Mountpoint}}",
                                  "opus-data-notes").stdout.strip()
             assert volume, "no volume on node1"

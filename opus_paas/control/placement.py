@@ -18,7 +18,7 @@ from opus_paas.output import Emit
 from opus_paas.settings import Settings
 from opus_paas.store import App, Limits, Store
 from opus_paas.store.swarm import SCHEDULERS
-from opus_paas.swarm import limits, nodes, pinning
+from opus_paas.swarm import limits, nodes, pinning, volumes
 
 SET_USAGE = "opus scheduler:set APP swarm|local"
 RESIZE_USAGE = "opus ps:resize APP [TYPE memory=SIZE cpus=N]"
@@ -120,10 +120,11 @@ def _applies(app: App, where: str) -> str:
 def cmd_scheduler(ctx: Context, args: list[str]) -> None:
     arity(ctx.usage, args, 1)
     app, where = scheduler(ctx.store, ctx.actor, args[0])
+    held = volumes.data_node(ctx.store, app)
     if ctx.json:
-        ctx.emit_json({"app": app.name, "scheduler": where})
+        ctx.emit_json({"app": app.name, "scheduler": where, "data_node": held})
         return
-    ctx.out(where)
+    ctx.out(where if held is None else f"{where} (its data on node {held})")
 
 
 def cmd_scheduler_set(ctx: Context, args: list[str]) -> None:
