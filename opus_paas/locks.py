@@ -130,6 +130,32 @@ def schedules_lock_if_free(settings: Settings) -> Iterator[bool]:
 
 
 @contextlib.contextmanager
+def registry_lock(settings: Settings, *, exclusive: bool, timeout: float = 600.0
+                  ) -> Iterator[None]:
+    """Held shared while a release image is sent to Opus's registry, exclusively while
+    the registry collects its garbage (which must not see an upload half done)."""
+    settings.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(settings.locks_dir / "_registry.lock",
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) |
+                            fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    busy = "an image being sent" if exclusive else "its garbage collection"
+                    raise ServiceError(f"the registry was busy for over {timeout:.0f} s "
+                                       f"({busy}); try again") from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def tools_lock(settings: Settings, *, on_wait: Callable[[], None] | None = None,
                cancelled: threading.Event | None = None) -> Iterator[None]:
     """Held while Opus fetches an interpreter or builds a wheel into the host's shared

@@ -23,6 +23,7 @@ from opus_paas.data import backups
 from opus_paas.run import recovery
 from opus_paas.settings import Settings
 from opus_paas.store import Store
+from opus_paas.swarm import prune as swarm_prune
 from opus_paas.tls import certs
 
 log = logging.getLogger("opus.scheduler")
@@ -62,6 +63,7 @@ JOBS: tuple[Job, ...] = (
     Job("deploy recovery", 60.0, recover_deploys),
     Job("app backups", 60.0, backups.run_schedules),
     Job("certificates", 60.0, order_certificates, on_wake=True),
+    Job("registry garbage", 3600.0, swarm_prune.collect),
 )
 
 

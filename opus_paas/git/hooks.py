@@ -3,6 +3,7 @@ prune old releases. Quiet on success: dulwich treats any stderr as failure."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -12,10 +13,12 @@ from pathlib import Path
 from opus_paas import names, secretfile
 from opus_paas import settings as settings_module
 from opus_paas.build import release
+from opus_paas.errors import OpusError
 from opus_paas.layout import AppPaths
 from opus_paas.paths import shipped
 from opus_paas.settings import Settings
 from opus_paas.store import Store
+from opus_paas.swarm import prune as swarm_prune
 
 
 def parse_ref_updates(text: str) -> list[tuple[str, str, str]]:
@@ -71,7 +74,11 @@ def prune_releases(settings: Settings, store: Store, app_name: str) -> list[int]
         return []
     live = app.live_slug or app.live_version
     keep = {live} if live is not None else set()
-    return release.prune(settings, app_name, keep, settings.keep_releases)
+    removed = release.prune(settings, app_name, keep, settings.keep_releases)
+    # Its old release images on the swarm go too (their manifests; the blobs later).
+    with contextlib.suppress(OpusError):
+        swarm_prune.forget_releases(settings, store, app)
+    return removed
 
 
 def install(repo_dir: Path) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import gunicorn
 
+from opus_paas import locks
 from opus_paas.errors import ServiceError
 from opus_paas.layout import AppPaths
 from opus_paas.settings import Settings
@@ -252,6 +253,7 @@ def cached_layer(settings: Settings, key: str, make: Callable[[], Layer]) -> Lay
     blob, meta = directory / f"{key}.tar.gz", directory / f"{key}.json"
     if blob.is_file() and meta.is_file():
         gzipped = blob.read_bytes()
+        os.utime(blob)           # used now: kept by the cache's pruning (prune.py)
         return Layer(gzipped, "sha256:" + hashlib.sha256(gzipped).hexdigest(),
                      str(json.loads(meta.read_text())["diff_id"]))
     made = make()
@@ -300,6 +302,14 @@ def publish(settings: Settings, app: App, release: Release,
     address = registry.address(settings)
     parts, config = build(settings, app, release)
     built = time.monotonic()
+    # No garbage collection while blobs are sent before their manifest (prune.py).
+    with locks.registry_lock(settings, exclusive=False):
+        return _send(settings, address, app, release, parts, config, timings, started, built)
+
+
+def _send(settings: Settings, address: str, app: App, release: Release, parts: list[Layer],
+          config: bytes, timings: dict[str, float] | None, started: float,
+          built: float) -> str:
     client = registry.Client(address)
     repo = f"opus/{app.name}"
     sent = 0

@@ -203,6 +203,16 @@ class Client:
                                                headers={"Accept": MANIFEST_V2})
         return body if status == 200 else None
 
+    def delete_manifest(self, repo: str, digest: str) -> bool:
+        """Deletes the manifest `digest` of `repo` (its blobs go at the next garbage
+        collection); False when the registry had none."""
+        status, _headers, body = self._request("DELETE", f"/v2/{repo}/manifests/{digest}")
+        if status in (200, 202):
+            return True
+        if status == 404:
+            return False
+        raise self._fail(f"deleting the manifest {repo}@{digest}", status, body)
+
     def _path(self, location: str) -> str:
         parsed = urllib.parse.urlsplit(location)
         return parsed.path + (f"?{parsed.query}" if parsed.query else "")
