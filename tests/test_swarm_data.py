@@ -30,7 +30,7 @@ from opus_paas import settings as settings_module
 from opus_paas.data import nodes, server
 from opus_paas.errors import InvalidName, UsageError
 from opus_paas.store import Store
-from opus_paas.swarm import deploy, pinning, services
+from opus_paas.swarm import deploy, pinning, prune, services
 from opus_paas.swarm import nodes as swarm_mgr
 from opus_paas.tls import private_ca
 from tests import swarm_nodes
@@ -471,6 +471,17 @@ def test_a_swarm_task_verifies_postgres_with_the_ca_its_deploy_mounts(
             assert mgr("config", "inspect", "-f", "{{json .Spec.Data}}", name).strip() \
                 .strip('"') != ""
             assert deploy.ensure_ca_config(settings, mgr) == name     # reused, not made anew
+            # An old CA's config goes at the scheduler's next turn; the current one (in
+            # use), and a config not labelled as Opus's CA, stay.
+            for old, label in (("opus-ca-000000000000", "opus.ca=1"),
+                               ("opus-ca-111111111111", "other=1")):
+                subprocess.run([swarm_mgr.DOCKER, "-H", mgr.host, "config", "create", "--label",
+                                label, old, "-"], input=b"old", check=True,
+                               capture_output=True)
+            assert prune.forget_ca_configs(settings) == ["opus-ca-000000000000"]
+            left = mgr("config", "ls", "--format", "{{.Name}}").split()
+            assert name in left and "opus-ca-111111111111" in left, left
+            assert "opus-ca-000000000000" not in left, left
             print(f"nodes to answer: {time.monotonic() - began:.1f} s")
         finally:
             deploy.retire(settings, store, app, print)

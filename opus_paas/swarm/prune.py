@@ -9,7 +9,7 @@
   garbage-collect` removes the blobs no manifest names any more. It holds the
   registry's lock exclusively and a publish holds it shared, so no upload is in flight
   (a blob sent before its manifest would otherwise go). Layers kept in OPUS_HOME/images
-  and unused for CACHE_DAYS go too.
+  and unused for CACHE_DAYS go too, and the swarm's configs of CAs no longer Opus's.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from opus_paas import locks
 from opus_paas.errors import OpusError, ServiceError
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmRelease
-from opus_paas.swarm import registry
+from opus_paas.swarm import nodes, registry, services
+from opus_paas.tls import private_ca
 
 log = logging.getLogger("opus.swarm.prune")
 
@@ -91,8 +92,13 @@ def forget_releases(settings: Settings, store: Store, app: App) -> list[int]:
 
 def collect(settings: Settings, store: Store) -> bool:
     """The registry's garbage collection, when manifests were deleted since the last
-    one; the layer cache's old entries in any case. True when it collected."""
+    one; the layer cache's old entries and old CAs' configs in any case. True when it
+    collected."""
     prune_layer_cache(settings)
+    try:
+        forget_ca_configs(settings)
+    except OpusError as exc:
+        log.warning("old CA configs not looked at: %s", exc.message)
     marker = wanted_marker(settings)
     if not settings.swarm_registry or not registry.runs_here(settings) or \
             not marker.exists():
@@ -113,6 +119,27 @@ def collect(settings: Settings, store: Store) -> bool:
             raise ServiceError("the registry's garbage collection failed: "
                                f"{(result.stderr or result.stdout).strip()[-600:]}")
     return True
+
+
+def forget_ca_configs(settings: Settings) -> list[str]:
+    """The swarm's configs of CAs Opus no longer has (labelled `opus.ca`, named
+    `opus-ca-<hash>`, not the current CA's); one a service still uses stays (Docker
+    refuses) until the next turn. Their names."""
+    if not settings.swarm_manager:
+        return []
+    mgr = nodes.manager(settings)
+    try:
+        current = services.ca_config_name(private_ca.ca_cert_path(settings).read_bytes())
+    except OSError:
+        current = ""        # no CA (yet): every old one may go
+    listed = mgr("config", "ls", "--filter", "label=opus.ca=1", "--format",
+                 "{{.Name}}").split()
+    removed = []
+    for name in listed:
+        if name != current and services.CA_CONFIG.fullmatch(name) and \
+                mgr.run("config", "rm", name).returncode == 0:
+            removed.append(name)
+    return removed
 
 
 def prune_layer_cache(settings: Settings, now: float | None = None) -> list[str]:
