@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from opus_paas import settings as settings_module
 from opus_paas.store import Store
+from opus_paas.tls import private_ca
 from tests.conftest import (
     Opus,
     SshKey,
@@ -102,7 +103,10 @@ def main() -> None:
                           OPUS_SWARM_REGISTRY=f"{swarm.gateway}:{free_port()}",
                           OPUS_SWARM_DEPLOY_TIMEOUT="120")
         try:
-            store = Store(settings_module.load(opus.env).db_path)
+            settings = settings_module.load(opus.env)
+            store = Store(settings.db_path)
+            # The nodes trust Opus's registry (its CA), as `opus nodes:add` sets them up.
+            swarm.trust_registry(settings.swarm_registry, private_ca.ca_cert_path(settings))
             key = make_key(work, "bench")
             opus.cli("keys:add", "bench", str(key.public))
             project = make_django_project(work / "project")

@@ -177,6 +177,14 @@ class Swarm:
         return {n["Status"]["Addr"]: (n["Status"]["State"], n["Spec"]["Availability"])
                 for n in json.loads(raw)}
 
+    def trust_registry(self, registry: str, ca: Path) -> None:
+        """Every node verifies `registry` (host:port) with the CA certificate `ca`, as
+        `opus nodes:add` sets a real node up (/etc/docker/certs.d/REGISTRY/ca.crt)."""
+        for node in self.nodes:
+            directory = node.root / "etc-docker" / "certs.d" / registry
+            directory.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ca, directory / "ca.crt")
+
     def load_image(self, tar: Path, tag: str) -> str:
         """`docker import`s the rootfs tar on the manager, then `save | load`s it on every
         other node (no registry), so the image ID is the same everywhere; returns it."""
@@ -214,8 +222,9 @@ def _start_node(node: Node, offline_images: bool = True) -> None:
     etc = node.root / "etc-docker"
     for sub in ("data", "exec", "etc-docker"):
         (node.root / sub).mkdir(parents=True, exist_ok=True)
-    # Opus's registry (opus-registry, plain HTTP for now) listens on the test subnet.
-    (etc / "daemon.json").write_text('{"insecure-registries": ["10.77.0.0/16"]}\n')
+    # Opus's registry (opus-registry) speaks TLS: a node trusts it once its CA is in
+    # certs.d (`opus nodes:add`, or Swarm.trust_registry), as a real node does.
+    (etc / "daemon.json").write_text("{}\n")
     log = open(node.root / "dockerd.log", "wb")  # noqa: SIM115 (dockerd keeps it)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     if offline_images:

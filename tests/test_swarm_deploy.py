@@ -28,6 +28,7 @@ from opus_paas.store import Store, SwarmMember, SwarmNode
 from opus_paas.supervisor import Supervisor
 from opus_paas.swarm import members as swarm_members
 from opus_paas.swarm import registry
+from opus_paas.tls import private_ca
 from tests.conftest import (
     Opus,
     SshKey,
@@ -156,6 +157,8 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
         timings["opus up (registry, follow)"] = time.monotonic() - started
         settings = settings_module.load(opus.env)
         store = Store(settings.db_path)
+        # The nodes trust Opus's registry as `opus nodes:add` sets them up (its CA).
+        swarm.trust_registry(settings.swarm_registry, private_ca.ca_cert_path(settings))
         try:
             own = _opus_programs(settings)
             assert own["opus-registry"] == own["opus-swarm-follow"] == "RUNNING", own

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import stat
 import subprocess
 import tarfile
@@ -19,11 +20,13 @@ from pathlib import Path
 import pytest
 
 from opus_paas import settings as settings_module
+from opus_paas.errors import ServiceError
 from opus_paas.layout import AppPaths
 from opus_paas.store import Store
 from opus_paas.swarm import bytecode, entrypoint, images, layers, registry, services
 from opus_paas.swarm.entrypoint import EntrypointError
 from opus_paas.swarm.layers import Entry, LayerError
+from opus_paas.tls import private_ca
 from tests.conftest import (
     free_port,
     git,
@@ -373,8 +376,16 @@ def test_the_registry_program_stores_blobs_once_and_manifests_by_our_digest(
                               stderr=subprocess.STDOUT, env=spec["environment"])
     log.close()
     try:
-        _until(lambda: _registry_answers(address), 15, "the registry")
-        client = registry.Client(address)
+        ca = private_ca.ca_cert_path(settings)
+        _until(lambda: _registry_answers(address, ca), 15, "the registry")
+        client = registry.client_for(settings)
+        assert client.context is not None        # TLS, verified with Opus's CA
+        # Over TLS only, and only to whoever trusts Opus's CA: another CA is refused.
+        foreign = settings_module.load({"OPUS_HOME": str(tmp_path / "other")})
+        with pytest.raises(ServiceError, match="is not the one Opus trusts"):
+            registry.Client(address, ca=private_ca.ensure(foreign)).has_blob(
+                "opus/one", "sha256:" + "0" * 64)
+        assert not registry.Client(address).has_blob("opus/one", "sha256:" + "0" * 64)
         shared = layers.layer([Entry("usr/bin/x", "file", 0o755, b"base")])
         own = layers.layer([Entry("app/a.py", "file", 0o644, b"print(1)")])
         # Sent to the shared repository once; every app's repository mounts it.
@@ -434,15 +445,16 @@ def test_a_django_release_published_to_the_registry_runs_by_digest_on_a_node(
         address = f"{swarm.gateway}:{free_port()}"
         opus = start_opus(OPUS_SWARM_REGISTRY=address)
         try:
-            client = registry.Client(address)
-            _until(lambda: _registry_answers(address), 15, "opus-registry")
+            settings = settings_module.load(opus.env)
+            ca = private_ca.ca_cert_path(settings)
+            _until(lambda: _registry_answers(address, ca), 15, "opus-registry")
+            client = registry.client_for(settings)
             key = make_key(tmp_path, "admin")
             opus.cli("keys:add", "admin", str(key.public))
             project = make_django_project(tmp_path / "hello")
             git(project, "remote", "add", "opus",
                 f"ssh://git@127.0.0.1:{opus.ssh_port}/hello.git")
             push_main(project, opus, key)
-            settings = settings_module.load(opus.env)
             store = Store(settings.db_path)
             app = store.get_app("hello")
             assert app is not None
@@ -489,6 +501,11 @@ def test_a_django_release_published_to_the_registry_runs_by_digest_on_a_node(
             port_base = free_port()
             # The test nodes never pull for a service (DOCKER_SERVICE_PREFER_OFFLINE_IMAGE,
             # tests/swarm_nodes.py): the node pulls by digest from the registry here.
+            # A node that does not trust Opus's CA refuses the registry; one that does
+            # pulls (as `opus nodes:add` sets it up).
+            refused = node.docker("pull", ref2, timeout=120, check=False)
+            assert refused.returncode != 0 and "x509" in refused.stderr, refused.stderr
+            swarm.trust_registry(address, ca)
             started = time.monotonic()
             node.docker("pull", ref2, timeout=120)
             timings["pull on a node"] = time.monotonic() - started
@@ -540,9 +557,13 @@ def test_a_django_release_published_to_the_registry_runs_by_digest_on_a_node(
     print("\ntimings:", {k: round(v, 2) for k, v in timings.items()})
 
 
-def _registry_answers(address: str) -> bool:
+def _registry_answers(address: str, ca: Path) -> bool:
+    """Does the registry answer over TLS, verified with `ca`?"""
+    context = ssl.create_default_context(cafile=str(ca))
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=context))
     try:
-        with _OPENER.open(f"http://{address}/v2/", timeout=2) as response:
+        with opener.open(f"https://{address}/v2/", timeout=2) as response:
             return bool(response.status == 200)
     except OSError:
         return False

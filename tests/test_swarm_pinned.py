@@ -24,6 +24,7 @@ from opus_paas.settings import Settings
 from opus_paas.store import Store
 from opus_paas.supervisor import Supervisor
 from opus_paas.swarm import registry
+from opus_paas.tls import private_ca
 from tests.conftest import (
     Opus,
     SshKey,
@@ -148,6 +149,9 @@ def test_a_pinned_apps_data_moves_to_its_node_migrates_there_and_comes_back(
             node.start_sshd(opus.cli("nodes:key").stdout.strip())
             out = opus.cli("nodes:add", node.address).stdout
             assert "node1" in out, out
+            # It trusts Opus's registry (TLS, Opus's CA), as nodes:add sets it up.
+            trusted = node.root / "etc-docker" / "certs.d" / settings.swarm_registry / "ca.crt"
+            assert trusted.read_bytes() == private_ca.ca_cert_path(settings).read_bytes()
             key = make_key(tmp_path, "admin")
             opus.cli("keys:add", "admin", str(key.public))
             project = make_django_project(tmp_path / "project")

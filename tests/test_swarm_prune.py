@@ -23,6 +23,7 @@ from opus_paas.settings import Settings
 from opus_paas.store import Store, SwarmRelease
 from opus_paas.swarm import images, layers, prune, registry
 from opus_paas.swarm.layers import Entry
+from opus_paas.tls import private_ca
 from tests.conftest import free_port, require_tool
 from tests.test_swarm_images import _registry_answers, _until
 
@@ -65,8 +66,9 @@ def test_old_release_images_go_and_their_blobs_are_collected(tmp_path: Path) -> 
                               stderr=subprocess.STDOUT, env=spec["environment"])
     log.close()
     try:
-        _until(lambda: _registry_answers(address), 15, "the registry")
-        client = registry.Client(address)
+        ca = private_ca.ca_cert_path(settings)
+        _until(lambda: _registry_answers(address, ca), 15, "the registry")
+        client = registry.client_for(settings)
         shared = layers.layer([Entry("usr/bin/x", "file", 0o755, b"base")])
         made = {v: _image(client, "shop", v, shared) for v in (1, 2, 3, 4)}
         other, other_own = _image(client, "blog", 1, shared)

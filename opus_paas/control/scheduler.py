@@ -24,6 +24,7 @@ from opus_paas.run import recovery
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 from opus_paas.swarm import prune as swarm_prune
+from opus_paas.swarm import registry
 from opus_paas.tls import certs
 
 log = logging.getLogger("opus.scheduler")
@@ -64,6 +65,7 @@ JOBS: tuple[Job, ...] = (
     Job("app backups", 60.0, backups.run_schedules),
     Job("certificates", 60.0, order_certificates, on_wake=True),
     Job("registry garbage", 3600.0, swarm_prune.collect),
+    Job("registry certificate", 86400.0, registry.renew_certificate),
 )
 
 

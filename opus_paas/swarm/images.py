@@ -310,7 +310,7 @@ def publish(settings: Settings, app: App, release: Release,
 def _send(settings: Settings, address: str, app: App, release: Release, parts: list[Layer],
           config: bytes, timings: dict[str, float] | None, started: float,
           built: float) -> str:
-    client = registry.Client(address)
+    client = registry.client_for(settings)
     repo = f"opus/{app.name}"
     sent = 0
     for item, shared in zip(parts, (BASE_REPO, VENV_REPO, None), strict=True):

@@ -11,14 +11,13 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 from opus_paas import names
 from opus_paas.data import nodes as databases
 from opus_paas.errors import Conflict, NotFound, OpusError, ServiceError, UsageError
 from opus_paas.settings import Settings
 from opus_paas.store import Store, SwarmNode
-from opus_paas.swarm import ssh, volumes
+from opus_paas.swarm import registry, ssh, volumes
 
 DOCKER = "/usr/bin/docker"    # docker.io's client, by path (another may come first on PATH)
 LABEL = "opus.node"
@@ -328,13 +327,16 @@ def _join(mgr: Manager, node: ssh.Node, join_at: str, emit: Emit) -> str:
 
 
 def _install_registry_ca(settings: Settings, node: ssh.Node, emit: Emit) -> None:
-    if not (settings.swarm_registry and settings.swarm_registry_ca):
+    """The CA the node verifies the registry with: Opus's for its own registry,
+    `swarm_registry_ca` for an operator's."""
+    path = registry.trusted_ca(settings) if settings.swarm_registry else None
+    if path is None:
         return
     try:
-        ca = Path(settings.swarm_registry_ca).read_bytes()
+        ca = path.read_bytes()
     except OSError as exc:
-        raise ServiceError(f"the registry CA ({settings.swarm_registry_ca}) cannot be "
-                           f"read: {exc.strerror}; fix swarm_registry_ca") from None
+        raise ServiceError(f"the registry CA ({path}) cannot be read: {exc.strerror}; fix "
+                           "swarm_registry_ca") from None
     directory = f"/etc/docker/certs.d/{settings.swarm_registry}"
     emit(f"-----> Trusting the registry's CA in {directory}/ca.crt")
     node.check(["mkdir", "-p", "-m", "0755", directory], "creating " + directory)

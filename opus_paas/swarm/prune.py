@@ -74,7 +74,7 @@ def forget_releases(settings: Settings, store: Store, app: App) -> list[int]:
     kept = [r for r in records if r.version not in versions]
     digests = deletable(app.name, settings.swarm_registry, gone, kept) \
         if settings.swarm_registry else []
-    client = registry.Client(settings.swarm_registry) if digests else None
+    client = registry.client_for(settings) if digests else None
     deleted = False
     for digest in digests:
         assert client is not None

@@ -4,9 +4,11 @@ a small client of its HTTP API V2 that pushes the layers and manifests images.py
 The registry runs as the supervisor program `opus-registry` on the Opus host once
 `swarm_registry` is set to host:port with an IP address of this host the nodes reach
 (a name or another host's address: a registry the operator runs); its storage lives
-in OPUS_HOME/registry. Plain HTTP for now: nodes list it in their
-daemon.json's insecure-registries (docs/scale-out.md, Images: TLS with Opus's CA is
-the gap).
+in OPUS_HOME/registry. It speaks TLS only, with a certificate from Opus's CA for that
+address (OPUS_HOME/registry/tls, renewed 30 days before it ends); `nodes:add` puts the
+CA in each node's /etc/docker/certs.d/REGISTRY/ca.crt, and Opus's own client verifies
+it the same way. An operator's registry is reached over TLS verified with
+`swarm_registry_ca` when that is set, else over plain HTTP.
 """
 
 from __future__ import annotations
@@ -16,17 +18,25 @@ import ipaddress
 import json
 import os
 import socket
+import ssl
+import time
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opus_paas.errors import ServiceError, UsageError
 from opus_paas.privileged import INSTANCE_MARKER
 from opus_paas.settings import Settings, user_ids
+from opus_paas.supervisor import Supervisor
+from opus_paas.tls import private_ca
+
+if TYPE_CHECKING:
+    from opus_paas.store import Store
 
 PROGRAM = "opus-registry"
 BINARY = "/usr/bin/docker-registry"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+RENEW_BEFORE = 30 * 86400.0
 
 
 def address(settings: Settings) -> str:
@@ -41,11 +51,45 @@ def data_dir(settings: Settings) -> Path:
     return settings.home / "registry"
 
 
-def config_text(settings: Settings) -> str:
-    """The registry's config.yml: storage under OPUS_HOME, listening on swarm_registry,
-    deletes allowed (old releases' images are pruned), no debug listener."""
+def tls_paths(settings: Settings) -> tuple[Path, Path]:
+    """The registry's certificate and key."""
+    directory = data_dir(settings) / "tls"
+    return directory / "registry.crt", directory / "registry.key"
+
+
+def host_of(registry: str) -> str:
+    """The host part of host:port (an IPv6 literal without its brackets)."""
+    host = registry.rpartition(":")[0] or registry
+    return host.strip("[]")
+
+
+def ensure_certificate(settings: Settings) -> bool:
+    """A certificate from Opus's CA for the registry's address, unless a valid one for
+    it is there; True when one was made."""
+    cert, key = tls_paths(settings)
+    host = host_of(address(settings))
+    if cert.is_file() and key.is_file():
+        pem = cert.read_text()
+        if private_ca.hosts_of(pem) == [host] and \
+                private_ca.expires(pem) - time.time() > RENEW_BEFORE:
+            return False
+    cert.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    owner = user_ids(settings.system_user) if settings.system and os.geteuid() == 0 \
+        else None
+    if owner is not None:
+        os.chown(cert.parent, *owner)
+    private_ca.install(private_ca.issue(settings, "registry", [host]), cert, key, owner)
+    return True
+
+
+def config_text(settings: Settings, tls: tuple[Path, Path] | None = None) -> str:
+    """The registry's config.yml: storage under OPUS_HOME, listening on swarm_registry
+    (over TLS with `tls`, certificate and key), deletes allowed (old releases' images
+    are pruned), no debug listener."""
     listen = address(settings)
     storage = data_dir(settings) / "storage"
+    served = ["  tls:", f"    certificate: {json.dumps(str(tls[0]))}",
+              f"    key: {json.dumps(str(tls[1]))}"] if tls else []
     return "\n".join([
         "version: 0.1",
         "log:",
@@ -59,6 +103,7 @@ def config_text(settings: Settings) -> str:
         "    enabled: true",
         "http:",
         f"  addr: {json.dumps(listen)}",
+        *served,
         "  headers:",
         "    X-Content-Type-Options: [nosniff]",
         "",
@@ -72,7 +117,11 @@ def write_config(settings: Settings) -> Path:
     directory.chmod(0o700)
     path = directory / "config.yml"
     temp = directory / "config.yml.new"
-    temp.write_text(config_text(settings))
+    tls = None
+    if runs_here(settings):
+        ensure_certificate(settings)
+        tls = tls_paths(settings)
+    temp.write_text(config_text(settings, tls))
     temp.replace(path)
     ids = user_ids(settings.system_user) if settings.system and os.geteuid() == 0 else None
     if ids is not None:         # `opus up --system` writes it; the opus user runs it
@@ -118,22 +167,58 @@ def program(settings: Settings) -> dict[str, Any] | None:
     }
 
 
-class Client:
-    """The registry's HTTP API V2 (plain HTTP), for one `host:port`."""
+def trusted_ca(settings: Settings) -> Path | None:
+    """The CA the registry's certificate is verified with: Opus's for its own registry,
+    `swarm_registry_ca` for an operator's (None: an operator's over plain HTTP)."""
+    if runs_here(settings):
+        return private_ca.ensure(settings)
+    return Path(settings.swarm_registry_ca) if settings.swarm_registry_ca else None
 
-    def __init__(self, registry: str, timeout: float = 120) -> None:
+
+def client_for(settings: Settings) -> Client:
+    return Client(address(settings), ca=trusted_ca(settings))
+
+
+def renew_certificate(settings: Settings, _store: Store | None = None) -> bool:
+    """opus-scheduler's daily turn: a certificate renewed (or made for a new address)
+    restarts opus-registry, which reads it at start. True when it did."""
+    if not settings.swarm_registry or not runs_here(settings) or \
+            not ensure_certificate(settings):
+        return False
+    write_config(settings)
+    supervisor = Supervisor(settings)
+    if supervisor.is_running():
+        supervisor.restart_group(PROGRAM)
+    return True
+
+
+class Client:
+    """The registry's HTTP API V2 for one `host:port`: over TLS verified with `ca`
+    (its certificate must name that host), or plain HTTP without one."""
+
+    def __init__(self, registry: str, timeout: float = 120, ca: Path | None = None) -> None:
         self.registry = registry
         self.timeout = timeout
+        self.context = ssl.create_default_context(cafile=str(ca)) if ca else None
 
     def _request(self, method: str, path: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        host, _, port = self.registry.partition(":")
-        conn = http.client.HTTPConnection(host, int(port or 80), timeout=self.timeout)
+        host, _, port = self.registry.rpartition(":")
+        host = host.strip("[]")
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, int(port or 443), timeout=self.timeout, context=self.context) \
+            if self.context else http.client.HTTPConnection(host, int(port or 80),
+                                                            timeout=self.timeout)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()
             data = response.read()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+        except ssl.SSLCertVerificationError as exc:
+            raise ServiceError(f"the registry {self.registry} is not the one Opus trusts "
+                               f"({exc.verify_message}): its certificate must come from "
+                               "the CA Opus verifies it with (Opus's own, or "
+                               "swarm_registry_ca)") from None
         except OSError as exc:
             raise ServiceError(f"the registry {self.registry} does not answer ({exc}); is "
                                f"{PROGRAM} running (`opus status`)?") from None
