@@ -14,6 +14,7 @@ import stat
 import subprocess
 import tarfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -386,6 +387,12 @@ def test_the_registry_program_stores_blobs_once_and_manifests_by_our_digest(
             registry.Client(address, ca=private_ca.ensure(foreign)).has_blob(
                 "opus/one", "sha256:" + "0" * 64)
         assert not registry.Client(address).has_blob("opus/one", "sha256:" + "0" * 64)
+        # It lets in its one user with Opus's password, nobody else.
+        for auth in (None, ("opus", "not the password"), ("admin", registry.password(
+                settings))):
+            with pytest.raises(ServiceError, match="refused Opus's credentials"):
+                registry.Client(address, ca=ca, auth=auth).has_blob("opus/one",
+                                                                    "sha256:" + "0" * 64)
         shared = layers.layer([Entry("usr/bin/x", "file", 0o755, b"base")])
         own = layers.layer([Entry("app/a.py", "file", 0o644, b"print(1)")])
         # Sent to the shared repository once; every app's repository mounts it.
@@ -503,11 +510,20 @@ def test_a_django_release_published_to_the_registry_runs_by_digest_on_a_node(
             # tests/swarm_nodes.py): the node pulls by digest from the registry here.
             # A node that does not trust Opus's CA refuses the registry; one that does
             # pulls (as `opus nodes:add` sets it up).
-            refused = node.docker("pull", ref2, timeout=120, check=False)
+            creds = tmp_path / "docker-config"
+            creds.mkdir(mode=0o700)
+            (creds / "config.json").write_bytes(registry.auth_config(
+                address, ("opus", registry.password(settings))))
+            refused = node.docker("--config", str(creds), "pull", ref2, timeout=120,
+                                  check=False)
             assert refused.returncode != 0 and "x509" in refused.stderr, refused.stderr
             swarm.trust_registry(address, ca)
+            # …and lets in only Opus's user (Swarm hands its credentials to the nodes).
+            anonymous = node.docker("pull", ref2, timeout=120, check=False)
+            assert anonymous.returncode != 0 and "basic auth" in anonymous.stderr, \
+                anonymous.stderr
             started = time.monotonic()
-            node.docker("pull", ref2, timeout=120)
+            node.docker("--config", str(creds), "pull", ref2, timeout=120)
             timings["pull on a node"] = time.monotonic() - started
             swarm.manager.docker(
                 "service", "create", "--name", "hello-web-v2", "--detach",
@@ -565,5 +581,7 @@ def _registry_answers(address: str, ca: Path) -> bool:
     try:
         with opener.open(f"https://{address}/v2/", timeout=2) as response:
             return bool(response.status == 200)
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401           # it answers, and wants its user's password
     except OSError:
         return False

@@ -11,6 +11,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from opus_paas import names
 from opus_paas.data import nodes as databases
@@ -32,12 +33,16 @@ Emit = Callable[[str], None]
 class Manager:
     """The swarm manager's Docker API through docker.io's client (argv only)."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, config_dir: Path | None = None) -> None:
         self.host = endpoint if "://" in endpoint else f"unix://{endpoint}"
+        # The client's config: the registry's credentials, which `--with-registry-auth`
+        # hands to the nodes with a service.
+        self.options = ["--config", str(config_dir)] if config_dir else []
 
     def run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run([DOCKER, "-H", self.host, *args], capture_output=True,
+            return subprocess.run([DOCKER, *self.options, "-H", self.host, *args],
+                                  capture_output=True,
                                   text=True, timeout=timeout, check=False,
                                   stdin=subprocess.DEVNULL)
         except FileNotFoundError:
@@ -60,7 +65,7 @@ def manager(settings: Settings) -> Manager:
     """The manager, or a UsageError saying how to configure one."""
     if not settings.swarm_manager:
         raise UsageError(NOT_CONFIGURED)
-    return Manager(settings.swarm_manager)
+    return Manager(settings.swarm_manager, registry.docker_config_dir(settings))
 
 
 def manager_address(mgr: Manager) -> str:

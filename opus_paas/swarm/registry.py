@@ -7,18 +7,25 @@ The registry runs as the supervisor program `opus-registry` on the Opus host onc
 in OPUS_HOME/registry. It speaks TLS only, with a certificate from Opus's CA for that
 address (OPUS_HOME/registry/tls, renewed 30 days before it ends); `nodes:add` puts the
 CA in each node's /etc/docker/certs.d/REGISTRY/ca.crt, and Opus's own client verifies
-it the same way. An operator's registry is reached over TLS verified with
-`swarm_registry_ca` when that is set, else over plain HTTP.
+it the same way. It lets in one user, `opus`, with a password made at first use
+(OPUS_HOME/registry/password, 0600; bcrypt in its htpasswd): Opus's client sends it,
+the swarm manager's docker client has it in OPUS_HOME/docker/config.json and hands it
+to the nodes with each service (`--with-registry-auth`), and a data move gives it to
+the node's `docker pull` on stdin (volumes.py). An operator's registry is reached over
+TLS verified with `swarm_registry_ca` when that is set, else over plain HTTP.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import ipaddress
 import json
 import os
+import secrets
 import socket
 import ssl
+import subprocess
 import time
 import urllib.parse
 from pathlib import Path
@@ -37,6 +44,8 @@ PROGRAM = "opus-registry"
 BINARY = "/usr/bin/docker-registry"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 RENEW_BEFORE = 30 * 86400.0
+HTPASSWD = "/usr/bin/htpasswd"      # apache2-utils
+USER = "opus"
 
 
 def address(settings: Settings) -> str:
@@ -82,20 +91,70 @@ def ensure_certificate(settings: Settings) -> bool:
     return True
 
 
-def config_text(settings: Settings, tls: tuple[Path, Path] | None = None) -> str:
+def password(settings: Settings) -> str:
+    """The registry's password for its one user, made at first use."""
+    path = data_dir(settings) / "password"
+    if not path.is_file():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_ca.write_file(path, secrets.token_urlsafe(32).encode(), 0o600)
+    return path.read_text().strip()
+
+
+def credentials(settings: Settings) -> tuple[str, str] | None:
+    """(user, password) Opus and the nodes use with its own registry; None for an
+    operator's."""
+    return (USER, password(settings)) if runs_here(settings) else None
+
+
+def htpasswd_line(user: str, secret: str) -> str:
+    """`user:bcrypt-hash` (apache2-utils' htpasswd; the password on its stdin)."""
+    result = subprocess.run([HTPASSWD, "-B", "-i", "-n", user], input=secret,
+                            capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0 or not result.stdout.startswith(f"{user}:$2"):
+        raise ServiceError(f"{HTPASSWD} could not hash the registry's password "
+                           f"({result.stderr.strip()[-200:]}); install apache2-utils")
+    return result.stdout.strip()
+
+
+def docker_config_dir(settings: Settings) -> Path | None:
+    """The swarm manager's docker client's config (DOCKER_CONFIG), holding the
+    registry's credentials for `--with-registry-auth`; None without Opus's registry."""
+    found = credentials(settings) if settings.swarm_registry else None
+    if found is None:
+        return None
+    directory = settings.home / "docker"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    wanted = auth_config(address(settings), found)
+    path = directory / "config.json"
+    if not path.is_file() or path.read_bytes() != wanted:
+        private_ca.write_file(path, wanted, 0o600)
+    return directory
+
+
+def auth_config(registry: str, found: tuple[str, str]) -> bytes:
+    """A docker client's config.json naming the registry's credentials (pure)."""
+    token = base64.b64encode(f"{found[0]}:{found[1]}".encode()).decode()
+    return json.dumps({"auths": {registry: {"auth": token}}}, sort_keys=True).encode()
+
+
+def config_text(settings: Settings, tls: tuple[Path, Path] | None = None,
+                htpasswd: Path | None = None) -> str:
     """The registry's config.yml: storage under OPUS_HOME, listening on swarm_registry
-    (over TLS with `tls`, certificate and key), deletes allowed (old releases' images
-    are pruned), no debug listener."""
+    (over TLS with `tls`, certificate and key; letting in the users of `htpasswd`),
+    deletes allowed (old releases' images are pruned), no debug listener."""
     listen = address(settings)
     storage = data_dir(settings) / "storage"
     served = ["  tls:", f"    certificate: {json.dumps(str(tls[0]))}",
               f"    key: {json.dumps(str(tls[1]))}"] if tls else []
+    auth = ["auth:", "  htpasswd:", "    realm: opus-registry",
+            f"    path: {json.dumps(str(htpasswd))}"] if htpasswd else []
     return "\n".join([
         "version: 0.1",
         "log:",
         "  level: warn",
         "  accesslog:",
         "    disabled: true",
+        *auth,
         "storage:",
         "  filesystem:",
         f"    rootdirectory: {json.dumps(str(storage))}",
@@ -117,15 +176,19 @@ def write_config(settings: Settings) -> Path:
     directory.chmod(0o700)
     path = directory / "config.yml"
     temp = directory / "config.yml.new"
-    tls = None
+    tls = htpasswd = None
     if runs_here(settings):
         ensure_certificate(settings)
         tls = tls_paths(settings)
-    temp.write_text(config_text(settings, tls))
+        htpasswd = directory / "htpasswd"
+        private_ca.write_file(htpasswd, (htpasswd_line(USER, password(settings)) + "\n")
+                              .encode(), 0o600)
+    temp.write_text(config_text(settings, tls, htpasswd))
     temp.replace(path)
     ids = user_ids(settings.system_user) if settings.system and os.geteuid() == 0 else None
     if ids is not None:         # `opus up --system` writes it; the opus user runs it
-        for owned in (directory, directory / "storage", path):
+        for owned in (directory, directory / "storage", path, directory / "htpasswd",
+                      directory / "password"):
             os.chown(owned, *ids)
     return path
 
@@ -176,7 +239,7 @@ def trusted_ca(settings: Settings) -> Path | None:
 
 
 def client_for(settings: Settings) -> Client:
-    return Client(address(settings), ca=trusted_ca(settings))
+    return Client(address(settings), ca=trusted_ca(settings), auth=credentials(settings))
 
 
 def renew_certificate(settings: Settings, _store: Store | None = None) -> bool:
@@ -196,10 +259,13 @@ class Client:
     """The registry's HTTP API V2 for one `host:port`: over TLS verified with `ca`
     (its certificate must name that host), or plain HTTP without one."""
 
-    def __init__(self, registry: str, timeout: float = 120, ca: Path | None = None) -> None:
+    def __init__(self, registry: str, timeout: float = 120, ca: Path | None = None,
+                 auth: tuple[str, str] | None = None) -> None:
         self.registry = registry
         self.timeout = timeout
         self.context = ssl.create_default_context(cafile=str(ca)) if ca else None
+        self.auth = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode() \
+            if auth else None
 
     def _request(self, method: str, path: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -209,10 +275,17 @@ class Client:
             host, int(port or 443), timeout=self.timeout, context=self.context) \
             if self.context else http.client.HTTPConnection(host, int(port or 80),
                                                             timeout=self.timeout)
+        sent = dict(headers or {})
+        if self.auth:
+            sent["Authorization"] = self.auth
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers=sent)
             response = conn.getresponse()
             data = response.read()
+            if response.status == 401:
+                raise ServiceError(f"the registry {self.registry} refused Opus's credentials "
+                                   "(HTTP 401): check OPUS_HOME/registry/password, then "
+                                   "`opus up` (which writes its htpasswd again)")
             return response.status, {k.lower(): v for k, v in response.getheaders()}, data
         except ssl.SSLCertVerificationError as exc:
             raise ServiceError(f"the registry {self.registry} is not the one Opus trusts "

@@ -269,7 +269,7 @@ def create_argv(spec: ServiceSpec) -> list[str]:
               else ["--replicas", str(spec.replicas)]),
             "--network", "host", "--read-only",
             "--mount", "type=tmpfs,destination=/tmp",
-            "--cap-drop", "ALL", "--init", "--no-resolve-image",
+            "--cap-drop", "ALL", "--init", "--no-resolve-image", "--with-registry-auth",
             "--user", f"{spec.uid}:{spec.uid}",
             "--restart-delay", "1s", "--stop-grace-period", STOP_GRACE,
             "--limit-pids", str(PIDS_LIMIT),

@@ -32,7 +32,7 @@ from opus_paas.layout import AppPaths
 from opus_paas.privileged import run_bytes
 from opus_paas.settings import Settings
 from opus_paas.store import App, Store, SwarmNode
-from opus_paas.swarm import ssh
+from opus_paas.swarm import registry, ssh
 from opus_paas.swarm.layers import Entry
 from opus_paas.swarm.services import DATA_TARGET, IMAGE, VOLUME_PREFIX, volume_name
 
@@ -174,9 +174,26 @@ def _skipped(said: str, emit: Emit) -> None:
             emit(output.alert(line))
 
 
+# The image pulled with the registry's credentials, given on stdin and kept for the pull
+# only (a directory of root's, 0700, removed after).
+PULL = ('umask 077 && d=$(mktemp -d) && cat > "$d/config.json" && '
+        '/usr/bin/docker --config "$d" pull -q "$1" >/dev/null; s=$?; rm -rf "$d"; exit $s')
+
+
+def pull_argv(image: str) -> list[str]:
+    if not IMAGE.fullmatch(image):
+        raise UsageError(f"{image[:80]!r} is not an image reference")
+    return ["/bin/sh", "-c", PULL, "opus-pull", image]
+
+
 def _on_node(settings: Settings, node: SwarmNode, argv: list[str], data: bytes,
-             what: str) -> tuple[bytes, str]:
+             what: str, image: str) -> tuple[bytes, str]:
+    found = registry.credentials(settings) if settings.swarm_registry else None
     with ssh.Node(settings, node.address, node.port) as reached:
+        if found is not None:       # the image, from Opus's registry (it lets users in)
+            reached.check(pull_argv(image), f"pulling {image} on {node.name}",
+                          stdin=registry.auth_config(registry.address(settings), found),
+                          timeout=MOVE_TIMEOUT)
         status, out, said = reached.run_bytes(argv, stdin=data, limit=MAX_BYTES + (1 << 20),
                                               timeout=MOVE_TIMEOUT)
     if status == 3:
@@ -229,7 +246,7 @@ def to_node(settings: Settings, store: Store, app: App, node_name: str, image: s
     _skipped(said, emit)
     emit(output.detail(f"Moving data/ to {node.name} ({len(archive) / 1e6:.2f} MB)"))
     _on_node(settings, node, node_argv(image, uid, volume_name(app.name), UNPACK),
-             archive, f"unpacking {app.name}'s data/")
+             archive, f"unpacking {app.name}'s data/", image)
     return len(archive)
 
 
@@ -241,7 +258,7 @@ def to_host(settings: Settings, store: Store, app: App, node_name: str, image: s
     archive, said = _on_node(settings, node,
                              node_argv(image, uid, volume_name(app.name), PACK,
                                        ("pack", str(MAX_BYTES))),
-                             b"", f"packing {app.name}'s data")
+                             b"", f"packing {app.name}'s data", image)
     _skipped(said, emit)
     emit(output.detail(f"Moving data/ back from {node.name} ({len(archive) / 1e6:.2f} MB)"))
     data_dir = AppPaths.of(settings, app.name).data
