@@ -3,6 +3,7 @@ and a deploy's readiness (swarm/deploy.py: readiness). Pure: tasks, nodes and pr
 results are data here; the real ones are in tests/test_swarm_deploy.py."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -49,6 +50,21 @@ def test_healthy_tasks_are_the_members() -> None:
     tasks = [_task(1, 1), _task(2, 2), _task(3, 3)]
     assert _decide(tasks, NODES, _ok((1, 1), (2, 2), (3, 3)), []) == \
         [_member(1, 1), _member(2, 2), _member(3, 3)]
+
+
+def test_a_node_being_drained_serves_no_more_and_its_slots_move_once_answering() -> None:
+    """`nodes:remove` drains a node: its tasks still run (and answer) for a moment, but
+    the front takes them off at once; the replacement joins once it answers."""
+    draining = {**NODES, "id2": dataclasses.replace(NODES["id2"], availability="drain")}
+    previous = [_member(1, 1), _member(2, 2), _member(3, 3)]
+    tasks = [_task(1, 1), _task(2, 2), _task(3, 3), _task(2, 1, state="starting")]
+    probes = _ok((1, 1), (2, 2), (3, 3))
+    assert _decide(tasks, draining, probes, previous) == \
+        [_member(1, 1), _member(2, 2, enabled=False), _member(3, 3)]
+    moved = SwarmMember("shop", 4, "web", 2, "node1", "10.77.5.11", BASE + 1, True)
+    tasks[-1] = _task(2, 1)
+    assert _decide(tasks, draining, {**probes, ("10.77.5.11", BASE + 1): True},
+                   previous) == [_member(1, 1), moved, _member(3, 3)]
 
 
 def test_a_task_not_answering_yet_is_not_a_member_and_a_failing_one_is_disabled() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from opus_paas import access, names
 from opus_paas.control.context import Command, Context, arity, when
 from opus_paas.errors import UsageError
-from opus_paas.swarm import nodes
+from opus_paas.swarm import members, nodes
 
 ADD_USAGE = "opus nodes:add HOST [--name NAME] [--port PORT]"
 REMOVE_USAGE = "opus nodes:remove NAME [--gone]"
@@ -52,7 +52,9 @@ def cmd_nodes_remove(ctx: Context, args: list[str]) -> None:
     access.require_admin(ctx.actor, "remove swarm nodes")
     if len(args) not in (1, 2) or (len(args) == 2 and args[1] != "--gone"):
         raise UsageError(f"usage: {REMOVE_USAGE}")
-    nodes.remove(ctx.settings, ctx.store, args[0], ctx.out, gone=len(args) == 2)
+    nodes.remove(ctx.settings, ctx.store, args[0], ctx.out, gone=len(args) == 2,
+                 before_drain=lambda node: members.take_node_out(ctx.settings, ctx.store,
+                                                                 node))
 
 
 def cmd_nodes_key(ctx: Context, args: list[str]) -> None:

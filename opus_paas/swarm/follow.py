@@ -142,7 +142,8 @@ def decide(app: str, version: int, ptype: str, port_base: int, tasks: Sequence[T
     """The members of release `version`'s `ptype` (one per slot), from its tasks, the
     nodes' states, the probes' results and the members the front has now (pure).
 
-    A slot's member is a running task on a Ready node that passes its probe (enabled;
+    A slot's member is a running task on a Ready node not being drained that passes its
+    probe (enabled;
     the one already its member if several do). Failing that, the slot keeps its member,
     disabled, while the slot has a task at all (one starting elsewhere, or one on a lost
     node); a slot with no task left has no member."""
@@ -159,8 +160,8 @@ def decide(app: str, version: int, ptype: str, port_base: int, tasks: Sequence[T
         healthy = []
         for task in by_slot.get(slot, []):
             node = node_states.get(task.node_id)
-            if node is not None and node.state == "ready" and task.state in ALIVE \
-                    and probes.get((node.address, port)) is True:
+            if node is not None and node.state == "ready" and node.availability != "drain" \
+                    and task.state in ALIVE and probes.get((node.address, port)) is True:
                 healthy.append(SwarmMember(app, version, ptype, slot, node.name, node.address,
                                            port, True))
         old = before.get(slot)

@@ -9,6 +9,7 @@ connections this host holds to them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import urllib.parse
@@ -156,6 +157,37 @@ class ApacheFront:
             self.render()
             return
         self.write()
+
+
+NODE_DRAIN_TIMEOUT = 30.0
+
+
+def take_node_out(settings: Settings, store: Store, node: str,
+                  timeout: float = NODE_DRAIN_TIMEOUT) -> list[str]:
+    """Before `node` is drained: each app's live members on it go off in the front when
+    others of its members serve, and their requests finish, so the drain stops no task
+    that still has traffic (an app served from that node alone keeps it until its tasks
+    run elsewhere: follow.py moves it then). The apps taken off it."""
+    front = ApacheFront(settings, store)
+    moved = []
+    for app in store.list_apps():
+        members = [m for m in store.swarm_members(app)
+                   if m.version == app.live_version and m.ptype == "web"]
+        leaving = [m for m in members if m.node == node and m.enabled]
+        staying = [m for m in members if m.node != node and m.enabled]
+        if not leaving or not staying:
+            continue
+        try:
+            front.set_enabled(app, leaving, False)
+        except ServiceError as exc:
+            log.warning("%s: its members on %s stay on: %s", app.name, node, exc.message)
+            continue
+        store.set_swarm_members(app, members[0].version, "web",
+                                [dataclasses.replace(m, enabled=False) if m in leaving
+                                 else m for m in members])
+        front.drain(app, leaving, timeout)
+        moved.append(app.name)
+    return moved
 
 
 def member_url(member: SwarmMember) -> str:

@@ -365,7 +365,8 @@ def _wait(probe: Callable[[], bool], timeout: float, message: str,
 # ---- nodes:remove -----------------------------------------------------------------------
 
 def remove(settings: Settings, store: Store, name: str, emit: Emit, *,
-           gone: bool = False) -> None:
+           gone: bool = False, before_drain: Callable[[str], list[str]] | None = None
+           ) -> None:
     """Drains `name`, waits until its tasks run elsewhere, makes it leave the swarm,
     removes it on the manager and forgets it. `gone`: the machine is lost for good (no
     SSH; its tasks are rescheduled by the drain all the same)."""
@@ -392,6 +393,11 @@ def remove(settings: Settings, store: Store, name: str, emit: Emit, *,
     try:
         if known:
             services = {t.service for t in tasks_by_node(mgr).get(name, [])}
+            if before_drain is not None:       # the front stops sending it requests first
+                taken = before_drain(name)
+                if taken:
+                    emit(f"-----> The front no longer sends {name} requests of "
+                         f"{', '.join(taken)}")
             emit(f"-----> Draining {name}: its tasks move to other nodes")
             mgr("node", "update", "--availability", "drain", record.docker_id)
             _wait_drained(mgr, record.docker_id, services, settings.swarm_drain_timeout,
