@@ -285,6 +285,9 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             started = time.monotonic()
             out = _opus(opus, "nodes:remove", drained.hostname, "--gone")
             assert f"Draining {drained.hostname}" in out, out
+            # The front stopped sending it requests before the drain stopped a task.
+            assert out.index(f"The front no longer sends {drained.hostname} requests of "
+                             f"{APP}") < out.index("Draining"), out
             _until(lambda: sorted(m.slot for m in _serving(store)) == [1, 2, 3] and
                    all(m.host == swarm.nodes[0].address for m in _serving(store)), 60,
                    "every slot to serve from the node left")
