@@ -72,7 +72,14 @@ def app_lock(settings: Settings, app: str, *, on_wait: Callable[[], None] | None
 def app_lock_if_free(settings: Settings, app: str) -> Iterator[bool]:
     """Hold the app's lock if nobody holds it, and say whether it is held: recovery
     never waits for a deploy that is under way, and never touches it."""
-    fd = _open_app_lock(settings, app)
+    with _if_free(_open_app_lock(settings, app)) as free:
+        yield free
+
+
+@contextlib.contextmanager
+def _if_free(fd: int) -> Iterator[bool]:
+    """The lock on `fd` if nobody holds it, and whether it is held; `fd` is closed
+    after (which releases it)."""
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -82,6 +89,13 @@ def app_lock_if_free(settings: Settings, app: str) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+def _open_shared_lock(settings: Settings, name: str) -> int:
+    """A lock file of state every app shares (`_NAME.lock`: no app name starts with _)."""
+    settings.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return os.open(settings.locks_dir / f"_{name}.lock",
+                   os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 def _open_app_lock(settings: Settings, app: str) -> int:
@@ -95,10 +109,7 @@ def _open_app_lock(settings: Settings, app: str) -> int:
 def host_lock(settings: Settings, timeout: float = 120.0) -> Iterator[None]:
     """Hold the lock on state every app shares (supervisor's conf.d, the front's config)
     for a short critical section. Not re-entrant: take it once per section."""
-    settings.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # App names cannot start with '_', so this never collides with an app's lock.
-    fd = os.open(settings.locks_dir / "_host.lock",
-                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = _open_shared_lock(settings, "host")
     try:
         try:
             _acquire(fd, "shared front and supervisor state", None, None, timeout)
@@ -115,18 +126,8 @@ def schedules_lock_if_free(settings: Settings) -> Iterator[bool]:
     """Hold the lock of the scheduled jobs (backups) if nobody holds it, and say whether
     it is held: two runs at once (opus-scheduler and `opus up`) would both find a
     backup due and take it twice."""
-    settings.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(settings.locks_dir / "_schedules.lock",
-                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    with _if_free(_open_shared_lock(settings, "schedules")) as free:
+        yield free
 
 
 @contextlib.contextmanager
@@ -134,9 +135,7 @@ def registry_lock(settings: Settings, *, exclusive: bool, timeout: float = 600.0
                   ) -> Iterator[None]:
     """Held shared while a release image is sent to Opus's registry, exclusively while
     the registry collects its garbage (which must not see an upload half done)."""
-    settings.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(settings.locks_dir / "_registry.lock",
-                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = _open_shared_lock(settings, "registry")
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -160,9 +159,7 @@ def tools_lock(settings: Settings, *, on_wait: Callable[[], None] | None = None,
                cancelled: threading.Event | None = None) -> Iterator[None]:
     """Held while Opus fetches an interpreter or builds a wheel into the host's shared
     tools (long: a download, a compile), so two builds never do the same work at once."""
-    settings.locks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(settings.locks_dir / "_tools.lock",
-                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = _open_shared_lock(settings, "tools")
     try:
         try:
             _acquire(fd, "tools", on_wait, cancelled, settings.build_timeout)

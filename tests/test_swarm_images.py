@@ -3,6 +3,7 @@ layers, hostile slugs refused, the entrypoint's ports and environment; and one s
 on real nodes: a Django release published to opus-registry runs by digest on a node."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -16,6 +17,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ import pytest
 from opus_paas import settings as settings_module
 from opus_paas.errors import ServiceError
 from opus_paas.layout import AppPaths
+from opus_paas.settings import Settings
 from opus_paas.store import Store
 from opus_paas.swarm import bytecode, entrypoint, images, layers, registry, services
 from opus_paas.swarm.entrypoint import EntrypointError
@@ -366,19 +369,8 @@ def test_the_registry_program_runs_once_an_address_is_set(tmp_path: Path) -> Non
 
 def test_the_registry_program_stores_blobs_once_and_manifests_by_our_digest(
         tmp_path: Path) -> None:
-    require_tool(registry.BINARY)
-    address = f"127.0.0.1:{free_port()}"
-    settings = settings_module.load({"OPUS_HOME": str(tmp_path / "home"),
-                                     "OPUS_SWARM_REGISTRY": address})
-    spec = registry.program(settings)
-    assert spec is not None
-    log = open(tmp_path / "registry.log", "wb")  # noqa: SIM115 (the server keeps it)
-    server = subprocess.Popen(spec["command"], cwd=spec["directory"], stdout=log,
-                              stderr=subprocess.STDOUT, env=spec["environment"])
-    log.close()
-    try:
-        ca = private_ca.ca_cert_path(settings)
-        _until(lambda: _registry_answers(address, ca), 15, "the registry")
+    with running_registry(tmp_path) as settings:
+        address, ca = settings.swarm_registry, private_ca.ca_cert_path(settings)
         client = registry.client_for(settings)
         assert client.context is not None        # TLS, verified with Opus's CA
         # Over TLS only, and only to whoever trusts Opus's CA: another CA is refused.
@@ -412,6 +404,26 @@ def test_the_registry_program_stores_blobs_once_and_manifests_by_our_digest(
         assert client.get_manifest("opus/two", "v9") is None
         stored = settings.home / "registry" / "storage" / "docker" / "registry" / "v2"
         assert (stored / "repositories" / "opus" / "two").is_dir()
+
+
+@contextlib.contextmanager
+def running_registry(tmp_path: Path, **env: str) -> Iterator[Settings]:
+    """opus-registry as `opus up` runs it (its program's command and config: TLS, its
+    user), on a free local port, for a home in `tmp_path`; stopped after. Its settings."""
+    require_tool(registry.BINARY)
+    address = f"127.0.0.1:{free_port()}"
+    settings = settings_module.load({"OPUS_HOME": str(tmp_path / "home"),
+                                     "OPUS_SWARM_REGISTRY": address, **env})
+    spec = registry.program(settings)
+    assert spec is not None
+    log = open(tmp_path / "registry.log", "wb")  # noqa: SIM115 (the server keeps it)
+    server = subprocess.Popen(spec["command"], cwd=spec["directory"], stdout=log,
+                              stderr=subprocess.STDOUT, env=spec["environment"])
+    log.close()
+    try:
+        ca = private_ca.ca_cert_path(settings)
+        _until(lambda: _registry_answers(address, ca), 15, "the registry")
+        yield settings
     finally:
         server.terminate()
         server.wait(timeout=10)

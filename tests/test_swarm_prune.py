@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,9 +22,7 @@ from opus_paas.settings import Settings
 from opus_paas.store import Store, SwarmRelease
 from opus_paas.swarm import images, layers, prune, registry
 from opus_paas.swarm.layers import Entry
-from opus_paas.tls import private_ca
-from tests.conftest import free_port, require_tool
-from tests.test_swarm_images import _registry_answers, _until
+from tests.test_swarm_images import running_registry
 
 BLOBS = Path("docker/registry/v2/blobs/sha256")
 
@@ -50,24 +47,12 @@ def _stored(settings: Settings, layer: layers.Layer) -> bool:
 
 
 def test_old_release_images_go_and_their_blobs_are_collected(tmp_path: Path) -> None:
-    require_tool(registry.BINARY)
-    address = f"127.0.0.1:{free_port()}"
-    settings = settings_module.load({"OPUS_HOME": str(tmp_path / "home"),
-                                     "OPUS_SWARM_REGISTRY": address,
-                                     "OPUS_KEEP_RELEASES": "2"})
-    store = Store(settings.db_path)
-    store.init()
-    owner = store.create_user("ann", "admin")
-    shop, blog = store.create_app("shop", owner, {}), store.create_app("blog", owner, {})
-    spec = registry.program(settings)
-    assert spec is not None
-    log = open(tmp_path / "registry.log", "wb")  # noqa: SIM115 (the server keeps it)
-    server = subprocess.Popen(spec["command"], cwd=spec["directory"], stdout=log,
-                              stderr=subprocess.STDOUT, env=spec["environment"])
-    log.close()
-    try:
-        ca = private_ca.ca_cert_path(settings)
-        _until(lambda: _registry_answers(address, ca), 15, "the registry")
+    with running_registry(tmp_path, OPUS_KEEP_RELEASES="2") as settings:
+        address = settings.swarm_registry
+        store = Store(settings.db_path)
+        store.init()
+        owner = store.create_user("ann", "admin")
+        shop, blog = store.create_app("shop", owner, {}), store.create_app("blog", owner, {})
         client = registry.client_for(settings)
         shared = layers.layer([Entry("usr/bin/x", "file", 0o755, b"base")])
         made = {v: _image(client, "shop", v, shared) for v in (1, 2, 3, 4)}
@@ -126,9 +111,6 @@ def test_old_release_images_go_and_their_blobs_are_collected(tmp_path: Path) -> 
                 pytest.raises(ServiceError, match="garbage collection"), \
                 locks.registry_lock(settings, exclusive=False, timeout=0.5):
             pass
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_the_layer_cache_forgets_what_went_unused_for_a_month(tmp_path: Path) -> None:
