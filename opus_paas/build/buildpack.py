@@ -316,8 +316,10 @@ def run_buildpack(settings: Settings, app: str, slug: Path,
         for line in privileged.stream(settings, app, compile_argv, cwd=slug, env=env,
                                       timeout=settings.build_timeout, cancelled=cancelled):
             emit(line)
-    except subprocess.CalledProcessError:
-        raise BuildFailed("the build failed; see the messages above") from None
+    except subprocess.CalledProcessError as exc:
+        code = exc.returncode
+        how = f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
+        raise BuildFailed(f"the build failed ({how}); see the messages above") from None
     except ServiceError as exc:
         raise BuildFailed(f"the build was stopped: {exc.message}") from None
     released = privileged.run_step(settings, app, [str(bin_dir / "release"), str(slug)],
