@@ -126,8 +126,13 @@ def docker_config_dir(settings: Settings) -> Path | None:
     directory.mkdir(mode=0o700, exist_ok=True)
     wanted = auth_config(address(settings), found)
     path = directory / "config.json"
+    # Root's commands in system mode write it as the opus user's, who runs the others.
+    owner = user_ids(settings.system_user) if settings.system and os.geteuid() == 0 \
+        else None
     if not path.is_file() or path.read_bytes() != wanted:
-        private_ca.write_file(path, wanted, 0o600)
+        private_ca.write_file(path, wanted, 0o600, owner)
+    if owner is not None:
+        os.chown(directory, *owner)
     return directory
 
 
