@@ -96,7 +96,9 @@ def password(settings: Settings) -> str:
     path = data_dir(settings) / "password"
     if not path.is_file():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        private_ca.write_file(path, secrets.token_urlsafe(32).encode(), 0o600)
+        owner = user_ids(settings.system_user) if settings.system and os.geteuid() == 0 \
+            else None       # (root's commands in system mode: the opus user's file)
+        private_ca.write_file(path, secrets.token_urlsafe(32).encode(), 0o600, owner)
     return path.read_text().strip()
 
 
