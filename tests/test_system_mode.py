@@ -766,7 +766,7 @@ def test_run_on_a_terminal_in_system_mode(system_opus: SystemOpus, key: SshKey,
     command = shlex.join(["run", a, "--", "python", "-c", program])
     status, lines = on_a_terminal(
         ["env", "TERM=screen", *ssh_t(system_opus, key, command)],  # type: ignore[arg-type]
-        keystrokes=b"opus\r")
+        keystrokes=b"opus\r", asked=(b"name? ",))
     assert status == 3, lines
     assert "True True True True screen" in lines, lines
     assert any(line.endswith("you typed OPUS") for line in lines), lines
