@@ -41,7 +41,7 @@ from secureops import checks as secureops_checks
 from secureops import cli as secureops_cli
 from secureops.layout import Denied, Layout
 
-REAP_POLL_SECONDS = 0.2
+REAP_POLL_SECONDS = 0.05    # a step that ends is seen ending within this (each step waits it)
 # In the environment of every process Opus starts (programs, steps): its home.
 INSTANCE_MARKER = "OPUS_INSTANCE"
 SUDO = "/usr/bin/sudo"

@@ -79,6 +79,8 @@ class Settings:
     autosleep_min_seconds: int = 60
     # How often the waker reads the front's access log to find idle apps, in seconds.
     autosleep_check_seconds: float = 30.0
+    # How often the dashboard records every app's memory (the memory chart's points).
+    memory_sample_seconds: float = 30.0
     # Each app owns two loopback ports (blue/green): base + 2*id and base + 2*id + 1.
     app_port_base: int = 20000
     # Each app's own Redis (`redis:create`) listens on loopback at base + the app's id,
@@ -296,13 +298,15 @@ _INT_FIELDS = {"ssh_port", "http_port", "https_port", "dashboard_port", "app_por
                "ssh_connections_per_user", "ssh_unauthenticated_per_source",
                "ssh_keys_per_user", "ssh_max_connections", "build_log_limit",
                "preview_limit", "swarm_port_base", "swarm_uid_base"}
-_FLOAT_FIELDS = {"autosleep_check_seconds", "swarm_drain_timeout", "swarm_deploy_timeout",
-                 "health_timeout", "build_timeout", "deploy_wait_timeout", "ssh_read_timeout",
-                 "ssh_idle_timeout", "ssh_login_timeout", "ssh_session_timeout"}
+_FLOAT_FIELDS = {"autosleep_check_seconds", "memory_sample_seconds", "swarm_drain_timeout",
+                 "swarm_deploy_timeout", "health_timeout", "build_timeout", "deploy_wait_timeout",
+                 "ssh_read_timeout", "ssh_idle_timeout", "ssh_login_timeout",
+                 "ssh_session_timeout"}
 # Limits below 1 would lock everyone out (or never time out): refused.
 _POSITIVE_FIELDS = {"autosleep_min_seconds", "autosleep_check_seconds",
-                    "ssh_connections_per_user", "ssh_unauthenticated_per_source",
-                    "ssh_keys_per_user", "ssh_max_connections", "ssh_login_timeout",
+                    "memory_sample_seconds", "ssh_connections_per_user",
+                    "ssh_unauthenticated_per_source", "ssh_keys_per_user",
+                    "ssh_max_connections", "ssh_login_timeout",
                     "preview_limit", "swarm_drain_timeout", "swarm_deploy_timeout",
                     "swarm_port_base", "swarm_uid_base"}
 # Settings renamed since: their former names are still read.

@@ -190,6 +190,9 @@ def start_opus(*, under: Path | None = None, **extra_env: str) -> Opus:
         # Sleeping apps fall asleep after 2 s idle, checked every second.
         "OPUS_AUTOSLEEP_MIN_SECONDS": "2",
         "OPUS_AUTOSLEEP_CHECK_SECONDS": "1",
+        # The dashboard samples memory every 2 s (30 by default): a chart test waits for
+        # the next sample after its app starts.
+        "OPUS_MEMORY_SAMPLE_SECONDS": "2",
         "OPUS_CACHE_DIR": str(shared_cache_dir()),
         # mod_wsgi's wheels, built once per interpreter (path) for every test Opus.
         "OPUS_WHEELS_DIR": str(shared_cache_dir() / "wheels"),

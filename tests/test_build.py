@@ -197,6 +197,19 @@ def test_make_dir_refuses_a_planted_symlink(tmp_path: Path) -> None:
     assert stat.S_IMODE(victim.stat().st_mode) == 0o700
 
 
+def _processes_naming(text: str) -> list[int]:
+    """The live processes whose command line holds `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def test_a_step_cannot_leave_processes_behind_nor_hang_the_push(tmp_path: Path) -> None:
     import subprocess
     import time
@@ -216,7 +229,11 @@ def test_a_step_cannot_leave_processes_behind_nor_hang_the_push(tmp_path: Path) 
                         env={"PATH": "/usr/bin:/bin"}, timeout=60))
     assert lines == ["started"]
     assert time.monotonic() - start < 2.5
-    time.sleep(3.5)
+    # Until the child is gone (every process that could touch the marker names it), not
+    # a fixed wait: had it survived, it would have touched the marker 3 s in.
+    deadline = time.monotonic() + 10
+    while _processes_naming(str(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not marker.exists()
     # A child that leaves the step's process group (setsid) and keeps its output open
     # does not hold the push either.

@@ -536,7 +536,7 @@ def test_run_on_a_terminal_is_interactive(opus: Opus, people: dict[str, SshKey],
     status, lines = on_a_terminal(
         ["env", "TERM=xterm-256color",
          *ssh_t(opus, people["owner"], shlex.join(["run", LIVE, "--", "python", "-c", program]))],
-        keystrokes=b"opus\r")
+        keystrokes=b"opus\r", asked=(b"name? ",))
     assert status == 3, lines
     assert "True True True xterm-256color" in lines, lines
     assert any(line.endswith("you typed OPUS") for line in lines), lines

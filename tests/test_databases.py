@@ -45,7 +45,7 @@ from tests.conftest import (
     push_main,
     require_tool,
 )
-from tests.test_sshd import ssh_t
+from tests.test_sshd import ssh_t, until_asked
 
 PASSWORD = "a long enough password"
 
@@ -394,9 +394,8 @@ def on_a_sized_terminal(argv: list[str], keystrokes: bytes,
     proc = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal,
                             start_new_session=True, env=env)
     os.close(terminal)
-    time.sleep(2)       # let psql start and ask
+    output = until_asked(controller, (b"=> ", b"=# "))    # let psql start and ask
     os.write(controller, keystrokes)
-    output = b""
     deadline = time.monotonic() + 30
     with contextlib.suppress(OSError):   # EIO once ssh has exited and closed the terminal
         while time.monotonic() < deadline and (chunk := os.read(controller, 4096)):

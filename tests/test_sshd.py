@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import re
+import select
 import socket
 import subprocess
 import time
@@ -117,22 +118,41 @@ def test_a_subsystem_request_is_refused(opus: Opus, admin_key: SshKey) -> None:
     assert "subsystem request failed" in result.stderr
 
 
-def on_a_terminal(argv: list[str], keystrokes: bytes = b"") -> tuple[int, list[str]]:
-    """Run `argv` (an ssh client) on a real pseudo-terminal, typing `keystrokes`; return
-    its exit status and the lines it showed."""
+def on_a_terminal(argv: list[str], keystrokes: bytes = b"",
+                  asked: tuple[bytes, ...] = ()) -> tuple[int, list[str]]:
+    """Run `argv` (an ssh client) on a real pseudo-terminal, typing `keystrokes` once it
+    shows one of `asked` (its prompts; none given: after 2 s); return its exit status and
+    the lines it showed."""
     controller, terminal = os.openpty()
     proc = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal,
                             start_new_session=True)
     os.close(terminal)
-    if keystrokes:
-        time.sleep(2)   # let the remote side ask first
-        os.write(controller, keystrokes)
     output = b""
+    if keystrokes:
+        output = until_asked(controller, asked)     # let the remote side ask first
+        os.write(controller, keystrokes)
     with contextlib.suppress(OSError):   # EIO once ssh has exited and closed the terminal
         while chunk := os.read(controller, 4096):
             output += chunk
     os.close(controller)
     return proc.wait(30), [ln.strip() for ln in output.decode().splitlines() if ln.strip()]
+
+
+def until_asked(controller: int, asked: tuple[bytes, ...], seconds: float = 30) -> bytes:
+    """What the terminal showed until one of the prompts `asked` (none: for 2 s)."""
+    if not asked:
+        time.sleep(2)
+        return b""
+    shown = b""
+    deadline = time.monotonic() + seconds
+    while not any(prompt in shown for prompt in asked) and time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.1)
+        if ready:
+            try:
+                shown += os.read(controller, 4096)
+            except OSError:     # EIO: it exited without asking
+                break
+    return shown
 
 
 def ssh_t(opus: Opus, key: SshKey, command: str) -> list[str]:

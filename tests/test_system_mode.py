@@ -445,24 +445,31 @@ print(json.dumps({"checked": checked, "reached": reached}))
 """
 
 
-def belongings(system_opus: SystemOpus, app: str) -> list[tuple[str, str]]:
-    """Everything of `app`'s on the host, found by walking (as root) Opus's home, its
-    config and logs, /tmp and /proc: each path under one of the app's own places or
-    owned by its user, with what another user must not do to it."""
-    uid = pwd.getpwnam(f"opus-{app}").pw_uid
+def belongings(system_opus: SystemOpus, apps: tuple[str, ...]
+               ) -> dict[str, list[tuple[str, str]]]:
+    """Everything of each of `apps` on the host, found by walking (as root) Opus's home,
+    its config and logs, /tmp and /proc: each path under one of the app's own places or
+    owned by its user, with what another user must not do to it. (One walk for all the
+    apps: /tmp alone took seconds to walk.)"""
     home = system_opus.home
-    own_places = [home / "apps" / app, home / "builds" / app, home / "repos" / f"{app}.git",
-                  home / "locks" / f"{app}.lock", Path("/var/log/opus") / app,
-                  Path("/etc/opus/supervisor/conf.d") / f"app-{app}.conf",
-                  # Every app's backups, Postgres's data and its admin password are
-                  # Opus's alone (its socket's directory is for every app to connect).
-                  home / "backups", home / "postgres" / "data",
-                  home / "postgres" / "admin.password"]
-    # (Strings, not Paths: /tmp holds tens of thousands of files, and Path.parents for
-    # each of them took seconds.)
-    exact = {str(place) for place in own_places}
-    below = tuple(f"{place}/" for place in own_places)
-    found: list[tuple[str, str]] = []
+    uids: dict[str, int] = {}
+    exact: dict[str, set[str]] = {}
+    below: dict[str, tuple[str, ...]] = {}
+    for app in apps:
+        uids[app] = pwd.getpwnam(f"opus-{app}").pw_uid
+        own_places = [home / "apps" / app, home / "builds" / app,
+                      home / "repos" / f"{app}.git", home / "locks" / f"{app}.lock",
+                      Path("/var/log/opus") / app,
+                      Path("/etc/opus/supervisor/conf.d") / f"app-{app}.conf",
+                      # Every app's backups, Postgres's data and its admin password are
+                      # Opus's alone (its socket's directory is for every app to connect).
+                      home / "backups", home / "postgres" / "data",
+                      home / "postgres" / "admin.password"]
+        # (Strings, not Paths: /tmp holds tens of thousands of files, and Path.parents
+        # for each of them took seconds.)
+        exact[app] = {str(place) for place in own_places}
+        below[app] = tuple(f"{place}/" for place in own_places)
+    found: dict[str, list[tuple[str, str]]] = {app: [] for app in apps}
     for root in (home, Path("/etc/opus"), Path("/var/log/opus"), Path("/tmp")):
         for directory, subdirs, files in os.walk(root):
             for name in [*subdirs, *files]:
@@ -475,11 +482,15 @@ def belongings(system_opus: SystemOpus, app: str) -> list[tuple[str, str]]:
                     continue
                 if root == Path("/tmp") and info.st_mtime < system_opus.installed_at:
                     continue   # an earlier install's: uids are given out again after --purge
-                if info.st_uid == uid or path in exact or path.startswith(below):
-                    found.append((path, "list" if stat.S_ISDIR(info.st_mode) else "read"))
-    for pid in _pids_of(f"opus-{app}"):
-        found += [(f"/proc/{pid}", "signal"), (f"/proc/{pid}/environ", "read"),
-                  (f"/proc/{pid}/fd", "list"), (f"/proc/{pid}/cwd", "list")]
+                for app in apps:
+                    if info.st_uid == uids[app] or path in exact[app] or \
+                            path.startswith(below[app]):
+                        found[app].append((path, "list" if stat.S_ISDIR(info.st_mode)
+                                           else "read"))
+    for app in apps:
+        for pid in _pids_of(f"opus-{app}"):
+            found[app] += [(f"/proc/{pid}", "signal"), (f"/proc/{pid}/environ", "read"),
+                           (f"/proc/{pid}/fd", "list"), (f"/proc/{pid}/cwd", "list")]
     return found
 
 
@@ -487,8 +498,9 @@ def test_nothing_of_one_app_is_readable_listable_or_signalable_by_another(
         system_opus: SystemOpus, two_apps: tuple[str, str]) -> None:
     """Generated from the tree, not a hand list: a new directory is covered the day it is
     added. Each way round: A's user probes everything of B's, and B's everything of A's."""
+    found = belongings(system_opus, two_apps)
     for me, other in (two_apps, tuple(reversed(two_apps))):
-        targets = belongings(system_opus, other)
+        targets = found[other]
         assert len(targets) > 100, "the walk found too little of the app to mean much"
         probe = as_user(f"opus-{me}", "/usr/bin/python3", "-I", "-c", PROBE,
                         input=json.dumps(targets))
@@ -754,7 +766,7 @@ def test_run_on_a_terminal_in_system_mode(system_opus: SystemOpus, key: SshKey,
     command = shlex.join(["run", a, "--", "python", "-c", program])
     status, lines = on_a_terminal(
         ["env", "TERM=screen", *ssh_t(system_opus, key, command)],  # type: ignore[arg-type]
-        keystrokes=b"opus\r")
+        keystrokes=b"opus\r", asked=(b"name? ",))
     assert status == 3, lines
     assert "True True True True screen" in lines, lines
     assert any(line.endswith("you typed OPUS") for line in lines), lines

@@ -3,10 +3,13 @@ the app to a new release through the balancer; not one request may fail."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import subprocess
-import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from tests.conftest import (
 )
 
 APP = "steady"
+LONGEST = 120     # seconds of load at most
 VIEW = '''\
 from django.http import HttpResponse
 
@@ -59,20 +63,24 @@ def failures(wrk_output: str) -> tuple[int, int, int]:
             sum(int(n) for n in sockets.groups()) if sockets else 0)
 
 
-def under_load(opus: Opus, seconds: int) -> tuple[threading.Thread, list[str]]:
+@contextlib.contextmanager
+def under_load(opus: Opus, least: float = 3) -> Iterator[list[str]]:
+    """wrk's requests through the front for as long as the block runs (at least `least`
+    seconds, at most LONGEST): the whole of what the block does is under load, and no
+    longer. Yields a list that holds wrk's report once the block is done."""
     wrk = require_tool("wrk")
-    report: list[str] = []
     url = f"http://127.0.0.1:{opus.http_port}/"
-
-    def run() -> None:
-        result = subprocess.run([wrk, "-t2", "-c8", f"-d{seconds}s", "-H",
-                                 f"Host: {opus.app_host(APP)}", url],
-                                capture_output=True, text=True, timeout=seconds + 60,
-                                check=False)
-        report.append(result.stdout + result.stderr)
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, report
+    began = time.monotonic()
+    load = subprocess.Popen([wrk, "-t2", "-c8", f"-d{LONGEST}s", "-H",
+                             f"Host: {opus.app_host(APP)}", url],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    report: list[str] = []
+    try:
+        yield report
+        time.sleep(max(0.0, least - (time.monotonic() - began)))
+    finally:
+        load.send_signal(signal.SIGINT)     # wrk stops and reports, as at its -d
+        report.append(load.communicate(timeout=60)[0])
 
 
 def test_a_deploy_under_load_fails_no_request(opus: Opus, admin_key: SshKey,
@@ -80,9 +88,8 @@ def test_a_deploy_under_load_fails_no_request(opus: Opus, admin_key: SshKey,
     status, _headers, body = opus.get(opus.app_host(APP))
     assert (status, body) == (200, "release one")
     commit_view(steady, "release two")
-    thread, report = under_load(opus, seconds=12)
-    output = push_main(steady, opus, admin_key)
-    thread.join()
+    with under_load(opus) as report:
+        output = push_main(steady, opus, admin_key)    # (to its old instance's stop)
     assert "Switched through the front's balancer" in output
     requests, non_2xx, socket_errors = failures(report[0])
     assert requests > 100, report[0]
@@ -93,11 +100,10 @@ def test_a_deploy_under_load_fails_no_request(opus: Opus, admin_key: SshKey,
 
 def test_restart_rescale_threads_and_rollback_under_load_fail_no_request(
         opus: Opus, steady: Path) -> None:
-    thread, report = under_load(opus, seconds=18)
-    for argv in (["ps:restart", APP], ["ps:scale", APP, "web=2"],
-                 ["ps:set", APP, "web", "threads=8"], ["rollback", APP]):
-        assert "Switched through the front's balancer" in opus.cli(*argv).stdout, argv
-    thread.join()
+    with under_load(opus) as report:
+        for argv in (["ps:restart", APP], ["ps:scale", APP, "web=2"],
+                     ["ps:set", APP, "web", "threads=8"], ["rollback", APP]):
+            assert "Switched through the front's balancer" in opus.cli(*argv).stdout, argv
     listed = json.loads(opus.cli("ps", APP, "--json").stdout)
     port = int(str(listed[0]["name"]).rsplit("-p", 1)[1])
     served_by = (opus.home / "apps" / APP / "run" / f"web-{port}" / "httpd.conf").read_text()
@@ -121,9 +127,8 @@ def test_a_release_failing_its_check_never_gets_traffic(opus: Opus, steady: Path
     opus.cli("checks:set", APP, "path=/?boom=1", "attempts=2", "timeout=20")
     assert opus.cli("checks", APP).stdout.strip() == \
         "GET /?boom=1 below 500 within 20 s; attempts: 2"
-    thread, report = under_load(opus, seconds=6)
-    refused = opus.cli("ps:restart", APP, check=False)
-    thread.join()
+    with under_load(opus) as report:
+        refused = opus.cli("ps:restart", APP, check=False)
     assert refused.returncode != 0
     assert "failed its health check (GET /?boom=1) 2 times (last: HTTP 500" in refused.stderr
     assert "the old release keeps serving" in refused.stderr

@@ -1,5 +1,5 @@
-"""The served dashboard records every app's memory once every SAMPLE_SECONDS (the
-memory chart's points), in a thread of its own."""
+"""The served dashboard records every app's memory once every `memory_sample_seconds`
+(30 by default; the memory chart's points), in a thread of its own."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from opus_paas.run import metrics
 from opus_paas.settings import Settings
 from opus_paas.store import Store
 
-SAMPLE_SECONDS = 30.0
 log = logging.getLogger(__name__)
 
 
@@ -30,4 +29,4 @@ def _run(settings: Settings) -> None:
             metrics.sample_memory(settings, store, time.time())
         except Exception:   # a hiccup (supervisor restarting) must not end sampling
             log.exception("sampling memory failed; trying again")
-        time.sleep(SAMPLE_SECONDS)
+        time.sleep(settings.memory_sample_seconds)

@@ -56,9 +56,10 @@ class Switched:
             if not _drained(self.manager, self.old_port):
                 emit(output.detail("The old instance still had requests after "
                                    f"{DRAIN_TIMEOUT:.0f} s; stopping it anyway"))
-        else:
+        elif self.old_port is not None:
             # A graceful reload lets each front child finish its request on the old
-            # config; give them a moment before the old instance goes away.
+            # config; give them a moment before the old instance goes away. (A first
+            # deploy has no old instance: no request can be on one.)
             time.sleep(DRAIN_SECONDS)
         # The other process types follow the release (a new one starts their backoff
         # afresh).
