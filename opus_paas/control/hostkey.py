@@ -4,12 +4,17 @@ the server (which imports the command table, which imports `opus up`)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import paramiko
+if TYPE_CHECKING:
+    import paramiko
 
 
 def load_or_create_host_key(path: Path) -> paramiko.PKey:
-    """The server's host key: generated once, then kept (clients pin it)."""
+    """The server's host key: generated once, then kept (clients pin it). paramiko is
+    imported here, not at the top: every `opus` command imports this module, and
+    paramiko alone costs 0.1 s of each start."""
+    import paramiko
     if path.exists():
         return paramiko.ECDSAKey(filename=str(path))
     key = paramiko.ECDSAKey.generate(bits=256)

@@ -6,9 +6,12 @@ has arrived (`take_buffered`, `recv_some`) and waits on `fileno` with select().
 
 from __future__ import annotations
 
-import paramiko
+from typing import TYPE_CHECKING
 
 from opus_paas.errors import ProtocolError
+
+if TYPE_CHECKING:
+    import paramiko
 
 CHUNK = 64 * 1024
 

@@ -11,13 +11,18 @@ import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from opus_paas.errors import Conflict, OpusError, ServiceError
 from opus_paas.settings import Settings
+
+if TYPE_CHECKING:
+    import paramiko
+# paramiko is imported where it is used: every `opus` command imports this module (the
+# nodes' commands), and paramiko alone costs 0.1 s of each start.
 
 CONNECT_TIMEOUT = 15.0
 # What Opus reads of one command's output on a node (stdout, stderr each): what Opus
@@ -57,6 +62,7 @@ def load_or_create_key(settings: Settings) -> paramiko.PKey:
             pass
         finally:
             tmp.unlink()
+    import paramiko
     return paramiko.Ed25519Key(filename=str(path))
 
 
@@ -80,8 +86,9 @@ class Result:
     err: str
 
 
-class _Pin(paramiko.MissingHostKeyPolicy):
-    """Unknown host key: pinned (nodes:add) or refused (every other connection)."""
+class _Pin:
+    """Unknown host key: pinned (nodes:add) or refused (every other connection). A
+    paramiko MissingHostKeyPolicy by its one method (paramiko calls it by name)."""
 
     def __init__(self, allow_new: bool) -> None:
         self.allow_new = allow_new
@@ -100,13 +107,14 @@ class Node:
 
     def __init__(self, settings: Settings, host: str, port: int = 22, *,
                  allow_new_host_key: bool = False) -> None:
+        import paramiko
         self.host, self.port = host, port
         self._known = known_hosts_path(settings)
         self.client = paramiko.SSHClient()
         if self._known.exists():
             self.client.load_host_keys(str(self._known))
         policy = _Pin(allow_new_host_key)
-        self.client.set_missing_host_key_policy(policy)
+        self.client.set_missing_host_key_policy(policy)  # type: ignore[arg-type]
         key = load_or_create_key(settings)
         try:
             self.client.connect(host, port=port, username="root", pkey=key,
@@ -146,6 +154,7 @@ class Node:
         """Keeps a host key seen for the first time (after the node was added)."""
         if self.new_host_key is None:
             return
+        import paramiko
         keys = paramiko.HostKeys()
         if self._known.exists():
             keys.load(str(self._known))
@@ -162,6 +171,7 @@ class Node:
     def run(self, argv: Sequence[str], *, stdin: bytes | None = None,
             timeout: float = 120.0) -> Result:
         """Runs `argv` on the node (each word quoted: the node's shell sees exactly it)."""
+        import paramiko
         try:
             channel_in, out, err = self.client.exec_command(shlex.join(argv), timeout=timeout)
             if stdin is not None:
@@ -179,6 +189,7 @@ class Node:
                   timeout: float = 300.0) -> tuple[int, bytes, str]:
         """Runs `argv` with `stdin`; (status, its output as bytes, its stderr). A
         ServiceError when the output passes `limit` bytes."""
+        import paramiko
         try:
             channel_in, out, err = self.client.exec_command(shlex.join(argv), timeout=timeout)
             if stdin:
