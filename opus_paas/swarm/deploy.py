@@ -44,7 +44,6 @@ from opus_paas.tls import private_ca
 log = logging.getLogger("opus.swarm.deploy")
 
 DRAIN_TIMEOUT = 30.0
-FAILED_STATES = ("failed", "rejected", "orphaned")
 MAX_TASK_FAILURES = 3        # per slot, before the deploy gives up on it
 POLL = 0.3
 
@@ -137,7 +136,7 @@ def readiness(app: str, version: int, replicas: int, port_base: int,
     for slot in slots:
         if slot in {m.slot for m in healthy}:
             continue
-        errors = [t for t in mine if t.slot == slot and t.state in FAILED_STATES]
+        errors = [t for t in mine if t.slot == slot and t.state in follow.FAILED]
         if len(errors) >= MAX_TASK_FAILURES and failed is None:
             failed = (f"slot {slot} failed {len(errors)} times"
                       f"{': ' + errors[-1].error if errors[-1].error else ''}")
@@ -649,8 +648,7 @@ def bring_data_back(settings: Settings, store: Store, app: App, emit: Emit) -> D
 def _wait_stopped(mgr: nodes.Manager, names: Sequence[str], timeout: float) -> None:
     """Until no task of these services runs (their data is no longer written)."""
     deadline = time.monotonic() + timeout
-    while any(t.state not in ("shutdown", "complete", "failed", "rejected", "orphaned",
-                              "remove") for t in follow.read_tasks(mgr, names)):
+    while any(t.state not in follow.ENDED for t in follow.read_tasks(mgr, names)):
         if time.monotonic() > deadline:
             raise ServiceError(f"the app's tasks did not stop within {timeout:.0f} s; "
                                "nothing was moved")

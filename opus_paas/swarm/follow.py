@@ -42,6 +42,8 @@ PROBE_TIMEOUT = 2.0
 # A task Swarm reports starting may already serve (its container runs; Docker's own
 # health check has not passed yet): Opus's probe decides.
 ALIVE = ("starting", "running")
+FAILED = ("failed", "rejected", "orphaned")
+ENDED = ("complete", "shutdown", "remove", *FAILED)     # a task that runs no more
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,6 @@ from opus_paas.swarm import entrypoint, follow, nodes, services
 
 POLL = 0.5
 SHOWN_LINES = 2000
-ENDED = ("complete", "failed", "rejected", "orphaned", "shutdown")
 
 
 def release_spec(spec: services.ServiceSpec, command: str) -> services.ServiceSpec:
@@ -104,7 +103,7 @@ def _wait(mgr: nodes.Manager, name: str, timeout: float) -> tuple[str, int | Non
             except ServiceError:
                 found = []
             ended = [outcome(t) for t in found
-                     if isinstance(t, dict) and outcome(t)[0] in ENDED]
+                     if isinstance(t, dict) and outcome(t)[0] in follow.ENDED]
             if ended:
                 return ended[-1]
         if time.monotonic() > deadline:
