@@ -339,7 +339,13 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
             started = time.monotonic()
             first = _get(opus)
             if first != (200, "release one"):
-                _until(lambda: _get(opus) == (200, "release one"), 20, "v5 to answer")
+                try:
+                    _until(lambda: _get(opus) == (200, "release one"), 20, "v5 to answer")
+                except AssertionError as exc:     # what the front and the store hold
+                    running = swarm_members.ApacheFront(settings, store).manager(app).members()
+                    raise AssertionError(f"{exc}; first answer {first}; the front's members "
+                                         f"{running}; the store's "
+                                         f"{store.swarm_members(app)}") from None
                 timings["ps:start: first request failed, then answered after"] = \
                     time.monotonic() - started
             assert len(_serving(store)) == 2
