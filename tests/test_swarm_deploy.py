@@ -342,9 +342,9 @@ def test_pushes_reach_three_nodes_blue_green_follow_a_dead_node_and_roll_back(
                 try:
                     _until(lambda: _get(opus) == (200, "release one"), 20, "v5 to answer")
                 except AssertionError as exc:     # what the front and the store hold
-                    running = swarm_members.ApacheFront(settings, store).manager(app).members()
+                    front_now = swarm_members.ApacheFront(settings, store).manager(app).members()
                     raise AssertionError(f"{exc}; first answer {first}; the front's members "
-                                         f"{running}; the store's "
+                                         f"{front_now}; the store's "
                                          f"{store.swarm_members(app)}") from None
                 timings["ps:start: first request failed, then answered after"] = \
                     time.monotonic() - started
